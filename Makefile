@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  `make run`  (main job)  and  `make test`  (tests).
+# Each creates .venv and installs everything on first use; nothing to do by hand.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# 2-core CI: let XLA use what is there, keep jax on the CPU.
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: install run test test-slow bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	# neural-tangents without its TensorFlow/tf2jax requirements (see pyproject.toml).
+	$(PY) -m pip install -q --no-deps -c constraints.txt neural-tangents==0.6.5
+	$(PY) -c "import mskjax; print('mskjax installed; jax', __import__('jax').__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m mskjax.run configs/quickstart.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -q $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
