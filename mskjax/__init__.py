@@ -1,3 +1,36 @@
-"""mskjax: Modified Spectrum Kernels for wide networks in JAX."""
+"""mskjax: Modified Spectrum Kernels for wide networks in JAX.
+
+Build a Modified Spectrum Kernel (MSK) from an analytic NTK, predict what an infinitely
+wide network trained with it does, and train a finite network with preconditioned GD
+that follows the same dynamics. Reference: Geifman, Barzilai, Basri & Galun,
+*Controlling the Inductive Bias of Wide Neural Networks by Modifying the Kernel's
+Spectrum*, arXiv:2307.14531 (TMLR 2024).
+
+Importing mskjax enables float64 in JAX (eigendecompositions of kernels need it); set
+the environment variable ``MSKJAX_NO_X64=1`` before import to keep JAX's default.
+"""
+import os as _os
+
+import jax as _jax
+
+if _os.environ.get("MSKJAX_NO_X64", "") not in ("1", "true", "True"):
+  _jax.config.update("jax_enable_x64", True)
+
+from mskjax import modifiers
+from mskjax.spectrum import (Eigenpairs, eigh_desc, eigh_top, randomized_eigh_top,
+                             eigenvalue_blocks, round_k_to_block)
+from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_gram, preconditioner,
+                        msk_gram_from_spectrum, preconditioner_from_spectrum,
+                        apply_preconditioner, msk_kernel_fn)
+from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
+
 __version__ = "0.1.0"
-__all__ = []
+
+__all__ = [
+    "modifiers",
+    "Eigenpairs", "eigh_desc", "eigh_top", "randomized_eigh_top", "eigenvalue_blocks",
+    "round_k_to_block",
+    "MSKSpectrum", "msk_spectrum", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
+    "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
+    "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
+]

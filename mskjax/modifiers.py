@@ -1,0 +1,179 @@
+r"""Spectrum modifiers ``g``: functions that choose new values for the top-k eigenvalues.
+
+**Contract.** A modifier is a callable ``g(evals, k) -> new`` where ``evals`` holds the
+descending eigenvalues of the Gram matrix ``K`` (length ``>= k + 1``; ``evals[k]`` is
+λ_{k+1}, the first one left unchanged) and ``new`` is a length-``k`` array of strictly
+positive values that replace λ₁..λ_k. It must be jittable (``k`` is a static Python int)
+— any such callable is accepted by :func:`mskjax.msk_gram` and friends, e.g.
+``lambda evals, k: jnp.sqrt(evals[:k] * evals[k])``.
+
+All modifiers act on Gram-matrix eigenvalues λ_i of ``K`` (which grow with n); the
+operator eigenvalues of the kernel are ≈ λ_i / n. Conversions are never implicit.
+
+Families (λ_i = ``evals[i-1]``, i = 1..k):
+
+=====================  ====================================================
+``identity()``         g(λ_i) = λ_i                       (plain kernel / GD)
+``flatten()``          g(λ_i) = λ_{k+1}       (EigenPro-like: the speed-up)
+``power(p, scale)``    g(λ_i) = scale · λ_i^p
+``exponential(rate)``  g(λ_i) = λ_{k+1} · exp(rate · (k + 1 − i))
+``scale(c)``           g(λ_i) = c · λ_i
+``values(v)``          g(λ_i) = v_i                  (explicit target values)
+``reverse()``          g(λ_i) = λ_{k+1−i}       (reverse the top-k ordering)
+=====================  ====================================================
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from mskjax import modifiers
+  >>> ev = jnp.array([8.0, 4.0, 2.0, 1.0])
+  >>> modifiers.flatten()(ev, 2).tolist(), modifiers.power(0.5)(ev, 2).tolist()
+  ([2.0, 2.0], [2.828..., 2.0])
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mskjax import _validate as V
+
+__all__ = ["Modifier", "identity", "flatten", "power", "exponential", "scale", "values",
+           "reverse", "apply_modifier"]
+
+Modifier = Callable[[jax.Array, int], jax.Array]
+
+
+def _named(fn, name):
+  fn.__name__ = fn.__qualname__ = name
+  return fn
+
+
+def identity() -> Modifier:
+  """g(λ_i) = λ_i: the kernel is unchanged (plain gradient descent).
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.identity()(jnp.array([3.0, 2.0, 1.0]), 2).tolist()
+    [3.0, 2.0]
+  """
+  return _named(lambda evals, k: evals[:k], "identity()")
+
+
+def flatten() -> Modifier:
+  """g(λ_i) = λ_{k+1} for i ≤ k: the top-k become the first untouched eigenvalue.
+
+  This is the EigenPro-like choice: the largest eigenvalue of K_g is λ_{k+1}, so the
+  stable step grows from 2/λ₁ to 2/λ_{k+1} and directions beyond k are learned
+  λ₁/λ_{k+1} times faster.
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.flatten()(jnp.array([3.0, 2.0, 1.0]), 2).tolist()
+    [1.0, 1.0]
+  """
+  return _named(lambda evals, k: jnp.full((k,), evals[k], dtype=evals.dtype), "flatten()")
+
+
+def power(p: float, scale: float = 1.0) -> Modifier:
+  """g(λ_i) = scale · λ_i^p (p < 1 compresses the top of the spectrum).
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.power(2.0, scale=0.5)(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
+    [8.0, 2.0]
+  """
+  if not np.isfinite(p) or not np.isfinite(scale) or scale <= 0:
+    raise ValueError(f"power(p, scale): need finite p and scale > 0, got p={p}, scale={scale}.")
+  return _named(lambda evals, k: scale * evals[:k] ** p, f"power({p}, scale={scale})")
+
+
+def exponential(rate: float) -> Modifier:
+  """g(λ_i) = λ_{k+1} · exp(rate · (k + 1 − i)): exponential decay anchored at λ_{k+1}.
+
+  ``rate > 0`` gives an exponentially decaying top-k spectrum that joins the untouched
+  tail continuously; ``rate < 0`` makes the top-k *increase* with i (reversed bias).
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> [round(v, 4) for v in modifiers.exponential(jnp.log(2.0))(jnp.array([9.0, 5.0, 1.0]), 2).tolist()]
+    [4.0, 2.0]
+  """
+  def g(evals, k):
+    steps = jnp.arange(k, 0, -1, dtype=evals.dtype)  # k+1-i for i = 1..k
+    return evals[k] * jnp.exp(rate * steps)
+  return _named(g, f"exponential({rate})")
+
+
+def scale(c: float) -> Modifier:
+  """g(λ_i) = c · λ_i (c > 0).
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.scale(0.5)(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
+    [2.0, 1.0]
+  """
+  if not np.isfinite(c) or c <= 0:
+    raise ValueError(f"scale(c): need a finite c > 0, got c={c}.")
+  return _named(lambda evals, k: c * evals[:k], f"scale({c})")
+
+
+def values(v) -> Modifier:
+  """g(λ_i) = v_i: explicit new values for the top-k (length must equal k, all > 0).
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.values([5.0, 0.1])(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
+    [5.0, 0.1]
+  """
+  v = np.asarray(v, dtype=np.float64)
+  if v.ndim != 1 or not np.all(np.isfinite(v)) or np.any(v <= 0):
+    raise ValueError(f"values(v): `v` must be a 1-D array of finite positive numbers, got {v}.")
+
+  def g(evals, k):
+    if k != v.shape[0]:
+      raise ValueError(f"values(v) holds {v.shape[0]} values but k={k}; pass exactly k values.")
+    return jnp.asarray(v, dtype=evals.dtype)
+  return _named(g, f"values({v.tolist()})")
+
+
+def reverse() -> Modifier:
+  """g(λ_i) = λ_{k+1−i}: the top-k eigenvalues in reversed order (reverses the bias).
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.reverse()(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
+    [2.0, 4.0]
+  """
+  return _named(lambda evals, k: evals[:k][::-1], "reverse()")
+
+
+def apply_modifier(g: Modifier, evals, k: int) -> jax.Array:
+  """``g(evals, k)`` with its contract checked: shape ``(k,)``, finite, strictly positive.
+
+  Values are checked when concrete (outside ``jit``); shapes always.
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.apply_modifier(modifiers.flatten(), jnp.array([3.0, 2.0, 1.0]), 1).tolist()
+    [2.0]
+  """
+  if not callable(g):
+    raise TypeError(f"`g` must be a modifier callable g(evals, k), got {type(g).__name__}; "
+                    "see mskjax.modifiers (e.g. modifiers.flatten()).")
+  k = V.check_k(k, evals.shape[0])
+  new = jnp.asarray(g(evals, k))
+  name = getattr(g, "__name__", repr(g))
+  if new.shape != (k,):
+    raise ValueError(f"modifier `g` ({name}) returned shape {tuple(new.shape)}; it must return "
+                     f"the k={k} new top eigenvalues, shape ({k},).")
+  new = new.astype(evals.dtype)
+  if V.is_concrete(new):
+    if not bool(jnp.all(jnp.isfinite(new))):
+      raise ValueError(f"modifier `g` ({name}) returned NaN/inf values: {new}.")
+    if not bool(jnp.all(new > 0)):
+      raise ValueError(f"modifier `g` ({name}) must return strictly positive eigenvalues; got "
+                       f"min {float(jnp.min(new)):.3g}. The MSK must stay positive definite on "
+                       "the top-k eigenspace (S = I + V(g/λ − 1)Vᵀ must be SPD).")
+  return new

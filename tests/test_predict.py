@@ -1,0 +1,135 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mskjax
+from mskjax import modifiers
+import oracles
+
+GS = {"identity": modifiers.identity(), "flatten": modifiers.flatten(),
+      "power0.5": modifiers.power(0.5), "reverse": modifiers.reverse()}
+
+
+def circle_problem(n=24, m=10, freq=3, seed=0):
+  rng = np.random.default_rng(seed)
+  X = np.sort(rng.uniform(0, 2 * np.pi, n))
+  x = rng.uniform(0, 2 * np.pi, m)
+  K = oracles.circle_kernel(X, X)
+  Kx = oracles.circle_kernel(x, X)
+  y = np.stack([np.cos(freq * X), np.sin(X)], axis=1)
+  return K, Kx, y
+
+
+@pytest.mark.parametrize("name", sorted(GS))
+def test_discrete_matches_explicit_matrix_power(name):
+  g = GS[name]
+  K, Kx, y = circle_problem()
+  k = 5
+  K_g, S = [np.asarray(a) for a in (mskjax.msk_gram(K, g, k), mskjax.preconditioner(K, g, k))]
+  eta = 1.0 / np.linalg.eigvalsh(K_g).max()
+  f0 = 0.1 * np.random.default_rng(1).standard_normal(y.shape)
+  f0x = 0.1 * np.random.default_rng(2).standard_normal((Kx.shape[0], 2))
+  ts = np.array([0, 1, 7, 50])
+  p = mskjax.predict_gd_mse(K, y, g, k, ts, learning_rate=eta, K_test_train=Kx,
+                            f0_train=f0, f0_test=f0x)
+  assert p.train.shape == (4,) + y.shape and p.test.shape == (4, Kx.shape[0], 2)
+  for i, t in enumerate(ts):
+    # Oracle: r_t = (I − η K_g)^t r_0 by repeated multiplication; test f_t by summing the
+    # kernel-GD updates f ← f − η k_g(x, X) r over t steps.
+    r = f0 - y
+    ftest = f0x.copy()
+    for _ in range(int(t)):
+      ftest = ftest - eta * (Kx @ S) @ r
+      r = r - eta * K_g @ r
+    np.testing.assert_allclose(p.train[i], y + oracles.matrix_power_residual(K_g, f0 - y, eta, t),
+                               atol=1e-10)
+    np.testing.assert_allclose(p.train[i] - y, r, atol=1e-10)
+    np.testing.assert_allclose(p.test[i], ftest, atol=1e-9)
+
+
+def test_identity_flow_matches_neural_tangents():
+  from mskjax._nt import nt_predict
+  K, Kx, y = circle_problem()
+  f0 = 0.05 * np.ones_like(y)
+  f0x = -0.05 * np.ones((Kx.shape[0], 2))
+  ts = np.array([0.0, 0.3, 2.0, 15.0])
+  ours = mskjax.predict_gd_mse(K, y, modifiers.identity(), 3, ts, K_test_train=Kx,
+                               f0_train=f0, f0_test=f0x)
+  none = mskjax.predict_gd_mse(K, y, None, None, ts, K_test_train=Kx, f0_train=f0, f0_test=f0x)
+  # neural-tangents uses ½(1/N)‖r‖²: learning_rate = N makes its time equal to ours.
+  fn = nt_predict.gradient_descent_mse(jnp.asarray(K), jnp.asarray(y), learning_rate=y.size)
+  nt_train, nt_test = fn(ts, f0, f0x, Kx)
+  np.testing.assert_allclose(ours.train, nt_train, atol=1e-9)
+  np.testing.assert_allclose(ours.test, nt_test, atol=1e-9)
+  np.testing.assert_allclose(none.test, nt_test, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(GS))
+def test_msk_flow_matches_neural_tangents_with_modified_kernels(name):
+  """DESIGN §4: K S as train kernel and k(x,X) S as test kernel make nt an exact oracle."""
+  from mskjax._nt import nt_predict
+  g = GS[name]
+  K, Kx, y = circle_problem(seed=3)
+  S = np.asarray(mskjax.preconditioner(K, g, 5))
+  ts = np.array([0.5, 4.0, 40.0])
+  ours = mskjax.predict_gd_mse(K, y, g, 5, ts, K_test_train=Kx)
+  fn = nt_predict.gradient_descent_mse(jnp.asarray(K @ S), jnp.asarray(y), learning_rate=y.size)
+  nt_train, nt_test = fn(ts, np.zeros_like(y), np.zeros((Kx.shape[0], 2)), Kx @ S)
+  np.testing.assert_allclose(ours.train, nt_train, atol=1e-8)
+  np.testing.assert_allclose(ours.test, nt_test, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(GS))
+@pytest.mark.parametrize("discrete", [False, True])
+def test_infinite_time_is_kernel_regression(name, discrete):
+  g = GS[name]
+  K, Kx, y = circle_problem(n=20, seed=4)
+  eta = 0.5 * mskjax.max_learning_rate(K, g, 5) if discrete else None
+  p = mskjax.predict_gd_mse(K, y, g, 5, jnp.inf, learning_rate=eta, K_test_train=Kx)
+  ref = Kx @ np.linalg.solve(K, y)  # the plain-GD solution, the same for every g
+  np.testing.assert_allclose(p.test, ref, atol=1e-6 * np.abs(ref).max() * np.linalg.cond(K) ** 0.5)
+  np.testing.assert_allclose(p.train, y, atol=1e-8)
+
+
+def test_singular_kernel_uses_pseudo_inverse():
+  rng = np.random.default_rng(0)
+  A = rng.standard_normal((8, 3))
+  K = A @ A.T  # rank 3
+  y = rng.standard_normal(8)
+  p = mskjax.predict_gd_mse(K, y, modifiers.flatten(), 1, np.array([5.0, np.inf]), K_test_train=K)
+  np.testing.assert_allclose(p.test[1], K @ np.linalg.pinv(K) @ y, atol=1e-8)
+  assert np.all(np.isfinite(p.train))
+
+
+def test_max_learning_rate_and_steps():
+  K, _, y = circle_problem()
+  lam = np.linalg.eigvalsh(K)[::-1]
+  assert mskjax.max_learning_rate(K) == pytest.approx(2 / lam[0], rel=1e-12)
+  assert mskjax.max_learning_rate(K, modifiers.flatten(), 5) == pytest.approx(2 / lam[5], rel=1e-12)
+  # steps_to_tolerance against brute-force iteration of the explicit matrix.
+  for g in (None, modifiers.flatten()):
+    K_g = np.asarray(K if g is None else mskjax.msk_gram(K, g, 5))
+    eta = 1 / np.linalg.eigvalsh(K_g).max()
+    r, t = y[:, 0].copy(), 0
+    while np.linalg.norm(r) >= 0.1 * np.linalg.norm(y[:, 0]):
+      r, t = r - eta * K_g @ r, t + 1
+    assert mskjax.steps_to_tolerance(K, y[:, 0], g, 5) == t
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(y_train=np.ones(5)), "rows"),
+    (dict(K_test_train=np.ones((3, 7))), "K_test_train"),
+    (dict(t=-1.0), "non-negative"),
+    (dict(t=1.5, learning_rate=0.1), "integers"),
+    (dict(learning_rate=-0.1), "learning_rate"),
+    (dict(f0_train=np.ones((6, 2))), "f0_train"),
+    (dict(y_train=np.array([1.0, np.nan, 0, 0, 0, 0])), "NaN"),
+    (dict(k=6), "1 <= k"),
+])
+def test_bad_inputs(kwargs, match):
+  K, Kx, y = circle_problem(n=6, m=3)
+  args = dict(K_train=K, y_train=y[:, 0], g=modifiers.flatten(), k=2, t=1.0)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    mskjax.predict_gd_mse(args.pop("K_train"), args.pop("y_train"), args.pop("g"),
+                          args.pop("k"), args.pop("t"), **args)
