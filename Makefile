@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # 2-core CI: let XLA use what is there, keep jax on the CPU.
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install run test test-slow bench clean
+.PHONY: install run test test-slow smoke bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q $(ARGS)
 
+# Every config's quick variant (< 60 s each on 2 cores), into runs/smoke/.
+smoke: $(STAMP)
+	@set -e; for c in configs/*.py; do \
+	  echo "-- $$c quick=True"; \
+	  $(PY) -m mskjax.run $$c quick=True --runs-dir runs/smoke --no-progress; \
+	done
+
 bench: $(STAMP)
-	$(PY) -m benchmarks.run $(ARGS)
+	$(PY) -m benchmarks.bench_pgd $(ARGS)
+	$(PY) -m benchmarks.bench_scale $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
