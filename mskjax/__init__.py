@@ -17,6 +17,9 @@ if _os.environ.get("MSKJAX_NO_X64", "") not in ("1", "true", "True"):
   _jax.config.update("jax_enable_x64", True)
 
 from mskjax import modifiers
+from mskjax import data, kernels, nets
+from mskjax.nets import MLPSpec, Network, make_network, stax_mlp, FlaxMLP, init_zero_output
+from mskjax.kernels import gram, empirical_ntk, kernel_matvec
 from mskjax.spectrum import (Eigenpairs, eigh_desc, eigh_top, randomized_eigh_top,
                              eigenvalue_blocks, round_k_to_block)
 from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_gram, preconditioner,
@@ -27,7 +30,9 @@ from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps
 __version__ = "0.1.0"
 
 __all__ = [
-    "modifiers",
+    "modifiers", "data", "kernels", "nets",
+    "MLPSpec", "Network", "make_network", "stax_mlp", "FlaxMLP", "init_zero_output",
+    "gram", "empirical_ntk", "kernel_matvec",
     "Eigenpairs", "eigh_desc", "eigh_top", "randomized_eigh_top", "eigenvalue_blocks",
     "round_k_to_block",
     "MSKSpectrum", "msk_spectrum", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
