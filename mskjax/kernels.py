@@ -113,7 +113,20 @@ def _blocked(pair_fn, sym_fn, x1, x2, block_size):
   return jnp.asarray(out[:n1, :n2])
 
 
-@functools.lru_cache(maxsize=64)
+def _cached(builder):
+  """lru_cache that falls back to building afresh for unhashable functions."""
+  cached = functools.lru_cache(maxsize=64)(builder)
+
+  def wrapper(fn, arg):
+    try:
+      hash(fn)
+    except TypeError:
+      return builder(fn, arg)
+    return cached(fn, arg)
+  return wrapper
+
+
+@_cached
 def _analytic_block_fns(kernel_fn, get):
   pair = jax.jit(lambda a, b: kernel_fn(a, b, get))
   sym = jax.jit(lambda a: kernel_fn(a, None, get))
@@ -158,7 +171,7 @@ def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
   return _blocked(pair, sym, x1, x2, block_size)
 
 
-@functools.lru_cache(maxsize=64)
+@_cached
 def _empirical_block_fns(apply_fn, implementation):
   fn = empirical_ntk_fn(apply_fn, trace_axes=(-1,), implementation=implementation)
   pair = jax.jit(lambda a, b, params: fn(a, b, params))

@@ -1,0 +1,138 @@
+"""mskjax.kernels: blocked Gram matrices and matvecs equal their dense counterparts."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mskjax.kernels import empirical_ntk, gram, kernel_matvec
+from mskjax.nets import FlaxMLP, MLPSpec, stax_mlp
+from mskjax._nt import empirical_ntk_fn
+
+SPEC = MLPSpec(depth=2, width=64, activation="erf", W_std=1.4, b_std=0.2)
+
+
+@pytest.fixture(scope="module")
+def kernel_fn():
+  return stax_mlp(SPEC)[2]
+
+
+@pytest.fixture(scope="module")
+def xs():
+  rng = np.random.default_rng(0)
+  return jnp.asarray(rng.normal(size=(11, 3))), jnp.asarray(rng.normal(size=(7, 3)))
+
+
+@pytest.mark.parametrize("get, block_size", [("ntk", None), ("ntk", 1), ("ntk", 3), ("ntk", 7),
+                                              ("ntk", 50), ("nngp", None), ("nngp", 4)])
+def test_gram_blocked_equals_dense(kernel_fn, xs, block_size, get):
+  x1, x2 = xs
+  k = gram(kernel_fn, x1, x2, get=get, block_size=block_size)
+  assert k.shape == (11, 7) and k.dtype == jnp.float64
+  np.testing.assert_allclose(k, kernel_fn(x1, x2, get), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("block_size", [None, 4, 11])
+def test_gram_symmetric(kernel_fn, xs, block_size):
+  x1, _ = xs
+  k = np.asarray(gram(kernel_fn, x1, block_size=block_size))
+  np.testing.assert_array_equal(k, k.T)
+  np.testing.assert_allclose(k, kernel_fn(x1, x1, "ntk"), rtol=1e-12, atol=1e-14)
+
+
+def test_gram_accepts_numpy_and_lists(kernel_fn):
+  x = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+  np.testing.assert_allclose(gram(kernel_fn, x), gram(kernel_fn, np.asarray(x)))
+
+
+@pytest.mark.parametrize("block_size", [None, 3, 5])
+@pytest.mark.parametrize("implementation", [1, 2])
+def test_empirical_ntk_blocked(xs, block_size, implementation):
+  x1, x2 = xs
+  spec = MLPSpec(depth=1, width=32, out_dim=3, b_std=0.1)
+  model = FlaxMLP(spec)
+  v = model.init(jax.random.PRNGKey(0), x1)
+  ref = jax.jit(empirical_ntk_fn(model.apply, trace_axes=(-1,), implementation=1))(x1, x2, v)
+  k = empirical_ntk(model.apply, v, x1, x2, implementation=implementation,
+                    block_size=block_size)
+  np.testing.assert_allclose(k, ref, rtol=1e-10, atol=1e-12)
+  ksym = np.asarray(empirical_ntk(model.apply, v, x1, block_size=block_size))
+  np.testing.assert_allclose(ksym, ksym.T, rtol=1e-12, atol=1e-12)
+  # Trace over outputs is a mean: (1/c) sum_k J_k J_k^T.
+  jac = jax.jit(jax.jacobian(lambda p: model.apply(p, x1)))(v)
+  flat = jnp.concatenate([a.reshape(11, 3, -1) for a in jax.tree.leaves(jac)], axis=-1)
+  np.testing.assert_allclose(ksym, jnp.einsum("ikp,jkp->ij", flat, flat) / 3, rtol=1e-10)
+
+
+@pytest.mark.parametrize("block_size, m", [(1, None), (4, None), (4, 3), (5, 1), (11, 3),
+                                           (64, None)])
+def test_kernel_matvec(kernel_fn, xs, block_size, m):
+  x, _ = xs
+  shape = (11,) if m is None else (11, m)
+  v = jnp.asarray(np.random.default_rng(1).normal(size=shape))
+  kv = kernel_matvec(kernel_fn, x, v, block_size=block_size)
+  assert kv.shape == shape
+  np.testing.assert_allclose(kv, kernel_fn(x, None, "ntk") @ v, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_matvec_jittable(kernel_fn, xs):
+  x, _ = xs
+  v = jnp.ones(11)
+  f = jax.jit(lambda x, v: kernel_matvec(kernel_fn, x, v, block_size=4, get="nngp"))
+  np.testing.assert_allclose(f(x, v), kernel_fn(x, None, "nngp") @ v, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (jnp.ones(5), "x1 must be 2-D"),
+    (jnp.ones((2, 3, 1)), "x1 must be 2-D"),
+    (jnp.ones((0, 3)), "non-empty"),
+    (jnp.array([[1.0, jnp.nan, 0.0]]), "x1 contains NaN"),
+    (jnp.array([[1.0, jnp.inf, 0.0]]), "x1 contains NaN"),
+])
+def test_gram_bad_x1(kernel_fn, bad, match):
+  with pytest.raises(ValueError, match=match):
+    gram(kernel_fn, bad)
+
+
+def test_gram_bad_x2_and_args(kernel_fn, xs):
+  x1, _ = xs
+  with pytest.raises(ValueError, match="same feature dimension"):
+    gram(kernel_fn, x1, jnp.ones((2, 4)))
+  with pytest.raises(ValueError, match="x2 contains NaN"):
+    gram(kernel_fn, x1, jnp.full((2, 3), jnp.nan))
+  with pytest.raises(ValueError, match="x2 must be 2-D"):
+    gram(kernel_fn, x1, jnp.ones(3))
+  with pytest.raises(ValueError, match="get must be"):
+    gram(kernel_fn, x1, get="cov")
+  for bs in (0, -1, 2.5, True):
+    with pytest.raises(ValueError, match="block_size"):
+      gram(kernel_fn, x1, block_size=bs)
+  with pytest.raises(TypeError, match="numeric"):
+    gram(kernel_fn, np.array([["a", "b", "c"]]))
+
+
+def test_empirical_ntk_errors(xs):
+  x1, _ = xs
+  model = FlaxMLP(MLPSpec(depth=1, width=4))
+  v = model.init(jax.random.PRNGKey(0), x1)
+  with pytest.raises(ValueError, match="implementation=3"):
+    empirical_ntk(model.apply, v, x1, implementation=3)
+  with pytest.raises(ValueError, match="implementation must be 1 or 2"):
+    empirical_ntk(model.apply, v, x1, implementation=0)
+  with pytest.raises(ValueError, match=r"shape \(n, c\)"):
+    empirical_ntk(lambda p, x: model.apply(p, x)[:, 0], v, x1)
+  with pytest.raises(ValueError, match="x1 contains NaN"):
+    empirical_ntk(model.apply, v, x1.at[0, 0].set(jnp.nan))
+
+
+def test_kernel_matvec_errors(kernel_fn, xs):
+  x, _ = xs
+  with pytest.raises(ValueError, match=r"v must have shape \(n,\)"):
+    kernel_matvec(kernel_fn, x, jnp.ones(10), block_size=4)
+  with pytest.raises(ValueError, match=r"v must have shape"):
+    kernel_matvec(kernel_fn, x, jnp.ones((11, 2, 1)), block_size=4)
+  with pytest.raises(ValueError, match="v contains NaN"):
+    kernel_matvec(kernel_fn, x, jnp.full(11, jnp.nan), block_size=4)
+  with pytest.raises(ValueError, match="x contains NaN"):
+    kernel_matvec(kernel_fn, x.at[1, 1].set(jnp.nan), jnp.ones(11), block_size=4)
+  with pytest.raises(ValueError, match="block_size"):
+    kernel_matvec(kernel_fn, x, jnp.ones(11), block_size=None)
