@@ -36,11 +36,17 @@ and replace each sum over the n training points by (n/b) times the sum over the 
   S_B = I_b + \frac{n}{b}\,\Phi_B C \Phi_B^\top .
 
 For B = all n points (b = n), ``S_B = S`` and ``L_B = ½ rᵀ S r``: it reduces exactly to
-full-batch PGD. The estimate of ``Jᵀ r`` is unbiased; the product of the two batch sums
-has expectation ``(n/b)·[(n(b−1))/(b(n−1))]·(off-diagonal part) + (n/b)·(diagonal part)``
-of ``Jᵀ Φ C Φᵀ r``, i.e. a bias O(1/b) that vanishes at b = n (checked against explicit
-enumeration of all batches in ``tests/test_optim.py``). The (n/b) factor in front keeps
-the step size of full-batch GD: use the same ``η ≤ 1/λ_max(K_g)``-type rates.
+full-batch PGD. Over uniformly drawn batches the estimate of ``Jᵀ r`` is unbiased and,
+with ``M = Φ C Φᵀ`` (n × n) and ``D = diag(M)``, the lifted batch gradient has mean
+
+.. math:: J^\top\Big[r + \frac{n(b-1)}{b(n-1)}(M - D)\,r + \frac{n}{b} D\,r\Big]
+
+(checked by enumerating all batches in ``tests/test_optim.py``): the off-diagonal part
+is shrunk by 1 − (n−b)/(b(n−1)) and the diagonal part inflated by n/b; both are exact at
+b = n. With delocalised eigenvectors ``D ≈ (tr C / n) I``, so the bias is about
+``(tr C)/b``: use batches several times larger than k (as in EigenPro); for b < k the
+batch matrix ``S_B`` can lose positive definiteness. The (n/b) factor in front keeps the
+step size of full-batch GD: use the same ``η ≤ 1/λ_max(K_g)``-type rates.
 """
 from __future__ import annotations
 
