@@ -212,9 +212,10 @@ _SHARDED = textwrap.dedent("""
     K = np.asarray(kf(x, x, "ntk"))  # one call: its diagonal round-off differs (~1e-8)
     print("matvec", np.abs(many - one).max() / np.abs(one).max(),
           np.abs(many - K @ v).max() / np.abs(one).max())
-    s1 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 9, block_size=32,
-                                  devices=jax.devices()[:1])
-    s8 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 9, block_size=32)
+    opts = dict(block_size=32, depth=3, oversample=6)
+    s1 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 5, devices=jax.devices()[:1],
+                                  **opts)
+    s8 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 5, **opts)
     print("values", np.abs(np.asarray(s8.values) - np.asarray(s1.values)).max() / float(s1.values[0]))
 """)
 
