@@ -1,0 +1,235 @@
+"""mskjax.large: blocked/sharded matvecs, matrix-free top-k, Nyström, msk_spectrum_large.
+
+Oracles are dense: the Gram matrix from one ``kernel_fn`` call and numpy's LAPACK eigh.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mskjax
+from mskjax import large, modifiers
+from mskjax.kernels import empirical_ntk
+from mskjax.nets import FlaxMLP, MLPSpec, stax_mlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sphere(n, d=10, seed=0):
+  x = np.random.default_rng(seed).standard_normal((n, d))
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def ntk2():
+  return stax_mlp(MLPSpec(depth=2, width=8, b_std=0.1))[2]
+
+
+def _dense(kernel_fn, x, block_size=None, get="ntk"):
+  """Dense K from the same ``block_size × block_size`` kernel calls the code makes.
+
+  neural-tangents' arc-cosine NTK has ~1e-8 relative round-off on its diagonal
+  (arccos'(1) = ∞ amplifies the ~1e-16 error of x·x/‖x‖² ≈ 1), and that round-off depends
+  on the block shape XLA compiles. Building the oracle from the same block calls isolates
+  what mskjax.large adds (summation order, ~1e-13) from the kernel's own round-off.
+  """
+  x = jnp.asarray(x)
+  n = x.shape[0]
+  bs = n if block_size is None else large._resolve_block(block_size, None, n, 0, 1)
+  nb = -(-n // bs)
+  xp = jnp.concatenate([x, jnp.repeat(x[-1:], nb * bs - n, axis=0)])
+  f = jax.jit(lambda a, b: kernel_fn(a, b, get))
+  rows = [np.concatenate([np.asarray(f(xp[i:i + bs], xp[j:j + bs])) for j in range(0, nb * bs, bs)],
+                         axis=1) for i in range(0, nb * bs, bs)]
+  return np.concatenate(rows)[:n, :n].astype(np.float64)
+
+
+@pytest.mark.parametrize("block_size", [64, 100, 1000])
+def test_blocked_matvec_equals_dense(ntk2, block_size):
+  x = _sphere(301, seed=1)  # 301: not a multiple of any block size (padding is exercised)
+  K = _dense(ntk2, x, block_size)
+  v = np.random.default_rng(2).standard_normal((301, 7))
+  out = large.kernel_matvec_large(ntk2, x, v, block_size=block_size)
+  # Same products summed in another order: float64 round-off, ~1e-13 relative.
+  np.testing.assert_allclose(out, K @ v, rtol=0, atol=1e-12 * np.abs(K @ v).max())
+  out1 = large.kernel_matvec_large(ntk2, x, v[:, 0], block_size=block_size)
+  assert out1.shape == (301,)
+  np.testing.assert_allclose(out1, K @ v[:, 0], atol=1e-12 * np.abs(K @ v[:, 0]).max())
+
+
+def test_block_size_from_budget(ntk2):
+  b_small = large.block_size_for_budget(1 << 24, m=10, itemsize=8)
+  b_big = large.block_size_for_budget(1 << 30, m=10, itemsize=8)
+  assert 64 <= b_small < b_big and b_big % 64 == 0
+  # The chosen block honours the budget formula.
+  assert 8 * (large._TEMPORARIES * b_big ** 2 + 2 * b_big * 10) <= 1 << 30
+  x = _sphere(200, seed=3)
+  mv = large.kernel_operator(ntk2, x, memory_budget=1 << 21, m=4)
+  assert mv.block_size == 56  # 4 blocks of <= 64 rows, edge trimmed to cover 200 rows
+  v = np.ones((200, 4))
+  np.testing.assert_allclose(mv(v), _dense(ntk2, x, 56) @ v, rtol=1e-12)
+  with pytest.raises(ValueError, match="memory_bytes"):
+    large.block_size_for_budget(0)
+
+
+def test_empirical_ntk_through_kernel_args():
+  model = FlaxMLP(MLPSpec(depth=1, width=16, out_dim=2))
+  x = _sphere(40, d=3, seed=4)
+  params = model.init(jax.random.PRNGKey(0), jnp.asarray(x))
+  K = np.asarray(empirical_ntk(model.apply, params, x))
+  from mskjax._nt import empirical_ntk_fn
+  fn = empirical_ntk_fn(model.apply, trace_axes=(-1,), implementation=2)
+  emp = lambda a, b, p: fn(a, b, p)
+  v = np.random.default_rng(5).standard_normal((40, 3))
+  out = large.kernel_matvec_large(emp, x, v, get=None, kernel_args=(params,), block_size=16)
+  np.testing.assert_allclose(out, K @ v, atol=1e-10 * np.abs(K @ v).max())
+
+
+def test_topk_matfree_matches_dense_eigh(ntk2):
+  n, k = 1000, 60
+  x = _sphere(n, seed=6)
+  K = _dense(ntk2, x, 512)
+  w, U = np.linalg.eigh(K)
+  w, U = w[::-1], U[:, ::-1]
+  mv = large.kernel_operator(ntk2, x, m=k + 21, block_size=512)
+  top = large.topk_eigh_matfree(mv, n, k, tol=1e-8)
+  assert top.converged and top.values.shape == (k,) and top.vectors.shape == (n, k)
+  # Ritz values are Rayleigh quotients: error ≈ residual²/gap, far below the residual
+  # tolerance 1e-8·λ₁, so agreement is at float64 round-off of a 1000-point eigh (~1e-12).
+  np.testing.assert_allclose(top.values, w[:k], rtol=1e-10)
+  np.testing.assert_allclose(float(top.next_value), w[k], rtol=1e-10)
+  # Reported residuals are the true ones (recomputed with the dense K).
+  V = np.asarray(top.vectors)
+  res = np.linalg.norm(K @ V - V * np.asarray(top.values), axis=0)
+  np.testing.assert_allclose(top.residuals[:k], res, rtol=1e-3, atol=1e-13 * w[0])
+  assert res.max() <= 1e-8 * w[0]
+  np.testing.assert_allclose(V.T @ V, np.eye(k), atol=1e-12)
+  # Eigenvectors up to sign where the gap to the neighbours is not tiny.
+  gap = np.minimum(np.abs(w[:k] - w[1:k + 1]), np.abs(w[:k] - np.r_[np.inf, w[:k - 1]]))
+  ok = gap > 1e-3 * w[0]
+  overlap = np.abs(np.sum(V * U[:, :k], axis=0))
+  np.testing.assert_allclose(overlap[ok], 1.0, atol=1e-8)
+
+
+def test_topk_matfree_diagonal_and_validation():
+  K = jnp.diag(1.0 / jnp.arange(1.0, 61.0))
+  top = large.topk_eigh_matfree(lambda v: K @ v, 60, 5, oversample=4, depth=2)
+  np.testing.assert_allclose(top.values, 1.0 / np.arange(1, 6), rtol=1e-12)
+  with pytest.raises(ValueError, match="k"):
+    large.topk_eigh_matfree(lambda v: K @ v, 60, 60)
+  with pytest.raises(TypeError, match="matvec"):
+    large.topk_eigh_matfree(K, 60, 5)
+  with pytest.raises(ValueError, match="depth"):
+    large.topk_eigh_matfree(lambda v: K @ v, 60, 5, depth=0)
+
+
+def test_nystrom_error(ntk2):
+  n, k = 600, 10
+  x = _sphere(n, seed=7)
+  K = _dense(ntk2, x, 256)
+  w = np.linalg.eigvalsh(K)[::-1]
+  errs = []
+  for m in (100, 400):
+    ny = large.nystrom_eigh(ntk2, x, k, m, block_size=256)
+    L = np.asarray(ny.landmarks)
+    C = K[:, L]
+    Khat = C @ np.linalg.pinv(K[np.ix_(L, L)], rcond=1e-13, hermitian=True) @ C.T
+    op_err = np.linalg.norm(K - Khat, 2)
+    dw = w[:k] - np.asarray(ny.values)
+    # The docstring's chain 0 ≤ λ_i(K) − λ_i(K̂) ≤ ‖K − K̂‖₂ ≤ tr(K − K̂) (round-off slack).
+    assert np.all(dw >= -1e-9 * w[0])
+    assert np.all(dw <= op_err * (1 + 1e-6) + 1e-9 * w[0])
+    assert op_err <= float(ny.trace_error) * (1 + 1e-6) + 1e-9 * w[0]
+    # Its eigenpairs are those of K̂ (independent dense oracle).
+    np.testing.assert_allclose(ny.values, np.linalg.eigvalsh(Khat)[::-1][:k], rtol=1e-7)
+    errs.append(np.max(dw / w[:k]))
+    print("nystrom", m, errs[-1], op_err / w[0], float(ny.trace_error) / w[0])
+  # Measured (n=600, seed 7): worst top-10 relative eigenvalue error ≈ 0.1 at m=100 and
+  # ≈ 0.01 at m=400. Bounds with a factor ~2 margin; 4× the landmarks must help ≥ 3×.
+  assert errs[0] < 0.2 and errs[1] < 0.03 and errs[1] < errs[0] / 3
+
+
+def test_msk_spectrum_large_matches_dense(ntk2):
+  n, k = 400, 11
+  x = _sphere(n, d=3, seed=8)
+  K = _dense(ntk2, x, 256)
+  g = modifiers.flatten()
+  dense = mskjax.msk_spectrum(jnp.asarray(K), g, k, method="dense")
+  spec, info = large.msk_spectrum_large(ntk2, x, g, k, block_size=256, return_info=True)
+  assert isinstance(spec, mskjax.MSKSpectrum) and info.converged
+  np.testing.assert_allclose(spec.values, dense.values, rtol=1e-10)
+  np.testing.assert_allclose(spec.new_values, dense.new_values, rtol=1e-10)
+  np.testing.assert_allclose(float(spec.next_value), float(dense.next_value), rtol=1e-10)
+  r = np.random.default_rng(9).standard_normal(n)
+  # S r is invariant to the eigenvector signs / rotations inside the top-k space.
+  np.testing.assert_allclose(mskjax.apply_preconditioner(spec, r),
+                             mskjax.apply_preconditioner(dense, r), atol=1e-8)
+  ny = large.msk_spectrum_large(ntk2, x, g, k, method="nystrom", n_landmarks=n)
+  np.testing.assert_allclose(ny.values, dense.values, rtol=1e-7)  # m = n: K̂ = K
+  with pytest.raises(ValueError, match="method"):
+    large.msk_spectrum_large(ntk2, x, g, k, method="lanczos")
+  with pytest.raises(ValueError, match="k"):
+    large.msk_spectrum_large(ntk2, x, g, n)
+
+
+def test_input_errors(ntk2):
+  x = _sphere(20, seed=10)
+  with pytest.raises(ValueError, match="`get`"):
+    large.kernel_operator(ntk2, x, get="foo")
+  with pytest.raises(ValueError, match="`x`"):
+    large.kernel_operator(ntk2, x[0])
+  with pytest.raises(ValueError, match="NaN"):
+    large.kernel_operator(ntk2, np.full((3, 2), np.nan))
+  with pytest.raises(ValueError, match="`V`"):
+    large.kernel_operator(ntk2, x)(np.ones(5))
+  with pytest.raises(TypeError, match="kernel_fn"):
+    large.kernel_operator(3, x)
+  with pytest.raises(ValueError, match="n_landmarks"):
+    large.nystrom_eigh(ntk2, x, 3, 50)
+
+
+_SHARDED = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    from mskjax import large, modifiers
+    from mskjax.nets import MLPSpec, stax_mlp
+    assert len(jax.devices()) == 8, jax.devices()
+    kf = stax_mlp(MLPSpec(depth=2, width=8, b_std=0.1))[2]
+    x = np.random.default_rng(0).standard_normal((333, 10))
+    v = np.random.default_rng(1).standard_normal((333, 5))
+    one = np.asarray(large.kernel_matvec_large(kf, x, v, block_size=32,
+                                               devices=jax.devices()[:1]))
+    many = np.asarray(large.kernel_matvec_large(kf, x, v, block_size=32))
+    K = np.asarray(kf(x, x, "ntk"))  # one call: its diagonal round-off differs (~1e-8)
+    print("matvec", np.abs(many - one).max() / np.abs(one).max(),
+          np.abs(many - K @ v).max() / np.abs(one).max())
+    opts = dict(block_size=32, depth=3, oversample=6)
+    s1 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 5, devices=jax.devices()[:1],
+                                  **opts)
+    s8 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 5, **opts)
+    print("values", np.abs(np.asarray(s8.values) - np.asarray(s1.values)).max() / float(s1.values[0]))
+""")
+
+
+def test_sharded_equals_single_device():
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = dict(l.split(" ", 1) for l in out.stdout.strip().splitlines())
+  same, dense = map(float, lines["matvec"].split())
+  # Each row is the same sequence of block products on 1 or 8 devices; only XLA's
+  # per-shape fusion/GEMM choices could differ, so allow a few ulps, not more.
+  # Against a one-call dense K: the arc-cosine kernel's own ~1e-8 diagonal round-off.
+  assert same <= 1e-14 and dense <= 1e-7
+  assert float(lines["values"]) <= 1e-12
