@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Dataset", "circle", "sphere", "fourier_target", "zonal_harmonic_target",
-           "load_digits", "as_dataset"]
+           "load_digits", "as_dataset", "Whitening", "fit_whitening", "apply_whitening",
+           "whiten", "whitened_linear_teacher", "power_law_gaussian"]
 
 
 def _float_dtype():
@@ -284,3 +285,200 @@ def load_digits(*, labels: str = "onehot", test_fraction: float = 0.2, seed: int
   x_tr, x_te, y_tr, y_te = train_test_split(x, onehot, test_size=test_fraction,
                                             random_state=seed, stratify=idx)
   return as_dataset(x_tr, y_tr, x_te, y_te)
+
+
+# ---------------------------------------------------------------------------------------
+# Whitening, linear teachers and anisotropic Gaussians (kernel diagnostics / silent
+# alignment, Atanasov, Bordelon & Pehlevan, arXiv:2111.00034).
+# ---------------------------------------------------------------------------------------
+
+class Whitening(NamedTuple):
+  """A (partial) whitening map fitted on training inputs: z = (x - mean) @ matrix.
+
+  Attributes:
+    mean: (d,) training mean (zeros when fitted with ``center=False``).
+    matrix: (d, d) map U_r diag(lambda_r^((gamma - 1)/2)) U_r^T on the kept eigenvectors.
+    eigenvalues: (r,) kept covariance eigenvalues lambda_1 >= ... >= lambda_r > 0.
+    gamma: the exponent: covariance eigenvalues lambda -> lambda^gamma.
+  """
+  mean: jax.Array
+  matrix: jax.Array
+  eigenvalues: jax.Array
+  gamma: float
+
+
+def fit_whitening(x, gamma: float = 0.0, *, center: bool = True,
+                  rtol: float = 1e-10) -> Whitening:
+  """Fits partial whitening on training inputs: covariance eigenvalues lambda -> lambda^gamma.
+
+  C = (1/n) (x - mu)^T (x - mu) = U diag(lambda) U^T. The map z = (x - mu) U_r
+  diag(lambda_r^((gamma-1)/2)) U_r^T gives (1/n) z^T z = U_r diag(lambda_r^gamma) U_r^T:
+  gamma = 0 is exact whitening (covariance = projection on the data span), gamma = 1 keeps
+  the spectrum, 0 < gamma < 1 partially flattens it. Rank deficiency: only the r
+  eigenvalues > rtol * lambda_1 are kept (directions with no variance are projected out
+  instead of divided by ~0), so the output stays in R^d and finite.
+
+  Args:
+    x: training inputs (n, d).
+    gamma: spectral exponent (finite, >= 0).
+    center: subtract the training mean first.
+    rtol: relative threshold of the kept eigenvalues.
+
+  Returns:
+    :class:`Whitening`; apply it with :func:`apply_whitening` (train and test alike).
+
+  Example:
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((50, 3)) * [1., 10., 0.]
+    >>> w = fit_whitening(x)
+    >>> z = np.asarray(apply_whitening(w, x))
+    >>> int(w.eigenvalues.shape[0]), np.round(z.T @ z / 50, 6) + 0.0
+    (2, array([[1., 0., 0.],
+           [0., 1., 0.],
+           [0., 0., 0.]]))
+  """
+  x = np.asarray(x, np.float64)
+  if x.ndim != 2 or x.shape[0] < 1:
+    raise ValueError(f"fit_whitening: x must be 2-D (n, d) and non-empty; got shape {x.shape}.")
+  if not np.all(np.isfinite(x)):
+    raise ValueError("fit_whitening: x contains NaN or inf.")
+  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) \
+      or gamma < 0:
+    raise ValueError(f"fit_whitening: gamma must be a finite number >= 0; got {gamma!r}.")
+  mu = x.mean(0) if center else np.zeros(x.shape[1])
+  xc = x - mu
+  lam, U = np.linalg.eigh(xc.T @ xc / x.shape[0])
+  lam, U = lam[::-1], U[:, ::-1]
+  if lam[0] <= 0:
+    raise ValueError("fit_whitening: x has zero variance (all rows equal).")
+  keep = lam > rtol * lam[0]
+  lam, U = lam[keep], U[:, keep]
+  M = (U * lam ** ((gamma - 1.0) / 2.0)) @ U.T
+  dtype = _float_dtype()
+  return Whitening(jnp.asarray(mu, dtype), jnp.asarray(M, dtype), jnp.asarray(lam, dtype),
+                   float(gamma))
+
+
+def apply_whitening(w: Whitening, x) -> jax.Array:
+  """Applies a fitted :class:`Whitening` to inputs of shape (m, d): (x - mean) @ matrix.
+
+  Example:
+    >>> import numpy as np
+    >>> w = fit_whitening(np.array([[0., 0.], [2., 4.]]))
+    >>> np.asarray(apply_whitening(w, [[1., 2.], [3., 6.]])).round(4).tolist()
+    [[0.0, 0.0], [0.8944, 1.7889]]
+  """
+  if not isinstance(w, Whitening):
+    raise TypeError(f"apply_whitening: w must be a Whitening (from fit_whitening); got "
+                    f"{type(w).__name__}.")
+  x = jnp.asarray(x, _float_dtype())
+  if x.ndim != 2 or x.shape[1] != w.mean.shape[0]:
+    raise ValueError(f"apply_whitening: x must have shape (m, {w.mean.shape[0]}); got "
+                     f"{x.shape}.")
+  return (x - w.mean) @ w.matrix
+
+
+def whiten(x_train, x_test=None, gamma: float = 0.0, **kwargs):
+  """Fit partial whitening on ``x_train`` and apply it to both sets; ``(z_train, z_test)``.
+
+  Example:
+    >>> import numpy as np
+    >>> z, _ = whiten(np.random.default_rng(1).standard_normal((40, 2)) * [1., 5.])
+    >>> np.round(np.asarray(z).T @ np.asarray(z) / 40, 6).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+  """
+  w = fit_whitening(x_train, gamma, **kwargs)
+  z_test = None if x_test is None else apply_whitening(w, x_test)
+  return apply_whitening(w, x_train), z_test
+
+
+def whitened_linear_teacher(n: int, d: int, rank: Optional[int] = None, *, key,
+                            n_test: int = 0):
+  """Exactly whitened inputs of rank r and a linear teacher y = X beta.
+
+  X = sqrt(n) Q R^T with Q (n, r) and R (d, r) random orthonormal columns, so
+  (1/n) X^T X = R R^T exactly (the projection on an r-dim subspace: all r nonzero covariance
+  eigenvalues are 1) and X X^T = n Q Q^T. beta = R u with u uniform on S^(r-1) (unit norm,
+  inside the data span), so ||y||^2 = n. Test inputs (if any) are Gaussian N(0, R R^T).
+
+  Args:
+    n: training points (>= rank).
+    d: input dimension.
+    rank: r (default min(n, d)).
+    key: PRNG key.
+    n_test: number of test points (0: none).
+
+  Returns:
+    ``(Dataset, beta)``; y of shape (n, 1), beta of shape (d,).
+
+  Example:
+    >>> import jax, numpy as np
+    >>> ds, beta = whitened_linear_teacher(20, 8, 5, key=jax.random.PRNGKey(0))
+    >>> x = np.asarray(ds.x_train)
+    >>> int(np.linalg.matrix_rank(x)), round(float(np.sum(np.asarray(ds.y_train) ** 2)), 6)
+    (5, 20.0)
+  """
+  n = _check_count(n, "n", "whitened_linear_teacher")
+  d = _check_count(d, "d", "whitened_linear_teacher")
+  r = min(n, d) if rank is None else _check_count(rank, "rank", "whitened_linear_teacher")
+  if r > min(n, d):
+    raise ValueError(f"whitened_linear_teacher: rank must be <= min(n, d) = {min(n, d)}; "
+                     f"got {r}.")
+  n_test = _check_count(n_test, "n_test", "whitened_linear_teacher", minimum=0)
+  if key is None:
+    raise ValueError("whitened_linear_teacher: key must be a PRNG key.")
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  dtype = _float_dtype()
+  Q, _ = jnp.linalg.qr(jax.random.normal(k1, (n, r), dtype))
+  R, _ = jnp.linalg.qr(jax.random.normal(k2, (d, r), dtype))
+  u = jax.random.normal(k3, (r,), dtype)
+  beta = R @ (u / jnp.linalg.norm(u))
+  x = math.sqrt(n) * Q @ R.T
+  x_test = y_test = None
+  if n_test:
+    x_test = jax.random.normal(k4, (n_test, r), dtype) @ R.T
+    y_test = (x_test @ beta)[:, None]
+  return Dataset(x, (x @ beta)[:, None], x_test, y_test), beta
+
+
+def power_law_gaussian(n: int, d: int, alpha: float, *, key, n_test: int = 0):
+  """Anisotropic Gaussian inputs with a power-law spectrum and a linear teacher.
+
+  x ~ N(0, diag(lambda)), lambda_k = k^(-alpha) / c (k = 1..d) normalised so sum lambda_k = d
+  (E||x||^2 = d for every alpha; alpha = 0 is isotropic). Teacher y = x beta with beta
+  uniform on S^(d-1).
+
+  Args:
+    n: training points; d: dimension; alpha: spectral decay (>= 0).
+    key: PRNG key.
+    n_test: number of test points.
+
+  Returns:
+    ``(Dataset, beta)``.
+
+  Example:
+    >>> import jax
+    >>> ds, beta = power_law_gaussian(10, 4, 1.0, key=jax.random.PRNGKey(0), n_test=3)
+    >>> ds.x_train.shape, ds.y_train.shape, ds.x_test.shape
+    ((10, 4), (10, 1), (3, 4))
+  """
+  n = _check_count(n, "n", "power_law_gaussian")
+  d = _check_count(d, "d", "power_law_gaussian")
+  n_test = _check_count(n_test, "n_test", "power_law_gaussian", minimum=0)
+  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
+      or alpha < 0:
+    raise ValueError(f"power_law_gaussian: alpha must be a finite number >= 0; got {alpha!r}.")
+  if key is None:
+    raise ValueError("power_law_gaussian: key must be a PRNG key.")
+  dtype = _float_dtype()
+  lam = jnp.arange(1, d + 1, dtype=dtype) ** (-float(alpha))
+  lam = lam * d / jnp.sum(lam)
+  k1, k2, k3 = jax.random.split(key, 3)
+  beta = jax.random.normal(k3, (d,), dtype)
+  beta = beta / jnp.linalg.norm(beta)
+  x = jax.random.normal(k1, (n, d), dtype) * jnp.sqrt(lam)
+  x_test = y_test = None
+  if n_test:
+    x_test = jax.random.normal(k2, (n_test, d), dtype) * jnp.sqrt(lam)
+    y_test = (x_test @ beta)[:, None]
+  return Dataset(x, (x @ beta)[:, None], x_test, y_test), beta

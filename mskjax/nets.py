@@ -85,6 +85,10 @@ class MLPSpec:
     b_std: bias standard deviation sigma_b; ``None`` or ``0`` means no bias parameters.
     parameterization: ``'ntk'`` or ``'standard'`` (as in neural-tangents).
     out_dim: number of outputs c (>= 1).
+    init_scale: sigma multiplying every initial weight and bias of the flax model (default 1:
+      the usual init). Small sigma gives the rich/silent-alignment regime. ``stax_mlp``'s
+      analytic kernel describes init_scale = 1 (for a bias-free net the empirical NTK at
+      init is sigma^(2 depth) times it).
 
   Example:
     >>> spec = MLPSpec(depth=2, width=512, activation='relu', b_std=0.1)
@@ -98,6 +102,7 @@ class MLPSpec:
   b_std: Optional[float] = 0.0
   parameterization: str = "ntk"
   out_dim: int = 1
+  init_scale: float = 1.0
 
   def __post_init__(self):
     _check_int(self.depth, "depth", 1)
@@ -108,6 +113,7 @@ class MLPSpec:
                        f"analytic neural-tangents kernel); got {self.activation!r}.")
     object.__setattr__(self, "activation", self.activation.lower())
     _check_float(self.W_std, "W_std", allow_zero=False)
+    _check_float(self.init_scale, "init_scale", allow_zero=False)
     if self.b_std is not None:
       _check_float(self.b_std, "b_std", allow_zero=True)
     if (not isinstance(self.parameterization, str)
@@ -194,20 +200,22 @@ class _Dense(nn.Module):
   b_std: Optional[float]
   parameterization: str
   param_dtype: Any
+  init_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x):
     fan_in = x.shape[-1]
-    w_init = nn.initializers.normal(stddev=1.0)
+    w_init = nn.initializers.normal(stddev=self.init_scale)
     if self.parameterization == "standard":
-      w_init = nn.initializers.normal(stddev=self.W_std / math.sqrt(fan_in))
+      w_init = nn.initializers.normal(stddev=self.init_scale * self.W_std / math.sqrt(fan_in))
     kernel = self.param("kernel", w_init, (fan_in, self.features), self.param_dtype)
     y = x @ kernel
     if self.parameterization == "ntk":
       y = (self.W_std / math.sqrt(fan_in)) * y
     if self.b_std is not None:
       b_scale = 1.0 if self.parameterization == "ntk" else self.b_std
-      bias = self.param("bias", nn.initializers.normal(stddev=b_scale), (self.features,),
+      bias = self.param("bias", nn.initializers.normal(stddev=self.init_scale * b_scale),
+                        (self.features,),
                         self.param_dtype)
       y = y + (self.b_std * bias if self.parameterization == "ntk" else bias)
     return y
@@ -259,7 +267,8 @@ class FlaxMLP(nn.Module):
     h = x.astype(jnp.promote_types(x.dtype, dtype))
     for i in range(spec.depth + 1):
       out = spec.out_dim if i == spec.depth else spec.width
-      h = _Dense(out, spec.W_std, b_std, spec.parameterization, dtype, name=f"dense_{i}")(h)
+      h = _Dense(out, spec.W_std, b_std, spec.parameterization, dtype, spec.init_scale,
+                 name=f"dense_{i}")(h)
       if i < spec.depth:
         h = act(h)
     return h

@@ -1,0 +1,353 @@
+"""Kernel diagnostics: metric identities, the deep-linear silent-alignment oracle, recorder,
+kernel regression, data tools, and a smoke run of configs/silent_alignment.py (quick)."""
+import csv
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import random_psd
+from mskjax import data as D
+from mskjax import diagnostics as diag
+from mskjax.kernels import empirical_ntk
+from mskjax.nets import FlaxMLP, MLPSpec
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- metric identities
+
+def test_alignment_of_yyT_is_one(rng):
+  y = rng.standard_normal(17)
+  # closed form: <yy^T, yy^T> / (||yy^T|| ||y||^2) = ||y||^4 / ||y||^4; round-off only.
+  assert abs(float(diag.kernel_alignment(np.outer(y, y), y)) - 1) < 1e-12
+  Y = rng.standard_normal((17, 3))  # multi-output convention: cos(K, Y Y^T)
+  assert abs(float(diag.kernel_alignment(Y @ Y.T, Y)) - 1) < 1e-12
+  assert abs(float(diag.kernel_alignment(np.outer(y, y), y, centered=True)) - 1) < 1e-12
+
+
+def test_alignment_matches_formula(rng):
+  K, y = random_psd(12, seed=3), rng.standard_normal(12)
+  want = y @ K @ y / (np.linalg.norm(K) * (y @ y))  # the paper's definition, in numpy
+  assert abs(float(diag.kernel_alignment(K, y)) - want) < 1e-12
+  H = np.eye(12) - 1 / 12
+  yc = H @ y
+  want_c = yc @ (H @ K @ H) @ yc / (np.linalg.norm(H @ K @ H) * (yc @ yc))
+  assert abs(float(diag.kernel_alignment(K, y, centered=True)) - want_c) < 1e-12
+  assert abs(float(diag.kernel_alignment(np.eye(12), y)) - 1 / np.sqrt(12)) < 1e-12
+
+
+def test_cosine_self_is_one_and_scale_invariant():
+  K1, K2 = random_psd(10, seed=1), random_psd(10, seed=2)
+  assert abs(float(diag.kernel_cosine(K1, K1)) - 1) < 1e-12
+  assert abs(float(diag.kernel_cosine(K1, 7.5 * K1, centered=True)) - 1) < 1e-12
+  c = float(diag.kernel_cosine(K1, K2))
+  assert abs(float(diag.kernel_cosine(3 * K1, 0.01 * K2)) - c) < 1e-12
+  assert abs(c - np.sum(K1 * K2) / np.linalg.norm(K1) / np.linalg.norm(K2)) < 1e-12
+
+
+def test_effective_rank_identity_and_rank_one(rng):
+  for n in (1, 40):
+    assert abs(float(diag.effective_rank(np.eye(n))) - n) < 1e-9
+    assert abs(float(diag.effective_rank(np.eye(n), "participation")) - n) < 1e-9
+  v = rng.standard_normal(8)
+  assert abs(float(diag.effective_rank(np.outer(v, v))) - 1) < 1e-6
+  # participation ratio of eigenvalues (2, 1, 1): 16 / 6
+  assert abs(float(diag.effective_rank(jnp.array([2.0, 1.0, 1.0]), "participation")) - 8 / 3) \
+      < 1e-12
+
+
+def test_overlap_and_energy():
+  K = np.diag([5.0, 4.0, 3.0, 2.0, 1.0])
+  K2 = np.diag([4.0, 5.0, 1.0, 2.0, 3.0])
+  assert abs(float(diag.topk_overlap(K, K2, 2)) - 1) < 1e-12   # same top-2 span
+  assert abs(float(diag.topk_overlap(K, K2, 3)) - 2 / 3) < 1e-12
+  y = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+  assert abs(float(diag.target_energy(K, y, 2)) - 0.5) < 1e-12
+
+
+def test_metrics_are_jittable():
+  K = jnp.asarray(random_psd(6, seed=4))
+  y = jnp.arange(6.0)
+  f = jax.jit(lambda K, y: (diag.kernel_alignment(K, y, True), diag.kernel_cosine(K, K @ K),
+                            diag.effective_rank(K), diag.target_energy(K, y, 2)))
+  out = f(K, y)
+  assert all(np.isfinite(float(o)) for o in out)
+
+
+def test_metric_errors_name_argument():
+  with pytest.raises(ValueError, match="`K`"):
+    diag.kernel_alignment(np.ones((3, 2)), np.ones(3))
+  with pytest.raises(ValueError, match="`y`"):
+    diag.kernel_alignment(np.eye(3), np.ones(4))
+  with pytest.raises(ValueError, match="`K1` and `K2`"):
+    diag.kernel_cosine(np.eye(3), np.eye(4))
+  with pytest.raises(ValueError, match="`kind`"):
+    diag.effective_rank(np.eye(3), "von-neumann")
+  with pytest.raises(ValueError, match="`ridge`"):
+    diag.kernel_regression(np.eye(2), np.eye(2), np.ones(2), ridge=-1.0)
+
+
+# ------------------------------------------------------------------ empirical NTK
+
+def test_weighted_ntk_matches_neural_tangents_and_explicit_jacobian():
+  spec = MLPSpec(depth=2, width=16, activation="relu", b_std=0.1, out_dim=2)
+  model = FlaxMLP(spec)
+  x = jax.random.normal(jax.random.PRNGKey(1), (7, 3))
+  xt = jax.random.normal(jax.random.PRNGKey(2), (4, 3))
+  params = model.init(jax.random.PRNGKey(0), x)
+  # independent implementation: neural-tangents' empirical_ntk_fn (via mskjax.kernels)
+  # (cross kernel only: the symmetric path is checked against the numpy Jacobian below)
+  want = np.asarray(empirical_ntk(model.apply, params, xt, x, implementation=1))
+  got = np.asarray(diag.weighted_empirical_ntk(model.apply, params, xt, x))
+  assert np.max(np.abs(got - want)) < 1e-10 * np.max(np.abs(want))  # float64 round-off
+  # diagonal weights: explicit flattened Jacobian in numpy, (1/c) sum_k J_k D J_k^T
+  w = jax.tree_util.tree_map(lambda p: jnp.abs(jnp.sin(jnp.arange(p.size) + 1.0))
+                             .reshape(p.shape), params)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  J = np.asarray(jax.jacfwd(lambda v: model.apply(unravel(v), x))(flat))  # (n, c, P)
+  d = np.asarray(jax.flatten_util.ravel_pytree(w)[0])
+  want = np.einsum("ikp,p,jkp->ij", J, d, J) / 2
+  got = np.asarray(diag.weighted_empirical_ntk(model.apply, params, x, weights=w))
+  assert np.max(np.abs(got - want)) < 1e-10 * np.max(np.abs(want))
+
+
+def test_adam_weights_follow_second_moment():
+  p = {"w": jnp.ones(3)}
+  opt = optax.adam(0.01, b2=0.9)
+  s = opt.init(p)
+  g = {"w": jnp.array([1.0, 2.0, 4.0])}
+  _, s = opt.update(g, s, p)            # count = 1, nu = (1 - b2) g^2, v_hat = g^2
+  w = diag.adam_kernel_weights(0.01, b2=0.9)(p, s, g)["w"]
+  np.testing.assert_allclose(np.asarray(w), 0.01 / (np.array([1.0, 2.0, 4.0]) + 1e-8),
+                             rtol=1e-12)
+
+
+# ---------------------------------------------------------------- kernel regression
+
+def test_kernel_regression_matches_numpy(rng):
+  K_all = random_psd(9, seed=7)
+  K, Kx = K_all[:6, :6], K_all[6:, :6]
+  y, f0, f0x = rng.standard_normal((6, 2)), rng.standard_normal((6, 2)), rng.standard_normal((3, 2))
+  ridge = 1e-3
+  delta = ridge * np.trace(K) / 6
+  want = f0x + Kx @ np.linalg.solve(K + delta * np.eye(6), y - f0)
+  got = diag.kernel_regression(K, Kx, y, f0_train=f0, f0_test=f0x, ridge=ridge)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-12)
+  # ridge 0 interpolates the training set
+  got_tr = diag.kernel_regression(K, K, y, f0_train=f0, f0_test=f0, ridge=0.0)
+  np.testing.assert_allclose(np.asarray(got_tr), y, atol=1e-8)
+
+
+# ----------------------------------------------------------------------- data tools
+
+def test_partial_whitening_spectrum_and_rank_deficiency(rng):
+  lam = np.array([9.0, 4.0, 1.0, 0.0])                 # rank 3 inputs in R^4
+  Q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+  x = rng.standard_normal((400, 4)) * np.sqrt(lam) @ Q.T
+  xt = rng.standard_normal((50, 4)) * np.sqrt(lam) @ Q.T
+  for gamma in (0.0, 0.5, 1.0):
+    w = D.fit_whitening(x, gamma)
+    z = np.asarray(D.apply_whitening(w, x))
+    emp = np.linalg.eigvalsh(np.cov(x.T, bias=True))[::-1][:3]
+    got = np.linalg.eigvalsh(z.T @ z / 400)[::-1]
+    # closed form: eigenvalues lambda -> lambda^gamma, null direction stays 0
+    np.testing.assert_allclose(got[:3], emp ** gamma, rtol=1e-8)
+    assert abs(got[3]) < 1e-8
+    assert np.all(np.isfinite(np.asarray(D.apply_whitening(w, xt))))
+  zt_a = np.asarray(D.whiten(x, xt, 0.0)[1])
+  zt_b = np.asarray(D.apply_whitening(D.fit_whitening(x, 0.0), xt))  # fit on train only
+  np.testing.assert_allclose(zt_a, zt_b)
+
+
+def test_whitened_teacher_is_exact():
+  ds, beta = D.whitened_linear_teacher(40, 12, 7, key=jax.random.PRNGKey(3), n_test=5)
+  x = np.asarray(ds.x_train)
+  C = x.T @ x / 40
+  np.testing.assert_allclose(C @ C, C, atol=1e-12)        # a projection ...
+  assert abs(np.trace(C) - 7) < 1e-10                     # ... of rank 7
+  np.testing.assert_allclose(np.asarray(ds.y_train)[:, 0], x @ np.asarray(beta), atol=1e-12)
+
+
+def test_power_law_gaussian_spectrum():
+  ds, _ = D.power_law_gaussian(20000, 5, 2.0, key=jax.random.PRNGKey(0))
+  lam = np.arange(1, 6) ** -2.0
+  lam = lam * 5 / lam.sum()
+  got = np.var(np.asarray(ds.x_train), axis=0)
+  np.testing.assert_allclose(got, lam, rtol=0.05)  # 20000 samples: ~1 % sampling error
+
+
+# ---------------------------------------------------- exact deep-linear oracle
+
+def _deep_linear_run(L, r, sigma, steps, width=64, d=40, n=60, seed=0):
+  ds, _ = D.whitened_linear_teacher(n, d, r, key=jax.random.PRNGKey(seed))
+  spec = MLPSpec(depth=L - 1, width=width, activation="linear", b_std=None,
+                 parameterization="standard", init_scale=sigma)
+  model = FlaxMLP(spec)
+  params = model.init(jax.random.PRNGKey(seed + 1), ds.x_train)
+  mse = lambda f, y: 0.5 * jnp.mean((f - y) ** 2)
+  # (1/n)-normalised loss: linearised rate eta * lambda_max(K_inf)/n = eta * L |beta|^(2-2/L)
+  # with |beta| = 1 at convergence, so eta = 0.5/L is stable.
+  rec = diag.record_kernel_training(model.apply, params, optax.sgd(0.5 / L), mse, ds.x_train,
+                                    ds.y_train, num_steps=steps, num_records=12)
+  return rec
+
+
+@pytest.mark.parametrize("L, r, sigma, steps", [(2, 30, 1e-3, 1500), (3, 30, 1e-2, 1500)])
+def test_deep_linear_final_alignment_oracle(L, r, sigma, steps):
+  """A_inf = L / sqrt(L^2 - 1 + r), A_0 ~ 1/sqrt(r) (Atanasov, Bordelon & Pehlevan 2022).
+
+  Derivation: from small init, gradient descent on whitened data (X^T X = n P_r) and a
+  linear teacher y = X beta ends balanced and rank one, W_l = s u_{l+1} u_l^T with
+  u_1 = beta/|beta|. Layer 1 contributes |W_L..W_2|^2 x^T x' = s^(2L-2) x^T x', each of the
+  L-1 other layers s^(2L-2) (u_1^T x)(u_1^T x'), so on the training set
+  K_inf ∝ X X^T + (L-1) y y^T / |beta|^2 ∝ P + (L-1) yh yh^T (P: rank-r projection, yh = y/|y|
+  in its range). Then yh^T K yh = L and ||K||_F^2 = L^2 + (r - 1).
+  At init (width >> 1) K_0 ∝ X X^T ∝ P: A_0 = 1/sqrt(r).
+  """
+  rec = _deep_linear_run(L, r, sigma, steps)
+  want = L / np.sqrt(L ** 2 - 1 + r)
+  assert rec.loss_curve[-1] < 1e-20 * rec.loss_curve[0]     # trained to convergence
+  # 1e-3: residual unbalanced init ~ sigma^2 relative, float64 otherwise exact
+  assert abs(rec.alignment[-1] - want) < 1e-3, (rec.alignment[-1], want)
+  # width 64: K_0 = P + O(1/sqrt(width)) fluctuations -> 25 % relative tolerance on A_0
+  assert abs(rec.alignment[0] * np.sqrt(r) - 1) < 0.25, rec.alignment[0] * np.sqrt(r)
+  assert rec.cos_final[-1] == pytest.approx(1.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------------ recorder
+
+def _small_problem():
+  ds, _ = D.whitened_linear_teacher(24, 6, key=jax.random.PRNGKey(5), n_test=10)
+  model = FlaxMLP(MLPSpec(depth=1, width=32, activation="relu", b_std=None,
+                          parameterization="standard", init_scale=0.1))
+  params = model.init(jax.random.PRNGKey(0), ds.x_train)
+  mse = lambda f, y: 0.5 * jnp.mean((f - y) ** 2)
+  return ds, model, params, mse
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_recorder_with_optax(opt_name):
+  ds, model, params, mse = _small_problem()
+  opt = optax.sgd(0.5) if opt_name == "sgd" else optax.adam(1e-2)
+  wfn = diag.adam_kernel_weights(1e-2) if opt_name == "adam" else None
+  rec = diag.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
+                                    num_steps=200, num_records=6, x_test=ds.x_test,
+                                    kernel_weights_fn=wfn, top_k=5, energy_k=2)
+  assert rec.steps[0] == 0 and rec.steps[-1] == 200
+  assert rec.vectors.shape == (len(rec.steps), 24, 5)      # only top-k stored
+  assert rec.loss_curve.shape == (201,) and rec.loss_curve[-1] < rec.loss_curve[0]
+  # independent check of the last record: train separately with plain optax
+  @jax.jit
+  def step(p, s):
+    g = jax.grad(lambda q: mse(model.apply(q, ds.x_train), ds.y_train))(p)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s, g
+
+  p, s = params, opt.init(params)
+  for _ in range(200):
+    p, s, _ = step(p, s)
+  g = jax.grad(lambda q: mse(model.apply(q, ds.x_train), ds.y_train))(p)
+  np.testing.assert_allclose(np.asarray(model.apply(p, ds.x_test)), rec.f_test, rtol=1e-8,
+                             atol=1e-10)
+  w = None if wfn is None else wfn(p, s, g)
+  K = np.asarray(diag.weighted_empirical_ntk(model.apply, p, ds.x_train, weights=w))
+  assert abs(rec.alignment[-1] - float(diag.kernel_alignment(K, ds.y_train))) < 1e-8
+  assert abs(rec.norm[-1] - np.linalg.norm(K)) < 1e-8 * np.linalg.norm(K)
+  # cos_final with truncated eigenpairs respects its stated error bound
+  K0 = np.asarray(diag.weighted_empirical_ntk(model.apply, params, ds.x_train,
+                                              weights=None if wfn is None else
+                                              wfn(params, opt.init(params), jax.grad(
+                                                  lambda q: mse(model.apply(q, ds.x_train),
+                                                                ds.y_train))(params))))
+  exact = float(diag.kernel_cosine(K0, K))
+  assert abs(rec.cos_final[0] - exact) <= rec.cos_final_err[0] + 1e-9
+  assert rec.kr_distance.shape == rec.steps.shape
+  assert rec.kr_distance[-1] < 1.0
+
+
+def test_recorder_errors():
+  ds, model, params, mse = _small_problem()
+  with pytest.raises(TypeError, match="`optimizer`"):
+    diag.record_kernel_training(model.apply, params, "sgd", mse, ds.x_train, ds.y_train,
+                                num_steps=3)
+  with pytest.raises(ValueError, match="`num_steps`"):
+    diag.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
+                                ds.y_train, num_steps=0)
+  with pytest.raises(ValueError, match="`top_k`"):
+    diag.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
+                                ds.y_train, num_steps=3, top_k=100)
+
+
+# ------------------------------------------------------ config smoke (stand-in ctx)
+
+class _Ctx:
+  """Stand-in for the runner's context (mskjax/run.py contract)."""
+
+  def __init__(self, out_dir):
+    self.out_dir = pathlib.Path(out_dir)
+    self.metrics, self.tables, self.figs = [], {}, []
+
+  def log_metrics(self, d):
+    self.metrics.append(d)
+    with open(self.out_dir / "metrics.jsonl", "a") as f:
+      f.write(json.dumps(d) + "\n")
+
+  def write_table(self, rows, name="results"):
+    self.tables[name] = rows
+    with open(self.out_dir / f"{name}.csv", "w", newline="") as f:
+      w = csv.DictWriter(f, fieldnames=list(rows[0]))
+      w.writeheader()
+      w.writerows(rows)
+
+  def progress(self, iterable, desc=None):
+    return iterable
+
+  def savefig(self, fig, name):
+    fig.savefig(self.out_dir / f"{name}.png")
+    self.figs.append(name)
+
+
+def _load_config():
+  spec = importlib.util.spec_from_file_location("silent_alignment_cfg",
+                                                ROOT / "configs" / "silent_alignment.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _smoke(tmp_path, quick=True, **overrides):
+  mod = _load_config()
+  cfg = mod.get_config()
+  assert "python -m mskjax.run configs/silent_alignment.py quick=True" in mod.__doc__
+  cfg.quick = quick
+  for k, v in overrides.items():
+    cfg[k] = v
+  ctx = _Ctx(tmp_path)
+  mod.run(cfg, ctx)
+  rows = ctx.tables["results"]
+  assert {r["claim"] for r in rows} >= {"a", "b", "c", "d"}
+  assert (tmp_path / "results.csv").exists() and len(ctx.figs) >= 2
+  return rows
+
+
+def test_silent_alignment_config_smoke(tmp_path):
+  # a shrunken quick run (~15 s) so the default suite stays short; the real quick variant
+  # (< 60 s on 2 cores) is the slow test below.
+  rows = _smoke(tmp_path, quick=False, n=60, width=40, sigmas=(1e-2, 1e-4), steps=150, alphas=(2.0,), steps_aniso=300,
+                digits_n_train=60, digits_n_test=40, digits_width=32, digits_steps=200,
+                digits_gammas=(0.0,), adam_steps=150)
+  a = [r for r in rows if r["claim"] == "a" and r["sigma"] == 1e-4][0]
+  assert abs(a["A_final"] - a["A_oracle"]) < 1e-3
+
+
+@pytest.mark.slow
+def test_silent_alignment_quick_config(tmp_path):
+  rows = _smoke(tmp_path)
+  c = [r for r in rows if r["claim"] == "c"][0]
+  assert c["ratio"] > 2   # final-NTK regression several times closer than initial-NTK
