@@ -26,6 +26,16 @@ from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_gram, preconditioner,
                         msk_gram_from_spectrum, preconditioner_from_spectrum,
                         apply_preconditioner, msk_kernel_fn)
 from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
+from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
+from mskjax.optim import ScaleByMSKState, scale_by_msk, msk_sgd, msk_mse_loss
+from mskjax.train import TrainResult, mse_loss
+from mskjax.large import (DEFAULT_MEMORY_BUDGET, block_size_for_budget, kernel_operator,
+                          kernel_matvec_large, TopKEigh, topk_eigh_matfree, NystromEigh,
+                          nystrom_eigh, msk_spectrum_large)
+from mskjax.diagnostics import (kernel_alignment, kernel_cosine, eigenspace_overlap,
+                                topk_overlap, effective_rank, target_energy, relative_distance,
+                                kernel_regression, weighted_empirical_ntk, adam_kernel_weights,
+                                log_spaced_steps, KernelRecord, record_kernel_training)
 
 __version__ = "0.1.0"
 
@@ -38,4 +48,13 @@ __all__ = [
     "MSKSpectrum", "msk_spectrum", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
     "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
     "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
+    "diagnostics", "large", "optim", "train",
+    "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_mse_loss",
+    "TrainResult", "mse_loss",
+    "DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_operator", "kernel_matvec_large",
+    "TopKEigh", "topk_eigh_matfree", "NystromEigh", "nystrom_eigh", "msk_spectrum_large",
+    "kernel_alignment", "kernel_cosine", "eigenspace_overlap", "topk_overlap",
+    "effective_rank", "target_energy", "relative_distance", "kernel_regression",
+    "weighted_empirical_ntk", "adam_kernel_weights", "log_spaced_steps", "KernelRecord",
+    "record_kernel_training",
 ]
