@@ -97,7 +97,8 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
           steps: int, loss: Union[str, Callable] = "mse",
           spectrum: Optional[MSKSpectrum] = None, batch_size: Optional[int] = None,
           seed: int = 0, record_steps: Optional[Sequence[int]] = None, x_test=None,
-          progress: bool = True, desc: str = "train") -> TrainResult:
+          progress: bool = True, desc: str = "train",
+          stop_below: Optional[float] = None) -> TrainResult:
   r"""Train ``params`` with ``tx`` for ``steps`` updates (full batch or minibatch).
 
   Each update is ``θ ← θ + tx.update(∇_θ L, opt_state, θ)`` on a flax ``TrainState``
@@ -120,6 +121,10 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
     x_test: optional test inputs, predictions recorded at the same steps.
     progress: show a tqdm progress bar.
     desc: progress bar label.
+    stop_below: optional early stop: training ends at the first step t whose loss
+      (``loss[t]``, the loss after t updates) is below this value; the returned ``loss``
+      then has length t + 1 and ``record_steps`` keeps only the steps actually reached
+      (the state has had t + 1 updates). Checking costs one host sync per step.
 
   Returns:
     :class:`TrainResult`.
@@ -156,6 +161,11 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
       raise ValueError(f"`x_test` has shape {tuple(x_test.shape)}; its feature shape must match "
                        f"`x_train` {tuple(x_train.shape)}.")
   loss_fn = _resolve_loss(loss, spectrum, n)
+  if stop_below is not None:
+    stop_below = float(stop_below)
+    if not np.isfinite(stop_below) or stop_below <= 0:
+      raise ValueError(f"`stop_below` must be a positive finite loss value or None; got "
+                       f"{stop_below!r}.")
 
   state = train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=tx)
 
@@ -216,8 +226,12 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
         bar.update(1)
         if t % 50 == 0 or t == steps - 1:
           bar.set_postfix(loss=f"{float(val):.4g}")
-    if steps in rec_set:
-      record(state.params)
+      if stop_below is not None and float(val) < stop_below:
+        rec = rec[rec <= t]
+        break
+    else:
+      if steps in rec_set:
+        record(state.params)
   finally:
     if bar is not None:
       bar.close()

@@ -57,6 +57,22 @@ def test_full_batch_sgd_matches_closed_form_gd():
   assert res.record_steps.tolist() == [0, 3, 7] and int(res.state.step) == steps
 
 
+def test_stop_below_ends_at_the_first_step_under_the_threshold():
+  # GD on ½‖w − y‖² with X = I: loss after t steps is ½(1 − η)^{2t}‖y‖² (closed form).
+  X, Y = jnp.eye(3), jnp.array([1.0, -2.0, 2.0])
+  eta, thr = 0.3, 1e-2
+  closed = 0.5 * (1 - eta) ** (2 * np.arange(50)) * float(Y @ Y)
+  t_hit = int(np.nonzero(closed < thr)[0][0])
+  res = T.train(lambda w, x: x @ w, jnp.zeros(3), optax.sgd(eta), X, Y, steps=50,
+                record_steps=[0, t_hit, 50], progress=False, stop_below=thr)
+  assert len(res.loss) == t_hit + 1 and res.loss[-1] < thr <= res.loss[-2]
+  np.testing.assert_allclose(res.loss, closed[:t_hit + 1], rtol=1e-12)
+  assert res.record_steps.tolist() == [0, t_hit] and len(res.train_predictions) == 2
+  with pytest.raises(ValueError, match="stop_below"):
+    T.train(lambda w, x: x @ w, jnp.zeros(3), optax.sgd(eta), X, Y, steps=5, progress=False,
+            stop_below=-1.0)
+
+
 def test_minibatch_with_b_equal_n_is_full_batch_and_batches_have_fixed_size():
   X, Y, f = _linear(n=8)
   K = X @ X.T + 0.1 * jnp.eye(8)
