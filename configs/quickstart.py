@@ -25,7 +25,7 @@ def get_config():
   c.n = 64                 # training points on S¹ (equispaced)
   c.n_test = 256           # test points (uniform random angles)
   c.js = (4, 8, 16)        # target frequencies cos(jθ)
-  c.k = 21                 # modified eigenvalues (frequencies 0..10 of the S¹ spectrum)
+  c.k = 21                 # modified eigenvalues; b_std=0: frequencies 0,1,2,4,..,18 (odd j≥3 have λ=0)
   c.depth = 1              # hidden layers
   c.width = 4096           # finite network width
   c.b_std = 0.0
