@@ -179,7 +179,20 @@ def round_k_to_block(values, k: int, rtol: float = 1e-6) -> int:
 
 
 def warn_if_k_splits_block(values, k: int, rtol: float = 1e-6) -> None:
-  """Warn when λ_k and λ_{k+1} are numerically equal: the cut breaks a symmetry."""
+  """Warn when λ_k and λ_{k+1} are numerically equal: the cut breaks a symmetry.
+
+  Warns (``UserWarning``) iff ``|λ_k − λ_{k+1}| <= rtol · |λ_1|`` for the descending
+  ``values``; the message names the nearest block boundary (:func:`round_k_to_block`).
+
+  Example:
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...   warnings.simplefilter("always")
+    ...   warn_if_k_splits_block([3.0, 2.0, 2.0, 1.0], 2)
+    ...   warn_if_k_splits_block([3.0, 2.0, 2.0, 1.0], 3)
+    >>> len(w), "k=3" in str(w[0].message)
+    (1, True)
+  """
   w = np.asarray(values)
   if w.size > k and abs(w[k - 1] - w[k]) <= rtol * max(abs(w[0]), np.finfo(float).tiny):
     warnings.warn(
