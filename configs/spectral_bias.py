@@ -2,8 +2,8 @@
 
 Command::
 
-  python -m mskjax.run configs/spectral_bias.py              # full, ~2 min on a 2-core CPU
-  python -m mskjax.run configs/spectral_bias.py quick=True   # < 60 s (width 1024)
+  python -m mskjax.run configs/spectral_bias.py              # full, ~4 min on a 2-core CPU
+  python -m mskjax.run configs/spectral_bias.py quick=True   # < 60 s (width 1024, 700 steps)
 
 Set-up: n = 64 equispaced points of S¹, a 2-layer ReLU network (one hidden layer, NTK
 parameterisation, b_std = 0.1, antisymmetric zero-output init) and the target
@@ -17,13 +17,13 @@ For each modifier g (``gs``):
 
 * ``identity`` — plain GD;
 * ``reverse`` — the top-k *blocks* of equal eigenvalues in reversed order (k = ``k_reverse``
-  = 15 covers the blocks of j = 0..8). ``mskjax.modifiers.reverse()`` reverses the k
+  = 17 covers the blocks of j = 0..8). ``mskjax.modifiers.reverse()`` reverses the k
   eigenvalues one by one, g(λ_i) = λ_{k+1−i}; on S¹ the top block (j = 0) is a singleton and
   every other block a pair, so it hands the two members of each frequency pair two
   *different* values (the cos/sin split is then an arbitrary rotation from eigh) and breaks
   the rotation symmetry. The block-wise version here gives both members of a pair the value
   of the mirrored block (it equals ``modifiers.reverse()`` when all blocks are singletons);
-  ``reverse_ranks`` (optional) is ``modifiers.reverse()`` itself, for comparison;
+  ``reverse_ranks`` is ``modifiers.reverse()`` itself, for comparison (not in quick);
 * ``flatten`` — ``modifiers.flatten()`` on the top k = ``k_flatten`` = 5 (j = 0, 1, 2): they
   all get λ₆ = λ(j=4), so j = 1, 2, 4 are learned at one and the same rate, and the larger
   step η ∝ 1/λ₆ speeds up everything beyond.
@@ -38,11 +38,13 @@ the relative residual |⟨r_t, cos jθ⟩| / |⟨y, cos jθ⟩| of the train res
   ``mskjax.train.train``).
 
 **Finite-width spectrum.** The MSK preconditioner P u = u + Jᵀ V diag((g/λ − 1)/λ) Vᵀ J u
-cancels the kernel along v_i only if λ_i is the *network's* eigenvalue. ``reverse`` divides
-the top eigenvalues by up to ~300 (g/λ = 1/300 on j = 0), so a 2–3 % error of the analytic
-λ_i against the empirical NTK at init leaves an effective g/λ several times too large:
-with the analytic eigenpairs the width-4096 network learned j = 1 about twice as fast as
-predicted (measured with ``finite_spectrum='analytic'``). So, by default
+cancels the kernel along v_i only if λ_i is the *network's* eigenvalue. ``reverse``
+divides the top eigenvalues by up to ~400 (g/λ = 1/230 on j = 1, 1/400 on j = 0), so a
+2–3 % error of the analytic λ_i against the empirical NTK at init leaves an effective g/λ
+several times too large:
+with the analytic eigenpairs (``finite_spectrum=analytic``) the width-4096 network
+crossed the threshold on j = 1 at step 52 instead of the predicted 516, learning the
+frequencies in the order 8, 1, 6, 2, 4 (experiments/spectral_bias). So, by default
 (``finite_spectrum='empirical'``), the finite network is preconditioned with the
 eigenpairs of its own empirical NTK at initialisation (``kernels.empirical_ntk``), and each
 empirical eigenvector receives the modified value g(λ) of the analytic eigenvector it

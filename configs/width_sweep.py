@@ -2,7 +2,7 @@
 
 Command::
 
-  python -m mskjax.run configs/width_sweep.py              # full, widths 256..16384
+  python -m mskjax.run configs/width_sweep.py              # full, widths 256..16384, ~7 min
   python -m mskjax.run configs/width_sweep.py quick=True   # < 60 s (widths 512, 1024, 2048)
 
 Set-up (that of ``_rel_errors`` in tests/test_train.py): n = 64 equispaced points of S¹,
@@ -25,7 +25,7 @@ one ``lax.scan`` (the update of ``mskjax.train.train``). For every width and see
 over t ∈ ``ts``, averaged over the seeds (mean ± std), and, as their cause, the distance of
 the empirical NTK at initialisation to the analytic one, ‖Θ̂₀ − Θ‖₂ / ‖Θ‖₂ (operator norm
 on the training set; the Frobenius-norm ratio too). ``slopes`` table: least-squares slope of log(mean error) against
-log(width) (the expected rate is −1/2: Θ̂₀ − Θ is a mean over width-many random features).
+log(width) (and the range of the slopes fitted to each seed separately) (the expected rate is −1/2: Θ̂₀ − Θ is a mean over width-many random features).
 Plot ``width_sweep.png``: the errors against width on log-log axes with a reference line
 ∝ width^(−1/2).
 """
@@ -188,7 +188,10 @@ def run(config, ctx):
                    "ntk_std": stats["ntk_rel_err"][1][i],
                    "ntk_rel_err_fro": stats["ntk_rel_err_fro"][0][i]})
   ctx.write_table(rows)
+  def seed_slopes(key):  # the slope fitted to each initialisation separately
+    return [_slope(widths, [recs[(w, s)][key] for w in widths]) for s in range(q["seeds"])]
   slope_rows = [{"quantity": label, "slope": _slope(widths, stats[key][0]),
+                 "seed_min": min(seed_slopes(key)), "seed_max": max(seed_slopes(key)),
                  f"at_{widths[0]}": stats[key][0][0], f"at_{widths[-1]}": stats[key][0][-1],
                  "ratio": stats[key][0][0] / stats[key][0][-1],
                  "ratio_if_-1/2": float(np.sqrt(widths[-1] / widths[0]))}
