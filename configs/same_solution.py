@@ -75,7 +75,7 @@ def get_config():
 def _settings(c):
   if c.quick:
     return dict(tasks=("S1",), width=min(c.width, 1024), modifiers=tuple(c.modifiers[:1]),
-                msk_mse_loss=False, max_steps=min(c.max_steps, 800))
+                msk_mse_loss=False, max_steps=min(c.max_steps, 500))
   return dict(tasks=tuple(c.tasks), width=c.width, modifiers=tuple(c.modifiers),
               msk_mse_loss=c.msk_mse_loss, max_steps=c.max_steps,
               s2_max_steps=c.s2_max_steps)
