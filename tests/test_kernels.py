@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mskjax import kernels
 from mskjax.kernels import empirical_ntk, gram, kernel_matvec
 from mskjax.nets import FlaxMLP, MLPSpec, stax_mlp
 from mskjax._nt import empirical_ntk_fn
@@ -44,7 +45,7 @@ def test_gram_accepts_numpy_and_lists(kernel_fn):
   np.testing.assert_allclose(gram(kernel_fn, x), gram(kernel_fn, np.asarray(x)))
 
 
-@pytest.mark.parametrize("block_size", [None, 3, 5])
+@pytest.mark.parametrize("block_size", [None, 3, 5, "budget"])
 @pytest.mark.parametrize("implementation", [1, 2])
 def test_empirical_ntk_blocked(xs, block_size, implementation):
   x1, x2 = xs
@@ -52,10 +53,13 @@ def test_empirical_ntk_blocked(xs, block_size, implementation):
   model = FlaxMLP(spec)
   v = model.init(jax.random.PRNGKey(0), x1)
   ref = jax.jit(empirical_ntk_fn(model.apply, trace_axes=(-1,), implementation=1))(x1, x2, v)
-  k = empirical_ntk(model.apply, v, x1, x2, implementation=implementation,
-                    block_size=block_size)
+  opts = dict(block_size=block_size)
+  if block_size == "budget":   # P = 227 params, c = 3: a 100 kB budget gives 4-row blocks
+    opts = dict(block_size=None, memory_budget=100_000)
+    assert 1 < kernels._empirical_block_edge(v, 3, 11, implementation, 100_000) < 11
+  k = empirical_ntk(model.apply, v, x1, x2, implementation=implementation, **opts)
   np.testing.assert_allclose(k, ref, rtol=1e-10, atol=1e-12)
-  ksym = np.asarray(empirical_ntk(model.apply, v, x1, block_size=block_size))
+  ksym = np.asarray(empirical_ntk(model.apply, v, x1, **opts))
   np.testing.assert_allclose(ksym, ksym.T, rtol=1e-12, atol=1e-12)
   # Trace over outputs is a mean: (1/c) sum_k J_k J_k^T.
   jac = jax.jit(jax.jacobian(lambda p: model.apply(p, x1)))(v)
@@ -122,6 +126,8 @@ def test_empirical_ntk_errors(xs):
     empirical_ntk(lambda p, x: model.apply(p, x)[:, 0], v, x1)
   with pytest.raises(ValueError, match="x1 contains NaN"):
     empirical_ntk(model.apply, v, x1.at[0, 0].set(jnp.nan))
+  with pytest.raises(ValueError, match="memory_budget"):
+    empirical_ntk(model.apply, v, x1, memory_budget=0)
 
 
 def test_kernel_matvec_errors(kernel_fn, xs):
