@@ -82,10 +82,16 @@ def msk_spectrum(K, g: _modifiers.Modifier, k: int, *, method: str = "auto",
   n = K.shape[0]
   k = V.check_k(k, n)
   top = _spectrum.eigh_top(K, k + 1, method=method, key=key)
+  return _msk_spectrum_from_eigenpairs(top, g, k, K.dtype, tie_rtol)
+
+
+def _msk_spectrum_from_eigenpairs(top, g, k, dtype, tie_rtol=1e-6) -> MSKSpectrum:
+  """MSKSpectrum from descending eigenpairs (at least k+1) of an n×n K (no new eigh)."""
+  n = top.vectors.shape[0]
   new = _modifiers.apply_modifier(g, top.values, k)
   if V.is_concrete(top.values):
     lam = np.asarray(top.values)
-    floor = n * np.finfo(np.asarray(K).dtype).eps * max(lam[0], np.finfo(float).tiny)
+    floor = n * np.finfo(np.dtype(dtype)).eps * max(lam[0], np.finfo(float).tiny)
     if lam[k - 1] <= floor:
       raise ValueError(
           f"`k`={k} exceeds the numerical rank of `K`: λ_k = {lam[k - 1]:.3g} <= "

@@ -40,12 +40,40 @@ class Predictions(NamedTuple):
   test: jax.Array | None
 
 
+_EIGH_CACHE: list = []        # [(K, Eigenpairs)], most recent last
+_EIGH_CACHE_SIZE, _EIGH_CACHE_MAX_N = 4, 4096
+
+
+def _cached_eigh_desc(K):
+  """eigh_desc(K), reused for the same (immutable) jax.Array object.
+
+  steps_to_tolerance / predict_gd_mse are typically called many times with one Gram
+  matrix and different y, g or t; JAX arrays are immutable, so object identity implies
+  equal contents (the cache keeps a reference, so the id cannot be reused). Small n only.
+  """
+  if not isinstance(K, jax.Array) or not V.is_concrete(K) or K.shape[0] > _EIGH_CACHE_MAX_N:
+    return _spectrum.eigh_desc(K)
+  for i, (Kc, full) in enumerate(_EIGH_CACHE):
+    if Kc is K:
+      _EIGH_CACHE.append(_EIGH_CACHE.pop(i))
+      return full
+  full = _spectrum.eigh_desc(K)
+  _EIGH_CACHE.append((K, full))
+  del _EIGH_CACHE[:-_EIGH_CACHE_SIZE]
+  return full
+
+
 def _modified_eigh(K, g, k, spec_kwargs):
   """Full eigendecomposition of K with the top-k eigenvalues replaced by g."""
-  full = _spectrum.eigh_desc(K)
+  full = _cached_eigh_desc(K)
   if g is None:
     return full.values, full.values, full.vectors, None
-  spec = _msk.msk_spectrum(K, g, k, method="dense", **spec_kwargs)
+  unknown = set(spec_kwargs) - {"tie_rtol", "method", "key"}
+  if unknown:
+    raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; accepted: tie_rtol.")
+  k = V.check_k(k, K.shape[0])
+  spec = _msk._msk_spectrum_from_eigenpairs(full, g, k, K.dtype,
+                                            spec_kwargs.get("tie_rtol", 1e-6))
   mu = full.values.at[:k].set(spec.new_values)
   # Use the full basis for the top-k too so U is exactly orthonormal.
   spec = spec._replace(vectors=full.vectors[:, :k], values=full.values[:k])
