@@ -329,7 +329,14 @@ def test_silent_alignment_config_resumes(tmp_path, monkeypatch):
   """Every expensive unit goes through ctx.cached: a rerun with the same run directory
   computes nothing and writes the same table (the training is faked: this checks the
   bookkeeping; the numbers are checked by the slow test and the CI smoke run)."""
-  from mskjax.run import RunContext
+  from mskjax.run import RunContext as _RunContext
+
+  class RunContext(_RunContext):   # skip the PNG rendering (the slow part of a faked run)
+    def savefig(self, fig, name):
+      import matplotlib.pyplot as plt
+      plt.close(fig)
+      self.figures.append(self.out_dir / f"{name}.png")
+
   mod = _load_config()
   cfg = mod.get_config()
   cfg.update(dict(n=16, d=6, rank=6, width=8, sigmas=(1e-2, 1e-4), steps=20, num_records=5,
@@ -343,7 +350,7 @@ def test_silent_alignment_config_resumes(tmp_path, monkeypatch):
           .splitlines()]
   assert len(keys) == len(set(keys)) == 2 + 1 + 1 + 1 + 3   # σ's, α, γ, Adam, 3 PGD
   assert {r["claim"] for r in rows} == {"a", "b", "c", "d", "e"}
-  assert {p.name for p in tmp_path.glob("*.png")} == {
+  assert {p.name for p in ctx.figures} == {
       "alignment_vs_sigma.png", "cos_vs_norm.png", "regression_gap.png", "pgd_alignment.png"}
   table = (tmp_path / "results.csv").read_text()
 
