@@ -379,6 +379,8 @@ def run(config, ctx):
     axes4[0].plot(steps, _arr(rec["alignment"]), ls=ls, label=label)
     axes4[1].semilogy(np.arange(loss.size), loss, ls=ls, label=label)
     axes4[2].semilogy(steps, _arr(rec["norm"]), ls=ls, label=label)
+  t_e = [_f(r["t_loss"]) for r in rows_e if np.isfinite(_f(r["t_loss"]))]
+  axes4[0].set_xlim(0, min(c.steps, 3 * max(t_e)))   # the alignment happens early
   axes4[0].axhline(a_oracle, color="k", ls="--", lw=0.8, label="L/√(L²−1+r)")
   axes4[0].set(xlabel="step", ylabel="A(K_t, y)", ylim=(0, 1),
                title=f"alignment, GD vs MSK-PGD (σ={c.pgd_sigma:g})")
