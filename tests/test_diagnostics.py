@@ -1,6 +1,6 @@
 """Kernel diagnostics: metric identities, the deep-linear silent-alignment oracle, recorder,
-kernel regression, data tools, and a smoke run of configs/silent_alignment.py (quick)."""
-import csv
+kernel regression, data tools, and configs/silent_alignment.py (helpers and resume; the
+real quick variant is the slow test)."""
 import importlib.util
 import json
 import pathlib
@@ -284,34 +284,7 @@ def test_recorder_errors():
                                 ds.y_train, num_steps=3, top_k=100)
 
 
-# ------------------------------------------------------ config smoke (stand-in ctx)
-
-class _Ctx:
-  """Stand-in for the runner's context (mskjax/run.py contract)."""
-
-  def __init__(self, out_dir):
-    self.out_dir = pathlib.Path(out_dir)
-    self.metrics, self.tables, self.figs = [], {}, []
-
-  def log_metrics(self, d):
-    self.metrics.append(d)
-    with open(self.out_dir / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(d) + "\n")
-
-  def write_table(self, rows, name="results"):
-    self.tables[name] = rows
-    with open(self.out_dir / f"{name}.csv", "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
-
-  def progress(self, iterable, desc=None):
-    return iterable
-
-  def savefig(self, fig, name):
-    fig.savefig(self.out_dir / f"{name}.png")
-    self.figs.append(name)
-
+# ----------------------------------------------- configs/silent_alignment.py
 
 def _load_config():
   spec = importlib.util.spec_from_file_location("silent_alignment_cfg",
@@ -321,33 +294,91 @@ def _load_config():
   return mod
 
 
-def _smoke(tmp_path, quick=True, **overrides):
+def test_silent_alignment_config_helpers():
+  mod = _load_config()
+  assert "python -m mskjax.run configs/silent_alignment.py quick=True" in mod.__doc__
+  # linear interpolation of the first crossing: 0.2 -> 0.6 between steps 10 and 20
+  assert mod._first_crossing([0, 10, 20], [0.0, 0.2, 0.6], 0.4) == pytest.approx(15.0)
+  assert np.isnan(mod._first_crossing([0, 1], [0.0, 0.1], 0.5))
+  # norm reaches 10 % of the last one half-way between steps 0 and 2; cos interpolated there
+  t, cos = mod._at_norm_fraction([0, 2, 4], [0.0, 0.2, 1.0], [0.5, 0.7, 1.0])
+  assert t == pytest.approx(1.0) and cos == pytest.approx(0.6)
+  assert mod._t_half([4.0, 3.0, 2.0, 1.0]) == 2.0 and np.isnan(mod._t_half([1.0, 1.0]))
+  # the runner stores non-finite floats as strings: read back as floats
+  assert np.isnan(mod._arr(["nan", 1.0])[0]) and mod._arr(["inf"])[0] == np.inf
+
+
+def _fake_record(apply_fn, params, optimizer, loss_fn, x, y, *, num_steps, record_steps=None,
+                 num_records=30, x_test=None, **kw):
+  """A cheap, deterministic stand-in for record_kernel_training (no training, no kernel)."""
+  steps = np.unique(np.concatenate([[0], np.asarray(list(record_steps or range(0, num_steps + 1,
+                                                    max(1, num_steps // num_records)))),
+                                    [num_steps]]))
+  s = steps / num_steps
+  z = np.zeros_like(s)
+  return diag.KernelRecord(
+      steps=steps, loss_curve=np.exp(-np.arange(num_steps + 1) / 10.0), norm=1e-6 + s ** 2,
+      trace=z, alignment=0.1 + 0.3 * s, alignment_centered=z, cos_init=z,
+      cos_final=0.5 + 0.5 * s, cos_final_err=z, overlap_final=z, eff_rank=z, eff_rank_pr=z,
+      energy=z, values=None, vectors=None, kr_test=None,
+      kr_distance=None if x_test is None else 1.0 - 0.9 * s, f_test=None, f0_test=None,
+      params=params, opt_state=None)
+
+
+def test_silent_alignment_config_resumes(tmp_path, monkeypatch):
+  """Every expensive unit goes through ctx.cached: a rerun with the same run directory
+  computes nothing and writes the same table (the training is faked: this checks the
+  bookkeeping; the numbers are checked by the slow test and the CI smoke run)."""
+  from mskjax.run import RunContext as _RunContext
+
+  class RunContext(_RunContext):   # skip the PNG rendering (the slow part of a faked run)
+    def savefig(self, fig, name):
+      import matplotlib.pyplot as plt
+      plt.close(fig)
+      self.figures.append(self.out_dir / f"{name}.png")
+
   mod = _load_config()
   cfg = mod.get_config()
-  assert "python -m mskjax.run configs/silent_alignment.py quick=True" in mod.__doc__
-  cfg.quick = quick
-  for k, v in overrides.items():
-    cfg[k] = v
-  ctx = _Ctx(tmp_path)
-  mod.run(cfg, ctx)
-  rows = ctx.tables["results"]
-  assert {r["claim"] for r in rows} >= {"a", "b", "c", "d"}
-  assert (tmp_path / "results.csv").exists() and len(ctx.figs) >= 2
-  return rows
+  cfg.update(dict(n=16, d=6, rank=6, width=8, sigmas=(1e-2, 1e-4), steps=20, num_records=5,
+                  alphas=(2.0,), steps_aniso=20, aniso_records=5, digits_n_train=20,
+                  digits_n_test=10, digits_width=8, digits_steps=20, digits_records=3,
+                  digits_gammas=(0.0,), adam_steps=20, adam_records=5, pgd_ks=(2,)))
+  monkeypatch.setattr(diag, "record_kernel_training", _fake_record)
+  ctx = RunContext(tmp_path, cfg, show_progress=False)
+  rows = mod.run(cfg, ctx)
+  keys = [json.loads(line)["key"] for line in (tmp_path / "metrics.jsonl").read_text()
+          .splitlines()]
+  assert len(keys) == len(set(keys)) == 2 + 1 + 1 + 1 + 3   # σ's, α, γ, Adam, 3 PGD
+  assert {r["claim"] for r in rows} == {"a", "b", "c", "d", "e"}
+  assert {p.name for p in ctx.figures} == {
+      "alignment_vs_sigma.png", "cos_vs_norm.png", "regression_gap.png", "pgd_alignment.png"}
+  table = (tmp_path / "results.csv").read_text()
 
+  def boom(*a, **k):
+    raise AssertionError("a resumed run must not train again")
 
-def test_silent_alignment_config_smoke(tmp_path):
-  # a shrunken quick run (~15 s) so the default suite stays short; the real quick variant
-  # (< 60 s on 2 cores) is the slow test below.
-  rows = _smoke(tmp_path, quick=False, n=60, width=40, sigmas=(1e-2, 1e-4), steps=150, alphas=(2.0,), steps_aniso=300,
-                digits_n_train=60, digits_n_test=40, digits_width=32, digits_steps=200,
-                digits_gammas=(0.0,), adam_steps=150)
-  a = [r for r in rows if r["claim"] == "a" and r["sigma"] == 1e-4][0]
-  assert abs(a["A_final"] - a["A_oracle"]) < 1e-3
+  monkeypatch.setattr(diag, "record_kernel_training", boom)
+  ctx2 = RunContext(tmp_path, cfg, show_progress=False)
+  assert ctx2.resumed == len(keys)
+  mod.run(cfg, ctx2)
+  assert (tmp_path / "results.csv").read_text() == table
 
 
 @pytest.mark.slow
 def test_silent_alignment_quick_config(tmp_path):
-  rows = _smoke(tmp_path)
+  """The real quick variant (what CI smoke-runs, here with its numbers checked)."""
+  from mskjax.run import RunContext
+  mod = _load_config()
+  cfg = mod.get_config()
+  cfg.quick = True
+  rows = mod.run(cfg, RunContext(tmp_path, cfg, show_progress=False))
+  a = [r for r in rows if r["claim"] == "a" and r["setting"] != "fit over sigma"]
+  assert max(r["t_align"] for r in a) - min(r["t_align"] for r in a) < 2   # σ-independent
+  assert all(abs(r["A_final"] - r["A_oracle"]) < 1e-3 for r in a)
   c = [r for r in rows if r["claim"] == "c"][0]
   assert c["ratio"] > 2   # final-NTK regression several times closer than initial-NTK
+  e = {r["setting"].split(" (")[0]: r for r in rows if r["claim"] == "e"}
+  assert np.isfinite(float(e["PGD fixed K0"]["diverged_at"]))      # stale spectrum blows up
+  for name in ("PGD refresh every 1", "S-loss fixed K0"):
+    assert np.isnan(float(e[name]["diverged_at"]))
+    assert abs(e[name]["A_final"] - e[name]["A_oracle"]) < 1e-3
