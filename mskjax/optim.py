@@ -221,6 +221,18 @@ def msk_sgd(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_train,
   k and ``learning_rate=η``). Stable steps: ``η < mskjax.max_learning_rate(K, g, k)``
   (= 2/λ_max(K_g)); 1/λ_max(K_g) is a safe default.
 
+  When the fixed spectrum is valid (measured, see experiments/README.md):
+
+  * the correction ``Jᵀ V_k diag((g/λ − 1)/λ) V_kᵀ J u`` assumes the network's kernel has
+    the stored eigenpairs *and size*. For a wide network near init (lazy regime) the
+    analytic NTK is right to O(1/√width); modifiers with g/λ ≪ 1 on many modes (flatten at
+    large k, reverse) amplify that error, so build the spectrum from the network's own
+    empirical NTK at init (``mskjax.kernels.empirical_ntk``);
+  * in the rich / small-init regime the kernel grows by orders of magnitude during
+    training and a fixed spectrum diverges (silent_alignment: 10⁷-fold growth, divergence
+    after 22-74 steps). Use ``refresh_every`` (empirical NTK recomputed), or
+    :func:`msk_mse_loss`, whose step ``Jᵀ S r`` depends only on g/λ ratios.
+
   Args:
     learning_rate: η (float or optax schedule).
     apply_fn, x_train, spectrum, refresh_every, g: see :func:`scale_by_msk`.
