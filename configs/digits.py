@@ -343,7 +343,8 @@ def run(config, ctx):
   for i, (name, (rec, pred, spec_s)) in enumerate(curves.items()):
     color = f"C{i}"
     t = np.asarray(rec["curve_t"])
-    r = np.asarray(rec["curve_res"])
+    r = np.array([float(v) for v in rec["curve_res"]])   # 'nan'/'inf' stored as strings
+    r = np.where(np.isfinite(r), r, np.nan)
     axes[0].loglog(t + 1, r, color=color, label=f"{name} (η={best[name]:.3g})")
     axes[1].loglog(np.asarray(rec["curve_time"]) + spec_s + 1e-3, r, color=color, label=name)
     if pred is not None and not name.startswith("msk_sgd"):
@@ -352,6 +353,7 @@ def run(config, ctx):
     for tol in tols:
       ax.axhline(tol, color="gray", lw=0.8, ls=":")
     ax.set_ylabel("‖f(X) − Y‖ / ‖Y‖")
+    ax.set_ylim(1e-3, 10)       # diverging runs leave the axis at the top
   axes[0].set(xlabel="step + 1", title="train residual (dashed: infinite width)")
   axes[1].set(xlabel="wall time [s] (PGD: + spectrum time)", title="vs wall time")
   axes[0].legend(fontsize=7)
