@@ -32,8 +32,9 @@ test-slow: $(STAMP)
 # Every config's quick variant (< 60 s each on 2 cores), into runs/smoke/.
 smoke: $(STAMP)
 	@set -e; for c in configs/*.py; do \
-	  echo "-- $$c quick=True"; \
+	  echo "-- $$c quick=True"; start=$$(date +%s); \
 	  $(PY) -m mskjax.run $$c quick=True --runs-dir runs/smoke --no-progress; \
+	  echo "-- $$c quick=True: $$(( $$(date +%s) - start )) s wall"; \
 	done
 
 bench: $(STAMP)

@@ -185,7 +185,7 @@ def main(argv=None):
   small = dict(pgd=[1.0, 0.25], sgd=[1.0], adam=[1e-3, 1e-2])
   tasks = [("circle", 8, 4096, 21, 0.1, 6000, 50, grids, True),
            ("circle", 16, 4096, 21, 0.1, 12000, 100, grids, True),
-           ("digits", 0, 512, 50, args.digits_tol, args.digits_steps, 50, small, False)]
+           ("digits", 0, 512, 10, args.digits_tol, args.digits_steps, 50, small, False)]
   tasks = [t for t in tasks if want(t[0])]
   if args.quick:
     tasks = [("circle", 8, 512, 21, 0.1, 300, 50, grids, True)]
