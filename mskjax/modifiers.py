@@ -19,7 +19,7 @@ Families (λ_i = ``evals[i-1]``, i = 1..k):
 ``exponential(rate)``  g(λ_i) = λ_{k+1} · exp(rate · (k + 1 − i))
 ``scale(c)``           g(λ_i) = c · λ_i
 ``values(v)``          g(λ_i) = v_i                  (explicit target values)
-``reverse()``          g(λ_i) = λ_{k+1−i}       (reverse the top-k ordering)
+``reverse(blocks)``    g(λ_i) = λ_{k+1−i}       (reverse the top-k ordering)
 =====================  ====================================================
 
 Example:
@@ -138,15 +138,42 @@ def values(v) -> Modifier:
   return _named(g, f"values({v.tolist()})")
 
 
-def reverse() -> Modifier:
+def reverse(blocks: bool = False, rtol: float = 1e-6) -> Modifier:
   """g(λ_i) = λ_{k+1−i}: the top-k eigenvalues in reversed order (reverses the bias).
+
+  With ``blocks=True`` the *blocks* of equal eigenvalues (consecutive λ's within ``rtol``
+  relative to λ₁: the 2 per frequency on S¹, the 2l+1 per degree on S²) are reversed as
+  units: every position of block b takes the mean of block B−1−b (B blocks in the top k).
+  Eigenvalue-by-eigenvalue reversal gives the two members of an S¹ pair different values
+  and so breaks the rotation symmetry; the block form does not. Jittable (block ids are
+  computed with a cumulative sum, not Python control flow); k should sit on a block
+  boundary (:func:`mskjax.round_k_to_block`).
 
   Example:
     >>> import jax.numpy as jnp; from mskjax import modifiers
     >>> modifiers.reverse()(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
     [2.0, 4.0]
+    >>> ev = jnp.array([9.0, 5.0, 5.0, 2.0, 2.0, 1.0])
+    >>> modifiers.reverse()(ev, 5).tolist(), modifiers.reverse(blocks=True)(ev, 5).tolist()
+    ([2.0, 2.0, 5.0, 5.0, 9.0], [2.0, 5.0, 5.0, 9.0, 9.0])
   """
-  return _named(lambda evals, k: evals[:k][::-1], "reverse()")
+  if not blocks:
+    return _named(lambda evals, k: evals[:k][::-1], "reverse()")
+  rtol = float(rtol)
+  if not rtol >= 0:
+    raise ValueError(f"reverse: `rtol` must be >= 0; got {rtol!r}.")
+
+  def g(evals, k):
+    top = evals[:k]
+    gap = jnp.abs(jnp.diff(top)) > rtol * jnp.abs(evals[0])
+    block = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(gap).astype(jnp.int32)])
+    n_blocks = block[-1] + 1
+    sums = jax.ops.segment_sum(top, block, num_segments=k)
+    counts = jax.ops.segment_sum(jnp.ones_like(top), block, num_segments=k)
+    means = sums / jnp.maximum(counts, 1.0)
+    return means[n_blocks - 1 - block]
+
+  return _named(g, f"reverse(blocks=True, rtol={rtol:g})")
 
 
 def apply_modifier(g: Modifier, evals, k: int) -> jax.Array:

@@ -69,6 +69,7 @@ EV = jnp.array([16.0, 8.0, 4.0, 2.0, 1.0])
     (modifiers.scale(0.25), 2, [4.0, 2.0]),
     (modifiers.values([1.0, 2.0]), 2, [1.0, 2.0]),
     (modifiers.reverse(), 3, [4.0, 8.0, 16.0]),
+    (modifiers.reverse(blocks=True), 3, [4.0, 8.0, 16.0]),   # singleton blocks: same
     (lambda ev, k: jnp.sqrt(ev[:k] * ev[k]), 2, [np.sqrt(64.0), np.sqrt(32.0)]),
 ])
 def test_modifier_families(g, k, expected):
@@ -96,9 +97,25 @@ def test_modifier_constructor_errors():
     modifiers.apply_modifier(modifiers.values([1.0, 2.0]), EV, 3)
 
 
+@pytest.mark.parametrize("mult", [(1, 2, 2, 2), (1, 3, 5, 7), (2, 1, 3)])
+def test_reverse_blocks_on_sphere_like_multiplicities(mult):
+  # Blocks of sizes `mult` with values 2^-b (S¹: 1, 2, 2, ...; S²: 2l+1). Block b must take
+  # the value of block B-1-b at each of its own positions (written out by hand).
+  vals = [2.0 ** -b for b in range(len(mult))]
+  ev = jnp.array(sum(([v] * m for v, m in zip(vals, mult)), []) + [1e-3])
+  k = sum(mult)
+  expected = sum(([vals[len(mult) - 1 - b]] * m for b, m in enumerate(mult)), [])
+  np.testing.assert_allclose(modifiers.reverse(blocks=True)(ev, k), expected, rtol=1e-12)
+  # Tiny splits inside a block (round-off) are averaged away; eigenvalue-wise reverse keeps them.
+  noisy = ev * (1 + 1e-9 * (jnp.arange(ev.shape[0]) % 2))
+  np.testing.assert_allclose(modifiers.reverse(blocks=True)(noisy, k), expected, rtol=1e-8)
+  with pytest.raises(ValueError, match="rtol"):
+    modifiers.reverse(blocks=True, rtol=-1.0)
+
+
 def test_modifiers_are_jittable():
   import jax
   for g in (modifiers.flatten(), modifiers.power(0.5), modifiers.exponential(0.3),
-            modifiers.reverse(), modifiers.scale(2.0)):
+            modifiers.reverse(), modifiers.reverse(blocks=True), modifiers.scale(2.0)):
     out = jax.jit(lambda ev: g(ev, 3))(EV)
     np.testing.assert_allclose(out, g(EV, 3), rtol=1e-12)
