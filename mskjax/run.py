@@ -194,7 +194,12 @@ class RunContext:
 
   # -- results -------------------------------------------------------------------------
   def log_metrics(self, record: dict, key: str | None = None) -> dict:
-    """Append one record to ``metrics.jsonl`` (flushed and fsynced at once)."""
+    """Append one record to ``metrics.jsonl`` (flushed and fsynced at once).
+
+    Arrays become lists; non-finite floats are stored *and returned* as the strings
+    ``'nan'``, ``'inf'``, ``'-inf'`` (metrics.jsonl stays strict JSON), so a fresh and a
+    resumed run see the same record — read such fields back with ``float(...)``.
+    """
     rec = _jsonable(dict(record))
     if key is not None:
       rec["key"] = key
