@@ -2,7 +2,7 @@
 
 Command (the README's main job)::
 
-  python -m mskjax.run configs/quickstart.py            # ~1-2 min on a 2-core CPU
+  python -m mskjax.run configs/quickstart.py            # ~30 s on an idle 2-core CPU
   python -m mskjax.run configs/quickstart.py quick=True # < 60 s
 
 Data: n equispaced points on S¹, targets cos(jθ). Network: 2-layer ReLU MLP in NTK
