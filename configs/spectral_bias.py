@@ -166,37 +166,16 @@ def finite_spectrum(K_net, spec_analytic, k_pad):
 def make_trainer(apply_fn, x, y, steps):
   """``train(params, eta, spectrum) -> predictions at steps 0..steps`` (one compilation).
 
-  Full-batch ``mskjax.msk_sgd(eta, apply_fn, x, spectrum)`` on ½‖f(X) − y‖²: the update of
-  :func:`mskjax.train.train`, run inside one ``lax.scan`` so that recording every step is
-  free. With new_values = values the preconditioner is the identity (plain GD).
+  Full-batch ``mskjax.msk_sgd`` on ½‖f(X) − y‖² through
+  :func:`mskjax.train.msk_sgd_trajectory` (one ``lax.scan``; η and the spectrum are traced,
+  so the sweep compiles once). With new_values = values the preconditioner is the
+  identity (plain GD).
   """
-  import jax
-  import jax.numpy as jnp
-  import optax
-
-  import mskjax
-  from mskjax import optim
-
-  def loss(p):
-    r = apply_fn(p, x) - y
-    return 0.5 * jnp.sum(r ** 2)
-
-  @jax.jit
-  def run(p0, eta, values, vectors, new_values, next_value):
-    tx = optim.msk_sgd(eta, apply_fn, x,
-                       mskjax.MSKSpectrum(values, vectors, new_values, next_value))
-
-    def step(carry, _):
-      p, s = carry
-      grads = jax.grad(loss)(p)
-      updates, s = tx.update(grads, s, p)
-      p = optax.apply_updates(p, updates)
-      return (p, s), apply_fn(p, x)
-    _, preds = jax.lax.scan(step, (p0, tx.init(p0)), None, length=steps)
-    return jnp.concatenate([apply_fn(p0, x)[None], preds])
+  from mskjax import train as T
+  run = T.msk_sgd_trajectory(apply_fn, x, y, steps)
 
   def train(params, eta, spectrum):
-    return np.asarray(run(params, eta, *spectrum))
+    return np.asarray(run(params, eta, spectrum))
   return train
 
 

@@ -59,38 +59,17 @@ def _settings(c):
 def make_trainer(apply_fn, x, y, x_test, steps):
   """``train(params, eta, spectrum) -> (train, test) predictions at steps 0..steps``.
 
-  Full-batch ``mskjax.msk_sgd`` on ½‖f(X) − y‖² inside one ``lax.scan`` (one compilation
-  per width; the spectrum and η are arguments).
+  Full-batch ``mskjax.msk_sgd`` on ½‖f(X) − y‖² through
+  :func:`mskjax.train.msk_sgd_trajectory` (one ``lax.scan``, one compilation per width;
+  the spectrum and η are traced arguments).
   """
-  import jax
   import jax.numpy as jnp
-  import optax
-
-  import mskjax
-  from mskjax import optim
+  from mskjax import train as T
   n = x.shape[0]
-  x_all = jnp.concatenate([x, x_test])
-
-  def loss(p):
-    r = apply_fn(p, x) - y
-    return 0.5 * jnp.sum(r ** 2)
-
-  @jax.jit
-  def run(p0, eta, values, vectors, new_values, next_value):
-    tx = optim.msk_sgd(eta, apply_fn, x,
-                       mskjax.MSKSpectrum(values, vectors, new_values, next_value))
-
-    def step(carry, _):
-      p, s = carry
-      grads = jax.grad(loss)(p)
-      updates, s = tx.update(grads, s, p)
-      p = optax.apply_updates(p, updates)
-      return (p, s), apply_fn(p, x_all)
-    _, preds = jax.lax.scan(step, (p0, tx.init(p0)), None, length=steps)
-    return jnp.concatenate([apply_fn(p0, x_all)[None], preds])
+  run = T.msk_sgd_trajectory(apply_fn, x, y, steps, x_eval=jnp.concatenate([x, x_test]))
 
   def train(params, eta, spectrum):
-    out = np.asarray(run(params, eta, *spectrum))
+    out = np.asarray(run(params, eta, spectrum))
     return out[:, :n], out[:, n:]
   return train
 

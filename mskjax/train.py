@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import optax
 from flax.training import train_state
@@ -31,7 +32,7 @@ from flax.training import train_state
 from mskjax import optim as _optim
 from mskjax.msk import MSKSpectrum
 
-__all__ = ["TrainResult", "train", "mse_loss"]
+__all__ = ["TrainResult", "train", "mse_loss", "msk_sgd_trajectory"]
 
 
 class TrainResult(NamedTuple):
@@ -242,3 +243,63 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
   if x_test is not None:
     test_p = np.stack(test_rec) if test_rec else np.zeros((0, x_test.shape[0]) + tuple(out_shape[1:]))
   return TrainResult(state, loss_arr, rec, train_p, test_p)
+
+
+def msk_sgd_trajectory(apply_fn: Callable, x_train, y_train, steps: int, *, x_eval=None):
+  r"""A jitted ``run(params, learning_rate, spectrum) -> predictions after 0..steps updates``.
+
+  Full-batch :func:`mskjax.optim.msk_sgd` on ½‖f(X) − Y‖² — the update of :func:`train`
+  with ``tx = msk_sgd(η, apply_fn, x_train, spectrum)`` — run inside one ``lax.scan``, so
+  recording every step costs nothing extra and ``η`` and the spectrum are *traced*
+  arguments: sweeping learning rates, modifiers or seeds does not recompile (one
+  compilation per shape). A spectrum with ``new_values = values`` is plain GD
+  (S = I). Use :func:`train` for other optimisers, losses or minibatches.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> (n,)`` or ``(n, c)``.
+    x_train: ``(n, d)`` training inputs.
+    y_train: targets with the shape of ``apply_fn(params, x_train)``.
+    steps: number of updates (>= 0).
+    x_eval: inputs on which predictions are returned (default ``x_train``); e.g.
+      ``concatenate([x_train, x_test])``.
+
+  Returns:
+    ``run(params, learning_rate, spectrum)`` → ``(steps + 1, m, ...)`` array: row t is
+    ``apply_fn(params_t, x_eval)`` after t updates.
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> X = jnp.diag(jnp.array([2.0, 1.0])); Y = jnp.array([1.0, 2.0])
+    >>> f = lambda w, x: x @ w                    # NTK = X Xᵀ = diag(4, 1)
+    >>> spec = mskjax.msk_spectrum(X @ X.T, mskjax.modifiers.scale(0.5), 1)  # S = diag(.5, 1)
+    >>> run = msk_sgd_trajectory(f, X, Y, 2)      # f ← f − η K S r, K S = diag(2, 1)
+    >>> run(jnp.zeros(2), 0.25, spec).tolist()
+    [[0.0, 0.0], [0.5, 0.5], [0.75, 0.875]]
+  """
+  if not callable(apply_fn):
+    raise TypeError(f"`apply_fn` must be callable apply_fn(params, x); got "
+                    f"{type(apply_fn).__name__}.")
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise ValueError(f"`steps` must be a non-negative int; got {steps!r}.")
+  x_train = jnp.asarray(x_train)
+  y_train = jnp.asarray(y_train)
+  x_eval = x_train if x_eval is None else jnp.asarray(x_eval)
+
+  def loss(p):
+    r = apply_fn(p, x_train) - y_train
+    return 0.5 * jnp.sum(r * r)
+
+  @jax.jit
+  def run(params, learning_rate, spectrum: MSKSpectrum):
+    tx = _optim.msk_sgd(learning_rate, apply_fn, x_train, MSKSpectrum(*spectrum))
+
+    def step(carry, _):
+      p, s = carry
+      updates, s = tx.update(jax.grad(loss)(p), s, p)
+      p = optax.apply_updates(p, updates)
+      return (p, s), apply_fn(p, x_eval)
+
+    _, preds = lax.scan(step, (params, tx.init(params)), None, length=int(steps))
+    return jnp.concatenate([apply_fn(params, x_eval)[None], preds])
+
+  return run

@@ -230,3 +230,22 @@ def test_pgd_speedup_full_table():
   # (predicted): GD 113 (109) / 794 (684) / 1894 (1716) / 3588 (2971), PGD 1 (1) / 1 (1) /
   # 2 (1) / 4 (3) for j = 4 / 8 / 12 / 16.
   _check_counts(_iteration_counts(4096, (4, 8, 12, 16), b_std=0.1))
+
+
+def test_msk_sgd_trajectory_equals_train_and_compiles_once():
+  # Linear model f = Φ w: msk_sgd is exactly f ← f − η K S r (K = ΦΦᵀ); the scan must
+  # reproduce train(..., msk_sgd) at every step, for any η / spectrum without recompiling.
+  rng = np.random.default_rng(4)
+  Phi = jnp.asarray(rng.standard_normal((12, 5)))
+  y = jnp.asarray(rng.standard_normal(12))
+  f = lambda w, x: x @ w
+  spec = mskjax.msk_spectrum(Phi @ Phi.T, mskjax.modifiers.flatten(), 2)
+  run = T.msk_sgd_trajectory(f, Phi, y, 6)
+  for eta in (0.5 / float(spec.max_value), 0.9 / float(spec.max_value)):
+    ref = T.train(f, jnp.zeros(5), optim.msk_sgd(eta, f, Phi, spec), Phi, y, steps=6,
+                  record_steps=range(7), progress=False)
+    np.testing.assert_allclose(run(jnp.zeros(5), eta, spec), ref.train_predictions,
+                               rtol=1e-10, atol=1e-12)
+  assert run._cache_size() == 1
+  with pytest.raises(ValueError, match="steps"):
+    T.msk_sgd_trajectory(f, Phi, y, -1)
