@@ -87,31 +87,6 @@ def _fit_slope(js, steps):
   return float(np.polyfit(np.log(js[ok]), np.log(steps[ok]), 1)[0])
 
 
-def _steps_from_eigh(lam, U, y, g, k, tol, max_steps=10 ** 7):
-  """``mskjax.steps_to_tolerance`` from one precomputed eigendecomposition (same formula).
-
-  mskjax.steps_to_tolerance re-diagonalises K on every call (twice with a modifier); on
-  S² (n = 400) that is ~10-20 s per call on a loaded 2-core machine. Cross-checked against
-  the library in ``run`` (S² ``check`` record).
-  """
-  import jax.numpy as jnp
-  mu = lam.copy()
-  if g is not None:
-    mu[:k] = np.asarray(g(jnp.asarray(lam), k))
-  eta = 1.0 / mu.max()
-  c2 = np.sum((U.T @ np.asarray(y).reshape(len(lam), -1)) ** 2, axis=1)
-  logb = np.log(np.abs(1.0 - eta * mu) + 1e-300)
-  target = tol ** 2 * c2.sum()
-  res2 = lambda t: float(np.sum(c2 * np.exp(2 * t * logb)))  # noqa: E731
-  if res2(max_steps) >= target:
-    return max_steps + 1
-  lo, hi = 0, max_steps
-  while lo < hi:
-    mid = (lo + hi) // 2
-    lo, hi = (lo, mid) if res2(mid) < target else (mid + 1, hi)
-  return lo
-
-
 def _funk_hecke(kernel_fn, lmax):
   """Mercer eigenvalues μ_l = 2π ∫ κ(t) P_l(t) dt of a dot-product kernel on S²."""
   import jax.numpy as jnp
@@ -163,16 +138,11 @@ def run(config, ctx):
                   final_rel_residual=float(rel[-1]), eta=eta, width=s["width"])
     return ctx.cached(f"{tag}/network/{key}", compute)
 
-  def sphere_rows(tag, x, targets, K, lam_j, in_band_fn, ks, network_js, do_network,
-                  fast_pred=False):
+  def sphere_rows(tag, x, targets, K, lam_j, in_band_fn, ks, network_js, do_network):
     lam = np.asarray(mskjax.eigh_desc(K).values)
-    if fast_pred:
-      w, U = np.linalg.eigh(np.asarray(K))
-      w, U = w[::-1].copy(), U[:, ::-1]
 
     def predicted(y, k):
-      if fast_pred:
-        return _steps_from_eigh(w, U, y, g if k else None, k, config.tol)
+      # K is one jax.Array: the library diagonalises it once and reuses it for every y, g.
       return mskjax.steps_to_tolerance(K, y, g if k else None, k, tol=config.tol)
 
     K0 = variables = None
@@ -238,23 +208,9 @@ def run(config, ctx):
     ctx.log_metrics(dict(s2_degree_order=order[:12], s2_mercer=mu[:12].tolist(), s2_ks=ks2))
     ctx.print(f"S²: degrees by Mercer eigenvalue {order[:8]} -> k = {ks2}")
     targets2 = {j: data.zonal_harmonic_target(x2, j) for j in config.s2_js}
-    jc, kc = config.s2_js[min(2, len(config.s2_js) - 1)], ks2[0]
-    yc = config.amp * targets2[jc]
-    w2, U2 = np.linalg.eigh(np.asarray(K2))
-    w2, U2 = w2[::-1].copy(), U2[:, ::-1]
-
-    def check():
-      return dict(j=jc, k=kc, library=[int(mskjax.steps_to_tolerance(K2, yc, tol=config.tol)),
-                                       int(mskjax.steps_to_tolerance(K2, yc, g, kc,
-                                                                     tol=config.tol))],
-                  local=[_steps_from_eigh(w2, U2, yc, None, None, config.tol),
-                         _steps_from_eigh(w2, U2, yc, g, kc, config.tol)])
-    chk = ctx.cached("S2/check_local_steps_to_tolerance", check)
-    if chk["library"] != chk["local"]:
-      raise RuntimeError(f"local steps_to_tolerance disagrees with mskjax: {chk}")
     rows += sphere_rows("S2", x2, targets2, K2, {l: float(mu[l]) for l in range(lmax + 1)},
                         lambda j, k: j in band2[k], ks2,
-                        tuple(config.s2_network_js), config.s2_network, fast_pred=True)
+                        tuple(config.s2_network_js), config.s2_network)
 
   cols = ["sphere", "j", "lambda_j", "method", "k", "in_band", "predicted_steps",
           "network_steps", "speedup", "network_speedup", "bound", "width"]

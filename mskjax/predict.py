@@ -68,9 +68,10 @@ def _modified_eigh(K, g, k, spec_kwargs):
   full = _cached_eigh_desc(K)
   if g is None:
     return full.values, full.values, full.vectors, None
-  unknown = set(spec_kwargs) - {"tie_rtol", "method", "key"}
+  unknown = set(spec_kwargs) - {"tie_rtol", "key"}   # key: accepted and unused (dense eigh)
   if unknown:
-    raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; accepted: tie_rtol.")
+    raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; accepted: tie_rtol "
+                    "(the full eigendecomposition is always dense).")
   k = V.check_k(k, K.shape[0])
   spec = _msk._msk_spectrum_from_eigenpairs(full, g, k, K.dtype,
                                             spec_kwargs.get("tie_rtol", 1e-6))

@@ -116,6 +116,25 @@ def test_max_learning_rate_and_steps():
     assert mskjax.steps_to_tolerance(K, y[:, 0], g, 5) == t
 
 
+def test_one_eigendecomposition_per_gram_matrix(monkeypatch):
+  # Sweeps call steps_to_tolerance / predict_gd_mse many times with one K: the (immutable)
+  # jax.Array is diagonalised once; a new array (even with equal contents) is diagonalised
+  # again, and the answers equal the uncached ones.
+  from mskjax import predict as P, spectrum as S
+  K, _, y = circle_problem()
+  K = jnp.asarray(K)
+  calls = []
+  real = S.eigh_desc
+  monkeypatch.setattr(S, "eigh_desc", lambda A: calls.append(1) or real(A))
+  monkeypatch.setattr(P, "_EIGH_CACHE", [])
+  got = [mskjax.steps_to_tolerance(K, y[:, 0], g, 5) for g in (None, modifiers.flatten())]
+  mskjax.predict_gd_mse(K, y, modifiers.flatten(), 5, 3.0)
+  assert len(calls) == 1
+  fresh = [mskjax.steps_to_tolerance(jnp.array(K), y[:, 0], g, 5)
+           for g in (None, modifiers.flatten())]
+  assert len(calls) == 3 and fresh == got
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(y_train=np.ones(5)), "rows"),
     (dict(K_test_train=np.ones((3, 7))), "K_test_train"),
