@@ -42,6 +42,7 @@ from jax import lax
 from mskjax import _validate as V
 from mskjax import modifiers as _modifiers
 from mskjax import spectrum as _spectrum
+from mskjax.kernels import _pad_rows
 from mskjax.msk import MSKSpectrum
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_matvec_large",
@@ -126,11 +127,6 @@ def _matvec_fn(kernel_fn, get, bs, devices):
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("rows"), P(), P(), P()),
                           out_specs=P("rows"), check_vma=False)
   return jax.jit(sharded)
-
-
-def _pad_rows(x, size):
-  pad = size - x.shape[0]
-  return x if pad == 0 else jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge")
 
 
 def _check_devices(devices):
