@@ -13,8 +13,10 @@ from the spectrum (infinite width) and measured on a finite network (width in th
 table), and the relative test error where each method stops (PGD stops after 1-4 steps
 with a smaller residual, hence its smaller error; trained to convergence both reach the
 same solution — configs/same_solution.py). The finite network uses targets of amplitude
-``amplitude`` and, for PGD, its own empirical NTK at init (see ``_train_network``).
+``amplitude`` and, for PGD, its own empirical NTK at init (see ``_finite_network``).
 """
+import functools
+
 import ml_collections
 import numpy as np
 
@@ -67,6 +69,7 @@ def run(config, ctx):
   ctx.print(f"NTK spectrum: λ₁ = {lam[0]:.4g}, λ_(k+1) = {lam[config.k]:.4g}, "
             f"ratio = {lam[0] / lam[config.k]:.1f} (the largest possible speed-up)")
 
+  finite = functools.cache(lambda: _finite_network(net, x, g, config))  # built on first use
   rows, curves = [], {}
   for j in ctx.progress(q["js"], desc="targets"):
     y = data.fourier_target(theta, j)
@@ -89,7 +92,7 @@ def run(config, ctx):
         rec = dict(j=j, method=method, eta=eta, predicted_steps=steps,
                    infinite_test_err=test_err, curve_t=ts.tolist(), curve_res=res.tolist())
         if config.train_network:
-          rec.update(_train_network(net, x, y, x_test, y_test, gg, config, eta, ctx))
+          rec.update(_train_network(finite(), x, y, x_test, y_test, gg, config, ctx))
         return rec
       rec = ctx.cached(f"j={j}/{method}", compute)
       curves[(j, method)] = rec
@@ -122,46 +125,54 @@ def run(config, ctx):
   ctx.savefig(fig, "residuals")
 
 
-def _train_network(net, x, y, x_test, y_test, g, config, eta_analytic, ctx, _cache={}):
+def _finite_network(net, x, g, config):
+  """The finite network's set-up, built once per run (lazily: a resumed run may skip it).
+
+  Zero-output (antisymmetric) init, and the network's own empirical NTK K₀ at init: GD
+  steps at η = 1/λ₁(K₀); PGD uses the MSK spectrum of K₀ (flatten at k = 21 steps at
+  η = 1/λ₂₂ ≈ 90, stable only if the preconditioner matches the network's kernel to ≪ λ₂₂;
+  the analytic one is off by O(1/√width)).
+  """
+  import jax
+
+  import mskjax
+  from mskjax import kernels, nets
+
+  variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
+  K0 = kernels.empirical_ntk(net.model.apply, variables, x)
+  spec0 = mskjax.msk_spectrum(K0, g, config.k)
+  return dict(params=variables["params"],
+              apply_fn=lambda p, a: net.model.apply({"params": p}, a),
+              eta_gd=1.0 / float(mskjax.eigh_top(K0, 1).values[0]),
+              spec_pgd=spec0, eta_pgd=1.0 / float(spec0.max_value))
+
+
+def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
   """Train the finite network (width ``config.width``) with optax.sgd (GD) or msk_sgd (PGD).
 
   Same set-up as the infinite-width rows, with the two measured finite-width caveats of
   tests/test_train.py: targets are scaled by ``config.amplitude`` (residual ratios, hence
   iteration counts, are scale-free in the linearized model; a small amplitude keeps the
-  width-``width`` network linear), and PGD uses the spectrum of the network's own empirical
-  NTK at initialisation (flatten at k = 21 steps at η = 1/λ₂₂ ≈ 90, stable only if the
-  preconditioner matches the network's kernel to ≪ λ₂₂; the analytic one is off by
-  O(1/√width)). GD uses η = 1/λ₁ of the same empirical kernel.
+  width-``width`` network linear), and both methods step with the network's own empirical
+  NTK at init (:func:`_finite_network`).
   """
-  import jax
   import numpy as np
   import optax
 
-  import mskjax
-  from mskjax import kernels, nets, optim
+  from mskjax import optim
   from mskjax import train as T
 
-  key = (id(net), config.seed)
-  if key not in _cache:
-    variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
-    apply_fn = lambda p, a: net.model.apply({"params": p}, a)
-    K0 = kernels.empirical_ntk(net.model.apply, variables, x)
-    _cache.clear()
-    _cache[key] = (variables, apply_fn, K0, {})
-  variables, apply_fn, K0, spectra = _cache[key]
+  apply_fn = finite["apply_fn"]
   if g is None:
-    eta = 1.0 / float(mskjax.eigh_top(K0, 1).values[0])
+    eta = finite["eta_gd"]
     tx = optax.sgd(eta)
   else:
-    if "pgd" not in spectra:
-      spectra["pgd"] = mskjax.msk_spectrum(K0, g, config.k)
-    spec0 = spectra["pgd"]
-    eta = 1.0 / float(spec0.max_value)
-    tx = optim.msk_sgd(eta, apply_fn, x, spec0)
+    eta = finite["eta_pgd"]
+    tx = optim.msk_sgd(eta, apply_fn, x, finite["spec_pgd"])
   amp = config.amplitude
   y_s, yt_s = amp * y, amp * y_test
   # Stop at ‖r‖ < tol‖y‖, i.e. loss ½‖r‖² < ½ tol²‖y‖².
-  res = T.train(apply_fn, variables["params"], tx, x, y_s, steps=config.max_steps,
+  res = T.train(apply_fn, finite["params"], tx, x, y_s, steps=config.max_steps,
                 progress=ctx.show_progress, desc="GD" if g is None else "PGD",
                 stop_below=0.5 * (config.tol * float(np.linalg.norm(y_s))) ** 2)
   rel = np.sqrt(2.0 * res.loss) / float(np.linalg.norm(y_s))
