@@ -21,8 +21,8 @@ Methods (full batch, same initial parameters):
 * **PGD k** — ``optax.sgd(η)`` on ``mskjax.msk_mse_loss`` (½ rᵀ S r, same cost as GD),
   η = frac/λ_max(K_g) = frac/λ_{k+1}, frac from ``pgd_fracs`` (1/λ_{k+1} is the
   linearized optimum but a finite network can be unstable there);
-* **msk_sgd k** — ``mskjax.optim.msk_sgd`` (parameter-space preconditioner, one extra JVP +
-  VJP per step) on ½‖r‖² at the step chosen for PGD with the smallest k (``msk_sgd=True``).
+* **msk_sgd_jvp k** — ``mskjax.optim.msk_sgd_jvp`` (parameter-space preconditioner, one extra JVP +
+  VJP per step) on ½‖r‖² at the step chosen for PGD with the smallest k (``msk_sgd_jvp=True``).
 
 Learning-rate choice: every grid value runs ``grid_steps`` steps; the one that reaches the
 selection target ``tols[-1]`` in the fewest steps is kept (if none does: the lowest
@@ -66,7 +66,7 @@ def get_config():
   c.gd_frac = 1.0            # GD step gd_frac / λ₁
   c.pgd_fracs = (1.0, 0.5, 0.25)   # PGD steps frac / λ_{k+1}
   c.adam_lrs = (1e-3, 3e-3, 1e-2)
-  c.msk_sgd = True           # also run mskjax.optim.msk_sgd for the smallest k
+  c.msk_sgd_jvp = True           # also run mskjax.optim.msk_sgd_jvp for the smallest k
   c.seed = 0
   return c
 
@@ -79,7 +79,7 @@ def _settings(c):
     s.steps, s.grid_steps, s.chunk = min(c.steps, 400), min(c.grid_steps, 100), 50
     s.pgd_fracs = (0.5,)       # one value each: no grid runs
     s.adam_lrs = tuple(c.adam_lrs[-1:])
-    s.msk_sgd = False
+    s.msk_sgd_jvp = False
   return s
 
 
@@ -278,11 +278,11 @@ def run(config, ctx):
     best[name] = min(recs)[1]
   if grid_rows:
     ctx.write_table(grid_rows, name="lr_grid")
-  if s.msk_sgd:
+  if s.msk_sgd_jvp:
     k0 = min(s.ks)
-    methods[f"msk_sgd k={k0}"] = (mse, lambda lr, sp=spectra[k0]: optim.msk_sgd(
+    methods[f"msk_sgd_jvp k={k0}"] = (mse, lambda lr, sp=spectra[k0]: optim.msk_sgd_jvp(
         lr, apply_fn, x, sp), None, g, k0, spec_time[k0][0])
-    best[f"msk_sgd k={k0}"] = best[f"PGD k={k0}"]
+    best[f"msk_sgd_jvp k={k0}"] = best[f"PGD k={k0}"]
 
   ts_pred = np.unique(np.concatenate([[0], np.geomspace(1, s.steps, 80).astype(int)]))
   rows, curves = [], {}
@@ -347,7 +347,7 @@ def run(config, ctx):
     r = np.where(np.isfinite(r), r, np.nan)
     axes[0].loglog(t + 1, r, color=color, label=f"{name} (η={best[name]:.3g})")
     axes[1].loglog(np.asarray(rec["curve_time"]) + spec_s + 1e-3, r, color=color, label=name)
-    if pred is not None and not name.startswith("msk_sgd"):
+    if pred is not None and not name.startswith("msk_sgd_jvp"):
       axes[0].loglog(ts_pred + 1, pred["pred_curve_res"], "--", color=color, lw=1, alpha=0.8)
   for ax in axes:
     for tol in tols:

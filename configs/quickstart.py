@@ -148,7 +148,7 @@ def _finite_network(net, x, g, config):
 
 
 def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
-  """Train the finite network (width ``config.width``) with optax.sgd (GD) or msk_sgd (PGD).
+  """Train the finite network (width ``config.width``) with optax.sgd (GD) or msk_sgd_jvp (PGD).
 
   Same set-up as the infinite-width rows, with the two measured finite-width caveats of
   tests/test_train.py: targets are scaled by ``config.amplitude`` (residual ratios, hence
@@ -168,7 +168,7 @@ def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
     tx = optax.sgd(eta)
   else:
     eta = finite["eta_pgd"]
-    tx = optim.msk_sgd(eta, apply_fn, x, finite["spec_pgd"])
+    tx = optim.msk_sgd_jvp(eta, apply_fn, x, finite["spec_pgd"])
   amp = config.amplitude
   y_s, yt_s = amp * y, amp * y_test
   # Stop at ‖r‖ < tol‖y‖, i.e. loss ½‖r‖² < ½ tol²‖y‖².

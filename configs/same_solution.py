@@ -21,7 +21,7 @@ positive NTK eigenvalue), antisymmetric zero-output init, width ``width``.
 Methods (each trained to convergence: 1.5 × the analytic ``steps_to_tolerance`` at
 tol = ``conv_tol`` on the empirical NTK, at least ``min_steps``, capped at ``max_steps``
 (``s2_max_steps`` for S²)): GD (``optax.sgd``, η = 1/λ_max of the
-empirical NTK at init) and PGD for each g in ``modifiers`` with ``msk_sgd``, plus flatten
+empirical NTK at init) and PGD for each g in ``modifiers`` with ``msk_sgd_jvp``, plus flatten
 with ``msk_mse_loss`` (``loss='msk_mse'``). PGD's eigenpairs and η = 1/λ_max(K_g) come
 from the empirical NTK at initialisation (as in tests/test_train.py; the analytic
 eigenpairs are unstable for steps η ≫ 1/λ₁ at testable widths).
@@ -143,7 +143,7 @@ def run(config, ctx):
               f"(width {s['width']})")
 
     methods = [("GD", None, "mse")]
-    methods += [(f"PGD-{m}", m, "msk_sgd") for m in s["modifiers"]]
+    methods += [(f"PGD-{m}", m, "msk_sgd_jvp") for m in s["modifiers"]]
     if s["msk_mse_loss"] and "flatten" in s["modifiers"]:
       methods.append(("PGD-flatten (msk_mse_loss)", "flatten", "msk_mse"))
 
@@ -157,8 +157,8 @@ def run(config, ctx):
         else:
           spec0 = mskjax.msk_spectrum(K0, g, k)
           eta = 1.0 / float(spec0.max_value)
-          if how == "msk_sgd":
-            tx, loss = optim.msk_sgd(eta, apply_fn, x, spec0), "mse"
+          if how == "msk_sgd_jvp":
+            tx, loss = optim.msk_sgd_jvp(eta, apply_fn, x, spec0), "mse"
           else:
             tx, loss = optax.sgd(eta), "msk_mse"
         pred = mskjax.steps_to_tolerance(K0, y, g, k if g is not None else None,

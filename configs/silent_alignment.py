@@ -31,12 +31,12 @@ measured (``claim`` column of results.csv):
     ~1/σ² during training, so four variants are run:
 
     * ``GD`` — the σ-sweep run itself;
-    * ``PGD fixed K0`` — ``mskjax.optim.msk_sgd`` with the spectrum of the *initial
+    * ``PGD fixed K0`` — ``mskjax.optim.msk_sgd_jvp`` with the spectrum of the *initial
       empirical* NTK K_0 (``mskjax.msk_spectrum(K_0, flatten, k)``), never refreshed. Its
       step P u = u + Jᵀ V diag((g/λ−1)/λ) Vᵀ J u equals Jᵀ S e only while K_t ≈ K_0;
       once K_t ≫ K_0 the correction is multiplied by ~‖K_t‖/‖K_0‖ and P turns indefinite
       (step of divergence reported);
-    * ``PGD refresh`` — ``msk_sgd(..., refresh_every=pgd_refresh, g=flatten)``: the
+    * ``PGD refresh`` — ``msk_sgd_jvp(..., refresh_every=pgd_refresh, g=flatten)``: the
       eigenpairs are recomputed from the current empirical NTK (exact PGD for
       ``pgd_refresh=1``);
     * ``S-loss fixed K0`` — ``optax.sgd`` on ``mskjax.msk_mse_loss`` (½ rᵀ S r / n) with
@@ -462,13 +462,13 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
   curves = [("GD", gd)]
   for k in c.pgd_ks:
     def fixed_unit():
-      tx = optim.msk_sgd(c.lr, model.apply, x, spectrum(k))
+      tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k))
       rec = diag.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       return dict(_curves(rec), lam1_over_lamk1=ratio(k))
 
     def refresh_unit():
-      tx = optim.msk_sgd(c.lr, model.apply, x, spectrum(k), refresh_every=c.pgd_refresh,
+      tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), refresh_every=c.pgd_refresh,
                          g=flat)
       rec = diag.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)

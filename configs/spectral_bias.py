@@ -33,7 +33,7 @@ fastest directions take a few steps rather than exactly one). Measured per frequ
 the relative residual |⟨r_t, cos jθ⟩| / |⟨y, cos jθ⟩| of the train residual r_t = f_t(X) − y,
 
 * infinite width: ``mskjax.predict_gd_mse`` (the analytic MSK, every step 0..``steps``);
-* finite width (``width``): the network trained with ``mskjax.msk_sgd`` (full batch, loss
+* finite width (``width``): the network trained with ``mskjax.msk_sgd_jvp`` (full batch, loss
   ½‖r‖², predictions recorded at every step by a ``lax.scan`` loop, the same update as
   ``mskjax.train.train``).
 
@@ -166,7 +166,7 @@ def finite_spectrum(K_net, spec_analytic, k_pad):
 def make_trainer(apply_fn, x, y, steps):
   """``train(params, eta, spectrum) -> predictions at steps 0..steps`` (one compilation).
 
-  Full-batch ``mskjax.msk_sgd`` on ½‖f(X) − y‖² through
+  Full-batch ``mskjax.msk_sgd_jvp`` on ½‖f(X) − y‖² through
   :func:`mskjax.train.msk_sgd_trajectory` (one ``lax.scan``; η and the spectrum are traced,
   so the sweep compiles once). With new_values = values the preconditioner is the
   identity (plain GD).

@@ -1,4 +1,4 @@
-"""Finite width → infinite width: a network trained with ``msk_sgd`` vs the analytic MSK.
+"""Finite width → infinite width: a network trained with ``msk_sgd_jvp`` vs the analytic MSK.
 
 Command::
 
@@ -15,7 +15,7 @@ The analytic NTK Gram matrix K (and k(x_test, X)) gives the infinite-width predi
 * PGD — ``modifiers.flatten()`` on the top k = 3 (frequencies 0 and 1 flattened to λ₄ =
   λ(j=2)), η = 1/λ₄, preconditioner from the *analytic* eigenpairs (computed once).
 
-The finite network is trained full-batch with ``mskjax.msk_sgd(η, apply_fn, X, spectrum)``
+The finite network is trained full-batch with ``mskjax.msk_sgd_jvp(η, apply_fn, X, spectrum)``
 on ½‖f(X) − y‖² (GD: the same optimiser with g/λ = 1, i.e. the identity preconditioner) in
 one ``lax.scan`` (the update of ``mskjax.train.train``). For every width and seed
 (the seed draws the initialisation) the table reports the relative distances
@@ -59,7 +59,7 @@ def _settings(c):
 def make_trainer(apply_fn, x, y, x_test, steps):
   """``train(params, eta, spectrum) -> (train, test) predictions at steps 0..steps``.
 
-  Full-batch ``mskjax.msk_sgd`` on ½‖f(X) − y‖² through
+  Full-batch ``mskjax.msk_sgd_jvp`` on ½‖f(X) − y‖² through
   :func:`mskjax.train.msk_sgd_trajectory` (one ``lax.scan``, one compilation per width;
   the spectrum and η are traced arguments).
   """
@@ -192,7 +192,7 @@ def run(config, ctx):
   ax.plot(w, ref, color="gray", lw=1, ls="--", label="∝ width$^{-1/2}$")
   ax.set(xscale="log", yscale="log", xlabel="width",
          ylabel="relative distance to infinite width",
-         title=f"msk_sgd vs analytic MSK, n={config.n} on S¹ (max over t ≤ {steps}, "
+         title=f"msk_sgd_jvp vs analytic MSK, n={config.n} on S¹ (max over t ≤ {steps}, "
                f"{q['seeds']} seeds)")
   ax.set_xticks(widths, [str(v) for v in widths], fontsize=7)
   ax.legend(fontsize=7)

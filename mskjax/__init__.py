@@ -6,15 +6,11 @@ that follows the same dynamics. Reference: Geifman, Barzilai, Basri & Galun,
 *Controlling the Inductive Bias of Wide Neural Networks by Modifying the Kernel's
 Spectrum*, arXiv:2307.14531 (TMLR 2024).
 
-Importing mskjax enables float64 in JAX (eigendecompositions of kernels need it); set
-the environment variable ``MSKJAX_NO_X64=1`` before import to keep JAX's default.
+Importing mskjax changes no JAX setting (in particular not ``jax_enable_x64``): a float32
+training pipeline stays float32. Functions whose accuracy needs float64 (kernel
+eigendecompositions, predictions near the stability edge) say so in their docstrings;
+the experiment runner (``python -m mskjax.run``) enables float64 explicitly.
 """
-import os as _os
-
-import jax as _jax
-
-if _os.environ.get("MSKJAX_NO_X64", "") not in ("1", "true", "True"):
-  _jax.config.update("jax_enable_x64", True)
 
 from mskjax import modifiers
 from mskjax import data, kernels, nets
@@ -27,7 +23,7 @@ from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_gram, preconditioner,
                         apply_preconditioner, msk_kernel_fn)
 from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
 from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
-from mskjax.optim import ScaleByMSKState, scale_by_msk, msk_sgd, msk_mse_loss
+from mskjax.optim import ScaleByMSKJvpState, scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss
 from mskjax.train import TrainResult, mse_loss, msk_sgd_trajectory
 from mskjax.large import (DEFAULT_MEMORY_BUDGET, block_size_for_budget, kernel_operator,
                           kernel_matvec_large, TopKEigh, topk_eigh_matfree, NystromEigh,
@@ -49,7 +45,7 @@ __all__ = [
     "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
     "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
     "diagnostics", "large", "optim", "train",
-    "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_mse_loss",
+    "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
     "TrainResult", "mse_loss", "msk_sgd_trajectory",
     "DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_operator", "kernel_matvec_large",
     "TopKEigh", "topk_eigh_matfree", "NystromEigh", "nystrom_eigh", "msk_spectrum_large",

@@ -10,7 +10,7 @@ so in the linearized (wide) regime the residual follows kernel GD with the MSK,
 ``r_{t+1} = (I − η K_g) r_t`` — the same formula as :func:`mskjax.predict_gd_mse`.
 Two entry points give the same step:
 
-* :func:`scale_by_msk` / :func:`msk_sgd` — loss-agnostic, in parameter space. From the
+* :func:`scale_by_msk_jvp` / :func:`msk_sgd_jvp` — loss-agnostic, in parameter space. From the
   parameter gradient ``u = Jᵀ e`` of *any* loss on the training set (``e = ∂ℓ/∂f``),
 
   .. math:: P u = u + J^\top V_k \operatorname{diag}\Big(\frac{g/\lambda - 1}{\lambda}\Big)
@@ -62,11 +62,11 @@ from mskjax import _validate as V
 from mskjax import modifiers as _modifiers
 from mskjax.msk import MSKSpectrum
 
-__all__ = ["ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_mse_loss"]
+__all__ = ["ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss"]
 
 
-class ScaleByMSKState(NamedTuple):
-  """State of :func:`scale_by_msk`.
+class ScaleByMSKJvpState(NamedTuple):
+  """State of :func:`scale_by_msk_jvp`.
 
   Attributes:
     count: number of updates applied so far (int32 scalar).
@@ -118,7 +118,7 @@ def _empirical_top(apply_fn, params, x, g, k):
   return evals[:k], evecs[:, :k], new
 
 
-def scale_by_msk(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
+def scale_by_msk_jvp(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
                  refresh_every: Optional[int] = None,
                  g: Optional[_modifiers.Modifier] = None
                  ) -> optax.GradientTransformationExtraArgs:
@@ -140,7 +140,7 @@ def scale_by_msk(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
   Works inside ``optax.chain``, under ``jax.jit``, with ``optax.MultiSteps`` and flax's
   ``TrainState``; unknown extra arguments are ignored; update dtypes are kept. With
   ``optax.inject_hyperparams`` pass the callables as static:
-  ``optax.inject_hyperparams(msk_sgd, static_args=('apply_fn', 'g'))(...)``.
+  ``optax.inject_hyperparams(msk_sgd_jvp, static_args=('apply_fn', 'g'))(...)``.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> (n,)`` or ``(n, c)``, with ``params`` the pytree
@@ -153,7 +153,7 @@ def scale_by_msk(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
     g: the modifier used at a refresh (required with ``refresh_every``).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is :class:`ScaleByMSKState`;
+    An ``optax.GradientTransformationExtraArgs`` whose state is :class:`ScaleByMSKJvpState`;
     ``update`` requires ``params``.
 
   Example:
@@ -162,7 +162,7 @@ def scale_by_msk(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
     >>> X = jnp.eye(3); apply_fn = lambda w, x: x @ w   # linear model: J = X = I
     >>> spec = mskjax.MSKSpectrum(jnp.array([1.0]), jnp.array([[1.0], [0.0], [0.0]]),
     ...                           jnp.array([4.0]), jnp.array(1.0))
-    >>> tx = optim.scale_by_msk(apply_fn, X, spec)
+    >>> tx = optim.scale_by_msk_jvp(apply_fn, X, spec)
     >>> w = jnp.zeros(3); u = jnp.ones(3)
     >>> tx.update(u, tx.init(w), w)[0].tolist()   # S u with g/λ = 4 on e₁
     [4.0, 1.0, 1.0]
@@ -186,13 +186,13 @@ def scale_by_msk(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
 
   def init_fn(params):
     del params
-    return ScaleByMSKState(jnp.zeros([], jnp.int32), jnp.asarray(spectrum.values),
+    return ScaleByMSKJvpState(jnp.zeros([], jnp.int32), jnp.asarray(spectrum.values),
                            jnp.asarray(spectrum.vectors), jnp.asarray(spectrum.new_values))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError("scale_by_msk needs `params` in update(updates, state, params): the "
+      raise ValueError("scale_by_msk_jvp needs `params` in update(updates, state, params): the "
                        "preconditioner uses the network Jacobian at the current parameters.")
     values, vectors, new_values = state.values, state.vectors, state.new_values
     if refresh_every is not None:
@@ -205,16 +205,16 @@ def scale_by_msk(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
                                                                      new_values), None)
     out = _jvp_vjp_precondition(apply_fn, params, x_train, updates, vectors, values,
                                 new_values)
-    return out, ScaleByMSKState(optax.safe_increment(state.count), values, vectors,
+    return out, ScaleByMSKJvpState(optax.safe_increment(state.count), values, vectors,
                                 new_values)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def msk_sgd(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_train,
+def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_train,
             spectrum: MSKSpectrum, *, refresh_every: Optional[int] = None,
             g: Optional[_modifiers.Modifier] = None) -> optax.GradientTransformationExtraArgs:
-  r"""Preconditioned GD: ``optax.chain(scale_by_msk(...), scale_by_learning_rate(η))``.
+  r"""Preconditioned GD: ``optax.chain(scale_by_msk_jvp(...), scale_by_learning_rate(η))``.
 
   ``θ ← θ − η P ∇_θ ℓ``; for ℓ = ½‖f(X) − Y‖² this is ``θ ← θ − η Jᵀ S r``, which in the
   linearized regime is kernel GD with K_g (:func:`mskjax.predict_gd_mse` with the same g,
@@ -235,7 +235,7 @@ def msk_sgd(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_train,
 
   Args:
     learning_rate: η (float or optax schedule).
-    apply_fn, x_train, spectrum, refresh_every, g: see :func:`scale_by_msk`.
+    apply_fn, x_train, spectrum, refresh_every, g: see :func:`scale_by_msk_jvp`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -245,13 +245,13 @@ def msk_sgd(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_train,
     >>> from mskjax import optim
     >>> X = jnp.diag(jnp.array([2.0, 1.0])); apply_fn = lambda w, x: x @ w  # NTK = X Xᵀ
     >>> spec = mskjax.msk_spectrum(X @ X.T, mskjax.modifiers.scale(0.5), 1)  # S = diag(.5, 1)
-    >>> tx = optim.msk_sgd(0.1, apply_fn, X, spec)
+    >>> tx = optim.msk_sgd_jvp(0.1, apply_fn, X, spec)
     >>> w = jnp.zeros(2)
     >>> tx.update(jnp.ones(2), tx.init(w), w)[0].tolist()
     [-0.05, -0.1]
   """
   return optax.chain(
-      scale_by_msk(apply_fn, x_train, spectrum, refresh_every=refresh_every, g=g),
+      scale_by_msk_jvp(apply_fn, x_train, spectrum, refresh_every=refresh_every, g=g),
       optax.scale_by_learning_rate(learning_rate))
 
 

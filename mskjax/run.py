@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--help-config", action="store_true", help="list keys and defaults")
   parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
   args = parser.parse_args(argv)
+  # Experiments claim float64 accuracy: the runner (not the library import) turns it on.
+  import jax
+  jax.config.update("jax_enable_x64", True)
 
   try:
     module = load_config_module(args.config)

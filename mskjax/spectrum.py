@@ -1,7 +1,7 @@
 """Eigenpairs of kernel matrices: dense and randomized top-k, in descending order.
 
-All eigendecompositions run in float64 when ``jax_enable_x64`` is on (mskjax enables it
-on import unless ``MSKJAX_NO_X64=1``), and tiny negative eigenvalues produced by
+All eigendecompositions run in float64 when ``jax_enable_x64`` is on (mskjax never turns
+it on by itself; the runner and the tests do), and tiny negative eigenvalues produced by
 round-off of a PSD kernel are clamped to zero.
 """
 from __future__ import annotations

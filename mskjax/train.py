@@ -103,7 +103,7 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
   r"""Train ``params`` with ``tx`` for ``steps`` updates (full batch or minibatch).
 
   Each update is ``θ ← θ + tx.update(∇_θ L, opt_state, θ)`` on a flax ``TrainState``
-  (``tx`` receives ``params``, as :func:`mskjax.optim.scale_by_msk` needs). With ``loss='mse'`` and ``optax.sgd(η)`` it is
+  (``tx`` receives ``params``, as :func:`mskjax.optim.scale_by_msk_jvp` needs). With ``loss='mse'`` and ``optax.sgd(η)`` it is
   GD on ½‖r‖², the setting of :func:`mskjax.predict_gd_mse` (same η and t).
 
   Args:
@@ -248,8 +248,8 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
 def msk_sgd_trajectory(apply_fn: Callable, x_train, y_train, steps: int, *, x_eval=None):
   r"""A jitted ``run(params, learning_rate, spectrum) -> predictions after 0..steps updates``.
 
-  Full-batch :func:`mskjax.optim.msk_sgd` on ½‖f(X) − Y‖² — the update of :func:`train`
-  with ``tx = msk_sgd(η, apply_fn, x_train, spectrum)`` — run inside one ``lax.scan``, so
+  Full-batch :func:`mskjax.optim.msk_sgd_jvp` on ½‖f(X) − Y‖² — the update of :func:`train`
+  with ``tx = msk_sgd_jvp(η, apply_fn, x_train, spectrum)`` — run inside one ``lax.scan``, so
   recording every step costs nothing extra and ``η`` and the spectrum are *traced*
   arguments: sweeping learning rates, modifiers or seeds does not recompile (one
   compilation per shape). A spectrum with ``new_values = values`` is plain GD
@@ -291,7 +291,7 @@ def msk_sgd_trajectory(apply_fn: Callable, x_train, y_train, steps: int, *, x_ev
 
   @jax.jit
   def run(params, learning_rate, spectrum: MSKSpectrum):
-    tx = _optim.msk_sgd(learning_rate, apply_fn, x_train, MSKSpectrum(*spectrum))
+    tx = _optim.msk_sgd_jvp(learning_rate, apply_fn, x_train, MSKSpectrum(*spectrum))
 
     def step(carry, _):
       p, s = carry

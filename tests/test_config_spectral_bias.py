@@ -4,7 +4,7 @@ The CI smoke run only checks that the config runs; these check that (a) the bloc
 reverse keeps the S¹ frequency pairs intact and mirrors the blocks, (b) the finite-width
 spectrum transfer reproduces the analytic MSK exactly when the network's kernel *is* the
 analytic one, and (c) the ``lax.scan`` training loop is ``mskjax.train.train`` with
-``msk_sgd`` step for step.
+``msk_sgd_jvp`` step for step.
 """
 from pathlib import Path
 
@@ -69,6 +69,6 @@ def test_scan_trainer_is_train_with_msk_sgd():
   eta = 0.5 / float(spec.max_value)
   steps = 6
   ours = CFG.make_trainer(apply_fn, x, y, steps)(variables["params"], eta, spec)
-  ref = T.train(apply_fn, variables["params"], optim.msk_sgd(eta, apply_fn, x, spec), x, y,
+  ref = T.train(apply_fn, variables["params"], optim.msk_sgd_jvp(eta, apply_fn, x, spec), x, y,
                 steps=steps, record_steps=list(range(steps + 1)), progress=False)
   np.testing.assert_allclose(ours, ref.train_predictions, rtol=1e-10, atol=1e-14)

@@ -1,6 +1,6 @@
 """configs/width_sweep.py: its scan loop is ``mskjax.train.train`` step for step.
 
-The sweep's GD runs go through ``msk_sgd`` with g/λ = 1 (one compiled loop per width for
+The sweep's GD runs go through ``msk_sgd_jvp`` with g/λ = 1 (one compiled loop per width for
 both methods); this checks that this is plain GD (``optax.sgd``) on train *and* test points,
 which the CI smoke run cannot see.
 """

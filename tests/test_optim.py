@@ -1,4 +1,4 @@
-"""mskjax.optim: scale_by_msk / msk_sgd / msk_mse_loss against explicit matrices."""
+"""mskjax.optim: scale_by_msk_jvp / msk_sgd_jvp / msk_mse_loss against explicit matrices."""
 import itertools
 
 import jax
@@ -35,7 +35,7 @@ def test_scale_by_msk_linear_model_equals_JT_S_e():
   spec = mskjax.msk_spectrum(K, mskjax.modifiers.power(0.5), 2)
   e = f(W, X) - Y
   u = X.T @ e                                   # gradient of ½‖r‖²
-  tx = optim.scale_by_msk(f, X, spec)
+  tx = optim.scale_by_msk_jvp(f, X, spec)
   Pu, state = tx.update(u, tx.init(W), W)
   S = _explicit_S(K, np.asarray(spec.new_values), 2)
   # float64, one JVP/VJP on a 6x8 problem: round-off only.
@@ -54,7 +54,7 @@ def test_scale_by_msk_and_msk_mse_loss_give_same_update_on_a_network():
   K_emp = kernels.empirical_ntk(net.model.apply, variables, x)
   spec = mskjax.msk_spectrum(K_emp, mskjax.modifiers.flatten(), 5)
   lr = 0.05
-  tx1 = optim.msk_sgd(lr, apply_fn, x, spec)
+  tx1 = optim.msk_sgd_jvp(lr, apply_fn, x, spec)
   g1 = jax.grad(lambda p: 0.5 * jnp.sum((apply_fn(p, x) - y) ** 2))(params)
   up1, _ = tx1.update(g1, tx1.init(params), params)
   tx2 = optax.sgd(lr)
@@ -122,7 +122,7 @@ def test_msk_sgd_jit_chain_no_recompile_extra_args_and_dtype():
   X, W, Y, f = _linear_problem(n=6, p=5)
   spec = mskjax.msk_spectrum(X @ X.T, mskjax.modifiers.flatten(), 2)
   f_counted, calls = _count_traces(f)
-  tx = optax.chain(optax.clip_by_global_norm(1e3), optim.msk_sgd(0.01, f_counted, X, spec))
+  tx = optax.chain(optax.clip_by_global_norm(1e3), optim.msk_sgd_jvp(0.01, f_counted, X, spec))
   state = tx.init(W)
 
   @jax.jit
@@ -140,7 +140,7 @@ def test_msk_sgd_jit_chain_no_recompile_extra_args_and_dtype():
   assert calls["n"] == traces  # no retracing after the first step
   # float32 updates stay float32 (params float32 too).
   W32 = W.astype(jnp.float32)
-  tx32 = optim.msk_sgd(0.01, f, X.astype(jnp.float32), spec)
+  tx32 = optim.msk_sgd_jvp(0.01, f, X.astype(jnp.float32), spec)
   up, _ = tx32.update(jnp.ones_like(W32), tx32.init(W32), W32)
   assert up.dtype == jnp.float32
 
@@ -153,14 +153,14 @@ def test_scale_by_msk_wrappers_inject_multisteps_trainstate():
   loss = lambda w: 0.5 * jnp.sum((f(w, X) - Y) ** 2)
   want = np.asarray(W) - 0.02 * np.asarray(X).T @ S @ np.asarray(f(W, X) - Y)
 
-  inj = optax.inject_hyperparams(optim.msk_sgd, static_args=("apply_fn", "g"))(
+  inj = optax.inject_hyperparams(optim.msk_sgd_jvp, static_args=("apply_fn", "g"))(
       learning_rate=0.02, apply_fn=f, x_train=X, spectrum=spec)
   st = inj.init(W)
   up, st = jax.jit(inj.update)(jax.grad(loss)(W), st, W)
   np.testing.assert_allclose(W + up, want, rtol=1e-10)
   assert float(st.hyperparams["learning_rate"]) == 0.02
 
-  ms = optax.MultiSteps(optim.msk_sgd(0.02, f, X, spec), every_k_schedule=2)
+  ms = optax.MultiSteps(optim.msk_sgd_jvp(0.02, f, X, spec), every_k_schedule=2)
   st = ms.init(W)
   gr = jax.grad(loss)(W)
   up0, st = ms.update(gr, st, W)
@@ -172,7 +172,7 @@ def test_scale_by_msk_wrappers_inject_multisteps_trainstate():
   # flax's TrainState wants dict params (flax-style pytrees).
   fd = lambda p, x: f(p["w"], x)
   ts = train_state.TrainState.create(apply_fn=fd, params={"w": W},
-                                     tx=optim.msk_sgd(0.02, fd, X, spec))
+                                     tx=optim.msk_sgd_jvp(0.02, fd, X, spec))
   ts = jax.jit(lambda s: s.apply_gradients(grads=jax.grad(lambda p: loss(p["w"]))(s.params)))(ts)
   np.testing.assert_allclose(ts.params["w"], want, rtol=1e-10)
 
@@ -183,7 +183,7 @@ def test_refresh_from_empirical_ntk_with_lax_cond():
   X, W, Y, f = _linear_problem(n=6, p=5)
   K = np.asarray(X @ X.T)
   wrong = mskjax.msk_spectrum(jnp.asarray(random_psd(6, seed=9)), mskjax.modifiers.flatten(), 2)
-  tx = optim.scale_by_msk(f, X, wrong, refresh_every=3, g=mskjax.modifiers.flatten())
+  tx = optim.scale_by_msk_jvp(f, X, wrong, refresh_every=3, g=mskjax.modifiers.flatten())
   st = tx.init(W)
   upd = jax.jit(tx.update)
   for _ in range(3):
@@ -202,16 +202,16 @@ def test_errors_name_the_argument():
   X, W, Y, f = _linear_problem()
   spec = mskjax.msk_spectrum(X @ X.T, mskjax.modifiers.flatten(), 2)
   with pytest.raises(TypeError, match="spectrum"):
-    optim.scale_by_msk(f, X, (1, 2))
+    optim.scale_by_msk_jvp(f, X, (1, 2))
   with pytest.raises(ValueError, match="x_train"):
-    optim.scale_by_msk(f, X[:4], spec)
+    optim.scale_by_msk_jvp(f, X[:4], spec)
   with pytest.raises(TypeError, match="apply_fn"):
-    optim.scale_by_msk(3, X, spec)
+    optim.scale_by_msk_jvp(3, X, spec)
   with pytest.raises(ValueError, match="refresh_every"):
-    optim.scale_by_msk(f, X, spec, refresh_every=0, g=mskjax.modifiers.flatten())
+    optim.scale_by_msk_jvp(f, X, spec, refresh_every=0, g=mskjax.modifiers.flatten())
   with pytest.raises(TypeError, match="`g`"):
-    optim.scale_by_msk(f, X, spec, refresh_every=2)
-  tx = optim.scale_by_msk(f, X, spec)
+    optim.scale_by_msk_jvp(f, X, spec, refresh_every=2)
+  tx = optim.scale_by_msk_jvp(f, X, spec)
   with pytest.raises(ValueError, match="params"):
     tx.update(W, tx.init(W))
   with pytest.raises(ValueError, match="batch_indices"):
