@@ -35,15 +35,18 @@ def _float_dtype():
 
 
 def _as_inputs(x, name, where):
-  """Casts ``x`` to a 2-D float array, checking shape and (when concrete) finiteness."""
+  """Casts ``x`` to a float array of ``n`` points, shape ``(n, ...)`` (``(n, d)`` vectors,
+  ``(n, L, C)`` sequences, ``(n, H, W, C)`` images in neural-tangents' NHWC convention),
+  checking the shape and (when concrete) finiteness. Blocking acts on the point axis only."""
   if x is None:
-    raise TypeError(f"{where}: {name} must be an array of shape (n, d); got None.")
+    raise TypeError(f"{where}: {name} must be an array of shape (n, ...) (e.g. (n, d)); got None.")
   if not hasattr(x, "shape"):
     x = np.asarray(x)
-  if len(x.shape) != 2:
-    raise ValueError(f"{where}: {name} must be 2-D of shape (n, d); got shape {tuple(x.shape)}. "
-                     f"Reshape it, e.g. {name}.reshape(n, -1) or {name}[:, None].")
-  if x.shape[0] == 0 or x.shape[1] == 0:
+  if len(x.shape) < 2:
+    raise ValueError(f"{where}: {name} must have a leading axis of n points and at least one "
+                     f"feature axis, shape (n, d) or (n, ...); got shape {tuple(x.shape)}. "
+                     f"Reshape it, e.g. {name}[:, None] for scalar inputs.")
+  if any(s == 0 for s in x.shape):
     raise ValueError(f"{where}: {name} must be non-empty; got shape {tuple(x.shape)}.")
   if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
     raise TypeError(f"{where}: {name} must be numeric; got dtype {x.dtype}.")
@@ -58,8 +61,8 @@ def _check_pair(x1, x2, where):
   x1 = _as_inputs(x1, "x1", where)
   if x2 is not None:
     x2 = _as_inputs(x2, "x2", where)
-    if x2.shape[1] != x1.shape[1]:
-      raise ValueError(f"{where}: x1 and x2 must have the same feature dimension; got "
+    if x2.shape[1:] != x1.shape[1:]:
+      raise ValueError(f"{where}: x1 and x2 must have the same per-point shape; got "
                        f"x1.shape={tuple(x1.shape)}, x2.shape={tuple(x2.shape)}.")
   return x1, x2
 
@@ -269,11 +272,11 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, implementation: in
 
 @functools.partial(jax.jit, static_argnames=("kernel_fn", "block_size", "get"))
 def _matvec(kernel_fn, x, v, block_size, get):
-  n, d = x.shape
+  n = x.shape[0]
   m = v.shape[1]
   bs = min(block_size, n)
   nb = math.ceil(n / bs)
-  xb = _pad_rows(x, nb * bs).reshape(nb, bs, d)
+  xb = _pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
   vb = jnp.pad(v, ((0, nb * bs - n), (0, 0))).reshape(nb, bs, m)  # zero rows: no contribution
 
   def row(xa):
