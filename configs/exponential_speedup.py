@@ -232,9 +232,12 @@ def run(config, ctx):
       ax.plot(js, [r["gd_steps"] for r in mr], "-o", color=f"C{i}", ms=4, label=f"{act} GD")
       ax.plot(js, [r["pgd_steps"] for r in mr], "--s", color=f"C{i}", ms=4,
               label=f"{act} PGD (k={mr[0]['k']})")
-      net = [(r["j"], r.get("network_gd_steps")) for r in mr if r.get("network_gd_steps")]
-      if net:
-        ax.plot(*zip(*net), "x", color=f"C{i}", ms=8, label=f"{act} GD, width {s['width']}")
+      for col, marker, name in (("network_gd_steps", "x", "GD"), ("network_pgd_steps", "+",
+                                                                  "PGD")):
+        net = [(r["j"], r.get(col)) for r in mr if r.get(col)]
+        if net:
+          ax.plot(*zip(*net), marker, color=f"C{i}", ms=9,
+                  label=f"{act} {name}, width {s['width']}")
     ax.set(yscale="log", xlabel="frequency / degree j",
            ylabel=f"iterations to ‖r‖ < {config.tol}‖y‖",
            title=(f"S¹, n={config.s1_n}, cos(jθ)" if sph == "S1" else
