@@ -87,20 +87,6 @@ def _fit_slope(js, steps):
   return float(np.polyfit(np.log(js[ok]), np.log(steps[ok]), 1)[0])
 
 
-def _funk_hecke(kernel_fn, lmax):
-  """Mercer eigenvalues μ_l = 2π ∫ κ(t) P_l(t) dt of a dot-product kernel on S²."""
-  import jax.numpy as jnp
-  from numpy.polynomial import legendre as L
-
-  from mskjax import kernels
-  t, w = L.leggauss(800)
-  x1 = jnp.array([[1.0, 0.0, 0.0]])
-  x2 = jnp.asarray(np.stack([t, np.sqrt(1 - t ** 2), 0 * t], 1))
-  kappa = np.asarray(kernels.gram(kernel_fn, x2, x1)).ravel()
-  return np.array([2 * np.pi * np.sum(w * kappa * L.legval(t, [0] * l + [1]))
-                   for l in range(lmax + 1)])
-
-
 def run(config, ctx):
   import jax
   import jax.numpy as jnp
@@ -201,7 +187,7 @@ def run(config, ctx):
     x2 = data.sphere(config.s2_n, 3, jax.random.PRNGKey(config.seed + 1))
     K2 = kernels.gram(net.kernel_fn, x2)
     lmax = max(max(config.s2_js), 2 * max(config.s2_blocks) + 4)
-    mu = _funk_hecke(net.kernel_fn, lmax)
+    mu = kernels.sphere_mercer_eigenvalues(net.kernel_fn, 3, lmax)
     order = [int(l) for l in np.argsort(-mu)]
     ks2 = [int(np.sum([2 * l + 1 for l in order[:b]])) for b in config.s2_blocks]
     band2 = {k: set(order[:b]) for k, b in zip(ks2, config.s2_blocks)}
