@@ -29,25 +29,13 @@ def get_config():
   return c
 
 
-def _modifier(name):
-  import jax.numpy as jnp
-  from mskjax import modifiers
-  if name == "flatten":
-    return modifiers.flatten()
-  if name.startswith("scale"):
-    return modifiers.scale(float(name[5:]))
-  if name == "geomean":
-    return lambda ev, k: jnp.sqrt(ev[:k] * ev[k])
-  raise ValueError(f"unknown modifier {name!r}; use flatten, scaleC or geomean")
-
-
 def run(config, ctx):
   import jax
   import jax.numpy as jnp
   import matplotlib.pyplot as plt
 
   import mskjax
-  from mskjax import data, nets
+  from mskjax import data, modifiers, nets
 
   ns = tuple(n for n in config.ns if n <= 256) if config.quick else tuple(config.ns)
   seeds = 1 if config.quick else config.seeds
@@ -71,7 +59,7 @@ def run(config, ctx):
 
   rows = []
   for name in ctx.progress(config.modifiers, desc="modifiers"):
-    g = _modifier(name)
+    g = modifiers.from_name(name)
     new = np.asarray(g(jnp.asarray(op), k))
     exact = base + (new[0] - a[0])
     for j in range(1, m + 1):

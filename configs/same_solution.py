@@ -81,17 +81,6 @@ def _settings(c):
               s2_max_steps=c.s2_max_steps)
 
 
-def _modifier(name):
-  from mskjax import modifiers
-  if name == "flatten":
-    return modifiers.flatten()
-  if name.startswith("power"):
-    return modifiers.power(float(name[5:]))
-  if name.startswith("exp"):
-    return modifiers.exponential(float(name[3:]))
-  raise ValueError(f"unknown modifier {name!r}: use flatten, powerP or expR (e.g. power0.5)")
-
-
 def _rel(a, b):
   a, b = np.asarray(a, float), np.asarray(b, float)
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
@@ -148,7 +137,7 @@ def run(config, ctx):
       methods.append(("PGD-flatten (msk_mse_loss)", "flatten", "msk_mse"))
 
     for name, gname, how in ctx.progress(methods, desc=f"{task} methods"):
-      g = None if gname is None else _modifier(gname)
+      g = None if gname is None else mskjax.modifiers.from_name(gname)
 
       def compute():
         if g is None:

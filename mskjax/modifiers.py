@@ -20,7 +20,13 @@ Families (λ_i = ``evals[i-1]``, i = 1..k):
 ``scale(c)``           g(λ_i) = c · λ_i
 ``values(v)``          g(λ_i) = v_i                  (explicit target values)
 ``reverse(blocks)``    g(λ_i) = λ_{k+1−i}       (reverse the top-k ordering)
+``reverse_blocks(s)``  reverse the blocks starting at the indices ``s`` as units
+``geometric_mean()``   g(λ_i) = √(λ_i λ_{k+1})        (halve the log-gap to λ_{k+1})
 =====================  ====================================================
+
+By name (configs, command lines): :func:`from_name` parses ``"flatten"``, ``"power0.5"``,
+``"exp0.5"``, ``"scale0.3"``, ``"geomean"``, ``"reverse"``, ``"identity"``; :func:`register`
+adds a family.
 
 Example:
   >>> import jax.numpy as jnp
@@ -40,7 +46,8 @@ import numpy as np
 from mskjax import _validate as V
 
 __all__ = ["Modifier", "identity", "flatten", "power", "exponential", "scale", "values",
-           "reverse", "apply_modifier"]
+           "reverse", "reverse_blocks", "geometric_mean", "apply_modifier", "from_name",
+           "register", "names"]
 
 Modifier = Callable[[jax.Array, int], jax.Array]
 
@@ -174,6 +181,119 @@ def reverse(blocks: bool = False, rtol: float = 1e-6) -> Modifier:
     return means[n_blocks - 1 - block]
 
   return _named(g, f"reverse(blocks=True, rtol={rtol:g})")
+
+
+def reverse_blocks(block_starts) -> Modifier:
+  """Reverse the blocks that start at the given indices, each block as a unit.
+
+  ``block_starts`` are the (0-based) indices where blocks of the spectrum begin, e.g. the
+  *analytic* degree boundaries 0, 1, 3, 5, … on S¹ — useful when the spectrum passed to
+  ``g`` is an empirical one whose pairs are split by finite width (so equal-value blocks
+  cannot be found by a tolerance, as :func:`reverse` with ``blocks=True`` does). Every
+  position of block b takes the mean of block B−1−b (B blocks in the top k); k must be a
+  block boundary. Jittable (the boundaries are static).
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> ev = jnp.array([9.0, 5.2, 4.8, 2.0, 1.0])
+    >>> modifiers.reverse_blocks([0, 1, 3])(ev, 3).tolist()
+    [5.0, 9.0, 9.0]
+  """
+  starts = sorted({int(s) for s in np.asarray(block_starts, dtype=np.int64).reshape(-1)})
+  if not starts or starts[0] != 0:
+    raise ValueError(f"reverse_blocks: `block_starts` must be non-negative indices starting "
+                     f"with 0; got {list(block_starts)!r}.")
+
+  def g(evals, k):
+    if k not in starts and k != evals.shape[0]:
+      raise ValueError(f"reverse_blocks: k={k} is not at a block boundary "
+                       f"{[s for s in starts if s <= k + 10]}; round k to a boundary.")
+    bounds = [s for s in starts if s < k] + [k]
+    blocks = list(zip(bounds[:-1], bounds[1:]))
+    means = [jnp.mean(evals[a:b]) for a, b in blocks]
+    out = []
+    for i, (a, b) in enumerate(blocks):
+      out += [means[len(blocks) - 1 - i]] * (b - a)
+    return jnp.stack(out)
+
+  return _named(g, f"reverse_blocks({starts[:6]}{'...' if len(starts) > 6 else ''})")
+
+
+def geometric_mean() -> Modifier:
+  """g(λ_i) = √(λ_i · λ_{k+1}): halves the log-distance of each top eigenvalue to λ_{k+1}.
+
+  1-homogeneous (like flatten and scale), so it acts the same on Gram (≈ n·μ) and operator
+  eigenvalues.
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.geometric_mean()(jnp.array([16.0, 4.0, 1.0]), 2).tolist()
+    [4.0, 2.0]
+  """
+  return _named(lambda evals, k: jnp.sqrt(evals[:k] * evals[k]), "geometric_mean()")
+
+
+_REGISTRY: dict = {}
+
+
+def register(name: str, factory: Callable[..., Modifier], *, takes_number: bool) -> None:
+  """Make ``from_name`` know a family: ``name`` alone, or ``name<number>`` if ``takes_number``.
+
+  Example:
+    >>> from mskjax import modifiers
+    >>> modifiers.register("half", lambda: modifiers.scale(0.5), takes_number=False)
+    >>> modifiers.from_name("half").__name__
+    'scale(0.5)'
+  """
+  if not isinstance(name, str) or not name.isidentifier() or not name.islower():
+    raise ValueError(f"register: `name` must be a lower-case identifier; got {name!r}.")
+  if not callable(factory):
+    raise TypeError(f"register: `factory` must be callable; got {type(factory).__name__}.")
+  _REGISTRY[name] = (factory, bool(takes_number))
+
+
+def names() -> list[str]:
+  """The registered family names (``from_name`` accepts ``name`` or ``name<number>``)."""
+  return sorted(f"{n}<number>" if num else n for n, (_, num) in _REGISTRY.items())
+
+
+def from_name(name: str) -> Modifier:
+  """A modifier from its name: ``"flatten"``, ``"power0.5"``, ``"exp0.5"``, ``"scale0.3"``, …
+
+  One parser for configs and command lines: a registered family name, followed by its
+  number for the families that take one (``power<p>``, ``exp<rate>``, ``scale<c>``).
+
+  Args:
+    name: e.g. ``"identity"``, ``"flatten"``, ``"geomean"``, ``"reverse"``, ``"power0.5"``,
+      ``"exp1e-1"``, ``"scale2"``.
+
+  Returns:
+    The modifier callable.
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.from_name("power0.5")(jnp.array([16.0, 4.0, 1.0]), 2).tolist()
+    [4.0, 2.0]
+  """
+  import re
+  if not isinstance(name, str):
+    raise TypeError(f"from_name: `name` must be a string such as 'flatten' or 'power0.5'; got "
+                    f"{type(name).__name__}.")
+  m = re.fullmatch(r"([a-z_]+?)([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)?", name.strip())
+  if m is None or m.group(1) not in _REGISTRY:
+    raise ValueError(f"unknown modifier name {name!r}; known: {', '.join(names())}.")
+  factory, takes_number = _REGISTRY[m.group(1)]
+  if takes_number != (m.group(2) is not None):
+    form = f"{m.group(1)}<number>, e.g. {m.group(1)}0.5" if takes_number else m.group(1)
+    raise ValueError(f"modifier name {name!r}: write it as {form}.")
+  return factory(float(m.group(2))) if takes_number else factory()
+
+
+for _n, _f, _num in (("identity", identity, False), ("flatten", flatten, False),
+                     ("geomean", geometric_mean, False), ("reverse", reverse, False),
+                     ("power", power, True), ("exp", exponential, True),
+                     ("scale", scale, True)):
+  register(_n, _f, takes_number=_num)
 
 
 def apply_modifier(g: Modifier, evals, k: int) -> jax.Array:
