@@ -125,7 +125,7 @@ def test_one_eigendecomposition_per_gram_matrix(monkeypatch):
   K = jnp.asarray(K)
   calls = []
   real = S.eigh_desc
-  monkeypatch.setattr(S, "eigh_desc", lambda A: calls.append(1) or real(A))
+  monkeypatch.setattr(S, "eigh_desc", lambda A, **kw: calls.append(1) or real(A, **kw))
   monkeypatch.setattr(P, "_EIGH_CACHE", [])
   got = [mskjax.steps_to_tolerance(K, y[:, 0], g, 5) for g in (None, modifiers.flatten())]
   mskjax.predict_gd_mse(K, y, modifiers.flatten(), 5, 3.0)
