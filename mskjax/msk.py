@@ -356,6 +356,7 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
     True
   """
   kf = _as_kernel_callable(kernel_fn, get)
+  block_size = None if block_size is None else V.check_int(block_size, "block_size", lo=1)
   x_train = V.as_float_array(x_train, "x_train", ndim=2)
   V.check_finite(x_train, "x_train")
   if K_train is None:

@@ -44,6 +44,11 @@ _EIGH_CACHE: list = []        # [(K, float64 Eigenpairs)], most recent last
 _EIGH_CACHE_SIZE, _EIGH_CACHE_MAX_N = 4, 4096
 
 
+EDGE_RTOL = 1e-12
+"""A step with η·λ_max >= 2·(1 − EDGE_RTOL) counts as divergent: at η = 2/λ_max computed in
+floating point, |1 − ηλ_max| is 1 up to round-off and GD does not converge."""
+
+
 def _eigh64(K):
   """Eigenpairs of a checked K: float64 (inside ``jax.enable_x64``) when K is concrete.
 
@@ -136,7 +141,7 @@ def _predict_core(K_train, y, f0_tr, K_test_train, f0_te, t_arr, g, k, learning_
   eta = jnp.asarray(1.0 if flow else learning_rate, dt)
   if not flow and V.is_concrete(mu) and V.is_concrete(t_arr) and bool(jnp.any(jnp.isinf(t_arr))):
     edge = float(learning_rate) * float(jnp.max(mu))
-    if edge >= 2.0:
+    if edge >= 2.0 * (1.0 - EDGE_RTOL):
       raise ValueError(
           f"`t` = inf with `learning_rate` = {learning_rate:.6g} >= 2/λ_max(K_g) = "
           f"{2.0 / float(jnp.max(mu)):.6g}: gradient descent diverges (|1 − ηλ_max| = "
@@ -346,7 +351,7 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
     mu = np.asarray(mu, dtype=np.float64)
     top = _lambda_max(mu, "`K`" if g is None else "`K_g`")
     eta = 1.0 / top if learning_rate is None else learning_rate
-    if eta * top >= 2.0:
+    if eta * top >= 2.0 * (1.0 - EDGE_RTOL):
       raise ValueError(
           f"`learning_rate` = {eta:.6g} is unstable: it must be < 2/λ_max = {2.0 / top:.6g} "
           f"(|1 − ηλ_max| = {abs(1.0 - eta * top):.4g} >= 1, GD does not converge). Use "
