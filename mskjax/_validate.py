@@ -20,7 +20,7 @@ import numpy as np
 __all__ = [
     "is_concrete", "as_float_array", "check_finite", "check_square_symmetric",
     "check_k", "check_rows", "ArgumentTypeError", "check_int", "check_real", "check_indices", "check_same_shape",
-    "finite_array", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
+    "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
 ]
 
 
@@ -222,6 +222,39 @@ def finite_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None) -> 
   x = as_float_array(x, name, ndim=ndim)
   check_finite(x, name)
   return x
+
+
+def check_kernel_fn(kernel_fn, get, n_extra: int = 0, name: str = "kernel_fn") -> None:
+  """``kernel_fn`` must be callable as ``kernel_fn(x1, x2, get, *extra)`` (``get`` given)
+  or ``kernel_fn(x1, x2, *extra)`` (``get=None``); checked on the signature, so a plain
+  2-argument kernel with the default ``get='ntk'`` gets a named error, not a TypeError
+  from deep inside a jitted call.
+
+  Example:
+    >>> check_kernel_fn(lambda a, b: a @ b.T, "ntk")
+    Traceback (most recent call last):
+    ...
+    TypeError: `kernel_fn` cannot be called as kernel_fn(x1, x2, get='ntk') (its signature is (a, b)); for a plain kernel(x1, x2) pass get=None.
+  """
+  import inspect
+  if not callable(kernel_fn):
+    raise TypeError(f"`{name}` must be callable, got {type(kernel_fn).__name__}.")
+  if get not in (None, "ntk", "nngp"):
+    raise ValueError(f"`get` must be 'ntk', 'nngp' or None, got {get!r}.")
+  try:
+    sig = inspect.signature(kernel_fn)
+  except (TypeError, ValueError):   # no signature available (builtins): not checkable
+    return
+  args = (None, None) + ((get,) if get is not None else ()) + (None,) * n_extra
+  try:
+    sig.bind(*args)
+  except TypeError:
+    how = f"{name}(x1, x2" + (f", get={get!r}" if get is not None else "") + \
+        ", *kernel_args" * bool(n_extra) + ")"
+    fix = ("for a plain kernel(x1, x2) pass get=None" if get is not None else
+           "pass get='ntk' or 'nngp' for a neural-tangents kernel_fn")
+    raise TypeError(f"`{name}` cannot be called as {how} (its signature is {sig}); "
+                    f"{fix}.") from None
 
 
 # ------------------------------------------------------------------ spectra

@@ -186,10 +186,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   """
   x = V.as_float_array(x, "x", ndim=2)
   V.check_finite(x, "x")
-  if not callable(kernel_fn):
-    raise TypeError(f"`kernel_fn` must be callable, got {type(kernel_fn).__name__}.")
-  if get not in ("ntk", "nngp", None):
-    raise ValueError(f"`get` must be 'ntk', 'nngp' or None, got {get!r}.")
+  V.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
   devices = _check_devices(devices)
   n = x.shape[0]
   bs = _resolve_block(block_size, memory_budget, n, m, len(devices))
@@ -484,6 +481,7 @@ def nystrom_eigh(kernel_fn: Callable, x, k: int, n_landmarks: int, *,
   """
   x = V.as_float_array(x, "x", ndim=2)
   V.check_finite(x, "x")
+  V.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
   n = x.shape[0]
   m = V.check_int(n_landmarks, "n_landmarks", lo=2, hi=n)
   k = V.check_k(k, m)

@@ -13,7 +13,6 @@ With ``K = V Λ Vᵀ`` (descending) and a modifier ``g`` acting on the top-k eig
 """
 from __future__ import annotations
 
-import inspect
 from typing import Callable, NamedTuple
 
 import jax
@@ -291,19 +290,7 @@ def preconditioner(K, g: _modifiers.Modifier, k: int, **kwargs) -> jax.Array:
 
 
 def _as_kernel_callable(kernel_fn, get):
-  if not callable(kernel_fn):
-    raise TypeError(f"`kernel_fn` must be callable, got {type(kernel_fn).__name__}.")
-  if get not in (None, "ntk", "nngp"):
-    raise ValueError(f"`get` must be 'ntk', 'nngp' or None, got {get!r}.")
-  if get is not None:
-    try:
-      inspect.signature(kernel_fn).bind(None, None, get)
-    except TypeError:
-      raise TypeError(
-          f"`kernel_fn` cannot be called as kernel_fn(x1, x2, get={get!r}) (its signature is "
-          f"{inspect.signature(kernel_fn)}); for a plain kernel(x1, x2) pass get=None.") from None
-    except ValueError:   # no signature available (builtins): call it and see
-      pass
+  V.check_kernel_fn(kernel_fn, get)
   if get is None:
     return lambda a, b: kernel_fn(a, b)
   return lambda a, b: kernel_fn(a, b, get)
