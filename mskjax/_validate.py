@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "is_concrete", "as_float_array", "check_finite", "check_square_symmetric",
+    "is_concrete", "tracing", "as_float_array", "check_finite", "check_square_symmetric",
     "check_k", "check_rows", "ArgumentTypeError", "check_int", "check_real", "check_indices", "check_same_shape",
     "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
 ]
@@ -52,11 +52,27 @@ def as_float_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None) -
   return x
 
 
+def tracing() -> bool:
+  """True inside a ``jit``/``vmap``/``grad`` trace (then jnp ops on constants are staged).
+
+  Host-side numerics (float64 upcasts, eager eigen-solves) run only outside traces; the
+  value checks here use numpy, so they also work on closed-over constants inside a trace.
+  """
+  try:
+    from jax._src import core as _core   # no public equivalent in jax 0.10
+    return not _core.trace_state_clean()
+  except Exception:  # pragma: no cover - a JAX without it: assume eager
+    return False
+
+
 def check_finite(x, name: str) -> None:
-  """Raise ``ValueError`` if a concrete ``x`` has NaN or inf entries."""
-  if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-    bad = int(jnp.size(x) - jnp.sum(jnp.isfinite(x)))
-    raise ValueError(f"`{name}` has {bad} NaN/inf entries; clean the input first.")
+  """Raise ``ValueError`` if a concrete ``x`` has NaN or inf entries (checked with numpy,
+  so it works on constants inside ``jit`` too)."""
+  if is_concrete(x):
+    ok = np.isfinite(np.asarray(x))
+    if not ok.all():
+      raise ValueError(f"`{name}` has {int(ok.size - ok.sum())} NaN/inf entries; clean the "
+                       "input first.")
 
 
 def check_square_symmetric(K, name: str = "K", *, rtol: float = 1e-5) -> jax.Array:
@@ -73,8 +89,9 @@ def check_square_symmetric(K, name: str = "K", *, rtol: float = 1e-5) -> jax.Arr
     raise ValueError(f"`{name}` must be a square (n, n) kernel matrix, got shape {K.shape}.")
   check_finite(K, name)
   if is_concrete(K) and K.shape[0] > 0:
-    scale = float(jnp.max(jnp.abs(K)))
-    asym = float(jnp.max(jnp.abs(K - K.T)))
+    Kn = np.asarray(K)
+    scale = float(np.max(np.abs(Kn)))
+    asym = float(np.max(np.abs(Kn - Kn.T)))
     # Relative at every scale (no absolute floor): 1e-300·[[1, 5], [0, 1]] is as
     # asymmetric as [[1, 5], [0, 1]]; only an exactly zero matrix has scale 0.
     if asym > rtol * scale:

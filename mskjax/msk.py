@@ -161,10 +161,11 @@ def check_spectrum(spec, n: int | None = None, name: str = "spec") -> MSKSpectru
     raise ValueError(f"`{name}.vectors` has {vecs.shape[0]} rows but {n} are required (one "
                      "per training point).")
   if V.is_concrete(vals) and V.is_concrete(new) and k:
-    if not bool(jnp.all(vals > 0)) or not bool(jnp.all(new > 0)):
+    lam, gv = np.asarray(vals), np.asarray(new)
+    if not (lam > 0).all() or not (gv > 0).all():
       raise ValueError(f"`{name}` must have λ_i > 0 and g(λ_i) > 0 (S = I + V(g/λ − 1)Vᵀ "
-                       f"divides by λ); got min λ = {float(jnp.min(vals)):.3g}, min g = "
-                       f"{float(jnp.min(new)):.3g}.")
+                       f"divides by λ); got min λ = {lam.min():.3g}, min g = "
+                       f"{gv.min():.3g}.")
   return MSKSpectrum(vals, vecs, new, nxt)
 
 

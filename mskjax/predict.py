@@ -40,7 +40,7 @@ class Predictions(NamedTuple):
   test: jax.Array | None
 
 
-_EIGH_CACHE: list = []        # [(K, float64 Eigenpairs)], most recent last
+_EIGH_CACHE: list = []        # [(K, x64 enabled, Eigenpairs)], most recent last
 _EIGH_CACHE_SIZE, _EIGH_CACHE_MAX_N = 4, 4096
 
 
@@ -57,19 +57,23 @@ def _eigh64(K):
   equal contents (the cache keeps a reference, so the id cannot be reused). Small n only.
   Must be called inside ``jax.enable_x64(True)`` for concrete K.
   """
-  if not V.is_concrete(K):
+  if not V.is_concrete(K) or V.tracing():
     return _spectrum.eigh_desc(K)
+  wide = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64   # x64 on here?
   cacheable = isinstance(K, jax.Array) and K.shape[0] <= _EIGH_CACHE_MAX_N
   if cacheable:
-    for i, (Kc, full) in enumerate(_EIGH_CACHE):
-      if Kc is K:
+    for i, (Kc, w, full) in enumerate(_EIGH_CACHE):
+      if Kc is K and w == wide:
         _EIGH_CACHE.append(_EIGH_CACHE.pop(i))
         return full
   # The PSD tolerance is that of the caller's dtype (float32 round-off stays round-off).
-  full = _spectrum.eigh_desc(jnp.asarray(K, jnp.float64),
-                             psd_rtol=V.psd_tolerance(K.shape[0], K.dtype))
+  # Without x64 (a traced call in a float32 program) eigh_desc still decomposes in float64
+  # internally and returns K's dtype.
+  full = (_spectrum.eigh_desc(jnp.asarray(K, jnp.float64),
+                              psd_rtol=V.psd_tolerance(K.shape[0], K.dtype))
+          if wide else _spectrum.eigh_desc(K))
   if cacheable:
-    _EIGH_CACHE.append((K, full))
+    _EIGH_CACHE.append((K, wide, full))
     del _EIGH_CACHE[:-_EIGH_CACHE_SIZE]
   return full
 
@@ -262,7 +266,7 @@ def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | Non
                      "predictions need k(x_test, X)).")
   out_dtype = jnp.result_type(K_train.dtype, y.dtype)
   arrays = (K_train, y, f0_tr, K_test_train, f0_te, t_arr)
-  if all(a is None or V.is_concrete(a) for a in arrays):
+  if not V.tracing() and all(a is None or V.is_concrete(a) for a in arrays):
     with jax.enable_x64(True):
       up = lambda a: None if a is None else jnp.asarray(a, jnp.float64)
       return _predict_core(K_train, up(y), up(f0_tr), up(K_test_train), up(f0_te),

@@ -55,7 +55,7 @@ def _dense_eigh(K, name: str = "K", psd_rtol: float | None = None) -> Eigenpairs
   """
   dtype = K.dtype
   n = K.shape[0]
-  if V.is_concrete(K):
+  if V.is_concrete(K) and not V.tracing():
     with jax.enable_x64(True):
       w, v = _eigh_desc_raw(jnp.asarray(K, jnp.float64))
       V.check_psd_eigenvalues(w, n, dtype, name, psd_rtol)
@@ -129,7 +129,7 @@ def _randomized(K, k, key, oversample, n_iter) -> _Randomized:
   dtype = K.dtype
   n = K.shape[0]
   key = jax.random.PRNGKey(0) if key is None else key
-  if not V.is_concrete(K):
+  if not V.is_concrete(K) or V.tracing():
     Kc = K.astype(jnp.promote_types(dtype, _upcast_dtype()))
     s = jnp.max(jnp.abs(Kc))
     s = jnp.where(s > 0, s, 1.0)

@@ -274,3 +274,15 @@ def test_zero_kernel_is_a_clear_error():
     mskjax.steps_to_tolerance(np.zeros((3, 3)), np.ones(3))
   with pytest.raises(ValueError, match="is zero"):
     mskjax.max_learning_rate(np.zeros((3, 3)))
+
+
+def test_jitted_float32_pipeline_stays_float32_and_exact():
+  # A float32 user program (x64 off) that jits over y with K closed over: the finiteness
+  # checks used to raise TracerBoolConversionError on the constant K.
+  with jax.enable_x64(False):
+    K = jnp.asarray(np.diag([2.0, 1.0, 0.5]), jnp.float32)
+    f = jax.jit(lambda y: mskjax.predict_gd_mse(K, y, None, None, 5.0, learning_rate=0.3).train)
+    out = f(jnp.ones(3, jnp.float32))
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), 1 - (1 - 0.3 * np.array([2.0, 1.0, 0.5])) ** 5,
+                             rtol=1e-6)       # float32 output rounding
