@@ -231,7 +231,7 @@ def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | Non
   t_arr = jnp.asarray(t)
   if not (jnp.issubdtype(t_arr.dtype, jnp.floating) or jnp.issubdtype(t_arr.dtype, jnp.integer)):
     raise TypeError(f"`t` must be real times/steps, got dtype {t_arr.dtype}.")
-  t_arr = t_arr.astype(K_train.dtype) if V.is_concrete(t_arr) else t_arr.astype(K_train.dtype)
+  t_arr = t_arr.astype(K_train.dtype)
   if t_arr.ndim > 1:
     raise ValueError(f"`t` must be a scalar or 1-D array of times, got shape {t_arr.shape}.")
   t_host = None

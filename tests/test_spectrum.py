@@ -229,3 +229,12 @@ def test_nystrom_landmarks_are_bounds_checked(landmarks, err, match):
   X = jnp.asarray(np.random.default_rng(0).standard_normal((40, 3)))
   with pytest.raises(err, match=match):
     large.nystrom_eigh(lin, X, 1, 4, get=None, landmarks=np.asarray(landmarks))
+
+
+def test_kernel_operator_rejects_nan_vectors():
+  # V with a NaN used to give a silent all-NaN K V.
+  lin = lambda a, b: a @ b.T
+  mv = large.kernel_operator(lin, jnp.arange(6.0).reshape(3, 2), get=None, block_size=2)
+  with pytest.raises(ValueError, match="`V`.*NaN"):
+    mv(jnp.array([1.0, np.nan, 0.0]))
+  np.testing.assert_allclose(mv(jnp.ones(3)), [9.0, 39.0, 69.0])
