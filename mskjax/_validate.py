@@ -69,10 +69,17 @@ def check_finite(x, name: str) -> None:
   """Raise ``ValueError`` if a concrete ``x`` has NaN or inf entries (checked with numpy,
   so it works on constants inside ``jit`` too)."""
   if is_concrete(x):
-    ok = np.isfinite(np.asarray(x))
-    if not ok.all():
+    xp = _array_module()
+    ok = xp.isfinite(xp.asarray(x))
+    if not bool(ok.all()):
       raise ValueError(f"`{name}` has {int(ok.size - ok.sum())} NaN/inf entries; clean the "
                        "input first.")
+
+
+def _array_module():
+  """numpy inside a trace (jnp ops would be staged: a concrete check must not be), else
+  jax.numpy (no host copy of a device array)."""
+  return np if tracing() else jnp
 
 
 def check_square_symmetric(K, name: str = "K", *, rtol: float = 1e-5) -> jax.Array:
@@ -89,9 +96,10 @@ def check_square_symmetric(K, name: str = "K", *, rtol: float = 1e-5) -> jax.Arr
     raise ValueError(f"`{name}` must be a square (n, n) kernel matrix, got shape {K.shape}.")
   check_finite(K, name)
   if is_concrete(K) and K.shape[0] > 0:
-    Kn = np.asarray(K)
-    scale = float(np.max(np.abs(Kn)))
-    asym = float(np.max(np.abs(Kn - Kn.T)))
+    xp = _array_module()
+    Kn = xp.asarray(K)
+    scale = float(xp.max(xp.abs(Kn)))
+    asym = float(xp.max(xp.abs(Kn - Kn.T)))
     # Relative at every scale (no absolute floor): 1e-300·[[1, 5], [0, 1]] is as
     # asymmetric as [[1, 5], [0, 1]]; only an exactly zero matrix has scale 0.
     if asym > rtol * scale:
