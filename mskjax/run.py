@@ -200,10 +200,14 @@ def validate_config(config, module=None):
     mskjax.run.ConfigError: `tol` must be > 0, got -0.1.
   """
   flat = _flat_keys(config)
+  get_default = getattr(module, "get_config", None)
+  defaults = _flat_keys(get_default()) if callable(get_default) else {}
   for key, v in flat.items():
     if isinstance(v, float) and not math.isfinite(v):
       raise ConfigError(f"`{key}` must be a finite number, got {v!r}.")
-    if isinstance(v, (tuple, list)) and len(v) == 0:
+    d = defaults.get(key)
+    if isinstance(v, (tuple, list)) and len(v) == 0 and not (
+        isinstance(d, (tuple, list)) and len(d) == 0):     # empty only where the default is
       raise ConfigError(f"`{key}` must not be empty (pass at least one value, e.g. "
                         f"{key}=(1,)).")
   ranges = getattr(module, "RANGES", None) or {}
