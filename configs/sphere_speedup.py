@@ -70,6 +70,20 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"tol": {"gt": 0, "lt": 1}, "s1_n": {"min": 8}, "s1_js": {"min": 1},
+          "s1_ks": {"min": 1}, "width": {"min": 1}, "amp": {"gt": 0}, "s2_n": {"min": 8},
+          "s2_js": {"min": 1}, "s2_blocks": {"min": 1}, "max_steps": {"min": 1}}
+
+
+def validate(c):
+  if 2 * max(c.s1_js) >= c.s1_n:
+    raise ValueError(f"s1_js: every frequency j must be < s1_n/2 = {c.s1_n / 2:g} (Nyquist), "
+                     f"got max {max(c.s1_js)}.")
+  if max(c.s1_ks) >= c.s1_n:
+    raise ValueError(f"s1_ks: every k must be < s1_n = {c.s1_n}, got max {max(c.s1_ks)}.")
+
+
 def _settings(c):
   if c.quick:
     return dict(s1_js=tuple(j for j in c.s1_js if j in (4, 8)) or c.s1_js[:2],

@@ -18,7 +18,8 @@ from mskjax.nets import MLPSpec, Network, make_network, stax_mlp, FlaxMLP, init_
 from mskjax.kernels import gram, empirical_ntk, kernel_matvec
 from mskjax.spectrum import (Eigenpairs, eigh_desc, eigh_top, randomized_eigh_top,
                              eigenvalue_blocks, round_k_to_block)
-from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_gram, preconditioner,
+from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_spectrum_from_eigenpairs, msk_gram,
+                        preconditioner,
                         msk_gram_from_spectrum, preconditioner_from_spectrum,
                         apply_preconditioner, msk_kernel_fn)
 from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
@@ -41,7 +42,7 @@ __all__ = [
     "gram", "empirical_ntk", "kernel_matvec",
     "Eigenpairs", "eigh_desc", "eigh_top", "randomized_eigh_top", "eigenvalue_blocks",
     "round_k_to_block",
-    "MSKSpectrum", "msk_spectrum", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
+    "MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
     "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
     "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
     "diagnostics", "large", "optim", "train",

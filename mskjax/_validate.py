@@ -3,6 +3,13 @@
 Checks run on concrete arrays only. Under ``jax.jit`` the inputs are tracers, their
 values are unknown, and only static facts (shapes, dtypes) are checked, so the jitted
 numerics never see Python control flow on traced values.
+
+**NaN policy (one for the whole package): reject at the boundary.** Every public function
+checks its concrete array inputs for NaN/inf and raises ``ValueError`` naming the argument;
+numerical preconditions (indefinite kernels, unstable steps at t = ∞, singular systems,
+unconverged solvers) raise or warn instead of returning a wrong number. Inside ``jit`` the
+values are unknown, so only shapes and dtypes are checked there and NaN inputs propagate
+to NaN outputs (never to a finite wrong answer where the code can tell).
 """
 from __future__ import annotations
 
@@ -11,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "is_concrete", "as_float_array", "check_finite", "check_square_symmetric",
-    "check_k", "check_rows",
+    "is_concrete", "tracing", "as_float_array", "check_finite", "check_square_symmetric",
+    "check_k", "check_rows", "ArgumentTypeError", "check_int", "check_real", "check_indices", "check_same_shape",
+    "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
 ]
 
 
@@ -44,23 +52,57 @@ def as_float_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None) -
   return x
 
 
+def tracing() -> bool:
+  """True inside a ``jit``/``vmap``/``grad`` trace (then jnp ops on constants are staged).
+
+  Host-side numerics (float64 upcasts, eager eigen-solves) run only outside traces; the
+  value checks here use numpy, so they also work on closed-over constants inside a trace.
+  """
+  try:
+    from jax._src import core as _core   # no public equivalent in jax 0.10
+    return not _core.trace_state_clean()
+  except Exception:  # pragma: no cover - a JAX without it: assume eager
+    return False
+
+
 def check_finite(x, name: str) -> None:
-  """Raise ``ValueError`` if a concrete ``x`` has NaN or inf entries."""
-  if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-    bad = int(jnp.size(x) - jnp.sum(jnp.isfinite(x)))
-    raise ValueError(f"`{name}` has {bad} NaN/inf entries; clean the input first.")
+  """Raise ``ValueError`` if a concrete ``x`` has NaN or inf entries (checked with numpy,
+  so it works on constants inside ``jit`` too)."""
+  if is_concrete(x):
+    xp = _array_module()
+    ok = xp.isfinite(xp.asarray(x))
+    if not bool(ok.all()):
+      raise ValueError(f"`{name}` has {int(ok.size - ok.sum())} NaN/inf entries; clean the "
+                       "input first.")
+
+
+def _array_module():
+  """numpy inside a trace (jnp ops would be staged: a concrete check must not be), else
+  jax.numpy (no host copy of a device array)."""
+  return np if tracing() else jnp
 
 
 def check_square_symmetric(K, name: str = "K", *, rtol: float = 1e-5) -> jax.Array:
-  """A square, finite, symmetric (to ``rtol`` relative to max|K|) floating matrix."""
+  """A square, finite, symmetric (to ``rtol`` relative to max|K|) floating matrix.
+
+  Example:
+    >>> check_square_symmetric(1e-300 * np.array([[1.0, 5.0], [0.0, 1.0]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: `K` must be symmetric: max|K - K.T| = 5e-300 exceeds 1e-05 x max|K| = 5e-305. Symmetrise it with (K + K.T) / 2 if the asymmetry is round-off.
+  """
   K = as_float_array(K, name, ndim=2)
   if K.shape[0] != K.shape[1]:
     raise ValueError(f"`{name}` must be a square (n, n) kernel matrix, got shape {K.shape}.")
   check_finite(K, name)
   if is_concrete(K) and K.shape[0] > 0:
-    scale = float(jnp.max(jnp.abs(K)))
-    asym = float(jnp.max(jnp.abs(K - K.T)))
-    if asym > rtol * max(scale, np.finfo(np.float32).tiny):
+    xp = _array_module()
+    Kn = xp.asarray(K)
+    scale = float(xp.max(xp.abs(Kn)))
+    asym = float(xp.max(xp.abs(Kn - Kn.T)))
+    # Relative at every scale (no absolute floor): 1e-300·[[1, 5], [0, 1]] is as
+    # asymmetric as [[1, 5], [0, 1]]; only an exactly zero matrix has scale 0.
+    if asym > rtol * scale:
       raise ValueError(
           f"`{name}` must be symmetric: max|{name} - {name}.T| = {asym:.3g} exceeds "
           f"{rtol:g} x max|{name}| = {rtol * scale:.3g}. Symmetrise it with "
@@ -84,3 +126,200 @@ def check_rows(x, n: int, name: str, other: str) -> None:
   if x.shape[0] != n:
     raise ValueError(f"`{name}` has {x.shape[0]} rows but `{other}` has {n}; "
                      "they must describe the same points.")
+
+
+# ------------------------------------------------------------------ scalars and indices
+
+class ArgumentTypeError(TypeError, ValueError):
+  """A scalar argument of the wrong type (a float for an int, a bool, an array...).
+
+  Subclasses both ``TypeError`` and ``ValueError``: either ``except`` catches it.
+  """
+
+
+def check_int(x, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+  """``x`` as a Python int (bools and floats rejected) with ``lo <= x <= hi``.
+
+  Example:
+    >>> check_int(3, "k", lo=1)
+    3
+    >>> check_int(0, "block_size", lo=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `block_size` must be an int >= 1, got 0.
+  """
+  if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+    raise ArgumentTypeError(f"`{name}` must be a Python int, got {type(x).__name__} {x!r}.")
+  x = int(x)
+  if (lo is not None and x < lo) or (hi is not None and x > hi):
+    if hi is None:
+      want = f">= {lo}"
+    elif lo is None:
+      want = f"<= {hi}"
+    else:
+      want = f"with {lo} <= {name} <= {hi}"
+    raise ValueError(f"`{name}` must be an int {want}, got {x}.")
+  return x
+
+
+def check_real(x, name: str, *, lo: float | None = None, hi: float | None = None,
+               lo_open: bool = False, hi_open: bool = False, allow_inf: bool = False) -> float:
+  """``x`` as a finite Python float (NaN always rejected) within the stated bounds.
+
+  ``lo_open``/``hi_open`` make the bound strict. ``allow_inf`` admits ``±inf``.
+
+  Example:
+    >>> check_real(0.1, "tol", lo=0, lo_open=True)
+    0.1
+    >>> check_real(float("nan"), "tol", lo=0, lo_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: `tol` must be a real number > 0, got nan.
+  """
+  if isinstance(x, (bool, np.bool_)):
+    raise ArgumentTypeError(f"`{name}` must be a real number, got a bool {x!r}.")
+  if hasattr(x, "shape") and tuple(x.shape) != ():
+    raise ArgumentTypeError(f"`{name}` must be a scalar, got shape {tuple(x.shape)}.")
+  if isinstance(x, jax.core.Tracer):
+    raise ArgumentTypeError(f"`{name}` must be a concrete number (a static hyper-parameter), got a "
+                    "traced value; pass it outside jit.")
+  try:
+    v = float(x)
+  except (TypeError, ValueError):
+    raise ArgumentTypeError(f"`{name}` must be a real number, got {type(x).__name__} "
+                            f"{x!r}.") from None
+  parts = []
+  if lo is not None:
+    parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+  if hi is not None:
+    parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+  want = "a real number" + (" " + " and ".join(parts) if parts else "")
+  bad = (np.isnan(v) or (np.isinf(v) and not allow_inf)
+         or (lo is not None and (v <= lo if lo_open else v < lo))
+         or (hi is not None and (v >= hi if hi_open else v > hi)))
+  if bad:
+    raise ValueError(f"`{name}` must be {want}, got {v!r}.")
+  return v
+
+
+def check_indices(idx, n: int, name: str, *, ndim: int = 1) -> jax.Array:
+  """Integer indices into ``n`` points: integer dtype, ``ndim`` dims, ``0 <= idx < n``.
+
+  JAX clamps out-of-range gathers silently (``x[100]`` of 40 points reads point 39), so
+  the bounds are checked here whenever the indices are concrete (negative indices are
+  rejected too: they would silently count from the end).
+
+  Example:
+    >>> check_indices([0, 3], 4, "landmarks").tolist()
+    [0, 3]
+    >>> check_indices([0, 4], 4, "landmarks")
+    Traceback (most recent call last):
+    ...
+    IndexError: `landmarks` holds index 4, outside 0..3 (n = 4 points).
+  """
+  if idx is None:
+    raise TypeError(f"`{name}` is None; pass integer indices.")
+  arr = idx if hasattr(idx, "dtype") else np.asarray(idx)
+  if arr.size == 0 and not hasattr(idx, "dtype"):
+    arr = np.asarray(idx, dtype=np.int32)
+  if not jnp.issubdtype(arr.dtype, jnp.integer):
+    raise TypeError(f"`{name}` must hold integer indices, got dtype {arr.dtype}.")
+  if arr.ndim != ndim:
+    raise ValueError(f"`{name}` must have {ndim} dimension(s), got shape {tuple(arr.shape)}.")
+  if is_concrete(arr) and arr.size:
+    a = np.asarray(arr)
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= n:
+      bad = lo if lo < 0 else hi
+      raise IndexError(f"`{name}` holds index {bad}, outside 0..{n - 1} (n = {n} points).")
+  return jnp.asarray(arr)
+
+
+def check_same_shape(x, shape: tuple, name: str, what: str) -> None:
+  """``x.shape`` must equal ``shape`` (``what`` says where that shape comes from)."""
+  if tuple(x.shape) != tuple(shape):
+    raise ValueError(f"`{name}` has shape {tuple(x.shape)}; it must have shape "
+                     f"{tuple(shape)} ({what}).")
+
+
+def finite_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None) -> jax.Array:
+  """:func:`as_float_array` followed by :func:`check_finite` (the NaN policy: reject)."""
+  x = as_float_array(x, name, ndim=ndim)
+  check_finite(x, name)
+  return x
+
+
+def check_kernel_fn(kernel_fn, get, n_extra: int = 0, name: str = "kernel_fn") -> None:
+  """``kernel_fn`` must be callable as ``kernel_fn(x1, x2, get, *extra)`` (``get`` given)
+  or ``kernel_fn(x1, x2, *extra)`` (``get=None``); checked on the signature, so a plain
+  2-argument kernel with the default ``get='ntk'`` gets a named error, not a TypeError
+  from deep inside a jitted call.
+
+  Example:
+    >>> check_kernel_fn(lambda a, b: a @ b.T, "ntk")
+    Traceback (most recent call last):
+    ...
+    TypeError: `kernel_fn` cannot be called as kernel_fn(x1, x2, get='ntk') (its signature is (a, b)); for a plain kernel(x1, x2) pass get=None.
+  """
+  import inspect
+  if not callable(kernel_fn):
+    raise TypeError(f"`{name}` must be callable, got {type(kernel_fn).__name__}.")
+  if get not in (None, "ntk", "nngp"):
+    raise ValueError(f"`get` must be 'ntk', 'nngp' or None, got {get!r}.")
+  try:
+    sig = inspect.signature(kernel_fn)
+  except (TypeError, ValueError):   # no signature available (builtins): not checkable
+    return
+  args = (None, None) + ((get,) if get is not None else ()) + (None,) * n_extra
+  try:
+    sig.bind(*args)
+  except TypeError:
+    how = f"{name}(x1, x2" + (f", get={get!r}" if get is not None else "") + \
+        ", *kernel_args" * bool(n_extra) + ")"
+    fix = ("for a plain kernel(x1, x2) pass get=None" if get is not None else
+           "pass get='ntk' or 'nngp' for a neural-tangents kernel_fn")
+    raise TypeError(f"`{name}` cannot be called as {how} (its signature is {sig}); "
+                    f"{fix}.") from None
+
+
+# ------------------------------------------------------------------ spectra
+
+PSD_RTOL = 1e-5
+"""Negative eigenvalues down to ``-max(PSD_RTOL, 10·n·eps)·max|λ|`` are round-off of a PSD
+matrix and are clamped to 0; anything more negative is an indefinite matrix (rejected)."""
+
+
+def psd_tolerance(n: int, dtype) -> float:
+  """Relative size (to max|λ|) of negative eigenvalues still treated as round-off.
+
+  ``max(PSD_RTOL, 10·n·eps(dtype))``: the eigenvalues of a rounded PSD matrix are off by
+  at most ~n·eps·‖K‖ (Weyl), and a kernel computed in float32 then cast to float64 keeps
+  float32 round-off (~1e-7 relative), hence the floor.
+
+  Example:
+    >>> psd_tolerance(10, "float64")
+    1e-05
+  """
+  return max(PSD_RTOL, 10.0 * n * float(np.finfo(np.dtype(dtype)).eps))
+
+
+def check_psd_eigenvalues(w, n: int, dtype, name: str = "K", rtol: float | None = None
+                          ) -> None:
+  """Reject an indefinite matrix from its (concrete) eigenvalues ``w``.
+
+  Raises ``ValueError`` when ``min(w) < -rtol · max|w|`` (default
+  ``rtol = psd_tolerance(n, dtype)``).
+  """
+  if not is_concrete(w) or np.size(w) == 0:
+    return
+  w = np.asarray(w, dtype=np.float64)
+  scale = float(np.max(np.abs(w)))
+  tol = psd_tolerance(n, dtype) if rtol is None else rtol
+  lo = float(np.min(w))
+  if lo < -tol * scale:
+    raise ValueError(
+        f"`{name}` is not positive semi-definite: it has eigenvalue {lo:.4g} while "
+        f"max|λ| = {scale:.4g} (round-off negatives down to -{tol:.2g}·max|λ| are clamped "
+        f"to 0; this one is not round-off). A kernel Gram matrix must be PSD: check how "
+        f"`{name}` was built (e.g. a kernel that is not positive definite, or mixed-up "
+        "rows/columns).")

@@ -46,7 +46,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- metrics
 
 def _targets(y, n, name="y"):
-  y = V.as_float_array(y, name, ndim=(1, 2))
+  y = V.finite_array(y, name, ndim=(1, 2))
   if y.ndim == 1:
     y = y[:, None]
   V.check_rows(y, n, name, "K")
@@ -136,8 +136,8 @@ def eigenspace_overlap(V1, V2) -> jax.Array:
     >>> float(D.eigenspace_overlap(I[:, :2], I[:, 1:3]))
     0.5
   """
-  V1 = V.as_float_array(V1, "V1", ndim=2)
-  V2 = V.as_float_array(V2, "V2", ndim=2)
+  V1 = V.finite_array(V1, "V1", ndim=2)
+  V2 = V.finite_array(V2, "V2", ndim=2)
   V.check_rows(V2, V1.shape[0], "V2", "V1")
   return jnp.sum((V1.T @ V2) ** 2) / min(V1.shape[1], V2.shape[1])
 
@@ -157,16 +157,16 @@ def topk_overlap(K1, K2, k: int) -> jax.Array:
   """
   K1 = V.check_square_symmetric(K1, "K1")
   K2 = V.check_square_symmetric(K2, "K2")
-  n = K1.shape[0]
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-    raise ValueError(f"`k` must be an int with 1 <= k <= n = {n}, got {k!r}.")
+  if K1.shape != K2.shape:
+    raise ValueError(f"`K1` and `K2` must have the same shape; got {K1.shape} and {K2.shape}.")
+  k = V.check_int(k, "k", lo=1, hi=K1.shape[0])
   return eigenspace_overlap(_top_vectors(K1, int(k)), _top_vectors(K2, int(k)))
 
 
 def _eigenvalues(K_or_values, name):
   if isinstance(K_or_values, Eigenpairs):
-    return jnp.maximum(K_or_values.values, 0.0)
-  x = V.as_float_array(K_or_values, name, ndim=(1, 2))
+    return jnp.maximum(V.finite_array(K_or_values.values, f"{name}.values", ndim=1), 0.0)
+  x = V.finite_array(K_or_values, name, ndim=(1, 2))
   if x.ndim == 2:
     x = V.check_square_symmetric(x, name)
     return jnp.maximum(jnp.linalg.eigvalsh(0.5 * (x + x.T)), 0.0)
@@ -218,10 +218,9 @@ def target_energy(K, y, k: int) -> jax.Array:
     >>> float(D.target_energy(jnp.diag(jnp.array([3., 2., 1.])), jnp.array([1., 0., 1.]), 1))
     0.5
   """
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
+  k = V.check_int(k, "k", lo=1)
   if isinstance(K, Eigenpairs):
-    vecs = V.as_float_array(K.vectors, "K.vectors", ndim=2)
+    vecs = V.finite_array(K.vectors, "K.vectors", ndim=2)
   else:
     K = V.check_square_symmetric(K, "K")
     vecs = _top_vectors(K, min(int(k), K.shape[0]))
@@ -240,8 +239,8 @@ def relative_distance(a, b) -> jax.Array:
     >>> float(D.relative_distance(jnp.array([3., 4.1]), jnp.array([3., 4.])))
     0.02
   """
-  a = V.as_float_array(a, "a")
-  b = V.as_float_array(b, "b")
+  a = V.finite_array(a, "a")
+  b = V.finite_array(b, "b")
   if a.shape != b.shape:
     raise ValueError(f"`a` and `b` must have the same shape; got {a.shape} and {b.shape}.")
   return jnp.linalg.norm(a - b) / jnp.linalg.norm(b)
@@ -269,6 +268,11 @@ def kernel_regression(K_train, K_test_train, y, *, f0_train=None, f0_test=None,
   Returns:
     ``(m, c)`` predictions.
 
+  Raises:
+    ValueError: NaN/inf in any input, bad shapes, ``ridge < 0``, or a (numerically)
+      singular ``K + δI`` — e.g. ``ridge=0`` on a rank-deficient K — where the solve would
+      return inf/NaN or an unreliable answer (relative residual above 1e-6): pass ridge > 0.
+
   Example:
     >>> import jax.numpy as jnp, mskjax.diagnostics as D
     >>> K = jnp.array([[2.0, 1.0], [1.0, 2.0]])
@@ -277,30 +281,45 @@ def kernel_regression(K_train, K_test_train, y, *, f0_train=None, f0_test=None,
   """
   K_train = V.check_square_symmetric(K_train, "K_train")
   n = K_train.shape[0]
-  K_test_train = V.as_float_array(K_test_train, "K_test_train", ndim=2)
+  K_test_train = V.finite_array(K_test_train, "K_test_train", ndim=2)
   if K_test_train.shape[1] != n:
     raise ValueError(f"`K_test_train` must have n = {n} columns (the training points); got "
                      f"shape {K_test_train.shape}.")
   y = _targets(y, n)
-  f0_train = jnp.zeros_like(y) if f0_train is None else V.as_float_array(f0_train, "f0_train")
+  f0_train = jnp.zeros_like(y) if f0_train is None else V.finite_array(f0_train, "f0_train")
   f0_test = (jnp.zeros((K_test_train.shape[0], y.shape[1]), y.dtype) if f0_test is None
-             else V.as_float_array(f0_test, "f0_test"))
+             else V.finite_array(f0_test, "f0_test"))
   if f0_train.shape != y.shape:
     raise ValueError(f"`f0_train` must have the shape of y {y.shape}; got {f0_train.shape}.")
   if f0_test.shape != (K_test_train.shape[0], y.shape[1]):
     raise ValueError(f"`f0_test` must have shape {(K_test_train.shape[0], y.shape[1])}; got "
                      f"{f0_test.shape}.")
-  if not (isinstance(ridge, (int, float)) and not isinstance(ridge, bool)) or ridge < 0:
-    raise ValueError(f"`ridge` must be a real number >= 0, got {ridge!r}.")
-  return _kernel_regression(K_train, K_test_train, y, f0_train, f0_test, float(ridge))
+  ridge = V.check_real(ridge, "ridge", lo=0)
+  out, rel = _kernel_regression(K_train, K_test_train, y, f0_train, f0_test, ridge)
+  if V.is_concrete(rel) and not float(rel) <= KERNEL_REGRESSION_RTOL:
+    raise ValueError(
+        f"kernel_regression: K_train + δI is (numerically) singular with ridge={ridge:g}: the "
+        f"solve's relative residual is {float(rel):.3g} (> {KERNEL_REGRESSION_RTOL:g}), so "
+        "the answer would be inf/NaN or unreliable. Pass ridge > 0 (e.g. 1e-8, relative to "
+        "tr(K)/n).")
+  return out
+
+
+KERNEL_REGRESSION_RTOL = 1e-6
+"""Largest accepted ‖(K + δI)α − b‖ / (‖K + δI‖·‖α‖ + ‖b‖) of :func:`kernel_regression`."""
 
 
 @jax.jit
 def _kernel_regression(K, Kx, y, f0, f0x, ridge):
   n = K.shape[0]
   delta = ridge * jnp.trace(K) / n
-  alpha = jnp.linalg.solve(K + delta * jnp.eye(n, dtype=K.dtype), y - f0)
-  return f0x + Kx @ alpha
+  A = K + delta * jnp.eye(n, dtype=K.dtype)
+  b = y - f0
+  alpha = jnp.linalg.solve(A, b)
+  rel = jnp.linalg.norm(A @ alpha - b) / (jnp.linalg.norm(A) * jnp.linalg.norm(alpha)
+                                          + jnp.linalg.norm(b) + jnp.finfo(K.dtype).tiny)
+  rel = jnp.where(jnp.all(jnp.isfinite(alpha)), rel, jnp.inf)
+  return f0x + Kx @ alpha, rel
 
 
 # ------------------------------------------------------------------ empirical NTK
@@ -415,11 +434,8 @@ def log_spaced_steps(num_steps: int, num: int) -> np.ndarray:
     >>> log_spaced_steps(1000, 5).tolist()
     [0, 1, 6, 32, 178, 1000]
   """
-  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
-      or num_steps < 1:
-    raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
-  if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-    raise ValueError(f"`num` must be an int >= 1, got {num!r}.")
+  num_steps = V.check_int(num_steps, "num_steps", lo=1)
+  num = V.check_int(num, "num", lo=1)
   s = np.round(np.geomspace(1, num_steps, int(num))).astype(int)
   return np.unique(np.concatenate([[0], s, [num_steps]]))
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -82,9 +83,7 @@ def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int =
     >>> block_size_for_budget(1 << 30, itemsize=8)
     2304
   """
-  if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer)) \
-      or memory_bytes <= 0:
-    raise ValueError(f"`memory_bytes` must be a positive int (bytes), got {memory_bytes!r}.")
+  memory_bytes = V.check_int(memory_bytes, "memory_bytes", lo=1)
   if itemsize is None:
     itemsize = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)).itemsize
   a, bq, c = temporaries * itemsize, 2 * m * itemsize, -int(memory_bytes)
@@ -139,9 +138,8 @@ def _check_devices(devices):
 def _resolve_block(block_size, memory_budget, n, m, n_dev):
   if block_size is None:
     block_size = block_size_for_budget(memory_budget, m=m)
-  elif isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-      or block_size < 1:
-    raise ValueError(f"`block_size` must be a positive int or None, got {block_size!r}.")
+  else:
+    block_size = V.check_int(block_size, "block_size", lo=1)
   # Same number of blocks per device, but the smallest edge that covers each device's
   # rows: padding waste is then < 8 rows per block instead of up to a whole block.
   share = math.ceil(n / n_dev)
@@ -188,10 +186,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   """
   x = V.as_float_array(x, "x", ndim=2)
   V.check_finite(x, "x")
-  if not callable(kernel_fn):
-    raise TypeError(f"`kernel_fn` must be callable, got {type(kernel_fn).__name__}.")
-  if get not in ("ntk", "nngp", None):
-    raise ValueError(f"`get` must be 'ntk', 'nngp' or None, got {get!r}.")
+  V.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
   devices = _check_devices(devices)
   n = x.shape[0]
   bs = _resolve_block(block_size, memory_budget, n, m, len(devices))
@@ -204,7 +199,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   args = tuple(kernel_args)
 
   def matvec(v):
-    v = V.as_float_array(v, "V", ndim=(1, 2)).astype(x.dtype)
+    v = V.finite_array(v, "V", ndim=(1, 2)).astype(x.dtype)
     if v.shape[0] != n:
       raise ValueError(f"`V` must have n = {n} rows (one per point of `x`), got shape "
                        f"{tuple(v.shape)}.")
@@ -350,15 +345,12 @@ def topk_eigh_matfree(matvec: Callable, n: int, k: int, *, oversample: int = 20,
   """
   if not callable(matvec):
     raise TypeError(f"`matvec` must be callable V -> K V, got {type(matvec).__name__}.")
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-    raise ValueError(f"`n` must be an int >= 2, got {n!r}.")
-  k = V.check_k(k, int(n))
-  for name, val, lo in (("oversample", oversample, 0), ("depth", depth, 1),
-                        ("max_cycles", max_cycles, 1)):
-    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
-      raise ValueError(f"`{name}` must be an int >= {lo}, got {val!r}.")
-  if not (isinstance(tol, (int, float)) and tol > 0):
-    raise ValueError(f"`tol` must be a positive float, got {tol!r}.")
+  n = V.check_int(n, "n", lo=2)
+  k = V.check_k(k, n)
+  oversample = V.check_int(oversample, "oversample", lo=0)
+  depth = V.check_int(depth, "depth", lo=1)
+  max_cycles = V.check_int(max_cycles, "max_cycles", lo=1)
+  tol = V.check_real(tol, "tol", lo=0, lo_open=True)
   n = int(n)
   dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else jnp.dtype(dtype)
   b = min(n, k + 1 + int(oversample))
@@ -373,7 +365,7 @@ def topk_eigh_matfree(matvec: Callable, n: int, k: int, *, oversample: int = 20,
     B = jnp.zeros((n, nbasis), dtype).at[:, :b].set(Q)
     kblocks = []
     for j in range(depth + 1):
-      KQ = jnp.asarray(matvec(B[:, j * b:(j + 1) * b]), dtype)
+      KQ = _checked_product(matvec, B[:, j * b:(j + 1) * b], n, b, dtype)
       n_mv += 1
       kblocks.append(KQ)
       if j < depth:
@@ -387,8 +379,29 @@ def topk_eigh_matfree(matvec: Callable, n: int, k: int, *, oversample: int = 20,
     # Thick restart from the best b Ritz vectors; with no room for a Krylov block
     # (2b > n) this is plain subspace iteration, Q <- orth(K Y).
     Q = Y if depth else _orth_against(none, KY)
+  V.check_psd_eigenvalues(w, n, dtype, "K (the operator behind `matvec`)")
+  if not done:
+    warnings.warn(f"topk_eigh_matfree: not converged after {max_cycles} cycles (max residual "
+                  f"{float(jnp.max(res[:k + 1])):.3g} > tol·λ₁ = {tol * lam1:.3g}); raise "
+                  "max_cycles/depth/oversample. The result is returned with converged=False.",
+                  UserWarning, stacklevel=2)
   w = jnp.maximum(w, 0.0)
   return TopKEigh(w[:k], Y[:, :k], w[k], res[:k + 1], n_mv, bool(done))
+
+
+def _checked_product(matvec, Q, n, b, dtype):
+  """matvec(Q) with its shape and finiteness checked (a named error, not an XLA one)."""
+  out = matvec(Q)
+  if not hasattr(out, "shape") or tuple(out.shape) != (n, b):
+    got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+    raise ValueError(f"`matvec` must map an (n, b) = ({n}, {b}) block V to K V of the same "
+                     f"shape; it returned {got}.")
+  out = jnp.asarray(out, dtype)
+  if V.is_concrete(out) and not bool(jnp.all(jnp.isfinite(out))):
+    raise ValueError("`matvec` returned NaN/inf (NaN in the kernel, or overflow: scale the "
+                     "kernel down, e.g. divide it by its largest diagonal entry, and scale the "
+                     "eigenvalues back).")
+  return out
 
 
 # --------------------------------------------------------------------------- Nyström
@@ -468,21 +481,20 @@ def nystrom_eigh(kernel_fn: Callable, x, k: int, n_landmarks: int, *,
   """
   x = V.as_float_array(x, "x", ndim=2)
   V.check_finite(x, "x")
+  V.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
   n = x.shape[0]
-  if isinstance(n_landmarks, bool) or not isinstance(n_landmarks, (int, np.integer)) \
-      or not 2 <= n_landmarks <= n:
-    raise ValueError(f"`n_landmarks` must be an int with 2 <= n_landmarks <= n = {n}, got "
-                     f"{n_landmarks!r}.")
-  m = int(n_landmarks)
+  m = V.check_int(n_landmarks, "n_landmarks", lo=2, hi=n)
   k = V.check_k(k, m)
   if landmarks is None:
     key = jax.random.PRNGKey(0) if key is None else key
     landmarks = jnp.sort(jax.random.choice(key, n, (m,), replace=False))
   else:
-    landmarks = jnp.asarray(landmarks)
-    if landmarks.shape != (m,) or not jnp.issubdtype(landmarks.dtype, jnp.integer):
-      raise ValueError(f"`landmarks` must be {m} integer indices, got shape "
-                       f"{tuple(landmarks.shape)} dtype {landmarks.dtype}.")
+    landmarks = V.check_indices(landmarks, n, "landmarks")
+    if landmarks.shape != (m,):
+      raise ValueError(f"`landmarks` must be {m} = n_landmarks integer indices, got shape "
+                       f"{tuple(landmarks.shape)}.")
+    if V.is_concrete(landmarks) and np.unique(np.asarray(landmarks)).size != m:
+      raise ValueError("`landmarks` has repeated indices; pass m distinct points.")
   xl = x[landmarks]
   bs = _resolve_block(block_size, memory_budget, n, m, 1)
   cross = _cross_fn(kernel_fn, get)
@@ -567,12 +579,7 @@ def msk_spectrum_large(kernel_fn: Callable, x, g: _modifiers.Modifier, k: int, *
                          memory_budget=memory_budget, devices=devices)
     info = topk_eigh_matfree(mv, n, k, oversample=oversample, depth=depth, tol=tol,
                              max_cycles=max_cycles, key=key)
-    if not info.converged:
-      import warnings
-      warnings.warn(f"msk_spectrum_large: top-k solver not converged after {max_cycles} "
-                    f"cycles (max residual {float(jnp.max(info.residuals)):.3g}, tol·λ₁ = "
-                    f"{tol * float(info.values[0]):.3g}); raise max_cycles/depth/oversample.",
-                    UserWarning, stacklevel=2)
+    # (topk_eigh_matfree warns itself when its residuals stay above tol·λ₁.)
   else:
     m = min(n, max(10 * (k + 1), 1000)) if n_landmarks is None else n_landmarks
     info = nystrom_eigh(kernel_fn, x, k, m, get=get, kernel_args=kernel_args, key=key,

@@ -91,8 +91,8 @@ def power(p: float, scale: float = 1.0) -> Modifier:
     >>> modifiers.power(2.0, scale=0.5)(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
     [8.0, 2.0]
   """
-  if not np.isfinite(p) or not np.isfinite(scale) or scale <= 0:
-    raise ValueError(f"power(p, scale): need finite p and scale > 0, got p={p}, scale={scale}.")
+  p = V.check_real(p, "p (modifiers.power)")
+  scale = V.check_real(scale, "scale (modifiers.power)", lo=0, lo_open=True)
   return _named(lambda evals, k: scale * evals[:k] ** p, f"power({p}, scale={scale})")
 
 
@@ -107,6 +107,9 @@ def exponential(rate: float) -> Modifier:
     >>> [round(v, 4) for v in modifiers.exponential(jnp.log(2.0))(jnp.array([9.0, 5.0, 1.0]), 2).tolist()]
     [4.0, 2.0]
   """
+  if V.is_concrete(rate):            # a traced rate (vmap over rates) stays traced
+    rate = V.check_real(rate, "rate (modifiers.exponential)")
+
   def g(evals, k):
     steps = jnp.arange(k, 0, -1, dtype=evals.dtype)  # k+1-i for i = 1..k
     return evals[k] * jnp.exp(rate * steps)
@@ -121,8 +124,7 @@ def scale(c: float) -> Modifier:
     >>> modifiers.scale(0.5)(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
     [2.0, 1.0]
   """
-  if not np.isfinite(c) or c <= 0:
-    raise ValueError(f"scale(c): need a finite c > 0, got c={c}.")
+  c = V.check_real(c, "c (modifiers.scale)", lo=0, lo_open=True)
   return _named(lambda evals, k: c * evals[:k], f"scale({c})")
 
 
@@ -166,9 +168,7 @@ def reverse(blocks: bool = False, rtol: float = 1e-6) -> Modifier:
   """
   if not blocks:
     return _named(lambda evals, k: evals[:k][::-1], "reverse()")
-  rtol = float(rtol)
-  if not rtol >= 0:
-    raise ValueError(f"reverse: `rtol` must be >= 0; got {rtol!r}.")
+  rtol = V.check_real(rtol, "rtol (modifiers.reverse)", lo=0)
 
   def g(evals, k):
     top = evals[:k]

@@ -23,7 +23,8 @@ from mskjax import _validate as V
 from mskjax import modifiers as _modifiers
 from mskjax import spectrum as _spectrum
 
-__all__ = ["MSKSpectrum", "msk_spectrum", "msk_gram", "preconditioner",
+__all__ = ["MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram",
+           "preconditioner", "check_spectrum",
            "msk_gram_from_spectrum", "preconditioner_from_spectrum",
            "apply_preconditioner", "msk_kernel_fn"]
 
@@ -82,11 +83,43 @@ def msk_spectrum(K, g: _modifiers.Modifier, k: int, *, method: str = "auto",
   n = K.shape[0]
   k = V.check_k(k, n)
   top = _spectrum.eigh_top(K, k + 1, method=method, key=key)
-  return _msk_spectrum_from_eigenpairs(top, g, k, K.dtype, tie_rtol)
+  return msk_spectrum_from_eigenpairs(top, g, k, dtype=K.dtype, tie_rtol=tie_rtol)
 
 
-def _msk_spectrum_from_eigenpairs(top, g, k, dtype, tie_rtol=1e-6) -> MSKSpectrum:
-  """MSKSpectrum from descending eigenpairs (at least k+1) of an n×n K (no new eigh)."""
+def msk_spectrum_from_eigenpairs(top: _spectrum.Eigenpairs, g: _modifiers.Modifier, k: int,
+                                 *, dtype=None, tie_rtol: float = 1e-6) -> MSKSpectrum:
+  r"""An :class:`MSKSpectrum` from precomputed descending eigenpairs (no new eigh).
+
+  ``values = λ₁..λ_k``, ``new_values = g(λ₁..λ_k)``, ``next_value = λ_{k+1}``.
+
+  Args:
+    top: :class:`mskjax.Eigenpairs` of an ``n × n`` K, descending, at least ``k + 1`` pairs.
+    g: modifier ``g(evals, k)``.
+    k: number of modified eigenvalues, ``1 <= k <= (number of pairs) - 1``.
+    dtype: dtype K was computed in (for the numerical-rank floor n·eps·λ₁; default the
+      eigenvalues' dtype).
+    tie_rtol: warn when λ_k ≈ λ_{k+1} to this relative tolerance.
+
+  Returns:
+    :class:`MSKSpectrum`.
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> top = mskjax.eigh_desc(jnp.diag(jnp.array([4.0, 2.0, 1.0])))
+    >>> mskjax.msk_spectrum_from_eigenpairs(top, mskjax.modifiers.flatten(), 1).new_values.tolist()
+    [2.0]
+  """
+  if not isinstance(top, tuple) or not hasattr(top, "values") or not hasattr(top, "vectors"):
+    raise TypeError("`top` must be an mskjax.Eigenpairs (values, vectors), got "
+                    f"{type(top).__name__}.")
+  vals = V.finite_array(top.values, "top.values", ndim=1)
+  vecs = V.finite_array(top.vectors, "top.vectors", ndim=2)
+  if vecs.shape[1] != vals.shape[0]:
+    raise ValueError(f"`top.vectors` has {vecs.shape[1]} columns but `top.values` has "
+                     f"{vals.shape[0]} entries; they must pair up.")
+  top = _spectrum.Eigenpairs(vals, vecs)
+  dtype = vals.dtype if dtype is None else dtype
+  k = V.check_k(k, vals.shape[0])
   n = top.vectors.shape[0]
   new = _modifiers.apply_modifier(g, top.values, k)
   if V.is_concrete(top.values):
@@ -100,30 +133,110 @@ def _msk_spectrum_from_eigenpairs(top, g, k, dtype, tie_rtol=1e-6) -> MSKSpectru
   return MSKSpectrum(top.values[:k], top.vectors[:, :k], new, top.values[k])
 
 
+def check_spectrum(spec, n: int | None = None, name: str = "spec") -> MSKSpectrum:
+  """Validate an :class:`MSKSpectrum`: consistent shapes, and (when concrete) finite
+  entries, λ_i > 0 and g(λ_i) > 0. ``n`` (optional) is the required number of rows.
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> s = mskjax.msk_spectrum(jnp.diag(jnp.array([4.0, 2.0, 1.0])), mskjax.modifiers.flatten(), 1)
+    >>> check_spectrum(s, n=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: `spec.vectors` has 3 rows but 2 are required (one per training point).
+  """
+  if not isinstance(spec, MSKSpectrum):
+    raise TypeError(f"`{name}` must be an mskjax.MSKSpectrum (from mskjax.msk_spectrum), got "
+                    f"{type(spec).__name__}.")
+  vals = V.finite_array(spec.values, f"{name}.values", ndim=1)
+  vecs = V.finite_array(spec.vectors, f"{name}.vectors", ndim=2)
+  new = V.finite_array(spec.new_values, f"{name}.new_values", ndim=1)
+  nxt = V.finite_array(spec.next_value, f"{name}.next_value", ndim=0)
+  k = vals.shape[0]
+  if vecs.shape[1] != k or new.shape[0] != k:
+    raise ValueError(f"`{name}` is inconsistent: values {tuple(vals.shape)}, vectors "
+                     f"{tuple(vecs.shape)}, new_values {tuple(new.shape)}; expected (k,), "
+                     "(n, k), (k,).")
+  if n is not None and vecs.shape[0] != n:
+    raise ValueError(f"`{name}.vectors` has {vecs.shape[0]} rows but {n} are required (one "
+                     "per training point).")
+  if V.is_concrete(vals) and V.is_concrete(new) and k:
+    lam, gv = np.asarray(vals), np.asarray(new)
+    if not (lam > 0).all() or not (gv > 0).all():
+      raise ValueError(f"`{name}` must have λ_i > 0 and g(λ_i) > 0 (S = I + V(g/λ − 1)Vᵀ "
+                       f"divides by λ); got min λ = {lam.min():.3g}, min g = "
+                       f"{gv.min():.3g}.")
+  return MSKSpectrum(vals, vecs, new, nxt)
+
+
 @jax.jit
-def msk_gram_from_spectrum(K, spec: MSKSpectrum) -> jax.Array:
-  """K_g = K + V_k diag(g − λ) V_kᵀ from a precomputed :class:`MSKSpectrum` (jitted)."""
+def _msk_gram_from_spectrum(K, spec):
   Vk = spec.vectors
   K_g = K + (Vk * (spec.new_values - spec.values)) @ Vk.T
   return 0.5 * (K_g + K_g.T)
 
 
+def msk_gram_from_spectrum(K, spec: MSKSpectrum) -> jax.Array:
+  """K_g = K + V_k diag(g − λ) V_kᵀ from a precomputed :class:`MSKSpectrum` (jitted core).
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> K = jnp.diag(jnp.array([4.0, 2.0, 1.0]))
+    >>> s = mskjax.msk_spectrum(K, mskjax.modifiers.flatten(), 1)
+    >>> mskjax.msk_gram_from_spectrum(K, s).diagonal().tolist()
+    [2.0, 2.0, 1.0]
+  """
+  K = V.check_square_symmetric(K, "K")
+  spec = check_spectrum(spec, K.shape[0])
+  return _msk_gram_from_spectrum(K, spec)
+
+
 @jax.jit
-def preconditioner_from_spectrum(spec: MSKSpectrum) -> jax.Array:
-  """S = I + V_k diag(g/λ − 1) V_kᵀ from a precomputed :class:`MSKSpectrum` (jitted)."""
+def _preconditioner_from_spectrum(spec):
   Vk = spec.vectors
   n = Vk.shape[0]
   S = jnp.eye(n, dtype=Vk.dtype) + (Vk * (spec.new_values / spec.values - 1.0)) @ Vk.T
   return 0.5 * (S + S.T)
 
 
+def preconditioner_from_spectrum(spec: MSKSpectrum) -> jax.Array:
+  """S = I + V_k diag(g/λ − 1) V_kᵀ from a precomputed :class:`MSKSpectrum` (jitted core).
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> s = mskjax.msk_spectrum(jnp.diag(jnp.array([4.0, 2.0, 1.0])), mskjax.modifiers.flatten(), 1)
+    >>> mskjax.preconditioner_from_spectrum(s).diagonal().tolist()
+    [0.5, 1.0, 1.0]
+  """
+  return _preconditioner_from_spectrum(check_spectrum(spec))
+
+
 @jax.jit
-def apply_preconditioner(spec: MSKSpectrum, r) -> jax.Array:
-  """S r = r + V_k diag(g/λ − 1) V_kᵀ r without forming S (r is (n,) or (n, c)); O(nk)."""
+def _apply_preconditioner(spec, r):
   Vk = spec.vectors
   coef = spec.new_values / spec.values - 1.0
   proj = Vk.T @ r
   return r + Vk @ (coef.reshape((-1,) + (1,) * (r.ndim - 1)) * proj)
+
+
+def apply_preconditioner(spec: MSKSpectrum, r) -> jax.Array:
+  """S r = r + V_k diag(g/λ − 1) V_kᵀ r without forming S (r is (n,) or (n, c)); O(nk).
+
+  Shapes are checked always (also under ``jit``), values (NaN/inf) when concrete.
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> s = mskjax.msk_spectrum(jnp.diag(jnp.array([4.0, 2.0, 1.0])), mskjax.modifiers.flatten(), 1)
+    >>> mskjax.apply_preconditioner(s, jnp.ones(3)).tolist()
+    [0.5, 1.0, 1.0]
+  """
+  spec = check_spectrum(spec)
+  r = V.finite_array(r, "r", ndim=(1, 2))
+  n = spec.vectors.shape[0]
+  if r.shape[0] != n:
+    raise ValueError(f"`r` has {r.shape[0]} rows but the spectrum's eigenvectors have n = {n} "
+                     "rows; pass the residual on the same training points.")
+  return _apply_preconditioner(spec, r.astype(jnp.result_type(r.dtype, spec.vectors.dtype)))
 
 
 def msk_gram(K, g: _modifiers.Modifier, k: int, **kwargs) -> jax.Array:
@@ -178,8 +291,7 @@ def preconditioner(K, g: _modifiers.Modifier, k: int, **kwargs) -> jax.Array:
 
 
 def _as_kernel_callable(kernel_fn, get):
-  if not callable(kernel_fn):
-    raise TypeError(f"`kernel_fn` must be callable, got {type(kernel_fn).__name__}.")
+  V.check_kernel_fn(kernel_fn, get)
   if get is None:
     return lambda a, b: kernel_fn(a, b)
   return lambda a, b: kernel_fn(a, b, get)
@@ -232,6 +344,7 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
     True
   """
   kf = _as_kernel_callable(kernel_fn, get)
+  block_size = None if block_size is None else V.check_int(block_size, "block_size", lo=1)
   x_train = V.as_float_array(x_train, "x_train", ndim=2)
   V.check_finite(x_train, "x_train")
   if K_train is None:

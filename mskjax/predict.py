@@ -40,32 +40,47 @@ class Predictions(NamedTuple):
   test: jax.Array | None
 
 
-_EIGH_CACHE: list = []        # [(K, Eigenpairs)], most recent last
+_EIGH_CACHE: list = []        # [(K, x64 enabled, Eigenpairs)], most recent last
 _EIGH_CACHE_SIZE, _EIGH_CACHE_MAX_N = 4, 4096
 
 
-def _cached_eigh_desc(K):
-  """eigh_desc(K), reused for the same (immutable) jax.Array object.
+EDGE_RTOL = 1e-12
+"""A step with η·λ_max >= 2·(1 − EDGE_RTOL) counts as divergent: at η = 2/λ_max computed in
+floating point, |1 − ηλ_max| is 1 up to round-off and GD does not converge."""
+
+
+def _eigh64(K):
+  """Eigenpairs of a checked K: float64 (inside ``jax.enable_x64``) when K is concrete.
 
   steps_to_tolerance / predict_gd_mse are typically called many times with one Gram
   matrix and different y, g or t; JAX arrays are immutable, so object identity implies
   equal contents (the cache keeps a reference, so the id cannot be reused). Small n only.
+  Must be called inside ``jax.enable_x64(True)`` for concrete K.
   """
-  if not isinstance(K, jax.Array) or not V.is_concrete(K) or K.shape[0] > _EIGH_CACHE_MAX_N:
+  if not V.is_concrete(K) or V.tracing():
     return _spectrum.eigh_desc(K)
-  for i, (Kc, full) in enumerate(_EIGH_CACHE):
-    if Kc is K:
-      _EIGH_CACHE.append(_EIGH_CACHE.pop(i))
-      return full
-  full = _spectrum.eigh_desc(K)
-  _EIGH_CACHE.append((K, full))
-  del _EIGH_CACHE[:-_EIGH_CACHE_SIZE]
+  wide = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64   # x64 on here?
+  cacheable = isinstance(K, jax.Array) and K.shape[0] <= _EIGH_CACHE_MAX_N
+  if cacheable:
+    for i, (Kc, w, full) in enumerate(_EIGH_CACHE):
+      if Kc is K and w == wide:
+        _EIGH_CACHE.append(_EIGH_CACHE.pop(i))
+        return full
+  # The PSD tolerance is that of the caller's dtype (float32 round-off stays round-off).
+  # Without x64 (a traced call in a float32 program) eigh_desc still decomposes in float64
+  # internally and returns K's dtype.
+  full = (_spectrum.eigh_desc(jnp.asarray(K, jnp.float64),
+                              psd_rtol=V.psd_tolerance(K.shape[0], K.dtype))
+          if wide else _spectrum.eigh_desc(K))
+  if cacheable:
+    _EIGH_CACHE.append((K, wide, full))
+    del _EIGH_CACHE[:-_EIGH_CACHE_SIZE]
   return full
 
 
 def _modified_eigh(K, g, k, spec_kwargs):
   """Full eigendecomposition of K with the top-k eigenvalues replaced by g."""
-  full = _cached_eigh_desc(K)
+  full = _eigh64(K)
   if g is None:
     return full.values, full.values, full.vectors, None
   unknown = set(spec_kwargs) - {"tie_rtol", "key"}   # key: accepted and unused (dense eigh)
@@ -73,8 +88,8 @@ def _modified_eigh(K, g, k, spec_kwargs):
     raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; accepted: tie_rtol "
                     "(the full eigendecomposition is always dense).")
   k = V.check_k(k, K.shape[0])
-  spec = _msk._msk_spectrum_from_eigenpairs(full, g, k, K.dtype,
-                                            spec_kwargs.get("tie_rtol", 1e-6))
+  spec = _msk.msk_spectrum_from_eigenpairs(full, g, k, dtype=K.dtype,
+                                           tie_rtol=spec_kwargs.get("tie_rtol", 1e-6))
   mu = full.values.at[:k].set(spec.new_values)
   # Use the full basis for the top-k too so U is exactly orthonormal.
   spec = spec._replace(vectors=full.vectors[:, :k], values=full.values[:k])
@@ -83,24 +98,76 @@ def _modified_eigh(K, g, k, spec_kwargs):
 
 @functools.partial(jax.jit, static_argnames=("flow",))
 def _gain(mu, t, eta, flow):
-  """(1 − decay(t)) / μ per eigenvalue, stable for μ → 0 and t = ∞; shape t.shape + μ.shape."""
+  r"""(1 − decay(t)) / μ per eigenvalue; shape t.shape + μ.shape.
+
+  decay = (1 − ημ)^t (discrete, t integer) or e^{−tμ} (flow), computed without a log of a
+  non-positive number: for 1 − ημ > 0 as expm1(t·log1p(−ημ)) (exact for tiny ημ), at and
+  past the edge (1 − ημ <= 0, e.g. ημ = 1 + 1e-7 in float32) as (−1)^t |1 − ημ|^t with
+  0^0 = 1. μ = 0 exactly: the limit η t (or t). t = ∞: 1/μ where GD converges
+  (|1 − ημ| < 1) and μ > n·eps·max μ (pseudo-inverse: numerically-zero directions are not
+  learned), NaN where it diverges.
+  """
   t = t[..., None]
-  tiny = jnp.finfo(mu.dtype).eps * jnp.max(mu) * mu.shape[0]
-  pos = mu > tiny
+  inf = jnp.isinf(t)
+  tf = jnp.where(inf, 0.0, t)
+  pos = mu > 0
   mu_safe = jnp.where(pos, mu, 1.0)
+  floor = jnp.finfo(mu.dtype).eps * jnp.max(mu) * mu.shape[0]
   if flow:
-    decay_m1 = jnp.expm1(-t * mu_safe)                   # e^{-tμ} − 1
-    small = t
+    decay_m1 = jnp.expm1(-tf * mu_safe)                   # e^{-tμ} − 1, in (−1, 0]
+    zero_gain = tf
+    converges = jnp.ones_like(mu, dtype=bool)
   else:
-    base = 1.0 - eta * mu_safe
-    pos_base = base > 0
-    log_base = jnp.log1p(-eta * jnp.where(pos_base, mu_safe, 0.0))
-    decay_m1 = jnp.where(pos_base, jnp.expm1(t * log_base),
-                         jnp.power(base, jnp.where(jnp.isinf(t), 0.0, t)) - 1.0)
-    small = eta * t
-  gain = jnp.where(jnp.isinf(t), 1.0 / mu_safe, -decay_m1 / mu_safe)
-  # Zero eigen-directions: the limit (1 - decay)/μ → η t (or t), and 0 at t = ∞ (pseudo-inverse).
-  return jnp.where(pos, gain, jnp.where(jnp.isinf(t), 0.0, small))
+    # Each quantity is used once (no two-sided test of the same rounded value): XLA may
+    # fuse 1 − ημ differently in two places, which at the edge (ημ ≈ 1) gave 0 vs ±1e-17.
+    x = eta * mu_safe
+    above = x < 1.0
+    dm_pos = jnp.where(tf == 0, 0.0, jnp.expm1(tf * jnp.log1p(-jnp.minimum(x, 1.0))))
+    mag = jnp.where(tf == 0, 1.0, jnp.exp(tf * jnp.log(jnp.abs(1.0 - x))))   # log 0 = −inf
+    odd = jnp.mod(tf, 2.0) == 1.0
+    dm_neg = jnp.where(odd, -mag, mag) - 1.0
+    decay_m1 = jnp.where(above, dm_pos, dm_neg)
+    absb = jnp.abs(1.0 - x)
+    zero_gain = eta * tf
+    converges = (absb < 1.0) | ~pos
+  gain_fin = -decay_m1 / mu_safe
+  gain_inf = jnp.where(converges, jnp.where(mu > floor, 1.0 / mu_safe, 0.0), jnp.nan)
+  gain = jnp.where(inf, gain_inf, gain_fin)
+  return jnp.where(pos, gain, jnp.where(inf, 0.0, zero_gain))
+
+
+def _predict_core(K_train, y, f0_tr, K_test_train, f0_te, t_arr, g, k, learning_rate,
+                  kwargs, out_dtype):
+  n = K_train.shape[0]
+  lam, mu, U, spec = _modified_eigh(K_train, g, k, kwargs)
+  dt = U.dtype
+  flow = learning_rate is None
+  eta = jnp.asarray(1.0 if flow else learning_rate, dt)
+  if not flow and V.is_concrete(mu) and V.is_concrete(t_arr) and bool(jnp.any(jnp.isinf(t_arr))):
+    edge = float(learning_rate) * float(jnp.max(mu))
+    if edge >= 2.0 * (1.0 - EDGE_RTOL):
+      raise ValueError(
+          f"`t` = inf with `learning_rate` = {learning_rate:.6g} >= 2/λ_max(K_g) = "
+          f"{2.0 / float(jnp.max(mu)):.6g}: gradient descent diverges (|1 − ηλ_max| = "
+          f"{abs(1.0 - edge):.4g} >= 1), so it has no t = ∞ limit. Use a step below "
+          "mskjax.max_learning_rate(...) (e.g. 1/λ_max) or finite t.")
+  y = y.astype(dt)
+  f0_tr = f0_tr.astype(dt)
+  gain = _gain(mu, t_arr.reshape(-1).astype(dt), eta, flow)     # (T, n)
+  rhs = U.T @ (y - f0_tr).reshape(n, -1)                     # (n, c)
+  coeff = gain[:, :, None] * rhs[None]                        # (T, n, c): K_g⁻¹(I − decay)
+  train = y.reshape(1, n, -1) - jnp.einsum("ni,tic->tnc", U, rhs[None] - mu[None, :, None] * coeff)
+  train = train.reshape(t_arr.shape + y.shape).astype(out_dtype)
+  test = None
+  if K_test_train is not None:
+    m = K_test_train.shape[0]
+    alpha = jnp.einsum("ni,tic->tnc", U, coeff)              # (T, n, c)
+    if spec is not None:                                      # k(x, X) S
+      alpha = jax.vmap(lambda a: _msk.apply_preconditioner(spec, a))(alpha)
+    test = f0_te.astype(dt).reshape(1, m, -1) + jnp.einsum(
+        "mn,tnc->tmc", K_test_train.astype(dt), alpha)
+    test = test.reshape(t_arr.shape + (m,) + y.shape[1:]).astype(out_dtype)
+  return Predictions(train, test)
 
 
 def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | None, t, *,
@@ -115,10 +182,21 @@ def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | Non
 
   With ``learning_rate=None`` it is gradient flow, (1−ημ)^t → e^{−tμ} with ``t`` the
   continuous time. ``t = jnp.inf`` gives the kernel-regression interpolant (the same for
-  every g). Zero eigenvalues are handled by their limits (pseudo-inverse at t = ∞).
+  every g); it requires a convergent step, η < 2/λ_max(K_g) (else ``ValueError``).
+  Directions with μ = 0 follow their limits; at t = ∞ directions with μ <= n·eps·max μ
+  (numerically zero) are not learned (pseudo-inverse); at finite t every direction follows
+  the exact formula (so predictions are monotone in t for a stable step).
+
+  **Precision.** The eigendecomposition and the formula run in float64 whatever the
+  caller's precision (``jax.enable_x64`` as a local context, no global change); the result
+  comes back in the inputs' dtype. The gain (1 − (1 − ημ)^t)/μ is computed without
+  log(1 − ημ) of a non-positive number, so η = 1/λ_max — where ημ rounds to 1 + 1e-7 in
+  float32 — and steps slightly past the edge stay exact. Under ``jit`` (traced inputs) it
+  runs in the inputs' dtype with the same formula.
 
   Args:
-    K_train: ``(n, n)`` Gram matrix of the *unmodified* kernel on the training set.
+    K_train: ``(n, n)`` Gram matrix of the *unmodified* kernel on the training set
+      (symmetric PSD; indefinite beyond round-off raises).
     y_train: ``(n,)`` or ``(n, c)`` targets.
     g: modifier (see :mod:`mskjax.modifiers`); ``None`` or ``modifiers.identity()`` for
       plain kernel GD.
@@ -134,6 +212,10 @@ def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | Non
     :class:`Predictions` ``(train, test)`` of shapes ``t.shape + y_train.shape`` and
     ``t.shape + (m,) + y_train.shape[1:]`` (``test`` is None without ``K_test_train``).
 
+  Raises:
+    ValueError: NaN/inf in any input, shape mismatches, indefinite ``K_train``, negative
+      or non-integer ``t``, or ``t = inf`` with a divergent step.
+
   Example:
     >>> import jax.numpy as jnp, mskjax
     >>> K = jnp.array([[2.0, 0.5], [0.5, 1.0]]); y = jnp.array([1.0, -1.0])
@@ -144,55 +226,62 @@ def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | Non
   """
   K_train = V.check_square_symmetric(K_train, "K_train")
   n = K_train.shape[0]
-  y = V.as_float_array(y_train, "y_train", ndim=(1, 2))
-  V.check_finite(y, "y_train")
+  y = V.finite_array(y_train, "y_train", ndim=(1, 2))
   V.check_rows(y, n, "y_train", "K_train")
-  t_arr = jnp.asarray(t, dtype=K_train.dtype)
+  t_arr = jnp.asarray(t)
+  if not (jnp.issubdtype(t_arr.dtype, jnp.floating) or jnp.issubdtype(t_arr.dtype, jnp.integer)):
+    raise TypeError(f"`t` must be real times/steps, got dtype {t_arr.dtype}.")
+  t_arr = t_arr.astype(K_train.dtype)
   if t_arr.ndim > 1:
     raise ValueError(f"`t` must be a scalar or 1-D array of times, got shape {t_arr.shape}.")
+  t_host = None
   if V.is_concrete(t_arr):
-    if bool(jnp.any(jnp.isnan(t_arr))) or bool(jnp.any(t_arr < 0)):
+    t_host = np.asarray(t, dtype=np.float64)   # exact integers (float32 would round 2^24+1)
+    if np.any(np.isnan(t_host)) or np.any(t_host < 0):
       raise ValueError(f"`t` must be non-negative (jnp.inf allowed), got {t}.")
     if learning_rate is not None:
-      finite = t_arr[jnp.isfinite(t_arr)]
-      if bool(jnp.any(finite != jnp.round(finite))):
+      finite = t_host[np.isfinite(t_host)]
+      if np.any(finite != np.round(finite)):
         raise ValueError("`t` counts discrete steps when `learning_rate` is given: pass "
                          f"integers (or jnp.inf), got {t}. Use learning_rate=None for "
                          "continuous-time gradient flow.")
-  if learning_rate is not None and (not np.isfinite(learning_rate) or learning_rate <= 0):
-    raise ValueError(f"`learning_rate` must be a positive finite step or None (gradient "
-                     f"flow), got {learning_rate}.")
-  f0_tr = jnp.zeros_like(y) if f0_train is None else V.as_float_array(f0_train, "f0_train")
+  if learning_rate is not None:
+    learning_rate = V.check_real(learning_rate, "learning_rate", lo=0, lo_open=True)
+  f0_tr = jnp.zeros_like(y) if f0_train is None else V.finite_array(f0_train, "f0_train")
   if f0_tr.shape != y.shape:
     raise ValueError(f"`f0_train` has shape {f0_tr.shape}; it must match `y_train` {y.shape}.")
+  f0_te = None
   if K_test_train is not None:
-    K_test_train = V.as_float_array(K_test_train, "K_test_train", ndim=2)
-    V.check_finite(K_test_train, "K_test_train")
+    K_test_train = V.finite_array(K_test_train, "K_test_train", ndim=2)
     if K_test_train.shape[1] != n:
       raise ValueError(f"`K_test_train` must have shape (m, n={n}) (test rows, train "
                        f"columns), got {K_test_train.shape}.")
     m = K_test_train.shape[0]
     f0_te = (jnp.zeros((m,) + y.shape[1:], y.dtype) if f0_test is None
-             else V.as_float_array(f0_test, "f0_test"))
+             else V.finite_array(f0_test, "f0_test"))
     if f0_te.shape != (m,) + y.shape[1:]:
       raise ValueError(f"`f0_test` has shape {f0_te.shape}; expected {(m,) + y.shape[1:]}.")
+  elif f0_test is not None:
+    raise ValueError("`f0_test` was given without `K_test_train`; pass both (test "
+                     "predictions need k(x_test, X)).")
+  out_dtype = jnp.result_type(K_train.dtype, y.dtype)
+  arrays = (K_train, y, f0_tr, K_test_train, f0_te, t_arr)
+  if not V.tracing() and all(a is None or V.is_concrete(a) for a in arrays):
+    with jax.enable_x64(True):
+      up = lambda a: None if a is None else jnp.asarray(a, jnp.float64)
+      return _predict_core(K_train, up(y), up(f0_tr), up(K_test_train), up(f0_te),
+                           jnp.asarray(t_host, jnp.float64), g, k, learning_rate, kwargs,
+                           out_dtype)
+  return _predict_core(K_train, y, f0_tr, K_test_train, f0_te, t_arr, g, k, learning_rate,
+                       kwargs, out_dtype)
 
-  lam, mu, U, spec = _modified_eigh(K_train, g, k, kwargs)
-  flow = learning_rate is None
-  eta = jnp.asarray(1.0 if flow else learning_rate, K_train.dtype)
-  gain = _gain(mu, t_arr.reshape(-1), eta, flow)            # (T, n)
-  rhs = U.T @ (y - f0_tr).reshape(n, -1)                     # (n, c)
-  coeff = gain[:, :, None] * rhs[None]                        # (T, n, c): K_g⁻¹(I − decay)
-  train = y.reshape(1, n, -1) - jnp.einsum("ni,tic->tnc", U, rhs[None] - mu[None, :, None] * coeff)
-  train = train.reshape(t_arr.shape + y.shape)
-  test = None
-  if K_test_train is not None:
-    alpha = jnp.einsum("ni,tic->tnc", U, coeff)              # (T, n, c)
-    if spec is not None:                                      # k(x, X) S
-      alpha = jax.vmap(lambda a: _msk.apply_preconditioner(spec, a))(alpha)
-    test = f0_te.reshape(1, m, -1) + jnp.einsum("mn,tnc->tmc", K_test_train, alpha)
-    test = test.reshape(t_arr.shape + (m,) + y.shape[1:])
-  return Predictions(train, test)
+
+def _lambda_max(mu, what: str) -> float:
+  top = float(jnp.max(mu))
+  if not top > 0:
+    raise ValueError(f"{what} is zero (λ_max = 0): gradient descent never moves, so there is "
+                     "no step size or iteration count; check the kernel.")
+  return top
 
 
 def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = None, *,
@@ -202,6 +291,7 @@ def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = N
   GD: ``2 / λ₁``; PGD with an MSK: ``2 / max(g(λ₁..λ_k), λ_{k+1})``. (neural-tangents'
   ``predict.max_learning_rate`` is broken on current SciPy; this is the spectral form.)
   Use a fraction of it in practice (e.g. ``1 / λ_max``, which the paper and the tests use).
+  An indefinite K raises (no step is stable when an eigenvalue is negative).
 
   Args:
     K: ``(n, n)`` Gram matrix.
@@ -218,10 +308,11 @@ def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = N
     (0.5, 1.0)
   """
   if spectrum is not None:
-    return float(2.0 / spectrum.max_value)
+    spectrum = _msk.check_spectrum(spectrum, name="spectrum")
+    return 2.0 / _lambda_max(spectrum.max_value, "`spectrum`")
   if g is None:
-    return float(2.0 / _spectrum.eigh_top(K, 1).values[0])
-  return float(2.0 / _msk.msk_spectrum(K, g, k).max_value)
+    return 2.0 / _lambda_max(_spectrum.eigh_top(K, 1, method="dense").values, "`K`")
+  return 2.0 / _lambda_max(_msk.msk_spectrum(K, g, k, method="dense").max_value, "`K_g`")
 
 
 def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None = None, *,
@@ -230,7 +321,20 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
   r"""Smallest t with ‖(I − η K_g)^t y‖ < tol·‖y‖ (the linearized iteration count).
 
   With ``learning_rate=None`` it uses η = 1/λ_max(K_g). Returns ``max_steps`` + 1 when the
-  tolerance is not reached by then.
+  tolerance is not reached by then (e.g. y has energy in the null space of K). Computed in
+  float64 from the eigendecomposition (binary search on the exact residual norm, which is
+  non-increasing in t for a stable step).
+
+  Args:
+    K: ``(n, n)`` symmetric PSD Gram matrix.
+    y: ``(n,)`` or ``(n, c)`` targets (finite, not all zero).
+    g, k: optional modifier and number of modified eigenvalues.
+    learning_rate: step η with ``0 < η < 2/λ_max(K_g)``; ``None`` for 1/λ_max(K_g).
+    tol: relative tolerance, a finite number > 0.
+    max_steps: search limit, an int >= 1.
+
+  Raises:
+    ValueError: bad shapes/values, zero K, or an unstable step (η >= 2/λ_max(K_g)).
 
   Example:
     >>> import jax.numpy as jnp, mskjax
@@ -239,19 +343,36 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
     (230, 1)
   """
   K = V.check_square_symmetric(K, "K")
-  yv = V.as_float_array(y, "y", ndim=(1, 2)).reshape(K.shape[0], -1)
-  lam, mu, U, _ = _modified_eigh(K, g, k, {})
-  eta = 1.0 / float(jnp.max(mu)) if learning_rate is None else float(learning_rate)
-  c2 = np.asarray(jnp.sum((U.T @ yv) ** 2, axis=1))
-  logb = np.log(np.abs(1.0 - eta * np.asarray(mu)) + 1e-300)
-  target = tol ** 2 * float(np.sum(c2))
+  n = K.shape[0]
+  yv = V.finite_array(y, "y", ndim=(1, 2))
+  V.check_rows(yv, n, "y", "K")
+  tol = V.check_real(tol, "tol", lo=0, lo_open=True)
+  max_steps = V.check_int(max_steps, "max_steps", lo=1)
+  if learning_rate is not None:
+    learning_rate = V.check_real(learning_rate, "learning_rate", lo=0, lo_open=True)
+  with jax.enable_x64(True):
+    lam, mu, U, _ = _modified_eigh(K, g, k, {})
+    mu = np.asarray(mu, dtype=np.float64)
+    top = _lambda_max(mu, "`K`" if g is None else "`K_g`")
+    eta = 1.0 / top if learning_rate is None else learning_rate
+    if eta * top >= 2.0 * (1.0 - EDGE_RTOL):
+      raise ValueError(
+          f"`learning_rate` = {eta:.6g} is unstable: it must be < 2/λ_max = {2.0 / top:.6g} "
+          f"(|1 − ηλ_max| = {abs(1.0 - eta * top):.4g} >= 1, GD does not converge). Use "
+          "mskjax.max_learning_rate(...) or learning_rate=None (η = 1/λ_max).")
+    c2 = np.sum(np.asarray(U.T @ jnp.asarray(yv, jnp.float64).reshape(n, -1)) ** 2, axis=1)
+  total = float(np.sum(c2))
+  if not total > 0:
+    raise ValueError("`y` is zero: the relative tolerance ‖r_t‖ < tol·‖y‖ is undefined.")
+  logb = np.log(np.abs(1.0 - eta * mu) + 1e-300)
+  target = tol ** 2 * total
 
   def res2(t):
     return float(np.sum(c2 * np.exp(2 * t * logb)))
 
   if res2(max_steps) >= target:
     return max_steps + 1
-  lo, hi = 0, max_steps  # res2 is non-increasing in t when |1 − ημ| <= 1
+  lo, hi = 0, max_steps  # res2 is non-increasing in t since |1 − ημ| <= 1 (checked above)
   while lo < hi:
     mid = (lo + hi) // 2
     if res2(mid) < target:

@@ -12,6 +12,19 @@ Every run writes ``runs/<name>/<tag>/`` (``tag`` defaults to a timestamp):
 of work already recorded in ``metrics.jsonl`` (see :meth:`RunContext.cached`) are read back
 instead of recomputed, so an interrupted run loses nothing it finished.
 
+**Guarantees.** One run at a time per directory: ``runs/<name>/<tag>/.lock`` holds the
+owner's pid; a second run on the same tag is refused with a message, a lock left by a dead
+process is taken over. The config is validated before any work: override types, finite
+floats, non-empty tuples, the ranges a config declares in a module-level ``RANGES`` dict
+(``{"tol": {"gt": 0, "lt": 1}, "js": {"min_len": 1, "min": 1}}``; keys ``min``, ``max``,
+``gt``, ``lt``, ``min_len``, ``choices``; tuple bounds apply to every element) and its
+optional ``validate(config)`` (raise ``ValueError`` for cross-key rules). ``metrics.jsonl``
+is one JSON object per newline-terminated line: a last line without its newline (kill,
+disk full) is detected, dropped and cut off on resume; every record carries a ``key``
+(given, or a hash of its content), so a rerun never appends a record twice. Ctrl-C,
+SIGTERM, a full disk or a read-only directory end with one line that says what happened
+and the command that resumes.
+
 Command line::
 
   python -m mskjax.run configs/quickstart.py quick=True j=16 --tag demo
@@ -28,16 +41,21 @@ import argparse
 import ast
 import csv
 import datetime as _dt
+import errno
+import hashlib
 import importlib.util
 import json
 import math
 import os
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["RunContext", "load_config_module", "apply_overrides", "main", "ConfigError"]
+__all__ = ["RunContext", "load_config_module", "apply_overrides", "validate_config", "RunLock",
+           "RunLockedError", "main", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -144,6 +162,140 @@ def apply_overrides(config, overrides: Iterable[str]):
   return config
 
 
+_RANGE_KEYS = {"min", "max", "gt", "lt", "min_len", "choices"}
+
+
+def _check_range(key, value, rule):
+  unknown = set(rule) - _RANGE_KEYS
+  if unknown:
+    raise ConfigError(f"RANGES[{key!r}] has unknown rule(s) {sorted(unknown)}; allowed: "
+                      f"{sorted(_RANGE_KEYS)}.")
+  items = list(value) if isinstance(value, (tuple, list)) else [value]
+  if isinstance(value, (tuple, list)) and "min_len" in rule and len(value) < rule["min_len"]:
+    raise ConfigError(f"`{key}` must hold at least {rule['min_len']} element(s), got "
+                      f"{value!r}.")
+  for v in items:
+    if "choices" in rule and v not in rule["choices"]:
+      raise ConfigError(f"`{key}` must be one of {list(rule['choices'])}, got {v!r}.")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+      for op, ok, text in (("min", lambda a, b: a >= b, ">="), ("max", lambda a, b: a <= b, "<="),
+                           ("gt", lambda a, b: a > b, ">"), ("lt", lambda a, b: a < b, "<")):
+        if op in rule and not ok(v, rule[op]):
+          raise ConfigError(f"`{key}` must be {text} {rule[op]!r}, got {value!r}.")
+
+
+def validate_config(config, module=None):
+  """Check a (overridden) config before any work; raise :class:`ConfigError` with the key.
+
+  Generic rules: every float is finite, a tuple/list whose default was non-empty stays
+  non-empty. Then the module's ``RANGES`` (see the module docstring) and its optional
+  ``validate(config)`` (a ``ValueError`` there becomes a ``ConfigError``).
+
+  Example:
+    >>> import ml_collections, types
+    >>> c = ml_collections.ConfigDict({'tol': -0.1, 'js': (1, 2)})
+    >>> validate_config(c, types.SimpleNamespace(RANGES={'tol': {'gt': 0}}))
+    Traceback (most recent call last):
+    ...
+    mskjax.run.ConfigError: `tol` must be > 0, got -0.1.
+  """
+  flat = _flat_keys(config)
+  get_default = getattr(module, "get_config", None)
+  defaults = _flat_keys(get_default()) if callable(get_default) else {}
+  for key, v in flat.items():
+    if isinstance(v, float) and not math.isfinite(v):
+      raise ConfigError(f"`{key}` must be a finite number, got {v!r}.")
+    d = defaults.get(key)
+    if isinstance(v, (tuple, list)) and len(v) == 0 and not (
+        isinstance(d, (tuple, list)) and len(d) == 0):     # empty only where the default is
+      raise ConfigError(f"`{key}` must not be empty (pass at least one value, e.g. "
+                        f"{key}=(1,)).")
+  ranges = getattr(module, "RANGES", None) or {}
+  for key, rule in ranges.items():
+    if key not in flat:
+      raise ConfigError(f"RANGES names `{key}`, which is not a config key.")
+    _check_range(key, flat[key], rule)
+  hook = getattr(module, "validate", None)
+  if callable(hook):
+    try:
+      hook(config)
+    except ConfigError:
+      raise
+    except (ValueError, TypeError) as e:
+      raise ConfigError(str(e)) from None
+  return config
+
+
+class RunLockedError(RuntimeError):
+  """Another live process holds the run directory."""
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # exists, owned by someone else
+    return True
+  return True
+
+
+class RunLock:
+  """Exclusive lock on a run directory: ``<dir>/.lock`` created with O_EXCL, holding
+  ``pid host``. A lock whose pid is dead on this host is stale and is taken over; a live
+  one raises :class:`RunLockedError`. Use as a context manager.
+  """
+
+  def __init__(self, out_dir: Path):
+    self.path = Path(out_dir) / ".lock"
+    self.held = False
+    self.took_over: int | None = None
+
+  def acquire(self):
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        try:
+          pid_s, host = (self.path.read_text().split() + ["", ""])[:2]
+          pid = int(pid_s)
+        except (OSError, ValueError):
+          pid, host = None, ""
+        if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
+          raise RunLockedError(
+              f"{self.path.parent} is in use by another run (pid {pid} on {host}); wait for "
+              "it to finish or use another --tag.") from None
+        try:   # stale (dead pid or unreadable): take it over
+          self.path.unlink()
+        except FileNotFoundError:
+          pass
+        self.took_over = pid
+        continue
+      with os.fdopen(fd, "w") as f:
+        f.write(me)
+      self.held = True
+      return self
+    raise RunLockedError(f"could not take the lock {self.path}; another run keeps taking it.")
+
+  def release(self):
+    if self.held:
+      try:
+        if self.path.read_text().split()[:1] == [str(os.getpid())]:
+          self.path.unlink()
+      except OSError:
+        pass
+      self.held = False
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+    return False
+
+
 class _nullcontext:
   def __enter__(self):
     return self
@@ -180,36 +332,60 @@ class RunContext:
     self.show_progress = show_progress
     self._metrics_path = self.out_dir / "metrics.jsonl"
     self._records: dict[str, dict] = {}
+    self.dropped_lines = 0
     if self._metrics_path.exists():
-      for line in self._metrics_path.read_text().splitlines():
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: drop it, it is recomputed
-          continue
-        if "key" in rec:
-          self._records[rec["key"]] = rec
+      self._load_metrics()
     self.resumed = len(self._records)
     self.tables: dict[str, list[dict]] = {}
     self.figures: list[Path] = []
 
+  def _load_metrics(self):
+    """Read metrics.jsonl; a torn last line (no newline) is dropped and cut off the file."""
+    data = self._metrics_path.read_bytes()
+    end = len(data)
+    if data and not data.endswith(b"\n"):
+      end = data.rfind(b"\n") + 1           # keep complete lines only
+      self.dropped_lines += 1
+      with open(self._metrics_path, "r+b") as f:
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+    for line in data[:end].decode("utf-8", errors="replace").splitlines():
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:   # a damaged complete line: dropped, its unit recomputed
+        self.dropped_lines += 1
+        continue
+      if isinstance(rec, dict):
+        self._records[rec.get("key") or _content_key(rec)] = rec
+
   # -- results -------------------------------------------------------------------------
   def log_metrics(self, record: dict, key: str | None = None) -> dict:
-    """Append one record to ``metrics.jsonl`` (flushed and fsynced at once).
+    """Append one record to ``metrics.jsonl`` (one write of a whole line, then fsync).
 
-    Arrays become lists; non-finite floats are stored *and returned* as the strings
-    ``'nan'``, ``'inf'``, ``'-inf'`` (metrics.jsonl stays strict JSON), so a fresh and a
-    resumed run see the same record — read such fields back with ``float(...)``.
+    Every record is keyed: ``key`` when given, else ``'auto:'`` + a hash of its content
+    (without ``time``). A record whose key is already stored with the same content is not
+    written again (reruns never duplicate); a changed one is appended and the later line
+    wins on reading. Arrays become lists; non-finite floats are stored *and returned* as
+    the strings ``'nan'``, ``'inf'``, ``'-inf'`` (metrics.jsonl stays strict JSON), so a
+    fresh and a resumed run see the same record — read such fields back with ``float(...)``.
     """
     rec = _jsonable(dict(record))
-    if key is not None:
-      rec["key"] = key
+    rec.pop("key", None)
+    key = _content_key(rec) if key is None else str(key)
+    rec["key"] = key
+    old = self._records.get(key)
+    if old is not None and _strip_time(old) == _strip_time(rec):
+      return old
     rec.setdefault("time", time.time())
-    with open(self._metrics_path, "a") as f:
-      f.write(json.dumps(rec) + "\n")
+    line = (json.dumps(rec) + "\n").encode()
+    with open(self._metrics_path, "ab") as f:
+      f.write(line)
       f.flush()
       os.fsync(f.fileno())
-    if key is not None:
-      self._records[key] = rec
+    self._records[key] = rec
     return rec
 
   def completed(self, key: str) -> dict | None:
@@ -267,6 +443,15 @@ class RunContext:
     print(*args, flush=True)
 
 
+def _strip_time(rec: dict) -> dict:
+  return {k: v for k, v in rec.items() if k != "time"}
+
+
+def _content_key(rec: dict) -> str:
+  body = json.dumps(_strip_time({k: v for k, v in rec.items() if k != "key"}), sort_keys=True)
+  return "auto:" + hashlib.sha1(body.encode()).hexdigest()[:16]
+
+
 def _config_to_json(config) -> dict:
   d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   return _jsonable(d)
@@ -298,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k} = {v!r}")
       return 0
     apply_overrides(config, args.overrides)
+    validate_config(config, module)
   except (ConfigError, FileNotFoundError) as e:
     print(f"mskjax.run: error: {e}", file=sys.stderr)
     return 2
@@ -305,30 +491,78 @@ def main(argv: list[str] | None = None) -> int:
   name = Path(args.config).stem
   tag = args.tag or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
   out_dir = Path(args.runs_dir) / name / tag
-  cfg_json = _config_to_json(config)
-  cfg_path = out_dir / "config.json"
-  if cfg_path.exists():
-    old = json.loads(cfg_path.read_text())
-    if old != cfg_json:
-      diff = sorted(k for k in set(old) | set(cfg_json) if old.get(k) != cfg_json.get(k))
-      print(f"mskjax.run: error: {out_dir} holds a run with a different config (keys "
-            f"{diff}); use another --tag to start a new run.", file=sys.stderr)
-      return 2
-  ctx = RunContext(out_dir, config, show_progress=not args.no_progress)
-  cfg_path.write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
-  if ctx.resumed:
-    print(f"resuming {out_dir}: {ctx.resumed} finished records reused", flush=True)
-  else:
-    print(f"running {name} -> {out_dir}", flush=True)
-  t0 = time.time()
-  module.run(config, ctx)
-  for table, rows in ctx.tables.items():
-    print(f"\n{table} ({out_dir / (table + '.csv')}):\n")
-    print((out_dir / f"{table}.md").read_text())
-  for fig in ctx.figures:
-    print(f"plot: {fig}")
-  print(f"done in {time.time() - t0:.1f} s: {out_dir}", flush=True)
-  return 0
+  resume = ("python -m mskjax.run " + " ".join([args.config, *args.overrides])
+            + f" --tag {tag}" + (f" --runs-dir {args.runs_dir}" if args.runs_dir != "runs" else ""))
+  lock = RunLock(out_dir)
+  old_term = signal.getsignal(signal.SIGTERM)
+
+  def _term(signum, frame):
+    raise KeyboardInterrupt
+
+  try:
+    signal.signal(signal.SIGTERM, _term)
+  except ValueError:   # not the main thread
+    old_term = None
+  ctx = None
+  try:
+    lock.acquire()
+    if lock.took_over is not None:
+      print(f"note: took over a stale lock of dead process {lock.took_over} in {out_dir}",
+            flush=True)
+    cfg_json = _config_to_json(config)
+    cfg_path = out_dir / "config.json"
+    if cfg_path.exists():
+      old = json.loads(cfg_path.read_text())
+      if old != cfg_json:
+        diff = sorted(k for k in set(old) | set(cfg_json) if old.get(k) != cfg_json.get(k))
+        print(f"mskjax.run: error: {out_dir} holds a run with a different config (keys "
+              f"{diff}); use another --tag to start a new run.", file=sys.stderr)
+        return 2
+    ctx = RunContext(out_dir, config, show_progress=not args.no_progress)
+    if ctx.dropped_lines:
+      print(f"note: dropped {ctx.dropped_lines} incomplete line(s) of "
+            f"{out_dir / 'metrics.jsonl'} (an interrupted write); those units are recomputed",
+            flush=True)
+    tmp = cfg_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, cfg_path)
+    if ctx.resumed:
+      print(f"resuming {out_dir}: {ctx.resumed} finished records reused", flush=True)
+    else:
+      print(f"running {name} -> {out_dir}", flush=True)
+    t0 = time.time()
+    module.run(config, ctx)
+    for table, rows in ctx.tables.items():
+      print(f"\n{table} ({out_dir / (table + '.csv')}):\n")
+      print((out_dir / f"{table}.md").read_text())
+    for fig in ctx.figures:
+      print(f"plot: {fig}")
+    print(f"done in {time.time() - t0:.1f} s: {out_dir}", flush=True)
+    return 0
+  except RunLockedError as e:
+    print(f"mskjax.run: error: {e}", file=sys.stderr)
+    return 3
+  except KeyboardInterrupt:
+    saved = len(ctx._records) if ctx is not None else 0
+    print(f"\nmskjax.run: interrupted; {saved} finished record(s) are saved in {out_dir}. "
+          f"Resume with: {resume}", file=sys.stderr)
+    return 130
+  except OSError as e:
+    if e.errno == errno.ENOSPC:
+      why = "the disk is full"
+      fix = "free some space, then resume with: " + resume
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+      why = f"cannot write there ({os.strerror(e.errno)})"
+      fix = ("pass a writable --runs-dir (or fix the permissions), then run: " + resume)
+    else:
+      raise
+    print(f"mskjax.run: error: {why}: {getattr(e, 'filename', None) or out_dir}; finished "
+          f"records are kept in metrics.jsonl. {fix}", file=sys.stderr)
+    return 1
+  finally:
+    lock.release()
+    if old_term is not None:
+      signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -382,3 +382,49 @@ def test_silent_alignment_quick_config(tmp_path):
   for name in ("PGD refresh every 1", "S-loss fixed K0"):
     assert np.isnan(float(e[name]["diverged_at"]))
     assert abs(e[name]["A_final"] - e[name]["A_oracle"]) < 1e-3
+
+
+# ------------------------------------------------------------------ reliability (issue 13)
+@pytest.mark.parametrize("which", ["K_train", "K_test_train", "y", "f0_train", "f0_test"])
+def test_kernel_regression_rejects_nan_in_every_input(which):
+  K = random_psd(5)
+  args = dict(K_train=K, K_test_train=K[:3], y=np.ones(5), f0_train=np.zeros((5, 1)),
+              f0_test=np.zeros((3, 1)))
+  bad = np.array(args[which], dtype=float)
+  bad.flat[1] = np.nan
+  if which == "K_train":
+    bad.T.flat[1] = np.nan      # keep it symmetric: NaN is what must be caught
+  args[which] = bad
+  with pytest.raises(ValueError, match=f"`{which}`.*NaN"):
+    diag.kernel_regression(args.pop("K_train"), args.pop("K_test_train"), args.pop("y"),
+                           **args)
+
+
+def test_kernel_regression_singular_without_ridge_is_an_error():
+  # ridge=0 on a rank-1 K used to return inf/NaN silently.
+  v = np.array([1.0, 2.0, 3.0])
+  K = np.outer(v, v)
+  with pytest.raises(ValueError, match="singular"):
+    diag.kernel_regression(K, K, np.array([1.0, 0.0, 0.0]), ridge=0.0)
+  # With a ridge it is solvable and matches numpy.
+  out = diag.kernel_regression(K, K, np.array([1.0, 0.0, 0.0]), ridge=1e-3)
+  delta = 1e-3 * np.trace(K) / 3
+  want = K @ np.linalg.solve(K + delta * np.eye(3), np.array([1.0, 0.0, 0.0]))
+  np.testing.assert_allclose(np.asarray(out).ravel(), want, rtol=1e-10)
+  for ridge in (float("nan"), -1.0, True):
+    with pytest.raises(ValueError, match="`ridge`"):
+      diag.kernel_regression(K, K, np.ones(3), ridge=ridge)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: diag.kernel_alignment(random_psd(4), np.r_[np.nan, 1, 1, 1]), "`y`.*NaN"),
+    (lambda: diag.relative_distance(np.r_[np.inf, 1.0], np.ones(2)), "`a`.*NaN"),
+    (lambda: diag.eigenspace_overlap(np.full((3, 1), np.nan), np.eye(3)[:, :1]), "`V1`"),
+    (lambda: diag.effective_rank(np.r_[1.0, np.nan]), "NaN"),
+    (lambda: diag.topk_overlap(random_psd(4), random_psd(4), 0), "`k`"),
+    (lambda: diag.topk_overlap(random_psd(4), random_psd(5), 1), "same shape"),
+    (lambda: diag.log_spaced_steps(0, 3), "`num_steps`"),
+])
+def test_metrics_reject_nan_and_bad_arguments(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

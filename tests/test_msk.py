@@ -176,3 +176,98 @@ def test_nystrom_converges_to_mercer_on_circle(g, ns):
   # Monte-Carlo Nyström error ~ n^{-1/2}: 32x more points should cut it by ~5.7; ask for 3.
   assert errs[-1] < errs[0] / 3 * np.sqrt(1024 / ns[-1] * 32 / ns[0]), errs
   assert all(b < a * 1.2 for a, b in zip(errs, errs[1:])), errs
+
+
+# ------------------------------------------------------------------ reliability (issue 13)
+def _spec(n=6, k=2):
+  return mskjax.msk_spectrum(random_psd(n), modifiers.flatten(), k)
+
+
+@pytest.mark.parametrize("r,err,match", [
+    (np.ones(5), ValueError, "rows"),                 # n = 6 eigenvector rows
+    (np.ones((7, 2)), ValueError, "rows"),
+    (np.ones((6, 2, 2)), ValueError, "dimensions"),
+    (np.r_[np.nan, np.ones(5)], ValueError, "`r`.*NaN"),
+])
+def test_apply_preconditioner_checks_its_inputs(r, err, match):
+  # These used to end in dot_general errors or silent NaN.
+  with pytest.raises(err, match=match):
+    mskjax.apply_preconditioner(_spec(), r)
+
+
+def test_apply_preconditioner_matches_explicit_S_and_checks_the_spectrum():
+  spec = _spec()
+  r = np.random.default_rng(0).standard_normal((6, 3))
+  S = np.asarray(mskjax.preconditioner_from_spectrum(spec))
+  np.testing.assert_allclose(mskjax.apply_preconditioner(spec, r), S @ r, atol=1e-12)
+  with pytest.raises(TypeError, match="MSKSpectrum"):
+    mskjax.apply_preconditioner((spec.values, spec.vectors), r)
+  with pytest.raises(ValueError, match="inconsistent"):
+    mskjax.apply_preconditioner(spec._replace(new_values=spec.new_values[:1]), r)
+  with pytest.raises(ValueError, match="g\\(λ_i\\) > 0"):
+    mskjax.apply_preconditioner(spec._replace(new_values=-spec.new_values), r)
+  with pytest.raises(ValueError, match="NaN"):
+    mskjax.apply_preconditioner(spec._replace(vectors=spec.vectors * np.nan), r)
+
+
+def test_msk_gram_from_spectrum_checks_shapes():
+  spec = _spec()
+  with pytest.raises(ValueError, match="required"):
+    mskjax.msk_gram_from_spectrum(random_psd(5), spec)
+  with pytest.raises(ValueError, match="square"):
+    mskjax.msk_gram_from_spectrum(np.ones((6, 5)), spec)
+
+
+def test_kernel_fn_arity_and_block_size_errors_are_clear():
+  rbf = lambda a, b: jnp.exp(-((a[:, None] - b[None]) ** 2).sum(-1))
+  X = jnp.linspace(-1, 1, 6)[:, None]
+  # A 2-argument kernel with the default get='ntk' used to fail with "takes 2 positional
+  # arguments but 3 were given" from deep inside.
+  with pytest.raises(TypeError, match="get=None"):
+    mskjax.msk_kernel_fn(rbf, X, modifiers.flatten(), 2)
+  with pytest.raises(ValueError, match="`block_size`"):     # was ZeroDivisionError
+    mskjax.msk_kernel_fn(rbf, X, modifiers.flatten(), 2, get=None, block_size=0)
+  with pytest.raises(ValueError, match="`get`"):
+    mskjax.msk_kernel_fn(rbf, X, modifiers.flatten(), 2, get="ntk2")
+  with pytest.raises(TypeError, match="get=None"):           # same check in large.py
+    mskjax.kernel_operator(rbf, X)
+  with pytest.raises(TypeError, match="get=None"):
+    mskjax.nystrom_eigh(rbf, X, 1, 3)
+
+
+def test_msk_spectrum_from_eigenpairs_is_public_and_equal_to_msk_spectrum():
+  K = random_psd(8)
+  a = mskjax.msk_spectrum(K, modifiers.flatten(), 3)
+  b = mskjax.msk_spectrum_from_eigenpairs(mskjax.eigh_desc(K), modifiers.flatten(), 3)
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(np.abs(np.asarray(x)), np.abs(np.asarray(y)), atol=1e-12)
+
+
+OWNED = ["spectrum", "predict", "msk", "diagnostics", "run", "modifiers", "_validate",
+         pytest.param("large", marks=pytest.mark.xfail(
+             strict=True, reason="large.py imports kernels._pad_rows (kernels.py belongs to "
+             "the input-shape work: it needs a public pad_rows)"))]
+
+
+@pytest.mark.parametrize("mod", OWNED)
+def test_no_private_name_crosses_a_module_boundary(mod):
+  # module._private used from another module (e.g. msk._msk_spectrum_from_eigenpairs in
+  # predict.py) couples modules through undocumented names. _validate is the one shared,
+  # explicitly internal layer, imported as `V`.
+  import ast
+  import pathlib
+  path = pathlib.Path(mskjax.__file__).parent / f"{mod}.py"
+  tree = ast.parse(path.read_text())
+  aliases = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module in ("mskjax", None):
+      for a in node.names:
+        aliases[a.asname or a.name] = a.name
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mskjax."):
+      for a in node.names:
+        assert not a.name.startswith("_"), f"{mod}.py imports private {node.module}.{a.name}"
+  bad = [f"{node.value.id}.{node.attr}" for node in ast.walk(tree)
+         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+         and node.value.id in aliases and aliases[node.value.id] != "_validate"
+         and node.attr.startswith("_") and not node.attr.startswith("__")]
+  assert not bad, f"{mod}.py uses private names of other modules: {bad}"

@@ -125,7 +125,7 @@ def test_one_eigendecomposition_per_gram_matrix(monkeypatch):
   K = jnp.asarray(K)
   calls = []
   real = S.eigh_desc
-  monkeypatch.setattr(S, "eigh_desc", lambda A: calls.append(1) or real(A))
+  monkeypatch.setattr(S, "eigh_desc", lambda A, **kw: calls.append(1) or real(A, **kw))
   monkeypatch.setattr(P, "_EIGH_CACHE", [])
   got = [mskjax.steps_to_tolerance(K, y[:, 0], g, 5) for g in (None, modifiers.flatten())]
   mskjax.predict_gd_mse(K, y, modifiers.flatten(), 5, 3.0)
@@ -144,6 +144,11 @@ def test_one_eigendecomposition_per_gram_matrix(monkeypatch):
     (dict(f0_train=np.ones((6, 2))), "f0_train"),
     (dict(y_train=np.array([1.0, np.nan, 0, 0, 0, 0])), "NaN"),
     (dict(k=6), "1 <= k"),
+    (dict(f0_train=np.array([0.0, np.nan, 0, 0, 0, 0])), "f0_train.*NaN"),
+    (dict(K_test_train=np.ones((3, 6)), f0_test=np.array([0.0, np.inf, 0])), "f0_test.*NaN"),
+    (dict(K_test_train=np.full((3, 6), np.nan)), "K_test_train.*NaN"),
+    (dict(learning_rate=float("nan")), "learning_rate"),
+    (dict(f0_test=np.zeros(3)), "without `K_test_train`"),
 ])
 def test_bad_inputs(kwargs, match):
   K, Kx, y = circle_problem(n=6, m=3)
@@ -152,3 +157,132 @@ def test_bad_inputs(kwargs, match):
   with pytest.raises(ValueError, match=match):
     mskjax.predict_gd_mse(args.pop("K_train"), args.pop("y_train"), args.pop("g"),
                           args.pop("k"), args.pop("t"), **args)
+
+
+# ------------------------------------------------------------------ reliability (issue 13)
+import jax  # noqa: E402
+
+
+def test_indefinite_kernel_is_rejected():
+  # diag(1, −5): literal GD diverges (−56.7 at t = 5) but the clamped spectrum predicted 0;
+  # max_learning_rate returned 2 where no stable step exists.
+  K, y = np.diag([1.0, -5.0]), np.array([1.0, 1.0])
+  with pytest.raises(ValueError, match="not positive semi-definite"):
+    mskjax.predict_gd_mse(K, y, None, None, 5, learning_rate=0.5)
+  with pytest.raises(ValueError, match="not positive semi-definite"):
+    mskjax.max_learning_rate(K)
+  with pytest.raises(ValueError, match="not positive semi-definite"):
+    mskjax.steps_to_tolerance(K, y)
+
+
+@pytest.mark.parametrize("factor", [2.0, 2.5, 10.0])
+def test_infinite_time_with_a_divergent_step_raises(factor):
+  K, _, y = circle_problem()
+  lam_max = np.linalg.eigvalsh(K).max()
+  with pytest.raises(ValueError, match="diverges"):
+    mskjax.predict_gd_mse(K, y, None, None, np.inf, learning_rate=factor / lam_max)
+  # A convergent step still gives the interpolant.
+  p = mskjax.predict_gd_mse(K, y, None, None, np.inf, learning_rate=1.9 / lam_max)
+  np.testing.assert_allclose(p.train, y, atol=1e-8)
+
+
+def test_gradient_flow_is_exact_and_monotone_at_huge_times():
+  # μ₂ = 1e-17 λ₁ is below n·eps·λ₁; at t·μ₂ ~ 1 the flow learns that direction as
+  # 1 − e^{−tμ₂}. The old gain (t for "tiny" μ) gave t·μ₂ (30 instead of 1 at t = 3e18).
+  K, y = np.diag([1.0, 1e-17]), np.array([1.0, 1.0])
+  ts = np.array([1e15, 1e16, 1e17, 3e17, 1e18, 3e18, 1e19])
+  p = mskjax.predict_gd_mse(K, y, None, None, ts)
+  want = 1.0 - np.exp(-ts * 1e-17)                  # exact closed form, component 2
+  np.testing.assert_allclose(p.train[:, 1], want, rtol=1e-12)
+  assert np.all(np.diff(p.train[:, 1]) > 0) and np.all(p.train[:, 1] <= 1.0)
+  np.testing.assert_allclose(p.train[:, 0], 1.0, rtol=1e-15)
+
+
+@pytest.mark.parametrize("edge", [1.0, 1.0 + 1e-7, 1.0 + 1e-3, 1.5])
+def test_discrete_gd_is_exact_at_and_past_the_stability_edge(edge):
+  # η·λ_max = 1 (the README step), rounding just past it, and further (still < 2).
+  K, _, y = circle_problem()
+  lam_max = np.linalg.eigvalsh(K).max()
+  eta = edge / lam_max
+  ts = np.array([0, 1, 2, 3, 10, 31])
+  p = mskjax.predict_gd_mse(K, y, None, None, ts, learning_rate=eta)
+  r = -y.copy()
+  for i in range(32):                               # literal iteration r ← (I − ηK) r
+    if i in ts:
+      np.testing.assert_allclose(p.train[list(ts).index(i)], y + r, atol=1e-10)
+    r = r - eta * K @ r
+
+
+def _readme_example_2():
+  from mskjax import data, kernels, nets
+  net = nets.make_network(nets.MLPSpec(depth=1, width=4096), antisymmetric=True)
+  x, theta = data.circle(64)
+  y = data.fourier_target(theta, 1) + data.fourier_target(theta, 4)
+  K = kernels.gram(net.kernel_fn, x)
+  return K, y
+
+
+def test_float32_predictions_match_float64_on_the_readme_example():
+  # README example 2 with x64 off: η = 1/spectrum.max_value puts η·g at 1, which rounds to
+  # 1 ± 1e-7 in float32; the old gain formula returned predictions off by 1.0 (50 %).
+  g, k, ts = modifiers.flatten(), 3, np.array([10, 100])
+  with jax.enable_x64(False):
+    K, y = _readme_example_2()
+    assert K.dtype == jnp.float32
+    spectrum = mskjax.msk_spectrum(K, g, k)
+    eta = 1.0 / float(spectrum.max_value)
+    pred = mskjax.predict_gd_mse(K, y, g, k, jnp.array(ts), learning_rate=eta)
+  assert pred.train.dtype == jnp.float32
+  # Oracle: float64 literal GD with K_g from numpy's eigh of the same float32 K, same η.
+  Kn, yn = np.asarray(K, np.float64), np.asarray(y, np.float64)
+  w, U = np.linalg.eigh(Kn)
+  w, U = w[::-1], U[:, ::-1]
+  mu = w.copy()
+  mu[:k] = w[k]
+  K_g = (U * mu) @ U.T
+  f = np.zeros_like(yn)
+  for t in range(1, ts.max() + 1):
+    f = f - eta * K_g @ (f - yn)
+    if t in ts:
+      # 1e-3 (issue 10): float32 storage of the output (~1e-7) plus the float32 K itself.
+      np.testing.assert_allclose(np.asarray(pred.train[list(ts).index(t)]), f, atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(y=np.ones(48)), ValueError, "rows"),               # was reshaped to (24, 2)
+    (dict(y=np.r_[np.nan, np.ones(23)]), ValueError, "NaN"),
+    (dict(tol=float("nan")), ValueError, "`tol`"),
+    (dict(tol=-0.1), ValueError, "`tol`"),
+    (dict(tol=0.0), ValueError, "`tol`"),
+    (dict(learning_rate=float("nan")), ValueError, "`learning_rate`"),
+    (dict(learning_rate=-1.0), ValueError, "`learning_rate`"),
+    (dict(max_steps=-5), ValueError, "`max_steps`"),
+    (dict(max_steps=2.5), TypeError, "`max_steps`"),
+    (dict(learning_rate=0.08), ValueError, "unstable"),      # > 2/λ_max ≈ 0.0747 here
+    (dict(y=np.zeros(24)), ValueError, "zero"),
+])
+def test_steps_to_tolerance_validates(kwargs, err, match):
+  K, _, y = circle_problem()
+  args = dict(K=K, y=y[:, 0])
+  args.update(kwargs)
+  with pytest.raises(err, match=match):
+    mskjax.steps_to_tolerance(args.pop("K"), args.pop("y"), **args)
+
+
+def test_zero_kernel_is_a_clear_error():
+  with pytest.raises(ValueError, match="is zero"):
+    mskjax.steps_to_tolerance(np.zeros((3, 3)), np.ones(3))
+  with pytest.raises(ValueError, match="is zero"):
+    mskjax.max_learning_rate(np.zeros((3, 3)))
+
+
+def test_jitted_float32_pipeline_stays_float32_and_exact():
+  # A float32 user program (x64 off) that jits over y with K closed over: the finiteness
+  # checks used to raise TracerBoolConversionError on the constant K.
+  with jax.enable_x64(False):
+    K = jnp.asarray(np.diag([2.0, 1.0, 0.5]), jnp.float32)
+    f = jax.jit(lambda y: mskjax.predict_gd_mse(K, y, None, None, 5.0, learning_rate=0.3).train)
+    out = f(jnp.ones(3, jnp.float32))
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), 1 - (1 - 0.3 * np.array([2.0, 1.0, 0.5])) ** 5,
+                             rtol=1e-6)       # float32 output rounding

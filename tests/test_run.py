@@ -120,3 +120,141 @@ def test_resume_after_kill_matches_uninterrupted_run(toy, tmp_path):
   # Nothing finished before the kill was recomputed: 6 unit records, no duplicates.
   keys = [json.loads(l)["key"] for l in metrics.read_text().splitlines()]
   assert sorted(keys) == sorted(set(keys)) and len(keys) == 6
+
+
+# ------------------------------------------------------------------ reliability (issue 13)
+import errno  # noqa: E402
+
+
+def _popen(args, cwd):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+  return subprocess.Popen([sys.executable, "-m", "mskjax.run", *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(pred, timeout=90):
+  deadline = time.time() + timeout
+  while time.time() < deadline and not pred():
+    time.sleep(0.05)
+  assert pred(), "timed out"
+
+
+def _lines(path):
+  return path.read_text().splitlines() if path.exists() else []
+
+
+def test_second_run_on_the_same_tag_is_refused(toy, tmp_path):
+  # Two runs with different configs on one tag used to interleave: config.json from one,
+  # results from the other. Here this live test process holds the lock (as a first run
+  # would), deterministically, whatever the machine's speed.
+  runs = tmp_path / "runs"
+  run_dir = runs / "toy" / "t"
+  with runner.RunLock(run_dir) as lock:
+    assert lock.held and (run_dir / ".lock").exists()
+    second = _cli([str(toy), "units=4", "--tag", "t", "--runs-dir", str(runs)], cwd=tmp_path)
+    assert second.returncode == 3 and "in use by another run" in second.stderr
+    assert "Traceback" not in second.stderr and not (run_dir / "config.json").exists()
+    with pytest.raises(runner.RunLockedError):       # also within one process
+      runner.RunLock(run_dir).acquire()
+  assert not (run_dir / ".lock").exists()          # released on exit
+  ok = _cli([str(toy), "--tag", "t", "--runs-dir", str(runs), "--no-progress"], cwd=tmp_path)
+  assert ok.returncode == 0 and len(_lines(run_dir / "metrics.jsonl")) == 6
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(toy, tmp_path, capsys):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  run_dir = tmp_path / "runs" / "toy" / "s"
+  run_dir.mkdir(parents=True)
+  import socket
+  (run_dir / ".lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
+  rc = runner.main([str(toy), "--tag", "s", "--runs-dir", str(tmp_path / "runs"),
+                    "--no-progress"])
+  assert rc == 0
+  assert f"stale lock of dead process {dead.pid}" in capsys.readouterr().out
+  assert not (run_dir / ".lock").exists()
+
+
+RANGED = TOY_CONFIG + textwrap.dedent('''
+    RANGES = {"units": {"min": 1}, "scale": {"gt": 0}, "ks": {"min": 1}}
+
+    def validate(config):
+      if max(config.ks) > config.units:
+        raise ValueError(f"ks: every k must be <= units = {config.units}")
+    ''')
+
+
+@pytest.mark.parametrize("override,match", [
+    ("units=-1", "`units` must be >= 1"),
+    ("scale=-0.5", "`scale` must be > 0"),
+    ("ks=()", "`ks` must not be empty"),
+    ("ks=(0,1)", "`ks` must be >= 1"),
+    ("ks=(9,)", "every k must be <= units"),
+])
+def test_config_is_validated_before_any_work(tmp_path, override, match, capsys):
+  path = tmp_path / "toy.py"
+  path.write_text(RANGED)
+  rc = runner.main([str(path), override, "--tag", "v", "--runs-dir", str(tmp_path / "runs")])
+  err = capsys.readouterr().err
+  assert rc == 2 and match in err and "Traceback" not in err
+  assert not (tmp_path / "runs").exists()          # nothing was created or computed
+
+
+def test_torn_last_line_is_dropped_and_cut_on_resume(tmp_path):
+  cfg = ml_collections.ConfigDict({"a": 1})
+  ctx = runner.RunContext(tmp_path, cfg, show_progress=False)
+  ctx.log_metrics({"v": 1}, key="u1")
+  ctx.log_metrics({"v": 2}, key="u2")
+  path = tmp_path / "metrics.jsonl"
+  with open(path, "a") as f:                       # a kill / full disk mid-write
+    f.write('{"v": 3, "key": "u3", "ti')
+  ctx = runner.RunContext(tmp_path, cfg, show_progress=False)
+  assert ctx.resumed == 2 and ctx.dropped_lines == 1 and ctx.completed("u3") is None
+  assert path.read_text().endswith("\n")
+  ctx.log_metrics({"v": 3}, key="u3")              # not glued onto the torn fragment
+  recs = [json.loads(l) for l in _lines(path)]
+  assert [r["key"] for r in recs] == ["u1", "u2", "u3"]
+
+
+def test_records_without_a_key_are_not_duplicated_by_reruns(tmp_path):
+  cfg = ml_collections.ConfigDict({"a": 1})
+  for _ in range(3):
+    ctx = runner.RunContext(tmp_path, cfg, show_progress=False)
+    rec = ctx.log_metrics({"summary": 1.5, "arr": [1, 2]})
+    ctx.log_metrics({"v": 1}, key="same")
+  assert rec["key"].startswith("auto:")
+  assert len(_lines(tmp_path / "metrics.jsonl")) == 2
+  ctx.log_metrics({"v": 2}, key="same")            # a changed record: appended, last wins
+  assert runner.RunContext(tmp_path, cfg).completed("same")["v"] == 2
+
+
+def test_sigint_ends_with_one_line_and_the_resume_command(toy, tmp_path):
+  runs = tmp_path / "runs"
+  proc = _popen([str(toy), "sleep=0.4", "--tag", "i", "--runs-dir", str(runs),
+                 "--no-progress"], tmp_path)
+  metrics = runs / "toy" / "i" / "metrics.jsonl"
+  _wait_for(lambda: len(_lines(metrics)) >= 2)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130 and "Traceback" not in err
+  msg = [l for l in err.splitlines() if l.strip()]
+  assert len(msg) == 1 and "interrupted" in msg[0] and "--tag i" in msg[0]
+  assert not (runs / "toy" / "i" / ".lock").exists()
+  resumed = _cli([str(toy), "sleep=0.4", "--tag", "i", "--runs-dir", str(runs),
+                  "--no-progress"], cwd=tmp_path)
+  assert resumed.returncode == 0 and "resuming" in resumed.stdout
+
+
+@pytest.mark.parametrize("code,match", [(errno.ENOSPC, "the disk is full"),
+                                        (errno.EROFS, "cannot write there")])
+def test_disk_full_and_read_only_end_with_one_line(toy, tmp_path, monkeypatch, capsys, code,
+                                                   match):
+  # Simulated at the OS call (tests run as root, so chmod cannot make a directory read-only).
+  def fail(*a, **k):
+    raise OSError(code, os.strerror(code), str(tmp_path / "runs"))
+  monkeypatch.setattr(runner.os, "fsync" if code == errno.ENOSPC else "open", fail)
+  rc = runner.main([str(toy), "--tag", "d", "--runs-dir", str(tmp_path / "runs"),
+                    "--no-progress"])
+  err = capsys.readouterr().err
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert rc == 1 and len(lines) == 1 and match in lines[0] and "--tag d" in lines[0]

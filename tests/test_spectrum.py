@@ -119,3 +119,122 @@ def test_modifiers_are_jittable():
             modifiers.reverse(), modifiers.reverse(blocks=True), modifiers.scale(2.0)):
     out = jax.jit(lambda ev: g(ev, 3))(EV)
     np.testing.assert_allclose(out, g(EV, 3), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ reliability (issue 13)
+import warnings  # noqa: E402
+
+import jax  # noqa: E402
+
+from mskjax import large, spectrum as S  # noqa: E402
+
+
+@pytest.mark.parametrize("solver", [
+    lambda K: mskjax.eigh_desc(K),
+    lambda K: mskjax.eigh_top(K, 1),
+    lambda K: mskjax.eigh_top(K, 1, method="randomized"),
+    lambda K: mskjax.randomized_eigh_top(K, 1),
+])
+def test_indefinite_matrix_is_rejected_not_clamped(solver):
+  # diag(1, −5) used to come back as [1, 0]: a large negative eigenvalue is not round-off.
+  with pytest.raises(ValueError, match="not positive semi-definite"):
+    solver(np.diag([1.0, -5.0]))
+  with pytest.raises(ValueError, match="not positive semi-definite"):
+    solver(random_psd(8) - 0.2 * np.eye(8))      # λ = 1/i − 0.2: λ_min = −0.075 = −0.09 λ₁
+  # Round-off negatives (|λ| <= 1e-5 · λ_max, the stated tolerance) are clamped.
+  ok = solver(random_psd(8, rank=3) - 1e-9 * np.eye(8))
+  assert float(jnp.min(ok.values)) >= 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-20, 1.0, 1e300])
+def test_symmetry_check_is_relative_at_every_scale(scale):
+  with pytest.raises(ValueError, match="symmetric"):
+    mskjax.eigh_top(scale * np.array([[1.0, 5.0], [0.0, 1.0]]), 1)
+  # ... and a symmetric matrix at the same scale is accepted with exact eigenvalues.
+  got = mskjax.eigh_desc(scale * np.array([[2.0, 1.0], [1.0, 2.0]])).values
+  np.testing.assert_allclose(np.asarray(got), scale * np.array([3.0, 1.0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("x64", [True, False])
+def test_float32_input_is_decomposed_in_float64(x64):
+  # Eigenvalues 1 .. 1e-6 in a rotated basis, stored in float32. A float32 eigh is off by
+  # ~eps32·λ₁ = 1e-7 absolute (10 % of the smallest); a float64 decomposition of the same
+  # float32 numbers is exact to ~1e-16·λ₁, i.e. to float32 rounding of each value.
+  rng = np.random.default_rng(1)
+  q, _ = np.linalg.qr(rng.standard_normal((30, 30)))
+  K32 = ((q * np.geomspace(1.0, 1e-6, 30)) @ q.T).astype(np.float32)
+  K32 = (K32 + K32.T) / 2
+  want = np.linalg.eigvalsh(K32.astype(np.float64))[::-1]
+  with jax.enable_x64(x64):
+    got = mskjax.eigh_desc(jnp.asarray(K32))
+    top = mskjax.eigh_top(jnp.asarray(K32), 30)
+  assert got.values.dtype == jnp.float32 and top.values.dtype == jnp.float32
+  for vals in (got.values, top.values):
+    np.testing.assert_allclose(np.asarray(vals, np.float64), want, rtol=1e-6, atol=0)
+
+
+def test_auto_checks_randomized_residuals_and_falls_back(monkeypatch):
+  # A slowly decaying spectrum: 30 subspace iterations leave residuals ~1e-3 λ₁. 'auto' above
+  # the dense limit used to return that silently; now it warns and answers with dense eigh.
+  monkeypatch.setattr(S, "AUTO_DENSE_MAX_N", 50)
+  K = random_psd(120, decay=0.05, seed=3)
+  want = np.linalg.eigvalsh(K)[::-1][:5]
+  with pytest.warns(UserWarning, match="falling back to the dense solver"):
+    got = mskjax.eigh_top(K, 5)
+  np.testing.assert_allclose(np.asarray(got.values), want, rtol=1e-12)
+  with pytest.warns(UserWarning, match="exceeds tol"):
+    mskjax.randomized_eigh_top(K, 5)
+  # A fast-decaying spectrum converges: no warning, randomized answer kept.
+  Kf = random_psd(120, decay=3.0, seed=3)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    got = mskjax.eigh_top(Kf, 5)
+  np.testing.assert_allclose(np.asarray(got.values), np.linalg.eigvalsh(Kf)[::-1][:5],
+                             rtol=1e-9)
+
+
+def test_randomized_does_not_overflow_on_huge_kernels():
+  # K·1e307 overflowed inside K @ Q (7 % error with only a numpy warning).
+  K = np.diag(2.0 ** -np.arange(40.0)) * 1e307
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    got = mskjax.randomized_eigh_top(K, 3)
+  np.testing.assert_allclose(np.asarray(got.values), 1e307 * np.array([1.0, 0.5, 0.25]),
+                             rtol=1e-10)
+
+
+def test_matfree_checks_the_matvec():
+  K = np.diag(1.0 / np.arange(1.0, 41.0))
+  opts = dict(depth=1, max_cycles=1, oversample=0)   # one block size: one compilation
+  with pytest.raises(ValueError, match="matvec` must map"):
+    large.topk_eigh_matfree(lambda v: (K @ v)[:-1], 40, 2, **opts)
+  with pytest.raises(ValueError, match="NaN/inf"):
+    large.topk_eigh_matfree(lambda v: K @ v * np.inf, 40, 2, **opts)
+  with pytest.raises(ValueError, match="not positive semi-definite"):
+    large.topk_eigh_matfree(lambda v: -(K @ v), 40, 2, **opts)
+  with pytest.warns(UserWarning, match="not converged"):
+    top = large.topk_eigh_matfree(lambda v: K @ v, 40, 2, tol=1e-14, **opts)
+  assert not top.converged
+
+
+@pytest.mark.parametrize("landmarks,err,match", [
+    ([0, 1, 2, 100], IndexError, "index 100"),
+    ([0, 1, 2, -1], IndexError, "index -1"),
+    ([0, 1, 2, 2], ValueError, "repeated"),
+    ([0.0, 1.0, 2.0, 3.0], TypeError, "integer"),
+])
+def test_nystrom_landmarks_are_bounds_checked(landmarks, err, match):
+  # landmarks=[…, 100] with n = 40 used to compute with point 39 and report 100.
+  lin = lambda a, b: a @ b.T
+  X = jnp.asarray(np.random.default_rng(0).standard_normal((40, 3)))
+  with pytest.raises(err, match=match):
+    large.nystrom_eigh(lin, X, 1, 4, get=None, landmarks=np.asarray(landmarks))
+
+
+def test_kernel_operator_rejects_nan_vectors():
+  # V with a NaN used to give a silent all-NaN K V.
+  lin = lambda a, b: a @ b.T
+  mv = large.kernel_operator(lin, jnp.arange(6.0).reshape(3, 2), get=None, block_size=2)
+  with pytest.raises(ValueError, match="`V`.*NaN"):
+    mv(jnp.array([1.0, np.nan, 0.0]))
+  np.testing.assert_allclose(mv(jnp.ones(3)), [9.0, 39.0, 69.0])
