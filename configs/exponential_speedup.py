@@ -75,16 +75,20 @@ def _settings(c):
               network_max_steps=c.network_max_steps)
 
 
-def _check(c):
-  from mskjax.run import ConfigError
-  if c.s1_n < 8 or c.s1_k < 1 or c.s1_k >= c.s1_n or not c.s1_js:
-    raise ConfigError("exponential_speedup: need s1_n >= 8, 1 <= s1_k < s1_n and s1_js "
-                      "non-empty.")
-  if max(c.s1_js) >= c.s1_n // 2 or min(c.s1_js) < 0:
-    raise ConfigError(f"exponential_speedup: s1_js must lie in [0, s1_n/2) (aliasing); got "
-                      f"{tuple(c.s1_js)} with s1_n={c.s1_n}.")
-  if not 0 < c.tol < 1:
-    raise ConfigError(f"exponential_speedup: tol must lie in (0, 1); got {c.tol}.")
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"tol": {"gt": 0, "lt": 1}, "max_steps": {"min": 1}, "s1_n": {"min": 8},
+          "s1_js": {"min": 1}, "s1_k": {"min": 1}, "s2_n": {"min": 8}, "s2_js": {"min": 1},
+          "s2_blocks": {"min": 1}, "fit_jmin": {"min": 1}, "width": {"min": 1},
+          "amp": {"gt": 0}, "network_max_steps": {"min": 1},
+          "activations": {"choices": ("relu", "erf", "gelu", "linear")}}
+
+
+def validate(c):
+  if 2 * max(c.s1_js) >= c.s1_n:
+    raise ValueError(f"s1_js: every frequency j must be < s1_n/2 = {c.s1_n / 2:g} (Nyquist), "
+                     f"got max {max(c.s1_js)}.")
+  if c.s1_k >= c.s1_n:
+    raise ValueError(f"s1_k must be < s1_n = {c.s1_n}, got {c.s1_k}.")
 
 
 def fit_growth(js, steps):
@@ -117,7 +121,6 @@ def run(config, ctx):
   from mskjax import data, kernels, nets, optim
   from mskjax import train as T
 
-  _check(config)
   s = _settings(config)
   g = mskjax.modifiers.flatten()
   rows = []
