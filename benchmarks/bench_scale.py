@@ -10,7 +10,11 @@ Data: n points uniform on S^9 (d = 10); kernel: analytic NTK of a 2- or 3-layer 
 Cases (each in its own subprocess; peak memory = the child's ru_maxrss from os.wait4):
 
 * ``dense``: blocked Gram (mskjax.kernels.gram) + dense eigh (mskjax.eigh_top, 'dense');
-* ``topk``: mskjax.large.kernel_operator + topk_eigh_matfree (K never formed);
+* ``topk``: mskjax.large.kernel_operator(cache=False) + topk_eigh_matfree (K never formed);
+* ``topk_cached``: the same solver on ``kernel_operator(cache=True)``: K evaluated once
+  (upper-triangle blocks, mirrored) and kept, every Krylov product a dense GEMM; the note
+  records the Gram time, the kernel cost per unique entry and, for the limit, one GEMM
+  pass ``K @ V`` (V with k + 21 columns) per entry of K;
 * ``nt``: neural-tangents' own path for a full prediction: kernel_fn Gram matrices
   (train and 100 test points) + nt.predict.gradient_descent_mse at t = 1000 (via mskjax._nt).
 
@@ -62,13 +66,25 @@ def run_case(method, n, depth, k, out_dir, memory_budget):
     top = mskjax.eigh_top(K, k + 1, method="dense")
     vals = np.asarray(top.values)
     row.update(block_size=min(bs, n))
-  elif method == "topk":
-    mv = large.kernel_operator(kernel_fn, x, m=k + 21, memory_budget=memory_budget)
+  elif method in ("topk", "topk_cached"):
+    cached = method == "topk_cached"
+    mv = large.kernel_operator(kernel_fn, x, m=k + 21, memory_budget=memory_budget,
+                               cache=cached)
+    t_gram = time.perf_counter() - t0
     top = large.topk_eigh_matfree(mv, n, k)
     vals = np.r_[np.asarray(top.values), float(top.next_value)]
+    note = "" if top.converged else "not converged"
+    if cached:
+      V = np.random.default_rng(0).standard_normal((n, k + 21))
+      jax.block_until_ready(mv(V))
+      t1 = time.perf_counter()
+      jax.block_until_ready(mv(V))
+      t_gemm = time.perf_counter() - t1
+      note = (f"gram {t_gram:.1f} s = {1e9 * t_gram / (n * (n + 1) / 2):.0f} ns per unique "
+              f"entry; one K@V pass {t_gemm:.2f} s = {1e9 * t_gemm / n ** 2:.1f} ns per entry "
+              f"of K; solver {time.perf_counter() - t0 - t_gram - t_gemm:.1f} s " + note)
     row.update(n_matvecs=top.n_matvecs, block_size=mv.block_size,
-               max_rel_residual=float(np.max(top.residuals)) / vals[0],
-               note="" if top.converged else "not converged")
+               max_rel_residual=float(np.max(top.residuals)) / vals[0], note=note.strip())
   elif method == "nt":
     from mskjax._nt import nt_predict
     xt = _data(100, seed=1)
@@ -145,13 +161,13 @@ def summary(path, out_dir):
   with open(path) as f:
     rows = list(csv.DictReader(f))
   lines = ["| method | depth | devices | n | time (s) | peak RSS (MiB) | matvecs | max ‖Kv−λv‖/λ₁ "
-           "| max rel. err vs dense (top-k) | status |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| max rel. err vs dense (top-k) | status | note |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   rows.sort(key=lambda r: (r["method"], int(r["depth"]), int(r["devices"]), int(r["n"])))
   for r in rows:
     err = ""
-    if r["method"] == "topk" and r["status"] == "ok":
-      a = os.path.join(out_dir, f"topk_{r['n']}_{r['depth']}_values.npy")
+    if r["method"].startswith("topk") and r["status"] == "ok":
+      a = os.path.join(out_dir, f"{r['method']}_{r['n']}_{r['depth']}_values.npy")
       b = os.path.join(out_dir, f"dense_{r['n']}_{r['depth']}_values.npy")
       if os.path.exists(a) and os.path.exists(b):
         va, vb = np.load(a)[:-1], np.load(b)[:-1]
@@ -159,7 +175,8 @@ def summary(path, out_dir):
     t = f"{float(r['seconds']):.1f}" if r["seconds"] else "-"
     res = f"{float(r['max_rel_residual']):.1e}" if r["max_rel_residual"] else ""
     lines.append(f"| {r['method']} | {r['depth']} | {r['devices']} | {r['n']} | {t} | "
-                 f"{r['peak_rss_mib']} | {r['n_matvecs']} | {res} | {err} | {r['status']} |")
+                 f"{r['peak_rss_mib']} | {r['n_matvecs']} | {res} | {err} | {r['status']} | "
+                 f"{r.get('note') or ''} |")
   lines.append("")
   groups = {}
   for r in rows:

@@ -148,10 +148,41 @@ def _resolve_block(block_size, memory_budget, n, m, n_dev):
   return int(min(int(block_size), 8 * math.ceil(b / 8) if b > 8 else b))
 
 
+@functools.lru_cache(maxsize=64)
+def _block_fn(kernel_fn, get):
+  call = _kernel_call(kernel_fn, get)
+  return jax.jit(lambda a, b, args: call(a, b, *args))
+
+
+def _cached_gram(kernel_fn, get, x, bs, args, dtype):
+  """K = k(X, X) from b × b blocks, each unordered pair evaluated once (upper triangle,
+  mirrored), assembled on the host and put on the default device as one array."""
+  n = x.shape[0]
+  nc = bs * math.ceil(n / bs)
+  xp = _pad_rows(x, nc)
+  fn = _block_fn(kernel_fn, get)
+  out = np.empty((nc, nc), dtype=np.dtype(dtype))
+  for i in range(0, nc, bs):
+    xi = xp[i:i + bs]
+    for j in range(i, nc, bs):
+      blk = np.asarray(fn(xi, xp[j:j + bs], args), dtype=out.dtype)
+      out[i:i + bs, j:j + bs] = blk
+      if j > i:
+        out[j:j + bs, i:i + bs] = blk.T
+  K = jnp.asarray(out[:n, :n])
+  del out
+  return K
+
+
+@jax.jit
+def _dense_matvec(K, v):
+  return K @ v
+
+
 def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
                     kernel_args: tuple = (), m: int = 128, block_size: Optional[int] = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                    devices: Optional[Sequence] = None) -> Callable:
+                    devices: Optional[Sequence] = None, cache="auto") -> Callable:
   r"""``V ↦ K V`` with ``K = k(X, X)`` never formed: blocked, and row-sharded over devices.
 
   Rows of X are padded (repeating the last row) to a multiple of ``b · n_devices`` and split
@@ -169,12 +200,19 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     kernel_args: extra (traced, replicated) arguments of ``kernel_fn``.
     m: typical number of columns of V, used only to size blocks from the budget.
     block_size: block edge b; ``None`` derives it from ``memory_budget``.
-    memory_budget: bytes per device for kernel blocks (see :func:`block_size_for_budget`).
+    memory_budget: bytes per device for kernel blocks (see :func:`block_size_for_budget`)
+      and, with ``cache='auto'``, for the cached K.
     devices: devices to shard rows over; ``None`` means ``jax.devices()``.
+    cache: ``True`` evaluates K once (each unordered block pair once, mirrored) and every
+      product is then a dense ``K @ V`` (2n²m' flops instead of n² kernel evaluations:
+      an analytic NTK entry costs ~100 plain multiply-adds, so an iterative eigensolver
+      that needs tens of products gains accordingly); ``False`` never stores K;
+      ``'auto'`` (default) caches when one device is used and ``2·n²·itemsize`` (K plus
+      one product's temporaries) fits ``memory_budget``.
 
   Returns:
     ``matvec(V)`` for ``V`` of shape ``(n,)`` or ``(n, m')``; it has attributes ``n``,
-    ``block_size`` and ``devices``.
+    ``block_size``, ``devices`` and ``cached``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -189,14 +227,23 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   V.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
   devices = _check_devices(devices)
   n = x.shape[0]
-  bs = _resolve_block(block_size, memory_budget, n, m, len(devices))
   nd = len(devices)
+  if cache not in (True, False, "auto"):
+    raise ValueError(f"`cache` must be True, False or 'auto', got {cache!r}.")
+  k_bytes = 2 * n * n * x.dtype.itemsize        # K, and a host copy while it is assembled
+  if cache == "auto":
+    cache = nd == 1 and k_bytes <= int(memory_budget)
+  # With K cached the kernel blocks get what the budget leaves (at least an eighth of it).
+  block_budget = max(int(memory_budget) - k_bytes, int(memory_budget) // 8) if cache \
+      else memory_budget
+  bs = _resolve_block(block_size, block_budget, n, m, nd)
   nr = bs * nd * math.ceil(n / (bs * nd))
   nc = bs * math.ceil(n / bs)
   xr = _pad_rows(x, nr)
   xc = _pad_rows(x, nc)
   fn = _matvec_fn(kernel_fn, get, bs, devices)
   args = tuple(kernel_args)
+  K = _cached_gram(kernel_fn, get, x, bs, args, x.dtype) if cache else None
 
   def matvec(v):
     v = V.finite_array(v, "V", ndim=(1, 2)).astype(x.dtype)
@@ -204,11 +251,13 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
       raise ValueError(f"`V` must have n = {n} rows (one per point of `x`), got shape "
                        f"{tuple(v.shape)}.")
     v2 = v.reshape(n, -1)
+    if K is not None:
+      return _dense_matvec(K, v2).reshape(v.shape)
     vc = jnp.pad(v2, ((0, nc - n), (0, 0)))  # zero rows: padded columns add nothing
     out = fn(xr, xc, vc, args)[:n]
     return out.reshape(v.shape)
 
-  matvec.n, matvec.block_size, matvec.devices = n, bs, devices
+  matvec.n, matvec.block_size, matvec.devices, matvec.cached = n, bs, devices, bool(cache)
   return matvec
 
 
@@ -237,7 +286,8 @@ def kernel_matvec_large(kernel_fn: Callable, x, v, *, get: Optional[str] = "ntk"
   """
   m = 1 if np.ndim(v) == 1 else int(np.shape(v)[1])
   mv = kernel_operator(kernel_fn, x, get=get, kernel_args=kernel_args, m=m,
-                       block_size=block_size, memory_budget=memory_budget, devices=devices)
+                       block_size=block_size, memory_budget=memory_budget, devices=devices,
+                       cache=False)   # one product: caching K would only cost memory
   return mv(v)
 
 
@@ -527,7 +577,8 @@ def msk_spectrum_large(kernel_fn: Callable, x, g: _modifiers.Modifier, k: int, *
                        memory_budget: int = DEFAULT_MEMORY_BUDGET,
                        devices: Optional[Sequence] = None, tol: float = 1e-7,
                        oversample: int = 20, depth: int = 8, max_cycles: int = 8,
-                       key=None, tie_rtol: float = 1e-6, return_info: bool = False):
+                       key=None, tie_rtol: float = 1e-6, return_info: bool = False,
+                       cache="auto"):
   r"""An :class:`mskjax.MSKSpectrum` of ``K = k(X, X)`` without materialising K.
 
   The top-(k+1) eigenpairs come from :func:`topk_eigh_matfree` on the blocked, sharded
@@ -542,8 +593,10 @@ def msk_spectrum_large(kernel_fn: Callable, x, g: _modifiers.Modifier, k: int, *
   ``spec.vectors[idx]`` of a batch).
 
   Args:
-    kernel_fn, get, kernel_args, block_size, memory_budget, devices: see
-      :func:`kernel_operator`.
+    kernel_fn, get, kernel_args, block_size, memory_budget, devices, cache: see
+      :func:`kernel_operator` (with ``cache='auto'`` K is evaluated once and kept when it
+      fits the budget — 2·n²·8 bytes, 6.4 GB at n = 20k — and the Krylov products are then
+      dense GEMMs).
     x: ``(n, d)`` training inputs.
     g: modifier ``g(evals, k)`` (see :mod:`mskjax.modifiers`).
     k: modified eigenvalues, ``1 <= k <= n - 1``.
@@ -576,7 +629,7 @@ def msk_spectrum_large(kernel_fn: Callable, x, g: _modifiers.Modifier, k: int, *
   if method == "krylov":
     mv = kernel_operator(kernel_fn, x, get=get, kernel_args=kernel_args,
                          m=k + 1 + oversample, block_size=block_size,
-                         memory_budget=memory_budget, devices=devices)
+                         memory_budget=memory_budget, devices=devices, cache=cache)
     info = topk_eigh_matfree(mv, n, k, oversample=oversample, depth=depth, tol=tol,
                              max_cycles=max_cycles, key=key)
     # (topk_eigh_matfree warns itself when its residuals stay above tol·λ₁.)

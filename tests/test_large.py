@@ -62,6 +62,22 @@ def test_blocked_matvec_equals_dense(ntk2, block_size):
   np.testing.assert_allclose(out1, K @ v[:, 0], atol=1e-12 * np.abs(K @ v[:, 0]).max())
 
 
+@pytest.mark.parametrize("cache", [True, "auto"])
+def test_cached_operator_equals_blocked(ntk2, cache):
+  x = _sphere(301, seed=1)
+  v = np.random.default_rng(2).standard_normal((301, 7))
+  blocked = large.kernel_operator(ntk2, x, block_size=64, cache=False)
+  cached = large.kernel_operator(ntk2, x, block_size=64, cache=cache)
+  assert cached.cached and not blocked.cached     # 2·301²·8 B fits the default 1 GiB budget
+  K = _dense(ntk2, x, 64)
+  # The cached K holds the same block calls (upper triangle mirrored): K V to round-off.
+  np.testing.assert_allclose(cached(v), K @ v, rtol=0, atol=1e-12 * np.abs(K @ v).max())
+  np.testing.assert_allclose(cached(v), blocked(v), rtol=0, atol=1e-12 * np.abs(K @ v).max())
+  assert not large.kernel_operator(ntk2, x, block_size=64, memory_budget=1 << 20).cached
+  with pytest.raises(ValueError, match="`cache` must be"):
+    large.kernel_operator(ntk2, x, cache="yes")
+
+
 def test_block_size_from_budget(ntk2):
   b_small = large.block_size_for_budget(1 << 24, m=10, itemsize=8)
   b_big = large.block_size_for_budget(1 << 30, m=10, itemsize=8)
@@ -69,7 +85,7 @@ def test_block_size_from_budget(ntk2):
   # The chosen block honours the budget formula.
   assert 8 * (large._TEMPORARIES * b_big ** 2 + 2 * b_big * 10) <= 1 << 30
   x = _sphere(200, seed=3)
-  mv = large.kernel_operator(ntk2, x, memory_budget=1 << 21, m=4)
+  mv = large.kernel_operator(ntk2, x, memory_budget=1 << 21, m=4, cache=False)
   assert mv.block_size == 56  # 4 blocks of <= 64 rows, edge trimmed to cover 200 rows
   v = np.ones((200, 4))
   np.testing.assert_allclose(mv(v), _dense(ntk2, x, 56) @ v, rtol=1e-12)
@@ -254,7 +270,7 @@ _SHARDED = textwrap.dedent("""
     K = np.asarray(kf(x, x, "ntk"))  # one call: its diagonal round-off differs (~1e-8)
     print("matvec", np.abs(many - one).max() / np.abs(one).max(),
           np.abs(many - K @ v).max() / np.abs(one).max())
-    opts = dict(block_size=32, depth=3, oversample=6)
+    opts = dict(block_size=32, depth=3, oversample=6, cache=False)
     s1 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 5, devices=jax.devices()[:1],
                                   **opts)
     s8 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 5, **opts)
