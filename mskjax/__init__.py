@@ -24,7 +24,7 @@ from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_gram, preconditioner,
 from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
 from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
 from mskjax.optim import ScaleByMSKJvpState, scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss
-from mskjax.train import TrainResult, mse_loss, msk_sgd_trajectory
+from mskjax.train import TrainResult, mse_loss, fit, FitResult, LoopState
 from mskjax.large import (DEFAULT_MEMORY_BUDGET, block_size_for_budget, kernel_operator,
                           kernel_matvec_large, TopKEigh, topk_eigh_matfree, NystromEigh,
                           nystrom_eigh, msk_spectrum_large)
@@ -46,7 +46,7 @@ __all__ = [
     "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
     "diagnostics", "large", "optim", "train",
     "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
-    "TrainResult", "mse_loss", "msk_sgd_trajectory",
+    "TrainResult", "mse_loss", "fit", "FitResult", "LoopState",
     "DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_operator", "kernel_matvec_large",
     "TopKEigh", "topk_eigh_matfree", "NystromEigh", "nystrom_eigh", "msk_spectrum_large",
     "kernel_alignment", "kernel_cosine", "eigenspace_overlap", "topk_overlap",
