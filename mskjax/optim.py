@@ -618,7 +618,8 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     matvec = lambda Vn: np.asarray(op.ntk_matvec(jnp.asarray(Vn, cdtype)), np.float64)
     w, Y, res, _ = _block_krylov(matvec, N, k, start, rng, int(oversample), int(depth),
                                  float(tol), int(max_cycles))
-    if not w[k - 1] > 0:
+    eps = float(jnp.finfo(cdtype).eps)
+    if not w[k - 1] > 100 * eps * w[0]:
       raise ValueError(f"msk_directions: λ_{k} = {w[k - 1]:.3g} is not positive: the "
                        f"empirical NTK on these {s} points has rank < {k}; lower `k`.")
     new = np.asarray(g(jnp.asarray(w), k), np.float64)
