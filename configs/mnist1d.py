@@ -99,23 +99,27 @@ def run(config, ctx):
   archs = list(dict.fromkeys(a for a, *_ in s.settings))
   inputs = {a: (B.inputs(a, x_raw), B.inputs(a, xt_raw)) for a in archs}
   variables = {a: B.init_params(a, inputs[a][0], s.seed) for a in archs}
-  dirs, dir_rows = {}, []
+  dirs = {}
 
   def directions(arch):
+    """The MSKDirections of `arch` (built on first use in this process)."""
     if arch not in dirs:
       d, secs = B.build_directions(arch, variables[arch], inputs[arch][0], k=s.k,
                                    subsample=s.subsample if s.subsample < n else None,
                                    g=s.g, seed=s.seed)
-      dirs[arch] = (d, secs)
       row = dict(arch=arch, k=s.k, subsample=int(d.n_points), lam1=float(d.values[0]),
                  lam_k=float(d.values[-1]), lam_k1=float(d.next_value),
                  lam1_over_lamk1=float(d.values[0] / d.next_value),
                  max_residual=float(np.max(d.residuals)), directions_s=secs)
-      dir_rows.append(row)
-      ctx.log_metrics(dict(kind="directions", **row))
+      dirs[arch] = (d, row)
       ctx.print(f"{arch}: directions k={s.k} on {row['subsample']} points in {secs:.1f} s, "
                 f"λ₁/λ_(k+1) = {row['lam1_over_lamk1']:.1f}")
     return dirs[arch]
+
+  def directions_row(arch):
+    """Its cost and spectrum (a stored record on a resumed run: no recomputation)."""
+    return ctx.cached(f"{arch}/directions/k={s.k}/s={s.subsample}",
+                      lambda: dict(kind="directions", **directions(arch)[1]))
 
   grid_rows, best, recs = [], {}, {}
   for arch, bs, steps, every in s.settings:
@@ -129,6 +133,8 @@ def run(config, ctx):
 
         def compute(method=method, lr=lr):
           d = directions(arch)[0] if method == "pgd" else None
+          if method == "pgd":
+            directions_row(arch)
           tx = B.make_tx(method, lr, momentum=s.momentum, directions=d)
           return B.train_run(arch, variables[arch]["params"], tx, x, y, x_test, y_test,
                              batch_size=b, steps=int(steps), eval_every=int(every),
@@ -143,10 +149,11 @@ def run(config, ctx):
         cands.append((score, rec["max_acc"], lr))
       best[(arch, bname, method)] = max(cands)[2]
   ctx.write_table(grid_rows, name="grid")
-  if dir_rows or any(m == "pgd" for (_, _, m) in best):
-    for arch in archs:
-      directions(arch)
-    ctx.write_table(dir_rows, name="directions")
+  dir_rows = [directions_row(arch) for arch in archs]
+  ctx.write_table(dir_rows, name="directions",
+                  columns=["arch", "k", "subsample", "lam1", "lam_k", "lam_k1",
+                           "lam1_over_lamk1", "max_residual", "directions_s"])
+  one_off = {r["arch"]: float(r["directions_s"]) for r in dir_rows}
 
   rows, goal_rows = [], []
   for arch, bs, steps, every in s.settings:
@@ -157,15 +164,15 @@ def run(config, ctx):
     setting_rows = {}
     for method in B.METHODS:
       rec = get(method)
-      one_off = dirs[arch][1] if method == "pgd" else 0.0
-      st_ref, t_ref = B.first_reach(rec, ref, one_off)
-      st_base, t_base = B.first_reach(rec, base_final, one_off)
+      off = one_off[arch] if method == "pgd" else 0.0
+      st_ref, t_ref = B.first_reach(rec, ref, off)
+      st_base, t_base = B.first_reach(rec, base_final, off)
       row = dict(arch=arch, batch=bname, method=method, lr=best[(arch, bname, method)],
                  steps_budget=int(steps), final_acc=rec["final_acc"], max_acc=rec["max_acc"],
                  steps_to_ref=st_ref, wall_s_to_ref=t_ref, target_acc=base_final,
                  steps_to_target=st_base, wall_s_to_target=t_base,
-                 per_step_ms=rec["per_step_ms"], one_off_s=one_off,
-                 train_s=rec["train_s"] + one_off)
+                 per_step_ms=rec["per_step_ms"], one_off_s=off,
+                 train_s=rec["train_s"] + off)
       setting_rows[method] = row
       rows.append(row)
     pgd = setting_rows["pgd"]
@@ -200,7 +207,7 @@ def run(config, ctx):
       for i, method in enumerate(B.METHODS):
         lr = best[(arch, bname, method)]
         rec = recs[f"{arch}/b={bname}/{method}/lr={lr:g}"]
-        off = dirs[arch][1] if method == "pgd" else 0.0
+        off = one_off[arch] if method == "pgd" else 0.0
         label = f"{method} lr={lr:g}"
         axes[0, j].plot(rec["curve_step"], rec["curve_acc"], color=f"C{i}", label=label)
         axes[1, j].plot(np.asarray(rec["curve_time"]) + off, rec["curve_acc"], color=f"C{i}",
