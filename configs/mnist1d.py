@@ -48,8 +48,8 @@ def get_config():
   # and full batch.
   c.settings = (("mlp", 128, 3000, 100), ("mlp", 512, 1000, 50), ("mlp", 0, 200, 10),
                 ("cnn", 128, 400, 50))
-  c.sgd_lrs = (0.03, 0.1, 0.3)
-  c.adam_lrs = (1e-3, 3e-3, 1e-2)
+  c.sgd_lrs = (0.03, 0.1, 0.3, 1.0)
+  c.adam_lrs = (1e-3, 3e-3, 1e-2, 3e-2)
   c.pgd_lrs = (0.1, 0.3, 1.0)
   c.momentum = 0.9
   # Flattened eigenvalues of the empirical NTK (n·10 outputs). Its spectrum comes in groups
