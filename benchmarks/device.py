@@ -28,6 +28,7 @@ def _device_name():
 
 
 def topk_timing(arch: str, s: int, k: int):
+  """Cold and warm seconds of the top-k solve on s training points (MNIST-1D, float32)."""
   import jax
   import jax.numpy as jnp
   from benchmarks import mnist1d as B
@@ -41,11 +42,19 @@ def topk_timing(arch: str, s: int, k: int):
   return dict(cold_s=cold, warm_s=warm, lam1_over_lamk1=float(d.values[0] / d.next_value))
 
 
+def _fmt(v):
+  try:
+    return f"{float(v):.4g}" if v not in ("", None) and not isinstance(v, bool) else str(v)
+  except (TypeError, ValueError):
+    return str(v)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--runs-dir", default="runs/device")
   ap.add_argument("--tag", default=None, help="run tag (default: the device name)")
-  ap.add_argument("--quick", action="store_true", help="the config's quick variant")
+  ap.add_argument("--quick", action="store_true",
+                  help="smoke run: the config's quick variant, top-k on 100 points (MLP)")
   ap.add_argument("--k", type=int, default=20)
   ap.add_argument("--skip-train", action="store_true")
   args, overrides = ap.parse_known_args(argv)
@@ -71,11 +80,13 @@ def main(argv=None):
                          method=r["method"], lr=r["lr"], final_acc=r["final_acc"],
                          wall_s_to_target=r["wall_s_to_target"], per_step_ms=r["per_step_ms"],
                          one_off_s=r["one_off_s"]))
-  for arch in ("mlp", "cnn"):
-    for s in (1000, 4000):
+  sizes = [("mlp", 100)] if args.quick else [(a, s) for a in ("mlp", "cnn") for s in (1000, 4000)]
+  for arch, s in sizes:
+    if True:
       t0 = time.perf_counter()
-      r = topk_timing(arch, s, args.k)
-      rows.append(dict(device=dev, part=f"top-k (k={args.k}, s={s})", arch=arch,
+      k = 10 if args.quick else args.k
+      r = topk_timing(arch, s, k)
+      rows.append(dict(device=dev, part=f"top-k (k={k}, s={s})", arch=arch,
                        one_off_s=f"{r['cold_s']:.3g} cold / {r['warm_s']:.3g} warm",
                        final_acc=f"λ1/λk+1={r['lam1_over_lamk1']:.3g}"))
       print(f"top-k {arch} s={s}: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -84,7 +95,7 @@ def main(argv=None):
   print("\n| " + " | ".join(cols) + " |")
   print("|" + "---|" * len(cols))
   for r in rows:
-    print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    print("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
 
 
 if __name__ == "__main__":
