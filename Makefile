@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # 2-core CI: let XLA use what is there, keep jax on the CPU.
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install run test test-slow smoke bench clean
+.PHONY: install run test test-slow smoke bench bench-device clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ smoke: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_pgd $(ARGS)
 	$(PY) -m benchmarks.bench_scale $(ARGS)
+
+# Accelerator run (not used by CI): MNIST-1D comparison + per-step + top-k timing, one table.
+# JAX_PLATFORMS is left to jax here so that it picks the GPU/TPU.
+bench-device: $(STAMP)
+	JAX_PLATFORMS= PY=$(PY) benchmarks/device.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

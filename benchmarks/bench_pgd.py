@@ -2,13 +2,15 @@
 
 Run:  python -m benchmarks.bench_pgd            (add --quick for a smoke run)
 
-1. Per-step wall time of one jitted full-batch step (median over repeats, compile excluded):
+1. Per-step wall time of full-batch training in the one loop (train.fit, `steps` steps per
+   compiled chunk, median over repeats, compile excluded):
    optax.sgd on ½‖r‖² (baseline), optax.sgd on msk_mse_loss (target <= 1.1x),
    msk_sgd_jvp on ½‖r‖² (one extra JVP + VJP; target <= 2.2x).
 2. Wall time until the relative train residual ‖f(X) − Y‖/‖Y‖ < tol for PGD (optax.sgd on
    msk_mse_loss, flatten on the top k of the empirical NTK at init; the spectrum's cost is
    counted) vs optax.sgd and optax.adam, each at its best learning rate from a small grid.
-   Steps run in jitted chunks of `chunk` steps (lax.scan); compile time is excluded.
+   Steps run in the one loop (mskjax.train.fit, chunks of `chunk` steps, early stop at the
+   first step below tol inside the compiled loop); compile time is excluded.
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ jax.config.update("jax_enable_x64", True)  # the PGD tables were measured in flo
 import jax.numpy as jnp  # noqa: E402
 import numpy as np
 import optax
-from jax import lax
 
 import mskjax
 from mskjax import data, kernels, nets, optim
+from mskjax import train as T
 
 
 def _setup(task, width, b_std=0.1):
@@ -49,74 +51,53 @@ def _n_params(params):
 
 
 def _step_fns(apply_fn, x, y, spec, lr):
-  mse = lambda p: 0.5 * jnp.sum((apply_fn(p, x) - y) ** 2)
-  msk = lambda p: optim.msk_mse_loss(apply_fn(p, x), y, spec)
-
-  def make(loss, tx):
-    @jax.jit
-    def step(p, s):
-      g = jax.grad(loss)(p)
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s
-    return step, tx
-
+  """name -> (loss_fn for train.fit, tx)."""
+  mse = lambda p, b, idx: 0.5 * jnp.sum((apply_fn(p, b[0]) - b[1]) ** 2)
+  msk = lambda p, b, idx: optim.msk_mse_loss(apply_fn(p, b[0]), b[1], spec)
   return {
-      "sgd(mse)": make(mse, optax.sgd(lr)),
-      "sgd(msk_mse_loss)": make(msk, optax.sgd(lr)),
-      "msk_sgd_jvp(mse)": make(mse, optim.msk_sgd_jvp(lr, apply_fn, x, spec)),
+      "sgd(mse)": (mse, optax.sgd(lr)),
+      "sgd(msk_mse_loss)": (msk, optax.sgd(lr)),
+      "msk_sgd_jvp(mse)": (mse, optim.msk_sgd_jvp(lr, apply_fn, x, spec)),
   }
 
 
 def per_step(task, width, k, steps=50, repeats=5):
+  """Median over repeats of (training time of `steps` full-batch steps in train.fit)/steps."""
   net, x, y_of, variables, apply_fn = _setup(task, width)
   y = y_of(8)
   K = kernels.gram(net.kernel_fn, x, block_size=512)
   spec = mskjax.msk_spectrum(K, mskjax.modifiers.flatten(), k)
   params = variables["params"]
   out = {}
-  for name, (step, tx) in _step_fns(apply_fn, x, y, spec, 1e-6).items():
-    p, s = params, tx.init(params)
-    p, s = step(p, s)
-    jax.block_until_ready(p)
+  for name, (loss, tx) in _step_fns(apply_fn, x, y, spec, 1e-6).items():
+    res = T.fit(loss, params, tx, (x, y), steps=1, chunk=steps)   # compiles
     times = []
     for _ in range(repeats):
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        p, s = step(p, s)
-      jax.block_until_ready(p)
-      times.append((time.perf_counter() - t0) / steps)
+      res = T.fit(loss, None, tx, (x, y), steps=steps, chunk=steps, state=res.state)
+      times.append(res.train_s / steps)
     out[name] = float(np.median(times))
   return dict(task=task, n=int(x.shape[0]), width=width, params=_n_params(params), k=k,
               **out)
 
 
 def _time_to_tol(apply_fn, params, x, y, loss, tx, tol, max_steps, chunk):
+  """Wall time and steps until ‖f(X) − Y‖/‖Y‖ < tol, through the one loop (train.fit).
+
+  The residual of every step is the loss's aux; fit stops inside the compiled loop at the
+  first step below tol (or on divergence) and reports its training time with the
+  compilation excluded. Returns (None, None) when tol is not reached in max_steps.
+  """
   ynorm = float(jnp.linalg.norm(y))
 
-  def body(carry, _):
-    p, s = carry
-    g = jax.grad(loss)(p)
-    u, s = tx.update(g, s, p)
-    p = optax.apply_updates(p, u)
-    res = jnp.linalg.norm(apply_fn(p, x) - y) / ynorm
-    return (p, s), res
+  def objective(p, batch, idx):
+    f = apply_fn(p, batch[0])
+    return loss(p), {"res": jnp.linalg.norm(f - batch[1]) / ynorm}
 
-  run = jax.jit(lambda c: lax.scan(body, c, None, length=chunk))
-  carry = (params, tx.init(params))
-  run.lower(carry).compile()  # compile excluded from the timing
-  run(carry)                   # warm the cache path
-  t0 = time.perf_counter()
-  done = 0
-  while done < max_steps:
-    carry, res = run(carry)
-    res = np.asarray(res)
-    if not np.all(np.isfinite(res)):
-      return None, None
-    hit = np.nonzero(res < tol)[0]
-    if hit.size:
-      return time.perf_counter() - t0, done + int(hit[0]) + 1
-    done += chunk
-  return None, None
+  res = T.fit(objective, params, tx, (x, y), steps=max_steps, has_aux=True, chunk=chunk,
+              stop_below={"res": tol}, stop_above={"res": 1e30})
+  if res.stopped != "stop_below:res":
+    return None, None
+  return res.train_s, int(res.state.step)
 
 
 def time_to_target(task, j, width, k, tol, max_steps, chunk, grids, empirical=True):
@@ -168,7 +149,7 @@ def main(argv=None):
   want = lambda part: args.only in (None, part)
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"devices {jax.devices()}, float64={jax.config.jax_enable_x64}")
-  print("\n### Per-step wall time (ms), one jitted full-batch step")
+  print("\n### Per-step wall time (ms), full-batch steps in the one loop (train.fit)")
   configs = [("circle:256", 4096, 21), ("digits", 1024, 50)]
   if args.quick:
     configs = [("circle:64", 512, 21)]

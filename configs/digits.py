@@ -31,8 +31,8 @@ residual at ``grid_steps``); the kept one then runs the full ``steps`` budget.
 Measured (``results.csv``, one row per method): steps to a relative train residual
 ‖f(X) − Y‖/‖Y‖ < tol for each tol in ``tols`` (measured, and predicted at infinite width
 by ``mskjax.steps_to_tolerance`` for GD and PGD at the same η), wall time to reach it
-(jitted ``lax.scan`` chunks of ``chunk`` steps, compile time excluded and reported in
-``compile_s``; PGD's time includes building its spectrum, ``spectrum_s`` = analytic Gram
+(the one loop ``mskjax.train.fit``, chunks of ``chunk`` steps, compile time excluded and
+reported in ``compile_s``; PGD's time includes building its spectrum, ``spectrum_s`` = analytic Gram
 + top-(k+1) eigh), test accuracy (argmax) and test MSE ((1/m)Σ‖f(x) − y‖²) at the step the
 tolerance is first met and after the full budget; for GD/PGD also the infinite-width
 prediction of the final test accuracy (``mskjax.predict_gd_mse``) and the kernel
@@ -62,7 +62,7 @@ def get_config():
   c.tols = (0.5, 0.3)        # relative train residual targets (the last one selects lrs)
   c.steps = 3000             # full budget (every method)
   c.grid_steps = 300         # budget of the learning-rate grid runs
-  c.chunk = 100              # steps per jitted lax.scan chunk
+  c.chunk = 100              # steps per compiled chunk of mskjax.train.fit
   c.gd_frac = 1.0            # GD step gd_frac / λ₁
   c.pgd_fracs = (1.0, 0.5, 0.25)   # PGD steps frac / λ_{k+1}
   c.adam_lrs = (1e-3, 3e-3, 1e-2)
@@ -98,82 +98,66 @@ def _log_indices(n, num=150):
 
 
 def _train(apply_fn, params, x, y, x_test, y_test, loss_fn, tx, steps, chunk, tols, desc, ctx):
-  """Full-batch training in jitted lax.scan chunks; residual of every step, timings.
+  """Full-batch training in the one loop (``mskjax.train.fit``); residual of every step.
 
-  Returns a JSON-able dict: per-step relative residual (subsampled), cumulative training
-  wall time at those steps, the step each tol is first met with the test metrics of the
-  parameters at that step (a snapshot carried in the scan), and the final test metrics.
+  The relative train residual of every step is the loss's per-step ``aux``; training stops
+  inside the compiled loop at the first step below each tol in turn (the test metrics are
+  evaluated on the parameters of that step, then training resumes from that state) and
+  on divergence (residual > 1e3 or not finite). Returns a JSON-able dict: per-step
+  relative residual (subsampled), cumulative training wall time at those steps, the step
+  each tol is first met with the test metrics there, and the final test metrics.
   """
   import jax
   import jax.numpy as jnp
-  import optax
-  from jax import lax
+  from mskjax import train as T
 
   ynorm = float(jnp.linalg.norm(y))
-  tols_a = jnp.asarray(tols)
 
-  def body(carry, _):
-    p, s, snaps, hit, i = carry
+  def loss(p, batch, idx):
+    f = apply_fn(p, batch[0])
+    return loss_fn(f, batch[1]), {"res": jnp.linalg.norm(f - batch[1]) / ynorm}
 
-    def obj(q):
-      f = apply_fn(q, x)
-      return loss_fn(f, y), f
-    (_, f), grads = jax.value_and_grad(obj, has_aux=True)(p)
-    res = jnp.linalg.norm(f - y) / ynorm          # residual of p (before this update)
-    new = (~hit) & (res < tols_a)
-    snaps = tuple(jax.tree.map(lambda a, b: jnp.where(new[i], a, b), p, snaps[i])
-                  for i in range(len(tols)))
-    hit = hit | new
-    u, s_new = tx.update(grads, s, p)
-    # the last chunk may run past `steps`: those steps leave the state unchanged
-    keep = i < steps
-    p, s = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (optax.apply_updates(p, u), s_new),
-                        (p, s))
-    return (p, s, snaps, hit, i + 1), res
-
-  run = jax.jit(lambda c: lax.scan(body, c, None, length=chunk))
-  carry = (params, tx.init(params), tuple(params for _ in tols),
-           jnp.zeros(len(tols), bool), jnp.zeros((), jnp.int32))
-  t0 = time.perf_counter()
-  run = run.lower(carry).compile()
-  compile_s = time.perf_counter() - t0
-  res_all, times = [], []
-  elapsed, done, diverged = 0.0, 0, False
-  for _ in ctx.progress(range(-(-steps // chunk)), desc=desc):
-    t0 = time.perf_counter()
-    carry, res = run(carry)
-    res = np.asarray(res)                         # blocks until the chunk is done
-    dt = time.perf_counter() - t0
-    res_all.append(res)
-    times.append(elapsed + dt * np.arange(1, chunk + 1) / chunk)   # end of each step
-    elapsed += dt
-    done += chunk
-    if not np.all(np.isfinite(res)) or res.max() > 1e3:
-      diverged = True
-      break
-  res_all = np.concatenate(res_all)[:steps]
-  times = np.concatenate(times)[:steps]
-  p_final, _, snaps, hit, _ = carry
-  hit = np.asarray(hit)
   predict = jax.jit(apply_fn)
-  f_final = np.asarray(predict(p_final, x))
+  state, parts, elapsed, compile_s = None, [], 0.0, 0.0
+  hits, diverged = {}, False
+  for tol in list(tols) + [None]:          # None: the rest of the budget
+    done = 0 if state is None else int(state.step)
+    if done >= steps or diverged:
+      break
+    res = T.fit(loss, params if state is None else None, tx, (x, y), steps=steps - done,
+                has_aux=True, state=state, chunk=chunk,
+                stop_below={"res": 0.0 if tol is None else tol}, stop_above={"res": 1e3},
+                progress=ctx.show_progress, desc=desc)
+    state = res.state
+    rec = dict(res.records)
+    rec["time"] = rec["time"] + elapsed
+    parts.append(rec)
+    elapsed += res.train_s
+    compile_s += res.compile_s
+    if res.stopped == "stop_above:res":
+      diverged = True
+    elif res.stopped is not None:          # the parameters of the first step below tol
+      hits[tol] = (int(state.step), _metrics(predict(state.params, x_test), y_test))
+  step_all = np.concatenate([r["step"] for r in parts])
+  _, first = np.unique(step_all, return_index=True)   # a stopping step is run again next
+  res_all = np.concatenate([r["res"] for r in parts])[first]
+  times = np.concatenate([r["time"] for r in parts])[first]
+  f_final = np.asarray(predict(state.params, x))
   final_res = float(np.linalg.norm(f_final - np.asarray(y)) / ynorm) if not diverged \
       else float("nan")
-  rec = dict(compile_s=compile_s, train_s=elapsed, steps_run=int(min(done, steps)),
+  rec = dict(compile_s=compile_s, train_s=elapsed, steps_run=int(len(res_all)),
              diverged=diverged, final_res=final_res, min_res=float(np.nanmin(res_all)))
   # time at "step t" = wall time of the t updates before it (step 0: 0 s)
   t_of = lambda t: 0.0 if t == 0 else float(times[t - 1])
-  for i, tol in enumerate(tols):
-    below = np.nonzero(res_all < tol)[0]
-    if below.size and hit[i]:
-      t = int(below[0])
-      acc, mse = _metrics(predict(snaps[i], x_test), y_test)
+  for tol in tols:
+    if tol in hits:
+      t, (acc, mse) = hits[tol]
       rec[f"steps@{tol}"], rec[f"time@{tol}"] = t, t_of(t)
       rec[f"acc@{tol}"], rec[f"mse@{tol}"] = acc, mse
     else:
       rec[f"steps@{tol}"] = None
   if not diverged:
-    acc, mse = _metrics(predict(p_final, x_test), y_test)
+    acc, mse = _metrics(predict(state.params, x_test), y_test)
     rec["acc_final"], rec["mse_final"] = acc, mse
   idx = _log_indices(len(res_all))
   rec["curve_t"] = idx.tolist()

@@ -426,15 +426,15 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
     return float(spec.values[0] / spec.next_value)
 
   def mse_curve(loss_fn, tx):
-    """Plain ½·MSE along the trajectory of `tx` on `loss_fn` (every step, one scan)."""
-    def step(carry, _):
-      p, s = carry
-      f = model.apply(p, x)
-      g = jax.grad(lambda q: loss_fn(model.apply(q, x), y))(p)
-      u, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, u), s), _mse(f, y)
-    (p, _), losses = jax.lax.scan(step, (params, tx.init(params)), None, length=c.steps)
-    return np.concatenate([np.asarray(losses), [float(_mse(model.apply(p, x), y))]])
+    """Plain ½·MSE along the trajectory of `tx` on `loss_fn` (every step, the one loop)."""
+    from mskjax import train as T
+
+    def loss(p, batch, idx):
+      f = model.apply(p, batch[0])
+      return loss_fn(f, batch[1]), {"mse": _mse(f, batch[1])}
+    res = T.fit(loss, params, tx, (x, y), steps=c.steps, has_aux=True)
+    return np.concatenate([res.records["mse"],
+                           [float(_mse(model.apply(res.state.params, x), y))]])
 
   def summary(rec_curves, loss, variant, k, extra):
     steps, al = _arr(rec_curves["steps"]), _arr(rec_curves["alignment"])

@@ -34,8 +34,7 @@ the relative residual |⟨r_t, cos jθ⟩| / |⟨y, cos jθ⟩| of the train res
 
 * infinite width: ``mskjax.predict_gd_mse`` (the analytic MSK, every step 0..``steps``);
 * finite width (``width``): the network trained with ``mskjax.msk_sgd_jvp`` (full batch, loss
-  ½‖r‖², predictions recorded at every step by a ``lax.scan`` loop, the same update as
-  ``mskjax.train.train``).
+  ½‖r‖², predictions recorded at every step by the one loop ``mskjax.train.fit``).
 
 **Finite-width spectrum.** The MSK preconditioner P u = u + Jᵀ V diag((g/λ − 1)/λ) Vᵀ J u
 cancels the kernel along v_i only if λ_i is the *network's* eigenvalue. ``reverse``
@@ -166,16 +165,29 @@ def finite_spectrum(K_net, spec_analytic, k_pad):
 def make_trainer(apply_fn, x, y, steps):
   """``train(params, eta, spectrum) -> predictions at steps 0..steps`` (one compilation).
 
-  Full-batch ``mskjax.msk_sgd_jvp`` on ½‖f(X) − y‖² through
-  :func:`mskjax.train.msk_sgd_trajectory` (one ``lax.scan``; η and the spectrum are traced,
-  so the sweep compiles once). With new_values = values the preconditioner is the
-  identity (plain GD).
+  Full-batch ``mskjax.msk_sgd_jvp`` on ½‖f(X) − y‖² through the one loop
+  :func:`mskjax.train.fit` (η and the spectrum are its traced ``hparams``, so the sweep
+  compiles once; the predictions of every step are the loss's per-step ``aux``). With
+  new_values = values the preconditioner is the identity (plain GD).
   """
+  import jax
+  import jax.numpy as jnp
+  from mskjax import optim
   from mskjax import train as T
-  run = T.msk_sgd_trajectory(apply_fn, x, y, steps)
+  from mskjax.msk import MSKSpectrum
+
+  def loss(p, batch, idx):
+    f = apply_fn(p, batch[0])
+    return 0.5 * jnp.sum((f - batch[1]) ** 2), {"f": f}
+
+  tx = lambda h: optim.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
+  predict = jax.jit(lambda p: apply_fn(p, x))
 
   def train(params, eta, spectrum):
-    return np.asarray(run(params, eta, spectrum))
+    res = T.fit(loss, params, tx, (x, y), steps=steps, has_aux=True, chunk=max(steps, 1),
+                hparams=(jnp.asarray(eta), tuple(spectrum)),
+                evaluate=lambda st: {"f": predict(st.params)})
+    return np.concatenate([res.records["f"], res.history["f"][-1:]])
   return train
 
 

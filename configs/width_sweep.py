@@ -17,7 +17,7 @@ The analytic NTK Gram matrix K (and k(x_test, X)) gives the infinite-width predi
 
 The finite network is trained full-batch with ``mskjax.msk_sgd_jvp(η, apply_fn, X, spectrum)``
 on ½‖f(X) − y‖² (GD: the same optimiser with g/λ = 1, i.e. the identity preconditioner) in
-one ``lax.scan`` (the update of ``mskjax.train.train``). For every width and seed
+the one loop ``mskjax.train.fit`` (every step recorded). For every width and seed
 (the seed draws the initialisation) the table reports the relative distances
 
   train: max_t ‖f_t(X) − f_t^∞(X)‖ / ‖y‖,   test: max_t ‖f_t(X*) − f_t^∞(X*)‖ / ‖y*‖
@@ -59,17 +59,30 @@ def _settings(c):
 def make_trainer(apply_fn, x, y, x_test, steps):
   """``train(params, eta, spectrum) -> (train, test) predictions at steps 0..steps``.
 
-  Full-batch ``mskjax.msk_sgd_jvp`` on ½‖f(X) − y‖² through
-  :func:`mskjax.train.msk_sgd_trajectory` (one ``lax.scan``, one compilation per width;
-  the spectrum and η are traced arguments).
+  Full-batch ``mskjax.msk_sgd_jvp`` on ½‖f(X) − y‖² through the one loop
+  :func:`mskjax.train.fit` (one compilation per width: η and the spectrum are traced
+  ``hparams``; the predictions on train + test points are recorded at every step).
   """
+  import jax
   import jax.numpy as jnp
+  from mskjax import optim
   from mskjax import train as T
+  from mskjax.msk import MSKSpectrum
   n = x.shape[0]
-  run = T.msk_sgd_trajectory(apply_fn, x, y, steps, x_eval=jnp.concatenate([x, x_test]))
+  x_eval = jnp.concatenate([x, x_test])
+
+  def loss(p, batch, idx):
+    r = apply_fn(p, batch[0]) - batch[1]
+    return 0.5 * jnp.sum(r * r), {"f": apply_fn(p, x_eval)}
+
+  tx = lambda h: optim.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
+  predict = jax.jit(lambda p: apply_fn(p, x_eval))
 
   def train(params, eta, spectrum):
-    out = np.asarray(run(params, eta, spectrum))
+    res = T.fit(loss, params, tx, (x, y), steps=steps, has_aux=True, chunk=max(steps, 1),
+                hparams=(jnp.asarray(eta), tuple(spectrum)),
+                evaluate=lambda st: {"f": predict(st.params)})
+    out = np.concatenate([res.records["f"], res.history["f"][-1:]])
     return out[:, :n], out[:, n:]
   return train
 

@@ -24,8 +24,10 @@ from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_spectrum_from_eigenpairs,
                         apply_preconditioner, msk_kernel_fn)
 from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
 from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
-from mskjax.optim import ScaleByMSKJvpState, scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss
-from mskjax.train import TrainResult, mse_loss, msk_sgd_trajectory
+from mskjax.optim import (MSKDirections, ScaleByMSKState, scale_by_msk, msk_sgd, msk_directions,
+                          stable_learning_rate, replace_directions, ScaleByMSKJvpState,
+                          scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss)
+from mskjax.train import TrainResult, mse_loss, fit, FitResult, LoopState
 from mskjax.large import (DEFAULT_MEMORY_BUDGET, block_size_for_budget, kernel_operator,
                           kernel_matvec_large, TopKEigh, topk_eigh_matfree, NystromEigh,
                           nystrom_eigh, msk_spectrum_large)
@@ -46,8 +48,10 @@ __all__ = [
     "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
     "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
     "diagnostics", "large", "optim", "train",
+    "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",
+    "stable_learning_rate", "replace_directions",
     "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
-    "TrainResult", "mse_loss", "msk_sgd_trajectory",
+    "TrainResult", "mse_loss", "fit", "FitResult", "LoopState",
     "DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_operator", "kernel_matvec_large",
     "TopKEigh", "topk_eigh_matfree", "NystromEigh", "nystrom_eigh", "msk_spectrum_large",
     "kernel_alignment", "kernel_cosine", "eigenspace_overlap", "topk_overlap",

@@ -33,6 +33,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from mskjax import _validate as V
+from mskjax import train as _train
 from mskjax.spectrum import Eigenpairs
 
 __all__ = [
@@ -500,6 +501,14 @@ class KernelRecord(NamedTuple):
     return rows
 
 
+class _PredictionLoss(NamedTuple):   # fit's loss_fn(params, (x, y), idx); equal by fields
+  apply_fn: Callable
+  loss_fn: Callable
+
+  def __call__(self, params, batch, idx):
+    return self.loss_fn(self.apply_fn(params, batch[0]), batch[1])
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _probe_stats(k, K, K0, y):
   w, v = jnp.linalg.eigh(0.5 * (K + K.T))
@@ -518,8 +527,11 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
                            record_steps: Optional[Sequence[int]] = None,
                            top_k: Optional[int] = None, energy_k: int = 1, x_test=None,
                            ridge: float = 1e-8, kernel_weights_fn: Optional[Callable] = None,
-                           progress: Optional[Callable] = None) -> KernelRecord:
+                           progress: bool = False) -> KernelRecord:
   r"""Full-batch training with any optax transformation, recording the empirical NTK.
+
+  Training runs in the one loop :func:`mskjax.train.fit`; the kernel records are its
+  evaluation hook at the recorded steps.
 
   Each step: g = ∇_θ loss_fn(apply_fn(θ, X), Y); (u, s) = optimizer.update(g, s, θ);
   θ ← θ + u. At the recorded steps t (log-spaced, 0 and T = ``num_steps`` always included)
@@ -551,7 +563,7 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
     x_test: optional test inputs for the kernel-regression comparison.
     ridge: scale-relative ridge of the regression (see :func:`kernel_regression`).
     kernel_weights_fn: optional ``(params, opt_state, grads) -> pytree`` diagonal metric.
-    progress: optional ``progress(iterable, desc)`` wrapper (e.g. tqdm).
+    progress: show a progress bar (off by default).
 
   Returns:
     :class:`KernelRecord`.
@@ -608,45 +620,37 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
   objective = lambda p: loss_fn(apply_fn(p, x), y)
   value_and_grad = jax.jit(jax.value_and_grad(objective))
 
-  @jax.jit
-  def segment(p, s, losses, t0, length):
-    def body(i, carry):
-      p, s, losses = carry
-      l, g = jax.value_and_grad(objective)(p)
-      u, s = optimizer.update(g, s, p)
-      return optax.apply_updates(p, u), s, losses.at[t0 + i].set(l)
-    return jax.lax.fori_loop(0, length, body, (p, s, losses))
-
   def kernel(p, s, a, b=None):
     w = None
     if kernel_weights_fn is not None:
       w = kernel_weights_fn(p, s, value_and_grad(p)[1])
     return _weighted_ntk(apply_fn, p, a, b, w)
 
-  p, s = params, optimizer.init(params)
-  losses = jnp.zeros(T + 1, x.dtype)
-  f0_train = apply_fn(p, x)
-  f0_test = None if xt is None else apply_fn(p, xt)
-  recs, kr, K0 = [], [], None
-  it = list(enumerate(steps))
-  if progress is not None:
-    it = progress(it, "record_kernel_training")
-  t_prev = 0
-  for i, t in it:
-    if t > t_prev:
-      p, s, losses = segment(p, s, losses, t_prev, int(t - t_prev))
-      t_prev = int(t)
+  f0_train = apply_fn(params, x)
+  f0_test = None if xt is None else apply_fn(params, xt)
+  recs, kr, memo = [], [], {}
+
+  def evaluate(state):            # the recorder is an evaluation hook of the one loop
+    p, s = state.params, state.opt_state
     K = kernel(p, s, xp)
-    if K0 is None:
-      K0 = K
-    st = _probe_stats(k, K, K0, yp)
+    if "K0" not in memo:
+      memo["K0"] = K
+    memo["K"] = K
+    st = _probe_stats(k, K, memo["K0"], yp)
     st["energy"] = target_energy(Eigenpairs(st["values"], st["vectors"]), yp, int(energy_k))
     recs.append(jax.device_get(st))
     if xt is not None:
       Ktr = K if same_probe else kernel(p, s, x)
       kr.append(np.asarray(kernel_regression(Ktr, kernel(p, s, xt, x), y, f0_train=f0_train,
                                              f0_test=f0_test, ridge=ridge)))
-  losses = losses.at[T].set(value_and_grad(p)[0])
+    return {}
+
+  res = _train.fit(_PredictionLoss(apply_fn, loss_fn), params, optimizer, (x, y), steps=T,
+                   evaluate=evaluate, eval_steps=steps.tolist(), progress=bool(progress),
+                   desc="record_kernel_training")
+  p, s = res.state.params, res.state.opt_state
+  K = memo["K"]
+  losses = np.concatenate([res.records["loss"], [np.asarray(value_and_grad(p)[0])]])
   K_T = K
   stacked = {key: np.stack([np.asarray(r[key]) for r in recs]) for key in recs[0]}
   vals, vecs = stacked["values"], stacked["vectors"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,8 @@ from jax import lax
 
 from mskjax._nt import empirical_ntk_fn
 
-__all__ = ["gram", "empirical_ntk", "kernel_matvec", "sphere_mercer_eigenvalues"]
+__all__ = ["gram", "empirical_ntk", "kernel_matvec", "trainable_fn", "JacobianOperator",
+           "jacobian_operator", "ntk_diagonal_blocks", "sphere_mercer_eigenvalues"]
 
 _GETS = ("ntk", "nngp")
 
@@ -328,6 +329,249 @@ def kernel_matvec(kernel_fn: Callable, x, v, *, block_size: int, get: str = "ntk
     raise ValueError("kernel_matvec: v contains NaN or inf.")
   out = _matvec(kernel_fn, x, v.reshape(x.shape[0], -1), block_size, get)
   return out.reshape(v.shape)
+
+
+# ------------------------------------------------- Jacobian operators of a finite network
+def trainable_fn(apply_fn, params=None):
+  """``(f, p)`` with ``f(p, x) -> (n, ...)`` a function of the *trainable* parameters only.
+
+  The parameter pytree an optimizer sees, for the three ways users hold a network:
+
+  * ``apply_fn(params, x)`` with any pytree ``params``: returned unchanged;
+  * flax linen ``model.apply`` with ``variables = {'params': ..., other collections}``:
+    ``p = variables['params']`` and the other collections (e.g. ``batch_stats``) are
+    held fixed;
+  * a flax nnx ``Module`` (pass it as ``apply_fn``; ``params`` None or an nnx filter,
+    default ``nnx.Param``): ``p = nnx.as_pure(nnx.state(model, nnx.Param))``, the
+    pytree ``nnx.Optimizer`` passes to optax.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> model = nn.Dense(2); x = jnp.ones((3, 4))
+    >>> variables = model.init(jax.random.PRNGKey(0), x)
+    >>> f, p = trainable_fn(model.apply, variables)
+    >>> sorted(p), f(p, x).shape
+    (['bias', 'kernel'], (3, 2))
+  """
+  try:
+    from flax import nnx
+    import flax.linen as nn
+  except ImportError:  # pragma: no cover
+    nnx = nn = None
+  if nnx is not None and isinstance(apply_fn, nnx.Module):
+    filt = nnx.Param if params is None else params
+    graphdef, state, rest = nnx.split(apply_fn, filt, ...)
+    return (lambda p, x: nnx.merge(graphdef, p, rest)(x)), nnx.as_pure(state)
+  if not callable(apply_fn):
+    raise TypeError(f"`apply_fn` must be callable apply_fn(params, x) (or an nnx.Module); got "
+                    f"{type(apply_fn).__name__}.")
+  owner = getattr(apply_fn, "__self__", None)
+  if nn is not None and isinstance(owner, nn.Module) and hasattr(params, "keys") \
+      and "params" in params:
+    rest = {key: val for key, val in params.items() if key != "params"}
+    return (lambda p, x: apply_fn({**rest, "params": p}, x)), params["params"]
+  if params is None:
+    raise TypeError("`params` is None; pass the parameters apply_fn(params, x) takes.")
+  return apply_fn, params
+
+
+class JacobianOperator(NamedTuple):
+  """Products with the Jacobian ``J = ∂f(θ, X)/∂θ`` (n·c rows) without forming it.
+
+  Attributes:
+    jvp: ``T ↦ J T``: a parameter pytree with a leading axis m on every leaf →
+      ``(n, c, m)``.
+    vjp: ``V ↦ Jᵀ V``: ``(n, c, m)`` → parameter pytree, leaves ``(m, *leaf.shape)``.
+    ntk_matvec: ``V ↦ J (Jᵀ V)`` on ``(n·c, m)`` arrays: the full multi-output empirical
+      NTK (cross-output terms included, row index = point·c + output) times V.
+    n: number of points; c: outputs per point (all output axes flattened).
+    params: the (trainable) parameters, in the compute dtype.
+    block_size: points per block.
+  """
+  jvp: Callable
+  vjp: Callable
+  ntk_matvec: Callable
+  n: int
+  c: int
+  params: Any
+  block_size: int
+
+
+def _jaxprs_in_params(params):
+  try:
+    from jax.extend.core import jaxprs_in_params
+  except ImportError:  # pragma: no cover
+    return []
+  return jaxprs_in_params(params)
+
+
+def _activation_size(fn, params, x1):
+  """Numbers in all intermediates of one forward pass on one point (a memory estimate)."""
+  jaxpr = jax.make_jaxpr(fn)(params, x1)
+  total = 0
+
+  def walk(jx):
+    nonlocal total
+    for eqn in jx.eqns:
+      for v in eqn.outvars:
+        total += int(np.prod(getattr(v.aval, "shape", ()) or (1,)))
+      for sub in _jaxprs_in_params(eqn.params):
+        walk(getattr(sub, "jaxpr", sub))
+  walk(jaxpr.jaxpr)
+  return max(total, 1)
+
+
+def _tree_size(tree):
+  return sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(tree))
+
+
+def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
+                      block_size: Optional[int] = None,
+                      memory_budget: int = 1 << 30, dtype=None) -> JacobianOperator:
+  r"""Jitted, blocked products with the network Jacobian and the full empirical NTK.
+
+  ``J T`` is one JVP and ``Jᵀ V`` one VJP per block of points, vectorised over the m
+  columns (``vmap``) and looped over blocks (``lax.map`` / ``lax.scan``), so memory is
+  O(m·#params + block·m·A) (A: activations per point) and never O(n·#params).
+  ``ntk_matvec`` applies the full (n·c)×(n·c) empirical NTK ``K = J Jᵀ`` (not the
+  output-traced one) — what a matrix-free eigensolver needs.
+
+  Args:
+    apply_fn, params: the network, as accepted by :func:`trainable_fn` (a plain
+      ``apply_fn(params, x)``, a linen ``model.apply`` with variables, or an nnx Module).
+    x: inputs ``(n, ...)`` of any per-point shape.
+    columns: the typical m, used only to size blocks from the budget.
+    block_size: points per block (default: from ``memory_budget``).
+    memory_budget: bytes for one block's activations times ``columns``.
+    dtype: compute dtype of the parameters and inputs (default: the inputs' float dtype;
+      pass ``jnp.float64`` under ``jax.enable_x64`` for float64 products).
+
+  Returns:
+    :class:`JacobianOperator`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> X = jnp.array([[1., 0.], [0., 2.], [1., 1.]])
+    >>> op = jacobian_operator(lambda w, x: x @ w, jnp.zeros(2), X, block_size=2)
+    >>> op.ntk_matvec(jnp.eye(3)).tolist()   # J = X: the NTK is X Xᵀ
+    [[1.0, 0.0, 1.0], [0.0, 4.0, 2.0], [1.0, 2.0, 2.0]]
+  """
+  fn, p = trainable_fn(apply_fn, params)
+  x = _as_inputs(x, "x", "jacobian_operator")
+  dt = x.dtype if dtype is None else jnp.dtype(dtype)
+  x = x.astype(dt)
+  p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
+                   if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
+  n = x.shape[0]
+  out = jax.eval_shape(fn, p, x[:1])
+  if not hasattr(out, "shape") or len(out.shape) < 1 or out.shape[0] != 1:
+    raise ValueError("jacobian_operator: apply_fn(params, x) must return an array with a "
+                     f"leading axis of n points; got {getattr(out, 'shape', type(out).__name__)}.")
+  c = int(np.prod(out.shape[1:]))
+  if block_size is None:
+    per = _activation_size(fn, p, x[:1]) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
+    block_size = int(min(max(int(memory_budget) // max(per, 1), 1), n))
+  block_size = _check_block_size(block_size, "jacobian_operator", required=True)
+  bs = min(block_size, n)
+  nb = math.ceil(n / bs)
+  xb = _pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
+
+  def fb(q, xa):
+    return fn(q, xa).reshape(bs, c)
+
+  @jax.jit
+  def jvp(T):
+    def one(xa):
+      _, lin = jax.linearize(lambda q: fb(q, xa), p)
+      return jax.vmap(lin, out_axes=-1)(T)                     # (bs, c, m)
+    return lax.map(one, xb).reshape(nb * bs, c, -1)[:n]
+
+  @jax.jit
+  def vjp(Vc):
+    m = Vc.shape[-1]
+    Vp = jnp.pad(Vc.astype(dt), ((0, nb * bs - n), (0, 0), (0, 0))).reshape(nb, bs, c, m)
+
+    def body(acc, blk):
+      xa, va = blk
+      _, pull = jax.vjp(lambda q: fb(q, xa), p)
+      (g,) = jax.vmap(pull, in_axes=-1)(va)                     # leaves (m, *shape)
+      return jax.tree.map(jnp.add, acc, g), None
+
+    zero = jax.tree.map(lambda a: jnp.zeros((m,) + a.shape, a.dtype), p)
+    acc, _ = lax.scan(body, zero, (xb, Vp))
+    return acc
+
+  @jax.jit
+  def ntk_matvec(Vf):
+    m = Vf.shape[-1]
+    return jvp(vjp(Vf.reshape(n, c, m))).reshape(n * c, m)
+
+  return JacobianOperator(jvp, vjp, ntk_matvec, n, c, p, bs)
+
+
+def _point_jacobians(fn, p, xa, c):
+  """Per-point Jacobians of a block: leaves (bs, c, *leaf.shape) (vmap of jacrev)."""
+  single = lambda q, xi: fn(q, xi[None]).reshape(c)
+  return jax.vmap(jax.jacrev(single), in_axes=(None, 0))(p, xa)
+
+
+def _jac_contract(ja, jb):
+  """Σ_leaves ⟨J_a, J_b⟩ over parameters: (na, c, ...) × (nb, c, ...) → (na, c, nb, c)."""
+  terms = [jnp.einsum("acp,bdp->acbd", a.reshape(a.shape[0], a.shape[1], -1),
+                      b.reshape(b.shape[0], b.shape[1], -1))
+           for a, b in zip(jax.tree.leaves(ja), jax.tree.leaves(jb))]
+  return functools.reduce(jnp.add, terms)
+
+
+def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[int] = None,
+                        memory_budget: int = 1 << 30, dtype=None) -> jax.Array:
+  """The c×c diagonal blocks ``J_x J_xᵀ`` of the full empirical NTK, one per point.
+
+  Per-point Jacobians (``vmap`` of ``jacrev`` over a block of points, memory
+  block·c·#params), contracted over parameters; a ``lax.map`` over blocks.
+
+  Args:
+    apply_fn, params: as in :func:`trainable_fn`.
+    x: inputs ``(n, ...)``.
+    block_size: points per block (default: from ``memory_budget``).
+    memory_budget: bytes for one block of per-point Jacobians.
+    dtype: compute dtype (default: the inputs' float dtype).
+
+  Returns:
+    ``(n, c, c)`` array.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> ntk_diagonal_blocks(lambda w, x: x @ w, jnp.zeros((2, 2)),
+    ...                     jnp.array([[1., 2.]]))[0].tolist()   # ‖x‖² I_c
+    [[5.0, 0.0], [0.0, 5.0]]
+  """
+  fn, p = trainable_fn(apply_fn, params)
+  x = _as_inputs(x, "x", "ntk_diagonal_blocks")
+  dt = x.dtype if dtype is None else jnp.dtype(dtype)
+  x = x.astype(dt)
+  p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
+                   if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
+  n = x.shape[0]
+  out = jax.eval_shape(fn, p, x[:1])
+  c = int(np.prod(out.shape[1:]))
+  if block_size is None:
+    per = 3 * c * max(_tree_size(p), 1) * jnp.dtype(dt).itemsize
+    block_size = int(min(max(int(memory_budget) // per, 1), n))
+  bs = min(_check_block_size(block_size, "ntk_diagonal_blocks", required=True), n)
+  nb = math.ceil(n / bs)
+  xb = _pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
+
+  @jax.jit
+  def run(xb):
+    def one(xa):
+      ja = _point_jacobians(fn, p, xa, c)
+      return functools.reduce(jnp.add, [jnp.einsum("acp,adp->acd", l.reshape(bs, c, -1),
+                                                   l.reshape(bs, c, -1))
+                                        for l in jax.tree.leaves(ja)])
+    return lax.map(one, xb).reshape(nb * bs, c, c)[:n]
+
+  return run(xb)
 
 
 def sphere_mercer_eigenvalues(kernel_fn: Callable, d: int, lmax: int, *, get: str = "ntk",

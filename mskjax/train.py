@@ -1,11 +1,25 @@
-r"""A flax training loop for any optax transformation, full batch or minibatch.
+r"""The one training loop: any optax transformation, any loss, full batch or minibatches.
 
-One jitted step (compiled once) updates a ``flax.training.train_state.TrainState``; the
-loop logs the loss of every step, shows a tqdm progress bar (``progress=False`` turns it
-off) and records train/test predictions after the requested numbers of steps.
+:func:`fit` runs training in jitted chunks (a ``lax.while_loop`` of at most ``chunk`` steps,
+compiled once per shape and reused across calls, the chunk length itself is a traced
+argument), records per-step values (the loss and anything the loss returns as ``aux``),
+calls evaluation hooks at chosen steps between chunks (test accuracy, test loss, kernel
+snapshots, ...), stops early on a per-step value (inside the compiled loop, at the exact
+step) or on an evaluated metric, and resumes from its returned :class:`LoopState` (params,
+optimiser state, step and the position of the minibatch iterator): training T₁ steps and
+then T₂ more from the returned state gives the same parameters, bit for bit, as T₁ + T₂
+steps at once.
 
-Losses (r = f(θ, X) − Y, summed over outputs, no 1/n — the convention of
-:func:`mskjax.predict_gd_mse`, so step η here is step η there):
+Minibatches come from a seeded shuffling iterator that lives in the state: each epoch is a
+fresh ``jax.random.permutation`` of the n training points cut into ``n // batch_size``
+batches of exactly ``batch_size`` points (the remainder of an epoch is dropped, so every
+step has the same shape). The loss receives the batch and its indices into the training
+set (:func:`mskjax.optim.msk_mse_loss` needs them); nothing in a step is O(n) except the
+permutation drawn once per epoch.
+
+:func:`train` is the same loop for the common case ``apply_fn(params, x)`` with targets
+``y`` and a named loss. Losses there (r = f(θ, X) − Y, summed over outputs, no 1/n — the
+convention of :func:`mskjax.predict_gd_mse`, so step η here is step η there):
 
 * ``'mse'``:      ½‖r‖²; on a batch B of b points, (n/b)·½‖r_B‖² (same scale as full batch);
 * ``'msk_mse'``:  ½ rᵀ S r (needs ``spectrum``); on a batch the consistent form of
@@ -13,46 +27,424 @@ Losses (r = f(θ, X) − Y, summed over outputs, no 1/n — the convention of
 * a callable ``loss_fn(predictions, targets, batch_indices) -> scalar`` (``batch_indices``
   is None for the full batch).
 
-Minibatches: each epoch is a fresh permutation of the n training points (numpy, seeded),
-cut into ``n // batch_size`` batches of exactly ``batch_size`` points (the remainder is
-dropped, so every step has the same shape). A step costs O(batch_size) network
-evaluations plus O(batch_size·k) for ``'msk_mse'``; nothing in a step is O(n).
+Compilation: the chunk is jitted with the loss and the transformation as *static*
+arguments, so the same loss function and the same ``tx`` object (and the same data shapes)
+never recompile — across chunks, calls and resumptions. A new ``optax.sgd(lr)`` object is
+a new transformation and compiles anew; to sweep hyper-parameters without recompiling,
+pass ``tx`` as a factory ``tx(hparams) -> GradientTransformation`` together with a traced
+``hparams`` pytree (or use ``optax.inject_hyperparams``).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+import functools
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
 import optax
-from flax.training import train_state
 
 from mskjax import optim as _optim
 from mskjax.msk import MSKSpectrum
 
-__all__ = ["TrainResult", "train", "mse_loss", "msk_sgd_trajectory"]
+__all__ = ["Sampler", "LoopState", "FitResult", "init_state", "fit", "TrainResult", "train",
+           "mse_loss"]
 
+
+class Sampler(NamedTuple):
+  """Position of the shuffling minibatch iterator (part of :class:`LoopState`).
+
+  Attributes:
+    key: PRNG key (``uint32[2]``) from which the next epoch's permutation is drawn.
+    perm: ``(n,)`` int32 permutation of the current epoch.
+    cursor: int32, index of the next batch in ``perm`` (``n // b`` = epoch exhausted).
+    epoch: int32, number of permutations drawn so far.
+  """
+  key: jax.Array
+  perm: jax.Array
+  cursor: jax.Array
+  epoch: jax.Array
+
+
+class LoopState(NamedTuple):
+  """Everything :func:`fit` needs to continue: pass it back as ``state=`` to resume.
+
+  Attributes:
+    params: parameters (any pytree).
+    opt_state: the optax state.
+    step: int32 number of updates done.
+    sampler: :class:`Sampler` for minibatches, None for full batch.
+  """
+  params: Any
+  opt_state: Any
+  step: jax.Array
+  sampler: Optional[Sampler]
+
+
+class FitResult(NamedTuple):
+  """Outputs of :func:`fit`.
+
+  Attributes:
+    state: the final :class:`LoopState` (resume from it).
+    records: dict of per-step numpy arrays over the steps run by this call: ``'step'``
+      (t = number of updates before it), ``'loss'`` (the loss at the parameters of step t,
+      on that step's batch), every ``aux`` entry of the loss, and ``'time'`` (cumulative
+      training wall time at the end of step t, linear within a chunk).
+    history: dict of numpy arrays over the evaluations: ``'step'``, ``'time'`` (training
+      wall time spent before it, evaluations and compilation excluded) and every key the
+      ``evaluate`` hook returned (stacked).
+    stopped: None, or why training ended early: ``'stop_below:KEY'``, ``'stop_above:KEY'``
+      or ``'stop_eval'``.
+    compile_s: seconds spent compiling (0 when the chunk was already compiled).
+    train_s: training wall time of this call (compilation and evaluations excluded).
+    eval_s: wall time of the evaluation hooks.
+  """
+  state: LoopState
+  records: dict
+  history: dict
+  stopped: Optional[str]
+  compile_s: float
+  train_s: float
+  eval_s: float
+
+
+def _is_transformation(tx):
+  return hasattr(tx, "init") and hasattr(tx, "update")
+
+
+def _num_points(data):
+  leaves = jax.tree.leaves(data)
+  if not leaves:
+    raise ValueError("`data` must be a pytree of arrays with a leading axis of n points "
+                     "(e.g. (x, y)); got no arrays.")
+  ns = {np.shape(a)[0] if np.ndim(a) else None for a in leaves}
+  if len(ns) != 1 or None in ns:
+    raise ValueError("every array in `data` must have the same leading axis (n points); got "
+                     f"shapes {[tuple(np.shape(a)) for a in leaves]}.")
+  return int(ns.pop())
+
+
+def _check_int(name, v, lo, hi=None, none_ok=False):
+  if v is None and none_ok:
+    return None
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo \
+      or (hi is not None and v > hi):
+    rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    raise ValueError(f"`{name}` must be an int {rng}{' or None' if none_ok else ''}; got {v!r}.")
+  return int(v)
+
+
+def init_state(params, tx, n: int, *, batch_size: Optional[int] = None, seed: int = 0,
+               hparams=None) -> LoopState:
+  """A fresh :class:`LoopState`: ``tx.init(params)``, step 0, a seeded iterator over n points.
+
+  Args:
+    params: initial parameters.
+    tx: optax transformation, or a factory ``tx(hparams)`` (then ``hparams`` is required).
+    n: number of training points.
+    batch_size: None for full batch, else the minibatch size (``1 <= b <= n``).
+    seed: seed of the minibatch permutations.
+    hparams: traced hyper-parameters of a ``tx`` factory.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> st = init_state(jnp.zeros(2), optax.sgd(0.1), 10, batch_size=4)
+    >>> int(st.step), int(st.sampler.cursor), st.sampler.perm.shape
+    (0, 2, (10,))
+  """
+  n = _check_int("n", n, 1)
+  batch_size = _check_int("batch_size", batch_size, 1, n, none_ok=True)
+  transform = tx if _is_transformation(tx) else tx(hparams)
+  sampler = None
+  if batch_size is not None:
+    # cursor = n // b: the epoch is exhausted, so the first step draws a permutation.
+    sampler = Sampler(jax.random.PRNGKey(int(seed)), jnp.arange(n, dtype=jnp.int32),
+                      jnp.asarray(n // batch_size, jnp.int32), jnp.zeros((), jnp.int32))
+  return LoopState(params, transform.init(params), jnp.zeros((), jnp.int32), sampler)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "tx", "factory", "batch_size",
+                                             "has_aux", "chunk", "below_keys", "above_keys"))
+def _run_chunk(state, data, hparams, num, below, above, *, loss_fn, tx, factory, batch_size,
+               has_aux, chunk, below_keys, above_keys):
+  """At most ``chunk`` steps (``num`` traced); per-step records in (chunk, ...) buffers."""
+  transform = tx(hparams) if factory else tx
+
+  def sample(sampler):
+    n = sampler.perm.shape[0]
+
+    def new_epoch(s):
+      key, sub = jax.random.split(s.key)
+      perm = jax.random.permutation(sub, n).astype(jnp.int32)
+      return Sampler(key, perm, jnp.zeros_like(s.cursor), s.epoch + 1)
+
+    sampler = lax.cond(sampler.cursor >= n // batch_size, new_epoch, lambda s: s, sampler)
+    idx = lax.dynamic_slice(sampler.perm, (sampler.cursor * batch_size,), (batch_size,))
+    return idx, sampler._replace(cursor=sampler.cursor + 1)
+
+  def one(st):
+    if batch_size is None:
+      batch, idx, sampler = data, None, st.sampler
+    else:
+      idx, sampler = sample(st.sampler)
+      batch = jax.tree.map(lambda a: a[idx], data)
+    out, grads = jax.value_and_grad(lambda p: loss_fn(p, batch, idx), has_aux=has_aux)(
+        st.params)
+    loss, aux = out if has_aux else (out, {})
+    rec = {"loss": loss, **{k: v for k, v in aux.items() if v is not None}}
+    stop = jnp.zeros((), bool)
+    for k in below_keys:
+      stop = stop | (rec[k] < below[k])
+    for k in above_keys:
+      stop = stop | ~(rec[k] <= above[k])          # NaN counts as above
+    updates, opt_state = transform.update(grads, st.opt_state, st.params)
+    new = LoopState(optax.apply_updates(st.params, updates), opt_state, st.step + 1, sampler)
+    if below_keys or above_keys:                   # a stopping step keeps the old state
+      new = jax.tree.map(lambda a, b: jnp.where(stop, a, b), st, new)
+    return new, rec, stop
+
+  shapes = jax.eval_shape(lambda s: one(s)[1], state)
+  bufs = {k: jnp.zeros((chunk,) + v.shape, v.dtype) for k, v in shapes.items()}
+
+  def cond(c):
+    i, _, _, stopped = c
+    return (i < num) & ~stopped
+
+  def body(c):
+    i, st, bufs, _ = c
+    st, rec, stop = one(st)
+    bufs = {k: bufs[k].at[i].set(rec[k]) for k in bufs}
+    return i + 1, st, bufs, stop
+
+  i, state, bufs, stopped = lax.while_loop(
+      cond, body, (jnp.zeros((), jnp.int32), state, bufs, jnp.zeros((), bool)))
+  return state, bufs, i, stopped
+
+
+def _thresholds(name, spec):
+  if spec is None:
+    return (), {}
+  if not isinstance(spec, Mapping):
+    raise TypeError(f"`{name}` must be a dict {{record key: threshold}} or None; got "
+                    f"{type(spec).__name__}.")
+  keys = tuple(sorted(spec))
+  return keys, {k: jnp.asarray(float(spec[k])) for k in keys}
+
+
+def fit(loss_fn: Callable, params, tx, data, *, steps: int,
+        batch_size: Optional[int] = None, seed: int = 0, has_aux: bool = False,
+        hparams=None, state: Optional[LoopState] = None,
+        evaluate: Optional[Callable[[LoopState], dict]] = None,
+        eval_every: Optional[int] = None, eval_steps: Optional[Sequence[int]] = None,
+        stop_below: Optional[Mapping[str, float]] = None,
+        stop_above: Optional[Mapping[str, float]] = None,
+        stop_eval: Optional[Callable[[dict], bool]] = None,
+        chunk: int = 100, progress: bool = False, desc: str = "train") -> FitResult:
+  r"""Train for ``steps`` updates: ``θ ← θ + u``, ``(u, s) = tx.update(∇_θ L_B(θ), s, θ)``.
+
+  L_B(θ) = ``loss_fn(θ, batch, indices)``: with ``batch_size=None`` the batch is ``data``
+  and ``indices`` is None; otherwise ``batch`` is ``data`` restricted (on every leaf's
+  leading axis) to the ``indices`` (``(b,)`` int32) drawn by the shuffling iterator.
+  ``optax.sgd(η)`` with ``loss_fn = ½‖f(θ, X) − Y‖²`` is plain GD, the setting of
+  :func:`mskjax.predict_gd_mse`.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch, indices) -> scalar``, or ``-> (scalar, aux)`` with
+      ``has_aux=True`` where ``aux`` is a dict of arrays recorded at every step (e.g. the
+      train residual, or the predictions). Keep the same function object across calls:
+      it is a static argument of the compiled chunk.
+    params: initial parameters (None when resuming from ``state``).
+    tx: an optax ``GradientTransformation`` (receives ``params`` in ``update``), or a
+      factory ``tx(hparams) -> GradientTransformation``.
+    data: pytree of arrays with a leading axis of n points, e.g. ``(x, y)``.
+    steps: number of updates to run in this call (>= 0).
+    batch_size: None (full batch) or the minibatch size ``1 <= b <= n``.
+    seed: seed of the minibatch permutations (ignored when resuming: the state has it).
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+    hparams: pytree of traced hyper-parameters for a ``tx`` factory (a new value does not
+      recompile).
+    state: a :class:`LoopState` returned by an earlier call, to resume from.
+    evaluate: hook ``evaluate(state) -> dict`` (host side; jit what it computes), called
+      at step 0 of a fresh run, at every step in ``eval_steps`` or multiple of
+      ``eval_every``, when training stops early, and at the last step of the call.
+    eval_every, eval_steps: the evaluation schedule (absolute step numbers).
+    stop_below: ``{key: threshold}``: stop at the first step whose record ``key`` ('loss'
+      or an ``aux`` key) is below the threshold. The state returned is that of this step
+      (its update is not applied), so ``records[key][-1] < threshold``. Checked inside the
+      compiled loop (thresholds are traced: new values do not recompile).
+    stop_above: same, stop when the record is above the threshold or not finite
+      (divergence).
+    stop_eval: ``stop_eval(metrics) -> bool`` on each evaluation's dict: stop when True.
+    chunk: most steps per compiled call (a static buffer size; the number of steps of a
+      call is traced, so evaluation points never recompile).
+    progress: show a tqdm progress bar (off by default; the runner turns it on).
+    desc: progress bar label.
+
+  Returns:
+    :class:`FitResult`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> loss = lambda w, b, idx: 0.5 * jnp.sum((b[0] @ w - b[1]) ** 2)
+    >>> data = (jnp.eye(2), jnp.array([1.0, 2.0]))
+    >>> res = fit(loss, jnp.zeros(2), optax.sgd(0.5), data, steps=2,
+    ...           evaluate=lambda s: {'w': s.params}, eval_every=1)
+    >>> res.records['loss'].tolist(), res.history['w'].tolist()
+    ([2.5, 0.625], [[0.0, 0.0], [0.5, 1.0], [0.75, 1.5]])
+    >>> more = fit(loss, None, optax.sgd(0.5), data, steps=1, state=res.state)  # resume
+    >>> int(more.state.step), more.state.params.tolist()
+    (3, [0.875, 1.75])
+
+  Reference: the loop shape of ``optax``'s examples and ``flax.training``; minibatch
+  step-size scaling: Ma, Bassily & Belkin, *The Power of Interpolation*, ICML 2018.
+  """
+  if not callable(loss_fn):
+    raise TypeError(f"`loss_fn` must be callable loss_fn(params, batch, indices); got "
+                    f"{type(loss_fn).__name__}.")
+  factory = not _is_transformation(tx)
+  if factory and not callable(tx):
+    raise TypeError("`tx` must be an optax GradientTransformation or a factory "
+                    f"tx(hparams) -> GradientTransformation; got {type(tx).__name__}.")
+  if factory and hparams is None:
+    raise ValueError("`tx` is a factory tx(hparams): pass `hparams` (or pass an optax "
+                     "GradientTransformation as `tx`).")
+  steps = _check_int("steps", steps, 0)
+  chunk = _check_int("chunk", chunk, 1)
+  data = jax.tree.map(jnp.asarray, data)
+  n = _num_points(data)
+  batch_size = _check_int("batch_size", batch_size, 1, n, none_ok=True)
+  if state is None:
+    if params is None:
+      raise ValueError("pass `params` (a fresh run) or `state` (to resume); got neither.")
+    state = init_state(params, tx, n, batch_size=batch_size, seed=seed, hparams=hparams)
+  else:
+    if not isinstance(state, LoopState):
+      raise TypeError(f"`state` must be a LoopState from an earlier fit; got "
+                      f"{type(state).__name__}.")
+    if params is not None:
+      raise ValueError("pass either `params` (a fresh run) or `state` (to resume), not both.")
+    if (state.sampler is None) != (batch_size is None) or (
+        state.sampler is not None and state.sampler.perm.shape[0] != n):
+      raise ValueError("`state` was made for a different `batch_size` or data size; resume "
+                       "with the batch_size and data of the run that produced it.")
+  below_keys, below = _thresholds("stop_below", stop_below)
+  above_keys, above = _thresholds("stop_above", stop_above)
+  sched = set()
+  if eval_every is not None:
+    eval_every = _check_int("eval_every", eval_every, 1)
+  if eval_steps is not None:
+    es = np.asarray(list(eval_steps), dtype=np.float64)
+    if es.ndim != 1 or np.any(es != np.round(es)) or np.any(es < 0):
+      raise ValueError(f"`eval_steps` must be non-negative integers; got {list(eval_steps)}.")
+    sched = set(int(v) for v in es)
+  if stop_eval is not None and evaluate is None:
+    raise ValueError("`stop_eval` needs an `evaluate` hook.")
+
+  start = int(state.step)
+  end = start + steps
+  call = functools.partial(
+      _run_chunk, loss_fn=loss_fn, tx=tx, factory=factory, batch_size=batch_size,
+      has_aux=has_aux, chunk=chunk, below_keys=below_keys, above_keys=above_keys)
+  hp = hparams if factory else None
+  t0 = time.perf_counter()
+  jax.block_until_ready(call(state, data, hp, jnp.zeros((), jnp.int32), below, above))
+  compile_s = time.perf_counter() - t0   # a zero-step call: compilation (or a cache hit)
+
+  history, records = [], []
+  train_s = eval_s = 0.0
+  stopped = None
+
+  def do_eval(st, t):
+    nonlocal eval_s
+    t1 = time.perf_counter()
+    m = jax.device_get(evaluate(st))
+    eval_s += time.perf_counter() - t1
+    history.append({"step": t, "time": train_s, **m})
+    return m
+
+  def next_eval(t):
+    cands = [v for v in sched if v > t]
+    if eval_every is not None:
+      cands.append((t // eval_every + 1) * eval_every)
+    return min(cands) if cands else end
+
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, desc=desc, leave=False)
+  try:
+    if evaluate is not None and start == 0:
+      m = do_eval(state, 0)
+      if stop_eval is not None and stop_eval(m):
+        stopped = "stop_eval"
+    t = start
+    while t < end and stopped is None:
+      num = min(t + chunk, end, next_eval(t)) - t
+      t1 = time.perf_counter()
+      state, bufs, ran, hit = call(state, data, hp, jnp.asarray(num, jnp.int32), below, above)
+      bufs = jax.device_get(bufs)                   # waits for the chunk
+      dt = time.perf_counter() - t1
+      ran = int(ran)
+      rec = {k: v[:ran] for k, v in bufs.items()}
+      rec["step"] = np.arange(t, t + ran)
+      rec["time"] = train_s + dt * np.arange(1, ran + 1) / max(ran, 1)
+      records.append(rec)
+      train_s += dt
+      t += ran if not bool(hit) else ran - 1        # a stopping step does not update
+      if bar is not None:
+        bar.update(ran)
+        bar.set_postfix(loss=f"{float(rec['loss'][-1]):.4g}" if ran else "")
+      if bool(hit):
+        last = {k: rec[k][-1] for k in below_keys + above_keys}
+        stopped = next((f"stop_below:{k}" for k in below_keys if last[k] < below[k]),
+                       None) or next(f"stop_above:{k}" for k in above_keys
+                                     if not last[k] <= above[k])
+      due = stopped is not None or t in sched or t == end or (
+          eval_every is not None and t % eval_every == 0)
+      if evaluate is not None and due and not (history and history[-1]["step"] == t):
+        m = do_eval(state, t)
+        if stopped is None and stop_eval is not None and stop_eval(m):
+          stopped = "stop_eval"
+  finally:
+    if bar is not None:
+      bar.close()
+  if records:
+    rec_out = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+  else:
+    shapes = jax.eval_shape(lambda: call(state, data, hp, jnp.zeros((), jnp.int32), below,
+                                         above)[1])
+    rec_out = {k: np.zeros((0,) + v.shape[1:], v.dtype) for k, v in shapes.items()}
+    rec_out["step"] = np.zeros((0,), np.int64)
+    rec_out["time"] = np.zeros((0,))
+  hist_out = {}
+  if history:
+    hist_out = {k: np.stack([np.asarray(h[k]) for h in history]) for k in history[0]}
+  return FitResult(state, rec_out, hist_out, stopped, compile_s, train_s, eval_s)
+
+
+# ------------------------------------------------------------------ apply_fn + targets
 
 class TrainResult(NamedTuple):
   """Outputs of :func:`train`.
 
   Attributes:
-    state: the final ``flax.training.train_state.TrainState`` (``.params``,
-      ``.opt_state``, ``.step``).
+    state: the final :class:`LoopState` (``.params``, ``.opt_state``, ``.step``).
     loss: ``(steps,)`` numpy array, the loss evaluated at the parameters *before* each
       update (``loss[t]`` is the loss after t updates; for minibatches, of that batch).
     record_steps: ``(R,)`` numpy int array of the steps at which predictions were recorded
       (step t = after t updates; 0 = initialisation).
     train_predictions: ``(R, n, c)`` (or ``(R, n)``) outputs on ``x_train``.
     test_predictions: ``(R, m, ...)`` outputs on ``x_test``, or None without ``x_test``.
+    fit: the :class:`FitResult` of the loop (timings, stop reason).
   """
-  state: train_state.TrainState
+  state: LoopState
   loss: np.ndarray
   record_steps: np.ndarray
   train_predictions: np.ndarray
   test_predictions: Optional[np.ndarray]
+  fit: Optional[FitResult] = None
 
 
 def mse_loss(predictions, targets, batch_indices=None, *, n: Optional[int] = None):
@@ -68,11 +460,26 @@ def mse_loss(predictions, targets, batch_indices=None, *, n: Optional[int] = Non
   return scale * 0.5 * jnp.sum(r * r)
 
 
+class _MSE(NamedTuple):       # hashable by value: the same n reuses the compiled chunk
+  n: int
+
+  def __call__(self, p, y, idx):
+    return mse_loss(p, y, idx, n=self.n)
+
+
+class _ModelLoss(NamedTuple):  # loss_fn(params, (x, y), idx) for fit, equal by its fields
+  apply_fn: Callable
+  loss: Callable
+
+  def __call__(self, params, batch, idx):
+    return self.loss(self.apply_fn(params, batch[0]), batch[1], idx)
+
+
 def _resolve_loss(loss, spectrum, n):
   if callable(loss):
     return loss
   if loss == "mse":
-    return lambda p, y, idx: mse_loss(p, y, idx, n=n)
+    return _MSE(n)
   if loss == "msk_mse":
     if not isinstance(spectrum, MSKSpectrum):
       raise ValueError("loss='msk_mse' needs `spectrum` (an mskjax.MSKSpectrum of the training "
@@ -82,36 +489,34 @@ def _resolve_loss(loss, spectrum, n):
                    f"targets, batch_indices); got {loss!r}.")
 
 
-def _check_steps(steps, record_steps):
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-    raise ValueError(f"`steps` must be a non-negative int; got {steps!r}.")
+def _check_record_steps(steps, record_steps):
   rec = np.asarray(record_steps if record_steps is not None else [], dtype=np.float64)
   if rec.ndim != 1:
     raise ValueError(f"`record_steps` must be a 1-D sequence of ints; got shape {rec.shape}.")
   if rec.size and (np.any(rec != np.round(rec)) or rec.min() < 0 or rec.max() > steps):
     raise ValueError(f"`record_steps` must be integers in [0, steps={steps}]; got "
                      f"{np.asarray(record_steps).tolist()}.")
-  return int(steps), np.unique(rec.astype(np.int64))
+  return np.unique(rec.astype(np.int64))
 
 
-def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train, y_train, *,
+def train(apply_fn: Callable, params, tx, x_train, y_train, *,
           steps: int, loss: Union[str, Callable] = "mse",
           spectrum: Optional[MSKSpectrum] = None, batch_size: Optional[int] = None,
           seed: int = 0, record_steps: Optional[Sequence[int]] = None, x_test=None,
-          progress: bool = True, desc: str = "train",
-          stop_below: Optional[float] = None) -> TrainResult:
-  r"""Train ``params`` with ``tx`` for ``steps`` updates (full batch or minibatch).
+          progress: bool = False, desc: str = "train",
+          stop_below: Optional[float] = None, chunk: int = 100) -> TrainResult:
+  r""":func:`fit` for a model ``apply_fn(params, x)``, targets ``y`` and a named loss.
 
-  Each update is ``θ ← θ + tx.update(∇_θ L, opt_state, θ)`` on a flax ``TrainState``
-  (``tx`` receives ``params``, as :func:`mskjax.optim.scale_by_msk_jvp` needs). With ``loss='mse'`` and ``optax.sgd(η)`` it is
-  GD on ½‖r‖², the setting of :func:`mskjax.predict_gd_mse` (same η and t).
+  Each update is ``θ ← θ + tx.update(∇_θ L, opt_state, θ)`` (``tx`` receives ``params``, as
+  :func:`mskjax.optim.scale_by_msk_jvp` needs). With ``loss='mse'`` and ``optax.sgd(η)`` it
+  is GD on ½‖r‖², the setting of :func:`mskjax.predict_gd_mse` (same η and t).
 
   Args:
     apply_fn: ``apply_fn(params, x) -> (n,)`` or ``(n, c)`` (for flax:
       ``lambda p, x: model.apply({'params': p}, x)``).
     params: initial parameters (any pytree).
     tx: any optax transformation (``GradientTransformation`` or ``...ExtraArgs``).
-    x_train: ``(n, d)`` training inputs.
+    x_train: ``(n, ...)`` training inputs.
     y_train: targets with the shape of ``apply_fn(params, x_train)``.
     steps: number of updates.
     loss: ``'mse'``, ``'msk_mse'`` or a callable (module docstring).
@@ -120,12 +525,13 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
     seed: seed of the minibatch permutations.
     record_steps: steps (0..steps) after which to record predictions.
     x_test: optional test inputs, predictions recorded at the same steps.
-    progress: show a tqdm progress bar.
+    progress: show a tqdm progress bar (off by default).
     desc: progress bar label.
     stop_below: optional early stop: training ends at the first step t whose loss
       (``loss[t]``, the loss after t updates) is below this value; the returned ``loss``
-      then has length t + 1 and ``record_steps`` keeps only the steps actually reached
-      (the state has had t + 1 updates). Checking costs one host sync per step.
+      then has length t + 1, the state has had t updates and ``record_steps`` keeps only
+      the steps reached (checked inside the compiled loop).
+    chunk: most steps per compiled call of the loop.
 
   Returns:
     :class:`TrainResult`.
@@ -134,16 +540,17 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
     >>> import jax.numpy as jnp, optax
     >>> X = jnp.eye(2); Y = jnp.array([1.0, 2.0])
     >>> res = train(lambda w, x: x @ w, jnp.zeros(2), optax.sgd(0.5), X, Y, steps=2,
-    ...             record_steps=[0, 2], progress=False)
+    ...             record_steps=[0, 2])
     >>> res.loss.tolist(), res.train_predictions[-1].tolist()
     ([2.5, 0.625], [0.75, 1.5])
   """
   if not callable(apply_fn):
     raise TypeError(f"`apply_fn` must be callable apply_fn(params, x); got "
                     f"{type(apply_fn).__name__}.")
-  if not (hasattr(tx, "init") and hasattr(tx, "update")):
+  if not _is_transformation(tx):
     raise TypeError(f"`tx` must be an optax GradientTransformation; got {type(tx).__name__}.")
-  steps, rec = _check_steps(steps, record_steps)
+  steps = _check_int("steps", steps, 0)
+  rec = _check_record_steps(steps, record_steps)
   x_train = jnp.asarray(x_train)
   y_train = jnp.asarray(y_train)
   n = x_train.shape[0]
@@ -151,155 +558,42 @@ def train(apply_fn: Callable, params, tx: optax.GradientTransformation, x_train,
   if tuple(y_train.shape) != tuple(out_shape):
     raise ValueError(f"`y_train` has shape {tuple(y_train.shape)} but apply_fn(params, "
                      f"x_train) has shape {tuple(out_shape)}; they must match.")
-  if batch_size is not None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-        or not 1 <= batch_size <= n:
-      raise ValueError(f"`batch_size` must be an int in [1, n={n}] or None; got {batch_size!r}.")
-    batch_size = int(batch_size)
+  batch_size = _check_int("batch_size", batch_size, 1, n, none_ok=True)
   if x_test is not None:
     x_test = jnp.asarray(x_test)
     if x_test.shape[1:] != x_train.shape[1:]:
       raise ValueError(f"`x_test` has shape {tuple(x_test.shape)}; its feature shape must match "
                        f"`x_train` {tuple(x_train.shape)}.")
-  loss_fn = _resolve_loss(loss, spectrum, n)
+  loss_fn = _ModelLoss(apply_fn, _resolve_loss(loss, spectrum, n))
+  stop = None
   if stop_below is not None:
     stop_below = float(stop_below)
     if not np.isfinite(stop_below) or stop_below <= 0:
       raise ValueError(f"`stop_below` must be a positive finite loss value or None; got "
                        f"{stop_below!r}.")
+    stop = {"loss": stop_below}
+  predict = _jit_apply(apply_fn)
 
-  state = train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=tx)
-
-  def objective(p, idx):
-    if idx is None:
-      return loss_fn(apply_fn(p, x_train), y_train, None)
-    return loss_fn(apply_fn(p, x_train[idx]), y_train[idx], idx)
-
-  def apply(st, grads):
-    # TrainState.apply_gradients without its dict-only OVERWRITE_WITH_GRADIENT hook, so any
-    # params pytree (a bare array too) works; tx.update receives params.
-    updates, opt_state = st.tx.update(grads, st.opt_state, st.params)
-    return st.replace(step=st.step + 1, params=optax.apply_updates(st.params, updates),
-                      opt_state=opt_state)
-
-  @jax.jit
-  def full_step(st):
-    val, grads = jax.value_and_grad(objective)(st.params, None)
-    return apply(st, grads), val
-
-  @jax.jit
-  def batch_step(st, idx):
-    val, grads = jax.value_and_grad(objective)(st.params, idx)
-    return apply(st, grads), val
-
-  predict = jax.jit(apply_fn)
-
-  train_rec, test_rec = [], []
-
-  def record(p):
-    train_rec.append(np.asarray(predict(p, x_train)))
+  def evaluate(st):
+    out = {"train": predict(st.params, x_train)}
     if x_test is not None:
-      test_rec.append(np.asarray(predict(p, x_test)))
+      out["test"] = predict(st.params, x_test)
+    return out
 
-  rng = np.random.default_rng(seed)
-  batches, cursor = None, 0
-  losses = []
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, desc=desc, leave=False)
-  rec_set = set(rec.tolist())
-  try:
-    for t in range(steps):
-      if t in rec_set:
-        record(state.params)
-      if batch_size is None:
-        state, val = full_step(state)
-      else:
-        if batches is None or cursor == len(batches):
-          perm = rng.permutation(n)
-          batches = perm[:(n // batch_size) * batch_size].reshape(-1, batch_size)
-          cursor = 0
-        state, val = batch_step(state, jnp.asarray(batches[cursor]))
-        cursor += 1
-      losses.append(val)
-      if bar is not None:
-        bar.update(1)
-        if t % 50 == 0 or t == steps - 1:
-          bar.set_postfix(loss=f"{float(val):.4g}")
-      if stop_below is not None and float(val) < stop_below:
-        rec = rec[rec <= t]
-        break
-    else:
-      if steps in rec_set:
-        record(state.params)
-  finally:
-    if bar is not None:
-      bar.close()
-  loss_arr = np.asarray(jnp.stack(losses)) if losses else np.zeros((0,))
+  res = fit(loss_fn, params, tx, (x_train, y_train), steps=steps, batch_size=batch_size,
+            seed=seed, evaluate=evaluate if rec.size else None, eval_steps=rec.tolist(),
+            stop_below=stop, chunk=chunk, progress=progress, desc=desc)
+  h = res.history
+  keep = np.isin(h["step"], rec) if h else np.zeros(0, bool)
+  rec = h["step"][keep].astype(np.int64) if h else rec[:0]
   empty = (0,) + tuple(out_shape)
-  train_p = np.stack(train_rec) if train_rec else np.zeros(empty)
+  train_p = h["train"][keep] if h else np.zeros(empty)
   test_p = None
   if x_test is not None:
-    test_p = np.stack(test_rec) if test_rec else np.zeros((0, x_test.shape[0]) + tuple(out_shape[1:]))
-  return TrainResult(state, loss_arr, rec, train_p, test_p)
+    test_p = h["test"][keep] if h else np.zeros((0, x_test.shape[0]) + tuple(out_shape[1:]))
+  return TrainResult(res.state, res.records["loss"], rec, train_p, test_p, res)
 
 
-def msk_sgd_trajectory(apply_fn: Callable, x_train, y_train, steps: int, *, x_eval=None):
-  r"""A jitted ``run(params, learning_rate, spectrum) -> predictions after 0..steps updates``.
-
-  Full-batch :func:`mskjax.optim.msk_sgd_jvp` on ½‖f(X) − Y‖² — the update of :func:`train`
-  with ``tx = msk_sgd_jvp(η, apply_fn, x_train, spectrum)`` — run inside one ``lax.scan``, so
-  recording every step costs nothing extra and ``η`` and the spectrum are *traced*
-  arguments: sweeping learning rates, modifiers or seeds does not recompile (one
-  compilation per shape). A spectrum with ``new_values = values`` is plain GD
-  (S = I). Use :func:`train` for other optimisers, losses or minibatches.
-
-  Args:
-    apply_fn: ``apply_fn(params, x) -> (n,)`` or ``(n, c)``.
-    x_train: ``(n, d)`` training inputs.
-    y_train: targets with the shape of ``apply_fn(params, x_train)``.
-    steps: number of updates (>= 0).
-    x_eval: inputs on which predictions are returned (default ``x_train``); e.g.
-      ``concatenate([x_train, x_test])``.
-
-  Returns:
-    ``run(params, learning_rate, spectrum)`` → ``(steps + 1, m, ...)`` array: row t is
-    ``apply_fn(params_t, x_eval)`` after t updates.
-
-  Example:
-    >>> import jax.numpy as jnp, mskjax
-    >>> X = jnp.diag(jnp.array([2.0, 1.0])); Y = jnp.array([1.0, 2.0])
-    >>> f = lambda w, x: x @ w                    # NTK = X Xᵀ = diag(4, 1)
-    >>> spec = mskjax.msk_spectrum(X @ X.T, mskjax.modifiers.scale(0.5), 1)  # S = diag(.5, 1)
-    >>> run = msk_sgd_trajectory(f, X, Y, 2)      # f ← f − η K S r, K S = diag(2, 1)
-    >>> run(jnp.zeros(2), 0.25, spec).tolist()
-    [[0.0, 0.0], [0.5, 0.5], [0.75, 0.875]]
-  """
-  if not callable(apply_fn):
-    raise TypeError(f"`apply_fn` must be callable apply_fn(params, x); got "
-                    f"{type(apply_fn).__name__}.")
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-    raise ValueError(f"`steps` must be a non-negative int; got {steps!r}.")
-  x_train = jnp.asarray(x_train)
-  y_train = jnp.asarray(y_train)
-  x_eval = x_train if x_eval is None else jnp.asarray(x_eval)
-
-  def loss(p):
-    r = apply_fn(p, x_train) - y_train
-    return 0.5 * jnp.sum(r * r)
-
-  @jax.jit
-  def run(params, learning_rate, spectrum: MSKSpectrum):
-    tx = _optim.msk_sgd_jvp(learning_rate, apply_fn, x_train, MSKSpectrum(*spectrum))
-
-    def step(carry, _):
-      p, s = carry
-      updates, s = tx.update(jax.grad(loss)(p), s, p)
-      p = optax.apply_updates(p, updates)
-      return (p, s), apply_fn(p, x_eval)
-
-    _, preds = lax.scan(step, (params, tx.init(params)), None, length=int(steps))
-    return jnp.concatenate([apply_fn(params, x_eval)[None], preds])
-
-  return run
+@functools.lru_cache(maxsize=64)
+def _jit_apply(apply_fn):
+  return jax.jit(apply_fn)

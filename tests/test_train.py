@@ -57,6 +57,161 @@ def test_full_batch_sgd_matches_closed_form_gd():
   assert res.record_steps.tolist() == [0, 3, 7] and int(res.state.step) == steps
 
 
+def _lsq_loss(w, batch, idx):
+  x, y = batch
+  r = x @ w - y
+  return 0.5 * jnp.sum(r * r), {"idx": idx}
+
+
+def test_fit_gd_trajectory_is_the_closed_form_and_hooks_run_on_schedule():
+  # GD on ½‖Xw − y‖² from w₀ = 0: w_t = Σ_{s<t} (I − ηXᵀX)^s ηXᵀy (explicit matrix powers).
+  X, Y, _ = _linear(n=6, p=3, seed=1)
+  eta = 0.5 / float(np.linalg.eigvalsh(np.asarray(X.T @ X))[-1])
+  Xn, Yn = np.asarray(X), np.asarray(Y)
+  A = np.eye(3) - eta * Xn.T @ Xn
+  w_of = lambda t: sum(np.linalg.matrix_power(A, s) for s in range(t)) @ (eta * Xn.T @ Yn) \
+      if t else np.zeros(3)
+  loss = lambda w, b, idx: 0.5 * jnp.sum((b[0] @ w - b[1]) ** 2)
+  seen = []
+
+  def evaluate(st):
+    seen.append(int(st.step))
+    return {"w": st.params, "test_loss": loss(st.params, (X[:2], Y[:2]), None)}
+
+  res = T.fit(loss, jnp.zeros(3), optax.sgd(eta), (X, Y), steps=25, evaluate=evaluate,
+              eval_every=10, eval_steps=[3], chunk=4)
+  assert res.history["step"].tolist() == seen == [0, 3, 10, 20, 25]
+  for t, w in zip(seen, res.history["w"]):
+    np.testing.assert_allclose(w, w_of(t), rtol=1e-12, atol=1e-14)   # float64 round-off
+  np.testing.assert_allclose(res.history["test_loss"][-1],
+                             0.5 * np.sum((Xn[:2] @ w_of(25) - Yn[:2]) ** 2), rtol=1e-12)
+  closed = [0.5 * np.sum((Xn @ w_of(t) - Yn) ** 2) for t in range(25)]
+  np.testing.assert_allclose(res.records["loss"], closed, rtol=1e-12)
+  assert res.records["step"].tolist() == list(range(25)) and res.stopped is None
+  assert np.all(np.diff(res.history["time"]) >= 0) and res.train_s > 0
+
+
+def test_fit_minibatches_are_seeded_epoch_permutations_and_follow_sgd():
+  # The loss records the batch indices; a numpy replay of SGD on those batches is the oracle.
+  X, Y, _ = _linear(n=10, p=3, seed=2)
+  eta, b, steps = 0.05, 3, 13                  # 3 batches per epoch, 1 point dropped
+  res = T.fit(_lsq_loss, jnp.zeros(3), optax.sgd(eta), (X, Y), steps=steps, batch_size=b,
+              has_aux=True, seed=7, chunk=5)
+  idx = res.records["idx"]
+  assert idx.shape == (steps, b)
+  for e in range(steps // 3):                  # each epoch: 9 distinct points
+    assert len(set(idx[3 * e:3 * e + 3].ravel().tolist())) == 9
+  assert not np.array_equal(idx[:3], idx[3:6])
+  Xn, Yn, w = np.asarray(X), np.asarray(Y), np.zeros(3)
+  for t in range(steps):
+    xb, yb = Xn[idx[t]], Yn[idx[t]]
+    np.testing.assert_allclose(res.records["loss"][t], 0.5 * np.sum((xb @ w - yb) ** 2),
+                               rtol=1e-12)
+    w = w - eta * xb.T @ (xb @ w - yb)
+  np.testing.assert_allclose(res.state.params, w, rtol=1e-12)
+  same = T.fit(_lsq_loss, jnp.zeros(3), optax.sgd(eta), (X, Y), steps=steps, batch_size=b,
+               has_aux=True, seed=7)
+  other = T.fit(_lsq_loss, jnp.zeros(3), optax.sgd(eta), (X, Y), steps=steps, batch_size=b,
+                has_aux=True, seed=8)
+  assert np.array_equal(same.records["idx"], idx)
+  assert not np.array_equal(other.records["idx"], idx)
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_fit_resume_is_bit_for_bit(batch_size):
+  X, Y, _ = _linear(n=18, p=4, seed=3)
+  tx = optax.adam(0.05)                        # stateful optimiser + iterator position
+  w0 = jnp.zeros(4)
+  kw = dict(batch_size=batch_size, has_aux=True, seed=3, chunk=7)
+  whole = T.fit(_lsq_loss, w0, tx, (X, Y), steps=30, **kw)
+  first = T.fit(_lsq_loss, w0, tx, (X, Y), steps=11, **kw)
+  rest = T.fit(_lsq_loss, None, tx, (X, Y), steps=12, state=first.state, **kw)
+  rest = T.fit(_lsq_loss, None, tx, (X, Y), steps=7, state=rest.state, **kw)
+  assert int(rest.state.step) == 30
+  assert np.array_equal(np.asarray(rest.state.params), np.asarray(whole.state.params))
+  assert np.array_equal(np.concatenate([first.records["loss"], rest.records["loss"]])[-7:],
+                        whole.records["loss"][-7:])
+  for a, b in zip(jax.tree.leaves(rest.state), jax.tree.leaves(whole.state)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="batch_size"):
+    T.fit(_lsq_loss, None, tx, (X, Y), steps=1, state=first.state, has_aux=True,
+          batch_size=None if batch_size else 4)
+
+
+def test_fit_compiles_once_across_calls_steps_schedules_thresholds_and_hparams():
+  X, Y, _ = _linear(n=8, p=3, seed=4)
+  traces = []
+
+  def loss(w, batch, idx):
+    traces.append(1)                           # runs only when the chunk is traced
+    return 0.5 * jnp.sum((batch[0] @ w - batch[1]) ** 2)
+
+  tx = lambda h: optax.sgd(h["lr"])            # a factory: the learning rate is traced
+  kw = dict(chunk=16, stop_below={"loss": 0.0})
+  T.fit(loss, jnp.zeros(3), tx, (X, Y), steps=5, hparams={"lr": 0.01}, **kw)
+  n0 = len(traces)
+  assert n0 >= 1
+  out = {}
+  for lr, steps, every in ((0.02, 40, 3), (0.03, 7, None), (0.01, 100, 9)):
+    r = T.fit(loss, jnp.zeros(3), tx, (X + lr, Y), steps=steps, hparams={"lr": lr},
+              evaluate=lambda s: {}, eval_every=every, **kw)
+    out[lr] = r
+    assert r.compile_s < 1.0                   # a cache hit, not a compilation
+  r = T.fit(loss, None, tx, (X, Y), steps=9, hparams={"lr": 0.05}, state=out[0.02].state,
+            chunk=16, stop_below={"loss": 1e-3})
+  assert len(traces) == n0                     # no retrace: new data values, steps, η, thr
+  # The factory really uses the traced value: one GD step from 0 is η·Xᵀy.
+  one = T.fit(loss, jnp.zeros(3), tx, (X, Y), steps=1, hparams={"lr": 0.03}, **kw)
+  np.testing.assert_allclose(one.state.params, 0.03 * np.asarray(X.T @ Y), rtol=1e-12)
+  assert len(traces) == n0
+
+
+def test_fit_early_stops_inside_the_loop_and_on_evaluations():
+  # GD on ½‖w − y‖² with X = I: loss after t steps is ½(1 − η)^{2t}‖y‖² (closed form).
+  X, Y = jnp.eye(3), jnp.array([1.0, -2.0, 2.0])
+  loss = lambda w, b, idx: 0.5 * jnp.sum((b[0] @ w - b[1]) ** 2)
+  eta, thr = 0.3, 1e-2
+  closed = 0.5 * (1 - eta) ** (2 * np.arange(60)) * float(Y @ Y)
+  t_hit = int(np.nonzero(closed < thr)[0][0])
+  res = T.fit(loss, jnp.zeros(3), optax.sgd(eta), (X, Y), steps=60, chunk=4,
+              stop_below={"loss": thr}, evaluate=lambda s: {"w": s.params}, eval_every=100)
+  assert res.stopped == "stop_below:loss" and int(res.state.step) == t_hit
+  np.testing.assert_allclose(res.records["loss"], closed[:t_hit + 1], rtol=1e-12)
+  np.testing.assert_allclose(res.history["w"][-1], (1 - (1 - eta) ** t_hit) * np.asarray(Y),
+                             rtol=1e-12)
+  assert res.history["step"].tolist() == [0, t_hit]
+  # divergence (η > 2): stop_above catches the first loss above the threshold
+  div = T.fit(loss, jnp.zeros(3), optax.sgd(2.5), (X, Y), steps=60, stop_above={"loss": 1e3})
+  assert div.stopped == "stop_above:loss" and div.records["loss"][-1] > 1e3
+  assert np.all(div.records["loss"][:-1] <= 1e3)
+  # stop on an evaluated metric: first evaluation (every 5 steps) with |w - y| < 0.1
+  ev = T.fit(loss, jnp.zeros(3), optax.sgd(eta), (X, Y), steps=60, eval_every=5,
+             evaluate=lambda s: {"err": jnp.max(jnp.abs(s.params - Y))},
+             stop_eval=lambda m: m["err"] < 0.1)
+  t_ev = 5 * int(np.ceil(np.log(0.1 / 2.0) / np.log(1 - eta) / 5))
+  assert ev.stopped == "stop_eval" and int(ev.state.step) == t_ev
+  assert ev.history["err"][-1] < 0.1 <= ev.history["err"][-2]
+
+
+def test_fit_errors_name_the_argument():
+  X, Y, _ = _linear()
+  loss = lambda w, b, idx: jnp.sum(b[0] @ w)
+  with pytest.raises(ValueError, match="steps"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=-1)
+  with pytest.raises(ValueError, match="batch_size"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=1, batch_size=6)
+  with pytest.raises(ValueError, match="leading axis"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y[:3]), steps=1)
+  with pytest.raises(ValueError, match="hparams"):
+    T.fit(loss, jnp.zeros(3), lambda h: optax.sgd(h), (X, Y), steps=1)
+  with pytest.raises(ValueError, match="params"):
+    T.fit(loss, None, optax.sgd(0.1), (X, Y), steps=1)
+  with pytest.raises(ValueError, match="evaluate"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=1, stop_eval=lambda m: True)
+  with pytest.raises(TypeError, match="stop_below"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=1, stop_below=0.1)
+
+
 def test_stop_below_ends_at_the_first_step_under_the_threshold():
   # GD on ½‖w − y‖² with X = I: loss after t steps is ½(1 − η)^{2t}‖y‖² (closed form).
   X, Y = jnp.eye(3), jnp.array([1.0, -2.0, 2.0])
@@ -68,6 +223,9 @@ def test_stop_below_ends_at_the_first_step_under_the_threshold():
   assert len(res.loss) == t_hit + 1 and res.loss[-1] < thr <= res.loss[-2]
   np.testing.assert_allclose(res.loss, closed[:t_hit + 1], rtol=1e-12)
   assert res.record_steps.tolist() == [0, t_hit] and len(res.train_predictions) == 2
+  assert int(res.state.step) == t_hit        # the state whose loss is below thr
+  np.testing.assert_allclose(res.train_predictions[-1], (1 - (1 - eta) ** t_hit) * Y,
+                             rtol=1e-12)
   with pytest.raises(ValueError, match="stop_below"):
     T.train(lambda w, x: x @ w, jnp.zeros(3), optax.sgd(eta), X, Y, steps=5, progress=False,
             stop_below=-1.0)
@@ -230,22 +388,3 @@ def test_pgd_speedup_full_table():
   # (predicted): GD 113 (109) / 794 (684) / 1894 (1716) / 3588 (2971), PGD 1 (1) / 1 (1) /
   # 2 (1) / 4 (3) for j = 4 / 8 / 12 / 16.
   _check_counts(_iteration_counts(4096, (4, 8, 12, 16), b_std=0.1))
-
-
-def test_msk_sgd_trajectory_equals_train_and_compiles_once():
-  # Linear model f = Φ w: msk_sgd_jvp is exactly f ← f − η K S r (K = ΦΦᵀ); the scan must
-  # reproduce train(..., msk_sgd_jvp) at every step, for any η / spectrum without recompiling.
-  rng = np.random.default_rng(4)
-  Phi = jnp.asarray(rng.standard_normal((12, 5)))
-  y = jnp.asarray(rng.standard_normal(12))
-  f = lambda w, x: x @ w
-  spec = mskjax.msk_spectrum(Phi @ Phi.T, mskjax.modifiers.flatten(), 2)
-  run = T.msk_sgd_trajectory(f, Phi, y, 6)
-  for eta in (0.5 / float(spec.max_value), 0.9 / float(spec.max_value)):
-    ref = T.train(f, jnp.zeros(5), optim.msk_sgd_jvp(eta, f, Phi, spec), Phi, y, steps=6,
-                  record_steps=range(7), progress=False)
-    np.testing.assert_allclose(run(jnp.zeros(5), eta, spec), ref.train_predictions,
-                               rtol=1e-10, atol=1e-12)
-  assert run._cache_size() == 1
-  with pytest.raises(ValueError, match="steps"):
-    T.msk_sgd_trajectory(f, Phi, y, -1)

@@ -1,0 +1,271 @@
+"""The data-free PSD preconditioner (optim.scale_by_msk / msk_sgd / msk_directions).
+
+Oracles: the full Jacobian J (n·c × #params) formed with jacrev in float64 and numpy's
+eigh of K = J Jᵀ, never the code under test.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import jax.flatten_util
+import optax
+import pytest
+import flax.linen as nn
+from flax import nnx
+from flax.training import train_state
+
+from mskjax import modifiers, optim
+
+
+class MLP(nn.Module):
+  width: int = 64
+  out: int = 3
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.width)(x))
+    x = nn.relu(nn.Dense(self.width)(x))
+    return nn.Dense(self.out)(x)
+
+
+def _full_jacobian(f, params):
+  """J of all outputs (row = point·c + output) against the flattened params, float64 numpy."""
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  J = jax.jacrev(lambda v: f(unravel(v)).reshape(-1))(flat.astype(jnp.float64))
+  return np.asarray(J, np.float64), unravel
+
+
+def _rows(d):
+  """The directions as a (k, #params) float64 matrix (rows q_i)."""
+  return np.stack([np.asarray(jax.flatten_util.ravel_pytree(
+      jax.tree.map(lambda l: l[i], d.directions))[0], np.float64) for i in range(d.k)])
+
+
+def _setup(model_kind, n=8, c=3, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((n, 5)))
+  if model_kind == "linear":  # random features: f(w, x) = φ(x) W, J exact and constant
+    rng_w = np.asarray(rng.standard_normal((5, 40)))
+    params = {"w": jnp.asarray(rng.standard_normal((40, c))) / 7.0}
+    apply_fn = lambda p, xx: jnp.tanh(xx @ rng_w) @ p["w"]
+    return apply_fn, params, x, apply_fn
+  model = MLP(width=128, out=c)
+  variables = model.init(jax.random.PRNGKey(seed), x)
+  variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
+  return model.apply, variables, x, (lambda p, xx: model.apply({"params": p}, xx))
+
+
+@pytest.mark.parametrize("kind,c", [("linear", 1), ("linear", 3), ("wide", 3)])
+def test_P_JT_e_equals_JT_S_e(kind, c):
+  apply_fn, params, x, f = _setup(kind, c=c)
+  # the linear model's kernel is Φ Φᵀ ⊗ I_c (exact c-fold ties): cut k at a block edge,
+  # where S is unique
+  k = 6 if (kind == "linear" and c == 3) else 4
+  d = optim.msk_directions(apply_fn, params, x, modifiers.power(0.5), k, tol=1e-12,
+                           max_cycles=30)
+  p = params["params"] if kind == "wide" else params
+  J, unravel = _full_jacobian(lambda q: f(q, x), p)
+  K = J @ J.T                                       # full (n·c)×(n·c) NTK, cross terms in
+  lam, U = np.linalg.eigh(K)
+  lam, U = lam[::-1], U[:, ::-1]
+  # eigenvalues of the full multi-output kernel (float64 Krylov vs eigh: round-off)
+  np.testing.assert_allclose(d.values, lam[:k], rtol=1e-9)
+  np.testing.assert_allclose(d.next_value, lam[k], rtol=1e-9)
+  g = np.sqrt(lam[:k])                              # power(0.5)
+  np.testing.assert_allclose(d.new_values, g, rtol=1e-9)
+  S = np.eye(len(lam)) + (U[:, :k] * (g / lam[:k] - 1)) @ U[:, :k].T
+  e = np.random.default_rng(1).standard_normal(len(lam))
+  Pu = optim.precondition(d, unravel(jnp.asarray(J.T @ e)))
+  Pu = np.asarray(jax.flatten_util.ravel_pytree(Pu)[0])
+  want = J.T @ S @ e
+  # float64; the directions come from a residual-1e-12 eigen-solve: round-off level.
+  np.testing.assert_allclose(Pu, want, rtol=0, atol=1e-8 * np.abs(want).max())
+  # P is positive definite: orthonormal q_i, so its eigenvalues are g/λ (on the q_i) and 1
+  Q = _rows(d)
+  np.testing.assert_allclose(Q @ Q.T, np.eye(k), atol=1e-10)
+  if J.shape[1] <= 400:
+    ev = np.linalg.eigvalsh(np.eye(J.shape[1]) + (Q.T * (g / lam[:k] - 1)) @ Q)
+    np.testing.assert_allclose(np.sort(ev)[:k], np.sort(g / lam[:k]), rtol=1e-8)
+    assert ev.min() > 0
+
+
+def test_multi_output_kernel_is_not_the_traced_one():
+  """The directions see the cross-output terms: λ differ from those of K_traced ⊗ I."""
+  apply_fn, params, x, f = _setup("wide", c=3)
+  J, _ = _full_jacobian(lambda q: f(q, x), params["params"])
+  K = J @ J.T
+  Kt = np.einsum("acbc->ab", K.reshape(8, 3, 8, 3)) / 3     # NT's output-traced kernel
+  d = optim.msk_directions(apply_fn, params, x, modifiers.identity(), 3, tol=1e-12,
+                           max_cycles=30, compute_beta=False)
+  np.testing.assert_allclose(d.values, np.linalg.eigvalsh(K)[::-1][:3], rtol=1e-9)
+  assert not np.allclose(d.values, np.linalg.eigvalsh(Kt)[::-1][:3], rtol=1e-3)
+
+
+def test_beta_and_subsample_and_init_vectors():
+  apply_fn, params, x, f = _setup("wide", n=12, c=2)
+  k = 3
+  d = optim.msk_directions(apply_fn, params, x, modifiers.flatten(), k, tol=1e-12,
+                           max_cycles=30)
+  J, _ = _full_jacobian(lambda q: f(q, x), params["params"])
+  K = J @ J.T
+  lam, U = np.linalg.eigh(K)
+  lam, U = lam[::-1], U[:, ::-1]
+  Kg = K + (U[:, :k] * (lam[k] - lam[:k])) @ U[:, :k].T
+  blocks = [Kg[2 * i:2 * i + 2, 2 * i:2 * i + 2] for i in range(12)]
+  np.testing.assert_allclose(d.beta, max(np.linalg.eigvalsh(b)[-1] for b in blocks),
+                             rtol=1e-8)
+  assert d.n_points == 12
+  # subsample: the kernel of the chosen s points (which ones: recoverable from the values)
+  ds = optim.msk_directions(apply_fn, params, x, modifiers.flatten(), k, subsample=6,
+                            tol=1e-12, max_cycles=30, key=jax.random.PRNGKey(3))
+  assert ds.n_points == 6 and ds.directions["Dense_0"]["kernel"].shape[0] == k
+  assert float(ds.values[0]) < float(d.values[0])      # a principal submatrix's top λ
+  # start from given (here exact, traced-kernel) eigenvectors: one Rayleigh–Ritz step on
+  # the span of v ⊗ e_j is exact when the span is invariant (it is for exact ones)
+  Kt = np.einsum("acbc->ab", K.reshape(12, 2, 12, 2)) / 2
+  _, Ut = np.linalg.eigh(Kt)
+  di = optim.msk_directions(apply_fn, params, x, modifiers.flatten(), k,
+                            init_vectors=Ut[:, ::-1][:, :8], max_cycles=3, tol=1e-12)
+  np.testing.assert_allclose(di.values, lam[:k], rtol=1e-8)
+
+
+def _linear_dirs(p_dim=6, seed=0):
+  rng = np.random.default_rng(seed)
+  q, _ = np.linalg.qr(rng.standard_normal((p_dim, 2)))
+  d = optim.MSKDirections({"a": jnp.asarray(q[:4].T, jnp.float32),
+                           "b": {"c": jnp.asarray(q[4:].T, jnp.float32)}},
+                          jnp.asarray([8.0, 2.0]), jnp.asarray([1.0, 1.0]), jnp.asarray(1.0))
+  P = np.eye(p_dim) + (q * (np.array([1 / 8, 1 / 2]) - 1)) @ q.T
+  return d, P
+
+
+def _tree(v):
+  return {"a": jnp.asarray(v[:4], jnp.float32), "b": {"c": jnp.asarray(v[4:], jnp.float32)}}
+
+
+def _flat(t):
+  return np.concatenate([np.asarray(t["a"]), np.asarray(t["b"]["c"])])
+
+
+def test_optax_composition():
+  d, P = _linear_dirs()
+  u = np.arange(1.0, 7.0)
+  params = _tree(np.zeros(6))
+  # float32 user data: float32 round-off
+  tol = dict(rtol=1e-5, atol=1e-5)
+  # chain with sgd+momentum: first step = -lr P u
+  tx = optax.chain(optim.scale_by_msk(d), optax.sgd(0.1, momentum=0.9))
+  up, st = jax.jit(tx.update)(_tree(u), tx.init(params))
+  np.testing.assert_allclose(_flat(up), -0.1 * P @ u, **tol)
+  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(up))
+  # inject_hyperparams: lr in the state, no data in it (directions and k coefficients)
+  tx = optax.inject_hyperparams(optim.msk_sgd)(learning_rate=0.5, directions=d)
+  st = tx.init(params)
+  st.hyperparams["learning_rate"] = jnp.asarray(0.25)
+  up, _ = tx.update(_tree(u), st)
+  np.testing.assert_allclose(_flat(up), -0.25 * P @ u, **tol)
+  assert sum(l.size for l in jax.tree.leaves(st)) == 2 * 6 + 2 + 2  # dirs, coef, lr, count
+  # MultiSteps: the mean of two micro-batch gradients, preconditioned
+  tx = optax.MultiSteps(optim.msk_sgd(1.0, d), every_k_schedule=2)
+  st = tx.init(params)
+  up1, st = tx.update(_tree(u), st, params)
+  assert np.all(_flat(up1) == 0)
+  up2, st = tx.update(_tree(3 * u), st, params)
+  np.testing.assert_allclose(_flat(up2), -P @ (2 * u), **tol)
+  # masked: P compressed to the leaves in the mask (still positive definite)
+  mask = {"a": True, "b": {"c": False}}
+  tx = optax.masked(optim.scale_by_msk(d), mask)
+  up, _ = tx.update(_tree(u), tx.init(params))
+  Pm = P[:4, :4]
+  np.testing.assert_allclose(_flat(up)[:4], Pm @ u[:4], **tol)
+  np.testing.assert_allclose(_flat(up)[4:], u[4:])
+  assert np.linalg.eigvalsh(Pm).min() > 0
+  # replace_directions on a chained state
+  tx = optax.chain(optim.scale_by_msk(d), optax.sgd(1.0))
+  d2, P2 = _linear_dirs(seed=5)
+  st = optim.replace_directions(tx.init(params), d2)
+  np.testing.assert_allclose(_flat(tx.update(_tree(u), st)[0]), -P2 @ u, **tol)
+
+
+def test_flax_train_state_and_nnx_optimizer():
+  x = jax.random.normal(jax.random.PRNGKey(0), (16, 4))
+  y = jax.random.normal(jax.random.PRNGKey(1), (16, 2))
+  model = MLP(width=16, out=2)
+  variables = model.init(jax.random.PRNGKey(2), x)
+  d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 3,
+                           compute_beta=False)
+  state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                        tx=optim.msk_sgd(0.01, d))
+  loss = lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2)
+  g = jax.grad(loss)(state.params)
+  new = state.apply_gradients(grads=g)
+  want = optim.precondition(d, g)
+  for a, b, w in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params),
+                     jax.tree.leaves(want)):
+    np.testing.assert_allclose(b - a, -0.01 * w, rtol=1e-5, atol=1e-7)
+
+  class NMLP(nnx.Module):
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(4, 16, rngs=rngs)
+      self.l2 = nnx.Linear(16, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(jax.nn.relu(self.l1(x)))
+
+  m = NMLP(nnx.Rngs(0))
+  dn = optim.msk_directions(m, None, x, modifiers.flatten(), 3, compute_beta=False)
+  opt = nnx.Optimizer(m, optim.msk_sgd(0.01, dn), wrt=nnx.Param)
+  before = nnx.as_pure(nnx.state(m, nnx.Param))
+  grads = nnx.grad(lambda mm: jnp.mean((mm(x) - y) ** 2))(m)
+  opt.update(m, grads)
+  after = nnx.as_pure(nnx.state(m, nnx.Param))
+  want = optim.precondition(dn, nnx.as_pure(nnx.state(grads, nnx.Param)))
+  for a, b, w in zip(jax.tree.leaves(before), jax.tree.leaves(after), jax.tree.leaves(want)):
+    np.testing.assert_allclose(b - a, -0.01 * w, rtol=1e-5, atol=1e-7)
+
+
+def test_float32_pipeline_stays_float32():
+  """With x64 off (a user's process), nothing float64 reaches params, updates or state."""
+  with jax.enable_x64(False):
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 6))
+    y = jax.nn.one_hot(jnp.arange(16) % 3, 3)
+    model = MLP(width=32, out=3)
+    variables = model.init(jax.random.PRNGKey(1), x)
+    d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 4)
+    assert float(d.residuals.max()) < 1e-6      # solved in float64 inside
+    tx = optim.msk_sgd(optim.stable_learning_rate(d, 8), d)
+    params = variables["params"]
+    st = tx.init(params)
+
+    @jax.jit
+    def step(params, st, xb, yb):
+      g = jax.grad(lambda p: optax.softmax_cross_entropy(
+          model.apply({"params": p}, xb), yb).mean())(params)
+      up, st = tx.update(g, st, params)
+      return optax.apply_updates(params, up), st
+
+    params, st = step(params, st, x[:8], y[:8])
+    for leaf in jax.tree.leaves((params, st, d.directions, d.values)):
+      assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+    assert not jax.config.jax_enable_x64
+
+
+def test_errors():
+  d, _ = _linear_dirs()
+  with pytest.raises(TypeError, match="directions"):
+    optim.scale_by_msk({"a": 1})
+  with pytest.raises(ValueError, match="new_values"):
+    optim.scale_by_msk(d._replace(new_values=jnp.asarray([1.0, -1.0])))
+  with pytest.raises(ValueError, match="leading axis"):
+    optim.scale_by_msk(d._replace(directions={"a": jnp.zeros((3, 4))}))
+  tx = optim.scale_by_msk(d)
+  with pytest.raises(ValueError, match="pytree structures"):
+    tx.update({"a": jnp.zeros(4)}, tx.init(None))
+  with pytest.raises(ValueError, match="beta"):
+    optim.stable_learning_rate(d, 32)
+  with pytest.raises(ValueError, match="batch_size"):
+    optim.stable_learning_rate(batch_size=0, lambda_max=1.0, beta=1.0, n_points=1)
+  x = jnp.ones((4, 2))
+  with pytest.raises(ValueError, match="rank"):   # one parameter: the NTK has rank 1
+    optim.msk_directions(lambda w, xx: xx @ w[:, None] * 0 + xx[:, :1] * w[0],
+                         jnp.ones(2), x, modifiers.flatten(), 2, compute_beta=False)
