@@ -364,6 +364,45 @@ def kernel_matvec(kernel_fn: Callable, x, v, *, block_size: int, get: str = "ntk
 
 
 # ------------------------------------------------- Jacobian operators of a finite network
+class _Call(NamedTuple):
+  """Hashable ``call(p, rest, x)`` (a static argument of jitted functions: one compile per
+  network, not per call)."""
+  kind: str
+  base: Any
+
+  def __call__(self, p, rest, x):
+    if self.kind == "plain":
+      return self.base(p, x)
+    if self.kind == "linen":
+      return self.base({**rest, "params": p}, x)
+    from flax import nnx
+    return nnx.merge(self.base, p, rest)(x)
+
+
+def _split(apply_fn, params):
+  """(call, p, rest): the trainable parameters p and everything else held fixed."""
+  try:
+    from flax import nnx
+    import flax.linen as nn
+  except ImportError:  # pragma: no cover
+    nnx = nn = None
+  if nnx is not None and isinstance(apply_fn, nnx.Module):
+    filt = nnx.Param if params is None else params
+    graphdef, state, rest = nnx.split(apply_fn, filt, ...)
+    return _Call("nnx", graphdef), nnx.as_pure(state), rest
+  if not callable(apply_fn):
+    raise TypeError(f"`apply_fn` must be callable apply_fn(params, x) (or an nnx.Module); got "
+                    f"{type(apply_fn).__name__}.")
+  owner = getattr(apply_fn, "__self__", None)
+  if nn is not None and isinstance(owner, nn.Module) and hasattr(params, "keys") \
+      and "params" in params:
+    rest = {key: val for key, val in params.items() if key != "params"}
+    return _Call("linen", apply_fn), params["params"], rest
+  if params is None:
+    raise TypeError("`params` is None; pass the parameters apply_fn(params, x) takes.")
+  return _Call("plain", apply_fn), params, None
+
+
 def trainable_fn(apply_fn, params=None):
   """``(f, p)`` with ``f(p, x) -> (n, ...)`` a function of the *trainable* parameters only.
 
@@ -385,26 +424,10 @@ def trainable_fn(apply_fn, params=None):
     >>> sorted(p), f(p, x).shape
     (['bias', 'kernel'], (3, 2))
   """
-  try:
-    from flax import nnx
-    import flax.linen as nn
-  except ImportError:  # pragma: no cover
-    nnx = nn = None
-  if nnx is not None and isinstance(apply_fn, nnx.Module):
-    filt = nnx.Param if params is None else params
-    graphdef, state, rest = nnx.split(apply_fn, filt, ...)
-    return (lambda p, x: nnx.merge(graphdef, p, rest)(x)), nnx.as_pure(state)
-  if not callable(apply_fn):
-    raise TypeError(f"`apply_fn` must be callable apply_fn(params, x) (or an nnx.Module); got "
-                    f"{type(apply_fn).__name__}.")
-  owner = getattr(apply_fn, "__self__", None)
-  if nn is not None and isinstance(owner, nn.Module) and hasattr(params, "keys") \
-      and "params" in params:
-    rest = {key: val for key, val in params.items() if key != "params"}
-    return (lambda p, x: apply_fn({**rest, "params": p}, x)), params["params"]
-  if params is None:
-    raise TypeError("`params` is None; pass the parameters apply_fn(params, x) takes.")
-  return apply_fn, params
+  call, p, rest = _split(apply_fn, params)
+  if call.kind == "plain":
+    return call.base, p
+  return (lambda q, x: call(q, rest, x)), p
 
 
 class JacobianOperator(NamedTuple):
@@ -606,10 +629,13 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
   return run(xb)
 
 
-def _ntk_block_fn(fn, p, c, bs1, bs2, strategy, trace):
-  """Jitted (x1 blocks, x2 blocks) -> kernel rows; traced-friendly (lax.map over blocks)."""
+@functools.partial(jax.jit, static_argnames=("call", "c", "strategy", "trace"))
+def _ntk_run(call, p, rest, x1b, x2b, c, strategy, trace):
+  """Kernel rows for blocks x1b (nb1, bs1, ...) against x2b (nb2, bs2, ...) (lax.map)."""
+  fn = lambda q, x: call(q, rest, x)
+  bs1, bs2 = x1b.shape[1], x2b.shape[1]
 
-  def rows(xa, x2b):
+  def rows(xa):
     ja = _point_jacobians(fn, p, xa, c)                       # leaves (bs1, c, *shape)
     if strategy == "jvp":
       tang = jax.tree.map(lambda l: l.reshape((bs1 * c,) + l.shape[2:]), ja)
@@ -626,15 +652,12 @@ def _ntk_block_fn(fn, p, c, bs1, bs2, strategy, trace):
       return jnp.moveaxis(blocks, 0, 1).reshape(bs1, -1)
     return jnp.moveaxis(blocks, 0, 2).reshape(bs1, c, -1, c)
 
-  @jax.jit
-  def run(x1b, x2b):
-    out = lax.map(lambda xa: rows(xa, x2b), x1b)
-    return out
-  return run
+  return lax.map(rows, x1b)
 
 
 def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, strategy):
-  fn, p = trainable_fn(apply_fn, params)
+  call, p, rest = _split(apply_fn, params)
+  fn = lambda q, x: call(q, rest, x)
   dt = x1.dtype
   p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
                    if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
@@ -664,8 +687,7 @@ def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, st
   nb1, nb2 = math.ceil(n1 / bs1), math.ceil(n2 / bs2)
   x1b = _pad_rows(x1, nb1 * bs1).reshape((nb1, bs1) + x1.shape[1:])
   x2b = _pad_rows(xb2, nb2 * bs2).reshape((nb2, bs2) + xb2.shape[1:])
-  run = _ntk_block_fn(fn, p, c, bs1, bs2, strategy, not full)
-  K = run(x1b, x2b)
+  K = _ntk_run(call, p, rest, x1b, x2b, c, strategy, not full)
   if full:
     K = K.reshape(nb1 * bs1, c, nb2 * bs2, c)[:n1, :, :n2, :]
     return K.reshape(n1 * c, n2 * c)
