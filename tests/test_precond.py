@@ -269,3 +269,33 @@ def test_errors():
   with pytest.raises(ValueError, match="rank"):   # one parameter: the NTK has rank 1
     optim.msk_directions(lambda w, xx: xx @ w[:, None] * 0 + xx[:, :1] * w[0],
                          jnp.ones(2), x, modifiers.flatten(), 2, compute_beta=False)
+
+
+def test_msk_sgd_jvp_guard_against_kernel_drift():
+  """A stored spectrum from X used on a network whose kernel grew 9× (f = 3·X w): for
+  flatten, uᵀ P u < 0 along some gradients; the guard passes u through and counts it."""
+  rng = np.random.default_rng(0)
+  X = jnp.asarray(rng.standard_normal((6, 8)))
+  K = X @ X.T
+  import mskjax
+  spec = mskjax.msk_spectrum(K, modifiers.scale(0.01), 2)   # g/λ = 0.01: coef ≈ −0.99/λ
+  f_drift = lambda w, x: 3.0 * (x @ w)                      # empirical NTK = 9 K
+  lam, U = np.linalg.eigh(np.asarray(K))
+  u = 3.0 * np.asarray(X).T @ U[:, -1]                      # a gradient along v₁: Jᵀ v₁
+  # explicit map: P u = u + Jᵀ V C Λ⁻¹ Vᵀ J u with J = 3X
+  J = 3.0 * np.asarray(X)
+  Vk = np.asarray(spec.vectors)
+  coef = (np.asarray(spec.new_values) / np.asarray(spec.values) - 1) / np.asarray(spec.values)
+  Pu = u + J.T @ Vk @ (coef * (Vk.T @ (J @ u)))
+  assert u @ Pu < 0                                         # indefinite along u
+  w = jnp.zeros(8)
+  for guard, want in ((False, Pu), (True, u)):
+    tx = optim.scale_by_msk_jvp(f_drift, X, spec, guard=guard)
+    out, st = tx.update(jnp.asarray(u), tx.init(w), w)
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
+    assert int(st.indefinite) == 1
+  # without drift the map is PD: the same u is preconditioned and not counted
+  tx = optim.scale_by_msk_jvp(lambda w_, x: x @ w_, X, spec)
+  u0 = np.asarray(X).T @ U[:, -1]
+  out, st = tx.update(jnp.asarray(u0), tx.init(w), w)
+  assert int(st.indefinite) == 0 and float(jnp.dot(out, u0)) > 0
