@@ -64,6 +64,22 @@ def _time(fn, args, repeats, inner):
   return float(np.median(ts))
 
 
+def _time_interleaved(cases, repeats, inner):
+  """Median seconds per call of each (fn, args), measured round-robin (the machine's
+  load drifts; interleaving puts baseline and variants under the same load)."""
+  for fn, args in cases:
+    jax.block_until_ready(fn(*args))
+  ts = [[] for _ in cases]
+  for _ in range(repeats):
+    for j, (fn, args) in enumerate(cases):
+      t = time.perf_counter()
+      for _ in range(inner):
+        out = fn(*args)
+      jax.block_until_ready(out)
+      ts[j].append((time.perf_counter() - t) / inner)
+  return [float(np.median(t)) for t in ts]
+
+
 def _random_dirs(params, k, key, dtype=None):
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
@@ -109,7 +125,7 @@ def bench_steps(models, ks, bs, repeats, inner):
     for b in bs:
       xb, yb = x[:b], y[:b]
       base = optax.sgd(0.01)
-      t_sgd = _time(make(base), (params, base.init(params), xb, yb), repeats, inner)
+      base_case = (make(base), (params, base.init(params), xb, yb))
       for k in ks:
         d = _random_dirs(params, k, jax.random.PRNGKey(2))
         res = {}
@@ -119,8 +135,10 @@ def bench_steps(models, ks, bs, repeats, inner):
                        ("bf16", optim.msk_sgd(0.01, _random_dirs(params, k,
                                                                  jax.random.PRNGKey(2),
                                                                  jnp.bfloat16)))]
-        for var, tx in variants:
-          res[var] = _time(make(tx), (params, tx.init(params), xb, yb), repeats, inner)
+        times = _time_interleaved([base_case] + [(make(tx), (params, tx.init(params), xb, yb))
+                                                 for _, tx in variants], repeats, inner)
+        t_sgd = times[0]
+        res = {var: t for (var, _), t in zip(variants, times[1:])}
         rows.append((name, P, b, k, t_sgd, res))
         print(f"{name:4s} P={P} b={b:4d} k={k:3d} sgd {1e3 * t_sgd:7.3f} ms | " +
               " ".join(f"{v} {1e3 * t:7.3f} ms ({t / t_sgd:4.2f}x)" for v, t in res.items()),
@@ -189,7 +207,7 @@ def main():
     if a.quick:
       bench_steps(["mlp"], [20], [128], 3, 5)
     else:
-      bench_steps(["mlp", "cnn"], [5, 20, 50], [128, 512, 1024], 5, 20)
+      bench_steps(["mlp", "cnn"], [5, 20, 50], [128, 512, 1024], 7, 10)
   if "directions" in only:
     bench_directions(60 if a.quick else 200, 20)
   if "empirical" in only:
