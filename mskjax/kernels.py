@@ -534,15 +534,15 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
   def fb(q, xa):
     return fn(q, xa).reshape(bs, c)
 
-  @jax.jit
-  def jvp(T):
+  # p and the input blocks are arguments, not closed-over constants (XLA would fold the
+  # network's forward pass on them at compile time and embed them in the program).
+  def _jvp(T, p, xb):
     def one(xa):
       _, lin = jax.linearize(lambda q: fb(q, xa), p)
       return jax.vmap(lin, out_axes=-1)(T)                     # (bs, c, m)
     return lax.map(one, xb).reshape(nb * bs, c, -1)[:n]
 
-  @jax.jit
-  def vjp(Vc):
+  def _vjp(Vc, p, xb):
     m = Vc.shape[-1]
     Vp = jnp.pad(Vc.astype(dt), ((0, nb * bs - n), (0, 0), (0, 0))).reshape(nb, bs, c, m)
 
@@ -556,10 +556,12 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     acc, _ = lax.scan(body, zero, (xb, Vp))
     return acc
 
-  @jax.jit
-  def ntk_matvec(Vf):
-    m = Vf.shape[-1]
-    return jvp(vjp(Vf.reshape(n, c, m))).reshape(n * c, m)
+  jvp_j, vjp_j = jax.jit(_jvp), jax.jit(_vjp)
+  ntk_j = jax.jit(lambda Vf, p, xb: _jvp(_vjp(Vf.reshape(n, c, Vf.shape[-1]), p, xb), p, xb)
+                  .reshape(n * c, Vf.shape[-1]))
+  jvp = lambda T: jvp_j(T, p, xb)
+  vjp = lambda Vc: vjp_j(Vc, p, xb)
+  ntk_matvec = lambda Vf: ntk_j(Vf, p, xb)
 
   return JacobianOperator(jvp, vjp, ntk_matvec, n, c, p, bs)
 
@@ -618,7 +620,7 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
   xb = _pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
 
   @jax.jit
-  def run(xb):
+  def run(xb, p):
     def one(xa):
       ja = _point_jacobians(fn, p, xa, c)
       return functools.reduce(jnp.add, [jnp.einsum("acp,adp->acd", l.reshape(bs, c, -1),
@@ -626,7 +628,7 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
                                         for l in jax.tree.leaves(ja)])
     return lax.map(one, xb).reshape(nb * bs, c, c)[:n]
 
-  return run(xb)
+  return run(xb, p)
 
 
 @functools.partial(jax.jit, static_argnames=("call", "c", "strategy", "trace"))
