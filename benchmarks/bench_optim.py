@@ -211,7 +211,7 @@ def main():
   if "directions" in only:
     bench_directions(60 if a.quick else 200, 20)
   if "empirical" in only:
-    bench_empirical(64 if a.quick else 256, ["mlp", "cnn"], 2 if a.quick else 3)
+    bench_empirical(64 if a.quick else 128, ["mlp", "cnn"], 2 if a.quick else 3)
 
 
 if __name__ == "__main__":
