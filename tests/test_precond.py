@@ -55,7 +55,8 @@ def _setup(model_kind, n=8, c=3, seed=0):
   return model.apply, variables, x, (lambda p, xx: model.apply({"params": p}, xx))
 
 
-@pytest.mark.parametrize("kind,c", [("linear", 1), ("linear", 3), ("wide", 3)])
+@pytest.mark.parametrize("kind,c", [pytest.param("linear", 1, marks=pytest.mark.slow),
+                                    ("linear", 3), ("wide", 3)])
 def test_P_JT_e_equals_JT_S_e(kind, c):
   apply_fn, params, x, f = _setup(kind, c=c)
   # the linear model's kernel is Φ Φᵀ ⊗ I_c (exact c-fold ties): cut k at a block edge,

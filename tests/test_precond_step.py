@@ -50,7 +50,8 @@ def _sphere_data(n=512, d=32, radius=3.0, seed=0):
   return X, X @ rng.standard_normal(d)
 
 
-@pytest.mark.parametrize("b", [4, 32, 256])
+@pytest.mark.parametrize("b", [pytest.param(4, marks=pytest.mark.slow), 32,
+                               pytest.param(256, marks=pytest.mark.slow)])
 def test_rule_against_measured_divergence_threshold(b):
   X, Y = _sphere_data()
   n = X.shape[0]
@@ -90,7 +91,7 @@ def _stiff_data(ratio, n=1024, d=48, k=8, seed=0):
   return X, X @ rng.standard_normal(d)
 
 
-@pytest.mark.parametrize("ratio", [1e2, 1e5])
+@pytest.mark.parametrize("ratio", [pytest.param(1e2, marks=pytest.mark.slow), 1e5])
 def test_preconditioned_minibatch_follows_full_batch_prediction(ratio):
   k, epochs = 8, 30
   X, Y = _stiff_data(ratio, k=k)
