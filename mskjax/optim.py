@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
@@ -579,9 +580,9 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     >>> from mskjax import optim, modifiers
     >>> model = nn.Dense(3); x = jax.random.normal(jax.random.PRNGKey(0), (16, 4))
     >>> variables = model.init(jax.random.PRNGKey(1), x)
-    >>> d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 2)
-    >>> d.directions['kernel'].shape, bool(d.residuals.max() < 1e-6)
-    ((2, 4, 3), True)
+    >>> d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 3)
+    >>> d.directions['kernel'].shape, bool(d.residuals.max() < 1e-6)   # K = X̃X̃ᵀ ⊗ I₃: k = 3
+    ((3, 4, 3), True)
   """
   fn, p = _kernels.trainable_fn(apply_fn, params)
   if not callable(g):
@@ -640,6 +641,11 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if not w[k - 1] > 100 * eps * w[0]:
       raise ValueError(f"msk_directions: λ_{k} = {w[k - 1]:.3g} is not positive: the "
                        f"empirical NTK on these {s} points has rank < {k}; lower `k`.")
+    if abs(w[k - 1] - w[k]) <= 1e-6 * w[0]:
+      warnings.warn(f"msk_directions: λ_{k} ≈ λ_{k + 1} ({w[k - 1]:.6g} vs {w[k]:.6g}): k cuts "
+                    "through a block of (near-)equal eigenvalues, so which directions of "
+                    "the block are modified is arbitrary (e.g. the c outputs of a "
+                    "symmetric network at init); move k to the block edge.", stacklevel=2)
     new = np.asarray(g(jnp.asarray(w), k), np.float64)
     if new.shape != (k,):
       raise ValueError(f"msk_directions: g(evals, k) must return k={k} values; got shape "

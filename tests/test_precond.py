@@ -300,3 +300,9 @@ def test_msk_sgd_jvp_guard_against_kernel_drift():
   u0 = np.asarray(X).T @ U[:, -1]
   out, st = tx.update(jnp.asarray(u0), tx.init(w), w)
   assert int(st.indefinite) == 0 and float(jnp.dot(out, u0)) > 0
+
+
+def test_warns_when_k_cuts_a_block_of_equal_eigenvalues():
+  apply_fn, params, x, _ = _setup("linear", c=3)      # kernel Φ Φᵀ ⊗ I₃: 3-fold ties
+  with pytest.warns(UserWarning, match="block"):
+    optim.msk_directions(apply_fn, params, x, modifiers.flatten(), 4, compute_beta=False)
