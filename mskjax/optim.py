@@ -87,7 +87,9 @@ step size of full-batch GD: use the same ``η ≤ 1/λ_max(K_g)``-type rates.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
@@ -467,6 +469,22 @@ def _orth(w, basis=None):
   return w
 
 
+def _few_blas_threads(size):
+  """One BLAS thread for the host-side small dense algebra (QR, eigh of the Krylov basis).
+
+  Measured on a shared 2-core machine: numpy's multi-threaded OpenBLAS took 0.5 s for one
+  600×31 QR under load against 1 ms single-threaded. A local context (threadpoolctl, a
+  scikit-learn dependency); nothing global changes. Large bases keep the default.
+  """
+  try:
+    import threadpoolctl
+  except ImportError:  # pragma: no cover
+    return contextlib.nullcontext()
+  if size > 20_000_000:
+    return contextlib.nullcontext()
+  return threadpoolctl.threadpool_limits(1, "blas")
+
+
 def _block_krylov(matvec, N, k, start, rng, oversample, depth, tol, max_cycles):
   """Top-(k+1) Ritz pairs of a PSD operator from a start block (float64, host side).
 
@@ -562,9 +580,9 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     >>> from mskjax import optim, modifiers
     >>> model = nn.Dense(3); x = jax.random.normal(jax.random.PRNGKey(0), (16, 4))
     >>> variables = model.init(jax.random.PRNGKey(1), x)
-    >>> d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 2)
-    >>> d.directions['kernel'].shape, bool(d.residuals.max() < 1e-6)
-    ((2, 4, 3), True)
+    >>> d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 3)
+    >>> d.directions['kernel'].shape, bool(d.residuals.max() < 1e-6)   # K = X̃X̃ᵀ ⊗ I₃: k = 3
+    ((3, 4, 3), True)
   """
   fn, p = _kernels.trainable_fn(apply_fn, params)
   if not callable(g):
@@ -602,7 +620,8 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
       raise ValueError(f"msk_directions: `{name}` must be an int >= {lo}; got {val!r}.")
   out_dtypes = jax.tree.map(lambda a: jnp.asarray(a).dtype, p)
-  with jax.enable_x64(bool(float64)):
+  with jax.enable_x64(bool(float64)), \
+      _few_blas_threads(s * (int(k) + 1 + int(oversample)) * (int(depth) + 1)):
     cdt = jnp.float64 if float64 else None
     op = _kernels.jacobian_operator(fn, p, x, columns=k + 1 + oversample,
                                     block_size=block_size, memory_budget=memory_budget,
@@ -622,6 +641,11 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if not w[k - 1] > 100 * eps * w[0]:
       raise ValueError(f"msk_directions: λ_{k} = {w[k - 1]:.3g} is not positive: the "
                        f"empirical NTK on these {s} points has rank < {k}; lower `k`.")
+    if abs(w[k - 1] - w[k]) <= 1e-6 * w[0]:
+      warnings.warn(f"msk_directions: λ_{k} ≈ λ_{k + 1} ({w[k - 1]:.6g} vs {w[k]:.6g}): k cuts "
+                    "through a block of (near-)equal eigenvalues, so which directions of "
+                    "the block are modified is arbitrary (e.g. the c outputs of a "
+                    "symmetric network at init); move k to the block edge.", stacklevel=2)
     new = np.asarray(g(jnp.asarray(w), k), np.float64)
     if new.shape != (k,):
       raise ValueError(f"msk_directions: g(evals, k) must return k={k} values; got shape "
@@ -629,7 +653,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     Qt = op.vjp(jnp.asarray((Y[:, :k] / np.sqrt(w[:k])).reshape(s, c, k), cdtype))
     # Löwdin re-orthonormalisation q ← G^{-1/2} q, G = Q Qᵀ (≈ I up to the residuals).
     G = np.zeros((k, k))
-    for leaf in jax.tree.leaves(Qt):
+    for leaf in jax.tree.leaves(Qt):  # (k, size) @ (size, k): a few GEMMs
       l2 = np.asarray(leaf, np.float64).reshape(k, -1)
       G += l2 @ l2.T
     ev, U = np.linalg.eigh(0.5 * (G + G.T))
@@ -658,11 +682,14 @@ class ScaleByMSKJvpState(NamedTuple):
     values: ``(k,)`` eigenvalues λ₁..λ_k in use.
     vectors: ``(n, k)`` eigenvectors V_k in use.
     new_values: ``(k,)`` modified values g(λ₁..λ_k) in use.
+    indefinite: number of updates u with uᵀ P u ≤ 0 (the stored spectrum no longer
+      matches the network's kernel; with ``guard`` those steps used u unchanged).
   """
   count: jax.Array
   values: jax.Array
   vectors: jax.Array
   new_values: jax.Array
+  indefinite: jax.Array = 0
 
 
 def _check_spectrum(spectrum, n):
@@ -675,18 +702,29 @@ def _check_spectrum(spectrum, n):
                      "matrix on exactly these training inputs.")
 
 
-def _jvp_vjp_precondition(apply_fn, params, x, u, vectors, values, new_values):
-  """P u = u + Jᵀ V diag((g/λ − 1)/λ) Vᵀ (J u): one linearization, one JVP, one VJP."""
+def _jvp_vjp_precondition(apply_fn, params, x, u, vectors, values, new_values, guard=True):
+  """P u = u + Jᵀ V diag((g/λ − 1)/λ) Vᵀ (J u): one linearization, one JVP, one VJP.
+
+  Returns (P u, ok) with ok = (uᵀ P u > 0). With ``guard``, P u is replaced by u when
+  ``not ok`` (the stored spectrum no longer matches the network's kernel and the map is
+  indefinite along u: the step would not be a descent direction).
+  """
   u_cast = jax.tree.map(lambda a, p: a.astype(p.dtype), u, params)
   out, f_jvp = jax.linearize(lambda p: apply_fn(p, x), params)
   ju = f_jvp(u_cast)                                           # (n,) or (n, c)
   n = ju.shape[0]
   ju2 = ju.reshape(n, -1)
   coef = (new_values / values - 1.0) / values                  # (k,)
-  w = vectors @ (coef[:, None] * (vectors.T @ ju2.astype(vectors.dtype)))
+  a = vectors.T @ ju2.astype(vectors.dtype)                    # (k, c)
+  w = vectors @ (coef[:, None] * a)
   w = w.reshape(ju.shape).astype(out.dtype)
   (jtw,) = jax.linear_transpose(f_jvp, u_cast)(w)
-  return jax.tree.map(lambda a, b: (a + b).astype(a.dtype), u, jtw)
+  # uᵀ P u = ‖u‖² + Σ_i coef_i ‖v_iᵀ J u‖² (no extra network pass)
+  unorm = sum(jnp.sum(jnp.square(l.astype(a.dtype))) for l in jax.tree.leaves(u))
+  ok = unorm + jnp.sum(coef[:, None] * a * a) > 0
+  keep = ok if guard else jnp.asarray(True)
+  pu = jax.tree.map(lambda x_, y_: jnp.where(keep, x_ + y_, x_).astype(x_.dtype), u, jtw)
+  return pu, ok
 
 
 def _empirical_top(apply_fn, params, x, g, k):
@@ -705,7 +743,7 @@ def _empirical_top(apply_fn, params, x, g, k):
 
 def scale_by_msk_jvp(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
                  refresh_every: Optional[int] = None,
-                 g: Optional[_modifiers.Modifier] = None
+                 g: Optional[_modifiers.Modifier] = None, guard: bool = True
                  ) -> optax.GradientTransformationExtraArgs:
   r"""Turn a training-set loss gradient into the MSK-preconditioned direction.
 
@@ -736,6 +774,13 @@ def scale_by_msk_jvp(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
     refresh_every: recompute the eigenpairs from the empirical NTK every this many
       updates (positive int), or None to keep ``spectrum`` fixed.
     g: the modifier used at a refresh (required with ``refresh_every``).
+    guard: the map ``u + Jᵀ V diag((g/λ − 1)/λ) Vᵀ J u`` is positive definite only while
+      the network's kernel matches the stored spectrum (kernel drift, e.g. a kernel that
+      grows during training, makes it indefinite for g < λ). Every update computes
+      ``uᵀ P u = ‖u‖² + Σ_i (g_i/λ_i − 1)/λ_i ‖v_iᵀ J u‖²`` at no extra cost; with
+      ``guard=True`` (default) an update with ``uᵀ P u ≤ 0`` is passed through unchanged
+      (plain gradient), and ``state.indefinite`` counts such updates either way. For
+      training, prefer the data-free :func:`scale_by_msk`, which is PD by construction.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is :class:`ScaleByMSKJvpState`;
@@ -772,7 +817,8 @@ def scale_by_msk_jvp(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
   def init_fn(params):
     del params
     return ScaleByMSKJvpState(jnp.zeros([], jnp.int32), jnp.asarray(spectrum.values),
-                           jnp.asarray(spectrum.vectors), jnp.asarray(spectrum.new_values))
+                              jnp.asarray(spectrum.vectors), jnp.asarray(spectrum.new_values),
+                              jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -788,17 +834,18 @@ def scale_by_msk_jvp(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
       do = (state.count > 0) & (state.count % refresh_every == 0)
       values, vectors, new_values = lax.cond(do, refresh, lambda _: (values, vectors,
                                                                      new_values), None)
-    out = _jvp_vjp_precondition(apply_fn, params, x_train, updates, vectors, values,
-                                new_values)
+    out, ok = _jvp_vjp_precondition(apply_fn, params, x_train, updates, vectors, values,
+                                    new_values, guard)
     return out, ScaleByMSKJvpState(optax.safe_increment(state.count), values, vectors,
-                                new_values)
+                                   new_values, state.indefinite + (~ok).astype(jnp.int32))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_train,
             spectrum: MSKSpectrum, *, refresh_every: Optional[int] = None,
-            g: Optional[_modifiers.Modifier] = None) -> optax.GradientTransformationExtraArgs:
+            g: Optional[_modifiers.Modifier] = None,
+            guard: bool = True) -> optax.GradientTransformationExtraArgs:
   r"""Preconditioned GD: ``optax.chain(scale_by_msk_jvp(...), scale_by_learning_rate(η))``.
 
   ``θ ← θ − η P ∇_θ ℓ``; for ℓ = ½‖f(X) − Y‖² this is ``θ ← θ − η Jᵀ S r``, which in the
@@ -820,7 +867,7 @@ def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_tra
 
   Args:
     learning_rate: η (float or optax schedule).
-    apply_fn, x_train, spectrum, refresh_every, g: see :func:`scale_by_msk_jvp`.
+    apply_fn, x_train, spectrum, refresh_every, g, guard: see :func:`scale_by_msk_jvp`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -836,7 +883,8 @@ def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_tra
     [-0.05, -0.1]
   """
   return optax.chain(
-      scale_by_msk_jvp(apply_fn, x_train, spectrum, refresh_every=refresh_every, g=g),
+      scale_by_msk_jvp(apply_fn, x_train, spectrum, refresh_every=refresh_every, g=g,
+                       guard=guard),
       optax.scale_by_learning_rate(learning_rate))
 
 

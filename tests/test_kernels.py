@@ -3,6 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
+import jax.flatten_util
 
 from mskjax import kernels
 from mskjax.kernels import empirical_ntk, gram, kernel_matvec
@@ -46,7 +48,7 @@ def test_gram_accepts_numpy_and_lists(kernel_fn):
 
 
 @pytest.mark.parametrize("block_size", [None, 3, 5, "budget"])
-@pytest.mark.parametrize("implementation", [1, 2])
+@pytest.mark.parametrize("implementation", ["auto", "jvp", 1, 2])   # auto: c=3 -> jacobian
 def test_empirical_ntk_blocked(xs, block_size, implementation):
   x1, x2 = xs
   spec = MLPSpec(depth=1, width=32, out_dim=3, b_std=0.1)
@@ -56,7 +58,8 @@ def test_empirical_ntk_blocked(xs, block_size, implementation):
   opts = dict(block_size=block_size)
   if block_size == "budget":   # P = 227 params, c = 3: a 100 kB budget gives 4-row blocks
     opts = dict(block_size=None, memory_budget=100_000)
-    assert 1 < kernels._empirical_block_edge(v, 3, 11, implementation, 100_000) < 11
+    if implementation in (1, 2):
+      assert 1 < kernels._empirical_block_edge(v, 3, 11, implementation, 100_000) < 11
   k = empirical_ntk(model.apply, v, x1, x2, implementation=implementation, **opts)
   np.testing.assert_allclose(k, ref, rtol=1e-10, atol=1e-12)
   ksym = np.asarray(empirical_ntk(model.apply, v, x1, **opts))
@@ -119,14 +122,48 @@ def test_empirical_ntk_errors(xs):
   v = model.init(jax.random.PRNGKey(0), x1)
   with pytest.raises(ValueError, match="implementation=3"):
     empirical_ntk(model.apply, v, x1, implementation=3)
-  with pytest.raises(ValueError, match="implementation must be 1 or 2"):
+  with pytest.raises(ValueError, match="implementation must be 'auto'"):
     empirical_ntk(model.apply, v, x1, implementation=0)
   with pytest.raises(ValueError, match=r"shape \(n, c\)"):
-    empirical_ntk(lambda p, x: model.apply(p, x)[:, 0], v, x1)
+    empirical_ntk(lambda p, x: model.apply(p, x)[:, 0], v, x1, implementation=1)
+  with pytest.raises(ValueError, match="full=True"):
+    empirical_ntk(model.apply, v, x1, full=True, implementation=2)
+  with pytest.raises(ValueError, match="x1 contains NaN"):
+    empirical_ntk(model.apply, v, x1.at[0, 0].set(jnp.nan), implementation=1)
   with pytest.raises(ValueError, match="x1 contains NaN"):
     empirical_ntk(model.apply, v, x1.at[0, 0].set(jnp.nan))
   with pytest.raises(ValueError, match="memory_budget"):
     empirical_ntk(model.apply, v, x1, memory_budget=0)
+
+
+class _CNN(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("implementation", ["jacobian", "jvp"])
+def test_empirical_ntk_full_images_jit(implementation):
+  """Full multi-output kernel on image inputs = J Jᵀ from a jacrev full Jacobian (float64);
+  callable under jit with closed-over inputs; blocks from a small budget change nothing."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 6, 6, 1)))
+  model = _CNN()
+  v = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(0), x))
+  flat, unravel = jax.flatten_util.ravel_pytree(v["params"])
+  J = jax.jacrev(lambda f: model.apply({"params": unravel(f)}, x).reshape(-1))(flat)
+  want = np.asarray(J @ J.T)
+  Kf = empirical_ntk(model.apply, v, x, full=True, implementation=implementation)
+  np.testing.assert_allclose(Kf, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+  small = empirical_ntk(model.apply, v, x, full=True, implementation=implementation,
+                        memory_budget=20_000)
+  np.testing.assert_allclose(small, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+  Kt = jax.jit(lambda p: empirical_ntk(model.apply, p, x, implementation=implementation))(v)
+  np.testing.assert_allclose(Kt, np.einsum("acbc->ab", want.reshape(5, 3, 5, 3)) / 3,
+                             rtol=1e-10)
+  # scalar outputs (n,) are one output per point
+  k1 = empirical_ntk(lambda p, a: model.apply(p, a)[:, 0], v, x, implementation=implementation)
+  np.testing.assert_allclose(k1, want[::3, ::3], rtol=1e-10, atol=1e-12 * np.abs(want).max())
 
 
 def test_kernel_matvec_errors(kernel_fn, xs):

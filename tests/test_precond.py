@@ -55,7 +55,8 @@ def _setup(model_kind, n=8, c=3, seed=0):
   return model.apply, variables, x, (lambda p, xx: model.apply({"params": p}, xx))
 
 
-@pytest.mark.parametrize("kind,c", [("linear", 1), ("linear", 3), ("wide", 3)])
+@pytest.mark.parametrize("kind,c", [pytest.param("linear", 1, marks=pytest.mark.slow),
+                                    ("linear", 3), ("wide", 3)])
 def test_P_JT_e_equals_JT_S_e(kind, c):
   apply_fn, params, x, f = _setup(kind, c=c)
   # the linear model's kernel is Φ Φᵀ ⊗ I_c (exact c-fold ties): cut k at a block edge,
@@ -269,3 +270,39 @@ def test_errors():
   with pytest.raises(ValueError, match="rank"):   # one parameter: the NTK has rank 1
     optim.msk_directions(lambda w, xx: xx @ w[:, None] * 0 + xx[:, :1] * w[0],
                          jnp.ones(2), x, modifiers.flatten(), 2, compute_beta=False)
+
+
+def test_msk_sgd_jvp_guard_against_kernel_drift():
+  """A stored spectrum from X used on a network whose kernel grew 9× (f = 3·X w): for
+  flatten, uᵀ P u < 0 along some gradients; the guard passes u through and counts it."""
+  rng = np.random.default_rng(0)
+  X = jnp.asarray(rng.standard_normal((6, 8)))
+  K = X @ X.T
+  import mskjax
+  spec = mskjax.msk_spectrum(K, modifiers.scale(0.01), 2)   # g/λ = 0.01: coef ≈ −0.99/λ
+  f_drift = lambda w, x: 3.0 * (x @ w)                      # empirical NTK = 9 K
+  lam, U = np.linalg.eigh(np.asarray(K))
+  u = 3.0 * np.asarray(X).T @ U[:, -1]                      # a gradient along v₁: Jᵀ v₁
+  # explicit map: P u = u + Jᵀ V C Λ⁻¹ Vᵀ J u with J = 3X
+  J = 3.0 * np.asarray(X)
+  Vk = np.asarray(spec.vectors)
+  coef = (np.asarray(spec.new_values) / np.asarray(spec.values) - 1) / np.asarray(spec.values)
+  Pu = u + J.T @ Vk @ (coef * (Vk.T @ (J @ u)))
+  assert u @ Pu < 0                                         # indefinite along u
+  w = jnp.zeros(8)
+  for guard, want in ((False, Pu), (True, u)):
+    tx = optim.scale_by_msk_jvp(f_drift, X, spec, guard=guard)
+    out, st = tx.update(jnp.asarray(u), tx.init(w), w)
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
+    assert int(st.indefinite) == 1
+  # without drift the map is PD: the same u is preconditioned and not counted
+  tx = optim.scale_by_msk_jvp(lambda w_, x: x @ w_, X, spec)
+  u0 = np.asarray(X).T @ U[:, -1]
+  out, st = tx.update(jnp.asarray(u0), tx.init(w), w)
+  assert int(st.indefinite) == 0 and float(jnp.dot(out, u0)) > 0
+
+
+def test_warns_when_k_cuts_a_block_of_equal_eigenvalues():
+  apply_fn, params, x, _ = _setup("linear", c=3)      # kernel Φ Φᵀ ⊗ I₃: 3-fold ties
+  with pytest.warns(UserWarning, match="block"):
+    optim.msk_directions(apply_fn, params, x, modifiers.flatten(), 4, compute_beta=False)
