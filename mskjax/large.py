@@ -59,6 +59,19 @@ layer ReLU MLPs, kept generous."""
 
 
 # --------------------------------------------------------------------------- blocking
+def _as_points(x, name="x"):
+  """``x`` as a float array of n points of any per-point shape, ``(n, d)`` or ``(n, ...)``
+  (``(n, L, C)`` sequences, ``(n, H, W, C)`` images: neural-tangents' channels-last
+  convention); finite when concrete. Blocking acts on the point axis only."""
+  x = V.as_float_array(x, name)
+  if x.ndim < 2:
+    raise ValueError(f"`{name}` must have a leading axis of n points and at least one feature "
+                     f"axis, shape (n, d) or (n, ...); got shape {tuple(x.shape)}. Reshape "
+                     f"it, e.g. {name}[:, None] for scalar inputs.")
+  V.check_finite(x, name)
+  return x
+
+
 def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int = 0,
                           itemsize: Optional[int] = None, temporaries: int = _TEMPORARIES,
                           multiple: int = 64) -> int:
@@ -101,9 +114,9 @@ def _kernel_call(kernel_fn, get):
 def _local_matvec(kernel_fn, get, bs, xr, xc, vc, args):
   """Rows ``xr`` (a multiple of ``bs``) against all columns ``xc``: Σ_J k(xr, X_J) V_J."""
   call = _kernel_call(kernel_fn, get)
-  d, m = xr.shape[1], vc.shape[1]
-  xrb = xr.reshape(-1, bs, d)
-  xcb = xc.reshape(-1, bs, d)
+  m = vc.shape[1]
+  xrb = xr.reshape((-1, bs) + xr.shape[1:])    # blocks of points; per-point shape kept
+  xcb = xc.reshape((-1, bs) + xc.shape[1:])
   vcb = vc.reshape(-1, bs, m)
 
   def row(xa):
@@ -166,7 +179,8 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
       ``kernel_fn(x1, x2, *kernel_args)`` when ``get is None`` (e.g. an empirical NTK
       ``lambda a, b, params: ...`` with ``kernel_args=(params,)``). Must be jittable and
       hashable (functions are).
-    x: ``(n, d)`` inputs X.
+    x: inputs X of shape ``(n, d)`` or ``(n, ...)`` (e.g. ``(n, L, C)`` sequences or
+      ``(n, H, W, C)`` images for a CNN kernel); blocks split the point axis only.
     get: ``'ntk'``, ``'nngp'`` or ``None`` (see ``kernel_fn``).
     kernel_args: extra (traced, replicated) arguments of ``kernel_fn``.
     m: typical number of columns of V, used only to size blocks from the budget.
@@ -186,8 +200,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     >>> mv(jnp.ones(3)).tolist()
     [9.0, 39.0, 69.0]
   """
-  x = V.as_float_array(x, "x", ndim=2)
-  V.check_finite(x, "x")
+  x = _as_points(x, "x")
   if not callable(kernel_fn):
     raise TypeError(f"`kernel_fn` must be callable, got {type(kernel_fn).__name__}.")
   if get not in ("ntk", "nngp", None):
@@ -447,7 +460,7 @@ def nystrom_eigh(kernel_fn: Callable, x, k: int, n_landmarks: int, *,
 
   Args:
     kernel_fn, get, kernel_args: as in :func:`kernel_operator`.
-    x: ``(n, d)`` inputs.
+    x: ``(n, d)`` or ``(n, ...)`` inputs (any per-point shape the kernel accepts).
     k: eigenpairs returned (λ_{k+1} too), ``1 <= k < n_landmarks``.
     n_landmarks: m, the number of landmarks, ``k + 1 <= m <= n``.
     key: PRNG key for the landmark draw (default ``PRNGKey(0)``).
@@ -466,8 +479,7 @@ def nystrom_eigh(kernel_fn: Callable, x, k: int, n_landmarks: int, *,
     >>> round(float(ny.values[0]), 6), float(ny.trace_error) < 1e-12
     (9.0, True)
   """
-  x = V.as_float_array(x, "x", ndim=2)
-  V.check_finite(x, "x")
+  x = _as_points(x, "x")
   n = x.shape[0]
   if isinstance(n_landmarks, bool) or not isinstance(n_landmarks, (int, np.integer)) \
       or not 2 <= n_landmarks <= n:
@@ -532,7 +544,7 @@ def msk_spectrum_large(kernel_fn: Callable, x, g: _modifiers.Modifier, k: int, *
   Args:
     kernel_fn, get, kernel_args, block_size, memory_budget, devices: see
       :func:`kernel_operator`.
-    x: ``(n, d)`` training inputs.
+    x: ``(n, d)`` or ``(n, ...)`` training inputs (any per-point shape the kernel accepts).
     g: modifier ``g(evals, k)`` (see :mod:`mskjax.modifiers`).
     k: modified eigenvalues, ``1 <= k <= n - 1``.
     method: ``'krylov'`` (matrix-free, exact) or ``'nystrom'``.
@@ -558,7 +570,7 @@ def msk_spectrum_large(kernel_fn: Callable, x, g: _modifiers.Modifier, k: int, *
   """
   if method not in ("krylov", "nystrom"):
     raise ValueError(f"`method` must be 'krylov' or 'nystrom', got {method!r}.")
-  x = V.as_float_array(x, "x", ndim=2)
+  x = _as_points(x, "x")
   n = x.shape[0]
   k = V.check_k(k, n)
   if method == "krylov":
