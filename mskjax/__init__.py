@@ -15,6 +15,7 @@ the experiment runner (``python -m mskjax.run``) enables float64 explicitly.
 from mskjax import modifiers
 from mskjax import data, kernels, nets
 from mskjax.nets import MLPSpec, Network, make_network, stax_mlp, FlaxMLP, init_zero_output
+from mskjax.nets import CNNSpec, stax_cnn, FlaxCNN
 from mskjax.kernels import gram, empirical_ntk, kernel_matvec
 from mskjax.spectrum import (Eigenpairs, eigh_desc, eigh_top, randomized_eigh_top,
                              eigenvalue_blocks, round_k_to_block)
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "modifiers", "data", "kernels", "nets",
     "MLPSpec", "Network", "make_network", "stax_mlp", "FlaxMLP", "init_zero_output",
+    "CNNSpec", "stax_cnn", "FlaxCNN",
     "gram", "empirical_ntk", "kernel_matvec",
     "Eigenpairs", "eigh_desc", "eigh_top", "randomized_eigh_top", "eigenvalue_blocks",
     "round_k_to_block",

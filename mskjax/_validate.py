@@ -21,6 +21,7 @@ __all__ = [
     "is_concrete", "tracing", "as_float_array", "check_finite", "check_square_symmetric",
     "check_k", "check_rows", "ArgumentTypeError", "check_int", "check_real", "check_indices", "check_same_shape",
     "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
+    "as_points",
 ]
 
 
@@ -323,3 +324,21 @@ def check_psd_eigenvalues(w, n: int, dtype, name: str = "K", rtol: float | None 
         f"to 0; this one is not round-off). A kernel Gram matrix must be PSD: check how "
         f"`{name}` was built (e.g. a kernel that is not positive definite, or mixed-up "
         "rows/columns).")
+
+
+def as_points(x, name: str = "x") -> jax.Array:
+  """``x`` as a float array of n points of any per-point shape, ``(n, d)`` or ``(n, ...)``
+  (``(n, L, C)`` sequences, ``(n, H, W, C)`` images: neural-tangents' channels-last
+  convention); finite when concrete. Blocking acts on the point axis only.
+
+  Example:
+    >>> as_points([[1.0, 2.0]]).shape
+    (1, 2)
+  """
+  x = as_float_array(x, name)
+  if x.ndim < 2:
+    raise ValueError(f"`{name}` must have a leading axis of n points and at least one feature "
+                     f"axis, shape (n, d) or (n, ...); got shape {tuple(x.shape)}. Reshape "
+                     f"it, e.g. {name}[:, None] for scalar inputs.")
+  check_finite(x, name)
+  return x

@@ -100,9 +100,9 @@ def _kernel_call(kernel_fn, get):
 def _local_matvec(kernel_fn, get, bs, xr, xc, vc, args):
   """Rows ``xr`` (a multiple of ``bs``) against all columns ``xc``: Σ_J k(xr, X_J) V_J."""
   call = _kernel_call(kernel_fn, get)
-  d, m = xr.shape[1], vc.shape[1]
-  xrb = xr.reshape(-1, bs, d)
-  xcb = xc.reshape(-1, bs, d)
+  m = vc.shape[1]
+  xrb = xr.reshape((-1, bs) + xr.shape[1:])    # blocks of points; per-point shape kept
+  xcb = xc.reshape((-1, bs) + xc.shape[1:])
   vcb = vc.reshape(-1, bs, m)
 
   def row(xa):
@@ -195,7 +195,8 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
       ``kernel_fn(x1, x2, *kernel_args)`` when ``get is None`` (e.g. an empirical NTK
       ``lambda a, b, params: ...`` with ``kernel_args=(params,)``). Must be jittable and
       hashable (functions are).
-    x: ``(n, d)`` inputs X.
+    x: inputs X of shape ``(n, d)`` or ``(n, ...)`` (e.g. ``(n, L, C)`` sequences or
+      ``(n, H, W, C)`` images for a CNN kernel); blocks split the point axis only.
     get: ``'ntk'``, ``'nngp'`` or ``None`` (see ``kernel_fn``).
     kernel_args: extra (traced, replicated) arguments of ``kernel_fn``.
     m: typical number of columns of V, used only to size blocks from the budget.
@@ -222,8 +223,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     >>> mv(jnp.ones(3)).tolist()
     [9.0, 39.0, 69.0]
   """
-  x = V.as_float_array(x, "x", ndim=2)
-  V.check_finite(x, "x")
+  x = V.as_points(x, "x")
   V.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
   devices = _check_devices(devices)
   n = x.shape[0]
@@ -510,7 +510,7 @@ def nystrom_eigh(kernel_fn: Callable, x, k: int, n_landmarks: int, *,
 
   Args:
     kernel_fn, get, kernel_args: as in :func:`kernel_operator`.
-    x: ``(n, d)`` inputs.
+    x: ``(n, d)`` or ``(n, ...)`` inputs (any per-point shape the kernel accepts).
     k: eigenpairs returned (λ_{k+1} too), ``1 <= k < n_landmarks``.
     n_landmarks: m, the number of landmarks, ``k + 1 <= m <= n``.
     key: PRNG key for the landmark draw (default ``PRNGKey(0)``).
@@ -529,8 +529,7 @@ def nystrom_eigh(kernel_fn: Callable, x, k: int, n_landmarks: int, *,
     >>> round(float(ny.values[0]), 6), float(ny.trace_error) < 1e-12
     (9.0, True)
   """
-  x = V.as_float_array(x, "x", ndim=2)
-  V.check_finite(x, "x")
+  x = V.as_points(x, "x")
   V.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
   n = x.shape[0]
   m = V.check_int(n_landmarks, "n_landmarks", lo=2, hi=n)
@@ -597,7 +596,7 @@ def msk_spectrum_large(kernel_fn: Callable, x, g: _modifiers.Modifier, k: int, *
       :func:`kernel_operator` (with ``cache='auto'`` K is evaluated once and kept when it
       fits the budget — 2·n²·8 bytes, 6.4 GB at n = 20k — and the Krylov products are then
       dense GEMMs).
-    x: ``(n, d)`` training inputs.
+    x: ``(n, d)`` or ``(n, ...)`` training inputs (any per-point shape the kernel accepts).
     g: modifier ``g(evals, k)`` (see :mod:`mskjax.modifiers`).
     k: modified eigenvalues, ``1 <= k <= n - 1``.
     method: ``'krylov'`` (matrix-free, exact) or ``'nystrom'``.
@@ -623,7 +622,7 @@ def msk_spectrum_large(kernel_fn: Callable, x, g: _modifiers.Modifier, k: int, *
   """
   if method not in ("krylov", "nystrom"):
     raise ValueError(f"`method` must be 'krylov' or 'nystrom', got {method!r}.")
-  x = V.as_float_array(x, "x", ndim=2)
+  x = V.as_points(x, "x")
   n = x.shape[0]
   k = V.check_k(k, n)
   if method == "krylov":

@@ -323,7 +323,9 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
   Args:
     kernel_fn: a neural-tangents ``kernel_fn(x1, x2, get)`` (or any ``kernel_fn(x1, x2)``
       returning the Gram matrix when ``get=None``).
-    x_train: ``(n, d)`` training inputs X that define the spectrum.
+    x_train: training inputs X that define the spectrum, ``(n, d)`` or any ``(n, ...)`` the
+      kernel accepts (``(n, L, C)`` sequences, ``(n, H, W, C)`` images); rows are blocked
+      on the point axis only.
     g: modifier ``g(evals, k)``.
     k: number of modified eigenvalues, ``1 <= k <= n - 1``.
     get: which kernel (``'ntk'`` or ``'nngp'``); ``None`` for plain callables.
@@ -332,7 +334,8 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
     **kwargs: passed to :func:`msk_spectrum`.
 
   Returns:
-    A function ``(x1, x2=None) -> (n1, n2)`` Gram matrix of ``k_g``; it carries the
+    A function ``(x1, x2=None) -> (n1, n2)`` Gram matrix of ``k_g`` (x1, x2 with the
+    per-point shape of ``x_train``); it carries the
     :class:`MSKSpectrum` as attribute ``.spectrum``.
 
   Example:
@@ -345,8 +348,7 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
   """
   kf = _as_kernel_callable(kernel_fn, get)
   block_size = None if block_size is None else V.check_int(block_size, "block_size", lo=1)
-  x_train = V.as_float_array(x_train, "x_train", ndim=2)
-  V.check_finite(x_train, "x_train")
+  x_train = V.as_points(x_train, "x_train")
   if K_train is None:
     K_train = _blocked_rows(lambda a: kf(a, x_train), x_train, block_size)
   K_train = V.check_square_symmetric(K_train, "K_train")
@@ -363,13 +365,13 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
     return kf(a, b) + (_features(a) * coef) @ _features(b).T
 
   def k_g(x1, x2=None):
-    x1 = V.as_float_array(x1, "x1", ndim=2)
-    x2 = x1 if x2 is None else V.as_float_array(x2, "x2", ndim=2)
+    x1 = V.as_points(x1, "x1")
+    x2 = x1 if x2 is None else V.as_points(x2, "x2")
     for name, x in (("x1", x1), ("x2", x2)):
-      if x.shape[1] != x_train.shape[1]:
-        raise ValueError(f"`{name}` has {x.shape[1]} features but `x_train` has "
-                         f"{x_train.shape[1]}.")
-      V.check_finite(x, name)
+      if x.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"`{name}` has per-point shape {tuple(x.shape[1:])} but `x_train` has "
+                         f"{tuple(x_train.shape[1:])}: the features of every point must have the same "
+                         "shape (n, ...).")
     return _blocked_rows(
         lambda a: _blocked_rows(lambda b: _pair(a, b).T, x2, block_size).T, x1, block_size)
 

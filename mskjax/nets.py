@@ -28,6 +28,21 @@ point computation), and the empirical NTK at initialisation,
 initialised network, so it has the same distribution and the same infinite-width limit
 ``kernel_fn``. The cost is twice the parameters. Only the NTK is preserved: the prior over
 outputs (NNGP) of the antisymmetric network at init is degenerate (f_0 = 0), as intended.
+
+Convolutional networks: :class:`CNNSpec` (1-D or 2-D convolutions with stride and padding,
+optional average pooling, a flatten or global-average readout, optional dense layers, then
+the linear readout) -> :func:`stax_cnn` and :class:`FlaxCNN`, with the same converter
+(:func:`params_from_stax`) and zero-output initialisation (:func:`init_zero_output`).
+Inputs follow neural-tangents' channels-last convention: ``(n, L, C)`` sequences and
+``(n, H, W, C)`` images. Conv layer (fan-in ``N = C_in * prod(filter_shape)``), exactly as
+``neural_tangents.stax.Conv``:
+
+* ``'ntk'``:      W ~ N(0, 1), b ~ N(0, 1),             z = (W_std/sqrt(N)) conv(x, W) + b_std b
+* ``'standard'``: W ~ N(0, W_std^2/N), b ~ N(0, b_std^2), z = conv(x, W) + b
+
+Reference: R. Novak et al., *Bayesian Deep Convolutional Networks with Many Channels are
+Gaussian Processes*, ICLR 2019; S. Arora et al., *On Exact Computation with an Infinitely
+Wide Neural Net* (CNTK), NeurIPS 2019.
 """
 from __future__ import annotations
 
@@ -38,12 +53,14 @@ from typing import Any, Callable, NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mskjax._nt import stax
 
 __all__ = [
-    "ACTIVATIONS", "PARAMETERIZATIONS", "MLPSpec", "stax_mlp", "FlaxMLP", "Network",
-    "make_network", "init_zero_output", "params_from_stax",
+    "ACTIVATIONS", "PARAMETERIZATIONS", "PADDINGS", "READOUTS", "MLPSpec", "stax_mlp",
+    "FlaxMLP", "CNNSpec", "stax_cnn", "FlaxCNN", "stax_network", "Network", "make_network",
+    "init_zero_output", "params_from_stax",
 ]
 
 ACTIVATIONS = ("relu", "erf", "gelu", "linear")
@@ -53,21 +70,21 @@ and identity ('linear', for deep linear networks)."""
 PARAMETERIZATIONS = ("ntk", "standard")
 
 
-def _check_int(value, name, minimum):
+def _check_int(value, name, minimum, cls="MLPSpec"):
   if isinstance(value, bool) or not isinstance(value, int):
-    raise TypeError(f"MLPSpec.{name} must be an int >= {minimum}; got {value!r} "
+    raise TypeError(f"{cls}.{name} must be an int >= {minimum}; got {value!r} "
                     f"({type(value).__name__}).")
   if value < minimum:
-    raise ValueError(f"MLPSpec.{name} must be >= {minimum}; got {value}.")
+    raise ValueError(f"{cls}.{name} must be >= {minimum}; got {value}.")
 
 
-def _check_float(value, name, allow_zero):
+def _check_float(value, name, allow_zero, cls="MLPSpec"):
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise TypeError(f"MLPSpec.{name} must be a real number; got {value!r} "
+    raise TypeError(f"{cls}.{name} must be a real number; got {value!r} "
                     f"({type(value).__name__}).")
   if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
     bound = ">= 0" if allow_zero else "> 0"
-    raise ValueError(f"MLPSpec.{name} must be finite and {bound}; got {value}.")
+    raise ValueError(f"{cls}.{name} must be finite and {bound}; got {value}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +165,13 @@ def _flax_activation(name) -> Callable[[jax.Array], jax.Array]:
   return lambda z: z
 
 
-def _check_spec(spec, where):
-  if not isinstance(spec, MLPSpec):
-    raise TypeError(f"{where}: spec must be an MLPSpec, e.g. MLPSpec(depth=1, width=1024); "
+def _check_spec(spec, where, cls=None):
+  if cls is None:
+    cls = MLPSpec
+  if not isinstance(spec, cls):
+    example = ("MLPSpec(depth=1, width=1024)" if cls is MLPSpec
+               else "CNNSpec(channels=(256,), kernel_sizes=3)")
+    raise TypeError(f"{where}: spec must be a {cls.__name__}, e.g. {example}; "
                     f"got {type(spec).__name__}.")
 
 
@@ -274,28 +295,363 @@ class FlaxMLP(nn.Module):
     return h
 
 
+PADDINGS = ("SAME", "VALID")
+"""Convolution paddings with a flax twin: 'SAME' and 'VALID' (lax semantics, as in
+neural-tangents)."""
+
+READOUTS = ("flatten", "gap")
+"""How the last convolutional feature map becomes a vector: 'flatten' (all positions and
+channels, neural-tangents ``Flatten``) or 'gap' (global average over positions,
+``GlobalAvgPool``)."""
+
+
+def _as_tuple_per_layer(value, n_layers, spatial_dims, name, *, allow_none=False):
+  """Per-layer spatial tuples from an int, a tuple of ints/tuples, or None."""
+  if value is None:
+    if allow_none:
+      return (None,) * n_layers
+    return ((1,) * spatial_dims,) * n_layers
+  items = value if isinstance(value, (tuple, list)) else (value,) * n_layers
+  if len(items) != n_layers:
+    raise ValueError(f"CNNSpec.{name} must have one entry per conv layer ({n_layers}); got "
+                     f"{value!r}.")
+  out = []
+  for item in items:
+    if item is None and allow_none:
+      out.append(None)
+      continue
+    t = tuple(item) if isinstance(item, (tuple, list)) else (item,) * spatial_dims
+    if len(t) != spatial_dims or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                                     for s in t):
+      raise ValueError(f"CNNSpec.{name} entries must be positive ints or {spatial_dims}-tuples "
+                       f"of positive ints (spatial_dims={spatial_dims}); got {item!r}.")
+    out.append(None if allow_none and all(s == 1 for s in t) else t)
+  return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNSpec:
+  """A convolutional network on sequences (1-D) or images (2-D), channels last.
+
+  f(x) = Dense_out(Dense_m(...phi(Dense_1(R(B_L(...B_1(x)...))))...)) with conv blocks
+  B_l(h) = Pool_l(phi(Conv_l(h))) (``channels[l]`` output channels, ``kernel_sizes[l]``,
+  ``strides[l]``, ``padding``; Pool_l an optional non-overlapping average pooling), R the
+  readout ('flatten' or 'gap'), ``dense`` hidden fully-connected layers and the linear output
+  layer of ``out_dim`` units. Every Conv/Dense has weight scale ``W_std``, bias scale ``b_std``
+  and the given ``parameterization`` (module docstring).
+
+  Attributes:
+    channels: output channels of each conv layer (tuple of ints >= 1; may be empty: then it is
+      an MLP on the flattened input).
+    kernel_sizes: filter shape per conv layer: an int (same for all layers and spatial axes),
+      or a tuple with one int or ``spatial_dims``-tuple per layer.
+    strides: stride per layer (same forms; default 1).
+    padding: 'SAME' or 'VALID' (lax semantics, as neural-tangents).
+    pool: average-pool window per layer (same forms; ``None`` or 1 for no pooling), applied
+      after the activation with stride = window, 'VALID'. (Max pooling has no analytic kernel.)
+    readout: 'flatten' or 'gap' (global average pooling).
+    dense: widths of hidden dense layers after the readout (tuple, may be empty).
+    activation: one of :data:`ACTIVATIONS`.
+    W_std: weight standard deviation (> 0).
+    b_std: bias standard deviation. ``None``: no bias parameters. A number >= 0: every layer
+      has a bias; ``0`` is a trainable bias initialised at zero (flax's default), which adds 1
+      per layer to the standard-parameterisation NTK. (``MLPSpec`` treats 0 as no bias.)
+    parameterization: 'ntk' or 'standard'.
+    out_dim: number of outputs c (>= 1).
+    spatial_dims: 1 (inputs (n, L, C)) or 2 (inputs (n, H, W, C)).
+    init_scale: sigma multiplying every initial weight and bias of the flax model.
+
+  Example:
+    >>> spec = CNNSpec(channels=(32, 32, 32), kernel_sizes=(5, 3, 3), strides=2, out_dim=10,
+    ...                parameterization='standard', b_std=0.0)
+    >>> spec.kernel_sizes, spec.strides[0], spec.has_bias
+    (((5,), (3,), (3,)), (2,), True)
+  """
+  channels: tuple
+  kernel_sizes: Any = 3
+  strides: Any = None
+  padding: str = "SAME"
+  pool: Any = None
+  readout: str = "flatten"
+  dense: tuple = ()
+  activation: str = "relu"
+  W_std: float = 1.0
+  b_std: Optional[float] = None
+  parameterization: str = "ntk"
+  out_dim: int = 1
+  spatial_dims: int = 1
+  init_scale: float = 1.0
+
+  def __post_init__(self):
+    if self.spatial_dims not in (1, 2) or isinstance(self.spatial_dims, bool):
+      raise ValueError(f"CNNSpec.spatial_dims must be 1 (sequences (n, L, C)) or 2 (images "
+                       f"(n, H, W, C)); got {self.spatial_dims!r}.")
+    for field in ("channels", "dense"):
+      val = getattr(self, field)
+      val = (val,) if isinstance(val, int) and not isinstance(val, bool) else val
+      if not isinstance(val, (tuple, list)):
+        raise TypeError(f"CNNSpec.{field} must be a tuple of ints >= 1; got {val!r}.")
+      for c in val:
+        _check_int(c, field, 1, "CNNSpec")
+      object.__setattr__(self, field, tuple(int(c) for c in val))
+    n = len(self.channels)
+    sd = self.spatial_dims
+    object.__setattr__(self, "kernel_sizes",
+                       _as_tuple_per_layer(self.kernel_sizes, n, sd, "kernel_sizes"))
+    object.__setattr__(self, "strides", _as_tuple_per_layer(self.strides, n, sd, "strides"))
+    object.__setattr__(self, "pool",
+                       _as_tuple_per_layer(self.pool, n, sd, "pool", allow_none=True))
+    if not isinstance(self.padding, str) or self.padding.upper() not in PADDINGS:
+      raise ValueError(f"CNNSpec.padding must be one of {PADDINGS}; got {self.padding!r}.")
+    object.__setattr__(self, "padding", self.padding.upper())
+    if not isinstance(self.readout, str) or self.readout.lower() not in READOUTS:
+      raise ValueError(f"CNNSpec.readout must be one of {READOUTS}; got {self.readout!r}.")
+    object.__setattr__(self, "readout", self.readout.lower())
+    _check_int(self.out_dim, "out_dim", 1, "CNNSpec")
+    if not isinstance(self.activation, str) or self.activation.lower() not in ACTIVATIONS:
+      raise ValueError(f"CNNSpec.activation must be one of {ACTIVATIONS} (activations with an "
+                       f"analytic neural-tangents kernel); got {self.activation!r}.")
+    object.__setattr__(self, "activation", self.activation.lower())
+    _check_float(self.W_std, "W_std", allow_zero=False, cls="CNNSpec")
+    _check_float(self.init_scale, "init_scale", allow_zero=False, cls="CNNSpec")
+    if self.b_std is not None:
+      _check_float(self.b_std, "b_std", allow_zero=True, cls="CNNSpec")
+    if (not isinstance(self.parameterization, str)
+        or self.parameterization.lower() not in PARAMETERIZATIONS):
+      raise ValueError(f"CNNSpec.parameterization must be one of {PARAMETERIZATIONS}; "
+                       f"got {self.parameterization!r}.")
+    object.__setattr__(self, "parameterization", self.parameterization.lower())
+
+  @property
+  def has_bias(self) -> bool:
+    """True when the layers have bias parameters (``b_std`` is not None)."""
+    return self.b_std is not None
+
+  def output_spatial_shape(self, spatial_shape) -> tuple:
+    """Spatial shape of the last feature map for an input of spatial shape ``spatial_shape``.
+
+    Raises a ``ValueError`` naming the layer when a 'VALID' convolution or a pooling window
+    does not fit (instead of an error deep inside XLA).
+
+    Example:
+      >>> CNNSpec(channels=(32, 32, 32), kernel_sizes=(5, 3, 3), strides=2).output_spatial_shape((40,))
+      (5,)
+    """
+    shape = tuple(int(s) for s in spatial_shape)
+    if len(shape) != self.spatial_dims:
+      raise ValueError(f"CNNSpec with spatial_dims={self.spatial_dims} needs inputs of shape "
+                       f"(n, {'L' if self.spatial_dims == 1 else 'H, W'}, C); got spatial "
+                       f"shape {shape}.")
+    for i, (ks, st, pl) in enumerate(zip(self.kernel_sizes, self.strides, self.pool)):
+      if self.padding == "SAME":
+        new = tuple(-(-s // t) for s, t in zip(shape, st))
+      else:
+        if any(k > s for k, s in zip(ks, shape)):
+          raise ValueError(f"CNNSpec: conv layer {i} with kernel {ks} and padding 'VALID' does "
+                           f"not fit its input of spatial shape {shape}; use padding='SAME', "
+                           "smaller kernels or larger inputs.")
+        new = tuple((s - k) // t + 1 for s, k, t in zip(shape, ks, st))
+      if pl is not None:
+        if any(p > s for p, s in zip(pl, new)):
+          raise ValueError(f"CNNSpec: pool window {pl} of layer {i} is larger than its input "
+                           f"of spatial shape {new}; use a smaller pool window.")
+        new = tuple(s // p for s, p in zip(new, pl))
+      shape = new
+    return shape
+
+
+def _check_cnn_input_shape(spec, shape, where):
+  if len(shape) != spec.spatial_dims + 2:
+    want = "(n, L, C)" if spec.spatial_dims == 1 else "(n, H, W, C)"
+    raise ValueError(f"{where}: x must have shape {want} for spatial_dims={spec.spatial_dims} "
+                     f"(channels last, as neural-tangents); got shape {tuple(shape)}. Add a "
+                     "channel axis with x[..., None] for single-channel data.")
+  spec.output_spatial_shape(shape[1:-1])
+
+
+def stax_cnn(spec: CNNSpec):
+  """neural-tangents ``stax`` triple of the convolutional network ``spec`` describes.
+
+  ``stax.serial(Conv, phi, [AvgPool], ..., Flatten | GlobalAvgPool, [Dense, phi, ...],
+  Dense(out_dim))`` with channels-last dimension numbers (``'NAC'`` for 1-D, ``'NABC'`` for
+  2-D inputs; neural-tangents' default), ``W_std``, ``b_std`` and ``parameterization`` on
+  every Conv/Dense. ``kernel_fn(x1, x2, 'ntk')`` is the infinite-channel NTK (output axis
+  traced). With 'flatten' the kernel only needs the spatial diagonal of the covariance
+  (O(positions) per entry); 'gap' needs all pairs of positions (O(positions²) per entry).
+
+  Args:
+    spec: a :class:`CNNSpec`.
+
+  Returns:
+    ``(init_fn, apply_fn, kernel_fn)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> _, _, kernel_fn = stax_cnn(CNNSpec(channels=(8,), kernel_sizes=3, readout='gap'))
+    >>> x = jnp.ones((2, 6, 1))
+    >>> kernel_fn(x, None, 'ntk').shape
+    (2, 2)
+  """
+  _check_spec(spec, "stax_cnn", CNNSpec)
+  act = _stax_activation(spec.activation)
+  layers = []
+  for ch, ks, st, pl in zip(spec.channels, spec.kernel_sizes, spec.strides, spec.pool):
+    layers += [stax.Conv(ch, ks, st, spec.padding, W_std=spec.W_std, b_std=spec.b_std,
+                         parameterization=spec.parameterization), act]
+    if pl is not None:
+      layers.append(stax.AvgPool(pl, pl, "VALID"))
+  layers.append(stax.Flatten() if spec.readout == "flatten" else stax.GlobalAvgPool())
+
+  def dense(n):
+    return stax.Dense(n, W_std=spec.W_std, b_std=spec.b_std,
+                      parameterization=spec.parameterization)
+
+  for w in spec.dense:
+    layers += [dense(w), act]
+  layers.append(dense(spec.out_dim))
+  return stax.serial(*layers)
+
+
+def _conv_dimension_numbers(spatial_dims):
+  sp = "AB"[:spatial_dims]   # neural-tangents' default letters, channels last
+  return ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+
+
+class _Conv(nn.Module):
+  """One neural-tangents Conv layer ('kernel' (*filter, C_in, C_out), optional 'bias')."""
+  features: int
+  kernel_size: tuple
+  strides: tuple
+  padding: str
+  W_std: float
+  b_std: Optional[float]
+  parameterization: str
+  param_dtype: Any
+  init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1] * math.prod(self.kernel_size)
+    w_std = self.init_scale * (self.W_std / math.sqrt(fan_in)
+                               if self.parameterization == "standard" else 1.0)
+    kernel = self.param("kernel", nn.initializers.normal(stddev=w_std),
+                        tuple(self.kernel_size) + (x.shape[-1], self.features),
+                        self.param_dtype)
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), self.strides, self.padding,
+        dimension_numbers=_conv_dimension_numbers(len(self.kernel_size)))
+    if self.parameterization == "ntk":
+      y = (self.W_std / math.sqrt(fan_in)) * y
+    if self.b_std is not None:
+      b_scale = 1.0 if self.parameterization == "ntk" else self.b_std
+      bias = self.param("bias", nn.initializers.normal(stddev=self.init_scale * b_scale),
+                        (self.features,), self.param_dtype)
+      y = y + (self.b_std * bias if self.parameterization == "ntk" else bias)
+    return y
+
+
+def _avg_pool(x, window):
+  """Non-overlapping average pooling, 'VALID' (neural-tangents AvgPool, stride = window)."""
+  dims = (1,) + tuple(window) + (1,)
+  s = jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, dims, dims, "VALID")
+  return s / math.prod(window)
+
+
+class FlaxCNN(nn.Module):
+  """flax (linen) model of the network ``spec`` describes: same function as :func:`stax_cnn`.
+
+  Layers ``conv_0 .. conv_{L-1}`` (``'kernel'`` of shape (*filter, C_in, C_out), ``'bias'``
+  (C_out,) when ``spec.has_bias``), then ``dense_0 .. dense_{m}`` (the last is the output).
+  ``antisymmetric=True``: f(x) = (g(theta_+, x) - g(theta_-, x)) / sqrt(2) with sub-modules
+  ``'pos'`` and ``'neg'``; :func:`init_zero_output` makes f_0 = 0 (module docstring).
+
+  Attributes:
+    spec: a :class:`CNNSpec`.
+    antisymmetric: use the two-copy zero-output form.
+    param_dtype: parameter dtype; ``None`` means float64 under ``jax_enable_x64``, else
+      float32.
+
+  Inputs x of shape (n, L, C) (``spatial_dims=1``) or (n, H, W, C); output (n, out_dim).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = FlaxCNN(CNNSpec(channels=(4, 4), kernel_sizes=(3, 3), spatial_dims=2,
+    ...                         pool=(2, None), readout='gap', out_dim=3))
+    >>> x = jnp.ones((5, 8, 8, 1))
+    >>> model.apply(model.init(jax.random.PRNGKey(0), x), x).shape
+    (5, 3)
+  """
+  spec: CNNSpec
+  antisymmetric: bool = False
+  param_dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    spec = self.spec
+    _check_spec(spec, "FlaxCNN", CNNSpec)
+    _check_cnn_input_shape(spec, x.shape, "FlaxCNN")
+    if self.antisymmetric:
+      pos = FlaxCNN(spec, param_dtype=self.param_dtype, name="pos")(x)
+      neg = FlaxCNN(spec, param_dtype=self.param_dtype, name="neg")(x)
+      return (pos - neg) / math.sqrt(2.0)
+    dtype = self.param_dtype or _default_dtype()
+    act = _flax_activation(spec.activation)
+    h = x.astype(jnp.promote_types(x.dtype, dtype))
+    for i, (ch, ks, st, pl) in enumerate(zip(spec.channels, spec.kernel_sizes, spec.strides,
+                                             spec.pool)):
+      h = _Conv(ch, ks, st, spec.padding, spec.W_std, spec.b_std, spec.parameterization,
+                dtype, spec.init_scale, name=f"conv_{i}")(h)
+      h = act(h)
+      if pl is not None:
+        h = _avg_pool(h, pl)
+    if spec.readout == "flatten":
+      h = h.reshape(h.shape[0], -1)
+    else:
+      h = jnp.mean(h, axis=tuple(range(1, h.ndim - 1)))
+    widths = spec.dense + (spec.out_dim,)
+    for i, w in enumerate(widths):
+      h = _Dense(w, spec.W_std, spec.b_std, spec.parameterization, dtype, spec.init_scale,
+                 name=f"dense_{i}")(h)
+      if i < len(widths) - 1:
+        h = act(h)
+    return h
+
+
+def stax_network(spec):
+  """``(init_fn, apply_fn, kernel_fn)`` of an :class:`MLPSpec` or a :class:`CNNSpec`.
+
+  Example:
+    >>> len(stax_network(CNNSpec(channels=(4,))))
+    3
+  """
+  if isinstance(spec, CNNSpec):
+    return stax_cnn(spec)
+  _check_spec(spec, "stax_network")
+  return stax_mlp(spec)
+
+
 class Network(NamedTuple):
   """A spec with its analytic kernel and its flax model.
 
   Attributes:
-    spec: the :class:`MLPSpec`.
+    spec: the :class:`MLPSpec` or :class:`CNNSpec`.
     kernel_fn: neural-tangents ``kernel_fn(x1, x2, get)`` (infinite width).
-    model: the :class:`FlaxMLP` (finite width ``spec.width``).
+    model: the :class:`FlaxMLP` or :class:`FlaxCNN` (finite width / channels).
   """
-  spec: MLPSpec
+  spec: Any
   kernel_fn: Callable
-  model: FlaxMLP
+  model: nn.Module
 
 
-def make_network(spec: MLPSpec, *, antisymmetric: bool = False) -> Network:
-  """Analytic kernel and flax model of one architecture.
+def make_network(spec, *, antisymmetric: bool = False) -> Network:
+  """Analytic kernel and flax model of one architecture (:class:`MLPSpec` or :class:`CNNSpec`).
 
   ``kernel_fn`` is the limit width -> infinity of the empirical NTK of ``model`` (for
   ``antisymmetric=True`` too: its NTK at init is that of one ordinary copy).
 
   Args:
-    spec: an :class:`MLPSpec`.
-    antisymmetric: build ``FlaxMLP(spec, antisymmetric=True)``; initialise it with
+    spec: an :class:`MLPSpec` or a :class:`CNNSpec`.
+    antisymmetric: build the model with ``antisymmetric=True``; initialise it with
       :func:`init_zero_output` so that f(theta_0, .) = 0.
 
   Returns:
@@ -305,24 +661,31 @@ def make_network(spec: MLPSpec, *, antisymmetric: bool = False) -> Network:
     >>> net = make_network(MLPSpec(depth=1, width=128, activation='erf'))
     >>> type(net.model).__name__, net.spec.activation
     ('FlaxMLP', 'erf')
+    >>> type(make_network(CNNSpec(channels=(64,))).model).__name__
+    'FlaxCNN'
   """
-  _check_spec(spec, "make_network")
+  if isinstance(spec, CNNSpec):
+    _, _, kernel_fn = stax_cnn(spec)
+    return Network(spec, kernel_fn, FlaxCNN(spec, antisymmetric=bool(antisymmetric)))
+  if not isinstance(spec, MLPSpec):
+    raise TypeError("make_network: spec must be an MLPSpec or a CNNSpec, e.g. "
+                    f"MLPSpec(depth=1, width=1024); got {type(spec).__name__}.")
   _, _, kernel_fn = stax_mlp(spec)
   return Network(spec, kernel_fn, FlaxMLP(spec, antisymmetric=bool(antisymmetric)))
 
 
-def init_zero_output(model: FlaxMLP, key: jax.Array, x_example: jax.Array):
-  """Variables of an antisymmetric :class:`FlaxMLP` with f(theta_0, x) = 0 for every x.
+def init_zero_output(model, key: jax.Array, x_example: jax.Array):
+  """Variables of an antisymmetric :class:`FlaxMLP` / :class:`FlaxCNN` with f(theta_0, x) = 0.
 
   f(x) = (g(theta_+, x) - g(theta_-, x)) / sqrt(2) with theta_+ drawn as usual and
   theta_- = theta_+. Then f_0 = 0 exactly and the empirical NTK at init,
   (Theta_+ + Theta_-)/2 = Theta_+, is that of one ordinarily initialised network.
 
   Args:
-    model: ``FlaxMLP(spec, antisymmetric=True)`` (e.g. ``make_network(spec,
-      antisymmetric=True).model``).
+    model: ``FlaxMLP(spec, antisymmetric=True)`` or ``FlaxCNN(spec, antisymmetric=True)``
+      (e.g. ``make_network(spec, antisymmetric=True).model``).
     key: a JAX PRNG key.
-    x_example: an input batch of shape (n, d) (only its shape and dtype are used).
+    x_example: an input batch (only its shape and dtype are used).
 
   Returns:
     flax variables ``{'params': {'pos': p, 'neg': p}}``.
@@ -335,11 +698,13 @@ def init_zero_output(model: FlaxMLP, key: jax.Array, x_example: jax.Array):
     >>> print(jnp.abs(model.apply(variables, x)).max())
     0.0
   """
-  if not isinstance(model, FlaxMLP):
-    raise TypeError(f"init_zero_output: model must be a FlaxMLP; got {type(model).__name__}.")
+  if not isinstance(model, (FlaxMLP, FlaxCNN)):
+    raise TypeError("init_zero_output: model must be a FlaxMLP or FlaxCNN; got "
+                    f"{type(model).__name__}.")
   if not model.antisymmetric:
-    raise ValueError("init_zero_output: model must be antisymmetric; build it with "
-                     "FlaxMLP(spec, antisymmetric=True) or make_network(spec, "
+    cls = type(model).__name__
+    raise ValueError(f"init_zero_output: model must be antisymmetric; build it with "
+                     f"{cls}(spec, antisymmetric=True) or make_network(spec, "
                      "antisymmetric=True).")
   variables = model.init(key, x_example)
   params = dict(variables["params"])
@@ -347,19 +712,21 @@ def init_zero_output(model: FlaxMLP, key: jax.Array, x_example: jax.Array):
   return {**variables, "params": params}
 
 
-def params_from_stax(spec: MLPSpec, stax_params) -> dict:
-  """Flax variables for ``FlaxMLP(spec)`` holding the parameters of ``stax_mlp(spec)``.
+def params_from_stax(spec, stax_params) -> dict:
+  """Flax variables for ``FlaxMLP(spec)`` / ``FlaxCNN(spec)`` holding stax parameters.
 
-  The stax ``Dense`` parameters (W of shape (fan_in, fan_out), b of shape (1, fan_out) or
-  None) map to ``dense_i/kernel`` and ``dense_i/bias``; both models then compute the same
-  function, so f_stax(theta, x) = f_flax(params_from_stax(spec, theta), x).
+  MLP: the stax ``Dense`` parameters (W of shape (fan_in, fan_out), b of shape (1, fan_out) or
+  None) map to ``dense_i/kernel`` and ``dense_i/bias``. CNN: the stax ``Conv`` parameters
+  (W of shape (*filter, C_in, C_out), b of shape (1, ..., 1, C_out)) map to ``conv_i``, then
+  the Dense layers to ``dense_i``. Both models then compute the same function,
+  f_stax(theta, x) = f_flax(params_from_stax(spec, theta), x).
 
   Args:
-    spec: the :class:`MLPSpec` both were built from.
-    stax_params: the parameters returned by ``stax_mlp(spec)[0]``.
+    spec: the :class:`MLPSpec` or :class:`CNNSpec` both were built from.
+    stax_params: the parameters returned by ``stax_mlp(spec)[0]`` / ``stax_cnn(spec)[0]``.
 
   Returns:
-    ``{'params': {'dense_0': {...}, ...}}`` for a plain (not antisymmetric) ``FlaxMLP``.
+    ``{'params': {...}}`` for a plain (not antisymmetric) model.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -371,6 +738,8 @@ def params_from_stax(spec: MLPSpec, stax_params) -> dict:
     >>> bool(jnp.allclose(FlaxMLP(spec).apply(v, x), apply_fn(theta, x)))
     True
   """
+  if isinstance(spec, CNNSpec):
+    return _cnn_params_from_stax(spec, stax_params)
   _check_spec(spec, "params_from_stax")
   dense = [p for p in stax_params if len(p) == 2]
   if len(dense) != spec.depth + 1 or len(stax_params) != 2 * spec.depth + 1:
@@ -385,4 +754,28 @@ def params_from_stax(spec: MLPSpec, stax_params) -> dict:
         raise ValueError("params_from_stax: spec has a bias but stax_params has none.")
       layer["bias"] = jnp.asarray(b).reshape(-1)
     out[f"dense_{i}"] = layer
+  return {"params": out}
+
+
+def _cnn_params_from_stax(spec, stax_params):
+  weighted = [p for p in stax_params if len(p) == 2]
+  n_conv, n_dense = len(spec.channels), len(spec.dense) + 1
+  n_layers = (2 * n_conv + sum(p is not None for p in spec.pool) + 1 + 2 * len(spec.dense)
+              + 1)
+  if len(weighted) != n_conv + n_dense or len(stax_params) != n_layers:
+    raise ValueError(f"params_from_stax: stax_params has {len(stax_params)} layers; expected "
+                     f"{n_layers} for this CNNSpec. Pass the params of stax_cnn(spec)[0].")
+  out = {}
+  for i, (w, b) in enumerate(weighted):
+    name = f"conv_{i}" if i < n_conv else f"dense_{i - n_conv}"
+    expected = (spec.kernel_sizes[i] if i < n_conv else ())
+    if i < n_conv and tuple(np.shape(w)[:-2]) != tuple(expected):
+      raise ValueError(f"params_from_stax: {name} kernel has shape {np.shape(w)}; expected "
+                       f"filter {expected}. Pass the params of stax_cnn(spec)[0].")
+    layer = {"kernel": jnp.asarray(w)}
+    if spec.has_bias:
+      if b is None:
+        raise ValueError("params_from_stax: spec has a bias but stax_params has none.")
+      layer["bias"] = jnp.asarray(b).reshape(-1)
+    out[name] = layer
   return {"params": out}

@@ -6,8 +6,8 @@ import pytest
 
 from mskjax.data import sphere
 from mskjax.kernels import empirical_ntk, gram
-from mskjax.nets import (FlaxMLP, MLPSpec, Network, init_zero_output, make_network,
-                         params_from_stax, stax_mlp)
+from mskjax.nets import (CNNSpec, FlaxCNN, FlaxMLP, MLPSpec, Network, init_zero_output,
+                         make_network, params_from_stax, stax_cnn, stax_mlp)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,27 @@ def test_zero_output_init_errors():
 def test_make_network():
   net = make_network(MLPSpec(depth=1, width=4))
   assert isinstance(net, Network) and callable(net.kernel_fn) and not net.model.antisymmetric
-  with pytest.raises(TypeError, match="MLPSpec"):
+  with pytest.raises(TypeError, match="MLPSpec or a CNNSpec"):
     make_network({"depth": 1})
+  cnn = make_network(CNNSpec(channels=(4,)), antisymmetric=True)
+  assert isinstance(cnn.model, FlaxCNN) and cnn.model.antisymmetric
+  with pytest.raises(TypeError, match="CNNSpec"):
+    stax_cnn(MLPSpec(depth=1, width=4))
+  with pytest.raises(TypeError, match="FlaxMLP or FlaxCNN"):
+    init_zero_output(object(), jax.random.PRNGKey(0), jnp.ones((1, 2)))
+
+
+def test_cnn_without_conv_layers_is_the_mlp():
+  # CNNSpec(channels=()) flattens the input and applies dense layers: with b_std=None it is
+  # exactly MLPSpec(b_std=None) (same parameters, same function, same analytic kernel).
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, 3, 1))
+  cnn = CNNSpec(channels=(), dense=(16, 16), W_std=1.3, activation="erf", out_dim=2)
+  mlp = MLPSpec(depth=2, width=16, W_std=1.3, activation="erf", b_std=None, out_dim=2)
+  v = FlaxMLP(mlp).init(jax.random.PRNGKey(1), x[..., 0])
+  np.testing.assert_allclose(FlaxCNN(cnn).apply(v, x), FlaxMLP(mlp).apply(v, x[..., 0]),
+                             rtol=1e-13)
+  np.testing.assert_allclose(stax_cnn(cnn)[2](x, None, "ntk"),
+                             stax_mlp(mlp)[2](x[..., 0], None, "ntk"), rtol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
