@@ -71,6 +71,19 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"n_train": {"min": 16}, "width": {"min": 1}, "depth": {"min": 1},
+          "ks": {"min": 1}, "steps": {"min": 1}, "grid_steps": {"min": 1}, "chunk": {"min": 1},
+          "tols": {"gt": 0, "lt": 1}, "pgd_fracs": {"gt": 0}, "gd_frac": {"gt": 0},
+          "adam_lrs": {"gt": 0}, "target_scale": {"gt": 0},
+          "labels": {"choices": ("onehot", "pm1")}}
+
+
+def validate(c):
+  if max(c.ks) >= c.n_train:
+    raise ValueError(f"ks: every k must be < n_train = {c.n_train}.")
+
+
 def _settings(c):
   s = ml_collections.ConfigDict(c.to_dict())
   if c.quick:

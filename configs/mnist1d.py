@@ -64,6 +64,12 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"num_samples": {"min": 100}, "k": {"min": 1}, "subsample": {"min": 2},
+          "momentum": {"min": 0, "lt": 1}, "sgd_lrs": {"gt": 0}, "adam_lrs": {"gt": 0},
+          "pgd_lrs": {"gt": 0}, "goal_speedup": {"gt": 0}, "acc_tolerance": {"min": 0}}
+
+
 def _settings(c):
   s = ml_collections.ConfigDict(c.to_dict())
   if c.quick:

@@ -44,6 +44,13 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"n_train": {"min": 8}, "n_test": {"min": 1}, "block_size": {"min": 1},
+          "cost_block": {"min": 1}, "times": {"gt": 0}, "memory_gib": {"gt": 0},
+          "nets": {"choices": ("mlp", "cnn")},
+          "parameterizations": {"choices": ("standard", "ntk")}}
+
+
 def _load_mnist1d(n_train, n_test, seed):
   """MNIST-1D as (x (n, 40, 1), labels) from the generator (never the download path)."""
   import mnist1d.data

@@ -29,6 +29,16 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"ns": {"min": 8}, "m": {"min": 0}, "seeds": {"min": 1}, "grid": {"min": 4},
+          "b_std": {"min": 0}}
+
+
+def validate(c):
+  if 2 * c.m + 1 >= min(c.ns):
+    raise ValueError(f"m: k = 2m+1 = {2 * c.m + 1} must be < the smallest n = {min(c.ns)}.")
+
+
 def run(config, ctx):
   import jax
   import jax.numpy as jnp

@@ -39,6 +39,20 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"n": {"min": 8}, "js": {"min": 0}, "k": {"min": 1}, "width": {"min": 1},
+          "depth": {"min": 1}, "tol": {"gt": 0, "lt": 1}, "max_steps": {"min": 1},
+          "amplitude": {"gt": 0}, "n_test": {"min": 1}, "b_std": {"min": 0}}
+
+
+def validate(c):
+  if 2 * max(c.js) >= c.n:
+    raise ValueError(f"js: every frequency j must be < n/2 = {c.n / 2:g} (Nyquist), got "
+                     f"max {max(c.js)}.")
+  if c.k >= c.n:
+    raise ValueError(f"k must be < n = {c.n}, got {c.k}.")
+
+
 def _quick(c):
   if c.quick:
     return dict(js=tuple(j for j in c.js if j <= 8) or c.js[:1], width=min(c.width, 2048))

@@ -72,6 +72,25 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"width": {"min": 1}, "n_test": {"min": 1}, "s1_n": {"min": 8},
+          "s1_freqs": {"min": 0}, "s1_k": {"min": 1}, "s2_n": {"min": 8},
+          "s2_degrees": {"min": 0}, "s2_k": {"min": 1}, "amp": {"gt": 0},
+          "conv_tol": {"gt": 0, "lt": 1}, "min_steps": {"min": 1}, "max_steps": {"min": 1},
+          "s2_max_steps": {"min": 1}, "num_records": {"min": 2},
+          "tasks": {"choices": ("S1", "S2")}}
+
+
+def validate(c):
+  if 2 * max(c.s1_freqs) >= c.s1_n:
+    raise ValueError(f"s1_freqs: every frequency must be < s1_n/2 = {c.s1_n / 2:g}.")
+  if c.s1_k >= c.s1_n or c.s2_k >= c.s2_n:
+    raise ValueError("s1_k/s2_k must be smaller than the number of points s1_n/s2_n.")
+  for name in c.modifiers:
+    from mskjax import modifiers
+    modifiers.from_name(name)                      # unknown names fail before any work
+
+
 def _settings(c):
   if c.quick:
     return dict(tasks=("S1",), width=min(c.width, 1024), modifiers=tuple(c.modifiers[:1]),

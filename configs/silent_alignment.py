@@ -100,6 +100,19 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"n": {"min": 4}, "d": {"min": 1}, "rank": {"min": 1}, "width": {"min": 1},
+          "depth": {"min": 1}, "steps": {"min": 1}, "lr": {"gt": 0}, "sigmas": {"gt": 0},
+          "num_records": {"min": 2}, "adam_lr": {"gt": 0}, "ridge": {"min": 0},
+          "pgd_ks": {"min": 1}, "pgd_sigma": {"gt": 0}, "digits_n_train": {"min": 8},
+          "digits_n_test": {"min": 1}, "digits_lr": {"gt": 0}, "digits_sigma": {"gt": 0}}
+
+
+def validate(c):
+  if c.rank > c.d:
+    raise ValueError(f"rank must be <= d = {c.d}, got {c.rank}.")
+
+
 def _quick(c):
   if not c.quick:
     return c

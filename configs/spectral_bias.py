@@ -84,6 +84,22 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"n": {"min": 8}, "js": {"min": 0}, "k_flatten": {"min": 1},
+          "k_reverse": {"min": 1}, "width": {"min": 1}, "steps": {"min": 1},
+          "lr_fraction": {"gt": 0, "lt": 2}, "threshold": {"gt": 0, "lt": 1}, "amp": {"gt": 0},
+          "gs": {"choices": ("identity", "reverse", "flatten", "reverse_ranks")},
+          "finite_spectrum": {"choices": ("empirical", "analytic")}}
+
+
+def validate(c):
+  if 2 * max(c.js) >= c.n:
+    raise ValueError(f"js: every frequency j must be < n/2 = {c.n / 2:g} (Nyquist), got "
+                     f"max {max(c.js)}.")
+  if max(c.k_flatten, c.k_reverse) >= c.n:
+    raise ValueError(f"k_flatten/k_reverse must be < n = {c.n}.")
+
+
 def _settings(c):
   if c.quick:
     return dict(width=min(c.width, 1024), steps=min(c.steps, 700),

@@ -49,6 +49,18 @@ def get_config():
   return c
 
 
+# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
+RANGES = {"n": {"min": 8}, "js": {"min": 0}, "k": {"min": 1}, "n_test": {"min": 1},
+          "seeds": {"min": 1}, "ts": {"min": 0}, "widths": {"min": 1}, "amp": {"gt": 0}}
+
+
+def validate(c):
+  if 2 * max(c.js) >= c.n:
+    raise ValueError(f"js: every frequency j must be < n/2 = {c.n / 2:g} (Nyquist).")
+  if c.k >= c.n:
+    raise ValueError(f"k must be < n = {c.n}, got {c.k}.")
+
+
 def _settings(c):
   if c.quick:
     ws = tuple(w for w in c.widths if w <= 2048)[-3:] or tuple(c.widths[:3])

@@ -6,6 +6,7 @@ All functions return ``jax.numpy`` arrays in the default float dtype (float64 un
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple, Optional
 
 import jax
@@ -361,9 +362,11 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int"
     arrays = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
     if cache:
       path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = path.with_suffix(".tmp.npz")
+      # one temporary per process (parallel test workers or runs may write the same set),
+      # then an atomic rename: a killed run leaves no half-written cache
+      tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
       np.savez(tmp, **arrays)
-      tmp.replace(path)            # atomic: a killed run leaves no half-written cache
+      tmp.replace(path)
   dtype = _float_dtype()
   ys = []
   for y in (arrays["y"], arrays["y_test"]):

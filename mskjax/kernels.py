@@ -26,7 +26,8 @@ from jax import lax
 from mskjax._nt import empirical_ntk_fn
 
 __all__ = ["gram", "empirical_ntk", "kernel_matvec", "trainable_fn", "JacobianOperator",
-           "jacobian_operator", "ntk_diagonal_blocks", "sphere_mercer_eigenvalues"]
+           "jacobian_operator", "ntk_diagonal_blocks", "sphere_mercer_eigenvalues",
+           "pad_rows"]
 
 _GETS = ("ntk", "nngp")
 
@@ -83,8 +84,17 @@ def _check_get(get, where):
     raise ValueError(f"{where}: get must be one of {_GETS}; got {get!r}.")
 
 
-def _pad_rows(x, size):
-  """Pads ``x`` to ``size`` rows by repeating its last row (real inputs keep kernels finite)."""
+def pad_rows(x, size):
+  """Pads ``x`` to ``size`` rows by repeating its last row (real inputs keep kernels finite).
+
+  The blocking primitive of every blocked kernel evaluation (``gram``, ``kernel_matvec``,
+  :mod:`mskjax.large`): padded rows are real points, so kernel values stay finite, and
+  callers drop them (or multiply them by zero rows of V).
+
+  Example:
+    >>> pad_rows(jnp.array([[1.0], [2.0]]), 3).tolist()
+    [[1.0], [2.0], [2.0]]
+  """
   pad = size - x.shape[0]
   return x if pad == 0 else jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge")
 
@@ -97,8 +107,8 @@ def _blocked(pair_fn, sym_fn, x1, x2, block_size):
   if x2 is None:
     b2 = b1
   n1p, n2p = b1 * math.ceil(n1 / b1), b2 * math.ceil(n2 / b2)
-  x1p = _pad_rows(x1, n1p)
-  x2p = x1p if x2 is None else _pad_rows(x2, n2p)
+  x1p = pad_rows(x1, n1p)
+  x2p = x1p if x2 is None else pad_rows(x2, n2p)
   out = None
   for i in range(0, n1p, b1):
     for j in range(0, n2p, b2):
@@ -310,7 +320,7 @@ def _matvec(kernel_fn, x, v, block_size, get):
   m = v.shape[1]
   bs = min(block_size, n)
   nb = math.ceil(n / bs)
-  xb = _pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
+  xb = pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
   vb = jnp.pad(v, ((0, nb * bs - n), (0, 0))).reshape(nb, bs, m)  # zero rows: no contribution
 
   def row(xa):
@@ -530,7 +540,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
   block_size = _check_block_size(block_size, "jacobian_operator", required=True)
   bs = min(block_size, n)
   nb = math.ceil(n / bs)
-  xb = _pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
+  xb = pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
 
   def fb(q, xa):
     return fn(q, xa).reshape(bs, c)
@@ -618,7 +628,7 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
     block_size = int(min(max(int(memory_budget) // per, 1), n))
   bs = min(_check_block_size(block_size, "ntk_diagonal_blocks", required=True), n)
   nb = math.ceil(n / bs)
-  xb = _pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
+  xb = pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
 
   @jax.jit
   def run(xb, p):
@@ -688,8 +698,8 @@ def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, st
     block_size = bsz
   bs1, bs2 = min(block_size, n1), min(block_size, n2)
   nb1, nb2 = math.ceil(n1 / bs1), math.ceil(n2 / bs2)
-  x1b = _pad_rows(x1, nb1 * bs1).reshape((nb1, bs1) + x1.shape[1:])
-  x2b = _pad_rows(xb2, nb2 * bs2).reshape((nb2, bs2) + xb2.shape[1:])
+  x1b = pad_rows(x1, nb1 * bs1).reshape((nb1, bs1) + x1.shape[1:])
+  x2b = pad_rows(xb2, nb2 * bs2).reshape((nb2, bs2) + xb2.shape[1:])
   K = _ntk_run(call, p, rest, x1b, x2b, c, strategy, not full)
   if full:
     K = K.reshape(nb1 * bs1, c, nb2 * bs2, c)[:n1, :, :n2, :]

@@ -43,7 +43,7 @@ from jax import lax
 from mskjax import _validate as V
 from mskjax import modifiers as _modifiers
 from mskjax import spectrum as _spectrum
-from mskjax.kernels import _pad_rows
+from mskjax.kernels import pad_rows
 from mskjax.msk import MSKSpectrum
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_matvec_large",
@@ -159,7 +159,7 @@ def _cached_gram(kernel_fn, get, x, bs, args, dtype):
   mirrored), assembled on the host and put on the default device as one array."""
   n = x.shape[0]
   nc = bs * math.ceil(n / bs)
-  xp = _pad_rows(x, nc)
+  xp = pad_rows(x, nc)
   fn = _block_fn(kernel_fn, get)
   out = np.empty((nc, nc), dtype=np.dtype(dtype))
   for i in range(0, nc, bs):
@@ -239,8 +239,8 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   bs = _resolve_block(block_size, block_budget, n, m, nd)
   nr = bs * nd * math.ceil(n / (bs * nd))
   nc = bs * math.ceil(n / bs)
-  xr = _pad_rows(x, nr)
-  xc = _pad_rows(x, nc)
+  xr = pad_rows(x, nr)
+  xc = pad_rows(x, nc)
   fn = _matvec_fn(kernel_fn, get, bs, devices)
   args = tuple(kernel_args)
   K = _cached_gram(kernel_fn, get, x, bs, args, x.dtype) if cache else None
@@ -549,7 +549,7 @@ def nystrom_eigh(kernel_fn: Callable, x, k: int, n_landmarks: int, *,
   cross = _cross_fn(kernel_fn, get)
   args = tuple(kernel_args)
   npad = bs * math.ceil(n / bs)
-  xp = _pad_rows(x, npad)
+  xp = pad_rows(x, npad)
   parts = [cross(xp[i:i + bs], xl, args) for i in range(0, npad, bs)]
   C = jnp.concatenate([p[0] for p in parts])[:n].astype(x.dtype)
   diag = jnp.concatenate([p[1] for p in parts])[:n].astype(x.dtype)

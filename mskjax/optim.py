@@ -932,6 +932,8 @@ def msk_mse_loss(predictions, targets, spectrum: MSKSpectrum, *,
   if predictions.ndim not in (1, 2):
     raise ValueError(f"`predictions` must be (n,) or (n, c); got shape "
                      f"{tuple(predictions.shape)}.")
+  V.check_finite(predictions, "predictions")        # NaN policy: reject at the boundary
+  V.check_finite(targets, "targets")
   dtype = jnp.result_type(predictions.dtype, jnp.float32) \
       if not jnp.issubdtype(predictions.dtype, jnp.floating) else predictions.dtype
   r = (predictions - targets).astype(dtype)
@@ -952,6 +954,7 @@ def msk_mse_loss(predictions, targets, spectrum: MSKSpectrum, *,
       raise ValueError(f"`batch_indices` must be a 1-D integer array with one index per row "
                        f"of `predictions` ({b}); got shape {tuple(idx.shape)}, dtype "
                        f"{idx.dtype}.")
+    idx = V.check_indices(idx, n, "batch_indices")   # JAX would clamp out-of-range rows
     phi, scale = vectors[idx], n / b
   phi = phi.astype(dtype)
   sr = r2 + scale * (phi @ (coef.astype(dtype)[:, None] * (phi.T @ r2)))

@@ -46,6 +46,7 @@ from jax import lax
 import numpy as np
 import optax
 
+from mskjax import _validate
 from mskjax import optim as _optim
 from mskjax.msk import MSKSpectrum
 
@@ -553,6 +554,8 @@ def train(apply_fn: Callable, params, tx, x_train, y_train, *,
   rec = _check_record_steps(steps, record_steps)
   x_train = jnp.asarray(x_train)
   y_train = jnp.asarray(y_train)
+  for arr, name in ((x_train, "x_train"), (y_train, "y_train")):
+    _validate.check_finite(arr, name)    # NaN policy: reject at the boundary
   n = x_train.shape[0]
   out_shape = jax.eval_shape(apply_fn, params, x_train).shape
   if tuple(y_train.shape) != tuple(out_shape):
@@ -561,6 +564,7 @@ def train(apply_fn: Callable, params, tx, x_train, y_train, *,
   batch_size = _check_int("batch_size", batch_size, 1, n, none_ok=True)
   if x_test is not None:
     x_test = jnp.asarray(x_test)
+    _validate.check_finite(x_test, "x_test")
     if x_test.shape[1:] != x_train.shape[1:]:
       raise ValueError(f"`x_test` has shape {tuple(x_test.shape)}; its feature shape must match "
                        f"`x_train` {tuple(x_train.shape)}.")

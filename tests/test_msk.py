@@ -243,10 +243,8 @@ def test_msk_spectrum_from_eigenpairs_is_public_and_equal_to_msk_spectrum():
     np.testing.assert_allclose(np.abs(np.asarray(x)), np.abs(np.asarray(y)), atol=1e-12)
 
 
-OWNED = ["spectrum", "predict", "msk", "diagnostics", "run", "modifiers", "_validate",
-         pytest.param("large", marks=pytest.mark.xfail(
-             strict=True, reason="large.py imports kernels._pad_rows (kernels.py belongs to "
-             "the input-shape work: it needs a public pad_rows)"))]
+OWNED = sorted(p.stem for p in __import__("pathlib").Path(mskjax.__file__).parent.glob("*.py")
+               if p.stem != "__init__")
 
 
 @pytest.mark.parametrize("mod", OWNED)

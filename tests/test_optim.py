@@ -218,3 +218,17 @@ def test_errors_name_the_argument():
     optim.msk_mse_loss(jnp.ones(4), jnp.zeros(4), spec)
   with pytest.raises(ValueError, match="same shape"):
     optim.msk_mse_loss(jnp.ones(6), jnp.zeros(5), spec)
+
+
+def test_msk_mse_loss_rejects_out_of_range_indices_and_nan():
+  # JAX clamps gathers: index 99 of n = 6 would silently read row 5 (issue 13).
+  spec = mskjax.msk_spectrum(jnp.diag(jnp.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])),
+                             mskjax.modifiers.flatten(), 2)
+  with pytest.raises(IndexError, match="`batch_indices` holds index 99"):
+    optim.msk_mse_loss(jnp.ones(2), jnp.zeros(2), spec, batch_indices=jnp.array([0, 99]))
+  with pytest.raises(IndexError, match="holds index -1"):
+    optim.msk_mse_loss(jnp.ones(2), jnp.zeros(2), spec, batch_indices=jnp.array([-1, 0]))
+  with pytest.raises(ValueError, match="`predictions` has 1 NaN"):
+    optim.msk_mse_loss(jnp.array([1.0, jnp.nan, 0, 0, 0, 0]), jnp.zeros(6), spec)
+  with pytest.raises(ValueError, match="`targets` has 1 NaN"):
+    optim.msk_mse_loss(jnp.zeros(6), jnp.array([1.0, jnp.nan, 0, 0, 0, 0]), spec)

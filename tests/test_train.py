@@ -388,3 +388,16 @@ def test_pgd_speedup_full_table():
   # (predicted): GD 113 (109) / 794 (684) / 1894 (1716) / 3588 (2971), PGD 1 (1) / 1 (1) /
   # 2 (1) / 4 (3) for j = 4 / 8 / 12 / 16.
   _check_counts(_iteration_counts(4096, (4, 8, 12, 16), b_std=0.1))
+
+
+@pytest.mark.parametrize("bad", ["x_train", "y_train", "x_test"])
+def test_train_rejects_nan_inputs(bad):
+  # NaN policy (README, Errors and guarantees): reject at the boundary, never train on NaN.
+  x, y = np.eye(3), np.ones(3)
+  kw = dict(x_test=np.eye(3))
+  arrays = dict(x_train=x, y_train=y, x_test=kw["x_test"])
+  arrays[bad] = arrays[bad].copy()
+  arrays[bad][0] = np.nan
+  with pytest.raises(ValueError, match=f"`{bad}` has [0-9]+ NaN/inf"):
+    T.train(lambda w, a: a @ w, jnp.zeros(3), optax.sgd(0.1), arrays["x_train"],
+            arrays["y_train"], steps=1, x_test=arrays["x_test"])
