@@ -24,27 +24,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
-import flax.linen as nn
 
+from benchmarks.mnist1d import CNN, MLP   # the shared contract's architectures
 from mskjax import kernels, modifiers, optim
 from mskjax._nt import empirical_ntk_fn
-
-
-class MLP(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(256)(x))
-    x = nn.relu(nn.Dense(256)(x))
-    return nn.Dense(10)(x)
-
-
-class CNN(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    for ks in (5, 3, 3):
-      x = nn.relu(nn.Conv(32, (ks,), strides=2, padding="SAME")(x))
-    return nn.Dense(10)(x.reshape(x.shape[0], -1))
 
 
 def _model(name):

@@ -107,36 +107,12 @@ def _settings(c):
   return dict(width=c.width, steps=c.steps, gs=tuple(c.gs))
 
 
-def reverse_blocks(block_starts):
-  """Modifier: the top-k blocks of equal eigenvalues in reversed order, multiplicities kept.
-
-  ``block_starts`` (from ``mskjax.eigenvalue_blocks`` of the analytic spectrum) are static;
-  block b of the top k receives the mean of the eigenvalues of block B−1−b. k must lie on a
-  block boundary.
-  """
-  import jax.numpy as jnp
-  starts = [int(s) for s in block_starts]
-
-  def g(evals, k):
-    bounds = [s for s in starts if s < k] + [k]
-    if k not in starts and k != len(evals):
-      raise ValueError(f"reverse_blocks: k={k} is not at a block boundary {starts[:12]}...")
-    blocks = list(zip(bounds[:-1], bounds[1:]))
-    means = [jnp.mean(evals[a:b]) for a, b in blocks]
-    out = []
-    for i, (a, b) in enumerate(blocks):
-      out += [means[len(blocks) - 1 - i]] * (b - a)
-    return jnp.stack(out)
-  g.__name__ = "reverse_blocks"
-  return g
-
-
 def _modifier(name, block_starts):
   from mskjax import modifiers
   if name == "identity":
     return modifiers.identity()
-  if name == "reverse":
-    return reverse_blocks(block_starts)
+  if name == "reverse":      # the analytic block boundaries: the network's pairs are split
+    return modifiers.reverse_blocks(block_starts)
   if name == "reverse_ranks":
     return modifiers.reverse()
   if name == "flatten":

@@ -29,12 +29,12 @@ def _circle_kernel(n=32, b_std=0.1):
 
 def test_reverse_blocks_keeps_pairs_and_mirrors_the_blocks():
   ev = jnp.array([9.0, 5.0, 5.0, 2.0, 2.0, 1.0, 1.0, 0.5])
-  g = CFG.reverse_blocks(mskjax.eigenvalue_blocks(ev))
+  g = mskjax.modifiers.reverse_blocks(mskjax.eigenvalue_blocks(ev))
   assert g(ev, 7).tolist() == [1.0, 2.0, 2.0, 5.0, 5.0, 9.0, 9.0]
   # All blocks singletons: the same as modifiers.reverse().
   ev1 = jnp.array([4.0, 3.0, 2.0, 1.0])
-  assert g.__name__ == "reverse_blocks"
-  assert CFG.reverse_blocks(mskjax.eigenvalue_blocks(ev1))(ev1, 3).tolist() == \
+  assert g.__name__.startswith("reverse_blocks")
+  assert mskjax.modifiers.reverse_blocks(mskjax.eigenvalue_blocks(ev1))(ev1, 3).tolist() == \
       mskjax.modifiers.reverse()(ev1, 3).tolist()
   # modifiers.reverse() splits the pairs (the reason for the block-wise version).
   assert mskjax.modifiers.reverse()(ev, 7).tolist() == [1.0, 1.0, 2.0, 2.0, 5.0, 5.0, 9.0]
@@ -43,7 +43,7 @@ def test_reverse_blocks_keeps_pairs_and_mirrors_the_blocks():
 def test_finite_spectrum_transfer_is_exact_on_the_analytic_kernel():
   _, _, th, K = _circle_kernel()
   lam = np.asarray(mskjax.eigh_desc(K).values)
-  g = CFG.reverse_blocks(mskjax.eigenvalue_blocks(lam))
+  g = mskjax.modifiers.reverse_blocks(mskjax.eigenvalue_blocks(lam))
   k = 9
   spec_a = mskjax.msk_spectrum(K, g, k)
   spec_f, overlap = CFG.finite_spectrum(K, spec_a, k + 4)      # padded: g/λ = 1 beyond k
