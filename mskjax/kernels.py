@@ -491,6 +491,22 @@ def _tree_size(tree):
   return sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(tree))
 
 
+def _network_inputs(apply_fn, params, x, dtype, where):
+  """(fn, params, x, dtype, n, c): the trainable function, parameters and inputs cast to
+  the compute dtype, and the number of outputs per point."""
+  fn, p = trainable_fn(apply_fn, params)
+  x = _as_inputs(x, "x", where)
+  dt = x.dtype if dtype is None else jnp.dtype(dtype)
+  x = x.astype(dt)
+  p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
+                   if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
+  out = jax.eval_shape(fn, p, x[:1])
+  if not hasattr(out, "shape") or len(out.shape) < 1 or out.shape[0] != 1:
+    raise ValueError(f"{where}: apply_fn(params, x) must return an array with a leading axis "
+                     f"of n points; got {getattr(out, 'shape', type(out).__name__)}.")
+  return fn, p, x, dt, x.shape[0], int(np.prod(out.shape[1:]))
+
+
 def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
                       block_size: Optional[int] = None,
                       memory_budget: int = 1 << 30, dtype=None) -> JacobianOperator:
@@ -522,18 +538,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     >>> op.ntk_matvec(jnp.eye(3)).tolist()   # J = X: the NTK is X Xᵀ
     [[1.0, 0.0, 1.0], [0.0, 4.0, 2.0], [1.0, 2.0, 2.0]]
   """
-  fn, p = trainable_fn(apply_fn, params)
-  x = _as_inputs(x, "x", "jacobian_operator")
-  dt = x.dtype if dtype is None else jnp.dtype(dtype)
-  x = x.astype(dt)
-  p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
-                   if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
-  n = x.shape[0]
-  out = jax.eval_shape(fn, p, x[:1])
-  if not hasattr(out, "shape") or len(out.shape) < 1 or out.shape[0] != 1:
-    raise ValueError("jacobian_operator: apply_fn(params, x) must return an array with a "
-                     f"leading axis of n points; got {getattr(out, 'shape', type(out).__name__)}.")
-  c = int(np.prod(out.shape[1:]))
+  fn, p, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, "jacobian_operator")
   if block_size is None:
     per = _activation_size(fn, p, x[:1]) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
     block_size = int(min(max(int(memory_budget) // max(per, 1), 1), n))
@@ -614,15 +619,7 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
     ...                     jnp.array([[1., 2.]]))[0].tolist()   # ‖x‖² I_c
     [[5.0, 0.0], [0.0, 5.0]]
   """
-  fn, p = trainable_fn(apply_fn, params)
-  x = _as_inputs(x, "x", "ntk_diagonal_blocks")
-  dt = x.dtype if dtype is None else jnp.dtype(dtype)
-  x = x.astype(dt)
-  p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
-                   if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
-  n = x.shape[0]
-  out = jax.eval_shape(fn, p, x[:1])
-  c = int(np.prod(out.shape[1:]))
+  fn, p, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, "ntk_diagonal_blocks")
   if block_size is None:
     per = 3 * c * max(_tree_size(p), 1) * jnp.dtype(dt).itemsize
     block_size = int(min(max(int(memory_budget) // per, 1), n))
