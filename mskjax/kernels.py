@@ -53,9 +53,13 @@ def _as_inputs(x, name, where):
   if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
     raise TypeError(f"{where}: {name} must be numeric; got dtype {x.dtype}.")
   x = jnp.asarray(x, _float_dtype())
-  if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
-    raise ValueError(f"{where}: {name} contains NaN or inf; remove or impute those rows "
-                     "before computing the kernel.")
+  if not isinstance(x, jax.core.Tracer):
+    # evaluated now even under jit (a closed-over constant), never staged into the trace
+    with jax.ensure_compile_time_eval():
+      bad = not bool(jnp.all(jnp.isfinite(x)))
+    if bad:
+      raise ValueError(f"{where}: {name} contains NaN or inf; remove or impute those rows "
+                       "before computing the kernel.")
   return x
 
 
@@ -285,12 +289,7 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
                      f"{memory_budget!r}.")
   block_size = _check_block_size(block_size, "empirical_ntk")
   if implementation not in (1, 2):
-    x1 = _inputs_traceable(x1, "x1")
-    if x2 is not None:
-      x2 = _inputs_traceable(x2, "x2")
-      if x2.shape[1:] != x1.shape[1:]:
-        raise ValueError(f"empirical_ntk: x1 and x2 must have the same per-point shape; got "
-                         f"x1.shape={tuple(x1.shape)}, x2.shape={tuple(x2.shape)}.")
+    x1, x2 = _check_pair(x1, x2, "empirical_ntk")
     return _empirical_own(apply_fn, params, x1, x2, bool(full), block_size, memory_budget,
                           implementation)
   if full:
@@ -702,28 +701,6 @@ def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, st
     K = K.reshape(nb1 * bs1, c, nb2 * bs2, c)[:n1, :, :n2, :]
     return K.reshape(n1 * c, n2 * c)
   return K.reshape(nb1 * bs1, nb2 * bs2)[:n1, :n2]
-
-
-def _inputs_traceable(x, name):
-  """Like _as_inputs, but the finiteness check also works on concrete constants under jit."""
-  if x is None:
-    raise TypeError(f"empirical_ntk: {name} must be an array of shape (n, ...); got None.")
-  if not hasattr(x, "shape"):
-    x = np.asarray(x)
-  if len(x.shape) < 2:
-    raise ValueError(f"empirical_ntk: {name} must have a leading axis of n points and at least "
-                     f"one feature axis, shape (n, d) or (n, ...); got shape {tuple(x.shape)}.")
-  if any(s == 0 for s in x.shape):
-    raise ValueError(f"empirical_ntk: {name} must be non-empty; got shape {tuple(x.shape)}.")
-  if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
-    raise TypeError(f"empirical_ntk: {name} must be numeric; got dtype {x.dtype}.")
-  if not isinstance(x, jax.core.Tracer):
-    with jax.ensure_compile_time_eval():
-      bad = not bool(np.all(np.isfinite(np.asarray(x, np.float64))))
-    if bad:
-      raise ValueError(f"empirical_ntk: {name} contains NaN or inf; remove or impute those rows "
-                       "before computing the kernel.")
-  return jnp.asarray(x, _float_dtype())
 
 
 def sphere_mercer_eigenvalues(kernel_fn: Callable, d: int, lmax: int, *, get: str = "ntk",
