@@ -1,24 +1,31 @@
-"""Experiment runner: ``python -m mskjax.run configs/NAME.py key=value ...`` (or ``mskjax ...``).
+"""Experiment runner: ``python -m mskjax.run configs/NAME.py[:ARG] key=value ...`` (or ``mskjax ...``).
 
-A config file is Python with
+A config file ``configs/NAME.py`` is declarative: it defines
 
-* ``get_config() -> ml_collections.ConfigDict`` — every knob with its default (the
-  docstring holds the exact command), usually including ``quick`` (a < 60 s variant);
-* ``run(config, ctx)`` — the experiment. ``ctx`` is a :class:`RunContext`.
+* ``get_config(arg=None) -> ml_collections.ConfigDict`` — every value the experiment uses
+  (the docstring holds the exact commands). ``arg`` selects a variant, resolved *inside*
+  ``get_config`` (big_vision's ``runlocal`` pattern): ``"quick"`` is the < 60 s variant;
+  a config parses its ``arg`` with :func:`parse_arg`. ``config.program`` names the
+  experiment program, the module ``mskjax.experiments.<program>`` with ``run(config, ctx)``
+  (``ctx`` is a :class:`RunContext`); a program never resizes anything itself;
+* optionally ``RANGES`` and ``validate(config)`` (declarative checks, see below).
 
-Every run writes ``runs/<name>/<tag>/`` (``tag`` defaults to a timestamp):
-``config.json``, ``metrics.jsonl`` (appended and flushed as produced), ``results.csv`` and
-``results.md`` (the table) and PNG plots. Rerunning with the same ``--tag`` resumes: units
-of work already recorded in ``metrics.jsonl`` (see :meth:`RunContext.cached`) are read back
-instead of recomputed, so an interrupted run loses nothing it finished.
+Every run writes ``runs/<name>/<tag>/`` (``name`` is the config file's stem, ``tag``
+defaults to a timestamp): ``config.json`` (exactly the resolved config that ran),
+``metrics.jsonl`` (appended and flushed as produced), ``results.csv`` and ``results.md``
+(the table) and PNG plots. Rerunning with the same ``--tag`` resumes: units of work
+already recorded in ``metrics.jsonl`` (see :meth:`RunContext.cached`) are read back
+instead of recomputed, so an interrupted run loses nothing it finished; a rerun whose
+resolved config differs from the stored ``config.json`` is refused.
 
 **Guarantees.** One run at a time per directory: ``runs/<name>/<tag>/.lock`` holds the
 owner's pid; a second run on the same tag is refused with a message, a lock left by a dead
 process is taken over. The config is validated before any work: override types, finite
 floats, non-empty tuples, the ranges a config declares in a module-level ``RANGES`` dict
 (``{"tol": {"gt": 0, "lt": 1}, "js": {"min_len": 1, "min": 1}}``; keys ``min``, ``max``,
-``gt``, ``lt``, ``min_len``, ``choices``; tuple bounds apply to every element) and its
-optional ``validate(config)`` (raise ``ValueError`` for cross-key rules). ``metrics.jsonl``
+``gt``, ``lt``, ``min_len``, ``choices``; tuple bounds apply to every element), its
+optional ``validate(config)`` (raise ``ValueError`` for cross-key rules) and that
+``program`` names a module of :mod:`mskjax.experiments`. ``metrics.jsonl``
 is one JSON object per newline-terminated line: a last line without its newline (kill,
 disk full) is detected, dropped and cut off on resume; every record carries a ``key``
 (given, or a hash of its content), so a rerun never appends a record twice. Ctrl-C,
@@ -27,13 +34,17 @@ and the command that resumes.
 
 Command line::
 
-  python -m mskjax.run configs/quickstart.py quick=True j=16 --tag demo
-  python -m mskjax.run configs/quickstart.py --help-config     # list keys and defaults
+  python -m mskjax.run configs/quickstart.py                   # the full experiment
+  python -m mskjax.run configs/quickstart.py:quick j=16 --tag demo   # quick variant + override
+  python -m mskjax.run configs/quickstart.py:quick --help-config     # list keys and values
 
-Overrides are type-checked against the default: ``int``, ``float``, ``bool``
+``quick=True`` among the overrides is kept as an alias of ``:quick`` (it selects the
+variant before the other overrides are applied; ``quick=False`` selects nothing).
+Overrides are type-checked against the resolved value: ``int``, ``float``, ``bool``
 (true/false/1/0), ``str``, and tuples/lists as Python literals (``ks=(5,21)``); dotted
 keys reach nested ConfigDicts. An unknown key or a bad value stops with a message that
-lists the valid keys.
+lists the valid keys. In tests and notebooks, :func:`load_config` gives the resolved config
+of a file and :func:`mskjax.experiments.get` its program.
 """
 from __future__ import annotations
 
@@ -54,16 +65,31 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["RunContext", "load_config_module", "apply_overrides", "validate_config", "RunLock",
-           "RunLockedError", "main", "ConfigError"]
+__all__ = ["RunContext", "load_config", "load_config_module", "parse_arg", "split_config_arg",
+           "apply_overrides", "validate_config", "RunLock", "RunLockedError", "main",
+           "ConfigError"]
 
 
 class ConfigError(ValueError):
   """A bad config override (unknown key or a value of the wrong type)."""
 
 
+def split_config_arg(spec: str | os.PathLike) -> tuple[Path, str | None]:
+  """``'configs/NAME.py:ARG'`` -> ``(Path('configs/NAME.py'), 'ARG')`` (big_vision style).
+
+  Example:
+    >>> split_config_arg('configs/quickstart.py:quick')
+    (PosixPath('configs/quickstart.py'), 'quick')
+    >>> split_config_arg('configs/quickstart.py')
+    (PosixPath('configs/quickstart.py'), None)
+  """
+  text = os.fspath(spec)
+  path, sep, arg = text.rpartition(":") if ".py:" in text else (text, "", "")
+  return Path(path), (arg if sep else None)
+
+
 def load_config_module(path: str | os.PathLike):
-  """Import a config file by path; it must define ``get_config()`` and ``run(config, ctx)``."""
+  """Import a config file by path; it must define ``get_config(arg=None)``."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"config file {str(path)!r} not found; configs live in configs/ "
@@ -71,10 +97,89 @@ def load_config_module(path: str | os.PathLike):
   spec = importlib.util.spec_from_file_location(f"mskjax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  for attr in ("get_config", "run"):
-    if not callable(getattr(module, attr, None)):
-      raise ConfigError(f"config {str(path)!r} must define a function `{attr}`.")
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"config {str(path)!r} must define a function `get_config`.")
   return module
+
+
+def load_config(path: str | os.PathLike, arg: str | None = None):
+  """The resolved ConfigDict of a config file: ``get_config(arg)`` of ``path``.
+
+  ``path`` may carry the argument itself (``'configs/NAME.py:quick'``); ``arg`` then must
+  be None. This is what the runner runs (before command-line overrides) and what it
+  writes to ``config.json``; tests load configs this way.
+
+  Example:
+    >>> c = load_config('configs/quickstart.py:quick')
+    >>> c.program, c.width
+    ('quickstart', 2048)
+  """
+  path, path_arg = split_config_arg(path)
+  if path_arg is not None and arg is not None:
+    raise ConfigError(f"config argument given twice: {path_arg!r} in the path and "
+                      f"arg={arg!r}; pass one.")
+  arg = path_arg if arg is None else arg
+  return _get_config(load_config_module(path), path, arg)
+
+
+def _get_config(module, path, arg):
+  try:
+    config = module.get_config(arg) if arg is not None else module.get_config()
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"{path}:{arg}: {e}") from None
+  if not isinstance(config.get("program", None), str):
+    raise ConfigError(f"config {str(path)!r}: get_config() must set `program`, the name of "
+                      "its experiment program in mskjax/experiments/ (e.g. c.program = "
+                      "'quickstart').")
+  return config
+
+
+def _quick_alias(arg: str | None, overrides: list[str]):
+  """``quick=True`` among the overrides -> the config argument ``quick`` (an alias of ``:quick``)."""
+  rest = []
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if key.strip() != "quick" or not sep:
+      rest.append(item)
+      continue
+    if _parse_value("quick", text, False):
+      items = [a.strip() for a in (arg or "").split(",") if a.strip()]
+      arg = ",".join(items + ([] if "quick" in items else ["quick"]))
+  return arg, rest
+
+
+def parse_arg(arg: str | None, **spec):
+  """Parse a config argument (``'quick'`` or ``'quick,n=3'``) against defaults ``spec``.
+
+  Comma-separated ``key=value`` items, a bare ``key`` meaning ``key=True`` (big_vision's
+  ``config_dict.parse_arg``); values are typed by the defaults. A config's
+  ``get_config(arg)`` starts with ``arg = parse_arg(arg, quick=False)``.
+
+  Example:
+    >>> parse_arg('quick', quick=False).quick
+    True
+    >>> parse_arg(None, quick=False).quick
+    False
+    >>> parse_arg('fast', quick=False)
+    Traceback (most recent call last):
+    ...
+    mskjax.run.ConfigError: unknown config argument `fast` in 'fast'; valid: quick (e.g. configs/NAME.py:quick)
+  """
+  import ml_collections
+  out = ml_collections.ConfigDict(dict(spec))
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, text = item.partition("=") if "=" in item else (item, "", "True")
+    key = key.strip()
+    if key not in spec:
+      raise ConfigError(f"unknown config argument `{key}` in {arg!r}; valid: "
+                        f"{', '.join(sorted(spec))} (e.g. configs/NAME.py:quick)")
+    out[key] = _parse_value(key, text, spec[key])
+  return out
 
 
 def _flat_keys(cfg, prefix=""):
@@ -317,7 +422,7 @@ def _jsonable(x):
 
 
 class RunContext:
-  """What a config's ``run(config, ctx)`` uses to write results.
+  """What an experiment program's ``run(config, ctx)`` uses to write results.
 
   Attributes:
     out_dir: ``runs/<name>/<tag>/`` (created).
@@ -462,13 +567,15 @@ def main(argv: list[str] | None = None) -> int:
   os.environ.setdefault("MPLBACKEND", "Agg")
   parser = argparse.ArgumentParser(
       prog="mskjax", description="Run an mskjax experiment config.",
-      epilog="example: python -m mskjax.run configs/quickstart.py quick=True --tag demo")
-  parser.add_argument("config", help="path to a config file, e.g. configs/quickstart.py")
+      epilog="example: python -m mskjax.run configs/quickstart.py:quick --tag demo "
+             "(quick=True is an alias of :quick)")
+  parser.add_argument("config", help="path to a config file with an optional argument, e.g. "
+                      "configs/quickstart.py or configs/quickstart.py:quick")
   parser.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
   parser.add_argument("--tag", default=None, help="run directory name (default: timestamp); "
                       "reuse a tag to resume an interrupted run")
   parser.add_argument("--runs-dir", default="runs", help="where run directories go")
-  parser.add_argument("--help-config", action="store_true", help="list keys and defaults")
+  parser.add_argument("--help-config", action="store_true", help="list keys and values")
   parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
   args = parser.parse_args(argv)
   # Experiments claim float64 accuracy: the runner (not the library import) turns it on.
@@ -476,19 +583,26 @@ def main(argv: list[str] | None = None) -> int:
   jax.config.update("jax_enable_x64", True)
 
   try:
-    module = load_config_module(args.config)
-    config = module.get_config()
+    path, config_arg = split_config_arg(args.config)
+    config_arg, overrides = _quick_alias(config_arg, list(args.overrides))
+    module = load_config_module(path)
+    config = _get_config(module, path, config_arg)
     if args.help_config:
       for k, v in sorted(_flat_keys(config).items()):
         print(f"{k} = {v!r}")
       return 0
-    apply_overrides(config, args.overrides)
+    apply_overrides(config, overrides)
     validate_config(config, module)
+    from mskjax import experiments
+    try:
+      program = experiments.get(config.program)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   except (ConfigError, FileNotFoundError) as e:
     print(f"mskjax.run: error: {e}", file=sys.stderr)
     return 2
 
-  name = Path(args.config).stem
+  name = path.stem
   tag = args.tag or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
   out_dir = Path(args.runs_dir) / name / tag
   resume = ("python -m mskjax.run " + " ".join([args.config, *args.overrides])
@@ -531,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
       print(f"running {name} -> {out_dir}", flush=True)
     t0 = time.time()
-    module.run(config, ctx)
+    program.run(config, ctx)
     for table, rows in ctx.tables.items():
       print(f"\n{table} ({out_dir / (table + '.csv')}):\n")
       print((out_dir / f"{table}.md").read_text())

@@ -2,7 +2,7 @@
 
 Command::
 
-  python -m mskjax.run configs/digits.py quick=True   # < 60 s on a 2-core CPU
+  python -m mskjax.run configs/digits.py:quick     # < 60 s on a 2-core CPU
   python -m mskjax.run configs/digits.py              # full, ~10 min on a loaded 2-core CPU
   python -m mskjax.run configs/digits.py target_scale=0.01 --tag linear  # near-linear regime
 
@@ -45,55 +45,7 @@ target energy).
 """
 import time
 
-import ml_collections
 import numpy as np
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.n_train = 500            # first n_train images of the stratified training split
-  c.labels = "onehot"        # 'onehot' or 'pm1'
-  c.target_scale = 1.0       # Y <- target_scale * labels (0.01: near-linear regime)
-  c.depth = 1                # hidden layers (1 = the 2-layer net)
-  c.width = 512
-  c.b_std = 0.1
-  c.ks = (10, 50)            # flattened eigenvalues for PGD
-  c.tols = (0.5, 0.3)        # relative train residual targets (the last one selects lrs)
-  c.steps = 3000             # full budget (every method)
-  c.grid_steps = 300         # budget of the learning-rate grid runs
-  c.chunk = 100              # steps per compiled chunk of mskjax.train.fit
-  c.gd_frac = 1.0            # GD step gd_frac / λ₁
-  c.pgd_fracs = (1.0, 0.5, 0.25)   # PGD steps frac / λ_{k+1}
-  c.adam_lrs = (1e-3, 3e-3, 1e-2)
-  c.msk_sgd_jvp = True           # also run mskjax.optim.msk_sgd_jvp for the smallest k
-  c.seed = 0
-  return c
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"n_train": {"min": 16}, "width": {"min": 1}, "depth": {"min": 1},
-          "ks": {"min": 1}, "steps": {"min": 1}, "grid_steps": {"min": 1}, "chunk": {"min": 1},
-          "tols": {"gt": 0, "lt": 1}, "pgd_fracs": {"gt": 0}, "gd_frac": {"gt": 0},
-          "adam_lrs": {"gt": 0}, "target_scale": {"gt": 0},
-          "labels": {"choices": ("onehot", "pm1")}}
-
-
-def validate(c):
-  if max(c.ks) >= c.n_train:
-    raise ValueError(f"ks: every k must be < n_train = {c.n_train}.")
-
-
-def _settings(c):
-  s = ml_collections.ConfigDict(c.to_dict())
-  if c.quick:
-    s.n_train, s.width = min(c.n_train, 200), min(c.width, 256)
-    s.ks = tuple(k for k in c.ks if k <= 10) or c.ks[:1]
-    s.steps, s.grid_steps, s.chunk = min(c.steps, 400), min(c.grid_steps, 100), 50
-    s.pgd_fracs = (0.5,)       # one value each: no grid runs
-    s.adam_lrs = tuple(c.adam_lrs[-1:])
-    s.msk_sgd_jvp = False
-  return s
 
 
 def _metrics(f, y):
@@ -188,7 +140,7 @@ def run(config, ctx):
   import mskjax
   from mskjax import data, kernels, nets, optim
 
-  s = _settings(config)
+  s = config
   tols = tuple(float(t) for t in s.tols)
   sel_tol = tols[-1]
   ds = data.load_digits(labels=s.labels, seed=s.seed)

@@ -3,7 +3,7 @@
 Command::
 
   python -m mskjax.run configs/exponential_speedup.py              # full, ~3 min on 2 cores
-  python -m mskjax.run configs/exponential_speedup.py quick=True   # < 60 s
+  python -m mskjax.run configs/exponential_speedup.py:quick     # < 60 s
 
 Claim (Geifman et al., arXiv:2307.14531, abstract and §4): preconditioning with a modified
 spectrum gives a polynomial and, in some cases, *exponential* speed-up. GD needs
@@ -35,60 +35,7 @@ even parts of the kernel differ), least-squares fits over j ≥ ``fit_jmin`` of 
 (polynomial model: exponent), with their rms residuals; ``better_model`` names the fit with
 the smaller residual. Plot ``steps_vs_j.png``: GD/PGD iterations against j, log scale.
 """
-import ml_collections
 import numpy as np
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.seed = 0
-  c.b_std = 0.1
-  c.activations = ("relu", "erf", "gelu")
-  c.tol = 0.1
-  c.max_steps = 10 ** 12     # predicted counts are closed forms: huge counts are cheap
-  # S¹
-  c.s1_n = 128
-  c.s1_js = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
-  c.s1_k = 17
-  # S²
-  c.s2 = True
-  c.s2_n = 400
-  c.s2_js = (1, 2, 3, 4, 5, 6, 7, 8)
-  c.s2_blocks = 4
-  c.fit_jmin = 2
-  # finite networks (S¹ only, where GD's predicted count allows)
-  c.network = True
-  c.width = 2048
-  c.amp = 0.01               # target amplitude (linear regime)
-  c.network_max_steps = 3000
-  return c
-
-
-def _settings(c):
-  if c.quick:
-    return dict(activations=tuple(a for a in c.activations if a in ("relu", "erf"))
-                or tuple(c.activations[:1]), s1_js=tuple(j for j in c.s1_js if j <= 6),
-                s2=False, width=min(c.width, 256), network_max_steps=min(c.network_max_steps,
-                                                                         300))
-  return dict(activations=tuple(c.activations), s1_js=tuple(c.s1_js), s2=c.s2, width=c.width,
-              network_max_steps=c.network_max_steps)
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"tol": {"gt": 0, "lt": 1}, "max_steps": {"min": 1}, "s1_n": {"min": 8},
-          "s1_js": {"min": 1}, "s1_k": {"min": 1}, "s2_n": {"min": 8}, "s2_js": {"min": 1},
-          "s2_blocks": {"min": 1}, "fit_jmin": {"min": 1}, "width": {"min": 1},
-          "amp": {"gt": 0}, "network_max_steps": {"min": 1},
-          "activations": {"choices": ("relu", "erf", "gelu", "linear")}}
-
-
-def validate(c):
-  if 2 * max(c.s1_js) >= c.s1_n:
-    raise ValueError(f"s1_js: every frequency j must be < s1_n/2 = {c.s1_n / 2:g} (Nyquist), "
-                     f"got max {max(c.s1_js)}.")
-  if c.s1_k >= c.s1_n:
-    raise ValueError(f"s1_k must be < s1_n = {c.s1_n}, got {c.s1_k}.")
 
 
 def fit_growth(js, steps):
@@ -121,7 +68,7 @@ def run(config, ctx):
   from mskjax import data, kernels, nets, optim
   from mskjax import train as T
 
-  s = _settings(config)
+  s = config
   g = mskjax.modifiers.flatten()
   rows = []
 

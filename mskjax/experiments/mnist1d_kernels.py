@@ -3,7 +3,7 @@
 Command::
 
   python -m mskjax.run configs/mnist1d_kernels.py --tag full
-  python -m mskjax.run configs/mnist1d_kernels.py quick=True   # < 60 s (n = 500)
+  python -m mskjax.run configs/mnist1d_kernels.py:quick     # < 60 s (n = 500)
 
 Architectures (BRIEF.md, the same as the finite MNIST-1D benchmark): MLP 40 → 256 → 256 → 10
 and CNN on (n, 40, 1): three convolutions with 32 channels, kernel sizes (5, 3, 3), stride 2,
@@ -24,31 +24,7 @@ eigenvalues (η grows to 1/λ_max(K_g)); at t = ∞ every g gives the same inter
 Cost table: time and XLA temporary memory per kernel entry, measured on one block, and the n
 that the dense path (Gram + eigh in float64) and a one-hour Gram allow, extrapolated from it.
 """
-import ml_collections
 import numpy as np
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.n_train = 4000              # all of MNIST-1D's training set
-  c.n_test = 1000
-  c.nets = ("mlp", "cnn")
-  c.parameterizations = ("standard", "ntk")
-  c.times = (10, 100, 1000, 10000)   # GD steps (η = 1/λ_max(K_g)); t = ∞ is always added
-  c.modifiers = ("none", "flatten10", "flatten100", "sqrt100")
-  c.block_size = 500             # rows/cols per analytic kernel block
-  c.cost_block = 256             # block edge for the per-entry cost measurement
-  c.memory_gib = 16.0            # memory assumed for the dense-path extrapolation
-  c.seed = 0
-  return c
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"n_train": {"min": 8}, "n_test": {"min": 1}, "block_size": {"min": 1},
-          "cost_block": {"min": 1}, "times": {"gt": 0}, "memory_gib": {"gt": 0},
-          "nets": {"choices": ("mlp", "cnn")},
-          "parameterizations": {"choices": ("standard", "ntk")}}
 
 
 def _load_mnist1d(n_train, n_test, seed):
@@ -110,11 +86,10 @@ def run(config, ctx):
   import mskjax
   from mskjax import nets
 
-  quick = config.quick
-  n_train = min(config.n_train, 500) if quick else config.n_train
-  n_test = min(config.n_test, 500) if quick else config.n_test
-  params_list = ("standard",) if quick else tuple(config.parameterizations)
-  mods = ("none", "flatten10") if quick else tuple(config.modifiers)
+  n_train = config.n_train
+  n_test = config.n_test
+  params_list = tuple(config.parameterizations)
+  mods = tuple(config.modifiers)
   x, y, xt, yt = _load_mnist1d(n_train, n_test, config.seed)
   Y = np.eye(10)[y]
   ctx.print(f"MNIST-1D: {n_train} train / {n_test} test, x {x.shape}")
@@ -166,13 +141,13 @@ def run(config, ctx):
                            test_mse=float(rec["test_mse"][i])))
       # Cost per entry (the 'gap' readout of the CNN: all pairs of positions, for contrast).
       variants = [(net, kernel_fn)]
-      if net == "cnn" and par == "standard" and not quick:
+      if net == "cnn" and par == "standard" and config.cost_gap:
         gap = spec.__class__(**{**spec.__dict__, "readout": "gap"})
         variants.append(("cnn-gap", nets.stax_cnn(gap)[2]))
       for name, kf in variants:
         if par != "standard":
           continue
-        b = min(128 if quick else config.cost_block, n_train // 2)
+        b = min(config.cost_block, n_train // 2)
         sec, byt = _cost(kf, jnp.asarray(x), b)
         mem = config.memory_gib * 2 ** 30
         n_dense = int(np.sqrt(mem / (8 * 4)))          # K, K_test (~K), eigh workspace ~2K

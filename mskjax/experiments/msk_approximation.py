@@ -3,7 +3,7 @@
 Command::
 
   python -m mskjax.run configs/msk_approximation.py
-  python -m mskjax.run configs/msk_approximation.py quick=True   # < 60 s
+  python -m mskjax.run configs/msk_approximation.py:quick     # < 60 s
 
 On S¹ a dot-product kernel k(x, x') = κ(cos(θ − θ')) has the Fourier modes as Mercer
 eigenfunctions and its Fourier coefficients a_j (computed by FFT of κ on a fine grid) as
@@ -13,30 +13,7 @@ Gram eigenvalues. g must be 1-homogeneous (flatten, scale, geometric mean with �
 that it acts the same on Gram (≈ n a_j) and operator eigenvalues. Table: sup error on a
 grid, averaged over seeds, and the fitted log-log slope (Monte-Carlo rate -1/2 expected).
 """
-import ml_collections
 import numpy as np
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.ns = (32, 64, 128, 256, 512, 1024, 2048)
-  c.m = 3                    # modified frequencies 0..m  ->  k = 2m + 1
-  c.modifiers = ("flatten", "scale0.3", "geomean")
-  c.seeds = 3
-  c.grid = 64                # evaluation grid on S¹
-  c.b_std = 1.0              # bias: Fourier coefficients then decrease with frequency
-  return c
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"ns": {"min": 8}, "m": {"min": 0}, "seeds": {"min": 1}, "grid": {"min": 4},
-          "b_std": {"min": 0}}
-
-
-def validate(c):
-  if 2 * c.m + 1 >= min(c.ns):
-    raise ValueError(f"m: k = 2m+1 = {2 * c.m + 1} must be < the smallest n = {min(c.ns)}.")
 
 
 def run(config, ctx):
@@ -47,8 +24,8 @@ def run(config, ctx):
   import mskjax
   from mskjax import data, modifiers, nets
 
-  ns = tuple(n for n in config.ns if n <= 256) if config.quick else tuple(config.ns)
-  seeds = 1 if config.quick else config.seeds
+  ns = tuple(config.ns)
+  seeds = config.seeds
   kernel_fn = nets.stax_mlp(nets.MLPSpec(depth=1, width=1, activation="relu",
                                          b_std=config.b_std))[2]
   # κ(cos φ) on a fine grid -> Fourier coefficients (operator eigenvalues, uniform measure).

@@ -3,7 +3,7 @@
 Command (the README's main job)::
 
   python -m mskjax.run configs/quickstart.py            # ~30 s on an idle 2-core CPU
-  python -m mskjax.run configs/quickstart.py quick=True # < 60 s
+  python -m mskjax.run configs/quickstart.py:quick   # < 60 s
 
 Data: n equispaced points on S¹, targets cos(jθ). Network: 2-layer ReLU MLP in NTK
 parameterisation. The analytic NTK gives K; the MSK flattens its top-k eigenvalues
@@ -17,46 +17,7 @@ same solution — configs/same_solution.py). The finite network uses targets of 
 """
 import functools
 
-import ml_collections
 import numpy as np
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.n = 64                 # training points on S¹ (equispaced)
-  c.n_test = 256           # test points (uniform random angles)
-  c.js = (4, 8, 16)        # target frequencies cos(jθ)
-  c.k = 21                 # modified eigenvalues; b_std=0: frequencies 0,1,2,4,..,18 (odd j≥3 have λ=0)
-  c.depth = 1              # hidden layers
-  c.width = 4096           # finite network width
-  c.b_std = 0.0
-  c.tol = 0.1              # stop at ‖r_t‖ < tol ‖y‖
-  c.max_steps = 4000
-  c.train_network = True   # also train the finite network
-  c.amplitude = 0.01       # finite network's target scale (keeps it in the linear regime)
-  c.seed = 0
-  return c
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"n": {"min": 8}, "js": {"min": 0}, "k": {"min": 1}, "width": {"min": 1},
-          "depth": {"min": 1}, "tol": {"gt": 0, "lt": 1}, "max_steps": {"min": 1},
-          "amplitude": {"gt": 0}, "n_test": {"min": 1}, "b_std": {"min": 0}}
-
-
-def validate(c):
-  if 2 * max(c.js) >= c.n:
-    raise ValueError(f"js: every frequency j must be < n/2 = {c.n / 2:g} (Nyquist), got "
-                     f"max {max(c.js)}.")
-  if c.k >= c.n:
-    raise ValueError(f"k must be < n = {c.n}, got {c.k}.")
-
-
-def _quick(c):
-  if c.quick:
-    return dict(js=tuple(j for j in c.js if j <= 8) or c.js[:1], width=min(c.width, 2048))
-  return dict(js=c.js, width=c.width)
 
 
 def run(config, ctx):
@@ -66,8 +27,7 @@ def run(config, ctx):
   import mskjax
   from mskjax import data, kernels, nets
 
-  q = _quick(config)
-  spec = nets.MLPSpec(depth=config.depth, width=q["width"], activation="relu",
+  spec = nets.MLPSpec(depth=config.depth, width=config.width, activation="relu",
                       b_std=config.b_std)
   net = nets.make_network(spec, antisymmetric=True)
   x, theta = data.circle(config.n)
@@ -85,7 +45,7 @@ def run(config, ctx):
 
   finite = functools.cache(lambda: _finite_network(net, x, g, config))  # built on first use
   rows, curves = [], {}
-  for j in ctx.progress(q["js"], desc="targets"):
+  for j in ctx.progress(config.js, desc="targets"):
     y = data.fourier_target(theta, j)
     y_test = data.fourier_target(theta_test, j)
     # Both methods' curves span the GD iteration count, so the plot compares them.
@@ -113,16 +73,16 @@ def run(config, ctx):
       row = {k: rec[k] for k in ("j", "method", "predicted_steps", "infinite_test_err")}
       if "network_steps" in rec:
         row.update(network_steps=rec["network_steps"], network_test_err=rec["network_test_err"],
-                   width=q["width"])
+                   width=config.width)
       rows.append(row)
-  for j in q["js"]:
+  for j in config.js:
     gd, pgd = curves[(j, "GD")], curves[(j, "PGD-flatten")]
     ctx.log_metrics(dict(j=j, predicted_speedup=gd["predicted_steps"] / max(pgd["predicted_steps"], 1)))
   ctx.write_table(rows)
 
-  fig, axes = plt.subplots(1, len(q["js"]), figsize=(4.4 * len(q["js"]), 3.6), squeeze=False,
+  fig, axes = plt.subplots(1, len(config.js), figsize=(4.4 * len(config.js), 3.6), squeeze=False,
                            layout="constrained")
-  for ax, j in zip(axes[0], q["js"]):
+  for ax, j in zip(axes[0], config.js):
     for method, color in (("GD", "C0"), ("PGD-flatten", "C3")):
       rec = curves[(j, method)]
       floor = 1e-4  # PGD can solve the modified directions in one step: keep the axis readable
@@ -130,7 +90,7 @@ def run(config, ctx):
                   label=f"{method} (infinite width)")
       if "network_curve_t" in rec:
         ax.semilogy(rec["network_curve_t"], np.maximum(rec["network_curve_res"], floor), "o",
-                    ms=3, color=color, alpha=0.6, label=f"{method} (width {q['width']})")
+                    ms=3, color=color, alpha=0.6, label=f"{method} (width {config.width})")
     ax.axhline(config.tol, color="gray", lw=0.8, ls="--")
     ax.set(title=f"target cos({j}θ)", xlabel="iteration", ylabel="‖r_t‖ / ‖y‖",
            ylim=(floor / 2, 2))

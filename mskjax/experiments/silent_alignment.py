@@ -2,7 +2,7 @@
 
 Command::
 
-  python -m mskjax.run configs/silent_alignment.py quick=True   # < 60 s on a 2-core CPU
+  python -m mskjax.run configs/silent_alignment.py:quick     # < 60 s on a 2-core CPU
   python -m mskjax.run configs/silent_alignment.py --tag full   # full, ~10 min on 2 cores
 
 Every expensive unit (one σ, one anisotropy α, one digits γ, Adam, each PGD variant) goes
@@ -55,83 +55,7 @@ Plots: ``alignment_vs_sigma.png`` (A(K_t, y) and loss against steps for every σ
 """
 import math
 
-import ml_collections
 import numpy as np
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.seed = 0
-  # (a, b, d): two-layer linear net on a whitened linear teacher
-  c.n = 100                           # training points
-  c.d = 40                            # input dimension
-  c.rank = 30                         # rank r of the whitened inputs
-  c.depth = 1                         # hidden layers (L = depth + 1 weight layers)
-  c.width = 100
-  c.sigmas = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-  c.lr = 0.25                         # GD step on ½ mean squared error
-  c.steps = 600
-  c.num_records = 150                 # kernel records per σ run (evenly spaced)
-  c.alphas = (0.0, 1.0, 2.0)          # (d) power-law exponents of the input covariance
-  c.sigma_aniso = 1e-4
-  c.steps_aniso = 6000
-  c.aniso_records = 300
-  # (c) digits
-  c.digits_n_train = 400
-  c.digits_n_test = 300
-  c.digits_width = 256
-  c.digits_depth = 1
-  c.digits_sigma = 1e-2
-  c.digits_lr = 0.5
-  c.digits_steps = 4000
-  c.digits_records = 25
-  c.digits_gammas = (0.0, 1.0)        # partial whitening exponents (0: whitened, 1: raw)
-  c.ridge = 1e-6
-  # (e) Adam
-  c.adam_lr = 2e-3
-  c.adam_steps = 3000
-  c.adam_records = 150
-  # (e) MSK-PGD vs GD (whitened linear teacher, flatten on the top k)
-  c.pgd_sigma = 1e-4                  # must be one of `sigmas` (the GD run is reused)
-  c.pgd_ks = (5, 29)                  # k < rank (K_0 has rank r)
-  c.pgd_refresh = 1                   # refresh_every of the refreshed PGD (1: exact PGD)
-  c.pgd_diverge_factor = 1e3          # "diverged": loss > factor * initial loss, or NaN
-  return c
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"n": {"min": 4}, "d": {"min": 1}, "rank": {"min": 1}, "width": {"min": 1},
-          "depth": {"min": 1}, "steps": {"min": 1}, "lr": {"gt": 0}, "sigmas": {"gt": 0},
-          "num_records": {"min": 2}, "adam_lr": {"gt": 0}, "ridge": {"min": 0},
-          "pgd_ks": {"min": 1}, "pgd_sigma": {"gt": 0}, "digits_n_train": {"min": 8},
-          "digits_n_test": {"min": 1}, "digits_lr": {"gt": 0}, "digits_sigma": {"gt": 0}}
-
-
-def validate(c):
-  if c.rank > c.d:
-    raise ValueError(f"rank must be <= d = {c.d}, got {c.rank}.")
-
-
-def _quick(c):
-  if not c.quick:
-    return c
-  q = ml_collections.ConfigDict(c.to_dict())
-  q.n, q.d, q.rank, q.width = 40, 20, 20, 40   # d = rank: power-law inputs share shapes
-  q.sigmas = (1e-2, 1e-4, 1e-6)
-  q.steps = 150
-  q.num_records = 50
-  q.alphas = (2.0,)
-  q.steps_aniso = 600
-  q.aniso_records = 40
-  q.digits_n_train, q.digits_n_test, q.digits_width = 80, 50, 32
-  q.digits_steps = 600
-  q.digits_records = 8
-  q.digits_gammas = (0.0,)
-  q.adam_steps = 300
-  q.adam_records = 30
-  q.pgd_ks = (5,)
-  return q
 
 
 def _first_crossing(steps, values, level):
@@ -203,7 +127,7 @@ def run(config, ctx):
   from mskjax import diagnostics as diag
   from mskjax.nets import FlaxMLP, MLPSpec
 
-  c = _quick(config)
+  c = config
   L = c.depth + 1
   rows = []
   key = jax.random.PRNGKey(c.seed)

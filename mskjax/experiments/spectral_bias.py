@@ -3,7 +3,7 @@
 Command::
 
   python -m mskjax.run configs/spectral_bias.py              # full, ~4 min on a 2-core CPU
-  python -m mskjax.run configs/spectral_bias.py quick=True   # < 60 s (width 1024, 700 steps)
+  python -m mskjax.run configs/spectral_bias.py:quick     # < 60 s (width 1024, 700 steps)
 
 Set-up: n = 64 equispaced points of S¹, a 2-layer ReLU network (one hidden layer, NTK
 parameterisation, b_std = 0.1, antisymmetric zero-output init) and the target
@@ -58,53 +58,9 @@ frequency j falls below ``threshold`` (0.5), infinite vs finite width; ``order``
 the order in which the frequencies cross the threshold; ``frequency_residuals.png`` — a
 panel per g, residual vs step (lines: infinite width, markers: finite width).
 """
-import ml_collections
 import numpy as np
 
 _COLORS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9")
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.n = 64                      # equispaced training points on S¹
-  c.js = (1, 2, 4, 6, 8)        # target frequencies, y = amp · Σ_j cos(jθ)
-  c.amp = 0.01                  # target amplitude (linear regime of the finite network)
-  c.b_std = 0.1                 # bias std (b_std = 0 makes odd j >= 3 eigenvalues zero)
-  c.width = 4096                # finite network width (quick: 1024)
-  c.gs = ("identity", "reverse", "flatten", "reverse_ranks")
-  c.k_reverse = 17              # blocks j = 0, 1, 2, 4, 3, 6, 5, 8, 7 (reverse, reverse_ranks)
-  c.k_flatten = 5               # blocks j = 0, 1, 2 flattened to λ₆ = λ(j=4)
-  c.lr_fraction = 0.4           # η = lr_fraction / λ_max(K_g)
-  c.steps = 2000                # training steps (quick: 700)
-  c.threshold = 0.5             # "learned" once the frequency's relative residual < this
-  c.finite_spectrum = "empirical"  # 'empirical' (NTK at init) or 'analytic' eigenpairs
-  c.train_network = True
-  c.seed = 0
-  return c
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"n": {"min": 8}, "js": {"min": 0}, "k_flatten": {"min": 1},
-          "k_reverse": {"min": 1}, "width": {"min": 1}, "steps": {"min": 1},
-          "lr_fraction": {"gt": 0, "lt": 2}, "threshold": {"gt": 0, "lt": 1}, "amp": {"gt": 0},
-          "gs": {"choices": ("identity", "reverse", "flatten", "reverse_ranks")},
-          "finite_spectrum": {"choices": ("empirical", "analytic")}}
-
-
-def validate(c):
-  if 2 * max(c.js) >= c.n:
-    raise ValueError(f"js: every frequency j must be < n/2 = {c.n / 2:g} (Nyquist), got "
-                     f"max {max(c.js)}.")
-  if max(c.k_flatten, c.k_reverse) >= c.n:
-    raise ValueError(f"k_flatten/k_reverse must be < n = {c.n}.")
-
-
-def _settings(c):
-  if c.quick:
-    return dict(width=min(c.width, 1024), steps=min(c.steps, 700),
-                gs=tuple(g for g in c.gs if g != "reverse_ranks"))
-  return dict(width=c.width, steps=c.steps, gs=tuple(c.gs))
 
 
 def _modifier(name, block_starts):
@@ -207,7 +163,7 @@ def run(config, ctx):
   import mskjax
   from mskjax import data, kernels, nets
 
-  q = _settings(config)
+  q = config
   js = tuple(int(j) for j in config.js)
   width, steps = q["width"], q["steps"]
   if config.finite_spectrum not in ("empirical", "analytic"):

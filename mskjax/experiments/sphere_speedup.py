@@ -3,7 +3,7 @@
 Command::
 
   python -m mskjax.run configs/sphere_speedup.py              # full, ~15 min on a 2-core CPU
-  python -m mskjax.run configs/sphere_speedup.py quick=True   # < 60 s (S¹ only, small js)
+  python -m mskjax.run configs/sphere_speedup.py:quick     # < 60 s (S¹ only, small js)
 
 Claim (Geifman et al., arXiv:2307.14531, §4): on the sphere the NTK eigenvalue of frequency
 (degree) j decays polynomially, λ_j ~ j^{-d} on S^{d-1}, so GD needs ~ j^d iterations to
@@ -41,56 +41,7 @@ GD (all j, and even j only) and, for PGD, the largest step count inside the band
 Plot ``steps_vs_j.png``: iterations against j (log-log), lines = prediction, markers =
 network, one colour per method/k, one panel per sphere.
 """
-import ml_collections
 import numpy as np
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.seed = 0
-  c.b_std = 0.1
-  c.width = 4096             # finite network width
-  c.amp = 0.01               # target amplitude (linear regime of the network)
-  c.tol = 0.1                # stop at ‖r_t‖ < tol ‖y‖
-  # S¹
-  c.s1_n = 64
-  c.s1_js = (1, 2, 3, 4, 6, 8, 12, 16)   # j <= n/4: far from aliasing (Nyquist n/2)
-  c.s1_ks = (5, 11, 21)
-  c.s1_network = True
-  # S²
-  c.s2_n = 400
-  c.s2_js = (1, 2, 3, 4, 5, 6, 7, 8, 10)
-  c.s2_blocks = (2, 3, 4, 5)     # number of leading degree blocks flattened -> k
-  c.s2_network = True
-  c.s2_network_js = (2, 4)  # S² network rows (a subset: n=400 steps are slow on 2 cores)
-  c.fit_jmin = 4              # slopes are fitted over j >= fit_jmin (asymptotic regime)
-  c.network_budget = 2.0     # train for budget × predicted steps (+10) before giving up
-  c.max_steps = 20000        # cap on any single network run
-  return c
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"tol": {"gt": 0, "lt": 1}, "s1_n": {"min": 8}, "s1_js": {"min": 1},
-          "s1_ks": {"min": 1}, "width": {"min": 1}, "amp": {"gt": 0}, "s2_n": {"min": 8},
-          "s2_js": {"min": 1}, "s2_blocks": {"min": 1}, "max_steps": {"min": 1}}
-
-
-def validate(c):
-  if 2 * max(c.s1_js) >= c.s1_n:
-    raise ValueError(f"s1_js: every frequency j must be < s1_n/2 = {c.s1_n / 2:g} (Nyquist), "
-                     f"got max {max(c.s1_js)}.")
-  if max(c.s1_ks) >= c.s1_n:
-    raise ValueError(f"s1_ks: every k must be < s1_n = {c.s1_n}, got max {max(c.s1_ks)}.")
-
-
-def _settings(c):
-  if c.quick:
-    return dict(s1_js=tuple(j for j in c.s1_js if j in (4, 8)) or c.s1_js[:2],
-                s1_ks=(11,) if 11 in c.s1_ks else c.s1_ks[:1], width=min(c.width, 1024),
-                s2=False, s1_network=c.s1_network)
-  return dict(s1_js=tuple(c.s1_js), s1_ks=tuple(c.s1_ks), width=c.width, s2=True,
-              s1_network=c.s1_network)
 
 
 def _fit_slope(js, steps):
@@ -113,7 +64,7 @@ def run(config, ctx):
   from mskjax import data, kernels, nets, optim
   from mskjax import train as T
 
-  s = _settings(config)
+  s = config
   g = mskjax.modifiers.flatten()
   net = nets.make_network(nets.MLPSpec(depth=1, width=s["width"], b_std=config.b_std),
                           antisymmetric=True)

@@ -3,7 +3,7 @@
 Command::
 
   python -m mskjax.run configs/width_sweep.py              # full, widths 256..16384, ~7 min
-  python -m mskjax.run configs/width_sweep.py quick=True   # < 60 s (widths 512, 1024, 2048)
+  python -m mskjax.run configs/width_sweep.py:quick     # < 60 s (widths 512, 1024, 2048)
 
 Set-up (that of ``_rel_errors`` in tests/test_train.py): n = 64 equispaced points of S¹,
 40 random test angles, target y = Σ_{j ∈ js} cos(jθ) (amplitude ``amp``), a bias-free
@@ -29,43 +29,7 @@ log(width) (and the range of the slopes fitted to each seed separately) (the exp
 Plot ``width_sweep.png``: the errors against width on log-log axes with a reference line
 ∝ width^(−1/2).
 """
-import ml_collections
 import numpy as np
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.quick = False
-  c.n = 64                      # equispaced training points on S¹
-  c.n_test = 40                 # random test angles
-  c.js = (1, 2, 4)              # y = amp · Σ_j cos(jθ)
-  c.amp = 1.0
-  c.b_std = 0.0
-  c.widths = (256, 512, 1024, 2048, 4096, 8192, 16384)
-  c.seeds = 3                   # initialisations per width
-  c.k = 3                       # PGD: flatten the top k (j = 0, 1)
-  c.ts = (0, 1, 3, 10, 30, 100)  # recorded steps (max over these)
-  c.test_seed = 3
-  return c
-
-
-# Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
-RANGES = {"n": {"min": 8}, "js": {"min": 0}, "k": {"min": 1}, "n_test": {"min": 1},
-          "seeds": {"min": 1}, "ts": {"min": 0}, "widths": {"min": 1}, "amp": {"gt": 0}}
-
-
-def validate(c):
-  if 2 * max(c.js) >= c.n:
-    raise ValueError(f"js: every frequency j must be < n/2 = {c.n / 2:g} (Nyquist).")
-  if c.k >= c.n:
-    raise ValueError(f"k must be < n = {c.n}, got {c.k}.")
-
-
-def _settings(c):
-  if c.quick:
-    ws = tuple(w for w in c.widths if w <= 2048)[-3:] or tuple(c.widths[:3])
-    return dict(widths=ws, seeds=min(c.seeds, 2))
-  return dict(widths=tuple(c.widths), seeds=c.seeds)
 
 
 def make_trainer(apply_fn, x, y, x_test, steps):
@@ -112,7 +76,7 @@ def run(config, ctx):
   import mskjax
   from mskjax import data, kernels, nets
 
-  q = _settings(config)
+  q = config
   ts = np.asarray(sorted(set(int(t) for t in config.ts)))
   steps = int(ts.max())
   x, theta = data.circle(config.n)
