@@ -30,12 +30,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q $(ARGS)
 
-# Every config's quick variant (< 60 s each on 2 cores), into runs/smoke/.
+# Every config's quick variant (configs/NAME.py:quick, < 60 s each on 2 cores), into runs/smoke/.
 smoke: $(STAMP)
 	@set -e; for c in configs/*.py; do \
-	  echo "-- $$c quick=True"; start=$$(date +%s); \
-	  $(PY) -m mskjax.run $$c quick=True --runs-dir runs/smoke --no-progress; \
-	  echo "-- $$c quick=True: $$(( $$(date +%s) - start )) s wall"; \
+	  echo "-- $$c:quick"; start=$$(date +%s); \
+	  $(PY) -m mskjax.run $$c:quick --runs-dir runs/smoke --no-progress; \
+	  echo "-- $$c:quick: $$(( $$(date +%s) - start )) s wall"; \
 	done
 
 bench: $(STAMP)

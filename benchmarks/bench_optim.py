@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.mnist1d import CNN, MLP   # the shared contract's architectures
+from mskjax.experiments.mnist1d import CNN, MLP   # the shared contract's architectures
 from mskjax import kernels, modifiers, optim
 from mskjax._nt import empirical_ntk_fn
 

@@ -31,7 +31,7 @@ def topk_timing(arch: str, s: int, k: int):
   """Cold and warm seconds of the top-k solve on s training points (MNIST-1D, float32)."""
   import jax
   import jax.numpy as jnp
-  from benchmarks import mnist1d as B
+  from mskjax.experiments import mnist1d as B
   from mskjax import data
   ds = data.load_mnist1d()
   x = B.inputs(arch, jnp.asarray(ds.x_train, jnp.float32))
@@ -65,12 +65,12 @@ def main(argv=None):
   rows = []
   if not args.skip_train:
     from mskjax import run as R
-    cfg_over = [f"quick={args.quick}", f"k={args.k}"] + overrides
+    cfg_over = ([] if args.quick else [f"k={args.k}"]) + overrides   # quick: its own k = 10
     if not args.quick and not any(o.startswith("settings=") for o in overrides):
       cfg_over.append('settings=(("mlp",128,3000,100),("mlp",512,1500,50),("mlp",0,600,10),'
                       '("cnn",128,6000,200),("cnn",512,3000,100),("cnn",0,1000,25))')
-    rc = R.main(["configs/mnist1d.py", *cfg_over, "--runs-dir", args.runs_dir, "--tag", tag,
-                 "--no-progress"])
+    cfg = "configs/mnist1d.py" + (":quick" if args.quick else "")
+    rc = R.main([cfg, *cfg_over, "--runs-dir", args.runs_dir, "--tag", tag, "--no-progress"])
     if rc:
       raise SystemExit(rc)
     out = Path(args.runs_dir) / "mnist1d" / tag

@@ -22,7 +22,7 @@ from mskjax.spectrum import (Eigenpairs, eigh_desc, eigh_top, randomized_eigh_to
 from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_spectrum_from_eigenpairs, msk_gram,
                         preconditioner,
                         msk_gram_from_spectrum, preconditioner_from_spectrum,
-                        apply_preconditioner, msk_kernel_fn)
+                        apply_preconditioner, msk_kernel_fn, transfer_msk_spectrum)
 from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
 from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
 from mskjax.optim import (MSKDirections, ScaleByMSKState, scale_by_msk, msk_sgd, msk_directions,
@@ -48,6 +48,7 @@ __all__ = [
     "round_k_to_block",
     "MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
     "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
+    "transfer_msk_spectrum",
     "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
     "diagnostics", "large", "optim", "train",
     "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",

@@ -26,7 +26,7 @@ from mskjax import spectrum as _spectrum
 __all__ = ["MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram",
            "preconditioner", "check_spectrum",
            "msk_gram_from_spectrum", "preconditioner_from_spectrum",
-           "apply_preconditioner", "msk_kernel_fn"]
+           "apply_preconditioner", "msk_kernel_fn", "transfer_msk_spectrum"]
 
 
 class MSKSpectrum(NamedTuple):
@@ -377,3 +377,69 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
 
   k_g.spectrum = spec
   return k_g
+
+
+def transfer_msk_spectrum(K, source: MSKSpectrum | None, k: int) -> tuple[MSKSpectrum, float]:
+  r"""The MSKSpectrum of ``K`` that carries the modification of another kernel's spectrum.
+
+  With ``K = V̂ Λ̂ V̂ᵀ`` (descending; e.g. a finite network's empirical NTK) and ``source``,
+  the MSK spectrum (v_a, g(λ_a)), a = 1..k_s, of a related kernel (e.g. the analytic NTK),
+  keep the top ``k`` eigenpairs of K and give the top k_s of them the modified values of the
+  source eigenvectors they are assigned to, one-to-one, maximising
+
+  .. math::  \sum_{(a, i)} (v_a^\top \hat v_i)^2
+
+  (``scipy.optimize.linear_sum_assignment``); the other ``k - k_s`` keep their own
+  eigenvalue (g/λ = 1: no change). ``k > k_s`` pads the spectrum so that one shape serves
+  every modifier (a single compiled training loop). ``source=None`` is the identity.
+
+  Args:
+    K: ``(n, n)`` symmetric kernel matrix whose eigenpairs are kept.
+    source: MSKSpectrum with ``n``-row vectors, or None (no modification).
+    k: eigenpairs of K kept, ``source.k <= k <= n - 1``.
+
+  Returns:
+    ``(spectrum, overlap_min)``: the MSKSpectrum (values λ̂_1..λ̂_k, vectors v̂, new values,
+    next value λ̂_{k+1}) in K's dtype, and the smallest overlap of an assigned v̂_i with the
+    span of the source eigenvectors that share its new value (1.0 when nothing is
+    modified; near 1 means the transfer is faithful).
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> src = mskjax.msk_spectrum(jnp.diag(jnp.array([4.0, 2.0, 1.0])), mskjax.modifiers.flatten(), 1)
+    >>> spec, overlap = transfer_msk_spectrum(jnp.diag(jnp.array([5.0, 2.0, 1.0])), src, 2)
+    >>> spec.values.tolist(), spec.new_values.tolist(), overlap
+    ([5.0, 2.0], [2.0, 2.0], 1.0)
+
+  Reference: used for finite-width PGD in configs/spectral_bias.py (the analytic
+  modification carried to the network's own kernel); DESIGN.md "Preconditioning real
+  training".
+  """
+  from scipy.optimize import linear_sum_assignment
+
+  K = V.check_square_symmetric(K, "K")
+  n = K.shape[0]
+  k = V.check_k(k, n)
+  if source is not None:
+    source = check_spectrum(source, n=n, name="source")
+    if source.k > k:
+      raise ValueError(f"`k` must be >= source.k = {source.k} (every modified eigenvalue "
+                       f"needs a kept eigenpair of K), got k={k}.")
+  e = _spectrum.eigh_desc(K)
+  lam_h = np.asarray(e.values)
+  vh = np.asarray(e.vectors)[:, :k]
+  new = lam_h[:k].copy()
+  overlap_min = 1.0
+  if source is not None:
+    ks = source.k
+    va = np.asarray(source.vectors)
+    new_a = np.asarray(source.new_values)
+    overlap = (va.T @ vh[:, :ks]) ** 2                           # (source, K)
+    rows, cols = linear_sum_assignment(-overlap)
+    new[cols] = new_a[rows]
+    same = np.isclose(new_a[:, None], new[None, :ks], rtol=1e-9)
+    overlap_min = float(np.sum(overlap * same, axis=0).min())
+  dt = K.dtype
+  spec = MSKSpectrum(jnp.asarray(lam_h[:k], dt), jnp.asarray(vh, dt), jnp.asarray(new, dt),
+                     jnp.asarray(lam_h[k], dt))
+  return spec, overlap_min

@@ -91,6 +91,9 @@ def split_config_arg(spec: str | os.PathLike) -> tuple[Path, str | None]:
 def load_config_module(path: str | os.PathLike):
   """Import a config file by path; it must define ``get_config(arg=None)``."""
   path = Path(path)
+  if not path.is_file() and not path.is_absolute():   # configs/NAME.py from any directory
+    in_checkout = Path(__file__).resolve().parents[1] / path
+    path = in_checkout if in_checkout.is_file() else path
   if not path.is_file():
     raise FileNotFoundError(f"config file {str(path)!r} not found; configs live in configs/ "
                             "(e.g. configs/quickstart.py).")

@@ -1,24 +1,18 @@
-"""configs/digits.py: the chunked training helper measures what the table reports.
+"""mskjax/experiments/digits.py (the program of configs/digits.py): the chunked training
+helper measures what the table reports.
 
 The CI smoke run only checks that the config runs; this checks, on a linear model with a
 closed-form GD iteration, that the per-step residual curve, the step at which each
 tolerance is first met and the test metrics of the parameter snapshot taken at that step
 are the right ones (including a budget that is not a multiple of the chunk).
 """
-import importlib.util
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import mskjax  # noqa: F401  (float64)
+from mskjax.experiments import digits as cfg
 from mskjax.run import RunContext
-
-_spec = importlib.util.spec_from_file_location(
-    "cfg_digits", Path(__file__).resolve().parents[1] / "configs" / "digits.py")
-cfg = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cfg)
 
 
 def test_train_helper_matches_closed_form_gd(tmp_path):
@@ -30,7 +24,7 @@ def test_train_helper_matches_closed_form_gd(tmp_path):
   eta = 0.5 / np.linalg.eigvalsh(X.T @ X)[-1]
   steps, tols = 37, (0.9, 0.8)
   ctx = RunContext(tmp_path, None, show_progress=False)
-  rec = cfg._train(f, jnp.zeros((5, 3)), jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Xt),
+  rec = cfg.train_with_tols(f, jnp.zeros((5, 3)), jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Xt),
                    jnp.asarray(Yt), lambda p, y: 0.5 * jnp.sum((p - y) ** 2),
                    optax.sgd(eta), steps, 10, tols, "t", ctx)
   w, res, ws = np.zeros((5, 3)), [], []
@@ -46,9 +40,9 @@ def test_train_helper_matches_closed_form_gd(tmp_path):
   for tol in tols:
     t = int(np.nonzero(res < tol)[0][0])
     assert rec[f"steps@{tol}"] == t
-    acc, mse = cfg._metrics(Xt @ ws[t], Yt)
+    acc, mse = cfg.class_metrics(Xt @ ws[t], Yt)
     assert rec[f"acc@{tol}"] == acc
     np.testing.assert_allclose(rec[f"mse@{tol}"], mse, rtol=1e-10)
-  acc, mse = cfg._metrics(Xt @ w, Yt)
+  acc, mse = cfg.class_metrics(Xt @ w, Yt)
   assert rec["acc_final"] == acc
   assert np.all(np.diff(rec["curve_time"]) >= 0)

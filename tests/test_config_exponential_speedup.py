@@ -1,28 +1,18 @@
 """configs/exponential_speedup.py: the growth-model fit against closed forms, and the claim
 itself on the analytic kernel (erf: GD steps grow exponentially in j, PGD needs 1 step)."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import mskjax
 from mskjax import data, kernels, nets
-
-
-def _config():
-  path = Path(__file__).resolve().parents[1] / "configs" / "exponential_speedup.py"
-  spec = importlib.util.spec_from_file_location("cfg_exponential_speedup", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+from mskjax.experiments import exponential_speedup
 
 
 @pytest.mark.parametrize("model", ["exponential", "polynomial"])
 def test_fit_growth_recovers_closed_forms(model):
   js = np.array([2, 4, 6, 8, 10])
   steps = 3.0 * np.exp(1.3 * js) if model == "exponential" else 5.0 * js ** 2.5
-  f = _config().fit_growth(js, steps)
+  f = exponential_speedup.fit_growth(js, steps)
   assert f["better_model"] == model
   if model == "exponential":
     np.testing.assert_allclose([f["exp_slope"], f["growth_per_j"]], [1.3, np.exp(1.3)],

@@ -1,4 +1,4 @@
-"""configs/mnist1d.py and its program benchmarks/mnist1d.py: architectures, optimisers,
+"""configs/mnist1d.py and its program mskjax/experiments/mnist1d.py: architectures, optimisers,
 the training run through train.fit and the time-to-accuracy read-out (tiny data)."""
 import jax
 import jax.numpy as jnp
@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks import mnist1d as B
 from mskjax import optim
-from mskjax.run import load_config_module
+from mskjax.experiments import mnist1d as B
+from mskjax.run import load_config
 
 
 @pytest.mark.parametrize("arch,n_params", [
@@ -47,9 +47,6 @@ def test_train_run_records_accuracy_and_first_reach():
 
 
 def test_quick_config_is_resolved_inside_and_small():
-  cfg = load_config_module("configs/mnist1d.py").get_config()
-  mod = load_config_module("configs/mnist1d.py")
-  cfg.quick = True
-  s = mod._settings(cfg)
+  s = load_config("configs/mnist1d.py:quick")
   assert all(steps <= 200 for _, _, steps, _ in s.settings)
   assert len(s.sgd_lrs) == len(s.adam_lrs) == len(s.pgd_lrs) == 1

@@ -1,24 +1,19 @@
-"""configs/spectral_bias.py: its helpers do what the experiment's claims rest on.
+"""mskjax/experiments/spectral_bias.py: its helpers do what the experiment's claims rest on.
 
 The CI smoke run only checks that the config runs; these check that (a) the block-wise
-reverse keeps the S¹ frequency pairs intact and mirrors the blocks, (b) the finite-width
-spectrum transfer reproduces the analytic MSK exactly when the network's kernel *is* the
-analytic one, and (c) the ``lax.scan`` training loop is ``mskjax.train.train`` with
-``msk_sgd_jvp`` step for step.
+reverse keeps the S¹ frequency pairs intact and mirrors the blocks and (b) the ``lax.scan`` training loop is ``mskjax.train.train`` with
+``msk_sgd_jvp`` step for step. (The finite-width spectrum transfer it uses is the library's
+``mskjax.transfer_msk_spectrum``, tested in tests/test_msk_transfer.py.)
 """
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import mskjax
 from mskjax import data, kernels, nets, optim
-from mskjax import run as runner
 from mskjax import train as T
 
-CFG = runner.load_config_module(Path(__file__).resolve().parents[1] / "configs" /
-                                "spectral_bias.py")
+from mskjax.experiments import spectral_bias as CFG
 
 
 def _circle_kernel(n=32, b_std=0.1):
@@ -38,26 +33,6 @@ def test_reverse_blocks_keeps_pairs_and_mirrors_the_blocks():
       mskjax.modifiers.reverse()(ev1, 3).tolist()
   # modifiers.reverse() splits the pairs (the reason for the block-wise version).
   assert mskjax.modifiers.reverse()(ev, 7).tolist() == [1.0, 1.0, 2.0, 2.0, 5.0, 5.0, 9.0]
-
-
-def test_finite_spectrum_transfer_is_exact_on_the_analytic_kernel():
-  _, _, th, K = _circle_kernel()
-  lam = np.asarray(mskjax.eigh_desc(K).values)
-  g = mskjax.modifiers.reverse_blocks(mskjax.eigenvalue_blocks(lam))
-  k = 9
-  spec_a = mskjax.msk_spectrum(K, g, k)
-  spec_f, overlap = CFG.finite_spectrum(K, spec_a, k + 4)      # padded: g/λ = 1 beyond k
-  assert overlap > 1 - 1e-9
-  Kg = np.asarray(mskjax.msk_gram_from_spectrum(K, spec_a))
-  np.testing.assert_allclose(np.asarray(mskjax.msk_gram_from_spectrum(K, spec_f)), Kg,
-                             atol=1e-10 * lam[0])
-  # Blocks j = 0 | 1 | 2 | 4 | 3 (b_std = 0.1): frequency 1, the second block, now carries
-  # the value of the second-to-last block, λ(j=4), and frequency 3 the largest, λ(j=0).
-  for j, target in ((1, lam[5]), (3, lam[0])):
-    c = np.cos(j * np.asarray(th))
-    np.testing.assert_allclose(c @ Kg @ c / (c @ c), target, rtol=1e-7)
-  spec_id, _ = CFG.finite_spectrum(K, None, k)                 # identity: S = I
-  np.testing.assert_array_equal(np.asarray(spec_id.new_values), np.asarray(spec_id.values))
 
 
 def test_scan_trainer_is_train_with_msk_sgd():

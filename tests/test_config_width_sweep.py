@@ -1,22 +1,19 @@
-"""configs/width_sweep.py: its scan loop is ``mskjax.train.train`` step for step.
+"""mskjax/experiments/width_sweep.py (the program of configs/width_sweep.py): its scan loop
+is ``mskjax.train.train`` step for step.
 
 The sweep's GD runs go through ``msk_sgd_jvp`` with g/λ = 1 (one compiled loop per width for
 both methods); this checks that this is plain GD (``optax.sgd``) on train *and* test points,
 which the CI smoke run cannot see.
 """
-from pathlib import Path
-
 import jax
 import numpy as np
 import optax
 
 import mskjax
 from mskjax import data, kernels, nets
-from mskjax import run as runner
 from mskjax import train as T
 
-CFG = runner.load_config_module(Path(__file__).resolve().parents[1] / "configs" /
-                                "width_sweep.py")
+from mskjax.experiments import width_sweep as CFG
 
 
 def test_gd_through_msk_sgd_with_unit_ratio_is_plain_gd():

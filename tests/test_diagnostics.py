@@ -1,7 +1,6 @@
 """Kernel diagnostics: metric identities, the deep-linear silent-alignment oracle, recorder,
 kernel regression, data tools, and configs/silent_alignment.py (helpers and resume; the
 real quick variant is the slow test)."""
-import importlib.util
 import json
 import pathlib
 
@@ -16,6 +15,7 @@ from mskjax import data as D
 from mskjax import diagnostics as diag
 from mskjax.kernels import empirical_ntk
 from mskjax.nets import FlaxMLP, MLPSpec
+from mskjax.run import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -284,28 +284,25 @@ def test_recorder_errors():
                                 ds.y_train, num_steps=3, top_k=100)
 
 
-# ----------------------------------------------- configs/silent_alignment.py
+# ----------------------------------- mskjax/experiments/silent_alignment.py (program)
 
 def _load_config():
-  spec = importlib.util.spec_from_file_location("silent_alignment_cfg",
-                                                ROOT / "configs" / "silent_alignment.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  from mskjax.experiments import silent_alignment
+  return silent_alignment
 
 
 def test_silent_alignment_config_helpers():
   mod = _load_config()
-  assert "python -m mskjax.run configs/silent_alignment.py quick=True" in mod.__doc__
+  assert "python -m mskjax.run configs/silent_alignment.py:quick" in mod.__doc__
   # linear interpolation of the first crossing: 0.2 -> 0.6 between steps 10 and 20
-  assert mod._first_crossing([0, 10, 20], [0.0, 0.2, 0.6], 0.4) == pytest.approx(15.0)
-  assert np.isnan(mod._first_crossing([0, 1], [0.0, 0.1], 0.5))
+  assert mod.first_crossing([0, 10, 20], [0.0, 0.2, 0.6], 0.4) == pytest.approx(15.0)
+  assert np.isnan(mod.first_crossing([0, 1], [0.0, 0.1], 0.5))
   # norm reaches 10 % of the last one half-way between steps 0 and 2; cos interpolated there
-  t, cos = mod._at_norm_fraction([0, 2, 4], [0.0, 0.2, 1.0], [0.5, 0.7, 1.0])
+  t, cos = mod.at_norm_fraction([0, 2, 4], [0.0, 0.2, 1.0], [0.5, 0.7, 1.0])
   assert t == pytest.approx(1.0) and cos == pytest.approx(0.6)
-  assert mod._t_half([4.0, 3.0, 2.0, 1.0]) == 2.0 and np.isnan(mod._t_half([1.0, 1.0]))
+  assert mod.t_half([4.0, 3.0, 2.0, 1.0]) == 2.0 and np.isnan(mod.t_half([1.0, 1.0]))
   # the runner stores non-finite floats as strings: read back as floats
-  assert np.isnan(mod._arr(["nan", 1.0])[0]) and mod._arr(["inf"])[0] == np.inf
+  assert np.isnan(mod.float_array(["nan", 1.0])[0]) and mod.float_array(["inf"])[0] == np.inf
 
 
 def _fake_record(apply_fn, params, optimizer, loss_fn, x, y, *, num_steps, record_steps=None,
@@ -338,7 +335,7 @@ def test_silent_alignment_config_resumes(tmp_path, monkeypatch):
       self.figures.append(self.out_dir / f"{name}.png")
 
   mod = _load_config()
-  cfg = mod.get_config()
+  cfg = load_config("configs/silent_alignment.py")
   cfg.update(dict(n=16, d=6, rank=6, width=8, sigmas=(1e-2, 1e-4), steps=20, num_records=5,
                   alphas=(2.0,), steps_aniso=20, aniso_records=5, digits_n_train=20,
                   digits_n_test=10, digits_width=8, digits_steps=20, digits_records=3,
@@ -369,8 +366,7 @@ def test_silent_alignment_quick_config(tmp_path):
   """The real quick variant (what CI smoke-runs, here with its numbers checked)."""
   from mskjax.run import RunContext
   mod = _load_config()
-  cfg = mod.get_config()
-  cfg.quick = True
+  cfg = load_config("configs/silent_alignment.py:quick")
   rows = mod.run(cfg, RunContext(tmp_path, cfg, show_progress=False))
   a = [r for r in rows if r["claim"] == "a" and r["setting"] != "fit over sigma"]
   assert max(r["t_align"] for r in a) - min(r["t_align"] for r in a) < 2   # σ-independent

@@ -18,18 +18,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TOY_CONFIG = textwrap.dedent('''
     """Toy config: `units` pieces of deterministic work, each sleeping `sleep` seconds."""
-    import time
     import ml_collections
 
-    def get_config():
+    from mskjax.run import parse_arg
+
+    def get_config(arg=None):
+      arg = parse_arg(arg, quick=False)
       c = ml_collections.ConfigDict()
-      c.quick = False
+      c.program = "toyexp.toy"      # a program outside mskjax.experiments: a dotted path
       c.units = 6
       c.sleep = 0.0
       c.scale = 1.5
       c.name = "toy"
       c.ks = (1, 2)
+      c.flag = False
+      if arg.quick:
+        c.units, c.scale = 2, 0.5
       return c
+    ''')
+
+TOY_PROGRAM = textwrap.dedent('''
+    """Toy experiment program: reads only config values."""
+    import time
 
     def run(config, ctx):
       rows = []
@@ -42,11 +52,20 @@ TOY_CONFIG = textwrap.dedent('''
     ''')
 
 
-@pytest.fixture
-def toy(tmp_path):
+def _write_toy(tmp_path, text=TOY_CONFIG):
+  """configs-style toy.py in tmp_path and its program, the importable module toyexp.toy."""
+  (tmp_path / "toyexp").mkdir(exist_ok=True)
+  (tmp_path / "toyexp" / "__init__.py").write_text("")
+  (tmp_path / "toyexp" / "toy.py").write_text(TOY_PROGRAM)
   path = tmp_path / "toy.py"
-  path.write_text(TOY_CONFIG)
+  path.write_text(text)
   return path
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(str(tmp_path))     # in-process runs import toyexp.toy
+  return _write_toy(tmp_path)
 
 
 def _cli(args, cwd, timeout=120):
@@ -56,25 +75,26 @@ def _cli(args, cwd, timeout=120):
 
 
 @pytest.mark.parametrize("override,expected", [
-    ("units=3", 3), ("scale=2", 2.0), ("quick=true", True), ("quick=0", False),
+    ("units=3", 3), ("scale=2", 2.0), ("flag=true", True), ("flag=0", False),
     ("ks=(4,5,6)", (4, 5, 6)), ("name=abc", "abc"),
 ])
 def test_override_types(toy, override, expected):
-  cfg = runner.load_config_module(toy).get_config()
+  cfg = runner.load_config(toy)
   key = override.split("=")[0]
   assert runner.apply_overrides(cfg, [override])[key] == expected
 
 
 @pytest.mark.parametrize("override,match", [
-    ("unit=3", "unknown config key `unit`; valid keys: ks, name, quick, scale, sleep, units"),
+    ("unit=3", "unknown config key `unit`; valid keys: flag, ks, name, program, scale, sleep, "
+               "units"),
     ("units=3.5", "bad value for `units`"),
-    ("quick=maybe", "true/false"),
+    ("flag=maybe", "true/false"),
     ("scale=nan", "finite"),
     ("ks=[1.5]", "elements must be int"),
     ("units", "key=value"),
 ])
 def test_override_errors(toy, override, match):
-  cfg = runner.load_config_module(toy).get_config()
+  cfg = runner.load_config(toy)
   with pytest.raises(runner.ConfigError, match=match.replace("(", r"\(").replace("[", r"\[")):
     runner.apply_overrides(cfg, [override])
 
@@ -192,8 +212,7 @@ RANGED = TOY_CONFIG + textwrap.dedent('''
     ("ks=(9,)", "every k must be <= units"),
 ])
 def test_config_is_validated_before_any_work(tmp_path, override, match, capsys):
-  path = tmp_path / "toy.py"
-  path.write_text(RANGED)
+  path = _write_toy(tmp_path, RANGED)
   rc = runner.main([str(path), override, "--tag", "v", "--runs-dir", str(tmp_path / "runs")])
   err = capsys.readouterr().err
   assert rc == 2 and match in err and "Traceback" not in err
@@ -258,3 +277,59 @@ def test_disk_full_and_read_only_end_with_one_line(toy, tmp_path, monkeypatch, c
   err = capsys.readouterr().err
   lines = [l for l in err.splitlines() if l.strip()]
   assert rc == 1 and len(lines) == 1 and match in lines[0] and "--tag d" in lines[0]
+
+
+# ------------------------------------------- config arguments: configs/NAME.py:ARG (issue 12)
+def test_config_json_is_the_resolved_quick_config(toy, tmp_path):
+  """`:quick` and its alias `quick=True` run the variant get_config('quick') resolves, in
+  runs/<stem>/<tag>, and config.json holds exactly that config (overrides applied after)."""
+  runs = tmp_path / "runs"
+  want = runner.load_config(toy, "quick").to_dict()
+  assert want != runner.load_config(toy).to_dict()
+  for tag, args in (("colon", [f"{toy}:quick"]), ("alias", [str(toy), "quick=True"])):
+    out = _cli([*args, "--tag", tag, "--runs-dir", str(runs), "--no-progress"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    stored = json.loads((runs / "toy" / tag / "config.json").read_text())
+    assert stored == {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}
+    assert len(_lines(runs / "toy" / tag / "metrics.jsonl")) == want["units"]
+  # The alias selects the variant before the other overrides: they win, in either order.
+  out = _cli([str(toy), "units=3", "quick=True", "--tag", "o", "--runs-dir", str(runs),
+              "--no-progress"], cwd=tmp_path)
+  stored = json.loads((runs / "toy" / "o" / "config.json").read_text())
+  assert out.returncode == 0 and stored["units"] == 3 and stored["scale"] == 0.5
+  # quick=False selects nothing: the full config.
+  out = _cli([str(toy), "quick=false", "--tag", "f", "--runs-dir", str(runs), "--no-progress"],
+             cwd=tmp_path)
+  assert json.loads((runs / "toy" / "f" / "config.json").read_text())["units"] == 6
+  # Resuming a tag with another resolved config is refused (the quick run in `colon`).
+  clash = _cli([str(toy), "--tag", "colon", "--runs-dir", str(runs)], cwd=tmp_path)
+  assert clash.returncode == 2 and "different config" in clash.stderr
+
+
+def test_help_config_lists_the_resolved_variant(toy, capsys):
+  assert runner.main([f"{toy}:quick", "--help-config"]) == 0
+  out = capsys.readouterr().out
+  assert "units = 2" in out and "program = 'toyexp.toy'" in out
+
+
+@pytest.mark.parametrize("args,match", [
+    ([":fast"], "unknown config argument `fast`"),
+    ([":quick", "program=nope"], "unknown experiment program 'nope'"),
+    ([":quick", "program=toyexp.missing"], "cannot import the experiment program"),
+])
+def test_bad_config_argument_or_program_is_refused_before_any_work(toy, tmp_path, capsys,
+                                                                   args, match):
+  rc = runner.main([str(toy) + args[0], *args[1:], "--runs-dir", str(tmp_path / "runs")])
+  err = capsys.readouterr().err
+  assert rc == 2 and match in err and "Traceback" not in err
+  assert not (tmp_path / "runs").exists()
+
+
+def test_load_config_path_argument_and_split():
+  assert runner.split_config_arg("configs/x.py:quick,n=3") == (Path("configs/x.py"),
+                                                               "quick,n=3")
+  with pytest.raises(runner.ConfigError, match="given twice"):
+    runner.load_config("configs/quickstart.py:quick", "quick")
+  assert runner.parse_arg("quick,n=3", quick=False, n=1).to_dict() == {"quick": True, "n": 3}
+  with pytest.raises(runner.ConfigError, match="bad value for `n`"):
+    runner.parse_arg("n=x", n=1)

@@ -31,14 +31,24 @@ def names() -> tuple[str, ...]:
 def get(name: str):
   """The program module ``mskjax.experiments.<name>`` (it defines ``run(config, ctx)``).
 
+  A dotted ``name`` (``'mypkg.my_experiment'``) is imported as it is: an experiment program
+  outside this package (it must be importable, e.g. from the working directory).
+
   Raises:
-    ValueError: ``name`` is not a program here (the message lists them).
+    ValueError: ``name`` is not a program (the message lists the ones here).
   """
-  if not isinstance(name, str) or name not in names():
+  if isinstance(name, str) and "." in name.strip("."):
+    try:
+      module = importlib.import_module(name)
+    except ImportError as e:
+      raise ValueError(f"`program`: cannot import the experiment program {name!r} ({e}).") \
+          from None
+  elif not isinstance(name, str) or name not in names():
     raise ValueError(f"`program`: unknown experiment program {name!r}; a config's "
                      f"`program` must be one of {', '.join(names())} (the modules of "
-                     "mskjax/experiments/).")
-  module = importlib.import_module(f"{__name__}.{name}")
+                     "mskjax/experiments/) or a dotted module path.")
+  else:
+    module = importlib.import_module(f"{__name__}.{name}")
   if not callable(getattr(module, "run", None)):
-    raise ValueError(f"`program`: mskjax.experiments.{name} defines no `run(config, ctx)`.")
+    raise ValueError(f"`program`: {module.__name__} defines no `run(config, ctx)`.")
   return module

@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 
-def _metrics(f, y):
+def class_metrics(f, y):
   f, y = np.asarray(f), np.asarray(y)
   acc = float(np.mean(np.argmax(f, 1) == np.argmax(y, 1)))
   mse = float(np.mean(np.sum((f - y) ** 2, axis=1)))
@@ -62,7 +62,8 @@ def _log_indices(n, num=150):
   return idx[idx < n]
 
 
-def _train(apply_fn, params, x, y, x_test, y_test, loss_fn, tx, steps, chunk, tols, desc, ctx):
+def train_with_tols(apply_fn, params, x, y, x_test, y_test, loss_fn, tx, steps, chunk, tols,
+                    desc, ctx):
   """Full-batch training in the one loop (``mskjax.train.fit``); residual of every step.
 
   The relative train residual of every step is the loss's per-step ``aux``; training stops
@@ -102,7 +103,7 @@ def _train(apply_fn, params, x, y, x_test, y_test, loss_fn, tx, steps, chunk, to
     if res.stopped == "stop_above:res":
       diverged = True
     elif res.stopped is not None:          # the parameters of the first step below tol
-      hits[tol] = (int(state.step), _metrics(predict(state.params, x_test), y_test))
+      hits[tol] = (int(state.step), class_metrics(predict(state.params, x_test), y_test))
   step_all = np.concatenate([r["step"] for r in parts])
   _, first = np.unique(step_all, return_index=True)   # a stopping step is run again next
   res_all = np.concatenate([r["res"] for r in parts])[first]
@@ -122,7 +123,7 @@ def _train(apply_fn, params, x, y, x_test, y_test, loss_fn, tx, steps, chunk, to
     else:
       rec[f"steps@{tol}"] = None
   if not diverged:
-    acc, mse = _metrics(predict(state.params, x_test), y_test)
+    acc, mse = class_metrics(predict(state.params, x_test), y_test)
     rec["acc_final"], rec["mse_final"] = acc, mse
   idx = _log_indices(len(res_all))
   rec["curve_t"] = idx.tolist()
@@ -203,7 +204,7 @@ def run(config, ctx):
         [fr / float(sp.max_value) for fr in s.pgd_fracs], g, k, spec_time[k][0])
 
   def train_rec(name, loss, make_tx, lr, steps):
-    return _train(apply_fn, params, x, y, x_test, y_test, lambda f, yy: loss(f, yy), make_tx(lr),
+    return train_with_tols(apply_fn, params, x, y, x_test, y_test, lambda f, yy: loss(f, yy), make_tx(lr),
                   steps, s.chunk, tols, f"{name} lr={lr:.3g}", ctx)
 
   def score(rec):
@@ -251,7 +252,7 @@ def run(config, ctx):
                                   K_test_train=K_test)
         out["pred_curve_res"] = (np.linalg.norm(np.asarray(p.train) - np.asarray(y)[None],
                                                 axis=(1, 2)) / np.linalg.norm(y)).tolist()
-        out["pred_acc_final"], out["pred_mse_final"] = _metrics(p.test[-1], y_test)
+        out["pred_acc_final"], out["pred_mse_final"] = class_metrics(p.test[-1], y_test)
         return out
       pred = ctx.cached(f"pred/{name}/lr={lr:.6g}", compute_pred)
     for t in tols:
@@ -275,7 +276,7 @@ def run(config, ctx):
     curves[name] = (rec, pred, spec_s)
   # the common limit of GD and PGD (kernel regression, t = ∞)
   p_inf = mskjax.predict_gd_mse(K, y, None, None, jnp.inf, K_test_train=K_test)
-  acc_inf, mse_inf = _metrics(p_inf.test, y_test)
+  acc_inf, mse_inf = class_metrics(p_inf.test, y_test)
   rows.append(dict(method="kernel regression (t=∞)", pred_test_acc_final=acc_inf,
                    pred_test_mse_final=mse_inf))
   ctx.log_metrics(dict(kind="kernel_regression", acc=acc_inf, mse=mse_inf))

@@ -58,7 +58,7 @@ import math
 import numpy as np
 
 
-def _first_crossing(steps, values, level):
+def first_crossing(steps, values, level):
   """First step where `values` (sampled at `steps`) reaches `level`, linearly interpolated."""
   steps, values = np.asarray(steps, float), np.asarray(values, float)
   above = np.nonzero(values >= level)[0]
@@ -71,11 +71,11 @@ def _first_crossing(steps, values, level):
   return float(t0 + (level - v0) / (v1 - v0) * (t1 - t0))
 
 
-def _at_norm_fraction(steps, norm, cos_final, frac=0.1):
+def at_norm_fraction(steps, norm, cos_final, frac=0.1):
   """(step, cos(K_t, K_T)) where ‖K_t‖ first reaches frac·‖K_T‖, interpolated in the records."""
   steps, norm, cos_final = (np.asarray(a, float) for a in (steps, norm, cos_final))
   r = norm / norm[-1]
-  t = _first_crossing(steps, r, frac)
+  t = first_crossing(steps, r, frac)
   if not np.isfinite(t):
     return t, float("nan")
   if r[0] >= frac:   # the kernel is already that large at init (large σ)
@@ -83,14 +83,14 @@ def _at_norm_fraction(steps, norm, cos_final, frac=0.1):
   return t, float(np.interp(t, steps, cos_final))
 
 
-def _t_half(loss):
+def t_half(loss):
   """First step where the loss is at most half its initial value (NaN if never)."""
   loss = np.asarray(loss, float)
   hit = np.nonzero(loss <= 0.5 * loss[0])[0]
   return float(hit[0]) if hit.size else float("nan")
 
 
-def _arr(x):
+def float_array(x):
   """A stored list back to a float array (the runner writes non-finite floats as strings)."""
   return np.asarray([float(v) for v in x], dtype=float)
 
@@ -165,10 +165,10 @@ def run(config, ctx):
   def sigma_unit(sigma):
     rec = train_linear(ds.x_train, ds.y_train, sigma, c.steps, optax.sgd(c.lr), sweep_records)
     a0, aT = rec.alignment[0], rec.alignment[-1]
-    t10, cos10 = _at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
+    t10, cos10 = at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
     row = dict(claim="a", setting=f"linear L={L} whitened r={c.rank}", sigma=sigma,
-               t_align=round(_first_crossing(rec.steps, rec.alignment, a0 + 0.9 * (aT - a0)), 1),
-               t_loss=_t_half(rec.loss_curve), t_norm10=round(t10, 1),
+               t_align=round(first_crossing(rec.steps, rec.alignment, a0 + 0.9 * (aT - a0)), 1),
+               t_loss=t_half(rec.loss_curve), t_norm10=round(t10, 1),
                cos_at_norm10=round(cos10, 4), one_minus_cos10=float(f"{1 - cos10:.2e}"),
                A0=round(float(a0), 4), A_final=round(float(aT), 5),
                A_oracle=round(a_oracle, 5), final_loss=float(rec.loss_curve[-1]))
@@ -181,8 +181,8 @@ def run(config, ctx):
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for sigma, rec in sweep.items():
-    loss = _arr(rec["loss"])
-    axes[0].plot(_arr(rec["steps"]), _arr(rec["alignment"]), label=f"σ={sigma:g}")
+    loss = float_array(rec["loss"])
+    axes[0].plot(float_array(rec["steps"]), float_array(rec["alignment"]), label=f"σ={sigma:g}")
     axes[1].semilogy(np.arange(loss.size), loss, label=f"σ={sigma:g}")
   t_max = min(c.steps, 2.5 * np.nanmax([_f(r["row"]["t_loss"]) for r in sweep.values()]))
   for ax in axes:
@@ -209,7 +209,7 @@ def run(config, ctx):
   # b: the smallest sigma row is the representative one (already in the rows above)
   s_min = min(c.sigmas)
   rb = sweep[s_min]
-  cos_b = _at_norm_fraction(rb["steps"], rb["norm"], rb["cos_final"])[1]
+  cos_b = at_norm_fraction(rb["steps"], rb["norm"], rb["cos_final"])[1]
   rows.append(dict(claim="b", setting=f"linear whitened σ={s_min:g}", sigma=s_min,
                    cos_at_norm10=round(cos_b, 4), one_minus_cos10=float(f"{1 - cos_b:.2e}")))
 
@@ -220,7 +220,7 @@ def run(config, ctx):
     dsa, _ = D.power_law_gaussian(c.n, c.rank, alpha, key=jax.random.fold_in(key, 7))
     rec = train_linear(dsa.x_train, dsa.y_train, c.sigma_aniso, c.steps_aniso,
                        optax.sgd(c.lr / (1 + alpha)), range(0, c.steps_aniso + 1, every_aniso))
-    t10, cos10 = _at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
+    t10, cos10 = at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
     row = dict(claim="d", setting=f"linear L={L} power-law α={alpha:g} (d={c.rank})",
                sigma=c.sigma_aniso, t_norm10=round(t10, 1), cos_at_norm10=round(cos10, 4),
                one_minus_cos10=float(f"{1 - cos10:.2e}"), A0=round(float(rec.alignment[0]), 4),
@@ -234,10 +234,10 @@ def run(config, ctx):
     rows.append(aniso[alpha]["row"])
 
   fig2, ax2 = plt.subplots(figsize=(5.5, 4))
-  ax2.plot(_arr(rb["norm"]) / _f(rb["norm"][-1]), _arr(rb["cos_final"]),
+  ax2.plot(float_array(rb["norm"]) / _f(rb["norm"][-1]), float_array(rb["cos_final"]),
            label=f"whitened, σ={s_min:g}")
   for alpha, rec in aniso.items():
-    ax2.plot(_arr(rec["norm"]) / _f(rec["norm"][-1]), _arr(rec["cos_final"]),
+    ax2.plot(float_array(rec["norm"]) / _f(rec["norm"][-1]), float_array(rec["cos_final"]),
              label=f"power law α={alpha:g}")
   ax2.axvline(0.1, color="k", ls=":", lw=0.8)
   ax2.set(xscale="log", xlabel="‖K_t‖ / ‖K_∞‖", ylabel="cos(K_t, K_∞)",
@@ -265,7 +265,7 @@ def run(config, ctx):
                                       ytr, num_steps=c.digits_steps,
                                       num_records=c.digits_records, x_test=zte, ridge=c.ridge)
     d0, dT = float(rec.kr_distance[0]), float(rec.kr_distance[-1])
-    _, cos10 = _at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
+    _, cos10 = at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
     row = dict(claim="c" if gamma == 0 else "d",
                setting=f"digits γ={gamma:g} ReLU depth={c.digits_depth} width={c.digits_width}",
                sigma=c.digits_sigma, cos_at_norm10=round(cos10, 4),
@@ -279,7 +279,7 @@ def run(config, ctx):
   for gamma in ctx.progress(c.digits_gammas, "digits"):
     rec = ctx.cached(f"c/digits_gamma={gamma:g}", timed(lambda: digits_unit(gamma)))
     rows.append(rec["row"])
-    ax3.semilogy(_arr(rec["steps"]), _arr(rec["kr_distance"]), marker="o", ms=3,
+    ax3.semilogy(float_array(rec["steps"]), float_array(rec["kr_distance"]), marker="o", ms=3,
                  label=f"γ={gamma:g}")
   ax3.set(xscale="symlog", xlabel="step t of the kernel K_t",
           ylabel="‖f_{K_t} − f_NN‖ / ‖f_NN‖ (test)", title="digits: regression with K_t")
@@ -293,9 +293,9 @@ def run(config, ctx):
     rec = train_linear(ds.x_train, ds.y_train, s_min, c.adam_steps, optax.adam(c.adam_lr),
                        range(0, c.adam_steps + 1, max(1, c.adam_steps // c.adam_records)),
                        diag.adam_kernel_weights(c.adam_lr))
-    t10, cos10 = _at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
+    t10, cos10 = at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
     row = dict(claim="e", setting="Adam kernel J diag(η/(√v̂+ε)) Jᵀ, linear whitened",
-               sigma=s_min, t_loss=_t_half(rec.loss_curve), t_norm10=round(t10, 1),
+               sigma=s_min, t_loss=t_half(rec.loss_curve), t_norm10=round(t10, 1),
                cos_at_norm10=round(cos10, 4), A0=round(float(rec.alignment[0]), 4),
                A_final=round(float(rec.alignment[-1]), 5), A_oracle=round(a_oracle, 5),
                final_loss=float(rec.loss_curve[-1]))
@@ -309,13 +309,13 @@ def run(config, ctx):
   rows += rows_e
   fig4, axes4 = plt.subplots(1, 3, figsize=(15, 4))
   for label, rec in pgd_curves:
-    steps = _arr(rec["steps"])
-    loss = _arr(rec["loss"])
+    steps = float_array(rec["steps"])
+    loss = float_array(rec["loss"])
     ls = "-" if label == "GD" else ("--" if "refresh" in label else
                                     (":" if "fixed" in label and "PGD" in label else "-."))
-    axes4[0].plot(steps, _arr(rec["alignment"]), ls=ls, label=label)
+    axes4[0].plot(steps, float_array(rec["alignment"]), ls=ls, label=label)
     axes4[1].semilogy(np.arange(loss.size), loss, ls=ls, label=label)
-    axes4[2].semilogy(steps, _arr(rec["norm"]), ls=ls, label=label)
+    axes4[2].semilogy(steps, float_array(rec["norm"]), ls=ls, label=label)
   t_e = [_f(r["t_loss"]) for r in rows_e if np.isfinite(_f(r["t_loss"]))]
   axes4[0].set_xlim(0, min(c.steps, 3 * max(t_e)))   # the alignment happens early
   axes4[0].axhline(a_oracle, color="k", ls="--", lw=0.8, label="L/√(L²−1+r)")
@@ -374,20 +374,20 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
                            [float(_mse(model.apply(res.state.params, x), y))]])
 
   def summary(rec_curves, loss, variant, k, extra):
-    steps, al = _arr(rec_curves["steps"]), _arr(rec_curves["alignment"])
-    norm, cosf = _arr(rec_curves["norm"]), _arr(rec_curves["cos_final"])
-    loss = _arr(loss)
+    steps, al = float_array(rec_curves["steps"]), float_array(rec_curves["alignment"])
+    norm, cosf = float_array(rec_curves["norm"]), float_array(rec_curves["cos_final"])
+    loss = float_array(loss)
     bad = np.nonzero(~np.isfinite(loss) | (loss > c.pgd_diverge_factor * loss[0]))[0]
     div = float(bad[0]) if bad.size else float("nan")
     a0, aT = al[0], al[-1]
     if bad.size:
       t_align = t10 = cos10 = float("nan")
     else:
-      t_align = _first_crossing(steps, al, a0 + 0.9 * (aT - a0))
-      t10, cos10 = _at_norm_fraction(steps, norm, cosf, 0.1)
+      t_align = first_crossing(steps, al, a0 + 0.9 * (aT - a0))
+      t10, cos10 = at_norm_fraction(steps, norm, cosf, 0.1)
     return dict(claim="e", setting=f"{variant} (linear whitened r={c.rank})"
                 + ("" if k is None else f", flatten k={k}"), sigma=c.pgd_sigma,
-                t_align=round(t_align, 1), t_loss=_t_half(loss), t_norm10=round(t10, 1),
+                t_align=round(t_align, 1), t_loss=t_half(loss), t_norm10=round(t10, 1),
                 cos_at_norm10=round(cos10, 4),
                 one_minus_cos10=float(f"{1 - cos10:.2e}") if np.isfinite(cos10) else cos10,
                 A0=round(float(a0), 4), A_final=round(float(aT), 5),

@@ -76,40 +76,6 @@ def _modifier(name, block_starts):
   raise ValueError(f"unknown g {name!r}; use identity, reverse, reverse_ranks or flatten")
 
 
-def finite_spectrum(K_net, spec_analytic, k_pad):
-  """MSKSpectrum of the network's kernel ``K_net`` carrying the analytic modification.
-
-  The top ``k_pad`` eigenpairs of ``K_net`` are kept (one shape for every g, so one
-  compiled training loop serves them all); of these, the top k = ``spec_analytic.k``
-  (None: identity, k = 0) receive the modified values g(λ) of the analytic eigenvectors
-  they are assigned to (one-to-one, maximising Σ (v_aᵀ v̂_i)²,
-  ``scipy.optimize.linear_sum_assignment``); the others keep their own eigenvalue
-  (g/λ = 1: no change). Returns (spectrum, min overlap of an assigned v̂_i with the span of
-  the analytic eigenvectors sharing its new value; 1.0 when nothing is modified).
-  """
-  import jax.numpy as jnp
-  from scipy.optimize import linear_sum_assignment
-
-  import mskjax
-  e = mskjax.eigh_desc(K_net)
-  lam_h = np.asarray(e.values)
-  vh = np.asarray(e.vectors)[:, :k_pad]
-  new = lam_h[:k_pad].copy()
-  overlap_min = 1.0
-  if spec_analytic is not None:
-    k = spec_analytic.k
-    va = np.asarray(spec_analytic.vectors)
-    new_a = np.asarray(spec_analytic.new_values)
-    overlap = (va.T @ vh[:, :k]) ** 2                            # (analytic, network)
-    rows, cols = linear_sum_assignment(-overlap)
-    new[cols] = new_a[rows]
-    same = np.isclose(new_a[:, None], new[None, :k], rtol=1e-9)
-    overlap_min = float(np.sum(overlap * same, axis=0).min())
-  spec = mskjax.MSKSpectrum(jnp.asarray(lam_h[:k_pad]), jnp.asarray(vh), jnp.asarray(new),
-                            jnp.asarray(lam_h[k_pad]))
-  return spec, overlap_min
-
-
 def make_trainer(apply_fn, x, y, steps):
   """``train(params, eta, spectrum) -> predictions at steps 0..steps`` (one compilation).
 
@@ -223,7 +189,7 @@ def run(config, ctx):
                  inf_curve=inf[ts_plot].tolist(), inf_final=inf[-1].tolist())
       if config.train_network:
         K_net = K0 if config.finite_spectrum == "empirical" else K
-        spec_f, overlap = finite_spectrum(K_net, spec_a if k else None, k_pad)
+        spec_f, overlap = mskjax.transfer_msk_spectrum(K_net, spec_a if k else None, k_pad)
         preds = trainer(params, eta, spec_f)
         fin = _freq_residuals(preds, y, C)
         gap = np.linalg.norm(preds.reshape(steps + 1, -1) - np.asarray(pred.train).reshape(
