@@ -14,6 +14,8 @@ before = {k: repr(v) for k, v in jax.config.values.items()}
 import mskjax
 from mskjax import (data, diagnostics, kernels, large, modifiers, msk, nets, optim, predict,
                     run, spectrum, train)
+from mskjax import experiments
+programs = [experiments.get(name) for name in experiments.names()]   # every program module
 after = {k: repr(v) for k, v in jax.config.values.items()}
 changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 print("changed", changed)

@@ -1,7 +1,7 @@
 """MNIST-1D: the MSK preconditioner (PGD) against tuned SGD+momentum and Adam.
 
-The experiment program behind ``configs/mnist1d.py`` (and ``benchmarks/device.sh``);
-importable, every piece a small function:
+The experiment program of ``configs/mnist1d.py`` (which documents the set-up; also run by
+``benchmarks/device.sh``); importable, every piece a small function:
 
 * :class:`MLP` (40 → 256 → 256 → 10, ReLU) and :class:`CNN` (three ``nn.Conv``, 32
   channels, kernel sizes 5, 3, 3, stride 2, 'SAME', ReLU; flatten 5·32 = 160 →
@@ -17,7 +17,8 @@ importable, every piece a small function:
   (mean softmax cross-entropy, minibatches of b points from the seeded shuffling iterator,
   test accuracy and loss every ``eval_every`` steps, training wall time with the
   compilation and the evaluations excluded);
-* :func:`first_reach` — steps and wall time to a test accuracy from a run's curve.
+* :func:`first_reach` — steps and wall time to a test accuracy from a run's curve;
+* :func:`run` — the comparison itself (``run(config, ctx)``, called by ``mskjax.run``).
 """
 from __future__ import annotations
 
