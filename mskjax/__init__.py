@@ -23,7 +23,8 @@ from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_spectrum_from_eigenpairs,
                         preconditioner,
                         msk_gram_from_spectrum, preconditioner_from_spectrum,
                         apply_preconditioner, msk_kernel_fn)
-from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
+from mskjax.predict import (Predictions, gradient_descent_mse, predict_gd_mse, max_learning_rate,
+                            steps_to_tolerance)
 from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
 from mskjax.optim import (MSKDirections, ScaleByMSKState, scale_by_msk, msk_sgd, msk_directions,
                           stable_learning_rate, replace_directions, ScaleByMSKJvpState,
@@ -48,7 +49,8 @@ __all__ = [
     "round_k_to_block",
     "MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
     "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
-    "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
+    "Predictions", "gradient_descent_mse", "predict_gd_mse", "max_learning_rate",
+    "steps_to_tolerance",
     "diagnostics", "large", "optim", "train",
     "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",
     "stable_learning_rate", "replace_directions",

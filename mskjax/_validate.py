@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "is_concrete", "tracing", "as_float_array", "check_finite", "check_square_symmetric",
+    "is_concrete", "tracing", "check_bool", "as_float_array", "check_finite", "check_square_symmetric",
     "check_k", "check_rows", "ArgumentTypeError", "check_int", "check_real", "check_indices", "check_same_shape",
     "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
     "as_points",
@@ -53,17 +53,36 @@ def as_float_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None) -
   return x
 
 
-def tracing() -> bool:
-  """True inside a ``jit``/``vmap``/``grad`` trace (then jnp ops on constants are staged).
+_PROBE = np.float32(0.0)
 
-  Host-side numerics (float64 upcasts, eager eigen-solves) run only outside traces; the
+
+def tracing() -> bool:
+  """True when jnp operations on constants are staged out (inside ``jit``, ``eval_shape``,
+  or a ``vmap``/``grad`` nested in ``jit``): host-side numerics must not run there.
+
+  Detected with public API only: a ``lax`` op on a numpy constant returns a
+  ``jax.core.Tracer`` exactly when it is staged. (Eager ``vmap``/``grad`` do not stage ops
+  on constants, so this is False there and host numerics on concrete values are correct.)
+  Host-side numerics (float64 upcasts, eager eigen-solves) run only when this is False; the
   value checks here use numpy, so they also work on closed-over constants inside a trace.
   """
-  try:
-    from jax._src import core as _core   # no public equivalent in jax 0.10
-    return not _core.trace_state_clean()
-  except Exception:  # pragma: no cover - a JAX without it: assume eager
-    return False
+  return isinstance(jax.lax.add(_PROBE, _PROBE), jax.core.Tracer)
+
+
+def check_bool(x, name: str) -> bool:
+  """``x`` as a Python bool (numpy bools accepted; ints, strings, arrays rejected).
+
+  Example:
+    >>> check_bool(True, "flow")
+    True
+    >>> check_bool(1, "flow")
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `flow` must be True or False, got int 1.
+  """
+  if not isinstance(x, (bool, np.bool_)):
+    raise ArgumentTypeError(f"`{name}` must be True or False, got {type(x).__name__} {x!r}.")
+  return bool(x)
 
 
 def check_finite(x, name: str) -> None:
