@@ -28,15 +28,15 @@ from mskjax.predict import (Predictions, gradient_descent_mse, predict_gd_mse, m
 from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
 from mskjax.optim import (MSKDirections, ScaleByMSKState, scale_by_msk, msk_sgd, msk_directions,
                           stable_learning_rate, replace_directions, ScaleByMSKJvpState,
-                          scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss)
-from mskjax.train import TrainResult, mse_loss, fit, FitResult, LoopState
+                          scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss, adam_kernel_weights)
+from mskjax.train import (TrainResult, mse_loss, fit, FitResult, LoopState, log_spaced_steps,
+                          KernelRecord, record_kernel_training)
 from mskjax.large import (DEFAULT_MEMORY_BUDGET, block_size_for_budget, kernel_operator,
                           kernel_matvec_large, TopKEigh, topk_eigh_matfree, NystromEigh,
                           nystrom_eigh, msk_spectrum_large)
 from mskjax.diagnostics import (kernel_alignment, kernel_cosine, eigenspace_overlap,
                                 topk_overlap, effective_rank, target_energy, relative_distance,
-                                kernel_regression, weighted_empirical_ntk, adam_kernel_weights,
-                                log_spaced_steps, KernelRecord, record_kernel_training)
+                                kernel_regression)
 
 __version__ = "0.1.0"
 
@@ -55,11 +55,11 @@ __all__ = [
     "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",
     "stable_learning_rate", "replace_directions",
     "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
-    "TrainResult", "mse_loss", "fit", "FitResult", "LoopState",
+    "adam_kernel_weights",
+    "TrainResult", "mse_loss", "fit", "FitResult", "LoopState", "log_spaced_steps",
+    "KernelRecord", "record_kernel_training",
     "DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_operator", "kernel_matvec_large",
     "TopKEigh", "topk_eigh_matfree", "NystromEigh", "nystrom_eigh", "msk_spectrum_large",
     "kernel_alignment", "kernel_cosine", "eigenspace_overlap", "topk_overlap",
     "effective_rank", "target_energy", "relative_distance", "kernel_regression",
-    "weighted_empirical_ntk", "adam_kernel_weights", "log_spaced_steps", "KernelRecord",
-    "record_kernel_training",
 ]

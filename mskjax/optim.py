@@ -455,7 +455,8 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
 
 __all__ = ["MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "precondition",
            "replace_directions", "stable_learning_rate", "msk_directions",
-           "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss"]
+           "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
+           "adam_kernel_weights"]
 
 
 # ============================================================ top-k directions, matrix-free
@@ -959,3 +960,52 @@ def msk_mse_loss(predictions, targets, spectrum: MSKSpectrum, *,
   phi = phi.astype(dtype)
   sr = r2 + scale * (phi @ (coef.astype(dtype)[:, None] * (phi.T @ r2)))
   return (scale * 0.5 * jnp.sum(r2 * sr)).astype(dtype)
+
+
+def adam_kernel_weights(learning_rate: float, *, b2: float = 0.999, eps: float = 1e-8
+                        ) -> Callable:
+  r"""Per-parameter step sizes of Adam, D = η / (√v̂ + ε), for an optimiser-metric empirical NTK.
+
+  The diagonal metric of Adam's (momentum-free) step: pass the result as
+  ``mskjax.kernels.empirical_ntk(..., weights=)`` to get Θ_D = J D Jᵀ, or as
+  ``kernel_weights_fn`` to :func:`mskjax.train.record_kernel_training`.
+  v̂ = ν / (1 − β₂^t) is read from the ``ScaleByAdamState`` inside the optax state; at
+  t = 0 (no second-moment estimate yet) v̂ = g², the value Adam's first step uses. Momentum
+  is ignored: Θ_D = J D Jᵀ is the kernel of the momentum-free (RMSProp-like) step.
+
+  Args:
+    learning_rate: η of the Adam optimiser being recorded.
+    b2, eps: Adam's β₂ and ε (same as passed to ``optax.adam``).
+
+  Returns:
+    ``weights_fn(params, opt_state, grads) -> pytree`` of step sizes.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, mskjax
+    >>> p = {'w': jnp.ones(2)}
+    >>> s = optax.adam(0.1).init(p)
+    >>> mskjax.optim.adam_kernel_weights(0.1)(p, s, {'w': jnp.array([1.0, 2.0])})['w'].round(6).tolist()
+    [0.1, 0.05]
+  """
+  def find(state):
+    if isinstance(state, optax.ScaleByAdamState):
+      return state
+    if isinstance(state, (tuple, list)):
+      for s in state:
+        found = find(s)
+        if found is not None:
+          return found
+    return None
+
+  def weights_fn(params, opt_state, grads):
+    st = find(opt_state)
+    if st is None:
+      raise ValueError("adam_kernel_weights: no optax ScaleByAdamState in opt_state; use it "
+                       "with optax.adam / optax.scale_by_adam.")
+    t = st.count
+    bc = 1.0 - b2 ** jnp.maximum(t, 1).astype(jnp.result_type(float))
+    return jax.tree_util.tree_map(
+        lambda nu, g: learning_rate / (jnp.sqrt(jnp.where(t > 0, nu / bc, g ** 2)) + eps),
+        st.nu, grads)
+
+  return weights_fn
