@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mskjax import _validate
 from mskjax._nt import empirical_ntk_fn
 
 __all__ = ["gram", "empirical_ntk", "kernel_matvec", "trainable_fn", "JacobianOperator",
@@ -76,11 +77,7 @@ def _check_pair(x1, x2, where):
 def _check_block_size(block_size, where, required=False):
   if block_size is None and not required:
     return None
-  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-      or block_size < 1:
-    raise ValueError(f"{where}: block_size must be a positive int"
-                     f"{'' if required else ' or None'}; got {block_size!r}.")
-  return int(block_size)
+  return _validate.check_int(block_size, "block_size", lo=1)
 
 
 def _check_get(get, where):
@@ -291,13 +288,8 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
     raise ValueError("empirical_ntk: implementation=3 (structured derivatives) is broken on "
                      "current JAX (it relies on removed JAX internals); use 'auto', 'jvp', "
                      "'jacobian', 1 or 2.")
-  if isinstance(implementation, bool) or implementation not in ("auto", "jacobian", "jvp", 1, 2):
-    raise ValueError("empirical_ntk: implementation must be 'auto', 'jacobian', 'jvp', 1 or 2; "
-                     f"got {implementation!r}.")
-  if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, np.integer)) \
-      or memory_budget <= 0:
-    raise ValueError(f"empirical_ntk: memory_budget must be a positive int (bytes); got "
-                     f"{memory_budget!r}.")
+  _validate.check_choice(implementation, "implementation", ("auto", "jacobian", "jvp", 1, 2))
+  memory_budget = _validate.check_int(memory_budget, "memory_budget", lo=1)
   block_size = _check_block_size(block_size, "empirical_ntk")
   if implementation not in (1, 2):
     x1, x2 = _check_pair(x1, x2, "empirical_ntk")
@@ -700,7 +692,7 @@ def _check_weights(weights, p):
     if w.shape != jnp.shape(a):
       raise ValueError(f"empirical_ntk: a `weights` leaf has shape {w.shape}; the parameter "
                        f"it weights has shape {jnp.shape(a)}.")
-    if not isinstance(w, jax.core.Tracer) and not bool(np.all(np.asarray(w) >= 0)):
+    if _validate.is_concrete(w) and not bool(np.all(np.asarray(w) >= 0)):
       raise ValueError("empirical_ntk: `weights` must be finite and non-negative (a diagonal "
                        "metric W >= 0).")
     out.append(jnp.sqrt(w))
@@ -795,9 +787,7 @@ def sphere_mercer_eigenvalues(kernel_fn: Callable, d: int, lmax: int, *, get: st
   _check_get(get, "sphere_mercer_eigenvalues")
   for name, value, low in (("d", d, 2), ("lmax", lmax, 0), ("quadrature_points",
                                                            quadrature_points, 2)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-      raise ValueError(f"sphere_mercer_eigenvalues: `{name}` must be an int >= {low}; got "
-                       f"{value!r}.")
+    _validate.check_int(value, name, lo=low)
   alpha = (d - 3) / 2.0
   t, w = sp.roots_jacobi(int(quadrature_points), alpha, alpha)
   x1 = np.zeros((1, d)); x1[0, 0] = 1.0

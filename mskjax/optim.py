@@ -101,7 +101,7 @@ from jax import lax
 
 from mskjax import _nt
 from mskjax import kernels as _kernels
-from mskjax import _validate as V
+from mskjax import _validate as _v
 from mskjax import modifiers as _modifiers
 from mskjax.msk import MSKSpectrum
 
@@ -178,7 +178,7 @@ def _check_directions(directions, where):
                        f"axis of k={k} directions; got shape {getattr(leaf, 'shape', None)}.")
     if not jnp.issubdtype(leaf.dtype, jnp.floating):
       raise TypeError(f"{where}: direction leaves must be floating; got {leaf.dtype}.")
-  if V.is_concrete(values) and V.is_concrete(new_values):
+  if _v.is_concrete(values) and _v.is_concrete(new_values):
     v, nv = np.asarray(values, np.float64), np.asarray(new_values, np.float64)
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(nv))):
       raise ValueError(f"{where}: `directions.values`/`.new_values` contain NaN or inf.")
@@ -427,10 +427,7 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
     S. Ma, R. Bassily, M. Belkin, *The power of interpolation: understanding the
     effectiveness of SGD in modern over-parametrized learning*, ICML 2018.
   """
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-      or batch_size < 1:
-    raise ValueError(f"stable_learning_rate: `batch_size` must be an int >= 1; got "
-                     f"{batch_size!r}.")
+  batch_size = _v.check_int(batch_size, "batch_size", lo=1)
   if reduction not in ("mean", "sum"):
     raise ValueError(f"stable_learning_rate: `reduction` must be 'mean' or 'sum'; got "
                      f"{reduction!r}.")
@@ -443,7 +440,7 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
     if val is None:
       raise ValueError(f"stable_learning_rate: `{name}` is unknown; pass it or build the "
                        "directions with optim.msk_directions (which computes it).")
-    if not V.is_concrete(val):
+    if not _v.is_concrete(val):
       raise TypeError(f"stable_learning_rate: `{name}` must be concrete (call it outside jit).")
     if not np.isfinite(float(val)) or float(val) <= 0:
       raise ValueError(f"stable_learning_rate: `{name}` must be a positive finite number; "
@@ -600,10 +597,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
   rng = np.random.default_rng(seed)
   idx = None
   if subsample is not None:
-    if isinstance(subsample, bool) or not isinstance(subsample, (int, np.integer)) \
-        or not 2 <= subsample <= n:
-      raise ValueError(f"msk_directions: `subsample` must be an int in [2, n={n}]; got "
-                       f"{subsample!r}.")
+    subsample = _v.check_int(subsample, "subsample", lo=2, hi=n)
     idx = np.sort(rng.choice(n, int(subsample), replace=False))
     x = np.asarray(x)[idx]
   s = int(x.shape[0])
@@ -618,8 +612,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       init_vectors = init_vectors[idx]
   for name, val, lo in (("oversample", oversample, 0), ("depth", depth, 0),
                         ("max_cycles", max_cycles, 1)):
-    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
-      raise ValueError(f"msk_directions: `{name}` must be an int >= {lo}; got {val!r}.")
+    _v.check_int(val, name, lo=lo)
   out_dtypes = jax.tree.map(lambda a: jnp.asarray(a).dtype, p)
   with jax.enable_x64(bool(float64)), \
       _few_blas_threads(s * (int(k) + 1 + int(oversample)) * (int(depth) + 1)):
@@ -629,7 +622,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
                                     dtype=cdt)
     c = op.c
     N = s * c
-    k = V.check_k(k, N)
+    k = _v.check_k(k, N)
     start = None
     if init_vectors is not None:
       m0 = init_vectors.shape[1]
@@ -807,9 +800,7 @@ def scale_by_msk_jvp(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
                      f"{tuple(x_train.shape)}.")
   _check_spectrum(spectrum, x_train.shape[0])
   if refresh_every is not None:
-    if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) \
-        or refresh_every < 1:
-      raise ValueError(f"`refresh_every` must be a positive int or None; got {refresh_every!r}.")
+    refresh_every = _v.check_int(refresh_every, "refresh_every", lo=1)
     if not callable(g):
       raise TypeError("`g` (the modifier, e.g. mskjax.modifiers.flatten()) is required with "
                       f"`refresh_every`; got {type(g).__name__}.")
@@ -933,8 +924,8 @@ def msk_mse_loss(predictions, targets, spectrum: MSKSpectrum, *,
   if predictions.ndim not in (1, 2):
     raise ValueError(f"`predictions` must be (n,) or (n, c); got shape "
                      f"{tuple(predictions.shape)}.")
-  V.check_finite(predictions, "predictions")        # NaN policy: reject at the boundary
-  V.check_finite(targets, "targets")
+  _v.check_finite(predictions, "predictions")        # NaN policy: reject at the boundary
+  _v.check_finite(targets, "targets")
   dtype = jnp.result_type(predictions.dtype, jnp.float32) \
       if not jnp.issubdtype(predictions.dtype, jnp.floating) else predictions.dtype
   r = (predictions - targets).astype(dtype)
@@ -955,7 +946,7 @@ def msk_mse_loss(predictions, targets, spectrum: MSKSpectrum, *,
       raise ValueError(f"`batch_indices` must be a 1-D integer array with one index per row "
                        f"of `predictions` ({b}); got shape {tuple(idx.shape)}, dtype "
                        f"{idx.dtype}.")
-    idx = V.check_indices(idx, n, "batch_indices")   # JAX would clamp out-of-range rows
+    idx = _v.check_indices(idx, n, "batch_indices")   # JAX would clamp out-of-range rows
     phi, scale = vectors[idx], n / b
   phi = phi.astype(dtype)
   sr = r2 + scale * (phi @ (coef.astype(dtype)[:, None] * (phi.T @ r2)))

@@ -133,11 +133,7 @@ def _num_points(data):
 def _check_int(name, v, lo, hi=None, none_ok=False):
   if v is None and none_ok:
     return None
-  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo \
-      or (hi is not None and v > hi):
-    rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-    raise ValueError(f"`{name}` must be an int {rng}{' or None' if none_ok else ''}; got {v!r}.")
-  return int(v)
+  return _validate.check_int(v, name, lo=lo, hi=hi)
 
 
 def init_state(params, tx, n: int, *, batch_size: Optional[int] = None, seed: int = 0,
