@@ -300,13 +300,11 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int"
   whole set). The first 80 % of the (shuffled) samples are the training set: the
   standard set (``num_samples=5000``) has 4000 train / 1000 test sequences, 10 classes;
   ``num_samples=125000`` gives 100k / 25k. Nothing is downloaded (``get_dataset``'s
-  download path is never called). Generation costs ~5 ms per sample on one CPU core, so
-  the result is cached as ``mnist1d_n{num_samples}_seed{seed}.npz`` under ``cache_dir``
+  download path is never called). Generation is slow (pure Python per sample), so the
+  result is cached as ``mnist1d_n{num_samples}_seed{seed}.npz`` under ``cache_dir``
   (default ``$MSKJAX_CACHE`` or ``~/.cache/mskjax``). The package seeds Python's and
-  numpy's global generators; their states are restored afterwards.
-
-  Reported test accuracies (the authors, standard set): logistic regression 32 %, MLP
-  68 %, CNN 94 %, GRU 91 %.
+  numpy's global generators; their states are restored afterwards. Reference accuracies
+  (the authors' and ours): ``experiments/README.md``, section mnist1d.
 
   Args:
     num_samples: total number of sequences (train + test), a multiple of 10, >= 10.

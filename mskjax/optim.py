@@ -24,13 +24,13 @@ Which entry point to use
   in the linear regime and when the kernel changes a lot during training (its step
   depends only on g/λ ratios, not on the kernel's size). Its minibatch form with
   ``batch_indices`` is biased and its batch matrix ``S_B`` is often indefinite at small b
-  (measured: negative eigenvalue in 99 % of batches at b = 128, n = 1000, k = 10): prefer
-  :func:`msk_sgd` for minibatches.
+  (DESIGN.md §4, "Minibatch S_B"): prefer :func:`msk_sgd` for minibatches.
 * :func:`scale_by_msk_jvp` / :func:`msk_sgd_jvp` — the older data-dependent form: one
   JVP and one VJP of the network on the *whole* training set per step (full-batch
-  gradients only, 3–19× a plain step). Kept for exact full-batch studies where the
-  spectrum is refreshed from the current empirical NTK (``refresh_every``). With a stored
-  spectrum and a drifting kernel its map ``u + Jᵀ V C Λ⁻¹ Vᵀ J u`` can become indefinite
+  gradients only; cost: ``benchmarks/README.md``, "Notes moved from API docstrings").
+  Kept for exact full-batch studies where the spectrum is refreshed from the current
+  empirical NTK (``refresh_every``). With a stored spectrum and a drifting kernel its map
+  ``u + Jᵀ V C Λ⁻¹ Vᵀ J u`` can become indefinite
   (the stored λ no longer match the current J); it checks this at every step and falls
   back to the plain gradient (see ``guard``).
 
@@ -470,9 +470,10 @@ def _orth(w, basis=None):
 def _few_blas_threads(size):
   """One BLAS thread for the host-side small dense algebra (QR, eigh of the Krylov basis).
 
-  Measured on a shared 2-core machine: numpy's multi-threaded OpenBLAS took 0.5 s for one
-  600×31 QR under load against 1 ms single-threaded. A local context (threadpoolctl, a
-  scikit-learn dependency); nothing global changes. Large bases keep the default.
+  Multi-threaded OpenBLAS on tall-skinny QRs is orders of magnitude slower on a loaded
+  machine (``benchmarks/README.md``, "Notes moved from API docstrings"). A local context
+  (threadpoolctl, a scikit-learn dependency); nothing global changes. Large bases keep the
+  default.
   """
   try:
     import threadpoolctl
@@ -845,7 +846,7 @@ def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_tra
   k and ``learning_rate=η``). Stable steps: ``η < mskjax.max_learning_rate(K, g, k)``
   (= 2/λ_max(K_g)); 1/λ_max(K_g) is a safe default.
 
-  When the fixed spectrum is valid (measured, see experiments/README.md):
+  When the fixed spectrum is valid (experiments/README.md, silent_alignment):
 
   * the correction ``Jᵀ V_k diag((g/λ − 1)/λ) V_kᵀ J u`` assumes the network's kernel has
     the stored eigenpairs *and size*. For a wide network near init (lazy regime) the
@@ -853,8 +854,7 @@ def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_tra
     large k, reverse) amplify that error, so build the spectrum from the network's own
     empirical NTK at init (``mskjax.kernels.empirical_ntk``);
   * in the rich / small-init regime the kernel grows by orders of magnitude during
-    training and a fixed spectrum diverges (silent_alignment: 10⁷-fold growth, divergence
-    after 22-74 steps). Use ``refresh_every`` (empirical NTK recomputed), or
+    training and a fixed spectrum diverges. Use ``refresh_every`` (empirical NTK recomputed), or
     :func:`msk_mse_loss`, whose step ``Jᵀ S r`` depends only on g/λ ratios.
 
   Args:

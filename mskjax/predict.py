@@ -251,8 +251,9 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
     >>> p.train.shape, p.train[-1].round(4).tolist()
     ((3, 2), [1.0, -1.0])
 
-  Reference: Lee et al., *Wide Neural Networks of Any Depth Evolve as Linear Models Under
-  Gradient Descent* (2019), eq. 9–11; Geifman et al. (2024), §3.
+  References: Lee et al., *Wide Neural Networks of Any Depth Evolve as Linear Models Under
+  Gradient Descent*, NeurIPS 2019 (the MSE closed form); Geifman et al., arXiv:2307.14531
+  (the MSK).
   """
   K_train = _v.check_square_symmetric(K_train, "K_train")
   n = K_train.shape[0]
