@@ -132,7 +132,9 @@ def _gain(mu, t, eta, flow):
     dm_neg = jnp.where(odd, -mag, mag) - 1.0
     decay_m1 = jnp.where(above, dm_pos, dm_neg)
     absb = jnp.abs(1.0 - x)
-    converges = (absb < 1.0) | ~pos
+    # Numerically-zero μ (<= floor) are not learned at t = ∞ (gain 0), whatever the step:
+    # there 1 − ημ may round to exactly 1, which is not divergence.
+    converges = (absb < 1.0) | (mu <= floor)
   gain_fin = -decay_m1 / mu_safe
   gain_inf = jnp.where(converges, jnp.where(mu > floor, 1.0 / mu_safe, 0.0), jnp.nan)
   gain = jnp.where(inf, gain_inf, gain_fin)

@@ -93,12 +93,15 @@ def test_infinite_time_is_kernel_regression(name, discrete):
   np.testing.assert_allclose(p.train, y, atol=1e-8)
 
 
-def test_singular_kernel_uses_pseudo_inverse():
+@pytest.mark.parametrize("flow", [False, True])
+def test_singular_kernel_uses_pseudo_inverse(flow):
+  # Discrete GD too: at η = 1/λ_max the numerically-zero μ have 1 − ημ == 1.0 exactly, which
+  # once read as "divergent" and gave NaN at t = ∞.
   rng = np.random.default_rng(0)
   A = rng.standard_normal((8, 3))
   K = A @ A.T  # rank 3
   y = rng.standard_normal(8)
-  p = mskjax.predict_gd_mse(K, y, modifiers.flatten(), 1, np.array([5.0, np.inf]), flow=True,
+  p = mskjax.predict_gd_mse(K, y, modifiers.flatten(), 1, np.array([5, np.inf]), flow=flow,
                             K_test_train=K)
   np.testing.assert_allclose(p.test[1], K @ np.linalg.pinv(K) @ y, atol=1e-8)
   assert np.all(np.isfinite(p.train))
