@@ -203,17 +203,17 @@ def check_int(x, name: str, *, lo: int | None = None, hi: int | None = None) -> 
     ...
     ValueError: `block_size` must be an int >= 1, got 0.
   """
+  if hi is None:
+    want = "" if lo is None else f" >= {lo}"
+  elif lo is None:
+    want = f" <= {hi}"
+  else:
+    want = f" with {lo} <= {name} <= {hi}"
   if not is_int(x):
-    raise ArgumentTypeError(f"`{name}` must be a Python int, got {type(x).__name__} {x!r}.")
+    raise ArgumentTypeError(f"`{name}` must be an int{want}, got {type(x).__name__} {x!r}.")
   x = int(x)
   if (lo is not None and x < lo) or (hi is not None and x > hi):
-    if hi is None:
-      want = f">= {lo}"
-    elif lo is None:
-      want = f"<= {hi}"
-    else:
-      want = f"with {lo} <= {name} <= {hi}"
-    raise ValueError(f"`{name}` must be an int {want}, got {x}.")
+    raise ValueError(f"`{name}` must be an int{want}, got {x}.")
   return x
 
 
