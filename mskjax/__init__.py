@@ -23,19 +23,20 @@ from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_spectrum_from_eigenpairs,
                         preconditioner,
                         msk_gram_from_spectrum, preconditioner_from_spectrum,
                         apply_preconditioner, msk_kernel_fn, transfer_msk_spectrum)
-from mskjax.predict import Predictions, predict_gd_mse, max_learning_rate, steps_to_tolerance
+from mskjax.predict import (Predictions, gradient_descent_mse, predict_gd_mse, max_learning_rate,
+                            steps_to_tolerance)
 from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
 from mskjax.optim import (MSKDirections, ScaleByMSKState, scale_by_msk, msk_sgd, msk_directions,
                           stable_learning_rate, replace_directions, ScaleByMSKJvpState,
-                          scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss)
-from mskjax.train import TrainResult, mse_loss, fit, FitResult, LoopState
+                          scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss, adam_kernel_weights)
+from mskjax.train import (TrainResult, mse_loss, fit, FitResult, LoopState, log_spaced_steps,
+                          KernelRecord, record_kernel_training)
 from mskjax.large import (DEFAULT_MEMORY_BUDGET, block_size_for_budget, kernel_operator,
                           kernel_matvec_large, TopKEigh, topk_eigh_matfree, NystromEigh,
                           nystrom_eigh, msk_spectrum_large)
 from mskjax.diagnostics import (kernel_alignment, kernel_cosine, eigenspace_overlap,
                                 topk_overlap, effective_rank, target_energy, relative_distance,
-                                kernel_regression, weighted_empirical_ntk, adam_kernel_weights,
-                                log_spaced_steps, KernelRecord, record_kernel_training)
+                                kernel_regression)
 
 __version__ = "0.1.0"
 
@@ -49,16 +50,17 @@ __all__ = [
     "MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
     "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
     "transfer_msk_spectrum",
-    "Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance",
+    "Predictions", "gradient_descent_mse", "predict_gd_mse", "max_learning_rate",
+    "steps_to_tolerance",
     "diagnostics", "large", "optim", "train",
     "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",
     "stable_learning_rate", "replace_directions",
     "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
-    "TrainResult", "mse_loss", "fit", "FitResult", "LoopState",
+    "adam_kernel_weights",
+    "TrainResult", "mse_loss", "fit", "FitResult", "LoopState", "log_spaced_steps",
+    "KernelRecord", "record_kernel_training",
     "DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_operator", "kernel_matvec_large",
     "TopKEigh", "topk_eigh_matfree", "NystromEigh", "nystrom_eigh", "msk_spectrum_large",
     "kernel_alignment", "kernel_cosine", "eigenspace_overlap", "topk_overlap",
     "effective_rank", "target_energy", "relative_distance", "kernel_regression",
-    "weighted_empirical_ntk", "adam_kernel_weights", "log_spaced_steps", "KernelRecord",
-    "record_kernel_training",
 ]

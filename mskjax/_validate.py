@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "is_concrete", "tracing", "as_float_array", "check_finite", "check_square_symmetric",
-    "check_k", "check_rows", "ArgumentTypeError", "check_int", "check_real", "check_indices", "check_same_shape",
+    "is_concrete", "tracing", "check_bool", "as_float_array", "check_finite",
+    "check_square_symmetric", "check_k", "check_rows", "ArgumentTypeError", "is_int",
+    "check_choice", "check_int", "check_real", "check_indices", "check_same_shape",
     "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
     "as_points",
 ]
@@ -53,17 +54,36 @@ def as_float_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None) -
   return x
 
 
-def tracing() -> bool:
-  """True inside a ``jit``/``vmap``/``grad`` trace (then jnp ops on constants are staged).
+_PROBE = np.float32(0.0)
 
-  Host-side numerics (float64 upcasts, eager eigen-solves) run only outside traces; the
+
+def tracing() -> bool:
+  """True when jnp operations on constants are staged out (inside ``jit``, ``eval_shape``,
+  or a ``vmap``/``grad`` nested in ``jit``): host-side numerics must not run there.
+
+  Detected with public API only: a ``lax`` op on a numpy constant returns a
+  ``jax.core.Tracer`` exactly when it is staged. (Eager ``vmap``/``grad`` do not stage ops
+  on constants, so this is False there and host numerics on concrete values are correct.)
+  Host-side numerics (float64 upcasts, eager eigen-solves) run only when this is False; the
   value checks here use numpy, so they also work on closed-over constants inside a trace.
   """
-  try:
-    from jax._src import core as _core   # no public equivalent in jax 0.10
-    return not _core.trace_state_clean()
-  except Exception:  # pragma: no cover - a JAX without it: assume eager
-    return False
+  return isinstance(jax.lax.add(_PROBE, _PROBE), jax.core.Tracer)
+
+
+def check_bool(x, name: str) -> bool:
+  """``x`` as a Python bool (numpy bools accepted; ints, strings, arrays rejected).
+
+  Example:
+    >>> check_bool(True, "flow")
+    True
+    >>> check_bool(1, "flow")
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `flow` must be True or False, got int 1.
+  """
+  if not isinstance(x, (bool, np.bool_)):
+    raise ArgumentTypeError(f"`{name}` must be True or False, got {type(x).__name__} {x!r}.")
+  return bool(x)
 
 
 def check_finite(x, name: str) -> None:
@@ -113,7 +133,7 @@ def check_square_symmetric(K, name: str = "K", *, rtol: float = 1e-5) -> jax.Arr
 
 def check_k(k, n: int, name: str = "k") -> int:
   """``k`` must be a Python int with 1 <= k <= n - 1 (one eigenvalue stays untouched)."""
-  if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+  if not is_int(k):
     raise TypeError(f"`{name}` must be a Python int (a static size), got {type(k).__name__}.")
   k = int(k)
   if not 1 <= k <= n - 1:
@@ -138,6 +158,40 @@ class ArgumentTypeError(TypeError, ValueError):
   """
 
 
+def is_int(x) -> bool:
+  """True for a Python or numpy integer that is not a bool (``True`` is an ``int`` in Python,
+  never a valid count, size or index here).
+
+  Example:
+    >>> is_int(3), is_int(np.int64(3)), is_int(True), is_int(3.0)
+    (True, True, False, False)
+  """
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def check_choice(x, name: str, choices: tuple):
+  """``x`` must be one of ``choices`` (compared by value; bools never match an int choice).
+
+  Example:
+    >>> check_choice("jvp", "implementation", ("auto", "jvp", 1))
+    'jvp'
+    >>> check_choice(True, "implementation", ("auto", "jvp", 1))
+    Traceback (most recent call last):
+    ...
+    ValueError: `implementation` must be one of 'auto', 'jvp', 1; got True.
+  """
+  if isinstance(x, (bool, np.bool_)) and not any(isinstance(c, bool) for c in choices):
+    ok = False
+  else:
+    try:
+      ok = x in choices
+    except Exception:   # e.g. an array: ambiguous truth value
+      ok = False
+  if not ok:
+    raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {x!r}.")
+  return x
+
+
 def check_int(x, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
   """``x`` as a Python int (bools and floats rejected) with ``lo <= x <= hi``.
 
@@ -149,17 +203,17 @@ def check_int(x, name: str, *, lo: int | None = None, hi: int | None = None) -> 
     ...
     ValueError: `block_size` must be an int >= 1, got 0.
   """
-  if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-    raise ArgumentTypeError(f"`{name}` must be a Python int, got {type(x).__name__} {x!r}.")
+  if hi is None:
+    want = "" if lo is None else f" >= {lo}"
+  elif lo is None:
+    want = f" <= {hi}"
+  else:
+    want = f" with {lo} <= {name} <= {hi}"
+  if not is_int(x):
+    raise ArgumentTypeError(f"`{name}` must be an int{want}, got {type(x).__name__} {x!r}.")
   x = int(x)
   if (lo is not None and x < lo) or (hi is not None and x > hi):
-    if hi is None:
-      want = f">= {lo}"
-    elif lo is None:
-      want = f"<= {hi}"
-    else:
-      want = f"with {lo} <= {name} <= {hi}"
-    raise ValueError(f"`{name}` must be an int {want}, got {x}.")
+    raise ValueError(f"`{name}` must be an int{want}, got {x}.")
   return x
 
 
@@ -177,8 +231,8 @@ def check_real(x, name: str, *, lo: float | None = None, hi: float | None = None
     ...
     ValueError: `tol` must be a real number > 0, got nan.
   """
-  if isinstance(x, (bool, np.bool_)):
-    raise ArgumentTypeError(f"`{name}` must be a real number, got a bool {x!r}.")
+  if isinstance(x, (bool, np.bool_, str, bytes)):
+    raise ArgumentTypeError(f"`{name}` must be a real number, got {type(x).__name__} {x!r}.")
   if hasattr(x, "shape") and tuple(x.shape) != ():
     raise ArgumentTypeError(f"`{name}` must be a scalar, got shape {tuple(x.shape)}.")
   if isinstance(x, jax.core.Tracer):

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mskjax import _validate
+
 __all__ = ["Dataset", "circle", "sphere", "fourier_target", "zonal_harmonic_target",
            "load_digits", "load_mnist1d", "as_dataset", "Whitening", "fit_whitening", "apply_whitening",
            "whiten", "whitened_linear_teacher", "power_law_gaussian"]
@@ -20,12 +22,6 @@ __all__ = ["Dataset", "circle", "sphere", "fourier_target", "zonal_harmonic_targ
 
 def _float_dtype():
   return jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 iff jax_enable_x64
-
-
-def _check_count(n, name, where, minimum=1):
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
-    raise ValueError(f"{where}: {name} must be an int >= {minimum}; got {n!r}.")
-  return int(n)
 
 
 class Dataset(NamedTuple):
@@ -59,7 +55,7 @@ def circle(n: int, *, equispaced: bool = True, key: Optional[jax.Array] = None):
      [-1.  0.]
      [ 0. -1.]]
   """
-  n = _check_count(n, "n", "circle")
+  n = _validate.check_int(n, "n", lo=1)
   dtype = _float_dtype()
   if equispaced:
     theta = 2 * jnp.pi * jnp.arange(n, dtype=dtype) / n
@@ -88,8 +84,8 @@ def sphere(n: int, d: int, key: jax.Array) -> jax.Array:
     >>> x.shape, bool(np.allclose(np.linalg.norm(np.asarray(x), axis=1), 1.0, atol=1e-6))
     ((5, 3), True)
   """
-  n = _check_count(n, "n", "sphere")
-  d = _check_count(d, "d", "sphere", minimum=2)
+  n = _validate.check_int(n, "n", lo=1)
+  d = _validate.check_int(d, "d", lo=2)
   if key is None:
     raise ValueError("sphere: key must be a PRNG key, e.g. jax.random.PRNGKey(0).")
   g = jax.random.normal(key, (n, d), _float_dtype())
@@ -112,7 +108,7 @@ def fourier_target(theta, j: int) -> jax.Array:
     >>> print(np.round(np.asarray(fourier_target(theta, 2), float).ravel(), 3) + 0.0)
     [ 1. -1.  1. -1.]
   """
-  j = _check_count(j, "j", "fourier_target", minimum=0)
+  j = _validate.check_int(j, "j", lo=0)
   theta = jnp.asarray(theta, _float_dtype())
   if theta.ndim != 1:
     raise ValueError(f"fourier_target: theta must be 1-D (n,); got shape {theta.shape}.")
@@ -150,7 +146,7 @@ def zonal_harmonic_target(x, degree: int, axis=None) -> jax.Array:
     >>> print(np.round(np.asarray(zonal_harmonic_target(x, 2), float).ravel(), 4))
     [ 2.2361 -1.118 ]
   """
-  degree = _check_count(degree, "degree", "zonal_harmonic_target", minimum=0)
+  degree = _validate.check_int(degree, "degree", lo=0)
   dtype = _float_dtype()
   x = jnp.asarray(x, dtype)
   if x.ndim != 2 or x.shape[1] != 3:
@@ -255,9 +251,8 @@ def load_digits(*, labels: str = "onehot", test_fraction: float = 0.2, seed: int
 
   if labels not in ("onehot", "pm1"):
     raise ValueError(f"load_digits: labels must be 'onehot' or 'pm1'; got {labels!r}.")
-  if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-      or not 0 < test_fraction < 1:
-    raise ValueError(f"load_digits: test_fraction must be in (0, 1); got {test_fraction!r}.")
+  test_fraction = _validate.check_real(test_fraction, "test_fraction", lo=0, hi=1, lo_open=True,
+                                       hi_open=True)
   if (x is None) != (y is None):
     raise ValueError("load_digits: give both x and y (user data), or neither (sklearn digits).")
   if x is None:
@@ -305,13 +300,11 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int"
   whole set). The first 80 % of the (shuffled) samples are the training set: the
   standard set (``num_samples=5000``) has 4000 train / 1000 test sequences, 10 classes;
   ``num_samples=125000`` gives 100k / 25k. Nothing is downloaded (``get_dataset``'s
-  download path is never called). Generation costs ~5 ms per sample on one CPU core, so
-  the result is cached as ``mnist1d_n{num_samples}_seed{seed}.npz`` under ``cache_dir``
+  download path is never called). Generation is slow (pure Python per sample), so the
+  result is cached as ``mnist1d_n{num_samples}_seed{seed}.npz`` under ``cache_dir``
   (default ``$MSKJAX_CACHE`` or ``~/.cache/mskjax``). The package seeds Python's and
-  numpy's global generators; their states are restored afterwards.
-
-  Reported test accuracies (the authors, standard set): logistic regression 32 %, MLP
-  68 %, CNN 94 %, GRU 91 %.
+  numpy's global generators; their states are restored afterwards. Reference accuracies
+  (the authors' and ours): ``experiments/README.md``, section mnist1d.
 
   Args:
     num_samples: total number of sequences (train + test), a multiple of 10, >= 10.
@@ -333,12 +326,11 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int"
   Reference: S. Greydanus and D. Kobak, *Scaling Down Deep Learning with MNIST-1D*,
   ICML 2024 (arXiv:2011.14439).
   """
-  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
-      or num_samples < 10 or num_samples % 10:
+  num_samples = _validate.check_int(num_samples, "num_samples", lo=10)
+  if num_samples % 10:
     raise ValueError(f"load_mnist1d: num_samples must be a multiple of 10 (one share per "
                      f"class), >= 10; got {num_samples!r}.")
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise ValueError(f"load_mnist1d: seed must be an int; got {seed!r}.")
+  seed = _validate.check_int(seed, "seed")
   if labels not in ("int", "onehot"):
     raise ValueError(f"load_mnist1d: labels must be 'int' or 'onehot'; got {labels!r}.")
   from pathlib import Path
@@ -431,9 +423,7 @@ def fit_whitening(x, gamma: float = 0.0, *, center: bool = True,
     raise ValueError(f"fit_whitening: x must be 2-D (n, d) and non-empty; got shape {x.shape}.")
   if not np.all(np.isfinite(x)):
     raise ValueError("fit_whitening: x contains NaN or inf.")
-  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) \
-      or gamma < 0:
-    raise ValueError(f"fit_whitening: gamma must be a finite number >= 0; got {gamma!r}.")
+  gamma = _validate.check_real(gamma, "gamma", lo=0)
   mu = x.mean(0) if center else np.zeros(x.shape[1])
   xc = x - mu
   lam, U = np.linalg.eigh(xc.T @ xc / x.shape[0])
@@ -507,13 +497,13 @@ def whitened_linear_teacher(n: int, d: int, rank: Optional[int] = None, *, key,
     >>> int(np.linalg.matrix_rank(x)), round(float(np.sum(np.asarray(ds.y_train) ** 2)), 6)
     (5, 20.0)
   """
-  n = _check_count(n, "n", "whitened_linear_teacher")
-  d = _check_count(d, "d", "whitened_linear_teacher")
-  r = min(n, d) if rank is None else _check_count(rank, "rank", "whitened_linear_teacher")
+  n = _validate.check_int(n, "n", lo=1)
+  d = _validate.check_int(d, "d", lo=1)
+  r = min(n, d) if rank is None else _validate.check_int(rank, "rank", lo=1)
   if r > min(n, d):
     raise ValueError(f"whitened_linear_teacher: rank must be <= min(n, d) = {min(n, d)}; "
                      f"got {r}.")
-  n_test = _check_count(n_test, "n_test", "whitened_linear_teacher", minimum=0)
+  n_test = _validate.check_int(n_test, "n_test", lo=0)
   if key is None:
     raise ValueError("whitened_linear_teacher: key must be a PRNG key.")
   k1, k2, k3, k4 = jax.random.split(key, 4)
@@ -551,12 +541,10 @@ def power_law_gaussian(n: int, d: int, alpha: float, *, key, n_test: int = 0):
     >>> ds.x_train.shape, ds.y_train.shape, ds.x_test.shape
     ((10, 4), (10, 1), (3, 4))
   """
-  n = _check_count(n, "n", "power_law_gaussian")
-  d = _check_count(d, "d", "power_law_gaussian")
-  n_test = _check_count(n_test, "n_test", "power_law_gaussian", minimum=0)
-  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
-      or alpha < 0:
-    raise ValueError(f"power_law_gaussian: alpha must be a finite number >= 0; got {alpha!r}.")
+  n = _validate.check_int(n, "n", lo=1)
+  d = _validate.check_int(d, "d", lo=1)
+  n_test = _validate.check_int(n_test, "n_test", lo=0)
+  alpha = _validate.check_real(alpha, "alpha", lo=0)
   if key is None:
     raise ValueError("power_law_gaussian: key must be a PRNG key.")
   dtype = _float_dtype()

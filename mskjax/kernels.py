@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mskjax import _validate
 from mskjax._nt import empirical_ntk_fn
 
 __all__ = ["gram", "empirical_ntk", "kernel_matvec", "trainable_fn", "JacobianOperator",
@@ -76,11 +77,7 @@ def _check_pair(x1, x2, where):
 def _check_block_size(block_size, where, required=False):
   if block_size is None and not required:
     return None
-  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-      or block_size < 1:
-    raise ValueError(f"{where}: block_size must be a positive int"
-                     f"{'' if required else ' or None'}; got {block_size!r}.")
-  return int(block_size)
+  return _validate.check_int(block_size, "block_size", lo=1)
 
 
 def _check_get(get, where):
@@ -219,7 +216,8 @@ def _empirical_block_edge(params, c, n_max, implementation, memory_budget):
 
 def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False,
                   implementation="auto", block_size: Optional[int] = None,
-                  memory_budget: int = EMPIRICAL_NTK_MEMORY_BUDGET) -> jax.Array:
+                  memory_budget: int = EMPIRICAL_NTK_MEMORY_BUDGET,
+                  weights=None) -> jax.Array:
   r"""Empirical NTK Gram matrix of a finite network, blockwise, traced over outputs or full.
 
   .. math:: \hat\Theta(x, x') = \frac1c \sum_{k=1}^{c}
@@ -246,6 +244,13 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
     ``benchmarks/README.md``: ``'jvp'`` 2.5× (MLP) and 3× (CNN) faster than a plain
     ``jacrev`` + ``einsum``; c < 4 not measured).
 
+  ``weights``: a pytree like the trainable parameters of non-negative per-parameter
+  weights W (a diagonal parameter metric) gives ``J W Jᵀ`` instead of ``J Jᵀ`` (same trace
+  / full conventions): with W the per-parameter step sizes of a diagonal optimiser (Adam:
+  η/(√v̂ + ε), :func:`mskjax.optim.adam_kernel_weights`) it is the kernel of that
+  optimiser's linearised function-space dynamics, df = −J W Jᵀ ∂ℓ/∂f. Computed on the same
+  machinery as the Jacobian of f(θ + √W ⊙ δ) at δ = 0 (exact for W = 0 entries).
+
   neural-tangents' implementations 1 and 2 stay available (``implementation=1|2``;
   host-side blocks, inputs ``(n, d)``, outputs ``(n, c)``, traced only); 3 is broken on
   current JAX.
@@ -261,6 +266,9 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
     implementation: ``'auto'``, ``'jacobian'``, ``'jvp'``, 1 or 2 (see above).
     block_size: points per block; None picks it from ``memory_budget``.
     memory_budget: bytes for one block's Jacobians/tangent products (default 1 GiB).
+    weights: optional pytree (the structure and shapes of the trainable parameters; for a
+      flax linen ``model.apply`` also like the variables ``{'params': ...}``) of
+      non-negative per-parameter weights W: the kernel becomes J W Jᵀ.
 
   Returns:
     ``(n1, n2)`` (or ``(n1·c, n2·c)`` with ``full=True``) array.
@@ -280,18 +288,16 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
     raise ValueError("empirical_ntk: implementation=3 (structured derivatives) is broken on "
                      "current JAX (it relies on removed JAX internals); use 'auto', 'jvp', "
                      "'jacobian', 1 or 2.")
-  if isinstance(implementation, bool) or implementation not in ("auto", "jacobian", "jvp", 1, 2):
-    raise ValueError("empirical_ntk: implementation must be 'auto', 'jacobian', 'jvp', 1 or 2; "
-                     f"got {implementation!r}.")
-  if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, np.integer)) \
-      or memory_budget <= 0:
-    raise ValueError(f"empirical_ntk: memory_budget must be a positive int (bytes); got "
-                     f"{memory_budget!r}.")
+  _validate.check_choice(implementation, "implementation", ("auto", "jacobian", "jvp", 1, 2))
+  memory_budget = _validate.check_int(memory_budget, "memory_budget", lo=1)
   block_size = _check_block_size(block_size, "empirical_ntk")
   if implementation not in (1, 2):
     x1, x2 = _check_pair(x1, x2, "empirical_ntk")
     return _empirical_own(apply_fn, params, x1, x2, bool(full), block_size, memory_budget,
-                          implementation)
+                          implementation, weights)
+  if weights is not None:
+    raise ValueError("empirical_ntk: weights= needs implementation 'auto', 'jacobian' or "
+                     "'jvp' (neural-tangents' implementations have no parameter metric).")
   if full:
     raise ValueError("empirical_ntk: full=True needs implementation 'auto', 'jacobian' or "
                      "'jvp' (neural-tangents' implementations trace over outputs here).")
@@ -664,12 +670,48 @@ def _ntk_run(call, p, rest, x1b, x2b, c, strategy, trace):
   return lax.map(rows, x1b)
 
 
-def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, strategy):
+class _WeightedCall(NamedTuple):
+  """``call`` reparametrised as δ ↦ f(θ + √W ⊙ δ) (``rest`` = (rest, θ, √W)): its
+  Jacobian at δ = 0 is J diag(√W), so its empirical NTK is J W Jᵀ."""
+  base: Any
+
+  def __call__(self, d, rest, x):
+    rest0, p0, sw = rest
+    return self.base(jax.tree.map(lambda a, s, e: a + s * e, p0, sw, d), rest0, x)
+
+
+def _check_weights(weights, p):
+  """√W as a pytree like p (same structure and shapes), non-negative and finite."""
+  want, got = jax.tree.structure(p), jax.tree.structure(weights)
+  if want != got:
+    raise ValueError(f"empirical_ntk: `weights` must have the structure of the trainable "
+                     f"parameters {want}; got {got}.")
+  out = []
+  for a, w in zip(jax.tree.leaves(p), jax.tree.leaves(weights)):
+    w = jnp.asarray(w, jnp.asarray(a).dtype)
+    if w.shape != jnp.shape(a):
+      raise ValueError(f"empirical_ntk: a `weights` leaf has shape {w.shape}; the parameter "
+                       f"it weights has shape {jnp.shape(a)}.")
+    if _validate.is_concrete(w) and not bool(np.all(np.asarray(w) >= 0)):
+      raise ValueError("empirical_ntk: `weights` must be finite and non-negative (a diagonal "
+                       "metric W >= 0).")
+    out.append(jnp.sqrt(w))
+  return jax.tree.unflatten(want, out)
+
+
+def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, strategy,
+                   weights=None):
   call, p, rest = _split(apply_fn, params)
-  fn = lambda q, x: call(q, rest, x)
   dt = x1.dtype
   p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
                    if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
+  if weights is not None:
+    if call.kind == "linen" and hasattr(weights, "keys") and "params" in weights \
+        and jax.tree.structure(weights) != jax.tree.structure(p):
+      weights = weights["params"]          # given like the variables: weight their 'params'
+    call, rest, p = (_WeightedCall(call), (rest, p, _check_weights(weights, p)),
+                     jax.tree.map(jnp.zeros_like, p))
+  fn = lambda q, x: call(q, rest, x)
   out = jax.eval_shape(fn, p, x1[:1])
   if not hasattr(out, "shape") or len(out.shape) < 1 or out.shape[0] != 1:
     raise ValueError("empirical_ntk: apply_fn(params, x) must return an array with a leading "
@@ -745,9 +787,7 @@ def sphere_mercer_eigenvalues(kernel_fn: Callable, d: int, lmax: int, *, get: st
   _check_get(get, "sphere_mercer_eigenvalues")
   for name, value, low in (("d", d, 2), ("lmax", lmax, 0), ("quadrature_points",
                                                            quadrature_points, 2)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-      raise ValueError(f"sphere_mercer_eigenvalues: `{name}` must be an int >= {low}; got "
-                       f"{value!r}.")
+    _validate.check_int(value, name, lo=low)
   alpha = (d - 3) / 2.0
   t, w = sp.roots_jacobi(int(quadrature_points), alpha, alpha)
   x1 = np.zeros((1, d)); x1[0, 0] = 1.0

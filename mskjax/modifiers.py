@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mskjax import _validate as V
+from mskjax import _validate as _v
 
 __all__ = ["Modifier", "identity", "flatten", "power", "exponential", "scale", "values",
            "reverse", "reverse_blocks", "geometric_mean", "apply_modifier", "from_name",
@@ -91,8 +91,8 @@ def power(p: float, scale: float = 1.0) -> Modifier:
     >>> modifiers.power(2.0, scale=0.5)(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
     [8.0, 2.0]
   """
-  p = V.check_real(p, "p (modifiers.power)")
-  scale = V.check_real(scale, "scale (modifiers.power)", lo=0, lo_open=True)
+  p = _v.check_real(p, "p (modifiers.power)")
+  scale = _v.check_real(scale, "scale (modifiers.power)", lo=0, lo_open=True)
   return _named(lambda evals, k: scale * evals[:k] ** p, f"power({p}, scale={scale})")
 
 
@@ -107,8 +107,8 @@ def exponential(rate: float) -> Modifier:
     >>> [round(v, 4) for v in modifiers.exponential(jnp.log(2.0))(jnp.array([9.0, 5.0, 1.0]), 2).tolist()]
     [4.0, 2.0]
   """
-  if V.is_concrete(rate):            # a traced rate (vmap over rates) stays traced
-    rate = V.check_real(rate, "rate (modifiers.exponential)")
+  if _v.is_concrete(rate):            # a traced rate (vmap over rates) stays traced
+    rate = _v.check_real(rate, "rate (modifiers.exponential)")
 
   def g(evals, k):
     steps = jnp.arange(k, 0, -1, dtype=evals.dtype)  # k+1-i for i = 1..k
@@ -124,7 +124,7 @@ def scale(c: float) -> Modifier:
     >>> modifiers.scale(0.5)(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
     [2.0, 1.0]
   """
-  c = V.check_real(c, "c (modifiers.scale)", lo=0, lo_open=True)
+  c = _v.check_real(c, "c (modifiers.scale)", lo=0, lo_open=True)
   return _named(lambda evals, k: c * evals[:k], f"scale({c})")
 
 
@@ -168,7 +168,7 @@ def reverse(blocks: bool = False, rtol: float = 1e-6) -> Modifier:
   """
   if not blocks:
     return _named(lambda evals, k: evals[:k][::-1], "reverse()")
-  rtol = V.check_real(rtol, "rtol (modifiers.reverse)", lo=0)
+  rtol = _v.check_real(rtol, "rtol (modifiers.reverse)", lo=0)
 
   def g(evals, k):
     top = evals[:k]
@@ -309,14 +309,14 @@ def apply_modifier(g: Modifier, evals, k: int) -> jax.Array:
   if not callable(g):
     raise TypeError(f"`g` must be a modifier callable g(evals, k), got {type(g).__name__}; "
                     "see mskjax.modifiers (e.g. modifiers.flatten()).")
-  k = V.check_k(k, evals.shape[0])
+  k = _v.check_k(k, evals.shape[0])
   new = jnp.asarray(g(evals, k))
   name = getattr(g, "__name__", repr(g))
   if new.shape != (k,):
     raise ValueError(f"modifier `g` ({name}) returned shape {tuple(new.shape)}; it must return "
                      f"the k={k} new top eigenvalues, shape ({k},).")
   new = new.astype(evals.dtype)
-  if V.is_concrete(new):
+  if _v.is_concrete(new):
     if not bool(jnp.all(jnp.isfinite(new))):
       raise ValueError(f"modifier `g` ({name}) returned NaN/inf values: {new}.")
     if not bool(jnp.all(new > 0)):

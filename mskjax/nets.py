@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mskjax import _validate
 from mskjax._nt import stax
 
 __all__ = [
@@ -71,20 +72,11 @@ PARAMETERIZATIONS = ("ntk", "standard")
 
 
 def _check_int(value, name, minimum, cls="MLPSpec"):
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise TypeError(f"{cls}.{name} must be an int >= {minimum}; got {value!r} "
-                    f"({type(value).__name__}).")
-  if value < minimum:
-    raise ValueError(f"{cls}.{name} must be >= {minimum}; got {value}.")
+  _validate.check_int(value, f"{cls}.{name}", lo=minimum)
 
 
 def _check_float(value, name, allow_zero, cls="MLPSpec"):
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise TypeError(f"{cls}.{name} must be a real number; got {value!r} "
-                    f"({type(value).__name__}).")
-  if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-    bound = ">= 0" if allow_zero else "> 0"
-    raise ValueError(f"{cls}.{name} must be finite and {bound}; got {value}.")
+  _validate.check_real(value, f"{cls}.{name}", lo=0, lo_open=not allow_zero)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,8 +313,7 @@ def _as_tuple_per_layer(value, n_layers, spatial_dims, name, *, allow_none=False
       out.append(None)
       continue
     t = tuple(item) if isinstance(item, (tuple, list)) else (item,) * spatial_dims
-    if len(t) != spatial_dims or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                                     for s in t):
+    if len(t) != spatial_dims or any(not _validate.is_int(s) or s < 1 for s in t):
       raise ValueError(f"CNNSpec.{name} entries must be positive ints or {spatial_dims}-tuples "
                        f"of positive ints (spatial_dims={spatial_dims}); got {item!r}.")
     out.append(None if allow_none and all(s == 1 for s in t) else t)
@@ -383,12 +374,12 @@ class CNNSpec:
   init_scale: float = 1.0
 
   def __post_init__(self):
-    if self.spatial_dims not in (1, 2) or isinstance(self.spatial_dims, bool):
+    if not _validate.is_int(self.spatial_dims) or self.spatial_dims not in (1, 2):
       raise ValueError(f"CNNSpec.spatial_dims must be 1 (sequences (n, L, C)) or 2 (images "
                        f"(n, H, W, C)); got {self.spatial_dims!r}.")
     for field in ("channels", "dense"):
       val = getattr(self, field)
-      val = (val,) if isinstance(val, int) and not isinstance(val, bool) else val
+      val = (val,) if _validate.is_int(val) else val
       if not isinstance(val, (tuple, list)):
         raise TypeError(f"CNNSpec.{field} must be a tuple of ints >= 1; got {val!r}.")
       for c in val:

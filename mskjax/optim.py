@@ -24,13 +24,13 @@ Which entry point to use
   in the linear regime and when the kernel changes a lot during training (its step
   depends only on g/λ ratios, not on the kernel's size). Its minibatch form with
   ``batch_indices`` is biased and its batch matrix ``S_B`` is often indefinite at small b
-  (measured: negative eigenvalue in 99 % of batches at b = 128, n = 1000, k = 10): prefer
-  :func:`msk_sgd` for minibatches.
+  (DESIGN.md §4, "Minibatch S_B"): prefer :func:`msk_sgd` for minibatches.
 * :func:`scale_by_msk_jvp` / :func:`msk_sgd_jvp` — the older data-dependent form: one
   JVP and one VJP of the network on the *whole* training set per step (full-batch
-  gradients only, 3–19× a plain step). Kept for exact full-batch studies where the
-  spectrum is refreshed from the current empirical NTK (``refresh_every``). With a stored
-  spectrum and a drifting kernel its map ``u + Jᵀ V C Λ⁻¹ Vᵀ J u`` can become indefinite
+  gradients only; cost: ``benchmarks/README.md``, "Notes moved from API docstrings").
+  Kept for exact full-batch studies where the spectrum is refreshed from the current
+  empirical NTK (``refresh_every``). With a stored spectrum and a drifting kernel its map
+  ``u + Jᵀ V C Λ⁻¹ Vᵀ J u`` can become indefinite
   (the stored λ no longer match the current J); it checks this at every step and falls
   back to the plain gradient (see ``guard``).
 
@@ -101,7 +101,7 @@ from jax import lax
 
 from mskjax import _nt
 from mskjax import kernels as _kernels
-from mskjax import _validate as V
+from mskjax import _validate as _v
 from mskjax import modifiers as _modifiers
 from mskjax.msk import MSKSpectrum
 
@@ -178,7 +178,7 @@ def _check_directions(directions, where):
                        f"axis of k={k} directions; got shape {getattr(leaf, 'shape', None)}.")
     if not jnp.issubdtype(leaf.dtype, jnp.floating):
       raise TypeError(f"{where}: direction leaves must be floating; got {leaf.dtype}.")
-  if V.is_concrete(values) and V.is_concrete(new_values):
+  if _v.is_concrete(values) and _v.is_concrete(new_values):
     v, nv = np.asarray(values, np.float64), np.asarray(new_values, np.float64)
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(nv))):
       raise ValueError(f"{where}: `directions.values`/`.new_values` contain NaN or inf.")
@@ -427,10 +427,7 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
     S. Ma, R. Bassily, M. Belkin, *The power of interpolation: understanding the
     effectiveness of SGD in modern over-parametrized learning*, ICML 2018.
   """
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-      or batch_size < 1:
-    raise ValueError(f"stable_learning_rate: `batch_size` must be an int >= 1; got "
-                     f"{batch_size!r}.")
+  batch_size = _v.check_int(batch_size, "batch_size", lo=1)
   if reduction not in ("mean", "sum"):
     raise ValueError(f"stable_learning_rate: `reduction` must be 'mean' or 'sum'; got "
                      f"{reduction!r}.")
@@ -443,7 +440,7 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
     if val is None:
       raise ValueError(f"stable_learning_rate: `{name}` is unknown; pass it or build the "
                        "directions with optim.msk_directions (which computes it).")
-    if not V.is_concrete(val):
+    if not _v.is_concrete(val):
       raise TypeError(f"stable_learning_rate: `{name}` must be concrete (call it outside jit).")
     if not np.isfinite(float(val)) or float(val) <= 0:
       raise ValueError(f"stable_learning_rate: `{name}` must be a positive finite number; "
@@ -455,7 +452,8 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
 
 __all__ = ["MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "precondition",
            "replace_directions", "stable_learning_rate", "msk_directions",
-           "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss"]
+           "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
+           "adam_kernel_weights"]
 
 
 # ============================================================ top-k directions, matrix-free
@@ -472,9 +470,10 @@ def _orth(w, basis=None):
 def _few_blas_threads(size):
   """One BLAS thread for the host-side small dense algebra (QR, eigh of the Krylov basis).
 
-  Measured on a shared 2-core machine: numpy's multi-threaded OpenBLAS took 0.5 s for one
-  600×31 QR under load against 1 ms single-threaded. A local context (threadpoolctl, a
-  scikit-learn dependency); nothing global changes. Large bases keep the default.
+  Multi-threaded OpenBLAS on tall-skinny QRs is orders of magnitude slower on a loaded
+  machine (``benchmarks/README.md``, "Notes moved from API docstrings"). A local context
+  (threadpoolctl, a scikit-learn dependency); nothing global changes. Large bases keep the
+  default.
   """
   try:
     import threadpoolctl
@@ -599,10 +598,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
   rng = np.random.default_rng(seed)
   idx = None
   if subsample is not None:
-    if isinstance(subsample, bool) or not isinstance(subsample, (int, np.integer)) \
-        or not 2 <= subsample <= n:
-      raise ValueError(f"msk_directions: `subsample` must be an int in [2, n={n}]; got "
-                       f"{subsample!r}.")
+    subsample = _v.check_int(subsample, "subsample", lo=2, hi=n)
     idx = np.sort(rng.choice(n, int(subsample), replace=False))
     x = np.asarray(x)[idx]
   s = int(x.shape[0])
@@ -617,8 +613,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       init_vectors = init_vectors[idx]
   for name, val, lo in (("oversample", oversample, 0), ("depth", depth, 0),
                         ("max_cycles", max_cycles, 1)):
-    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
-      raise ValueError(f"msk_directions: `{name}` must be an int >= {lo}; got {val!r}.")
+    _v.check_int(val, name, lo=lo)
   out_dtypes = jax.tree.map(lambda a: jnp.asarray(a).dtype, p)
   with jax.enable_x64(bool(float64)), \
       _few_blas_threads(s * (int(k) + 1 + int(oversample)) * (int(depth) + 1)):
@@ -628,7 +623,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
                                     dtype=cdt)
     c = op.c
     N = s * c
-    k = V.check_k(k, N)
+    k = _v.check_k(k, N)
     start = None
     if init_vectors is not None:
       m0 = init_vectors.shape[1]
@@ -806,9 +801,7 @@ def scale_by_msk_jvp(apply_fn: Callable, x_train, spectrum: MSKSpectrum, *,
                      f"{tuple(x_train.shape)}.")
   _check_spectrum(spectrum, x_train.shape[0])
   if refresh_every is not None:
-    if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) \
-        or refresh_every < 1:
-      raise ValueError(f"`refresh_every` must be a positive int or None; got {refresh_every!r}.")
+    refresh_every = _v.check_int(refresh_every, "refresh_every", lo=1)
     if not callable(g):
       raise TypeError("`g` (the modifier, e.g. mskjax.modifiers.flatten()) is required with "
                       f"`refresh_every`; got {type(g).__name__}.")
@@ -853,7 +846,7 @@ def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_tra
   k and ``learning_rate=η``). Stable steps: ``η < mskjax.max_learning_rate(K, g, k)``
   (= 2/λ_max(K_g)); 1/λ_max(K_g) is a safe default.
 
-  When the fixed spectrum is valid (measured, see experiments/README.md):
+  When the fixed spectrum is valid (experiments/README.md, silent_alignment):
 
   * the correction ``Jᵀ V_k diag((g/λ − 1)/λ) V_kᵀ J u`` assumes the network's kernel has
     the stored eigenpairs *and size*. For a wide network near init (lazy regime) the
@@ -861,8 +854,7 @@ def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_tra
     large k, reverse) amplify that error, so build the spectrum from the network's own
     empirical NTK at init (``mskjax.kernels.empirical_ntk``);
   * in the rich / small-init regime the kernel grows by orders of magnitude during
-    training and a fixed spectrum diverges (silent_alignment: 10⁷-fold growth, divergence
-    after 22-74 steps). Use ``refresh_every`` (empirical NTK recomputed), or
+    training and a fixed spectrum diverges. Use ``refresh_every`` (empirical NTK recomputed), or
     :func:`msk_mse_loss`, whose step ``Jᵀ S r`` depends only on g/λ ratios.
 
   Args:
@@ -932,8 +924,8 @@ def msk_mse_loss(predictions, targets, spectrum: MSKSpectrum, *,
   if predictions.ndim not in (1, 2):
     raise ValueError(f"`predictions` must be (n,) or (n, c); got shape "
                      f"{tuple(predictions.shape)}.")
-  V.check_finite(predictions, "predictions")        # NaN policy: reject at the boundary
-  V.check_finite(targets, "targets")
+  _v.check_finite(predictions, "predictions")        # NaN policy: reject at the boundary
+  _v.check_finite(targets, "targets")
   dtype = jnp.result_type(predictions.dtype, jnp.float32) \
       if not jnp.issubdtype(predictions.dtype, jnp.floating) else predictions.dtype
   r = (predictions - targets).astype(dtype)
@@ -954,8 +946,57 @@ def msk_mse_loss(predictions, targets, spectrum: MSKSpectrum, *,
       raise ValueError(f"`batch_indices` must be a 1-D integer array with one index per row "
                        f"of `predictions` ({b}); got shape {tuple(idx.shape)}, dtype "
                        f"{idx.dtype}.")
-    idx = V.check_indices(idx, n, "batch_indices")   # JAX would clamp out-of-range rows
+    idx = _v.check_indices(idx, n, "batch_indices")   # JAX would clamp out-of-range rows
     phi, scale = vectors[idx], n / b
   phi = phi.astype(dtype)
   sr = r2 + scale * (phi @ (coef.astype(dtype)[:, None] * (phi.T @ r2)))
   return (scale * 0.5 * jnp.sum(r2 * sr)).astype(dtype)
+
+
+def adam_kernel_weights(learning_rate: float, *, b2: float = 0.999, eps: float = 1e-8
+                        ) -> Callable:
+  r"""Per-parameter step sizes of Adam, D = η / (√v̂ + ε), for an optimiser-metric empirical NTK.
+
+  The diagonal metric of Adam's (momentum-free) step: pass the result as
+  ``mskjax.kernels.empirical_ntk(..., weights=)`` to get Θ_D = J D Jᵀ, or as
+  ``kernel_weights_fn`` to :func:`mskjax.train.record_kernel_training`.
+  v̂ = ν / (1 − β₂^t) is read from the ``ScaleByAdamState`` inside the optax state; at
+  t = 0 (no second-moment estimate yet) v̂ = g², the value Adam's first step uses. Momentum
+  is ignored: Θ_D = J D Jᵀ is the kernel of the momentum-free (RMSProp-like) step.
+
+  Args:
+    learning_rate: η of the Adam optimiser being recorded.
+    b2, eps: Adam's β₂ and ε (same as passed to ``optax.adam``).
+
+  Returns:
+    ``weights_fn(params, opt_state, grads) -> pytree`` of step sizes.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, mskjax
+    >>> p = {'w': jnp.ones(2)}
+    >>> s = optax.adam(0.1).init(p)
+    >>> mskjax.optim.adam_kernel_weights(0.1)(p, s, {'w': jnp.array([1.0, 2.0])})['w'].round(6).tolist()
+    [0.1, 0.05]
+  """
+  def find(state):
+    if isinstance(state, optax.ScaleByAdamState):
+      return state
+    if isinstance(state, (tuple, list)):
+      for s in state:
+        found = find(s)
+        if found is not None:
+          return found
+    return None
+
+  def weights_fn(params, opt_state, grads):
+    st = find(opt_state)
+    if st is None:
+      raise ValueError("adam_kernel_weights: no optax ScaleByAdamState in opt_state; use it "
+                       "with optax.adam / optax.scale_by_adam.")
+    t = st.count
+    bc = 1.0 - b2 ** jnp.maximum(t, 1).astype(jnp.result_type(float))
+    return jax.tree_util.tree_map(
+        lambda nu, g: learning_rate / (jnp.sqrt(jnp.where(t > 0, nu / bc, g ** 2)) + eps),
+        st.nu, grads)
+
+  return weights_fn

@@ -5,7 +5,7 @@ For the MSE loss ½‖f(X) − Y‖² (no 1/n), kernel GD with step η and the M
 
 .. math::
   r_t = U (1 - \eta\mu)^t U^\top r_0 \quad\text{(discrete)},\qquad
-  r_t = U e^{-t\mu} U^\top r_0 \quad\text{(gradient flow)},
+  r_t = U e^{-\eta t\mu} U^\top r_0 \quad\text{(gradient flow)},
 
   f_t(x) = f_0(x) + k(x, X)\, S\, U \operatorname{diag}\Big(\frac{1-(1-\eta\mu)^t}{\mu}\Big)
   U^\top (Y - f_0(X)),
@@ -13,9 +13,18 @@ For the MSE loss ½‖f(X) − Y‖² (no 1/n), kernel GD with step η and the M
 with r = f(X) − Y and ``k_g(x, X) = k(x, X) S``. At t = ∞ this is
 ``f₀(x) + k(x, X) K⁻¹ (Y − f₀(X))`` for every g: the plain-GD solution.
 
+:func:`gradient_descent_mse` diagonalises K once and returns ``predict_fn(t, ...)`` (the
+neural-tangents pattern); :func:`predict_gd_mse` is the one-shot form. All functions accept
+``eigenpairs=`` (a precomputed ``mskjax.eigh_desc(K)``) so one K is diagonalised once for
+any number of targets, modifiers, steps and time grids. There is no hidden cache.
+
+**One meaning of ``learning_rate=None``:** η = 1/λ_max(K_g), half the stability bound
+:func:`max_learning_rate`, in :func:`gradient_descent_mse`, :func:`predict_gd_mse` and
+:func:`steps_to_tolerance`. Gradient flow is ``flow=True`` (dθ/dt = −η∇L, t continuous).
+
 **Convention vs neural-tangents.** ``neural_tangents.predict.gradient_descent_mse`` uses
 the loss ½·(1/N)‖r‖² (N = ``y_train.size``): its dynamics at ``learning_rate=lr`` and time
-``t`` equal our gradient flow at time ``t·lr/N``.
+``t`` equal our ``flow=True, learning_rate=lr/N`` at time ``t``.
 """
 from __future__ import annotations
 
@@ -26,12 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mskjax import _validate as V
+from mskjax import _validate as _v
 from mskjax import modifiers as _modifiers
 from mskjax import msk as _msk
 from mskjax import spectrum as _spectrum
 
-__all__ = ["Predictions", "predict_gd_mse", "max_learning_rate", "steps_to_tolerance"]
+__all__ = ["Predictions", "gradient_descent_mse", "predict_gd_mse", "max_learning_rate",
+           "steps_to_tolerance", "EDGE_RTOL"]
 
 
 class Predictions(NamedTuple):
@@ -40,54 +50,48 @@ class Predictions(NamedTuple):
   test: jax.Array | None
 
 
-_EIGH_CACHE: list = []        # [(K, x64 enabled, Eigenpairs)], most recent last
-_EIGH_CACHE_SIZE, _EIGH_CACHE_MAX_N = 4, 4096
-
-
 EDGE_RTOL = 1e-12
 """A step with η·λ_max >= 2·(1 − EDGE_RTOL) counts as divergent: at η = 2/λ_max computed in
 floating point, |1 − ηλ_max| is 1 up to round-off and GD does not converge."""
 
 
-def _eigh64(K):
-  """Eigenpairs of a checked K: float64 (inside ``jax.enable_x64``) when K is concrete.
-
-  steps_to_tolerance / predict_gd_mse are typically called many times with one Gram
-  matrix and different y, g or t; JAX arrays are immutable, so object identity implies
-  equal contents (the cache keeps a reference, so the id cannot be reused). Small n only.
-  Must be called inside ``jax.enable_x64(True)`` for concrete K.
-  """
-  if not V.is_concrete(K) or V.tracing():
+def _full_eigenpairs(K, eigenpairs):
+  """Eigenpairs of a checked K, float64 when K is concrete (call inside ``jax.enable_x64``
+  for concrete K); ``eigenpairs`` (a precomputed full descending decomposition of K) is
+  checked and upcast instead of a new eigh."""
+  n = K.shape[0]
+  concrete = _v.is_concrete(K) and not _v.tracing()
+  if eigenpairs is not None:
+    if not isinstance(eigenpairs, tuple) or not hasattr(eigenpairs, "vectors"):
+      raise TypeError("`eigenpairs` must be an mskjax.Eigenpairs (values, vectors) of K, e.g. "
+                      f"mskjax.eigh_desc(K); got {type(eigenpairs).__name__}.")
+    vals = _v.finite_array(eigenpairs.values, "eigenpairs.values", ndim=1)
+    vecs = _v.finite_array(eigenpairs.vectors, "eigenpairs.vectors", ndim=2)
+    if vals.shape != (n,) or vecs.shape != (n, n):
+      raise ValueError(f"`eigenpairs` must be the full decomposition of the (n={n}) kernel: "
+                       f"values (n,) and vectors (n, n), got {tuple(vals.shape)} and "
+                       f"{tuple(vecs.shape)}. Use mskjax.eigh_desc(K) (all n pairs).")
+    if concrete and np.any(np.diff(np.asarray(vals)) > 0):
+      raise ValueError("`eigenpairs.values` must be in descending order (mskjax.eigh_desc).")
+    dt = jnp.float64 if concrete else jnp.promote_types(vals.dtype, K.dtype)
+    return _spectrum.Eigenpairs(jnp.asarray(vals, dt), jnp.asarray(vecs, dt))
+  if not concrete:
     return _spectrum.eigh_desc(K)
-  wide = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64   # x64 on here?
-  cacheable = isinstance(K, jax.Array) and K.shape[0] <= _EIGH_CACHE_MAX_N
-  if cacheable:
-    for i, (Kc, w, full) in enumerate(_EIGH_CACHE):
-      if Kc is K and w == wide:
-        _EIGH_CACHE.append(_EIGH_CACHE.pop(i))
-        return full
   # The PSD tolerance is that of the caller's dtype (float32 round-off stays round-off).
-  # Without x64 (a traced call in a float32 program) eigh_desc still decomposes in float64
-  # internally and returns K's dtype.
-  full = (_spectrum.eigh_desc(jnp.asarray(K, jnp.float64),
-                              psd_rtol=V.psd_tolerance(K.shape[0], K.dtype))
-          if wide else _spectrum.eigh_desc(K))
-  if cacheable:
-    _EIGH_CACHE.append((K, wide, full))
-    del _EIGH_CACHE[:-_EIGH_CACHE_SIZE]
-  return full
+  return _spectrum.eigh_desc(jnp.asarray(K, jnp.float64),
+                             psd_rtol=_v.psd_tolerance(n, K.dtype))
 
 
-def _modified_eigh(K, g, k, spec_kwargs):
+def _modified_eigh(K, g, k, spec_kwargs, eigenpairs=None):
   """Full eigendecomposition of K with the top-k eigenvalues replaced by g."""
-  full = _eigh64(K)
+  full = _full_eigenpairs(K, eigenpairs)
   if g is None:
     return full.values, full.values, full.vectors, None
   unknown = set(spec_kwargs) - {"tie_rtol", "key"}   # key: accepted and unused (dense eigh)
   if unknown:
     raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; accepted: tie_rtol "
                     "(the full eigendecomposition is always dense).")
-  k = V.check_k(k, K.shape[0])
+  k = _v.check_k(k, K.shape[0])
   spec = _msk.msk_spectrum_from_eigenpairs(full, g, k, dtype=K.dtype,
                                            tie_rtol=spec_kwargs.get("tie_rtol", 1e-6))
   mu = full.values.at[:k].set(spec.new_values)
@@ -100,10 +104,10 @@ def _modified_eigh(K, g, k, spec_kwargs):
 def _gain(mu, t, eta, flow):
   r"""(1 − decay(t)) / μ per eigenvalue; shape t.shape + μ.shape.
 
-  decay = (1 − ημ)^t (discrete, t integer) or e^{−tμ} (flow), computed without a log of a
+  decay = (1 − ημ)^t (discrete, t integer) or e^{−ηtμ} (flow), computed without a log of a
   non-positive number: for 1 − ημ > 0 as expm1(t·log1p(−ημ)) (exact for tiny ημ), at and
   past the edge (1 − ημ <= 0, e.g. ημ = 1 + 1e-7 in float32) as (−1)^t |1 − ημ|^t with
-  0^0 = 1. μ = 0 exactly: the limit η t (or t). t = ∞: 1/μ where GD converges
+  0^0 = 1. μ = 0 exactly: the limit η t. t = ∞: 1/μ where GD converges
   (|1 − ημ| < 1) and μ > n·eps·max μ (pseudo-inverse: numerically-zero directions are not
   learned), NaN where it diverges.
   """
@@ -113,9 +117,9 @@ def _gain(mu, t, eta, flow):
   pos = mu > 0
   mu_safe = jnp.where(pos, mu, 1.0)
   floor = jnp.finfo(mu.dtype).eps * jnp.max(mu) * mu.shape[0]
+  zero_gain = eta * tf
   if flow:
-    decay_m1 = jnp.expm1(-tf * mu_safe)                   # e^{-tμ} − 1, in (−1, 0]
-    zero_gain = tf
+    decay_m1 = jnp.expm1(-eta * tf * mu_safe)             # e^{-ηtμ} − 1, in (−1, 0]
     converges = jnp.ones_like(mu, dtype=bool)
   else:
     # Each quantity is used once (no two-sided test of the same rounded value): XLA may
@@ -128,32 +132,205 @@ def _gain(mu, t, eta, flow):
     dm_neg = jnp.where(odd, -mag, mag) - 1.0
     decay_m1 = jnp.where(above, dm_pos, dm_neg)
     absb = jnp.abs(1.0 - x)
-    zero_gain = eta * tf
-    converges = (absb < 1.0) | ~pos
+    # Numerically-zero μ (<= floor) are not learned at t = ∞ (gain 0), whatever the step:
+    # there 1 − ημ may round to exactly 1, which is not divergence.
+    converges = (absb < 1.0) | (mu <= floor)
   gain_fin = -decay_m1 / mu_safe
   gain_inf = jnp.where(converges, jnp.where(mu > floor, 1.0 / mu_safe, 0.0), jnp.nan)
   gain = jnp.where(inf, gain_inf, gain_fin)
   return jnp.where(pos, gain, jnp.where(inf, 0.0, zero_gain))
 
 
-def _predict_core(K_train, y, f0_tr, K_test_train, f0_te, t_arr, g, k, learning_rate,
-                  kwargs, out_dtype):
+def _lambda_max(mu, what: str) -> float:
+  top = float(np.max(np.asarray(mu)))
+  if not top > 0:
+    raise ValueError(f"{what} is zero (λ_max = 0): gradient descent never moves, so there is "
+                     "no step size or iteration count; check the kernel.")
+  return top
+
+
+def _default_step(mu, learning_rate, what):
+  """η: ``learning_rate``, or 1/λ_max(K_g) when it is None (the one meaning of None)."""
+  if learning_rate is not None:
+    return learning_rate
+  if _v.is_concrete(mu):
+    return 1.0 / _lambda_max(mu, what)
+  return 1.0 / jnp.max(mu)
+
+
+def _check_t(t, discrete: bool):
+  """``t`` as an array (and a float64 host copy when concrete), checked."""
+  t_arr = jnp.asarray(t)
+  if not (jnp.issubdtype(t_arr.dtype, jnp.floating) or jnp.issubdtype(t_arr.dtype, jnp.integer)):
+    raise TypeError(f"`t` must be real times/steps, got dtype {t_arr.dtype}.")
+  if t_arr.ndim > 1:
+    raise ValueError(f"`t` must be a scalar or 1-D array of times, got shape {t_arr.shape}.")
+  t_host = None
+  if _v.is_concrete(t_arr):
+    t_host = np.asarray(t, dtype=np.float64)   # exact integers (float32 would round 2^24+1)
+    if np.any(np.isnan(t_host)) or np.any(t_host < 0):
+      raise ValueError(f"`t` must be non-negative (jnp.inf allowed), got {t}.")
+    if discrete:
+      finite = t_host[np.isfinite(t_host)]
+      if np.any(finite != np.round(finite)):
+        raise ValueError("`t` counts discrete gradient-descent steps: pass integers (or "
+                         f"jnp.inf), got {t}. Use flow=True for continuous-time gradient "
+                         "flow.")
+  return t_arr, t_host
+
+
+def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
+                         k: int | None = None, *, learning_rate: float | None = None,
+                         flow: bool = False, eigenpairs: _spectrum.Eigenpairs | None = None,
+                         **kwargs):
+  r"""Build once, evaluate at many t: a ``predict_fn(t, ...)`` for kernel GD with the MSK.
+
+  The neural-tangents pattern (``neural_tangents.predict.gradient_descent_mse``): the
+  (float64) eigendecomposition of ``K_train`` and the modified spectrum μ are computed here,
+  once; every call of the returned function only applies the closed form
+
+  .. math::
+    f_t(X) = Y - U\,d_t(\mu)\,U^\top (Y - f_0(X)),\qquad
+    f_t(x) = f_0(x) + k(x,X)\, S\, U \operatorname{diag}\Big(\frac{1-d_t(\mu)}{\mu}\Big)
+    U^\top (Y - f_0(X)),
+
+  with ``d_t(μ) = (1 − ημ)^t`` (discrete GD, t integer steps) or ``e^{−ηtμ}``
+  (``flow=True``, gradient flow, t continuous). ``t = jnp.inf`` gives the kernel-regression
+  interpolant (the same for every g); discrete GD needs a convergent step there,
+  η < 2/λ_max(K_g) (else ``ValueError``). Directions with μ = 0 follow their limits; at
+  t = ∞ directions with μ <= n·eps·max μ are not learned (pseudo-inverse).
+
+  **Step size.** ``learning_rate=None`` means η = 1/λ_max(K_g) — half of
+  :func:`max_learning_rate` — here, in :func:`predict_gd_mse` and in
+  :func:`steps_to_tolerance` (the one meaning of None). With ``flow=True`` the flow is
+  dθ/dt = −η ∇½‖r‖², so flow at time t is the continuous version of t steps of η;
+  ``flow=True, learning_rate=1.0`` is the flow of ½‖r‖² in its own time unit.
+
+  **Precision.** For concrete inputs the eigendecomposition and the formula run in float64
+  whatever the caller's precision (``jax.enable_x64`` as a local context, no global change);
+  results come back in the inputs' dtype. The gain (1 − (1 − ημ)^t)/μ is computed without
+  log(1 − ημ) of a non-positive number, so η = 1/λ_max — where ημ rounds to 1 + 1e-7 in
+  float32 — and steps slightly past the edge stay exact. Under ``jit`` (traced inputs) it
+  runs in the widest dtype JAX allows there with the same formula.
+
+  **Convention vs neural-tangents.** neural-tangents uses ½·(1/N)‖r‖² (N =
+  ``y_train.size``): its ``learning_rate=lr`` at time ``t`` equals ours with
+  ``flow=True, learning_rate=lr/N`` at time ``t``.
+
+  Args:
+    K_train: ``(n, n)`` Gram matrix of the *unmodified* kernel on the training set
+      (symmetric PSD; indefinite beyond round-off raises).
+    y_train: ``(n,)`` or ``(n, c)`` targets.
+    g: modifier (see :mod:`mskjax.modifiers`); ``None`` or ``modifiers.identity()`` for
+      plain kernel GD.
+    k: number of modified eigenvalues (ignored when ``g`` is None).
+    learning_rate: step η > 0; ``None`` for η = 1/λ_max(K_g).
+    flow: ``True`` for gradient flow (continuous t), ``False`` for discrete GD steps.
+    eigenpairs: optional full descending :class:`mskjax.Eigenpairs` of ``K_train`` (e.g.
+      ``mskjax.eigh_desc(K_train)``, computed once and shared with
+      :func:`steps_to_tolerance` and :func:`max_learning_rate`); no new eigh is done then.
+      It is used in float64 (its accuracy is that of the dtype it was computed in).
+    **kwargs: passed to :func:`mskjax.msk_spectrum_from_eigenpairs` (``tie_rtol``).
+
+  Returns:
+    ``predict_fn(t, f0_train=None, f0_test=None, K_test_train=None)`` →
+    :class:`Predictions` ``(train, test)`` of shapes ``t.shape + y_train.shape`` and
+    ``t.shape + (m,) + y_train.shape[1:]`` (``test`` is None without the ``(m, n)``
+    unmodified test kernel ``K_test_train`` = k(x_test, X)). ``t``: scalar or 1-D,
+    non-negative (integers for discrete GD), may be ``jnp.inf``; ``f0_*``: network outputs
+    at initialisation (default 0).
+
+  Raises:
+    ValueError: NaN/inf in any input, shape mismatches, indefinite ``K_train``, a zero
+      kernel with ``learning_rate=None``; at call time negative or (discrete) non-integer
+      ``t``, or ``t = inf`` with a divergent step.
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> K = jnp.array([[2.0, 0.5], [0.5, 1.0]]); y = jnp.array([1.0, -1.0])
+    >>> predict_fn = mskjax.gradient_descent_mse(K, y, mskjax.modifiers.flatten(), 1)
+    >>> p = predict_fn(jnp.array([0, 1, 10]))
+    >>> p.train.shape, p.train[-1].round(4).tolist()
+    ((3, 2), [1.0, -1.0])
+
+  References: Lee et al., *Wide Neural Networks of Any Depth Evolve as Linear Models Under
+  Gradient Descent*, NeurIPS 2019 (the MSE closed form); Geifman et al., arXiv:2307.14531
+  (the MSK).
+  """
+  K_train = _v.check_square_symmetric(K_train, "K_train")
   n = K_train.shape[0]
-  lam, mu, U, spec = _modified_eigh(K_train, g, k, kwargs)
+  y = _v.finite_array(y_train, "y_train", ndim=(1, 2))
+  _v.check_rows(y, n, "y_train", "K_train")
+  flow = _v.check_bool(flow, "flow")
+  if learning_rate is not None:
+    learning_rate = _v.check_real(learning_rate, "learning_rate", lo=0, lo_open=True)
+  what = "`K_train`" if g is None else "`K_g`"
+  out_dtype = jnp.result_type(K_train.dtype, y.dtype)
+  host = (not _v.tracing() and _v.is_concrete(K_train) and _v.is_concrete(y)
+          and (eigenpairs is None or all(_v.is_concrete(a) for a in eigenpairs)))
+  if host:
+    with jax.enable_x64(True):
+      _, mu, U, spec = _modified_eigh(K_train, g, k, kwargs, eigenpairs)
+      # Host copies (numpy float64): usable later in any precision context, also as
+      # constants inside a user's jit.
+      mu, U = np.asarray(mu, np.float64), np.asarray(U, np.float64)
+      if spec is not None:
+        spec = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), spec)
+      y64 = np.asarray(y, np.float64)
+  else:
+    _, mu, U, spec = _modified_eigh(K_train, g, k, kwargs, eigenpairs)
+    y64 = y
+  eta = _default_step(mu, learning_rate, what)
+
+  def predict_fn(t, f0_train=None, f0_test=None, K_test_train=None) -> Predictions:
+    t_arr, t_host = _check_t(t, discrete=not flow)
+    f0_tr = jnp.zeros_like(y) if f0_train is None else _v.finite_array(f0_train, "f0_train")
+    _v.check_same_shape(f0_tr, y.shape, "f0_train", "that of `y_train`")
+    f0_te = None
+    if K_test_train is not None:
+      Kx = _v.finite_array(K_test_train, "K_test_train", ndim=2)
+      if Kx.shape[1] != n:
+        raise ValueError(f"`K_test_train` must have shape (m, n={n}) (test rows, train "
+                         f"columns), got {Kx.shape}.")
+      m = Kx.shape[0]
+      f0_te = (jnp.zeros((m,) + y.shape[1:], y.dtype) if f0_test is None
+               else _v.finite_array(f0_test, "f0_test"))
+      _v.check_same_shape(f0_te, (m,) + y.shape[1:], "f0_test",
+                          "K_test_train rows + the output shape of `y_train`")
+    elif f0_test is not None:
+      raise ValueError("`f0_test` was given without `K_test_train`; pass both (test "
+                       "predictions need k(x_test, X)).")
+    else:
+      Kx = None
+    if (not flow and t_host is not None and _v.is_concrete(mu)
+        and bool(np.any(np.isinf(t_host)))):
+      top = float(np.max(np.asarray(mu)))
+      edge = float(eta) * top
+      if edge >= 2.0 * (1.0 - EDGE_RTOL):
+        raise ValueError(
+            f"`t` = inf with `learning_rate` = {float(eta):.6g} >= 2/λ_max(K_g) = "
+            f"{2.0 / top:.6g}: gradient descent diverges (|1 − ηλ_max| = "
+            f"{abs(1.0 - edge):.4g} >= 1), so it has no t = ∞ limit. Use a step below "
+            "mskjax.max_learning_rate(...) (e.g. learning_rate=None: 1/λ_max) or finite t.")
+    arrays = (f0_tr, Kx, f0_te, t_arr)
+    if host and not _v.tracing() and all(a is None or _v.is_concrete(a) for a in arrays):
+      with jax.enable_x64(True):
+        up = lambda a: None if a is None else jnp.asarray(a, jnp.float64)
+        return _predict_core(up(mu), up(U), spec, up(y64), up(f0_tr), up(Kx), up(f0_te),
+                             jnp.asarray(t_host, jnp.float64), eta, flow, out_dtype)
+    dt = jnp.promote_types(out_dtype, jax.dtypes.canonicalize_dtype(jnp.float64))
+    up = lambda a: None if a is None else jnp.asarray(a, dt)
+    spec_t = None if spec is None else jax.tree_util.tree_map(up, spec)
+    return _predict_core(up(mu), up(U), spec_t, up(y64), up(f0_tr), up(Kx), up(f0_te),
+                         up(t_arr), eta, flow, out_dtype)
+
+  return predict_fn
+
+
+def _predict_core(mu, U, spec, y, f0_tr, K_test_train, f0_te, t_arr, eta, flow, out_dtype):
+  n = U.shape[0]
   dt = U.dtype
-  flow = learning_rate is None
-  eta = jnp.asarray(1.0 if flow else learning_rate, dt)
-  if not flow and V.is_concrete(mu) and V.is_concrete(t_arr) and bool(jnp.any(jnp.isinf(t_arr))):
-    edge = float(learning_rate) * float(jnp.max(mu))
-    if edge >= 2.0 * (1.0 - EDGE_RTOL):
-      raise ValueError(
-          f"`t` = inf with `learning_rate` = {learning_rate:.6g} >= 2/λ_max(K_g) = "
-          f"{2.0 / float(jnp.max(mu)):.6g}: gradient descent diverges (|1 − ηλ_max| = "
-          f"{abs(1.0 - edge):.4g} >= 1), so it has no t = ∞ limit. Use a step below "
-          "mskjax.max_learning_rate(...) (e.g. 1/λ_max) or finite t.")
-  y = y.astype(dt)
-  f0_tr = f0_tr.astype(dt)
-  gain = _gain(mu, t_arr.reshape(-1).astype(dt), eta, flow)     # (T, n)
+  gain = _gain(mu, t_arr.reshape(-1), jnp.asarray(eta, dt), flow)     # (T, n)
   rhs = U.T @ (y - f0_tr).reshape(n, -1)                     # (n, c)
   coeff = gain[:, :, None] * rhs[None]                        # (T, n, c): K_g⁻¹(I − decay)
   train = y.reshape(1, n, -1) - jnp.einsum("ni,tic->tnc", U, rhs[None] - mu[None, :, None] * coeff)
@@ -164,57 +341,44 @@ def _predict_core(K_train, y, f0_tr, K_test_train, f0_te, t_arr, g, k, learning_
     alpha = jnp.einsum("ni,tic->tnc", U, coeff)              # (T, n, c)
     if spec is not None:                                      # k(x, X) S
       alpha = jax.vmap(lambda a: _msk.apply_preconditioner(spec, a))(alpha)
-    test = f0_te.astype(dt).reshape(1, m, -1) + jnp.einsum(
-        "mn,tnc->tmc", K_test_train.astype(dt), alpha)
+    test = f0_te.reshape(1, m, -1) + jnp.einsum("mn,tnc->tmc", K_test_train, alpha)
     test = test.reshape(t_arr.shape + (m,) + y.shape[1:]).astype(out_dtype)
   return Predictions(train, test)
 
 
 def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | None, t, *,
-                   learning_rate: float | None = None, K_test_train=None,
-                   f0_train=None, f0_test=None, **kwargs) -> Predictions:
-  r"""Train (and test) predictions of kernel GD with the MSK after ``t`` steps.
+                   learning_rate: float | None = None, flow: bool = False, K_test_train=None,
+                   f0_train=None, f0_test=None, eigenpairs: _spectrum.Eigenpairs | None = None,
+                   **kwargs) -> Predictions:
+  r"""Train (and test) predictions of kernel GD with the MSK after ``t`` steps (one shot).
+
+  ``gradient_descent_mse(K_train, y_train, g, k, learning_rate=…, flow=…,
+  eigenpairs=…)(t, f0_train, f0_test, K_test_train)``: see :func:`gradient_descent_mse`
+  for the formula, the step-size convention (``learning_rate=None`` is η = 1/λ_max(K_g);
+  ``flow=True`` is gradient flow) and the precision. Each call diagonalises ``K_train``
+  unless ``eigenpairs`` is given: to evaluate one K for several targets, modifiers or time
+  grids, compute ``mskjax.eigh_desc(K)`` once and pass it, or build
+  :func:`gradient_descent_mse` once.
 
   .. math::
     f_t(X) = Y - U(1-\eta\mu)^t U^\top (Y - f_0(X)),\qquad
     f_t(x) = f_0(x) + k(x,X) S U \operatorname{diag}\Big(\tfrac{1-(1-\eta\mu)^t}{\mu}\Big)
     U^\top (Y - f_0(X)).
 
-  With ``learning_rate=None`` it is gradient flow, (1−ημ)^t → e^{−tμ} with ``t`` the
-  continuous time. ``t = jnp.inf`` gives the kernel-regression interpolant (the same for
-  every g); it requires a convergent step, η < 2/λ_max(K_g) (else ``ValueError``).
-  Directions with μ = 0 follow their limits; at t = ∞ directions with μ <= n·eps·max μ
-  (numerically zero) are not learned (pseudo-inverse); at finite t every direction follows
-  the exact formula (so predictions are monotone in t for a stable step).
-
-  **Precision.** The eigendecomposition and the formula run in float64 whatever the
-  caller's precision (``jax.enable_x64`` as a local context, no global change); the result
-  comes back in the inputs' dtype. The gain (1 − (1 − ημ)^t)/μ is computed without
-  log(1 − ημ) of a non-positive number, so η = 1/λ_max — where ημ rounds to 1 + 1e-7 in
-  float32 — and steps slightly past the edge stay exact. Under ``jit`` (traced inputs) it
-  runs in the inputs' dtype with the same formula.
-
   Args:
-    K_train: ``(n, n)`` Gram matrix of the *unmodified* kernel on the training set
-      (symmetric PSD; indefinite beyond round-off raises).
-    y_train: ``(n,)`` or ``(n, c)`` targets.
-    g: modifier (see :mod:`mskjax.modifiers`); ``None`` or ``modifiers.identity()`` for
-      plain kernel GD.
-    k: number of modified eigenvalues (ignored when ``g`` is None).
-    t: scalar or 1-D array of times/steps (non-negative; integers when discrete; may be
-      ``jnp.inf``).
-    learning_rate: step η for discrete GD on ½‖r‖²; ``None`` for gradient flow.
+    K_train, y_train, g, k, learning_rate, flow, eigenpairs, **kwargs: as in
+      :func:`gradient_descent_mse`.
+    t: scalar or 1-D array of steps (non-negative integers; times when ``flow=True``; may
+      be ``jnp.inf``).
     K_test_train: optional ``(m, n)`` unmodified kernel k(x_test, X).
     f0_train, f0_test: network outputs at initialisation (default 0).
-    **kwargs: passed to :func:`mskjax.msk_spectrum` (e.g. ``tie_rtol``).
 
   Returns:
     :class:`Predictions` ``(train, test)`` of shapes ``t.shape + y_train.shape`` and
     ``t.shape + (m,) + y_train.shape[1:]`` (``test`` is None without ``K_test_train``).
 
   Raises:
-    ValueError: NaN/inf in any input, shape mismatches, indefinite ``K_train``, negative
-      or non-integer ``t``, or ``t = inf`` with a divergent step.
+    ValueError: as :func:`gradient_descent_mse` and its ``predict_fn``.
 
   Example:
     >>> import jax.numpy as jnp, mskjax
@@ -224,79 +388,27 @@ def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | Non
     >>> p.train.round(6).tolist(), p.test.round(6).tolist()
     ([1.0, -1.0], [1.0, -1.0])
   """
-  K_train = V.check_square_symmetric(K_train, "K_train")
-  n = K_train.shape[0]
-  y = V.finite_array(y_train, "y_train", ndim=(1, 2))
-  V.check_rows(y, n, "y_train", "K_train")
-  t_arr = jnp.asarray(t)
-  if not (jnp.issubdtype(t_arr.dtype, jnp.floating) or jnp.issubdtype(t_arr.dtype, jnp.integer)):
-    raise TypeError(f"`t` must be real times/steps, got dtype {t_arr.dtype}.")
-  t_arr = t_arr.astype(K_train.dtype)
-  if t_arr.ndim > 1:
-    raise ValueError(f"`t` must be a scalar or 1-D array of times, got shape {t_arr.shape}.")
-  t_host = None
-  if V.is_concrete(t_arr):
-    t_host = np.asarray(t, dtype=np.float64)   # exact integers (float32 would round 2^24+1)
-    if np.any(np.isnan(t_host)) or np.any(t_host < 0):
-      raise ValueError(f"`t` must be non-negative (jnp.inf allowed), got {t}.")
-    if learning_rate is not None:
-      finite = t_host[np.isfinite(t_host)]
-      if np.any(finite != np.round(finite)):
-        raise ValueError("`t` counts discrete steps when `learning_rate` is given: pass "
-                         f"integers (or jnp.inf), got {t}. Use learning_rate=None for "
-                         "continuous-time gradient flow.")
-  if learning_rate is not None:
-    learning_rate = V.check_real(learning_rate, "learning_rate", lo=0, lo_open=True)
-  f0_tr = jnp.zeros_like(y) if f0_train is None else V.finite_array(f0_train, "f0_train")
-  if f0_tr.shape != y.shape:
-    raise ValueError(f"`f0_train` has shape {f0_tr.shape}; it must match `y_train` {y.shape}.")
-  f0_te = None
-  if K_test_train is not None:
-    K_test_train = V.finite_array(K_test_train, "K_test_train", ndim=2)
-    if K_test_train.shape[1] != n:
-      raise ValueError(f"`K_test_train` must have shape (m, n={n}) (test rows, train "
-                       f"columns), got {K_test_train.shape}.")
-    m = K_test_train.shape[0]
-    f0_te = (jnp.zeros((m,) + y.shape[1:], y.dtype) if f0_test is None
-             else V.finite_array(f0_test, "f0_test"))
-    if f0_te.shape != (m,) + y.shape[1:]:
-      raise ValueError(f"`f0_test` has shape {f0_te.shape}; expected {(m,) + y.shape[1:]}.")
-  elif f0_test is not None:
-    raise ValueError("`f0_test` was given without `K_test_train`; pass both (test "
-                     "predictions need k(x_test, X)).")
-  out_dtype = jnp.result_type(K_train.dtype, y.dtype)
-  arrays = (K_train, y, f0_tr, K_test_train, f0_te, t_arr)
-  if not V.tracing() and all(a is None or V.is_concrete(a) for a in arrays):
-    with jax.enable_x64(True):
-      up = lambda a: None if a is None else jnp.asarray(a, jnp.float64)
-      return _predict_core(K_train, up(y), up(f0_tr), up(K_test_train), up(f0_te),
-                           jnp.asarray(t_host, jnp.float64), g, k, learning_rate, kwargs,
-                           out_dtype)
-  return _predict_core(K_train, y, f0_tr, K_test_train, f0_te, t_arr, g, k, learning_rate,
-                       kwargs, out_dtype)
-
-
-def _lambda_max(mu, what: str) -> float:
-  top = float(jnp.max(mu))
-  if not top > 0:
-    raise ValueError(f"{what} is zero (λ_max = 0): gradient descent never moves, so there is "
-                     "no step size or iteration count; check the kernel.")
-  return top
+  predict_fn = gradient_descent_mse(K_train, y_train, g, k, learning_rate=learning_rate,
+                                    flow=flow, eigenpairs=eigenpairs, **kwargs)
+  return predict_fn(t, f0_train, f0_test, K_test_train)
 
 
 def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = None, *,
-                      spectrum: _msk.MSKSpectrum | None = None) -> float:
+                      spectrum: _msk.MSKSpectrum | None = None,
+                      eigenpairs: _spectrum.Eigenpairs | None = None) -> float:
   r"""Largest stable step of GD on ½‖r‖² with kernel K (or K_g): η < 2 / λ_max.
 
   GD: ``2 / λ₁``; PGD with an MSK: ``2 / max(g(λ₁..λ_k), λ_{k+1})``. (neural-tangents'
   ``predict.max_learning_rate`` is broken on current SciPy; this is the spectral form.)
-  Use a fraction of it in practice (e.g. ``1 / λ_max``, which the paper and the tests use).
+  ``learning_rate=None`` in :func:`gradient_descent_mse`, :func:`predict_gd_mse` and
+  :func:`steps_to_tolerance` means half this bound, η = 1/λ_max (the step the paper uses).
   An indefinite K raises (no step is stable when an eigenvalue is negative).
 
   Args:
     K: ``(n, n)`` Gram matrix.
     g, k: optional modifier and number of modified eigenvalues.
     spectrum: a precomputed :class:`mskjax.MSKSpectrum` (then K, g, k are not used).
+    eigenpairs: a precomputed full descending :class:`mskjax.Eigenpairs` of K (no new eigh).
 
   Returns:
     The bound 2 / λ_max as a Python float.
@@ -310,6 +422,11 @@ def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = N
   if spectrum is not None:
     spectrum = _msk.check_spectrum(spectrum, name="spectrum")
     return 2.0 / _lambda_max(spectrum.max_value, "`spectrum`")
+  if eigenpairs is not None:
+    K = _v.check_square_symmetric(K, "K")
+    with jax.enable_x64(True):
+      _, mu, _, _ = _modified_eigh(K, g, k, {}, eigenpairs)
+      return 2.0 / _lambda_max(mu, "`K`" if g is None else "`K_g`")
   if g is None:
     return 2.0 / _lambda_max(_spectrum.eigh_top(K, 1, method="dense").values, "`K`")
   return 2.0 / _lambda_max(_msk.msk_spectrum(K, g, k, method="dense").max_value, "`K_g`")
@@ -317,13 +434,14 @@ def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = N
 
 def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None = None, *,
                        learning_rate: float | None = None, tol: float = 0.1,
-                       max_steps: int = 10**7) -> int:
+                       max_steps: int = 10**7,
+                       eigenpairs: _spectrum.Eigenpairs | None = None) -> int:
   r"""Smallest t with ‖(I − η K_g)^t y‖ < tol·‖y‖ (the linearized iteration count).
 
-  With ``learning_rate=None`` it uses η = 1/λ_max(K_g). Returns ``max_steps`` + 1 when the
-  tolerance is not reached by then (e.g. y has energy in the null space of K). Computed in
-  float64 from the eigendecomposition (binary search on the exact residual norm, which is
-  non-increasing in t for a stable step).
+  With ``learning_rate=None`` it uses η = 1/λ_max(K_g) (as :func:`gradient_descent_mse`).
+  Returns ``max_steps`` + 1 when the tolerance is not reached by then (e.g. y has energy in
+  the null space of K). Computed in float64 from the eigendecomposition (binary search on
+  the exact residual norm, which is non-increasing in t for a stable step).
 
   Args:
     K: ``(n, n)`` symmetric PSD Gram matrix.
@@ -332,6 +450,7 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
     learning_rate: step η with ``0 < η < 2/λ_max(K_g)``; ``None`` for 1/λ_max(K_g).
     tol: relative tolerance, a finite number > 0.
     max_steps: search limit, an int >= 1.
+    eigenpairs: a precomputed full descending :class:`mskjax.Eigenpairs` of K (no new eigh).
 
   Raises:
     ValueError: bad shapes/values, zero K, or an unstable step (η >= 2/λ_max(K_g)).
@@ -342,19 +461,19 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
     >>> mskjax.steps_to_tolerance(K, y), mskjax.steps_to_tolerance(K, y, mskjax.modifiers.flatten(), 1)
     (230, 1)
   """
-  K = V.check_square_symmetric(K, "K")
+  K = _v.check_square_symmetric(K, "K")
   n = K.shape[0]
-  yv = V.finite_array(y, "y", ndim=(1, 2))
-  V.check_rows(yv, n, "y", "K")
-  tol = V.check_real(tol, "tol", lo=0, lo_open=True)
-  max_steps = V.check_int(max_steps, "max_steps", lo=1)
+  yv = _v.finite_array(y, "y", ndim=(1, 2))
+  _v.check_rows(yv, n, "y", "K")
+  tol = _v.check_real(tol, "tol", lo=0, lo_open=True)
+  max_steps = _v.check_int(max_steps, "max_steps", lo=1)
   if learning_rate is not None:
-    learning_rate = V.check_real(learning_rate, "learning_rate", lo=0, lo_open=True)
+    learning_rate = _v.check_real(learning_rate, "learning_rate", lo=0, lo_open=True)
   with jax.enable_x64(True):
-    lam, mu, U, _ = _modified_eigh(K, g, k, {})
+    _, mu, U, _ = _modified_eigh(K, g, k, {}, eigenpairs)
     mu = np.asarray(mu, dtype=np.float64)
     top = _lambda_max(mu, "`K`" if g is None else "`K_g`")
-    eta = 1.0 / top if learning_rate is None else learning_rate
+    eta = _default_step(mu, learning_rate, "`K`")
     if eta * top >= 2.0 * (1.0 - EDGE_RTOL):
       raise ValueError(
           f"`learning_rate` = {eta:.6g} is unstable: it must be < 2/λ_max = {2.0 / top:.6g} "

@@ -23,7 +23,7 @@ def test_circle_random():
   np.testing.assert_allclose(x, jnp.stack([jnp.cos(theta), jnp.sin(theta)], 1))
   with pytest.raises(ValueError, match="key"):
     circle(10, equispaced=False)
-  with pytest.raises(ValueError, match="n must be"):
+  with pytest.raises(ValueError, match="`n` must be"):
     circle(0)
 
 
@@ -35,7 +35,7 @@ def test_sphere_on_sphere_and_centred(d):
   # Uniform: mean 0 and E[x x^T] = I/d; 5-sigma Monte Carlo bounds (sd of a mean <= 1/sqrt(n)).
   assert float(jnp.max(jnp.abs(x.mean(0)))) < 5 / np.sqrt(4000)
   np.testing.assert_allclose(x.T @ x / 4000, np.eye(d) / d, atol=5 / np.sqrt(4000))
-  with pytest.raises(ValueError, match="d must be"):
+  with pytest.raises(ValueError, match="`d` must be"):
     sphere(3, 1, jax.random.PRNGKey(0))
 
 
@@ -46,7 +46,7 @@ def test_fourier_target():
   np.testing.assert_allclose(y[:, 0], np.cos(3 * np.asarray(theta)))
   # Orthogonality of distinct frequencies on the equispaced grid.
   assert abs(float(jnp.vdot(y, fourier_target(theta, 5)))) < 1e-12
-  with pytest.raises(ValueError, match="j must be"):
+  with pytest.raises(ValueError, match="`j` must be"):
     fourier_target(theta, -1)
   with pytest.raises(ValueError, match="1-D"):
     fourier_target(theta[:, None], 1)

@@ -13,6 +13,8 @@ import pytest
 from conftest import random_psd
 from mskjax import data as D
 from mskjax import diagnostics as diag
+from mskjax import optim
+from mskjax import train as T
 from mskjax.kernels import empirical_ntk
 from mskjax.nets import FlaxMLP, MLPSpec
 from mskjax.run import load_config
@@ -95,26 +97,47 @@ def test_metric_errors_name_argument():
 
 # ------------------------------------------------------------------ empirical NTK
 
-def test_weighted_ntk_matches_neural_tangents_and_explicit_jacobian():
+@pytest.mark.parametrize("implementation", ["jacobian", "jvp"])
+@pytest.mark.parametrize("full", [False, True])
+def test_weighted_empirical_ntk_matches_explicit_jacobian(implementation, full):
+  # weights= on the one empirical NTK: J W Jᵀ (full) or its output trace /c, against an
+  # independent flattened Jacobian (jacrev of the raveled parameters) in numpy.
   spec = MLPSpec(depth=2, width=16, activation="relu", b_std=0.1, out_dim=2)
   model = FlaxMLP(spec)
   x = jax.random.normal(jax.random.PRNGKey(1), (7, 3))
   xt = jax.random.normal(jax.random.PRNGKey(2), (4, 3))
   params = model.init(jax.random.PRNGKey(0), x)
-  # independent implementation: neural-tangents' empirical_ntk_fn (via mskjax.kernels)
-  # (cross kernel only: the symmetric path is checked against the numpy Jacobian below)
-  want = np.asarray(empirical_ntk(model.apply, params, xt, x, implementation=1))
-  got = np.asarray(diag.weighted_empirical_ntk(model.apply, params, xt, x))
-  assert np.max(np.abs(got - want)) < 1e-10 * np.max(np.abs(want))  # float64 round-off
-  # diagonal weights: explicit flattened Jacobian in numpy, (1/c) sum_k J_k D J_k^T
   w = jax.tree_util.tree_map(lambda p: jnp.abs(jnp.sin(jnp.arange(p.size) + 1.0))
                              .reshape(p.shape), params)
+  w = jax.tree_util.tree_map(lambda a: a.at[..., 0].set(0.0), w)   # W = 0 entries are exact
   flat, unravel = jax.flatten_util.ravel_pytree(params)
-  J = np.asarray(jax.jacfwd(lambda v: model.apply(unravel(v), x))(flat))  # (n, c, P)
+  jac = lambda a: np.asarray(jax.jacrev(lambda v: model.apply(unravel(v), a))(flat))  # (n,c,P)
   d = np.asarray(jax.flatten_util.ravel_pytree(w)[0])
-  want = np.einsum("ikp,p,jkp->ij", J, d, J) / 2
-  got = np.asarray(diag.weighted_empirical_ntk(model.apply, params, x, weights=w))
-  assert np.max(np.abs(got - want)) < 1e-10 * np.max(np.abs(want))
+  J1, J2 = jac(xt), jac(x)
+  want = (np.einsum("ikp,p,jlp->ikjl", J1, d, J2).reshape(4 * 2, 7 * 2) if full
+          else np.einsum("ikp,p,jkp->ij", J1, d, J2) / 2)
+  for weights in (w, w["params"]):        # like the variables or like their 'params'
+    got = np.asarray(empirical_ntk(model.apply, params, xt, x, weights=weights, full=full,
+                                   implementation=implementation))
+    assert np.max(np.abs(got - want)) < 1e-10 * np.max(np.abs(want))  # float64 round-off
+  sym = np.asarray(empirical_ntk(model.apply, params, x, weights=w,
+                                 implementation=implementation))
+  np.testing.assert_allclose(sym, np.einsum("ikp,p,jkp->ij", J2, d, J2) / 2,
+                             atol=1e-10 * np.abs(sym).max())
+
+
+def test_weighted_empirical_ntk_rejects_bad_weights():
+  f = lambda p, x: x @ p["w"]
+  p = {"w": jnp.zeros((2, 1))}
+  x = jnp.eye(2)
+  with pytest.raises(ValueError, match="structure"):
+    empirical_ntk(f, p, x, weights={"v": jnp.ones((2, 1))})
+  with pytest.raises(ValueError, match="shape"):
+    empirical_ntk(f, p, x, weights={"w": jnp.ones(2)})
+  with pytest.raises(ValueError, match="non-negative"):
+    empirical_ntk(f, p, x, weights={"w": -jnp.ones((2, 1))})
+  with pytest.raises(ValueError, match="implementation"):
+    empirical_ntk(f, p, x, weights=p, implementation=1)
 
 
 def test_adam_weights_follow_second_moment():
@@ -123,7 +146,7 @@ def test_adam_weights_follow_second_moment():
   s = opt.init(p)
   g = {"w": jnp.array([1.0, 2.0, 4.0])}
   _, s = opt.update(g, s, p)            # count = 1, nu = (1 - b2) g^2, v_hat = g^2
-  w = diag.adam_kernel_weights(0.01, b2=0.9)(p, s, g)["w"]
+  w = optim.adam_kernel_weights(0.01, b2=0.9)(p, s, g)["w"]
   np.testing.assert_allclose(np.asarray(w), 0.01 / (np.array([1.0, 2.0, 4.0]) + 1e-8),
                              rtol=1e-12)
 
@@ -193,7 +216,7 @@ def _deep_linear_run(L, r, sigma, steps, width=64, d=40, n=60, seed=0):
   mse = lambda f, y: 0.5 * jnp.mean((f - y) ** 2)
   # (1/n)-normalised loss: linearised rate eta * lambda_max(K_inf)/n = eta * L |beta|^(2-2/L)
   # with |beta| = 1 at convergence, so eta = 0.5/L is stable.
-  rec = diag.record_kernel_training(model.apply, params, optax.sgd(0.5 / L), mse, ds.x_train,
+  rec = T.record_kernel_training(model.apply, params, optax.sgd(0.5 / L), mse, ds.x_train,
                                     ds.y_train, num_steps=steps, num_records=12)
   return rec
 
@@ -235,8 +258,8 @@ def _small_problem():
 def test_recorder_with_optax(opt_name):
   ds, model, params, mse = _small_problem()
   opt = optax.sgd(0.5) if opt_name == "sgd" else optax.adam(1e-2)
-  wfn = diag.adam_kernel_weights(1e-2) if opt_name == "adam" else None
-  rec = diag.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
+  wfn = optim.adam_kernel_weights(1e-2) if opt_name == "adam" else None
+  rec = T.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
                                     num_steps=200, num_records=6, x_test=ds.x_test,
                                     kernel_weights_fn=wfn, top_k=5, energy_k=2)
   assert rec.steps[0] == 0 and rec.steps[-1] == 200
@@ -256,31 +279,50 @@ def test_recorder_with_optax(opt_name):
   np.testing.assert_allclose(np.asarray(model.apply(p, ds.x_test)), rec.f_test, rtol=1e-8,
                              atol=1e-10)
   w = None if wfn is None else wfn(p, s, g)
-  K = np.asarray(diag.weighted_empirical_ntk(model.apply, p, ds.x_train, weights=w))
+  K = np.asarray(empirical_ntk(model.apply, p, ds.x_train, weights=w))
   assert abs(rec.alignment[-1] - float(diag.kernel_alignment(K, ds.y_train))) < 1e-8
   assert abs(rec.norm[-1] - np.linalg.norm(K)) < 1e-8 * np.linalg.norm(K)
   # cos_final with truncated eigenpairs respects its stated error bound
-  K0 = np.asarray(diag.weighted_empirical_ntk(model.apply, params, ds.x_train,
-                                              weights=None if wfn is None else
-                                              wfn(params, opt.init(params), jax.grad(
-                                                  lambda q: mse(model.apply(q, ds.x_train),
-                                                                ds.y_train))(params))))
+  g0 = jax.grad(lambda q: mse(model.apply(q, ds.x_train), ds.y_train))(params)
+  w0 = None if wfn is None else wfn(params, opt.init(params), g0)
+  K0 = np.asarray(empirical_ntk(model.apply, params, ds.x_train, weights=w0))
   exact = float(diag.kernel_cosine(K0, K))
   assert abs(rec.cos_final[0] - exact) <= rec.cos_final_err[0] + 1e-9
   assert rec.kr_distance.shape == rec.steps.shape
   assert rec.kr_distance[-1] < 1.0
 
 
+def test_recorder_is_an_evaluation_hook_of_fit(monkeypatch):
+  # The recorder trains through the one loop: one fit call, evaluated exactly at the
+  # recorded steps, and the same parameters as fit run directly with the same loss.
+  ds, model, params, mse = _small_problem()
+  opt = optax.sgd(0.3)
+  calls = []
+  real_fit = T.fit
+  monkeypatch.setattr(T, "fit", lambda *a, **k: calls.append(k) or real_fit(*a, **k))
+  rec = T.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
+                                 num_steps=30, record_steps=[5, 12])
+  assert len(calls) == 1 and calls[0]["eval_steps"] == [0, 5, 12, 30]
+  assert rec.steps.tolist() == [0, 5, 12, 30]
+  direct = real_fit(lambda p, b, idx: mse(model.apply(p, b[0]), b[1]), params, opt,
+                    (ds.x_train, ds.y_train), steps=30)
+  for a, b in zip(jax.tree_util.tree_leaves(direct.state.params),
+                  jax.tree_util.tree_leaves(rec.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # same loop, same floats
+  np.testing.assert_allclose(rec.loss_curve[:-1], np.asarray(direct.records["loss"]),
+                             rtol=1e-12)
+
+
 def test_recorder_errors():
   ds, model, params, mse = _small_problem()
   with pytest.raises(TypeError, match="`optimizer`"):
-    diag.record_kernel_training(model.apply, params, "sgd", mse, ds.x_train, ds.y_train,
+    T.record_kernel_training(model.apply, params, "sgd", mse, ds.x_train, ds.y_train,
                                 num_steps=3)
   with pytest.raises(ValueError, match="`num_steps`"):
-    diag.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
+    T.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
                                 ds.y_train, num_steps=0)
   with pytest.raises(ValueError, match="`top_k`"):
-    diag.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
+    T.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
                                 ds.y_train, num_steps=3, top_k=100)
 
 
@@ -313,7 +355,7 @@ def _fake_record(apply_fn, params, optimizer, loss_fn, x, y, *, num_steps, recor
                                     [num_steps]]))
   s = steps / num_steps
   z = np.zeros_like(s)
-  return diag.KernelRecord(
+  return T.KernelRecord(
       steps=steps, loss_curve=np.exp(-np.arange(num_steps + 1) / 10.0), norm=1e-6 + s ** 2,
       trace=z, alignment=0.1 + 0.3 * s, alignment_centered=z, cos_init=z,
       cos_final=0.5 + 0.5 * s, cos_final_err=z, overlap_final=z, eff_rank=z, eff_rank_pr=z,
@@ -340,7 +382,7 @@ def test_silent_alignment_config_resumes(tmp_path, monkeypatch):
                   alphas=(2.0,), steps_aniso=20, aniso_records=5, digits_n_train=20,
                   digits_n_test=10, digits_width=8, digits_steps=20, digits_records=3,
                   digits_gammas=(0.0,), adam_steps=20, adam_records=5, pgd_ks=(2,)))
-  monkeypatch.setattr(diag, "record_kernel_training", _fake_record)
+  monkeypatch.setattr(T, "record_kernel_training", _fake_record)
   ctx = RunContext(tmp_path, cfg, show_progress=False)
   rows = mod.run(cfg, ctx)
   keys = [json.loads(line)["key"] for line in (tmp_path / "metrics.jsonl").read_text()
@@ -354,7 +396,7 @@ def test_silent_alignment_config_resumes(tmp_path, monkeypatch):
   def boom(*a, **k):
     raise AssertionError("a resumed run must not train again")
 
-  monkeypatch.setattr(diag, "record_kernel_training", boom)
+  monkeypatch.setattr(T, "record_kernel_training", boom)
   ctx2 = RunContext(tmp_path, cfg, show_progress=False)
   assert ctx2.resumed == len(keys)
   mod.run(cfg, ctx2)
@@ -419,7 +461,7 @@ def test_kernel_regression_singular_without_ridge_is_an_error():
     (lambda: diag.effective_rank(np.r_[1.0, np.nan]), "NaN"),
     (lambda: diag.topk_overlap(random_psd(4), random_psd(4), 0), "`k`"),
     (lambda: diag.topk_overlap(random_psd(4), random_psd(5), 1), "same shape"),
-    (lambda: diag.log_spaced_steps(0, 3), "`num_steps`"),
+    (lambda: T.log_spaced_steps(0, 3), "`num_steps`"),
 ])
 def test_metrics_reject_nan_and_bad_arguments(call, match):
   with pytest.raises(ValueError, match=match):

@@ -122,7 +122,7 @@ def test_empirical_ntk_errors(xs):
   v = model.init(jax.random.PRNGKey(0), x1)
   with pytest.raises(ValueError, match="implementation=3"):
     empirical_ntk(model.apply, v, x1, implementation=3)
-  with pytest.raises(ValueError, match="implementation must be 'auto'"):
+  with pytest.raises(ValueError, match="`implementation` must be one of 'auto'"):
     empirical_ntk(model.apply, v, x1, implementation=0)
   with pytest.raises(ValueError, match=r"shape \(n, c\)"):
     empirical_ntk(lambda p, x: model.apply(p, x)[:, 0], v, x1, implementation=1)

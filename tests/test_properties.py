@@ -69,7 +69,7 @@ def test_discrete_prediction_matches_literal_iteration(seed, frac, t, g):
 def test_gradient_flow_matches_matrix_exponential(seed, t, rank):
   K, _ = psd(seed, rank=rank)
   y = np.random.default_rng(seed + 2).standard_normal(N)
-  p = mskjax.predict_gd_mse(K, y, None, None, t)
+  p = mskjax.predict_gd_mse(K, y, None, None, t, flow=True, learning_rate=1.0)
   want = y - scipy.linalg.expm(-t * K) @ y        # r_t = e^{−tK} r_0, r_0 = −y
   np.testing.assert_allclose(np.asarray(p.train), want, atol=1e-9)
 

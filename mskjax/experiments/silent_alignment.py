@@ -9,7 +9,7 @@ Every expensive unit (one σ, one anisotropy α, one digits γ, Adam, each PGD v
 through ``ctx.cached``: rerunning with the same ``--tag`` resumes and only recomputes what
 is missing; the plots are rebuilt from the stored records.
 
-The empirical NTK K_t is recorded on the training set (mskjax.diagnostics
+The empirical NTK K_t is recorded on the training set (mskjax.train
 .record_kernel_training, full-batch GD with ½·mean squared error) and five claims are
 measured (``claim`` column of results.csv):
 
@@ -124,7 +124,6 @@ def run(config, ctx):
 
   import mskjax  # noqa: F401  (float64)
   from mskjax import data as D
-  from mskjax import diagnostics as diag
   from mskjax.nets import FlaxMLP, MLPSpec
 
   c = config
@@ -148,7 +147,7 @@ def run(config, ctx):
     return jax.tree_util.tree_map(lambda a: sigma * a, p)
 
   def train_linear(x, y, sigma, steps, opt, record_steps, weights_fn=None, loss_fn=_mse):
-    return diag.record_kernel_training(
+    return mskjax.train.record_kernel_training(
         linear_model.apply, linear_params(x, sigma), opt, loss_fn, x, y, num_steps=steps,
         record_steps=record_steps, kernel_weights_fn=weights_fn)
 
@@ -261,7 +260,7 @@ def run(config, ctx):
                             b_std=None, parameterization="standard",
                             init_scale=c.digits_sigma))
     params = jax.jit(model.init)(jax.random.PRNGKey(c.seed + 2), ztr)
-    rec = diag.record_kernel_training(model.apply, params, optax.sgd(c.digits_lr), _mse, ztr,
+    rec = mskjax.train.record_kernel_training(model.apply, params, optax.sgd(c.digits_lr), _mse, ztr,
                                       ytr, num_steps=c.digits_steps,
                                       num_records=c.digits_records, x_test=zte, ridge=c.ridge)
     d0, dT = float(rec.kr_distance[0]), float(rec.kr_distance[-1])
@@ -292,7 +291,7 @@ def run(config, ctx):
   def adam_unit():
     rec = train_linear(ds.x_train, ds.y_train, s_min, c.adam_steps, optax.adam(c.adam_lr),
                        range(0, c.adam_steps + 1, max(1, c.adam_steps // c.adam_records)),
-                       diag.adam_kernel_weights(c.adam_lr))
+                       mskjax.optim.adam_kernel_weights(c.adam_lr))
     t10, cos10 = at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
     row = dict(claim="e", setting="Adam kernel J diag(η/(√v̂+ε)) Jᵀ, linear whitened",
                sigma=s_min, t_loss=t_half(rec.loss_curve), t_norm10=round(t10, 1),
@@ -340,7 +339,6 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
   import optax
 
   import mskjax
-  from mskjax import diagnostics as diag
   from mskjax import modifiers as M
   from mskjax import optim
 
@@ -355,7 +353,7 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
   def spectrum(k):
     """flatten on the top k of the initial empirical NTK K_0 (computed only when needed)."""
     if "K0" not in memo:
-      memo["K0"] = diag.weighted_empirical_ntk(model.apply, params, x)
+      memo["K0"] = mskjax.kernels.empirical_ntk(model.apply, params, x)
     return mskjax.msk_spectrum(memo["K0"], flat, k)
 
   def ratio(k):
@@ -400,21 +398,21 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
   for k in c.pgd_ks:
     def fixed_unit():
       tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k))
-      rec = diag.record_kernel_training(model.apply, params, tx, _mse, x, y,
+      rec = mskjax.train.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       return dict(_curves(rec), lam1_over_lamk1=ratio(k))
 
     def refresh_unit():
       tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), refresh_every=c.pgd_refresh,
                          g=flat)
-      rec = diag.record_kernel_training(model.apply, params, tx, _mse, x, y,
+      rec = mskjax.train.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       return dict(_curves(rec), lam1_over_lamk1=ratio(k))
 
     def sloss_unit():
       spec = spectrum(k)
       loss_fn = lambda f, t: optim.msk_mse_loss(f, t, spec) / n   # ½ rᵀ S r / n
-      rec = diag.record_kernel_training(model.apply, params, optax.sgd(c.lr), loss_fn, x, y,
+      rec = mskjax.train.record_kernel_training(model.apply, params, optax.sgd(c.lr), loss_fn, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       out = _curves(rec)
       out["s_loss"] = out.pop("loss")
