@@ -806,6 +806,13 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
     if "K0" not in memo:
       memo["K0"] = K
     memo["K"] = K
+    if recs and not np.all(np.isfinite(np.asarray(K))):
+      # Diverged training: the record keeps its shapes and says NaN (the metrics refuse
+      # non-finite kernels by design; a divergent run is a result, not an input error).
+      recs.append(jax.tree_util.tree_map(lambda a: np.full(np.shape(a), np.nan), recs[-1]))
+      if xt is not None:
+        kr.append(np.full(np.shape(kr[-1]), np.nan))
+      return {}
     st = _probe_stats(k, K, memo["K0"], yp)
     st["energy"] = _diagnostics.target_energy(_Eigenpairs(st["values"], st["vectors"]), yp,
                                               int(energy_k))

@@ -35,7 +35,8 @@ measured (``claim`` column of results.csv):
       empirical* NTK K_0 (``mskjax.msk_spectrum(K_0, flatten, k)``), never refreshed. Its
       step P u = u + Jᵀ V diag((g/λ−1)/λ) Vᵀ J u equals Jᵀ S e only while K_t ≈ K_0;
       once K_t ≫ K_0 the correction is multiplied by ~‖K_t‖/‖K_0‖ and P turns indefinite
-      (step of divergence reported);
+      (step of divergence reported; run with ``guard=False`` to show this failure mode —
+      the default guard replaces such steps by the plain gradient);
     * ``PGD refresh`` — ``msk_sgd_jvp(..., refresh_every=pgd_refresh, g=flatten)``: the
       eigenpairs are recomputed from the current empirical NTK (exact PGD for
       ``pgd_refresh=1``);
@@ -397,7 +398,9 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
   curves = [("GD", gd)]
   for k in c.pgd_ks:
     def fixed_unit():
-      tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k))
+      # guard=False: this row documents the failure mode of the unguarded stale map (the
+      # default guard would pass the indefinite steps through as plain gradients).
+      tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), guard=False)
       rec = mskjax.train.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       return dict(_curves(rec), lam1_over_lamk1=ratio(k))
