@@ -253,6 +253,31 @@ def settings(quick: bool, args):
               repeats=7, chunk=50, equal_time=True)
 
 
+def steps_only(S, args, tag):
+  """Part 2 alone, with more repeats (a re-measurement on a calmer machine)."""
+  ds = data.load_mnist1d(num_samples=S["num_samples"])
+  x_raw = jnp.asarray(ds.x_train, jnp.float32)
+  rows = []
+  for arch in S["archs"]:
+    x = B.inputs(arch, x_raw)
+    variables = B.init_params(arch, x, args.seed)
+    d, _ = build_directions(arch, variables, x, k=S["k"], subsample=100, seed=args.seed)
+    for b in S["batches"]:
+      mid = {m: S["grids"][m][len(S["grids"][m]) // 2] for m in S["grids"]}
+      l0 = loadavg()
+      ps = per_step_overhead(arch, variables["params"], d, x, ds.y_train, batch_size=b,
+                             lrs=mid, chunk=S["chunk"], repeats=args.repeats)
+      rows.append(dict(arch=arch, batch=b, k=S["k"], sgd_ms=1e3 * ps["sgd"],
+                       msk_sgd_ms=1e3 * ps["pgd"], adam_ms=1e3 * ps["adam"],
+                       msk_sgd_over_sgd=ps["pgd"] / ps["sgd"],
+                       adam_over_sgd=ps["adam"] / ps["sgd"], load=f"{l0} -> {loadavg()}"))
+      print(rows[-1], flush=True)
+  print_table(rows, list(rows[0]), f"Per-step cost (median of {args.repeats} round-robin "
+              f"chunks of {S['chunk']} steps, n = {x_raw.shape[0]})")
+  write_csv(rows, RESULTS / f"{tag}_per_step_only.csv")
+  return rows
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="smoke run on 4000 points (< 60 s)")
@@ -266,9 +291,16 @@ def main(argv=None):
   ap.add_argument("--eval-every", type=int, default=250)
   ap.add_argument("--refresh", default="500,1500", help="R values (steps) of part 4, b = 128")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--only", choices=["all", "steps"], default="all",
+                  help="'steps': only the per-step cost (directions of the same k and shapes "
+                       "on 100 points: the step's cost does not depend on their values), "
+                       "--repeats round-robin chunks")
+  ap.add_argument("--repeats", type=int, default=15, help="chunks per method for --only steps")
   args = ap.parse_args(argv)
   S = settings(args.quick, args)
   tag = "mnist1d_scale_quick" if args.quick else "mnist1d_scale"
+  if args.only == "steps":
+    return steps_only(S, args, tag)
   RESULTS.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
   loads = [loadavg()]
