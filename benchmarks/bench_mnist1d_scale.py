@@ -244,11 +244,21 @@ def settings(quick: bool, args):
                 eval_every=25, k=10, subsamples=(100,), grids=dict(sgd=(0.1,), adam=(3e-3,),
                                                                   pgd=(0.1,)),
                 refresh=(75,), repeats=3, chunk=20, equal_time=False)
+  grids = dict(sgd=(0.03, 0.1, 0.3), adam=(1e-3, 3e-3, 1e-2), pgd=(0.1, 0.3, 1.0))
+  for part in filter(None, args.lrs.split(";")):      # e.g. "sgd=0.1,0.3;pgd=0.1"
+    name, vals = part.split("=")
+    if name not in grids:
+      raise ValueError(f"--lrs: method must be one of {sorted(grids)}; got {name!r}.")
+    grids[name] = tuple(float(v) for v in vals.split(","))
+  batches = tuple(int(b) for b in args.batches.split(","))
+  if not set(batches) <= {128, 512}:
+    raise ValueError(f"--batches: 128 and/or 512 (their step budgets are --steps128/512); "
+                     f"got {args.batches!r}.")
   return dict(num_samples=args.num_samples, archs=tuple(args.archs.split(",")),
-              batches=(128, 512), steps={128: args.steps128, 512: args.steps512},
+              batches=batches, steps={128: args.steps128, 512: args.steps512},
               eval_every=args.eval_every, k=args.k,
               subsamples=tuple(int(s) for s in args.subsamples.split(",")),
-              grids=dict(sgd=(0.03, 0.1, 0.3), adam=(1e-3, 3e-3, 1e-2), pgd=(0.1, 0.3, 1.0)),
+              grids=grids,
               refresh=tuple(int(r) for r in args.refresh.split(",") if r),
               repeats=7, chunk=50, equal_time=True)
 
@@ -290,6 +300,9 @@ def main(argv=None):
   ap.add_argument("--steps512", type=int, default=1500)
   ap.add_argument("--eval-every", type=int, default=250)
   ap.add_argument("--refresh", default="500,1500", help="R values (steps) of part 4, b = 128")
+  ap.add_argument("--batches", default="128,512", help="comma list (128 and/or 512)")
+  ap.add_argument("--lrs", default="", help="override lr grids, e.g. 'sgd=0.1;adam=0.003'")
+  ap.add_argument("--tag", default="", help="suffix of the result files")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--only", choices=["all", "steps"], default="all",
                   help="'steps': only the per-step cost (directions of the same k and shapes "
@@ -298,7 +311,7 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=15, help="chunks per method for --only steps")
   args = ap.parse_args(argv)
   S = settings(args.quick, args)
-  tag = "mnist1d_scale_quick" if args.quick else "mnist1d_scale"
+  tag = ("mnist1d_scale_quick" if args.quick else "mnist1d_scale") + args.tag
   if args.only == "steps":
     return steps_only(S, args, tag)
   RESULTS.mkdir(parents=True, exist_ok=True)
@@ -423,7 +436,7 @@ def main(argv=None):
                       acc_ok=acc_ok, goal_met=bool(speed is not None and speed >= 3 and acc_ok))
       goal_rows.append(row_goal)
 
-      if b == S["batches"][0] and arch == "mlp":
+      if b == S["batches"][0] and S["refresh"]:
         never = dict(every="never", refreshes=0, refresh_s=[], train_s=pgd["train_s"],
                      final_acc=pgd["final_acc"], max_acc=pgd["max_acc"],
                      curve_step=pgd["curve_step"], curve_time=pgd["curve_time"],
