@@ -260,7 +260,7 @@ def settings(quick: bool, args):
               subsamples=tuple(int(s) for s in args.subsamples.split(",")),
               grids=grids,
               refresh=tuple(int(r) for r in args.refresh.split(",") if r),
-              repeats=7, chunk=50, equal_time=True)
+              repeats=7, chunk=50, equal_time=not args.no_equal_time)
 
 
 def steps_only(S, args, tag):
@@ -302,6 +302,8 @@ def main(argv=None):
   ap.add_argument("--refresh", default="500,1500", help="R values (steps) of part 4, b = 128")
   ap.add_argument("--batches", default="128,512", help="comma list (128 and/or 512)")
   ap.add_argument("--lrs", default="", help="override lr grids, e.g. 'sgd=0.1;adam=0.003'")
+  ap.add_argument("--no-equal-time", action="store_true",
+                  help="skip the equal-wall-time reruns of the best baselines")
   ap.add_argument("--tag", default="", help="suffix of the result files")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--only", choices=["all", "steps"], default="all",
