@@ -2,7 +2,7 @@
 
 Run::
 
-  python -m benchmarks.bench_mnist1d_scale            # the full run (~15-20 min, 2 cores)
+  python -m benchmarks.bench_mnist1d_scale            # the full run (26 min on 2 shared cores)
   python -m benchmarks.bench_mnist1d_scale --quick    # smoke run (< 60 s, 4000 points)
 
 Set-up. ``mskjax.data.load_mnist1d(num_samples=125000)``: 100k training / 25k test
