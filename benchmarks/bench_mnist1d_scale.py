@@ -9,7 +9,7 @@ Set-up. ``mskjax.data.load_mnist1d(num_samples=125000)``: 100k training / 25k te
 sequences (the generator's first 80 % are the training set; generating them costs ~5 ms
 per sample once, then the set is cached). float32 training through the one loop
 ``mskjax.train.fit`` (minibatches of b from its shuffling iterator, mean softmax
-cross-entropy), the MNIST-1D MLP (40-256-256-10) of ``benchmarks/mnist1d.py``, flax
+cross-entropy), the MNIST-1D MLP (40-256-256-10) of ``mskjax/experiments/mnist1d.py``, flax
 default initialisation; every method starts from the same parameters.
 
 Methods (each over a small learning-rate grid, best by final test accuracy):
@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import mnist1d as B
+from mskjax.experiments import mnist1d as B
 from mskjax import data, modifiers, optim
 from mskjax import train as T
 

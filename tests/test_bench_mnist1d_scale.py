@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_mnist1d_scale as S
-from benchmarks import mnist1d as B
+from mskjax.experiments import mnist1d as B
 from mskjax import optim
 from mskjax import train as T
 
