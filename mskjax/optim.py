@@ -563,6 +563,8 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       e.g. ``MSKSpectrum.vectors`` of the analytic NTK, or an :class:`mskjax.MSKSpectrum`;
       each is paired with every output (``v ⊗ e_j``, the analytic kernel is K ⊗ I_c) and
       pushed through J, then Rayleigh–Ritz (``max_cycles=1, depth=0`` does only that).
+      Or the previous :class:`MSKDirections` of the same model (a refresh during
+      training): the start block is ``J q_i`` at the current parameters (any points).
     oversample, depth, tol, max_cycles: block size k+1+oversample; Krylov blocks per
       cycle; stop when every ‖K v_i − λ_i v_i‖ ≤ tol·λ₁; at most this many restarts.
     block_size, memory_budget: points per block of the Jacobian products (default: from
@@ -602,6 +604,13 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     idx = np.sort(rng.choice(n, int(subsample), replace=False))
     x = np.asarray(x)[idx]
   s = int(x.shape[0])
+  previous = None
+  if isinstance(init_vectors, MSKDirections):
+    previous, init_vectors = init_vectors, None
+    if jax.tree.structure(previous.directions) != jax.tree.structure(
+        jax.tree.map(lambda a: a, p)):
+      raise ValueError("msk_directions: `init_vectors` (MSKDirections) has a different pytree "
+                       "structure from `params`; pass directions built for this model.")
   if isinstance(init_vectors, MSKSpectrum):
     init_vectors = init_vectors.vectors
   if init_vectors is not None:
@@ -628,6 +637,12 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if init_vectors is not None:
       m0 = init_vectors.shape[1]
       start = np.einsum("pi,cj->pcij", init_vectors, np.eye(c)).reshape(N, m0 * c)
+    elif previous is not None:
+      # Warm start from earlier directions: J q_i = √λ_i v_i for the J they were built
+      # from, so J' q_i is close to the new top eigenvectors while θ moves little.
+      prev = jax.tree.map(lambda a: jnp.asarray(a, jax.tree.leaves(op.params)[0].dtype),
+                          previous.directions)
+      start = np.asarray(op.jvp(prev), np.float64).reshape(N, -1)
     cdtype = jax.tree.leaves(op.params)[0].dtype
     matvec = lambda Vn: np.asarray(op.ntk_matvec(jnp.asarray(Vn, cdtype)), np.float64)
     w, Y, res, _ = _block_krylov(matvec, N, k, start, rng, int(oversample), int(depth),

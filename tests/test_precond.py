@@ -306,3 +306,25 @@ def test_warns_when_k_cuts_a_block_of_equal_eigenvalues():
   apply_fn, params, x, _ = _setup("linear", c=3)      # kernel Φ Φᵀ ⊗ I₃: 3-fold ties
   with pytest.warns(UserWarning, match="block"):
     optim.msk_directions(apply_fn, params, x, modifiers.flatten(), 4, compute_beta=False)
+
+
+def test_warm_start_from_previous_directions():
+  # A refresh warm-started from earlier directions pushes them through J: at the same θ,
+  # J q_i = √λ_i v_i spans the top eigenvectors exactly, so one Rayleigh–Ritz step
+  # (depth 0, one cycle) already has the eigenvalues of the jacrev oracle; a random start
+  # with the same budget does not (the control shows the test can fail).
+  apply_fn, params, x, f = _setup("wide", n=12, c=2)
+  k, g = 3, modifiers.flatten()
+  J, _ = _full_jacobian(lambda q: f(q, x), params["params"])
+  lam = np.linalg.eigvalsh(J @ J.T)[::-1]
+  d0 = optim.msk_directions(apply_fn, params, x, g, k + 4, tol=1e-12, max_cycles=30)
+  once = dict(depth=0, max_cycles=1, oversample=0)
+  warm = optim.msk_directions(apply_fn, params, x, g, k, init_vectors=d0, **once)
+  cold = optim.msk_directions(apply_fn, params, x, g, k, **once)
+  # rtol: the directions were solved to 1e-12·λ₁; Rayleigh quotients are second order.
+  np.testing.assert_allclose(warm.values, lam[:k], rtol=1e-9)
+  assert np.max(np.abs(np.asarray(cold.values) - lam[:k]) / lam[0]) > 1e-3
+  # directions of another model are refused with the argument named
+  other = {"w": jnp.zeros((5, 2))}
+  with pytest.raises(ValueError, match="init_vectors"):
+    optim.msk_directions(apply_fn, params, x, g, k, init_vectors=d0._replace(directions=other))
