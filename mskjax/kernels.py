@@ -616,6 +616,7 @@ def kernel_matvec(kernel_fn: Callable, x, v, *, block_size: Optional[int] = None
   if len(v.shape) not in (1, 2) or v.shape[0] != x.shape[0]:
     raise ValueError(f"kernel_matvec: v must have shape (n,) or (n, m) with n = "
                      f"x.shape[0] = {x.shape[0]}; got shape {tuple(v.shape)}.")
+  V.check_finite(v, "v")
   m = 1 if len(v.shape) == 1 else max(int(v.shape[1]), 1)
   op = kernel_operator(kernel_fn, x, get=get, kernel_args=kernel_args, m=m,
                        block_size=block_size, memory_budget=memory_budget, devices=devices,
