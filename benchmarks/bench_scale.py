@@ -10,11 +10,14 @@ Data: n points uniform on S^9 (d = 10); kernel: analytic NTK of a 2- or 3-layer 
 Cases (each in its own subprocess; peak memory = the child's ru_maxrss from os.wait4):
 
 * ``dense``: blocked Gram (mskjax.kernels.gram) + dense eigh (mskjax.eigh_top, 'dense');
-* ``topk``: mskjax.large.kernel_operator(cache=False) + topk_eigh_matfree (K never formed);
+* ``topk``: mskjax.kernel_operator(cache=False) + eigh_top(method='krylov') (K never formed);
 * ``topk_cached``: the same solver on ``kernel_operator(cache=True)``: K evaluated once
   (upper-triangle blocks, mirrored) and kept, every Krylov product a dense GEMM; the note
   records the Gram time, the kernel cost per unique entry and, for the limit, one GEMM
   pass ``K @ V`` (V with k + 21 columns) per entry of K;
+* ``side``: the cached operator's K, then ``mskjax.eigh_top(op, k + 1, method='krylov')``
+  and dense ``eigh_top(K, k + 1, method='dense')`` on that same K, back to back in one
+  process (same machine state; the eigenvalue error is the solver's alone);
 * ``nt``: neural-tangents' own path for a full prediction: kernel_fn Gram matrices
   (train and 100 test points) + nt.predict.gradient_descent_mse at t = 1000 (via mskjax._nt).
 
@@ -231,6 +234,49 @@ def summary(path, out_dir):
   return "\n".join(lines)
 
 
+def side_summary(path):
+  """Markdown table of the ``side`` / ``topk_cached`` rows: Krylov solver vs dense eigh on
+  the same cached K, the kernel and GEMM costs per entry, and dense extrapolated to the
+  top-k sizes with the measured log-log slope of the dense eigh times (and with n³)."""
+  import numpy as np
+  with open(path) as f:
+    rows = [r for r in csv.DictReader(f) if r["method"] in ("side", "topk_cached")
+            and r["status"] == "ok" and r.get("solve_s")]
+  rows.sort(key=lambda r: int(r["n"]))
+  dense = [(int(r["n"]), float(r["dense_s"])) for r in rows if r.get("dense_s")]
+  slope = None
+  if len(dense) >= 2:
+    slope = float(np.polyfit(np.log([d[0] for d in dense]), np.log([d[1] for d in dense]), 1)[0])
+  lines = ["| n | Gram s | Krylov solver s (products s) | dense eigh s | eigh / solver | "
+           "(Gram + eigh) / (Gram + solver) | max rel. eigenvalue err | max ‖Kv−λv‖/λ₁ | "
+           "peak RSS MiB | kernel ns/entry | X Xᵀ GEMM ns/entry | K@V pass ns/entry | load |",
+           "|" + "---|" * 13]
+  for r in rows:
+    n, g, sv = int(r["n"]), float(r["gram_s"]), float(r["solve_s"])
+    if r.get("dense_s"):
+      d, how, err = float(r["dense_s"]), "", f"{float(r['max_rel_err']):.1e}"
+    elif dense and slope is not None:
+      n0, d0 = dense[-1]
+      d, how, err = d0 * (n / n0) ** slope, "≈", "—"
+      d3 = d0 * (n / n0) ** 3
+    else:
+      continue
+    ratio = f"{how}{d / sv:.1f}×"
+    e2e = f"{how}{(g + d) / (g + sv):.1f}×"
+    ds = f"{d:.1f}" if not how else f"≈ {d:.0f} (n³: {d3:.0f})"
+    if how:
+      ratio += f" (n³: {d3 / sv:.0f}×)"
+      e2e += f" (n³: {(g + d3) / (g + sv):.0f}×)"
+    lines.append(f"| {n} | {g:.1f} | {sv:.1f} ({r.get('products_s') or '-'}) | {ds} | {ratio} | "
+                 f"{e2e} | {err} | {float(r['max_rel_residual']):.1e} | {r['peak_rss_mib']} | "
+                 f"{r.get('kernel_ns')} | {r.get('lin_ns')} | {r.get('pass_ns')} | "
+                 f"{r.get('load')} |")
+  if slope is not None:
+    lines += ["", f"- dense eigh time vs n, log-log slope over n = {dense[0][0]}..{dense[-1][0]}: "
+              f"**{slope:.2f}** (extrapolations marked ≈ use it; n³ in brackets)"]
+  return "\n".join(lines)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--sizes", default=",".join(map(str, SIZES)))
@@ -245,6 +291,8 @@ def main(argv=None):
   p.add_argument("--timeout", type=float, default=1800.0)
   p.add_argument("--csv", default=DEFAULT_CSV)
   p.add_argument("--summary", action="store_true", help="print the table and exit")
+  p.add_argument("--side-summary", action="store_true",
+                 help="print the solver-vs-dense table of the side/topk_cached rows and exit")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a.child is not None:
@@ -257,6 +305,9 @@ def main(argv=None):
   os.makedirs(out_dir, exist_ok=True)
   if a.summary:
     print(summary(a.csv, out_dir))
+    return
+  if a.side_summary:
+    print(side_summary(a.csv))
     return
   sizes = [int(s) for s in a.sizes.split(",") if s]
   if a.max_n:

@@ -12,7 +12,7 @@ _CODE = """
 import jax
 before = {k: repr(v) for k, v in jax.config.values.items()}
 import mskjax
-from mskjax import (data, diagnostics, kernels, large, modifiers, msk, nets, optim, predict,
+from mskjax import (data, diagnostics, kernels, modifiers, msk, nets, optim, predict,
                     run, spectrum, train)
 after = {k: repr(v) for k, v in jax.config.values.items()}
 changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))

@@ -273,6 +273,7 @@ _SHARDED = textwrap.dedent("""
     import jax
     jax.config.update("jax_enable_x64", True)
     import numpy as np
+    import mskjax
     from mskjax import kernels, modifiers
     from mskjax.nets import MLPSpec, stax_mlp
     assert len(jax.devices()) == 8, jax.devices()
