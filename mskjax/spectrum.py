@@ -278,7 +278,8 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
     tol: residual tolerance relative to λ₁ (default ``KRYLOV_RTOL`` for Krylov,
       ``RANDOMIZED_RTOL`` for randomized).
     max_cycles: restart cycles at most (``'krylov'``; it warns when not converged).
-    n_landmarks: m for ``'nystrom'`` (default ``min(n, max(10 k, 1000))``).
+    n_landmarks: m for ``'nystrom'`` (default: the number of ``landmarks`` if given, else
+      ``min(n, max(10 k, 1000))``).
     landmarks: optional ``(m,)`` distinct landmark indices overriding the random draw.
     rcond: ``'nystrom'``: eigenvalues of W below ``rcond · max(w)`` are dropped
       (default ``m · eps``).
@@ -498,6 +499,8 @@ def _nystrom(op, k, n_landmarks, key, landmarks, rcond):
     raise ValueError("method='nystrom' needs kernel evaluations: pass a KernelOperator from "
                      "mskjax.kernels.kernel_operator(kernel_fn, x), not a matrix.")
   x, n = op.x, op.n
+  if n_landmarks is None and landmarks is not None:
+    n_landmarks = int(np.shape(landmarks)[0]) if np.ndim(landmarks) == 1 else None
   if n_landmarks is None:
     n_landmarks = min(n, max(10 * int(k) if isinstance(k, (int, np.integer)) else 0, 1000))
   m = V.check_int(n_landmarks, "n_landmarks", lo=1, hi=n)
@@ -512,9 +515,12 @@ def _nystrom(op, k, n_landmarks, key, landmarks, rcond):
                        f"{tuple(landmarks.shape)}.")
     if V.is_concrete(landmarks) and np.unique(np.asarray(landmarks)).size != m:
       raise ValueError("`landmarks` has repeated indices; pass m distinct points.")
-  xl = x[landmarks]
-  C = map_row_blocks(lambda a: op.kernel(a, xl), x, op.block_size).astype(op.dtype)
-  diag = map_row_blocks(lambda a: jnp.diagonal(op.kernel(a)), x, op.block_size)
+  if op.matrix is not None:          # K cached: its columns, no kernel evaluation
+    C, diag = op.matrix[:, landmarks], jnp.diagonal(op.matrix)
+  else:
+    xl = x[landmarks]
+    C = map_row_blocks(lambda a: op.kernel(a, xl), x, op.block_size).astype(op.dtype)
+    diag = map_row_blocks(lambda a: jnp.diagonal(op.kernel(a)), x, op.block_size)
   W = C[landmarks]
   w, Q = jnp.linalg.eigh(0.5 * (W + W.T))
   rcond = m * np.finfo(np.dtype(op.dtype)).eps if rcond is None else \

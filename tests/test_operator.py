@@ -183,6 +183,21 @@ def test_nystrom_error(ntk2):
   assert errs[0] < 0.2 and errs[1] < 0.03 and errs[1] < errs[0] / 3
 
 
+def test_nystrom_on_a_cached_operator_uses_its_columns(ntk2):
+  x = _sphere(150, seed=11)
+  L = np.arange(0, 150, 3)                               # 50 landmarks, m from `landmarks`
+  K = _dense(ntk2, x, 64)
+  C = K[:, L]
+  Khat = C @ np.linalg.pinv(K[np.ix_(L, L)], rcond=1e-13, hermitian=True) @ C.T
+  want = np.linalg.eigvalsh(Khat)[::-1][:5]               # independent dense oracle
+  for cache in (False, True):
+    op = kernels.kernel_operator(ntk2, x, block_size=64, cache=cache)
+    top, info = mskjax.eigh_top(op, 5, method="nystrom", landmarks=L, return_info=True)
+    assert info.landmarks.shape == (50,)
+    # K̂'s top eigenvalues are well separated here: float64 round-off of W⁺ (~1e-9 rel.)
+    np.testing.assert_allclose(top.values, want, rtol=1e-7)
+
+
 def test_msk_spectrum_of_an_operator_matches_dense(ntk2):
   n, k = 400, 11
   x = _sphere(n, d=3, seed=8)
