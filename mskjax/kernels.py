@@ -509,8 +509,9 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     cache: ``True`` evaluates K once and every product is then a dense ``K @ V``
       (2n²m flops instead of n² kernel evaluations: an analytic NTK entry costs as much as
       a GEMM pass with tens of columns, see ``benchmarks/README.md``); ``False`` never
-      stores K; ``'auto'`` (default) caches when one device is used and ``2·n²·itemsize``
-      (K plus its host copy while it is assembled) fits ``memory_budget``.
+      stores K; ``'auto'`` (default) caches when one device is used, ``x`` is concrete (not
+      under ``jit``) and ``2·n²·itemsize`` (K plus its host copy while it is assembled) fits
+      ``memory_budget``.
 
   Returns:
     :class:`KernelOperator` (``op @ V`` or ``op.matmul(V)``).
@@ -533,8 +534,12 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   if cache not in (True, False, "auto"):
     raise ValueError(f"`cache` must be True, False or 'auto', got {cache!r}.")
   k_bytes = 2 * n * n * x.dtype.itemsize        # K, and a host copy while it is assembled
+  traced = not V.is_concrete(x)
   if cache == "auto":
-    cache = nd == 1 and k_bytes <= memory_budget
+    cache = nd == 1 and k_bytes <= memory_budget and not traced
+  elif cache and traced:
+    raise ValueError("`cache=True` assembles K on the host and cannot run under jax.jit "
+                     "(`x` is traced); use cache=False inside jit.")
   # With K cached the kernel blocks get what the budget leaves (at least an eighth of it).
   block_budget = max(memory_budget - k_bytes, memory_budget // 8) if cache else memory_budget
   bs = _resolve_block(block_size, block_budget, n, m, nd)
@@ -544,6 +549,9 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   dtype = x.dtype
   if cache:
     K = _blocked(kernel, lambda a: _symmetrize(kernel(a, a)), x, None, bs).astype(dtype)
+    if not bool(jnp.all(jnp.isfinite(K))):
+      raise ValueError("`kernel_fn` returned NaN/inf on `x` (the cached K is not finite): "
+                       "check the kernel's parameters and the inputs' scale.")
 
     def matmul(v):
       v = _checked_columns(v, n, dtype)

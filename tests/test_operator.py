@@ -277,6 +277,13 @@ def test_input_errors(ntk2):
     kernels.kernel_operator(ntk2, x) @ np.ones(5)
   with pytest.raises(TypeError, match="kernel_fn"):
     kernels.kernel_operator(3, x)
+  with pytest.raises(ValueError, match="NaN/inf on `x`"):   # was a silently NaN K V
+    kernels.kernel_operator(lambda a, b: jnp.log(a @ b.T), x, get=None, cache=True)
+  # Under jit the operator works uncached ('auto' never caches a traced x).
+  v = np.ones(20)
+  f = jax.jit(lambda x, v: kernels.kernel_operator(ntk2, x, block_size=8) @ v)
+  np.testing.assert_allclose(f(x, v), kernels.kernel_operator(ntk2, x, block_size=8) @ v,
+                             rtol=1e-12)
   with pytest.raises(ValueError, match="n_landmarks"):
     mskjax.eigh_top(kernels.kernel_operator(ntk2, x), 3, method="nystrom", n_landmarks=50)
 
