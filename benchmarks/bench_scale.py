@@ -156,11 +156,15 @@ def _done(path):
 
 def _append(path, row):
   new = not os.path.exists(path)
+  fields = FIELDS
+  if not new:   # an older CSV keeps its own columns (new fields are dropped, not misaligned)
+    with open(path) as f:
+      fields = next(csv.reader(f), FIELDS)
   with open(path, "a", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=FIELDS)
+    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     if new:
       w.writeheader()
-    w.writerow({k: row.get(k, "") for k in FIELDS})
+    w.writerow({k: row.get(k, "") for k in fields})
 
 
 def _spawn(method, n, depth, k, devices, out_dir, memory_budget, timeout):
