@@ -423,13 +423,32 @@ def _orth_against(blocks, w):
   return _cholqr(w, cols * eps)
 
 
-@functools.partial(jax.jit, static_argnames=("nk",))
-def _rayleigh_ritz(B, KB, nk):
+@jax.jit
+def _projected(B, KB):
   T = B.T @ KB
-  w, u = jnp.linalg.eigh(0.5 * (T + T.T))
-  w, u = w[::-1][:nk], u[:, ::-1][:, :nk]
+  return 0.5 * (T + T.T)
+
+
+@jax.jit
+def _ritz_pairs(B, KB, w, u):
   Y, KY = B @ u, KB @ u
-  res = jnp.linalg.norm(KY - Y * w, axis=0)
+  return Y, KY, jnp.linalg.norm(KY - Y * w, axis=0)
+
+
+def _rayleigh_ritz(B, KB, nk):
+  """Top-nk Ritz pairs of K on span(B) (B orthonormal, KB = K B) and their residuals.
+
+  The small eigenproblem Bᵀ K B runs in LAPACK on the host (``scipy.linalg.eigh``, MRRR,
+  only the top nk pairs): on the clustered spectra of kernels XLA's CPU ``eigh`` of the
+  same 1089 × 1089 matrix measured 30× slower.
+  """
+  import scipy.linalg
+  T = np.asarray(_projected(B, KB), np.float64)
+  m = T.shape[0]
+  w, u = scipy.linalg.eigh(T, subset_by_index=(m - nk, m - 1), driver="evr")
+  w, u = w[::-1].copy(), u[:, ::-1].copy()
+  w = jnp.asarray(w, B.dtype)
+  Y, KY, res = _ritz_pairs(B, KB, w, jnp.asarray(u, B.dtype))
   return w, Y, KY, res
 
 
