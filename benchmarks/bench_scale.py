@@ -10,11 +10,14 @@ Data: n points uniform on S^9 (d = 10); kernel: analytic NTK of a 2- or 3-layer 
 Cases (each in its own subprocess; peak memory = the child's ru_maxrss from os.wait4):
 
 * ``dense``: blocked Gram (mskjax.kernels.gram) + dense eigh (mskjax.eigh_top, 'dense');
-* ``topk``: mskjax.large.kernel_operator(cache=False) + topk_eigh_matfree (K never formed);
+* ``topk``: mskjax.kernel_operator(cache=False) + eigh_top(method='krylov') (K never formed);
 * ``topk_cached``: the same solver on ``kernel_operator(cache=True)``: K evaluated once
   (upper-triangle blocks, mirrored) and kept, every Krylov product a dense GEMM; the note
   records the Gram time, the kernel cost per unique entry and, for the limit, one GEMM
   pass ``K @ V`` (V with k + 21 columns) per entry of K;
+* ``side``: the cached operator's K, then ``mskjax.eigh_top(op, k + 1, method='krylov')``
+  and dense ``eigh_top(K, k + 1, method='dense')`` on that same K, back to back in one
+  process (same machine state; the eigenvalue error is the solver's alone);
 * ``nt``: neural-tangents' own path for a full prediction: kernel_fn Gram matrices
   (train and 100 test points) + nt.predict.gradient_descent_mse at t = 1000 (via mskjax._nt).
 
@@ -36,7 +39,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CSV = os.path.join(HERE, "results", "scale.csv")
 FIELDS = ["method", "n", "depth", "devices", "k", "seconds", "peak_rss_mib", "status",
-          "n_matvecs", "max_rel_residual", "block_size", "note"]
+          "n_matvecs", "max_rel_residual", "block_size", "note", "gram_s", "solve_s",
+          "dense_s", "max_rel_err", "kernel_ns", "lin_ns", "pass_ns", "products_s", "load"]
 SIZES = [1000, 2000, 5000, 10000, 20000, 50000]
 
 
@@ -46,19 +50,45 @@ def _data(n, d=10, seed=0):
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _gemm_rates(x, K, k, bs):
+  """ns per entry of (a) a plain GEMM with the same n × n output (linear kernel X Xᵀ in
+  row blocks of bs) and (b) one K @ V pass with k + 21 columns (per entry of K)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  n = x.shape[0]
+  xj = jnp.asarray(x)
+  lin = jax.jit(lambda a, b: a @ b.T)
+  jax.block_until_ready(lin(xj[:bs], xj))
+  t = time.perf_counter()
+  for i in range(0, n, bs):
+    jax.block_until_ready(lin(xj[i:i + bs], xj))
+  t_lin = time.perf_counter() - t
+  out = {"lin_ns": 1e9 * t_lin / n ** 2}
+  if K is not None:
+    V = jnp.asarray(np.random.default_rng(0).standard_normal((n, k + 21)))
+    mm = jax.jit(lambda K, V: K @ V)
+    jax.block_until_ready(mm(K, V))
+    t = time.perf_counter()
+    jax.block_until_ready(mm(K, V))
+    out["pass_s"] = time.perf_counter() - t
+    out["pass_ns"] = 1e9 * out["pass_s"] / n ** 2
+  return out
+
+
 def run_case(method, n, depth, k, out_dir, memory_budget):
   """Runs one case in this process (the child); returns a dict of results."""
   import jax
   jax.config.update("jax_enable_x64", True)
   import numpy as np
   import mskjax
-  from mskjax import large
+  from mskjax import kernels
   from mskjax.kernels import gram
   from mskjax.nets import MLPSpec, stax_mlp
   kernel_fn = stax_mlp(MLPSpec(depth=depth, width=8, b_std=0.1))[2]
   x = _data(n)
-  row = {}
-  bs = large.block_size_for_budget(memory_budget, m=k + 21)
+  row = {"load": "%.1f" % os.getloadavg()[0]}
+  bs = kernels.block_size_for_budget(memory_budget, m=k + 21)
   tag = f"{n}_{depth}"
   t0 = time.perf_counter()
   if method == "dense":
@@ -66,25 +96,36 @@ def run_case(method, n, depth, k, out_dir, memory_budget):
     top = mskjax.eigh_top(K, k + 1, method="dense")
     vals = np.asarray(top.values)
     row.update(block_size=min(bs, n))
-  elif method in ("topk", "topk_cached"):
-    cached = method == "topk_cached"
-    mv = large.kernel_operator(kernel_fn, x, m=k + 21, memory_budget=memory_budget,
-                               cache=cached)
+  elif method in ("topk", "topk_cached", "side"):
+    # side: the cached operator's K, then the Krylov solver and dense eigh on that same K,
+    # back to back in this process (same machine state, same matrix: the error is the
+    # solver's alone).
+    cached = method != "topk"
+    op = kernels.kernel_operator(kernel_fn, x, m=k + 21, memory_budget=memory_budget,
+                                 cache=cached)
+    jax.block_until_ready(op.matrix)
     t_gram = time.perf_counter() - t0
-    top = large.topk_eigh_matfree(mv, n, k)
-    vals = np.r_[np.asarray(top.values), float(top.next_value)]
-    note = "" if top.converged else "not converged"
+    t1 = time.perf_counter()
+    top, info = mskjax.eigh_top(op, k + 1, method="krylov", return_info=True)
+    vals = np.asarray(top.values)
+    t_solve = time.perf_counter() - t1
+    note = "" if info.converged else "not converged"
+    row.update(n_matvecs=info.n_matvecs, block_size=op.block_size,
+               max_rel_residual=float(np.max(np.asarray(info.residuals))) / vals[0],
+               gram_s=round(t_gram, 2), solve_s=round(t_solve, 2))
     if cached:
-      V = np.random.default_rng(0).standard_normal((n, k + 21))
-      jax.block_until_ready(mv(V))
-      t1 = time.perf_counter()
-      jax.block_until_ready(mv(V))
-      t_gemm = time.perf_counter() - t1
-      note = (f"gram {t_gram:.1f} s = {1e9 * t_gram / (n * (n + 1) / 2):.0f} ns per unique "
-              f"entry; one K@V pass {t_gemm:.2f} s = {1e9 * t_gemm / n ** 2:.1f} ns per entry "
-              f"of K; solver {time.perf_counter() - t0 - t_gram - t_gemm:.1f} s " + note)
-    row.update(n_matvecs=top.n_matvecs, block_size=mv.block_size,
-               max_rel_residual=float(np.max(top.residuals)) / vals[0], note=note.strip())
+      rates = _gemm_rates(x, op.matrix, k, op.block_size)
+      row.update(kernel_ns=round(1e9 * t_gram / (n * (n + 1) / 2), 1),
+                 lin_ns=round(rates["lin_ns"], 2), pass_ns=round(rates["pass_ns"], 2),
+                 products_s=round(info.n_matvecs * rates["pass_s"], 2))
+    if method == "side":
+      t2 = time.perf_counter()
+      dense = mskjax.eigh_top(op.matrix, k + 1, method="dense")
+      dvals = np.asarray(dense.values)
+      row["dense_s"] = round(time.perf_counter() - t2, 2)
+      row["max_rel_err"] = float(np.max(np.abs(vals - dvals) / dvals))
+      np.save(os.path.join(out_dir, f"dense_{tag}_values.npy"), dvals)
+    row["note"] = note
   elif method == "nt":
     from mskjax._nt import nt_predict
     xt = _data(100, seed=1)
@@ -100,6 +141,7 @@ def run_case(method, n, depth, k, out_dir, memory_budget):
     raise ValueError(method)
   jax.block_until_ready(vals)
   row["seconds"] = time.perf_counter() - t0
+  row["load"] += "-%.1f" % os.getloadavg()[0]
   np.save(os.path.join(out_dir, f"{method}_{tag}_values.npy"), np.asarray(vals))
   return row
 
@@ -114,11 +156,15 @@ def _done(path):
 
 def _append(path, row):
   new = not os.path.exists(path)
+  fields = FIELDS
+  if not new:   # an older CSV keeps its own columns (new fields are dropped, not misaligned)
+    with open(path) as f:
+      fields = next(csv.reader(f), FIELDS)
   with open(path, "a", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=FIELDS)
+    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     if new:
       w.writeheader()
-    w.writerow({k: row.get(k, "") for k in FIELDS})
+    w.writerow({k: row.get(k, "") for k in fields})
 
 
 def _spawn(method, n, depth, k, devices, out_dir, memory_budget, timeout):
@@ -192,6 +238,49 @@ def summary(path, out_dir):
   return "\n".join(lines)
 
 
+def side_summary(path):
+  """Markdown table of the ``side`` / ``topk_cached`` rows: Krylov solver vs dense eigh on
+  the same cached K, the kernel and GEMM costs per entry, and dense extrapolated to the
+  top-k sizes with the measured log-log slope of the dense eigh times (and with n³)."""
+  import numpy as np
+  with open(path) as f:
+    rows = [r for r in csv.DictReader(f) if r["method"] in ("side", "topk_cached")
+            and r["status"] == "ok" and r.get("solve_s")]
+  rows.sort(key=lambda r: int(r["n"]))
+  dense = [(int(r["n"]), float(r["dense_s"])) for r in rows if r.get("dense_s")]
+  slope = None
+  if len(dense) >= 2:
+    slope = float(np.polyfit(np.log([d[0] for d in dense]), np.log([d[1] for d in dense]), 1)[0])
+  lines = ["| n | Gram s | Krylov solver s (products s) | dense eigh s | eigh / solver | "
+           "(Gram + eigh) / (Gram + solver) | max rel. eigenvalue err | max ‖Kv−λv‖/λ₁ | "
+           "peak RSS MiB | kernel ns/entry | X Xᵀ GEMM ns/entry | K@V pass ns/entry | load |",
+           "|" + "---|" * 13]
+  for r in rows:
+    n, g, sv = int(r["n"]), float(r["gram_s"]), float(r["solve_s"])
+    if r.get("dense_s"):
+      d, how, err = float(r["dense_s"]), "", f"{float(r['max_rel_err']):.1e}"
+    elif dense and slope is not None:
+      n0, d0 = dense[-1]
+      d, how, err = d0 * (n / n0) ** slope, "≈", "—"
+      d3 = d0 * (n / n0) ** 3
+    else:
+      continue
+    ratio = f"{how}{d / sv:.1f}×"
+    e2e = f"{how}{(g + d) / (g + sv):.1f}×"
+    ds = f"{d:.1f}" if not how else f"≈ {d:.0f} (n³: {d3:.0f})"
+    if how:
+      ratio += f" (n³: {d3 / sv:.0f}×)"
+      e2e += f" (n³: {(g + d3) / (g + sv):.0f}×)"
+    lines.append(f"| {n} | {g:.1f} | {sv:.1f} ({r.get('products_s') or '-'}) | {ds} | {ratio} | "
+                 f"{e2e} | {err} | {float(r['max_rel_residual']):.1e} | {r['peak_rss_mib']} | "
+                 f"{r.get('kernel_ns')} | {r.get('lin_ns')} | {r.get('pass_ns')} | "
+                 f"{r.get('load')} |")
+  if slope is not None:
+    lines += ["", f"- dense eigh time vs n, log-log slope over n = {dense[0][0]}..{dense[-1][0]}: "
+              f"**{slope:.2f}** (extrapolations marked ≈ use it; n³ in brackets)"]
+  return "\n".join(lines)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--sizes", default=",".join(map(str, SIZES)))
@@ -206,6 +295,8 @@ def main(argv=None):
   p.add_argument("--timeout", type=float, default=1800.0)
   p.add_argument("--csv", default=DEFAULT_CSV)
   p.add_argument("--summary", action="store_true", help="print the table and exit")
+  p.add_argument("--side-summary", action="store_true",
+                 help="print the solver-vs-dense table of the side/topk_cached rows and exit")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a.child is not None:
@@ -218,6 +309,9 @@ def main(argv=None):
   os.makedirs(out_dir, exist_ok=True)
   if a.summary:
     print(summary(a.csv, out_dir))
+    return
+  if a.side_summary:
+    print(side_summary(a.csv))
     return
   sizes = [int(s) for s in a.sizes.split(",") if s]
   if a.max_n:

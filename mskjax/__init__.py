@@ -16,24 +16,22 @@ from mskjax import modifiers
 from mskjax import data, kernels, nets
 from mskjax.nets import MLPSpec, Network, make_network, stax_mlp, FlaxMLP, init_zero_output
 from mskjax.nets import CNNSpec, stax_cnn, FlaxCNN
-from mskjax.kernels import gram, empirical_ntk, kernel_matvec
-from mskjax.spectrum import (Eigenpairs, eigh_desc, eigh_top, randomized_eigh_top,
+from mskjax.kernels import (gram, empirical_ntk, kernel_matvec, KernelOperator, kernel_operator,
+                            matrix_operator, DEFAULT_MEMORY_BUDGET, block_size_for_budget)
+from mskjax.spectrum import (Eigenpairs, EighInfo, eigh_desc, eigh_top, randomized_eigh_top,
                              eigenvalue_blocks, round_k_to_block)
 from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_spectrum_from_eigenpairs, msk_gram,
                         preconditioner,
                         msk_gram_from_spectrum, preconditioner_from_spectrum,
-                        apply_preconditioner, msk_kernel_fn, transfer_msk_spectrum)
+                        apply_preconditioner, MSKKernel, msk_kernel_fn, transfer_msk_spectrum)
 from mskjax.predict import (Predictions, gradient_descent_mse, predict_gd_mse, max_learning_rate,
                             steps_to_tolerance)
-from mskjax import diagnostics, large, optim, train  # `mskjax.train.train` is the loop
+from mskjax import diagnostics, optim, train  # `mskjax.train.train` is the loop
 from mskjax.optim import (MSKDirections, ScaleByMSKState, scale_by_msk, msk_sgd, msk_directions,
                           stable_learning_rate, replace_directions, ScaleByMSKJvpState,
                           scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss, adam_kernel_weights)
 from mskjax.train import (TrainResult, mse_loss, fit, FitResult, LoopState, log_spaced_steps,
                           KernelRecord, record_kernel_training)
-from mskjax.large import (DEFAULT_MEMORY_BUDGET, block_size_for_budget, kernel_operator,
-                          kernel_matvec_large, TopKEigh, topk_eigh_matfree, NystromEigh,
-                          nystrom_eigh, msk_spectrum_large)
 from mskjax.diagnostics import (kernel_alignment, kernel_cosine, eigenspace_overlap,
                                 topk_overlap, effective_rank, target_energy, relative_distance,
                                 kernel_regression)
@@ -44,23 +42,22 @@ __all__ = [
     "modifiers", "data", "kernels", "nets",
     "MLPSpec", "Network", "make_network", "stax_mlp", "FlaxMLP", "init_zero_output",
     "CNNSpec", "stax_cnn", "FlaxCNN",
-    "gram", "empirical_ntk", "kernel_matvec",
-    "Eigenpairs", "eigh_desc", "eigh_top", "randomized_eigh_top", "eigenvalue_blocks",
+    "gram", "empirical_ntk", "kernel_matvec", "KernelOperator", "kernel_operator",
+    "matrix_operator", "DEFAULT_MEMORY_BUDGET", "block_size_for_budget",
+    "Eigenpairs", "EighInfo", "eigh_desc", "eigh_top", "randomized_eigh_top", "eigenvalue_blocks",
     "round_k_to_block",
     "MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
-    "preconditioner_from_spectrum", "apply_preconditioner", "msk_kernel_fn",
+    "preconditioner_from_spectrum", "apply_preconditioner", "MSKKernel", "msk_kernel_fn",
     "transfer_msk_spectrum",
     "Predictions", "gradient_descent_mse", "predict_gd_mse", "max_learning_rate",
     "steps_to_tolerance",
-    "diagnostics", "large", "optim", "train",
+    "diagnostics", "optim", "train",
     "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",
     "stable_learning_rate", "replace_directions",
     "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
     "adam_kernel_weights",
     "TrainResult", "mse_loss", "fit", "FitResult", "LoopState", "log_spaced_steps",
     "KernelRecord", "record_kernel_training",
-    "DEFAULT_MEMORY_BUDGET", "block_size_for_budget", "kernel_operator", "kernel_matvec_large",
-    "TopKEigh", "topk_eigh_matfree", "NystromEigh", "nystrom_eigh", "msk_spectrum_large",
     "kernel_alignment", "kernel_cosine", "eigenspace_overlap", "topk_overlap",
     "effective_rank", "target_energy", "relative_distance", "kernel_regression",
 ]

@@ -1,22 +1,28 @@
-"""Gram matrices: analytic NTK/NNGP and empirical NTK, computed in blocks.
+"""Kernel matrices: analytic NTK/NNGP and empirical NTK Gram blocks, and the kernel operator.
 
 * :func:`gram` -- K_ij = Theta(x1_i, x2_j) from a neural-tangents ``kernel_fn``;
 * :func:`empirical_ntk` -- Theta_hat(x, x') = (1/c) sum_k <df_k(x)/dtheta, df_k(x')/dtheta>;
-* :func:`kernel_matvec` -- K(x, x) v without forming K (jittable).
+* :func:`kernel_operator` -- K = k(X, X) as a :class:`KernelOperator` ``V -> K V``: blocked,
+  memory-budgeted (:func:`block_size_for_budget`), row-sharded over devices, optionally
+  with K cached (then every product is a GEMM); what the eigensolvers of
+  :mod:`mskjax.spectrum` and :func:`mskjax.msk_spectrum` consume;
+* :func:`kernel_matvec` -- one product K(x, x) v of that operator (jittable).
 
-Blocking: inputs are padded (by repeating their last row) to a multiple of the block size,
-and one jitted block function of a fixed shape is called for every block, so there is a
-single compilation per (block shape, kernel) and device memory stays O(block^2) plus the
-output. :func:`gram` and :func:`empirical_ntk` are host-side drivers (a Python loop over
-blocks, not jittable); :func:`kernel_matvec` is a pure jittable function (``lax.map`` over
-row blocks, ``lax.scan`` over column blocks). Everything is float64 when
-``jax_enable_x64`` is on (inputs are cast to the default float dtype).
+Blocking: inputs are padded (by repeating their last row, :func:`pad_rows`) to a multiple of
+the block size, and one jitted block function of a fixed shape is called for every block, so
+there is a single compilation per (block shape, kernel) and device memory stays O(block^2)
+plus the output. Symmetric Gram matrices (:func:`gram`, :func:`empirical_ntk` with
+``x2=None``, a cached operator) evaluate the upper block triangle once and mirror it.
+:func:`gram` and :func:`empirical_ntk` are host-side drivers (a Python loop over blocks, not
+jittable); the operator's product is one jitted function (``lax.map`` over row blocks,
+``lax.scan`` over column blocks). Everything is float64 when ``jax_enable_x64`` is on
+(inputs are cast to the default float dtype).
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +32,10 @@ from jax import lax
 from mskjax import _validate
 from mskjax._nt import empirical_ntk_fn
 
-__all__ = ["gram", "empirical_ntk", "kernel_matvec", "trainable_fn", "JacobianOperator",
-           "jacobian_operator", "ntk_diagonal_blocks", "sphere_mercer_eigenvalues",
-           "pad_rows"]
+__all__ = ["gram", "empirical_ntk", "kernel_matvec", "KernelOperator", "kernel_operator",
+           "matrix_operator", "DEFAULT_MEMORY_BUDGET", "block_size_for_budget",
+           "map_row_blocks", "trainable_fn", "JacobianOperator", "jacobian_operator",
+           "ntk_diagonal_blocks", "sphere_mercer_eigenvalues", "pad_rows"]
 
 _GETS = ("ntk", "nngp")
 
@@ -88,8 +95,8 @@ def _check_get(get, where):
 def pad_rows(x, size):
   """Pads ``x`` to ``size`` rows by repeating its last row (real inputs keep kernels finite).
 
-  The blocking primitive of every blocked kernel evaluation (``gram``, ``kernel_matvec``,
-  :mod:`mskjax.large`): padded rows are real points, so kernel values stay finite, and
+  The blocking primitive of every blocked kernel evaluation (``gram``, ``empirical_ntk``,
+  :func:`kernel_operator`, :func:`map_row_blocks`): padded rows are real points, so kernel values stay finite, and
   callers drop them (or multiply them by zero rows of V).
 
   Example:
@@ -141,13 +148,6 @@ def _cached(builder):
   return wrapper
 
 
-@_cached
-def _analytic_block_fns(kernel_fn, get):
-  pair = jax.jit(lambda a, b: kernel_fn(a, b, get))
-  sym = jax.jit(lambda a: kernel_fn(a, None, get))
-  return pair, sym
-
-
 def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
          block_size: Optional[int] = None) -> jax.Array:
   """Analytic Gram matrix K_ij = k(x1_i, x2_j) of a neural-tangents ``kernel_fn``, blockwise.
@@ -180,7 +180,8 @@ def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
   _check_get(get, "gram")
   x1, x2 = _check_pair(x1, x2, "gram")
   block_size = _check_block_size(block_size, "gram")
-  pair, sym = _analytic_block_fns(kernel_fn, get)
+  pair2, sym2 = _block_fns(kernel_fn, get)
+  pair, sym = (lambda a, b: pair2(a, b, ())), (lambda a: sym2(a, ()))
   if block_size is None:
     return sym(x1) if x2 is None else pair(x1, x2)
   return _blocked(pair, sym, x1, x2, block_size)
@@ -319,38 +320,296 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   return _blocked(pair_p, sym_p, x1, x2, block_size)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel_fn", "block_size", "get"))
-def _matvec(kernel_fn, x, v, block_size, get):
-  n = x.shape[0]
-  m = v.shape[1]
-  bs = min(block_size, n)
-  nb = math.ceil(n / bs)
-  xb = pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
-  vb = jnp.pad(v, ((0, nb * bs - n), (0, 0))).reshape(nb, bs, m)  # zero rows: no contribution
+# ------------------------------------------------------------------ the kernel operator
+DEFAULT_MEMORY_BUDGET = 1 << 30
+"""Default per-device budget (bytes) for the kernel blocks of one product: 1 GiB."""
+
+_TEMPORARIES = 24
+"""Estimated ``b × b`` temporaries alive while a neural-tangents MLP kernel block is built
+(NNGP, NTK and the arc-cosine intermediates, plus XLA fusion buffers); measured on 2--3
+layer ReLU MLPs, kept generous."""
+
+
+def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int = 0,
+                          itemsize: Optional[int] = None, temporaries: int = _TEMPORARIES,
+                          multiple: int = 64) -> int:
+  r"""The largest block edge ``b`` whose kernel blocks fit a memory budget.
+
+  .. math:: \text{itemsize}\cdot(\text{temporaries}\cdot b^2 + 2 b m) \le \text{memory\_bytes}
+
+  rounded down to a multiple of ``multiple`` (at least ``multiple``).
+
+  Args:
+    memory_bytes: budget in bytes for one device (positive int).
+    m: columns of the block ``V`` multiplied by each kernel block.
+    itemsize: bytes per float (default: 8 under ``jax_enable_x64``, else 4).
+    temporaries: ``b × b`` arrays alive while a kernel block is computed.
+    multiple: round ``b`` down to a multiple of this.
+
+  Returns:
+    The block edge ``b`` (int).
+
+  Example:
+    >>> block_size_for_budget(1 << 30, itemsize=8)
+    2304
+  """
+  memory_bytes = _validate.check_int(memory_bytes, "memory_bytes", lo=1)
+  m = _validate.check_int(m, "m", lo=0)
+  if itemsize is None:
+    itemsize = jnp.dtype(_float_dtype()).itemsize
+  a, bq, c = temporaries * itemsize, 2 * m * itemsize, -int(memory_bytes)
+  b = int((-bq + math.sqrt(bq * bq - 4 * a * c)) / (2 * a))
+  return max(multiple, (b // multiple) * multiple)
+
+
+def _kernel_call(kernel_fn, get):
+  if get is None:
+    return lambda a, b, *args: kernel_fn(a, b, *args)
+  return lambda a, b, *args: kernel_fn(a, b, get, *args)
+
+
+def _row_block_products(call, bs, xr, xc, vc, args):
+  """Σ_J k(X_I, X_J) V_J for the row blocks I of ``xr`` (a multiple of ``bs`` points) and
+  the column blocks J of ``xc`` / ``vc`` (``lax.map`` over I, ``lax.scan`` over J): the one
+  blocked product behind :func:`kernel_matvec` and :class:`KernelOperator`."""
+  m = vc.shape[1]
+  xrb = xr.reshape((-1, bs) + xr.shape[1:])    # blocks of points; per-point shape kept
+  xcb = xc.reshape((-1, bs) + xc.shape[1:])
+  vcb = vc.reshape(-1, bs, m)
 
   def row(xa):
     def body(acc, blk):
-      xc, vc = blk
-      return acc + kernel_fn(xa, xc, get) @ vc, None
-    acc, _ = lax.scan(body, jnp.zeros((bs, m), v.dtype), (xb, vb))
+      xj, vj = blk
+      return acc + call(xa, xj, *args).astype(vc.dtype) @ vj, None
+    acc, _ = lax.scan(body, jnp.zeros((bs, m), vc.dtype), (xcb, vcb))
     return acc
 
-  return lax.map(row, xb).reshape(nb * bs, m)[:n]
+  return lax.map(row, xrb).reshape(-1, m)
 
 
-def kernel_matvec(kernel_fn: Callable, x, v, *, block_size: int, get: str = "ntk") -> jax.Array:
-  """K(x, x) @ v computed block by block, never forming the n x n matrix K.
+@functools.lru_cache(maxsize=64)
+def _product_fn(kernel_fn, get, bs, devices):
+  """One jitted (and, for several devices, row-sharded) blocked product per configuration."""
+  local = functools.partial(_row_block_products, _kernel_call(kernel_fn, get), bs)
+  if len(devices) == 1:
+    return jax.jit(local)
+  from jax.sharding import Mesh, PartitionSpec as P
+  mesh = Mesh(np.asarray(devices), ("rows",))
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("rows"), P(), P(), P()),
+                          out_specs=P("rows"), check_vma=False)
+  return jax.jit(sharded)
 
-  (K v)_I = sum_J k(x_I, x_J) v_J over row blocks I and column blocks J of ``block_size``
-  points; live memory is O(block_size^2 + block_size m). Pure and jittable (``kernel_fn``
-  and ``block_size`` are static), so it can sit inside an iterative eigensolver.
+
+@_cached
+def _block_fns(kernel_fn, get):
+  """Jitted ``k(a, b, *args)`` and ``k(a, None, *args)`` (symmetric diagonal blocks)."""
+  call = _kernel_call(kernel_fn, get)
+  pair = jax.jit(lambda a, b, args: call(a, b, *args))
+  sym = jax.jit(lambda a, args: call(a, None, *args))
+  return pair, sym
+
+
+def _check_devices(devices):
+  devices = tuple(jax.devices() if devices is None else devices)
+  if not devices:
+    raise ValueError("`devices` must be a non-empty sequence of jax devices (or None for all).")
+  return devices
+
+
+def _resolve_block(block_size, memory_budget, n, m, n_dev):
+  if block_size is None:
+    block_size = block_size_for_budget(memory_budget, m=m)
+  else:
+    block_size = _validate.check_int(block_size, "block_size", lo=1)
+  # Same number of blocks per device, but the smallest edge that covers each device's
+  # rows: padding waste is then < 8 rows per block instead of up to a whole block.
+  share = math.ceil(n / n_dev)
+  nb = math.ceil(share / int(block_size))
+  b = math.ceil(share / nb)
+  return int(min(int(block_size), 8 * math.ceil(b / 8) if b > 8 else b))
+
+
+@jax.jit
+def _symmetrize(B):
+  return 0.5 * (B + B.T)
+
+
+@jax.jit
+def _dense_product(K, v):
+  return K @ v
+
+
+class KernelOperator(NamedTuple):
+  r"""The kernel matrix ``K = k(X, X)`` as an operator ``V ↦ K V`` (``op @ V``).
+
+  Built by :func:`kernel_operator` (from a kernel function, blocked, memory-budgeted,
+  row-sharded, optionally with K cached), :func:`matrix_operator` (from a matrix K), or
+  directly as ``KernelOperator(n, dtype, matmul)`` for any symmetric PSD product
+  (e.g. an empirical NTK ``V ↦ J (Jᵀ V)``).
+  Every eigensolver of :func:`mskjax.eigh_top` and :func:`mskjax.msk_spectrum` accepts it.
+
+  Attributes:
+    n: number of points (K is ``n × n``).
+    dtype: dtype of the products.
+    matmul: ``V ↦ K V`` for ``V`` of shape ``(n,)`` or ``(n, m)`` (checked: shape, NaN/inf).
+    block_size: block edge b of the kernel blocks (``n`` for a matrix; else ``None``).
+    devices: devices the rows are sharded over.
+    cached: whether K is held in memory (every product is then one GEMM).
+    matrix: the cached ``(n, n)`` K, or ``None``.
+    x: the points X (``None`` for :func:`matrix_operator`).
+    kernel: ``(a, b) ↦ k(a, b)`` for point blocks a, b (``b=None``: k(a, a)), or ``None``;
+      what Nyström needs.
+  """
+  n: int
+  dtype: Any
+  matmul: Callable
+  block_size: Optional[int] = None
+  devices: tuple = ()
+  cached: bool = False
+  matrix: Any = None
+  x: Any = None
+  kernel: Optional[Callable] = None
+
+  def __matmul__(self, v):
+    return self.matmul(v)
+
+
+def _checked_columns(v, n, dtype):
+  v = _validate.finite_array(v, "V", ndim=(1, 2)).astype(dtype)
+  if v.shape[0] != n:
+    raise ValueError(f"`V` must have n = {n} rows (one per point of `x`), got shape "
+                     f"{tuple(v.shape)}.")
+  return v
+
+
+def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
+                    kernel_args: tuple = (), m: int = 128, block_size: Optional[int] = None,
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                    devices: Optional[Sequence] = None, cache="auto") -> KernelOperator:
+  r"""``V ↦ K V`` with ``K = k(X, X)``: blocked, memory-budgeted and row-sharded over devices.
+
+  .. math:: (K V)_I = \sum_J k(X_I, X_J)\, V_J \qquad (\text{row blocks } I,\ \text{column blocks } J)
+
+  Rows of X are padded (repeating the last row) to a multiple of ``b · n_devices`` and split
+  over a 1-D device mesh (``jax.shard_map``); columns are padded to a multiple of ``b``
+  with zero rows of V, so every output row is the same sum in the same order on one or many
+  devices. Per device: O(b² · temporaries + n m) memory, n²/n_devices kernel evaluations
+  per product. With ``cache`` K is instead evaluated once, exactly as :func:`gram` does
+  (upper-triangle blocks, mirrored), and every product is one GEMM.
 
   Args:
-    kernel_fn: ``kernel_fn(x1, x2, get)``, e.g. ``stax_mlp(spec)[2]``.
-    x: inputs of shape (n, d).
+    kernel_fn: ``kernel_fn(x1, x2, get, *kernel_args)`` (neural-tangents style), or
+      ``kernel_fn(x1, x2, *kernel_args)`` when ``get is None`` (e.g. an empirical NTK
+      ``lambda a, b, params: ...`` with ``kernel_args=(params,)``). Must be jittable and
+      hashable (functions are).
+    x: inputs X of shape ``(n, d)`` or ``(n, ...)`` (e.g. ``(n, L, C)`` sequences or
+      ``(n, H, W, C)`` images for a CNN kernel); blocks split the point axis only.
+    get: ``'ntk'``, ``'nngp'`` or ``None`` (see ``kernel_fn``).
+    kernel_args: extra (traced, replicated) arguments of ``kernel_fn``.
+    m: typical number of columns of V, used only to size blocks from the budget.
+    block_size: block edge b; ``None`` derives it from ``memory_budget``.
+    memory_budget: bytes per device for kernel blocks (see :func:`block_size_for_budget`)
+      and, with ``cache='auto'``, for the cached K.
+    devices: devices to shard rows over; ``None`` means ``jax.devices()``.
+    cache: ``True`` evaluates K once and every product is then a dense ``K @ V``
+      (2n²m flops instead of n² kernel evaluations: an analytic NTK entry costs as much as
+      a GEMM pass with tens of columns, see ``benchmarks/README.md``); ``False`` never
+      stores K; ``'auto'`` (default) caches when one device is used, ``x`` is concrete (not
+      under ``jit``) and ``2·n²·itemsize`` (K plus its host copy while it is assembled) fits
+      ``memory_budget``.
+
+  Returns:
+    :class:`KernelOperator` (``op @ V`` or ``op.matmul(V)``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> lin = lambda a, b: a @ b.T
+    >>> X = jnp.arange(6.0).reshape(3, 2)
+    >>> op = kernel_operator(lin, X, get=None, block_size=2)
+    >>> (op @ jnp.ones(3)).tolist(), op.n, op.cached
+    ([9.0, 39.0, 69.0], 3, True)
+  """
+  x = _validate.as_points(x, "x")
+  _validate.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
+  devices = _check_devices(devices)
+  memory_budget = _validate.check_int(memory_budget, "memory_budget", lo=1)
+  m = _validate.check_int(m, "m", lo=1)
+  n = x.shape[0]
+  nd = len(devices)
+  if cache not in (True, False, "auto"):
+    raise ValueError(f"`cache` must be True, False or 'auto', got {cache!r}.")
+  k_bytes = 2 * n * n * x.dtype.itemsize        # K, and a host copy while it is assembled
+  traced = not _validate.is_concrete(x)
+  if cache == "auto":
+    cache = nd == 1 and k_bytes <= memory_budget and not traced
+  elif cache and traced:
+    raise ValueError("`cache=True` assembles K on the host and cannot run under jax.jit "
+                     "(`x` is traced); use cache=False inside jit.")
+  # With K cached the kernel blocks get what the budget leaves (at least an eighth of it).
+  block_budget = max(memory_budget - k_bytes, memory_budget // 8) if cache else memory_budget
+  bs = _resolve_block(block_size, block_budget, n, m, nd)
+  args = tuple(kernel_args)
+  pair, sym = _block_fns(kernel_fn, get)
+  kernel = lambda a, b=None: pair(a, a if b is None else b, args)
+  dtype = x.dtype
+  if cache:
+    K = _blocked(kernel, lambda a: _symmetrize(kernel(a, a)), x, None, bs).astype(dtype)
+    if not bool(jnp.all(jnp.isfinite(K))):
+      raise ValueError("`kernel_fn` returned NaN/inf on `x` (the cached K is not finite): "
+                       "check the kernel's parameters and the inputs' scale.")
+
+    def matmul(v):
+      v = _checked_columns(v, n, dtype)
+      return _dense_product(K, v.reshape(n, -1)).reshape(v.shape)
+    return KernelOperator(n, dtype, matmul, bs, devices, True, K, x, kernel)
+
+  nr = bs * nd * math.ceil(n / (bs * nd))
+  nc = bs * math.ceil(n / bs)
+  xr, xc = pad_rows(x, nr), pad_rows(x, nc)
+  fn = _product_fn(kernel_fn, get, bs, devices)
+
+  def matmul(v):
+    v = _checked_columns(v, n, dtype)
+    vc = jnp.pad(v.reshape(n, -1), ((0, nc - n), (0, 0)))  # zero rows: padding adds nothing
+    return fn(xr, xc, vc, args)[:n].reshape(v.shape)
+  return KernelOperator(n, dtype, matmul, bs, devices, False, None, x, kernel)
+
+
+def matrix_operator(K) -> KernelOperator:
+  """A given symmetric matrix ``K`` as a :class:`KernelOperator` (products are GEMMs).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> (matrix_operator(jnp.eye(2) * 3.0) @ jnp.ones(2)).tolist()
+    [3.0, 3.0]
+  """
+  K = _validate.check_square_symmetric(K, "K")
+  n = K.shape[0]
+
+  def matmul(v):
+    v = _checked_columns(v, n, K.dtype)
+    return _dense_product(K, v.reshape(n, -1)).reshape(v.shape)
+  return KernelOperator(n, K.dtype, matmul, n, tuple(jax.devices()[:1]), True, K)
+
+
+def kernel_matvec(kernel_fn: Callable, x, v, *, block_size: Optional[int] = None,
+                  get: Optional[str] = "ntk", kernel_args: tuple = (),
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                  devices: Optional[Sequence] = None) -> jax.Array:
+  r"""``K(x, x) @ v`` from on-the-fly blocks, never forming the n × n matrix K.
+
+  .. math:: (K v)_I = \sum_J k(x_I, x_J)\, v_J
+
+  A one-shot product of :func:`kernel_operator` (``cache=False``: one product does not pay
+  for caching K; see it for the arguments): live memory O(b² + b m) per device, rows
+  sharded over ``devices``. Works under ``jax.jit`` too (``kernel_fn`` static).
+
+  Args:
+    kernel_fn: ``kernel_fn(x1, x2, get, *kernel_args)``, e.g. ``stax_mlp(spec)[2]``.
+    x: inputs of shape (n, d) or (n, ...).
     v: vector(s) of shape (n,) or (n, m).
-    block_size: points per block (positive int).
-    get: ``'ntk'`` or ``'nngp'``.
+    block_size: points per block (default: from ``memory_budget``).
+    get, kernel_args, memory_budget, devices: see :func:`kernel_operator`.
 
   Returns:
     K v with the shape of ``v``.
@@ -364,19 +623,34 @@ def kernel_matvec(kernel_fn: Callable, x, v, *, block_size: int, get: str = "ntk
     >>> print(np.round(np.asarray(kv, float), 3))
     [0.855 0.945 1.141]
   """
-  _check_get(get, "kernel_matvec")
   x = _as_inputs(x, "x", "kernel_matvec")
-  block_size = _check_block_size(block_size, "kernel_matvec", required=True)
   if not hasattr(v, "shape"):
     v = np.asarray(v)
   if len(v.shape) not in (1, 2) or v.shape[0] != x.shape[0]:
     raise ValueError(f"kernel_matvec: v must have shape (n,) or (n, m) with n = "
                      f"x.shape[0] = {x.shape[0]}; got shape {tuple(v.shape)}.")
-  v = jnp.asarray(v, _float_dtype())
-  if not isinstance(v, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(v))):
-    raise ValueError("kernel_matvec: v contains NaN or inf.")
-  out = _matvec(kernel_fn, x, v.reshape(x.shape[0], -1), block_size, get)
-  return out.reshape(v.shape)
+  _validate.check_finite(v, "v")
+  m = 1 if len(v.shape) == 1 else max(int(v.shape[1]), 1)
+  op = kernel_operator(kernel_fn, x, get=get, kernel_args=kernel_args, m=m,
+                       block_size=block_size, memory_budget=memory_budget, devices=devices,
+                       cache=False)
+  return op @ v
+
+
+def map_row_blocks(fn: Callable, x, block_size: Optional[int]) -> jax.Array:
+  """``fn`` applied to row blocks of ``x`` and concatenated (the last block padded by
+  repeating the last row, then trimmed): one compiled shape for every block.
+
+  Example:
+    >>> map_row_blocks(lambda a: 2 * a, jnp.arange(5.0)[:, None], 2).ravel().tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0]
+  """
+  n = x.shape[0]
+  if block_size is None or n <= block_size:
+    return fn(x)
+  xp = pad_rows(x, block_size * math.ceil(n / block_size))
+  out = [fn(xp[i:i + block_size]) for i in range(0, xp.shape[0], block_size)]
+  return jnp.concatenate(out, axis=0)[:n]
 
 
 # ------------------------------------------------- Jacobian operators of a finite network

@@ -19,14 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mskjax import _validate as V
+from mskjax import _validate as _v
 from mskjax import modifiers as _modifiers
+from mskjax import kernels as _kernels
 from mskjax import spectrum as _spectrum
+from mskjax.kernels import KernelOperator, map_row_blocks
 
 __all__ = ["MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram",
            "preconditioner", "check_spectrum",
            "msk_gram_from_spectrum", "preconditioner_from_spectrum",
-           "apply_preconditioner", "msk_kernel_fn", "transfer_msk_spectrum"]
+           "apply_preconditioner", "MSKKernel", "msk_kernel_fn", "transfer_msk_spectrum"]
 
 
 class MSKSpectrum(NamedTuple):
@@ -54,20 +56,33 @@ class MSKSpectrum(NamedTuple):
 
 
 def msk_spectrum(K, g: _modifiers.Modifier, k: int, *, method: str = "auto",
-                 tie_rtol: float = 1e-6, key=None) -> MSKSpectrum:
+                 tie_rtol: float = 1e-6, key=None, return_info: bool = False,
+                 **solver_options):
   r"""Top-(k+1) eigenpairs of ``K`` and the modified values ``g(λ₁..λ_k)``.
 
+  .. math:: \text{new\_values} = g(\lambda_1..\lambda_k),\quad
+     \text{next\_value} = \lambda_{k+1}
+
+  The one MSK-spectrum path: :func:`mskjax.eigh_top` (dense, randomized, block Krylov or
+  Nyström) on a matrix or on a :class:`mskjax.kernels.KernelOperator` (K never formed,
+  or cached), then :func:`msk_spectrum_from_eigenpairs`.
+
   Args:
-    K: ``(n, n)`` symmetric PSD Gram matrix (float64 recommended).
+    K: ``(n, n)`` symmetric PSD Gram matrix (float64 recommended), or a
+      :class:`mskjax.kernels.KernelOperator` (e.g. ``kernels.kernel_operator(kernel_fn, X)``
+      for large n).
     g: modifier ``g(evals, k)`` (see :mod:`mskjax.modifiers`).
     k: number of modified eigenvalues, ``1 <= k <= n - 1``.
     method: eigen-solver, see :func:`mskjax.eigh_top`.
     tie_rtol: warn when λ_k and λ_{k+1} agree to this relative tolerance (the cut
       would split a block of equal eigenvalues and break the data's symmetry).
-    key: PRNG key for the randomized solver.
+    key: PRNG key for the randomized / Krylov start or the Nyström landmarks.
+    return_info: also return the solver's :class:`mskjax.EighInfo` (residuals, products).
+    **solver_options: passed to :func:`mskjax.eigh_top` (``oversample``, ``depth``,
+      ``tol``, ``max_cycles``, ``n_landmarks``, ...).
 
   Returns:
-    :class:`MSKSpectrum`.
+    :class:`MSKSpectrum` (``(spectrum, info)`` with ``return_info=True``).
 
   Raises:
     ValueError: if λ_k is numerically zero relative to λ₁ (``k`` exceeds the numerical
@@ -78,12 +93,25 @@ def msk_spectrum(K, g: _modifiers.Modifier, k: int, *, method: str = "auto",
     >>> s = mskjax.msk_spectrum(jnp.diag(jnp.array([4.0, 2.0, 1.0])), mskjax.modifiers.flatten(), 1)
     >>> s.values.tolist(), s.new_values.tolist(), float(s.next_value)
     ([4.0], [2.0], 2.0)
+    >>> rbf = lambda a, b: jnp.exp(-((a[:, None] - b[None]) ** 2).sum(-1))
+    >>> X = jnp.linspace(-2, 2, 40)[:, None]
+    >>> op = mskjax.kernels.kernel_operator(rbf, X, get=None, cache=False)
+    >>> s = mskjax.msk_spectrum(op, mskjax.modifiers.flatten(), 3, method="krylov")
+    >>> d = mskjax.msk_spectrum(rbf(X, X), mskjax.modifiers.flatten(), 3)
+    >>> bool(jnp.allclose(s.values, d.values, rtol=1e-10)), s.vectors.shape
+    (True, (40, 3))
   """
-  K = V.check_square_symmetric(K, "K")
-  n = K.shape[0]
-  k = V.check_k(k, n)
-  top = _spectrum.eigh_top(K, k + 1, method=method, key=key)
-  return msk_spectrum_from_eigenpairs(top, g, k, dtype=K.dtype, tie_rtol=tie_rtol)
+  if isinstance(K, KernelOperator):
+    n, dtype = K.n, K.dtype
+  else:
+    K = _v.check_square_symmetric(K, "K")
+    n, dtype = K.shape[0], K.dtype
+  k = _v.check_k(k, n)
+  out = _spectrum.eigh_top(K, k + 1, method=method, key=key, return_info=return_info,
+                           **solver_options)
+  top, info = out if return_info else (out, None)
+  spec = msk_spectrum_from_eigenpairs(top, g, k, dtype=dtype, tie_rtol=tie_rtol)
+  return (spec, info) if return_info else spec
 
 
 def msk_spectrum_from_eigenpairs(top: _spectrum.Eigenpairs, g: _modifiers.Modifier, k: int,
@@ -112,17 +140,17 @@ def msk_spectrum_from_eigenpairs(top: _spectrum.Eigenpairs, g: _modifiers.Modifi
   if not isinstance(top, tuple) or not hasattr(top, "values") or not hasattr(top, "vectors"):
     raise TypeError("`top` must be an mskjax.Eigenpairs (values, vectors), got "
                     f"{type(top).__name__}.")
-  vals = V.finite_array(top.values, "top.values", ndim=1)
-  vecs = V.finite_array(top.vectors, "top.vectors", ndim=2)
+  vals = _v.finite_array(top.values, "top.values", ndim=1)
+  vecs = _v.finite_array(top.vectors, "top.vectors", ndim=2)
   if vecs.shape[1] != vals.shape[0]:
     raise ValueError(f"`top.vectors` has {vecs.shape[1]} columns but `top.values` has "
                      f"{vals.shape[0]} entries; they must pair up.")
   top = _spectrum.Eigenpairs(vals, vecs)
   dtype = vals.dtype if dtype is None else dtype
-  k = V.check_k(k, vals.shape[0])
+  k = _v.check_k(k, vals.shape[0])
   n = top.vectors.shape[0]
   new = _modifiers.apply_modifier(g, top.values, k)
-  if V.is_concrete(top.values):
+  if _v.is_concrete(top.values):
     lam = np.asarray(top.values)
     floor = n * np.finfo(np.dtype(dtype)).eps * max(lam[0], np.finfo(float).tiny)
     if lam[k - 1] <= floor:
@@ -148,10 +176,10 @@ def check_spectrum(spec, n: int | None = None, name: str = "spec") -> MSKSpectru
   if not isinstance(spec, MSKSpectrum):
     raise TypeError(f"`{name}` must be an mskjax.MSKSpectrum (from mskjax.msk_spectrum), got "
                     f"{type(spec).__name__}.")
-  vals = V.finite_array(spec.values, f"{name}.values", ndim=1)
-  vecs = V.finite_array(spec.vectors, f"{name}.vectors", ndim=2)
-  new = V.finite_array(spec.new_values, f"{name}.new_values", ndim=1)
-  nxt = V.finite_array(spec.next_value, f"{name}.next_value", ndim=0)
+  vals = _v.finite_array(spec.values, f"{name}.values", ndim=1)
+  vecs = _v.finite_array(spec.vectors, f"{name}.vectors", ndim=2)
+  new = _v.finite_array(spec.new_values, f"{name}.new_values", ndim=1)
+  nxt = _v.finite_array(spec.next_value, f"{name}.next_value", ndim=0)
   k = vals.shape[0]
   if vecs.shape[1] != k or new.shape[0] != k:
     raise ValueError(f"`{name}` is inconsistent: values {tuple(vals.shape)}, vectors "
@@ -160,7 +188,7 @@ def check_spectrum(spec, n: int | None = None, name: str = "spec") -> MSKSpectru
   if n is not None and vecs.shape[0] != n:
     raise ValueError(f"`{name}.vectors` has {vecs.shape[0]} rows but {n} are required (one "
                      "per training point).")
-  if V.is_concrete(vals) and V.is_concrete(new) and k:
+  if _v.is_concrete(vals) and _v.is_concrete(new) and k:
     lam, gv = np.asarray(vals), np.asarray(new)
     if not (lam > 0).all() or not (gv > 0).all():
       raise ValueError(f"`{name}` must have λ_i > 0 and g(λ_i) > 0 (S = I + V(g/λ − 1)Vᵀ "
@@ -186,7 +214,7 @@ def msk_gram_from_spectrum(K, spec: MSKSpectrum) -> jax.Array:
     >>> mskjax.msk_gram_from_spectrum(K, s).diagonal().tolist()
     [2.0, 2.0, 1.0]
   """
-  K = V.check_square_symmetric(K, "K")
+  K = _v.check_square_symmetric(K, "K")
   spec = check_spectrum(spec, K.shape[0])
   return _msk_gram_from_spectrum(K, spec)
 
@@ -231,7 +259,7 @@ def apply_preconditioner(spec: MSKSpectrum, r) -> jax.Array:
     [0.5, 1.0, 1.0]
   """
   spec = check_spectrum(spec)
-  r = V.finite_array(r, "r", ndim=(1, 2))
+  r = _v.finite_array(r, "r", ndim=(1, 2))
   n = spec.vectors.shape[0]
   if r.shape[0] != n:
     raise ValueError(f"`r` has {r.shape[0]} rows but the spectrum's eigenvectors have n = {n} "
@@ -259,7 +287,7 @@ def msk_gram(K, g: _modifiers.Modifier, k: int, **kwargs) -> jax.Array:
     >>> mskjax.msk_gram(K, mskjax.modifiers.flatten(), 1).diagonal().tolist()
     [2.0, 2.0, 1.0]
   """
-  K = V.check_square_symmetric(K, "K")
+  K = _v.check_square_symmetric(K, "K")
   return msk_gram_from_spectrum(K, msk_spectrum(K, g, k, **kwargs))
 
 
@@ -286,31 +314,40 @@ def preconditioner(K, g: _modifiers.Modifier, k: int, **kwargs) -> jax.Array:
     >>> mskjax.preconditioner(K, mskjax.modifiers.flatten(), 1).diagonal().tolist()
     [0.5, 1.0, 1.0]
   """
-  K = V.check_square_symmetric(K, "K")
+  K = _v.check_square_symmetric(K, "K")
   return preconditioner_from_spectrum(msk_spectrum(K, g, k, **kwargs))
 
 
-def _as_kernel_callable(kernel_fn, get):
-  V.check_kernel_fn(kernel_fn, get)
-  if get is None:
-    return lambda a, b: kernel_fn(a, b)
-  return lambda a, b: kernel_fn(a, b, get)
+class MSKKernel(NamedTuple):
+  r"""The MSK ``k_g`` at any points (from :func:`msk_kernel_fn`): call it as ``k_g(x1, x2=None)``.
 
+  Attributes:
+    spectrum: the :class:`MSKSpectrum` of the training Gram matrix that defines k_g.
+    x_train: the training inputs X.
+    pair: jitted ``(a, b) ↦ k_g(a, b)`` on blocks of points.
+    block_size: rows of ``x1``/``x2`` evaluated at a time (``None``: all at once).
+  """
+  spectrum: MSKSpectrum
+  x_train: jax.Array
+  pair: Callable
+  block_size: int | None
 
-def _blocked_rows(fn, x, block_size):
-  """Apply ``fn`` to row blocks of ``x`` (the last block padded, then trimmed)."""
-  n = x.shape[0]
-  if block_size is None or n <= block_size:
-    return fn(x)
-  pad = (-n) % block_size
-  xp = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
-  out = [fn(xp[i:i + block_size]) for i in range(0, xp.shape[0], block_size)]
-  return jnp.concatenate(out, axis=0)[:n]
+  def __call__(self, x1, x2=None) -> jax.Array:
+    x1 = _v.as_points(x1, "x1")
+    x2 = x1 if x2 is None else _v.as_points(x2, "x2")
+    for name, x in (("x1", x1), ("x2", x2)):
+      if x.shape[1:] != self.x_train.shape[1:]:
+        raise ValueError(f"`{name}` has per-point shape {tuple(x.shape[1:])} but `x_train` has "
+                         f"{tuple(self.x_train.shape[1:])}: the features of every point must "
+                         "have the same shape (n, ...).")
+    bs = self.block_size
+    return map_row_blocks(
+        lambda a: map_row_blocks(lambda b: self.pair(a, b).T, x2, bs).T, x1, bs)
 
 
 def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, *,
                   get: str | None = "ntk", K_train=None, block_size: int | None = 1024,
-                  **kwargs) -> Callable:
+                  **kwargs) -> MSKKernel:
   r"""The MSK at any points via the Nyström extension of the top-k eigenvectors.
 
   .. math::
@@ -329,14 +366,15 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
     g: modifier ``g(evals, k)``.
     k: number of modified eigenvalues, ``1 <= k <= n - 1``.
     get: which kernel (``'ntk'`` or ``'nngp'``); ``None`` for plain callables.
-    K_train: optional precomputed ``k(X, X)``.
-    block_size: rows of ``x1``/``x2`` evaluated at a time (bounded memory).
+    K_train: optional precomputed ``k(X, X)`` (default: the cached
+      :func:`mskjax.kernels.kernel_operator`, each block pair evaluated once).
+    block_size: rows of ``x1``/``x2`` (and of the blocks of K_train) evaluated at a time.
     **kwargs: passed to :func:`msk_spectrum`.
 
   Returns:
-    A function ``(x1, x2=None) -> (n1, n2)`` Gram matrix of ``k_g`` (x1, x2 with the
-    per-point shape of ``x_train``); it carries the
-    :class:`MSKSpectrum` as attribute ``.spectrum``.
+    :class:`MSKKernel`: ``k_g(x1, x2=None) -> (n1, n2)`` Gram matrix of ``k_g`` (x1, x2
+    with the per-point shape of ``x_train``), with the :class:`MSKSpectrum` as
+    ``.spectrum``.
 
   Example:
     >>> import jax.numpy as jnp, mskjax
@@ -346,13 +384,17 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
     >>> bool(jnp.allclose(kg(X, X), mskjax.msk_gram(rbf(X, X), mskjax.modifiers.flatten(), 2)))
     True
   """
-  kf = _as_kernel_callable(kernel_fn, get)
-  block_size = None if block_size is None else V.check_int(block_size, "block_size", lo=1)
-  x_train = V.as_points(x_train, "x_train")
+  _v.check_kernel_fn(kernel_fn, get)
+  kf = (lambda a, b: kernel_fn(a, b)) if get is None else (lambda a, b: kernel_fn(a, b, get))
+  block_size = None if block_size is None else _v.check_int(block_size, "block_size", lo=1)
+  x_train = _v.as_points(x_train, "x_train")
+  n = x_train.shape[0]
   if K_train is None:
-    K_train = _blocked_rows(lambda a: kf(a, x_train), x_train, block_size)
-  K_train = V.check_square_symmetric(K_train, "K_train")
-  V.check_rows(K_train, x_train.shape[0], "K_train", "x_train")
+    K_train = _kernels.kernel_operator(kernel_fn, x_train, get=get, cache=True,
+                                       block_size=n if block_size is None else block_size
+                                       ).matrix
+  K_train = _v.check_square_symmetric(K_train, "K_train")
+  _v.check_rows(K_train, n, "K_train", "x_train")
   spec = msk_spectrum(K_train, g, k, **kwargs)
   coef = (spec.new_values - spec.values) / spec.values ** 2
 
@@ -364,19 +406,7 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
   def _pair(a, b):
     return kf(a, b) + (_features(a) * coef) @ _features(b).T
 
-  def k_g(x1, x2=None):
-    x1 = V.as_points(x1, "x1")
-    x2 = x1 if x2 is None else V.as_points(x2, "x2")
-    for name, x in (("x1", x1), ("x2", x2)):
-      if x.shape[1:] != x_train.shape[1:]:
-        raise ValueError(f"`{name}` has per-point shape {tuple(x.shape[1:])} but `x_train` has "
-                         f"{tuple(x_train.shape[1:])}: the features of every point must have the same "
-                         "shape (n, ...).")
-    return _blocked_rows(
-        lambda a: _blocked_rows(lambda b: _pair(a, b).T, x2, block_size).T, x1, block_size)
-
-  k_g.spectrum = spec
-  return k_g
+  return MSKKernel(spec, x_train, _pair, block_size)
 
 
 def transfer_msk_spectrum(K, source: MSKSpectrum | None, k: int) -> tuple[MSKSpectrum, float]:
@@ -417,9 +447,9 @@ def transfer_msk_spectrum(K, source: MSKSpectrum | None, k: int) -> tuple[MSKSpe
   """
   from scipy.optimize import linear_sum_assignment
 
-  K = V.check_square_symmetric(K, "K")
+  K = _v.check_square_symmetric(K, "K")
   n = K.shape[0]
-  k = V.check_k(k, n)
+  k = _v.check_k(k, n)
   if source is not None:
     source = check_spectrum(source, n=n, name="source")
     if source.k > k:

@@ -488,7 +488,7 @@ def _block_krylov(matvec, N, k, start, rng, oversample, depth, tol, max_cycles):
   """Top-(k+1) Ritz pairs of a PSD operator from a start block (float64, host side).
 
   Block Krylov ``[Q, K Q, …, K^depth Q]`` with full re-orthogonalisation, Rayleigh–Ritz,
-  thick restart from the top Ritz vectors (as :func:`mskjax.large.topk_eigh_matfree`, but
+  thick restart from the top Ritz vectors (as ``mskjax.eigh_top(method='krylov')``, but
   from a given start block, e.g. analytic eigenvectors pushed through J).
   """
   b = min(N, max(k + 1 + oversample, 0 if start is None else start.shape[1]))

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mskjax
-from mskjax import kernels, large, nets, optim
+from mskjax import kernels, nets, optim
 from mskjax.nets import CNNSpec, FlaxCNN, params_from_stax, stax_cnn
 
 
@@ -152,17 +152,17 @@ def test_shaped_inputs_through_every_analytic_entry_point(name):
   np.testing.assert_allclose(mskjax.gram(kernel_fn, xt, x, block_size=4), Kt, **tol)
   v = np.random.default_rng(0).standard_normal((n, 3))
   np.testing.assert_allclose(mskjax.kernel_matvec(kernel_fn, x, v, block_size=6), K @ v, **tol)
-  op = large.kernel_operator(kernel_fn, x, block_size=6)
-  np.testing.assert_allclose(op(v), K @ v, **tol)
-  np.testing.assert_allclose(large.kernel_matvec_large(kernel_fn, x, v[:, 0], block_size=8),
+  op = mskjax.kernel_operator(kernel_fn, x, block_size=6)
+  np.testing.assert_allclose(op @ v, K @ v, **tol)
+  np.testing.assert_allclose(mskjax.kernel_matvec(kernel_fn, x, v[:, 0], block_size=8),
                              K @ v[:, 0], **tol)
   lam, U = np.linalg.eigh(K)
   lam, U = lam[::-1], U[:, ::-1]
   g, k = mskjax.modifiers.flatten(), 3
   # Nyström with every point a landmark is exact: the top-k of K.
-  ny = large.nystrom_eigh(kernel_fn, x, k, n, block_size=6)
+  ny = mskjax.eigh_top(mskjax.kernel_operator(kernel_fn, x, block_size=6), k, method="nystrom", n_landmarks=n)
   np.testing.assert_allclose(ny.values, lam[:k], rtol=1e-8)
-  spec_l = large.msk_spectrum_large(kernel_fn, x, g, k, block_size=6, tol=1e-10)
+  spec_l = mskjax.msk_spectrum(mskjax.kernel_operator(kernel_fn, x, block_size=6, cache=False), g, k, method="krylov", tol=1e-10)
   np.testing.assert_allclose(spec_l.values, lam[:k], rtol=1e-9)
   np.testing.assert_allclose(float(spec_l.next_value), lam[k], rtol=1e-9)
   # MSK at new points: k_g(x', X) = k(x', X) S with S from numpy's eigenvectors.
@@ -195,7 +195,7 @@ def test_input_shape_errors_name_the_argument():
   with pytest.raises(ValueError, match="pool window"):
     CNNSpec(channels=(4,), pool=8).output_spatial_shape((5,))
   with pytest.raises(ValueError, match="leading axis"):
-    large.kernel_operator(stax_cnn(spec)[2], jnp.ones(5))
+    mskjax.kernel_operator(stax_cnn(spec)[2], jnp.ones(5))
   with pytest.raises(ValueError, match="x_train"):
     mskjax.msk_kernel_fn(stax_cnn(spec)[2], jnp.full((4, 8, 1), jnp.nan),
                          mskjax.modifiers.flatten(), 1)

@@ -12,7 +12,7 @@ _CODE = """
 import jax
 before = {k: repr(v) for k, v in jax.config.values.items()}
 import mskjax
-from mskjax import (data, diagnostics, kernels, large, modifiers, msk, nets, optim, predict,
+from mskjax import (data, diagnostics, kernels, modifiers, msk, nets, optim, predict,
                     run, spectrum, train)
 from mskjax import experiments
 programs = [experiments.get(name) for name in experiments.names()]   # every program module

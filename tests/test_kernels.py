@@ -172,9 +172,9 @@ def test_kernel_matvec_errors(kernel_fn, xs):
     kernel_matvec(kernel_fn, x, jnp.ones(10), block_size=4)
   with pytest.raises(ValueError, match=r"v must have shape"):
     kernel_matvec(kernel_fn, x, jnp.ones((11, 2, 1)), block_size=4)
-  with pytest.raises(ValueError, match="v contains NaN"):
+  with pytest.raises(ValueError, match="`v` has 11 NaN"):
     kernel_matvec(kernel_fn, x, jnp.full(11, jnp.nan), block_size=4)
   with pytest.raises(ValueError, match="x contains NaN"):
     kernel_matvec(kernel_fn, x.at[1, 1].set(jnp.nan), jnp.ones(11), block_size=4)
   with pytest.raises(ValueError, match="block_size"):
-    kernel_matvec(kernel_fn, x, jnp.ones(11), block_size=None)
+    kernel_matvec(kernel_fn, x, jnp.ones(11), block_size=0)

@@ -229,10 +229,8 @@ def test_kernel_fn_arity_and_block_size_errors_are_clear():
     mskjax.msk_kernel_fn(rbf, X, modifiers.flatten(), 2, get=None, block_size=0)
   with pytest.raises(ValueError, match="`get`"):
     mskjax.msk_kernel_fn(rbf, X, modifiers.flatten(), 2, get="ntk2")
-  with pytest.raises(TypeError, match="get=None"):           # same check in large.py
+  with pytest.raises(TypeError, match="get=None"):           # same check in the operator
     mskjax.kernel_operator(rbf, X)
-  with pytest.raises(TypeError, match="get=None"):
-    mskjax.nystrom_eigh(rbf, X, 1, 3)
 
 
 def test_msk_spectrum_from_eigenpairs_is_public_and_equal_to_msk_spectrum():

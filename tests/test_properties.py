@@ -10,7 +10,7 @@ import scipy.linalg
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mskjax
-from mskjax import large, modifiers
+from mskjax import kernels, modifiers
 from mskjax.diagnostics import kernel_alignment
 
 N = 5
@@ -166,6 +166,10 @@ def test_divergent_step_at_infinite_time_is_named(frac):
     mskjax.predict_gd_mse(K, np.ones(N), None, None, np.inf, learning_rate=frac / w[0])
 
 
+def _linear(a, b):
+  return a @ b.T
+
+
 @SETTINGS
 @given(idx=st.one_of(st.integers(12, 10**6), st.integers(-10**6, -1)), pos=st.integers(0, 3))
 def test_out_of_range_landmarks_are_named(idx, pos):
@@ -173,4 +177,5 @@ def test_out_of_range_landmarks_are_named(idx, pos):
   landmarks = np.array([0, 1, 2, 3])
   landmarks[pos] = idx
   with pytest.raises(IndexError, match="`landmarks`"):
-    large.nystrom_eigh(lambda a, b: a @ b.T, X, 1, 4, get=None, landmarks=landmarks)
+    mskjax.eigh_top(kernels.kernel_operator(_linear, X, get=None, cache=False), 1,
+                    method="nystrom", n_landmarks=4, landmarks=landmarks)

@@ -126,7 +126,7 @@ import warnings  # noqa: E402
 
 import jax  # noqa: E402
 
-from mskjax import large, spectrum as S  # noqa: E402
+from mskjax import kernels, spectrum as S  # noqa: E402
 
 
 @pytest.mark.parametrize("solver", [
@@ -203,18 +203,31 @@ def test_randomized_does_not_overflow_on_huge_kernels():
                              rtol=1e-10)
 
 
-def test_matfree_checks_the_matvec():
+def test_krylov_checks_the_operator():
   K = np.diag(1.0 / np.arange(1.0, 41.0))
-  opts = dict(depth=1, max_cycles=1, oversample=0)   # one block size: one compilation
-  with pytest.raises(ValueError, match="matvec` must map"):
-    large.topk_eigh_matfree(lambda v: (K @ v)[:-1], 40, 2, **opts)
+  opts = dict(method="krylov", depth=1, max_cycles=1, oversample=0)  # one block size
+  op = lambda f: kernels.KernelOperator(40, np.float64, f)
+  with pytest.raises(ValueError, match="matmul` must map"):
+    mskjax.eigh_top(op(lambda v: (K @ v)[:-1]), 2, **opts)
   with pytest.raises(ValueError, match="NaN/inf"):
-    large.topk_eigh_matfree(lambda v: K @ v * np.inf, 40, 2, **opts)
+    mskjax.eigh_top(op(lambda v: K @ v * np.inf), 2, **opts)
   with pytest.raises(ValueError, match="not positive semi-definite"):
-    large.topk_eigh_matfree(lambda v: -(K @ v), 40, 2, **opts)
+    mskjax.eigh_top(op(lambda v: -(K @ v)), 2, **opts)
   with pytest.warns(UserWarning, match="not converged"):
-    top = large.topk_eigh_matfree(lambda v: K @ v, 40, 2, tol=1e-14, **opts)
-  assert not top.converged
+    top, info = mskjax.eigh_top(op(lambda v: K @ v), 2, tol=1e-14, return_info=True, **opts)
+  assert not info.converged and info.residuals.shape == (2,)
+
+
+def test_eigh_info_residuals_are_the_true_ones():
+  K = random_psd(60, decay=2.0, seed=4)
+  for method in ("dense", "randomized", "krylov"):
+    top, info = mskjax.eigh_top(K, 4, method=method, return_info=True)
+    want = np.linalg.norm(K @ np.asarray(top.vectors) - np.asarray(top.vectors * top.values),
+                          axis=0)
+    assert info.method == method and info.converged
+    # residuals of unit vectors at float64 round-off (a few 1e-16·λ₁) or the solver's own
+    np.testing.assert_allclose(np.asarray(info.residuals), want, rtol=1e-6, atol=1e-14)
+    np.testing.assert_allclose(top.values, np.linalg.eigvalsh(K)[::-1][:4], rtol=1e-9)
 
 
 @pytest.mark.parametrize("landmarks,err,match", [
@@ -227,14 +240,17 @@ def test_nystrom_landmarks_are_bounds_checked(landmarks, err, match):
   # landmarks=[…, 100] with n = 40 used to compute with point 39 and report 100.
   lin = lambda a, b: a @ b.T
   X = jnp.asarray(np.random.default_rng(0).standard_normal((40, 3)))
+  op = kernels.kernel_operator(lin, X, get=None)
   with pytest.raises(err, match=match):
-    large.nystrom_eigh(lin, X, 1, 4, get=None, landmarks=np.asarray(landmarks))
+    mskjax.eigh_top(op, 1, method="nystrom", n_landmarks=4, landmarks=np.asarray(landmarks))
 
 
 def test_kernel_operator_rejects_nan_vectors():
   # V with a NaN used to give a silent all-NaN K V.
   lin = lambda a, b: a @ b.T
-  mv = large.kernel_operator(lin, jnp.arange(6.0).reshape(3, 2), get=None, block_size=2)
-  with pytest.raises(ValueError, match="`V`.*NaN"):
-    mv(jnp.array([1.0, np.nan, 0.0]))
-  np.testing.assert_allclose(mv(jnp.ones(3)), [9.0, 39.0, 69.0])
+  for cache in (True, False):
+    mv = kernels.kernel_operator(lin, jnp.arange(6.0).reshape(3, 2), get=None, block_size=2,
+                                 cache=cache)
+    with pytest.raises(ValueError, match="`V`.*NaN"):
+      mv @ jnp.array([1.0, np.nan, 0.0])
+    np.testing.assert_allclose(mv @ jnp.ones(3), [9.0, 39.0, 69.0])

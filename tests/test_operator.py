@@ -1,4 +1,5 @@
-"""mskjax.large: blocked/sharded matvecs, matrix-free top-k, Nyström, msk_spectrum_large.
+"""The kernel operator (blocked, budgeted, sharded, cached V ↦ K V) and the eigensolvers that
+use it: eigh_top(operator, method='krylov'|'nystrom') and msk_spectrum(operator).
 
 Oracles are dense: the Gram matrix from one ``kernel_fn`` call and numpy's LAPACK eigh.
 """
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import mskjax
-from mskjax import large, modifiers
+from mskjax import kernels, modifiers
 from mskjax.kernels import empirical_ntk
 from mskjax.nets import FlaxMLP, MLPSpec, stax_mlp
 
@@ -36,11 +37,11 @@ def _dense(kernel_fn, x, block_size=None, get="ntk"):
   neural-tangents' arc-cosine NTK has ~1e-8 relative round-off on its diagonal
   (arccos'(1) = ∞ amplifies the ~1e-16 error of x·x/‖x‖² ≈ 1), and that round-off depends
   on the block shape XLA compiles. Building the oracle from the same block calls isolates
-  what mskjax.large adds (summation order, ~1e-13) from the kernel's own round-off.
+  what the operator adds (summation order, ~1e-13) from the kernel's own round-off.
   """
   x = jnp.asarray(x)
   n = x.shape[0]
-  bs = n if block_size is None else large._resolve_block(block_size, None, n, 0, 1)
+  bs = n if block_size is None else kernels._resolve_block(block_size, None, n, 0, 1)
   nb = -(-n // bs)
   xp = jnp.concatenate([x, jnp.repeat(x[-1:], nb * bs - n, axis=0)])
   f = jax.jit(lambda a, b: kernel_fn(a, b, get))
@@ -54,10 +55,10 @@ def test_blocked_matvec_equals_dense(ntk2, block_size):
   x = _sphere(301, seed=1)  # 301: not a multiple of any block size (padding is exercised)
   K = _dense(ntk2, x, block_size)
   v = np.random.default_rng(2).standard_normal((301, 7))
-  out = large.kernel_matvec_large(ntk2, x, v, block_size=block_size)
+  out = mskjax.kernel_matvec(ntk2, x, v, block_size=block_size)
   # Same products summed in another order: float64 round-off, ~1e-13 relative.
   np.testing.assert_allclose(out, K @ v, rtol=0, atol=1e-12 * np.abs(K @ v).max())
-  out1 = large.kernel_matvec_large(ntk2, x, v[:, 0], block_size=block_size)
+  out1 = mskjax.kernel_matvec(ntk2, x, v[:, 0], block_size=block_size)
   assert out1.shape == (301,)
   np.testing.assert_allclose(out1, K @ v[:, 0], atol=1e-12 * np.abs(K @ v[:, 0]).max())
 
@@ -66,31 +67,31 @@ def test_blocked_matvec_equals_dense(ntk2, block_size):
 def test_cached_operator_equals_blocked(ntk2, cache):
   x = _sphere(301, seed=1)
   v = np.random.default_rng(2).standard_normal((301, 7))
-  blocked = large.kernel_operator(ntk2, x, block_size=64, cache=False)
-  cached = large.kernel_operator(ntk2, x, block_size=64, cache=cache)
+  blocked = kernels.kernel_operator(ntk2, x, block_size=64, cache=False)
+  cached = kernels.kernel_operator(ntk2, x, block_size=64, cache=cache)
   assert cached.cached and not blocked.cached     # 2·301²·8 B fits the default 1 GiB budget
   K = _dense(ntk2, x, 64)
   # The cached K holds the same block calls (upper triangle mirrored): K V to round-off.
-  np.testing.assert_allclose(cached(v), K @ v, rtol=0, atol=1e-12 * np.abs(K @ v).max())
-  np.testing.assert_allclose(cached(v), blocked(v), rtol=0, atol=1e-12 * np.abs(K @ v).max())
-  assert not large.kernel_operator(ntk2, x, block_size=64, memory_budget=1 << 20).cached
+  np.testing.assert_allclose((cached @ v), K @ v, rtol=0, atol=1e-12 * np.abs(K @ v).max())
+  np.testing.assert_allclose((cached @ v), (blocked @ v), rtol=0, atol=1e-12 * np.abs(K @ v).max())
+  assert not kernels.kernel_operator(ntk2, x, block_size=64, memory_budget=1 << 20).cached
   with pytest.raises(ValueError, match="`cache` must be"):
-    large.kernel_operator(ntk2, x, cache="yes")
+    kernels.kernel_operator(ntk2, x, cache="yes")
 
 
 def test_block_size_from_budget(ntk2):
-  b_small = large.block_size_for_budget(1 << 24, m=10, itemsize=8)
-  b_big = large.block_size_for_budget(1 << 30, m=10, itemsize=8)
+  b_small = kernels.block_size_for_budget(1 << 24, m=10, itemsize=8)
+  b_big = kernels.block_size_for_budget(1 << 30, m=10, itemsize=8)
   assert 64 <= b_small < b_big and b_big % 64 == 0
   # The chosen block honours the budget formula.
-  assert 8 * (large._TEMPORARIES * b_big ** 2 + 2 * b_big * 10) <= 1 << 30
+  assert 8 * (kernels._TEMPORARIES * b_big ** 2 + 2 * b_big * 10) <= 1 << 30
   x = _sphere(200, seed=3)
-  mv = large.kernel_operator(ntk2, x, memory_budget=1 << 21, m=4, cache=False)
+  mv = kernels.kernel_operator(ntk2, x, memory_budget=1 << 21, m=4, cache=False)
   assert mv.block_size == 56  # 4 blocks of <= 64 rows, edge trimmed to cover 200 rows
   v = np.ones((200, 4))
-  np.testing.assert_allclose(mv(v), _dense(ntk2, x, 56) @ v, rtol=1e-12)
+  np.testing.assert_allclose((mv @ v), _dense(ntk2, x, 56) @ v, rtol=1e-12)
   with pytest.raises(ValueError, match="memory_bytes"):
-    large.block_size_for_budget(0)
+    kernels.block_size_for_budget(0)
 
 
 def test_empirical_ntk_through_kernel_args():
@@ -102,7 +103,7 @@ def test_empirical_ntk_through_kernel_args():
   fn = empirical_ntk_fn(model.apply, trace_axes=(-1,), implementation=2)
   emp = lambda a, b, p: fn(a, b, p)
   v = np.random.default_rng(5).standard_normal((40, 3))
-  out = large.kernel_matvec_large(emp, x, v, get=None, kernel_args=(params,), block_size=16)
+  out = mskjax.kernel_matvec(emp, x, v, get=None, kernel_args=(params,), block_size=16)
   np.testing.assert_allclose(out, K @ v, atol=1e-10 * np.abs(K @ v).max())
 
 
@@ -112,17 +113,17 @@ def test_topk_matfree_matches_dense_eigh(ntk2):
   K = _dense(ntk2, x, 512)
   w, U = np.linalg.eigh(K)
   w, U = w[::-1], U[:, ::-1]
-  mv = large.kernel_operator(ntk2, x, m=k + 21, block_size=512)
-  top = large.topk_eigh_matfree(mv, n, k, tol=1e-8)
-  assert top.converged and top.values.shape == (k,) and top.vectors.shape == (n, k)
+  mv = kernels.kernel_operator(ntk2, x, m=k + 21, block_size=512, cache=False)
+  top, info = mskjax.eigh_top(mv, k + 1, method="krylov", tol=1e-8, return_info=True)
+  assert info.converged and info.method == "krylov" and info.n_matvecs >= 1
+  assert top.values.shape == (k + 1,) and top.vectors.shape == (n, k + 1)
   # Ritz values are Rayleigh quotients: error ≈ residual²/gap, far below the residual
   # tolerance 1e-8·λ₁, so agreement is at float64 round-off of a 1000-point eigh (~1e-12).
-  np.testing.assert_allclose(top.values, w[:k], rtol=1e-10)
-  np.testing.assert_allclose(float(top.next_value), w[k], rtol=1e-10)
+  np.testing.assert_allclose(top.values, w[:k + 1], rtol=1e-10)
   # Reported residuals are the true ones (recomputed with the dense K).
-  V = np.asarray(top.vectors)
-  res = np.linalg.norm(K @ V - V * np.asarray(top.values), axis=0)
-  np.testing.assert_allclose(top.residuals[:k], res, rtol=1e-3, atol=1e-13 * w[0])
+  V = np.asarray(top.vectors)[:, :k]
+  res = np.linalg.norm(K @ V - V * np.asarray(top.values)[:k], axis=0)
+  np.testing.assert_allclose(info.residuals[:k], res, rtol=1e-3, atol=1e-13 * w[0])
   assert res.max() <= 1e-8 * w[0]
   np.testing.assert_allclose(V.T @ V, np.eye(k), atol=1e-12)
   # Eigenvectors up to sign where the gap to the neighbours is not tiny.
@@ -130,18 +131,28 @@ def test_topk_matfree_matches_dense_eigh(ntk2):
   ok = gap > 1e-3 * w[0]
   overlap = np.abs(np.sum(V * U[:, :k], axis=0))
   np.testing.assert_allclose(overlap[ok], 1.0, atol=1e-8)
+  # The cached operator and a plain matrix take the same Krylov path (products are GEMMs).
+  for op in (kernels.kernel_operator(ntk2, x, block_size=512, cache=True),
+             kernels.matrix_operator(K)):
+    got = mskjax.eigh_top(op, k + 1, method="krylov", tol=1e-8)
+    np.testing.assert_allclose(got.values, w[:k + 1], rtol=1e-10)
 
 
-def test_topk_matfree_diagonal_and_validation():
+def test_krylov_diagonal_and_validation():
   K = jnp.diag(1.0 / jnp.arange(1.0, 61.0))
-  top = large.topk_eigh_matfree(lambda v: K @ v, 60, 5, oversample=4, depth=2)
+  op = kernels.KernelOperator(60, K.dtype, lambda v: K @ v)   # any symmetric product
+  top = mskjax.eigh_top(op, 5, oversample=4, depth=2)
   np.testing.assert_allclose(top.values, 1.0 / np.arange(1, 6), rtol=1e-12)
   with pytest.raises(ValueError, match="k"):
-    large.topk_eigh_matfree(lambda v: K @ v, 60, 60)
-  with pytest.raises(TypeError, match="matvec"):
-    large.topk_eigh_matfree(K, 60, 5)
+    mskjax.eigh_top(op, 61)
   with pytest.raises(ValueError, match="depth"):
-    large.topk_eigh_matfree(lambda v: K @ v, 60, 5, depth=0)
+    mskjax.eigh_top(op, 5, depth=0)
+  with pytest.raises(ValueError, match="method"):
+    mskjax.eigh_top(op, 5, method="lanczos")
+  with pytest.raises(ValueError, match="needs the matrix"):
+    mskjax.eigh_top(op, 5, method="dense")
+  with pytest.raises(ValueError, match="nystrom"):
+    mskjax.eigh_top(K, 5, method="nystrom")
 
 
 def test_nystrom_error(ntk2):
@@ -151,8 +162,10 @@ def test_nystrom_error(ntk2):
   w = np.linalg.eigvalsh(K)[::-1]
   errs = []
   for m in (100, 400):
-    ny = large.nystrom_eigh(ntk2, x, k, m, block_size=256)
-    L = np.asarray(ny.landmarks)
+    op = kernels.kernel_operator(ntk2, x, block_size=256, cache=False)
+    ny, info = mskjax.eigh_top(op, k, method="nystrom", n_landmarks=m, return_info=True)
+    assert info.method == "nystrom" and info.residuals is None
+    L = np.asarray(info.landmarks)
     C = K[:, L]
     Khat = C @ np.linalg.pinv(K[np.ix_(L, L)], rcond=1e-13, hermitian=True) @ C.T
     op_err = np.linalg.norm(K - Khat, 2)
@@ -160,23 +173,39 @@ def test_nystrom_error(ntk2):
     # The docstring's chain 0 ≤ λ_i(K) − λ_i(K̂) ≤ ‖K − K̂‖₂ ≤ tr(K − K̂) (round-off slack).
     assert np.all(dw >= -1e-9 * w[0])
     assert np.all(dw <= op_err * (1 + 1e-6) + 1e-9 * w[0])
-    assert op_err <= float(ny.trace_error) * (1 + 1e-6) + 1e-9 * w[0]
+    assert op_err <= float(info.trace_error) * (1 + 1e-6) + 1e-9 * w[0]
     # Its eigenpairs are those of K̂ (independent dense oracle).
     np.testing.assert_allclose(ny.values, np.linalg.eigvalsh(Khat)[::-1][:k], rtol=1e-7)
     errs.append(np.max(dw / w[:k]))
-    print("nystrom", m, errs[-1], op_err / w[0], float(ny.trace_error) / w[0])
+    print("nystrom", m, errs[-1], op_err / w[0], float(info.trace_error) / w[0])
   # Measured (n=600, seed 7): worst top-10 relative eigenvalue error ≈ 0.1 at m=100 and
   # ≈ 0.01 at m=400. Bounds with a factor ~2 margin; 4× the landmarks must help ≥ 3×.
   assert errs[0] < 0.2 and errs[1] < 0.03 and errs[1] < errs[0] / 3
 
 
-def test_msk_spectrum_large_matches_dense(ntk2):
+def test_nystrom_on_a_cached_operator_uses_its_columns(ntk2):
+  x = _sphere(150, seed=11)
+  L = np.arange(0, 150, 3)                               # 50 landmarks, m from `landmarks`
+  K = _dense(ntk2, x, 64)
+  C = K[:, L]
+  Khat = C @ np.linalg.pinv(K[np.ix_(L, L)], rcond=1e-13, hermitian=True) @ C.T
+  want = np.linalg.eigvalsh(Khat)[::-1][:5]               # independent dense oracle
+  for cache in (False, True):
+    op = kernels.kernel_operator(ntk2, x, block_size=64, cache=cache)
+    top, info = mskjax.eigh_top(op, 5, method="nystrom", landmarks=L, return_info=True)
+    assert info.landmarks.shape == (50,)
+    # K̂'s top eigenvalues are well separated here: float64 round-off of W⁺ (~1e-9 rel.)
+    np.testing.assert_allclose(top.values, want, rtol=1e-7)
+
+
+def test_msk_spectrum_of_an_operator_matches_dense(ntk2):
   n, k = 400, 11
   x = _sphere(n, d=3, seed=8)
   K = _dense(ntk2, x, 256)
   g = modifiers.flatten()
   dense = mskjax.msk_spectrum(jnp.asarray(K), g, k, method="dense")
-  spec, info = large.msk_spectrum_large(ntk2, x, g, k, block_size=256, return_info=True)
+  op = kernels.kernel_operator(ntk2, x, block_size=256, cache=False)
+  spec, info = mskjax.msk_spectrum(op, g, k, method="krylov", return_info=True)
   assert isinstance(spec, mskjax.MSKSpectrum) and info.converged
   np.testing.assert_allclose(spec.values, dense.values, rtol=1e-10)
   np.testing.assert_allclose(spec.new_values, dense.new_values, rtol=1e-10)
@@ -185,16 +214,16 @@ def test_msk_spectrum_large_matches_dense(ntk2):
   # S r is invariant to the eigenvector signs / rotations inside the top-k space.
   np.testing.assert_allclose(mskjax.apply_preconditioner(spec, r),
                              mskjax.apply_preconditioner(dense, r), atol=1e-8)
-  ny = large.msk_spectrum_large(ntk2, x, g, k, method="nystrom", n_landmarks=n)
+  ny = mskjax.msk_spectrum(op, g, k, method="nystrom", n_landmarks=n)
   np.testing.assert_allclose(ny.values, dense.values, rtol=1e-7)  # m = n: K̂ = K
   with pytest.raises(ValueError, match="method"):
-    large.msk_spectrum_large(ntk2, x, g, k, method="lanczos")
+    mskjax.msk_spectrum(op, g, k, method="lanczos")
   with pytest.raises(ValueError, match="k"):
-    large.msk_spectrum_large(ntk2, x, g, n)
+    mskjax.msk_spectrum(op, g, n)
 
 
 def test_minibatch_pgd_with_a_matrix_free_spectrum():
-  """Minibatch PGD at scale: spectrum from msk_spectrum_large (K never formed), steps on a batch.
+  """Minibatch PGD at scale: spectrum of an operator (K never formed), steps on a batch.
 
   Model: f(w, x) = φ(x)·w with random features φ (p = 64), so the empirical NTK is exactly
   K = Φ Φᵀ and full-batch PGD is exactly kernel GD with K_g (predict_gd_mse is the oracle).
@@ -212,7 +241,8 @@ def test_minibatch_pgd_with_a_matrix_free_spectrum():
   evals, evecs = np.linalg.eigh(Phi @ Phi.T)
   y = jnp.asarray(evecs[:, -1] + evecs[:, -k - 2] + evecs[:, -k - 10])  # top and beyond-k mix
   g = modifiers.flatten()
-  spec = large.msk_spectrum_large(kfn, x, g, k, get=None, block_size=128)  # 5 × 5 blocks
+  op = kernels.kernel_operator(kfn, x, get=None, block_size=128, cache=False)  # 5 × 5 blocks
+  spec = mskjax.msk_spectrum(op, g, k, method="krylov")
   apply_fn = lambda w, a: feats(a) @ w
   eta = 1.0 / float(spec.max_value)
   w0 = jnp.zeros(p)
@@ -238,17 +268,24 @@ def test_minibatch_pgd_with_a_matrix_free_spectrum():
 def test_input_errors(ntk2):
   x = _sphere(20, seed=10)
   with pytest.raises(ValueError, match="`get`"):
-    large.kernel_operator(ntk2, x, get="foo")
+    kernels.kernel_operator(ntk2, x, get="foo")
   with pytest.raises(ValueError, match="`x`"):
-    large.kernel_operator(ntk2, x[0])
+    kernels.kernel_operator(ntk2, x[0])
   with pytest.raises(ValueError, match="NaN"):
-    large.kernel_operator(ntk2, np.full((3, 2), np.nan))
+    kernels.kernel_operator(ntk2, np.full((3, 2), np.nan))
   with pytest.raises(ValueError, match="`V`"):
-    large.kernel_operator(ntk2, x)(np.ones(5))
+    kernels.kernel_operator(ntk2, x) @ np.ones(5)
   with pytest.raises(TypeError, match="kernel_fn"):
-    large.kernel_operator(3, x)
+    kernels.kernel_operator(3, x)
+  with pytest.raises(ValueError, match="NaN/inf on `x`"):   # was a silently NaN K V
+    kernels.kernel_operator(lambda a, b: jnp.log(a @ b.T), x, get=None, cache=True)
+  # Under jit the operator works uncached ('auto' never caches a traced x).
+  v = np.ones(20)
+  f = jax.jit(lambda x, v: kernels.kernel_operator(ntk2, x, block_size=8) @ v)
+  np.testing.assert_allclose(f(x, v), kernels.kernel_operator(ntk2, x, block_size=8) @ v,
+                             rtol=1e-12)
   with pytest.raises(ValueError, match="n_landmarks"):
-    large.nystrom_eigh(ntk2, x, 3, 50)
+    mskjax.eigh_top(kernels.kernel_operator(ntk2, x), 3, method="nystrom", n_landmarks=50)
 
 
 _SHARDED = textwrap.dedent("""
@@ -258,22 +295,24 @@ _SHARDED = textwrap.dedent("""
     import jax
     jax.config.update("jax_enable_x64", True)
     import numpy as np
-    from mskjax import large, modifiers
+    import mskjax
+    from mskjax import kernels, modifiers
     from mskjax.nets import MLPSpec, stax_mlp
     assert len(jax.devices()) == 8, jax.devices()
     kf = stax_mlp(MLPSpec(depth=2, width=8, b_std=0.1))[2]
     x = np.random.default_rng(0).standard_normal((333, 10))
     v = np.random.default_rng(1).standard_normal((333, 5))
-    one = np.asarray(large.kernel_matvec_large(kf, x, v, block_size=32,
-                                               devices=jax.devices()[:1]))
-    many = np.asarray(large.kernel_matvec_large(kf, x, v, block_size=32))
+    one = np.asarray(mskjax.kernel_matvec(kf, x, v, block_size=32,
+                                          devices=jax.devices()[:1]))
+    many = np.asarray(mskjax.kernel_matvec(kf, x, v, block_size=32))
     K = np.asarray(kf(x, x, "ntk"))  # one call: its diagonal round-off differs (~1e-8)
     print("matvec", np.abs(many - one).max() / np.abs(one).max(),
           np.abs(many - K @ v).max() / np.abs(one).max())
-    opts = dict(block_size=32, depth=3, oversample=6, cache=False)
-    s1 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 5, devices=jax.devices()[:1],
-                                  **opts)
-    s8 = large.msk_spectrum_large(kf, x, modifiers.flatten(), 5, **opts)
+    opts = dict(method="krylov", depth=3, oversample=6)
+    op1 = kernels.kernel_operator(kf, x, block_size=32, cache=False, devices=jax.devices()[:1])
+    op8 = kernels.kernel_operator(kf, x, block_size=32, cache=False)
+    s1 = mskjax.msk_spectrum(op1, modifiers.flatten(), 5, **opts)
+    s8 = mskjax.msk_spectrum(op8, modifiers.flatten(), 5, **opts)
     print("values", np.abs(np.asarray(s8.values) - np.asarray(s1.values)).max() / float(s1.values[0]))
 """)
 
