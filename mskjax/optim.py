@@ -103,6 +103,7 @@ from mskjax import _nt
 from mskjax import kernels as _kernels
 from mskjax import _validate as _v
 from mskjax import modifiers as _modifiers
+from mskjax import spectrum as _spectrum
 from mskjax.msk import MSKSpectrum
 
 
@@ -457,16 +458,6 @@ __all__ = ["MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "preco
 
 
 # ============================================================ top-k directions, matrix-free
-def _orth(w, basis=None):
-  """Orthonormal columns spanning w (minus its part in span(basis)); float64 numpy."""
-  for _ in range(2):
-    if basis is not None:
-      w = w - basis @ (basis.T @ w)
-      w = w - basis @ (basis.T @ w)
-    w, _ = np.linalg.qr(w)
-  return w
-
-
 def _few_blas_threads(size):
   """One BLAS thread for the host-side small dense algebra (QR, eigh of the Krylov basis).
 
@@ -482,41 +473,6 @@ def _few_blas_threads(size):
   if size > 20_000_000:
     return contextlib.nullcontext()
   return threadpoolctl.threadpool_limits(1, "blas")
-
-
-def _block_krylov(matvec, N, k, start, rng, oversample, depth, tol, max_cycles):
-  """Top-(k+1) Ritz pairs of a PSD operator from a start block (float64, host side).
-
-  Block Krylov ``[Q, K Q, …, K^depth Q]`` with full re-orthogonalisation, Rayleigh–Ritz,
-  thick restart from the top Ritz vectors (as ``mskjax.eigh_top(method='krylov')``, but
-  from a given start block, e.g. analytic eigenvectors pushed through J).
-  """
-  b = min(N, max(k + 1 + oversample, 0 if start is None else start.shape[1]))
-  Q = rng.standard_normal((N, b))
-  if start is not None:
-    m0 = min(start.shape[1], b)
-    Q[:, :m0] = start[:, :m0]
-  Q = _orth(Q)
-  depth = max(0, min(depth, N // b - 1))
-  n_mv = 0
-  for cycle in range(max_cycles):
-    blocks, kblocks = [Q], []
-    for j in range(depth + 1):
-      KQ = matvec(blocks[-1])
-      n_mv += 1
-      kblocks.append(KQ)
-      if j < depth:
-        blocks.append(_orth(KQ, np.concatenate(blocks, axis=1)))
-    B, KB = np.concatenate(blocks, axis=1), np.concatenate(kblocks, axis=1)
-    T = B.T @ KB
-    w, u = np.linalg.eigh(0.5 * (T + T.T))
-    w, u = w[::-1][:b], u[:, ::-1][:, :b]
-    Y, KY = B @ u, KB @ u
-    res = np.linalg.norm(KY - Y * w, axis=0) / max(w[0], np.finfo(float).tiny)
-    if np.max(res[:k + 1]) <= tol:
-      break
-    Q = Y if depth else _orth(KY)
-  return w[:k + 1], Y[:, :k + 1], res[:k + 1], n_mv
 
 
 def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int, *,
@@ -562,7 +518,8 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     init_vectors: optional ``(n, m)`` (or ``(s, m)``) start eigenvectors on the points,
       e.g. ``MSKSpectrum.vectors`` of the analytic NTK, or an :class:`mskjax.MSKSpectrum`;
       each is paired with every output (``v ⊗ e_j``, the analytic kernel is K ⊗ I_c) and
-      pushed through J, then Rayleigh–Ritz (``max_cycles=1, depth=0`` does only that).
+      pushed through J, then Rayleigh–Ritz (``max_cycles=1, depth=0`` does only that, with
+      no warning when the residuals stay above ``tol``).
       Or the previous :class:`MSKDirections` of the same model (a refresh during
       training): the start block is ``J q_i`` at the current parameters (any points).
     oversample, depth, tol, max_cycles: block size k+1+oversample; Krylov blocks per
@@ -644,9 +601,23 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
                           previous.directions)
       start = np.asarray(op.jvp(prev), np.float64).reshape(N, -1)
     cdtype = jax.tree.leaves(op.params)[0].dtype
-    matvec = lambda Vn: np.asarray(op.ntk_matvec(jnp.asarray(Vn, cdtype)), np.float64)
-    w, Y, res, _ = _block_krylov(matvec, N, k, start, rng, int(oversample), int(depth),
-                                 float(tol), int(max_cycles))
+    # The one Krylov solver (spectrum.eigh_top) on the operator V ↦ J (Jᵀ V): float64
+    # basis, products in the compute dtype.
+    kop = _kernels.KernelOperator(
+        N, jnp.float64, lambda Vn: op.ntk_matvec(jnp.asarray(Vn, cdtype)).astype(jnp.float64))
+    with warnings.catch_warnings():   # reported below, in msk_directions' own terms
+      warnings.simplefilter("ignore", UserWarning)
+      top, info = _spectrum.eigh_top(
+          kop, k + 1, method="krylov", key=jax.random.PRNGKey(seed),
+          oversample=int(oversample), depth=int(depth), tol=float(tol),
+          max_cycles=int(max_cycles), start=start, return_info=True)
+    if not info.converged and int(max_cycles) > 1:
+      warnings.warn(f"msk_directions: the eigen-solve did not reach tol = {tol:g} in "
+                    f"{max_cycles} cycles (max residual / λ₁ = "
+                    f"{float(np.max(info.residuals) / top.values[0]):.3g}); raise `max_cycles` "
+                    "or `depth`, or accept it (see `residuals`).", stacklevel=2)
+    w, Y = np.asarray(top.values, np.float64), np.asarray(top.vectors, np.float64)
+    res = np.asarray(info.residuals, np.float64) / max(w[0], np.finfo(float).tiny)
     eps = float(jnp.finfo(cdtype).eps)
     if not w[k - 1] > 100 * eps * w[0]:
       raise ValueError(f"msk_directions: λ_{k} = {w[k - 1]:.3g} is not positive: the "

@@ -234,7 +234,7 @@ Krylov solver (eigenvalue errors are about residual² / gap, far smaller)."""
 def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
              n_iter: int = 30, depth: int = 8, tol: Optional[float] = None,
              max_cycles: int = 8, n_landmarks: Optional[int] = None, landmarks=None,
-             rcond: Optional[float] = None, return_info: bool = False):
+             rcond: Optional[float] = None, start=None, return_info: bool = False):
   r"""The top-k eigenpairs (descending) of a symmetric PSD matrix or kernel operator.
 
   .. math:: K v_i = \lambda_i v_i,\quad i = 1..k,\quad \lambda_1 \ge \dots \ge \lambda_k.
@@ -274,7 +274,8 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
     key: ``jax.random.PRNGKey`` for the random start / landmark draw (default ``PRNGKey(0)``).
     oversample: extra columns of the randomized / Krylov block.
     n_iter: subspace iterations (``'randomized'``).
-    depth: Krylov blocks per cycle after the start block (``'krylov'``).
+    depth: Krylov blocks per cycle after the start block (``'krylov'``; 0: subspace
+      iteration with Rayleigh–Ritz).
     tol: residual tolerance relative to λ₁ (default ``KRYLOV_RTOL`` for Krylov,
       ``RANDOMIZED_RTOL`` for randomized).
     max_cycles: restart cycles at most (``'krylov'``; it warns when not converged).
@@ -283,6 +284,10 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
     landmarks: optional ``(m,)`` distinct landmark indices overriding the random draw.
     rcond: ``'nystrom'``: eigenvalues of W below ``rcond · max(w)`` are dropped
       (default ``m · eps``).
+    start: ``'krylov'``: optional ``(n, m)`` start block (e.g. approximate eigenvectors
+      from an earlier solve): the first columns of Q₀ (the block grows to m columns when
+      m > k + oversample; random columns fill the rest). With a good start, ``depth=0,
+      max_cycles=1`` is one Rayleigh–Ritz step on its span.
     return_info: also return an :class:`EighInfo` (residuals, products, convergence).
 
   Returns:
@@ -302,9 +307,11 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
   """
   if method not in METHODS:
     raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+  if start is not None and method != "krylov":
+    raise ValueError(f"`start` is used by method='krylov' only (got method={method!r}).")
   if isinstance(K, KernelOperator):
     pairs, info = _eigh_top_operator(K, k, method, key, oversample, n_iter, depth, tol,
-                                     max_cycles, n_landmarks, landmarks, rcond)
+                                     max_cycles, n_landmarks, landmarks, rcond, start)
   else:
     if method == "nystrom":
       raise ValueError("method='nystrom' needs the kernel, not a matrix: pass "
@@ -312,7 +319,7 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
     K = _v.check_square_symmetric(K, "K")
     if method == "krylov":
       pairs, info = _eigh_top_operator(matrix_operator(K), k, method, key, oversample,
-                                       n_iter, depth, tol, max_cycles, None, None, None)
+                                       n_iter, depth, tol, max_cycles, None, None, None, start)
     else:
       pairs, info = _eigh_top_matrix(K, k, method, key, oversample, n_iter, tol, return_info)
   return (pairs, info) if return_info else pairs
@@ -351,7 +358,7 @@ def _eigh_top_matrix(K, k, method, key, oversample, n_iter, tol, want_info):
 
 
 def _eigh_top_operator(op, k, method, key, oversample, n_iter, depth, tol, max_cycles,
-                       n_landmarks, landmarks, rcond):
+                       n_landmarks, landmarks, rcond, start=None):
   n = op.n
   if method == "auto":
     method = "dense" if op.matrix is not None and n <= AUTO_DENSE_MAX_N else "krylov"
@@ -365,7 +372,7 @@ def _eigh_top_operator(op, k, method, key, oversample, n_iter, depth, tol, max_c
     return _nystrom(op, k, n_landmarks, key, landmarks, rcond)
   with jax.enable_x64(True):   # host-side loop: float64 basis whatever the caller's setting
     return _krylov(op, k, oversample=oversample, depth=depth, tol=tol, max_cycles=max_cycles,
-                   key=key)
+                   key=key, start=start)
 
 
 # ------------------------------------------------------------------ block Krylov
@@ -467,18 +474,27 @@ def _checked_product(op, Q):
   return out
 
 
-def _krylov(op, k, *, oversample, depth, tol, max_cycles, key):
+def _krylov(op, k, *, oversample, depth, tol, max_cycles, key, start=None):
   n = _v.check_int(op.n, "K.n", lo=1)
   k = _v.check_int(k, "k", lo=1, hi=n)
   oversample = _v.check_int(oversample, "oversample", lo=0)
-  depth = _v.check_int(depth, "depth", lo=1)
+  depth = _v.check_int(depth, "depth", lo=0)
   max_cycles = _v.check_int(max_cycles, "max_cycles", lo=1)
   tol = KRYLOV_RTOL if tol is None else _v.check_real(tol, "tol", lo=0, lo_open=True)
   dtype = jnp.dtype(jnp.float64)
-  b = min(n, k + oversample)
-  depth = max(1, min(depth, n // b - 1)) if n // b >= 2 else 0
+  if start is not None:
+    start = _v.finite_array(start, "start", ndim=2)
+    if start.shape[0] != n:
+      raise ValueError(f"`start` must be an (n, m) block with n = {n} rows; got shape "
+                       f"{tuple(start.shape)}.")
+  b = min(n, max(k + oversample, 0 if start is None else start.shape[1]))
+  depth = min(depth, n // b - 1) if n // b >= 2 else 0
   key = jax.random.PRNGKey(0) if key is None else key
-  Q = _orth(jax.random.normal(key, (n, b), dtype=dtype))
+  Q = jax.random.normal(key, (n, b), dtype=dtype)
+  if start is not None:
+    m0 = min(start.shape[1], b)
+    Q = Q.at[:, :m0].set(jnp.asarray(start[:, :m0], dtype))
+  Q = _orth(Q)
   n_mv = 0
   for cycle in range(max_cycles):
     blocks, kblocks = [Q], []

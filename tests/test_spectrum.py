@@ -254,3 +254,22 @@ def test_kernel_operator_rejects_nan_vectors():
     with pytest.raises(ValueError, match="`V`.*NaN"):
       mv @ jnp.array([1.0, np.nan, 0.0])
     np.testing.assert_allclose(mv @ jnp.ones(3), [9.0, 39.0, 69.0])
+
+
+def test_krylov_start_block_is_used_and_checked():
+  # depth 0, one cycle: a single Rayleigh–Ritz step on span(start). With the exact top
+  # eigenvectors (numpy oracle) as start it is exact; the shape and method are checked.
+  rng = np.random.default_rng(0)
+  A = rng.standard_normal((60, 60))
+  K = A @ A.T
+  lam, U = np.linalg.eigh(K)
+  lam, U = lam[::-1], U[:, ::-1]
+  top, info = mskjax.eigh_top(K, 4, method="krylov", start=U[:, :4], oversample=0, depth=0,
+                              max_cycles=1, return_info=True)
+  # rtol: float64 Rayleigh quotients on an exact invariant subspace, ~1e-13 relative.
+  np.testing.assert_allclose(np.asarray(top.values), lam[:4], rtol=1e-10)
+  assert info.converged and info.n_matvecs == 1
+  with pytest.raises(ValueError, match="`start`.*rows"):
+    mskjax.eigh_top(K, 4, method="krylov", start=U[:10, :4])
+  with pytest.raises(ValueError, match="`start`.*krylov"):
+    mskjax.eigh_top(K, 4, method="dense", start=U[:, :4])
