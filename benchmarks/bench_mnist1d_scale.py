@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 import os
 import resource
@@ -88,17 +87,7 @@ def loadavg() -> str:
     return "n/a"
 
 
-@functools.lru_cache(maxsize=None)
-def eval_fn(arch):
-  """Jitted test accuracy and loss of the architecture's parameters."""
-  m = B.model(arch)
-
-  @jax.jit
-  def ev(params, x, y):
-    logits = m.apply({"params": params}, x)
-    return {"acc": jnp.mean(jnp.argmax(logits, -1) == y),
-            "test_loss": optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()}
-  return ev
+eval_fn = B.eval_fn   # jitted test accuracy and loss of the architecture
 
 
 def build_directions(arch, variables, x, *, k, subsample, seed=0, g="flatten"):

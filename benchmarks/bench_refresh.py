@@ -22,17 +22,10 @@ def main(argv=None):
   args = ap.parse_args(argv)
   import jax
   import jax.numpy as jnp
-  import flax.linen as nn
   from mskjax import modifiers, optim
+  from mskjax.experiments import mnist1d
 
-  class MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      x = nn.relu(nn.Dense(256)(x))
-      x = nn.relu(nn.Dense(256)(x))
-      return nn.Dense(10)(x)
-
-  m = MLP()
+  m = mnist1d.model("mlp")   # the MNIST-1D MLP 40-256-256-10
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (args.n, 40)), np.float32)
   v0 = m.init(jax.random.PRNGKey(1), x[:1])
   v1 = jax.tree.map(lambda a: a + 0.02 * jnp.std(a) * jax.random.normal(

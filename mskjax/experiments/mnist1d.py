@@ -85,7 +85,8 @@ def loss_fn(arch: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _eval_fn(arch: str):
+def eval_fn(arch: str):
+  """Jitted ``(params, x, y) -> {'acc', 'test_loss'}`` of the architecture."""
   m = model(arch)
 
   @jax.jit
@@ -136,7 +137,7 @@ def train_run(arch: str, params, tx, x, y, x_test, y_test, *, batch_size: Option
 
   Diverged runs (cross-entropy above 50 or not finite) stop at once (``diverged``).
   """
-  ev = _eval_fn(arch)
+  ev = eval_fn(arch)
   res = T.fit(loss_fn(arch), params, tx, (x, y), steps=steps, batch_size=batch_size,
               seed=seed, evaluate=lambda st: ev(st.params, x_test, y_test),
               eval_every=eval_every, stop_above={"loss": 50.0}, progress=progress, desc=desc)
