@@ -446,8 +446,8 @@ def _rayleigh_ritz(B, KB, nk):
   """Top-nk Ritz pairs of K on span(B) (B orthonormal, KB = K B) and their residuals.
 
   The small eigenproblem Bᵀ K B runs in LAPACK on the host (``scipy.linalg.eigh``, MRRR,
-  only the top nk pairs): on the clustered spectra of kernels XLA's CPU ``eigh`` of the
-  same 1089 × 1089 matrix measured 30× slower.
+  only the top nk pairs): on the clustered spectra of kernels XLA's CPU ``eigh`` is far
+  slower on the same matrix (timings: ``benchmarks/README.md``, eigensolver section).
   """
   import scipy.linalg
   T = np.asarray(_projected(B, KB), np.float64)
