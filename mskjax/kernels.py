@@ -81,7 +81,7 @@ def _check_pair(x1, x2, where):
   return x1, x2
 
 
-def _check_block_size(block_size, where, required=False):
+def _check_block_size(block_size, required=False):
   if block_size is None and not required:
     return None
   return _validate.check_int(block_size, "block_size", lo=1)
@@ -179,7 +179,7 @@ def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
   """
   _check_get(get, "gram")
   x1, x2 = _check_pair(x1, x2, "gram")
-  block_size = _check_block_size(block_size, "gram")
+  block_size = _check_block_size(block_size)
   pair2, sym2 = _block_fns(kernel_fn, get)
   pair, sym = (lambda a, b: pair2(a, b, ())), (lambda a: sym2(a, ()))
   if block_size is None:
@@ -290,7 +290,7 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
                      "'jacobian', 1 or 2.")
   _validate.check_choice(implementation, "implementation", ("auto", "jacobian", "jvp", 1, 2))
   memory_budget = _validate.check_int(memory_budget, "memory_budget", lo=1)
-  block_size = _check_block_size(block_size, "empirical_ntk")
+  block_size = _check_block_size(block_size)
   if implementation not in (1, 2):
     x1, x2 = _check_pair(x1, x2, "empirical_ntk")
     return _empirical_own(apply_fn, params, x1, x2, bool(full), block_size, memory_budget,
@@ -820,7 +820,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
   if block_size is None:
     per = _activation_size(fn, p, x[:1]) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
     block_size = int(min(max(int(memory_budget) // max(per, 1), 1), n))
-  block_size = _check_block_size(block_size, "jacobian_operator", required=True)
+  block_size = _check_block_size(block_size, required=True)
   bs = min(block_size, n)
   nb = math.ceil(n / bs)
   xb = pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
@@ -901,7 +901,7 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
   if block_size is None:
     per = 3 * c * max(_tree_size(p), 1) * jnp.dtype(dt).itemsize
     block_size = int(min(max(int(memory_budget) // per, 1), n))
-  bs = min(_check_block_size(block_size, "ntk_diagonal_blocks", required=True), n)
+  bs = min(_check_block_size(block_size, required=True), n)
   nb = math.ceil(n / bs)
   xb = pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
 

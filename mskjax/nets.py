@@ -206,6 +206,26 @@ def _default_dtype():
   return jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 iff jax_enable_x64
 
 
+def _ntk_scale_and_bias(layer, y, fan_in):
+  """The neural-tangents tail shared by :class:`_Dense` and :class:`_Conv`: the NTK
+  parameterisation's W_std/√fan_in output scale and the optional bias (b_std·b with b ~ N(0, 1)
+  for 'ntk'; b ~ N(0, b_std²) for 'standard'). Called inside the layer's compact method."""
+  if layer.parameterization == "ntk":
+    y = (layer.W_std / math.sqrt(fan_in)) * y
+  if layer.b_std is not None:
+    b_scale = 1.0 if layer.parameterization == "ntk" else layer.b_std
+    bias = layer.param("bias", nn.initializers.normal(stddev=layer.init_scale * b_scale),
+                       (layer.features,), layer.param_dtype)
+    y = y + (layer.b_std * bias if layer.parameterization == "ntk" else bias)
+  return y
+
+
+def _antisymmetric(module, x):
+  """f(x) = (g(θ₊, x) − g(θ₋, x)) / √2 with two copies 'pos' and 'neg' of ``module``."""
+  copy = lambda name: type(module)(module.spec, param_dtype=module.param_dtype, name=name)
+  return (copy("pos")(x) - copy("neg")(x)) / math.sqrt(2.0)
+
+
 class _Dense(nn.Module):
   """One neural-tangents Dense layer (parameters 'kernel' (N, out) and optional 'bias')."""
   features: int
@@ -222,16 +242,7 @@ class _Dense(nn.Module):
     if self.parameterization == "standard":
       w_init = nn.initializers.normal(stddev=self.init_scale * self.W_std / math.sqrt(fan_in))
     kernel = self.param("kernel", w_init, (fan_in, self.features), self.param_dtype)
-    y = x @ kernel
-    if self.parameterization == "ntk":
-      y = (self.W_std / math.sqrt(fan_in)) * y
-    if self.b_std is not None:
-      b_scale = 1.0 if self.parameterization == "ntk" else self.b_std
-      bias = self.param("bias", nn.initializers.normal(stddev=self.init_scale * b_scale),
-                        (self.features,),
-                        self.param_dtype)
-      y = y + (self.b_std * bias if self.parameterization == "ntk" else bias)
-    return y
+    return _ntk_scale_and_bias(self, x @ kernel, fan_in)
 
 
 class FlaxMLP(nn.Module):
@@ -271,9 +282,7 @@ class FlaxMLP(nn.Module):
       raise ValueError(f"FlaxMLP: x must be 2-D (n, d); got shape {x.shape}. "
                        "Use x.reshape(n, -1) (or x[:, None] for scalar inputs).")
     if self.antisymmetric:
-      pos = FlaxMLP(spec, param_dtype=self.param_dtype, name="pos")(x)
-      neg = FlaxMLP(spec, param_dtype=self.param_dtype, name="neg")(x)
-      return (pos - neg) / math.sqrt(2.0)
+      return _antisymmetric(self, x)
     dtype = self.param_dtype or _default_dtype()
     b_std = spec.b_std if spec.has_bias else None
     act = _flax_activation(spec.activation)
@@ -531,14 +540,7 @@ class _Conv(nn.Module):
     y = jax.lax.conv_general_dilated(
         x, kernel.astype(x.dtype), self.strides, self.padding,
         dimension_numbers=_conv_dimension_numbers(len(self.kernel_size)))
-    if self.parameterization == "ntk":
-      y = (self.W_std / math.sqrt(fan_in)) * y
-    if self.b_std is not None:
-      b_scale = 1.0 if self.parameterization == "ntk" else self.b_std
-      bias = self.param("bias", nn.initializers.normal(stddev=self.init_scale * b_scale),
-                        (self.features,), self.param_dtype)
-      y = y + (self.b_std * bias if self.parameterization == "ntk" else bias)
-    return y
+    return _ntk_scale_and_bias(self, y, fan_in)
 
 
 def _avg_pool(x, window):
@@ -582,9 +584,7 @@ class FlaxCNN(nn.Module):
     _check_spec(spec, "FlaxCNN", CNNSpec)
     _check_cnn_input_shape(spec, x.shape, "FlaxCNN")
     if self.antisymmetric:
-      pos = FlaxCNN(spec, param_dtype=self.param_dtype, name="pos")(x)
-      neg = FlaxCNN(spec, param_dtype=self.param_dtype, name="neg")(x)
-      return (pos - neg) / math.sqrt(2.0)
+      return _antisymmetric(self, x)
     dtype = self.param_dtype or _default_dtype()
     act = _flax_activation(spec.activation)
     h = x.astype(jnp.promote_types(x.dtype, dtype))

@@ -564,8 +564,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
   previous = None
   if isinstance(init_vectors, MSKDirections):
     previous, init_vectors = init_vectors, None
-    if jax.tree.structure(previous.directions) != jax.tree.structure(
-        jax.tree.map(lambda a: a, p)):
+    if jax.tree.structure(previous.directions) != jax.tree.structure(p):
       raise ValueError("msk_directions: `init_vectors` (MSKDirections) has a different pytree "
                        "structure from `params`; pass directions built for this model.")
   if isinstance(init_vectors, MSKSpectrum):
