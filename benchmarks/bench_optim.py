@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from mskjax.experiments.mnist1d import CNN, MLP   # the shared contract's architectures
-from mskjax import kernels, modifiers, optim
+from mskjax import kernels, tangents, modifiers, optim
 from mskjax._nt import empirical_ntk_fn
 
 
@@ -139,7 +139,7 @@ def bench_directions(n, k):
   with jax.enable_x64(True):
     v64 = jax.tree.map(lambda a: a.astype(jnp.float64), v)
     t = time.perf_counter()
-    K = np.asarray(kernels.empirical_ntk(model.apply, v64, x.astype(jnp.float64), full=True))
+    K = np.asarray(tangents.empirical_ntk(model.apply, v64, x.astype(jnp.float64), full=True))
     t_ntk = time.perf_counter() - t
     t = time.perf_counter()
     lam = np.linalg.eigvalsh(K)[::-1]
@@ -166,7 +166,7 @@ def bench_empirical(n, models, repeats):
 
     res = {"jacrev+einsum": _time(plain, (v, x), repeats, 1)}
     for impl in ("jacobian", "jvp"):
-      res[impl] = _time(lambda v, x: kernels.empirical_ntk(model.apply, v, x,
+      res[impl] = _time(lambda v, x: tangents.empirical_ntk(model.apply, v, x,
                                                            implementation=impl),
                         (v, x), repeats, 1)
     if name == "mlp":

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 import mskjax
-from mskjax import data, kernels, nets, optim
+from mskjax import data, kernels, tangents, nets, optim
 from mskjax import train as T
 
 
@@ -106,7 +106,7 @@ def time_to_target(task, j, width, k, tol, max_steps, chunk, grids, empirical=Tr
   for _ in range(2):  # the second pass is timed: compilation excluded, as for training
     t0 = time.perf_counter()
     if empirical:     # empirical NTK at init (n x n x P work; only for small n)
-      K0 = kernels.empirical_ntk(net.model.apply, variables, x, block_size=512)
+      K0 = tangents.empirical_ntk(net.model.apply, variables, x, block_size=512)
     else:             # analytic NTK (the empirical one of a 10-output net is too big here)
       K0 = kernels.gram(net.kernel_fn, x, block_size=512)
     spec = mskjax.msk_spectrum(K0, mskjax.modifiers.flatten(), k)

@@ -15,9 +15,9 @@ Metrics (pure, jittable; ``k`` arguments are static):
 ``centered=True`` replaces K by HKH and Y by HY with H = I − 11ᵀ/n (centered kernel
 alignment; ``kernel_cosine(.., centered=True)`` is CKA).
 
-The recorder that computes these along training, :func:`mskjax.train.record_kernel_training`,
+The recorder that computes these along training, :func:`mskjax.recorder.record_kernel_training`,
 is an evaluation hook of the one training loop :func:`mskjax.train.fit`; the weighted
-(optimiser-metric) empirical NTK is ``mskjax.kernels.empirical_ntk(..., weights=)``.
+(optimiser-metric) empirical NTK is ``mskjax.tangents.empirical_ntk(..., weights=)``.
 """
 from __future__ import annotations
 

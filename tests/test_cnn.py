@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mskjax
-from mskjax import kernels, nets, optim
+from mskjax import kernels, tangents, nets, optim
 from mskjax.nets import CNNSpec, FlaxCNN, params_from_stax, stax_cnn
 
 
@@ -116,7 +116,7 @@ def test_analytic_cnn_ntk_matches_monte_carlo_empirical_ntk(spec, shape, bound):
   x = jax.random.normal(jax.random.PRNGKey(3), shape)
   net = nets.make_network(spec)
   K = kernels.gram(net.kernel_fn, x)
-  draws = [kernels.empirical_ntk(net.model.apply, net.model.init(jax.random.PRNGKey(s), x), x)
+  draws = [tangents.empirical_ntk(net.model.apply, net.model.init(jax.random.PRNGKey(s), x), x)
            for s in range(6)]
   single = np.median([_rel(d, K) for d in draws])
   mean_err = _rel(np.mean(draws, axis=0), K)

@@ -15,7 +15,8 @@ from mskjax import data as D
 from mskjax import diagnostics as diag
 from mskjax import optim
 from mskjax import train as T
-from mskjax.kernels import empirical_ntk
+from mskjax import recorder
+from mskjax.tangents import empirical_ntk
 from mskjax.nets import FlaxMLP, MLPSpec
 from mskjax.run import load_config
 
@@ -216,7 +217,7 @@ def _deep_linear_run(L, r, sigma, steps, width=64, d=40, n=60, seed=0):
   mse = lambda f, y: 0.5 * jnp.mean((f - y) ** 2)
   # (1/n)-normalised loss: linearised rate eta * lambda_max(K_inf)/n = eta * L |beta|^(2-2/L)
   # with |beta| = 1 at convergence, so eta = 0.5/L is stable.
-  rec = T.record_kernel_training(model.apply, params, optax.sgd(0.5 / L), mse, ds.x_train,
+  rec = recorder.record_kernel_training(model.apply, params, optax.sgd(0.5 / L), mse, ds.x_train,
                                     ds.y_train, num_steps=steps, num_records=12)
   return rec
 
@@ -259,7 +260,7 @@ def test_recorder_with_optax(opt_name):
   ds, model, params, mse = _small_problem()
   opt = optax.sgd(0.5) if opt_name == "sgd" else optax.adam(1e-2)
   wfn = optim.adam_kernel_weights(1e-2) if opt_name == "adam" else None
-  rec = T.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
+  rec = recorder.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
                                     num_steps=200, num_records=6, x_test=ds.x_test,
                                     kernel_weights_fn=wfn, top_k=5, energy_k=2)
   assert rec.steps[0] == 0 and rec.steps[-1] == 200
@@ -300,7 +301,7 @@ def test_recorder_is_an_evaluation_hook_of_fit(monkeypatch):
   calls = []
   real_fit = T.fit
   monkeypatch.setattr(T, "fit", lambda *a, **k: calls.append(k) or real_fit(*a, **k))
-  rec = T.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
+  rec = recorder.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
                                  num_steps=30, record_steps=[5, 12])
   assert len(calls) == 1 and calls[0]["eval_steps"] == [0, 5, 12, 30]
   assert rec.steps.tolist() == [0, 5, 12, 30]
@@ -316,13 +317,13 @@ def test_recorder_is_an_evaluation_hook_of_fit(monkeypatch):
 def test_recorder_errors():
   ds, model, params, mse = _small_problem()
   with pytest.raises(TypeError, match="`optimizer`"):
-    T.record_kernel_training(model.apply, params, "sgd", mse, ds.x_train, ds.y_train,
+    recorder.record_kernel_training(model.apply, params, "sgd", mse, ds.x_train, ds.y_train,
                                 num_steps=3)
   with pytest.raises(ValueError, match="`num_steps`"):
-    T.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
+    recorder.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
                                 ds.y_train, num_steps=0)
   with pytest.raises(ValueError, match="`top_k`"):
-    T.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
+    recorder.record_kernel_training(model.apply, params, optax.sgd(0.1), mse, ds.x_train,
                                 ds.y_train, num_steps=3, top_k=100)
 
 
@@ -355,7 +356,7 @@ def _fake_record(apply_fn, params, optimizer, loss_fn, x, y, *, num_steps, recor
                                     [num_steps]]))
   s = steps / num_steps
   z = np.zeros_like(s)
-  return T.KernelRecord(
+  return recorder.KernelRecord(
       steps=steps, loss_curve=np.exp(-np.arange(num_steps + 1) / 10.0), norm=1e-6 + s ** 2,
       trace=z, alignment=0.1 + 0.3 * s, alignment_centered=z, cos_init=z,
       cos_final=0.5 + 0.5 * s, cos_final_err=z, overlap_final=z, eff_rank=z, eff_rank_pr=z,
@@ -461,7 +462,7 @@ def test_kernel_regression_singular_without_ridge_is_an_error():
     (lambda: diag.effective_rank(np.r_[1.0, np.nan]), "NaN"),
     (lambda: diag.topk_overlap(random_psd(4), random_psd(4), 0), "`k`"),
     (lambda: diag.topk_overlap(random_psd(4), random_psd(5), 1), "same shape"),
-    (lambda: T.log_spaced_steps(0, 3), "`num_steps`"),
+    (lambda: recorder.log_spaced_steps(0, 3), "`num_steps`"),
 ])
 def test_metrics_reject_nan_and_bad_arguments(call, match):
   with pytest.raises(ValueError, match=match):

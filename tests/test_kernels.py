@@ -6,8 +6,9 @@ import pytest
 import flax.linen as nn
 import jax.flatten_util
 
-from mskjax import kernels
-from mskjax.kernels import empirical_ntk, gram, kernel_matvec
+from mskjax import kernels, tangents
+from mskjax.kernels import gram, kernel_matvec
+from mskjax.tangents import empirical_ntk
 from mskjax.nets import FlaxMLP, MLPSpec, stax_mlp
 from mskjax._nt import empirical_ntk_fn
 
@@ -59,7 +60,7 @@ def test_empirical_ntk_blocked(xs, block_size, implementation):
   if block_size == "budget":   # P = 227 params, c = 3: a 100 kB budget gives 4-row blocks
     opts = dict(block_size=None, memory_budget=100_000)
     if implementation in (1, 2):
-      assert 1 < kernels._empirical_block_edge(v, 3, 11, implementation, 100_000) < 11
+      assert 1 < tangents._empirical_block_edge(v, 3, 11, implementation, 100_000) < 11
   k = empirical_ntk(model.apply, v, x1, x2, implementation=implementation, **opts)
   np.testing.assert_allclose(k, ref, rtol=1e-10, atol=1e-12)
   ksym = np.asarray(empirical_ntk(model.apply, v, x1, **opts))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mskjax.data import sphere
-from mskjax.kernels import empirical_ntk, gram
+from mskjax.kernels import gram
+from mskjax.tangents import empirical_ntk
 from mskjax.nets import (CNNSpec, FlaxCNN, FlaxMLP, MLPSpec, Network, init_zero_output,
                          make_network, params_from_stax, stax_cnn, stax_mlp)
 

@@ -15,7 +15,7 @@ import pytest
 
 import mskjax
 from mskjax import kernels, modifiers
-from mskjax.kernels import empirical_ntk
+from mskjax.tangents import empirical_ntk
 from mskjax.nets import FlaxMLP, MLPSpec, stax_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import pytest
 from flax.training import train_state
 
 import mskjax
-from mskjax import data, kernels, nets, optim
+from mskjax import data, kernels, tangents, nets, optim
 from conftest import random_psd
 
 
@@ -51,7 +51,7 @@ def test_scale_by_msk_and_msk_mse_loss_give_same_update_on_a_network():
   variables = net.model.init(jax.random.PRNGKey(0), x)
   params = variables["params"]
   apply_fn = lambda p, a: net.model.apply({"params": p}, a)
-  K_emp = kernels.empirical_ntk(net.model.apply, variables, x)
+  K_emp = tangents.empirical_ntk(net.model.apply, variables, x)
   spec = mskjax.msk_spectrum(K_emp, mskjax.modifiers.flatten(), 5)
   lr = 0.05
   tx1 = optim.msk_sgd_jvp(lr, apply_fn, x, spec)

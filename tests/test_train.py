@@ -25,7 +25,7 @@ import optax
 import pytest
 
 import mskjax
-from mskjax import data, kernels, nets, optim
+from mskjax import data, kernels, tangents, nets, optim
 from mskjax import train as T
 
 
@@ -345,7 +345,7 @@ def test_pgd_and_gd_reach_the_same_solution():
 def _iteration_counts(width, js, b_std, k=21, amp=0.01, tol=0.1):
   net, x, th, variables, apply_fn = _circle_net(width, b_std)
   K = kernels.gram(net.kernel_fn, x)
-  K0 = kernels.empirical_ntk(net.model.apply, variables, x)
+  K0 = tangents.empirical_ntk(net.model.apply, variables, x)
   g = mskjax.modifiers.flatten()
   spec0 = mskjax.msk_spectrum(K0, g, k)            # see module docstring
   eta_gd = 1.0 / float(jnp.linalg.eigvalsh(K0)[-1])

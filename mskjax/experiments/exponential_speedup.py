@@ -65,7 +65,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, nets, optim
+  from mskjax import data, kernels, tangents, nets, optim
   from mskjax import train as T
 
   s = config
@@ -76,7 +76,7 @@ def run(config, ctx):
     def compute():
       apply_fn = lambda p, a: net.model.apply({"params": p}, a)  # noqa: E731
       variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
-      K0 = kernels.empirical_ntk(net.model.apply, variables, x)
+      K0 = tangents.empirical_ntk(net.model.apply, variables, x)
       if method == "GD":
         eta = 1.0 / float(jnp.linalg.eigvalsh(K0)[-1])
         tx = optax.sgd(eta)

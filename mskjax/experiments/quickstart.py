@@ -25,7 +25,7 @@ def run(config, ctx):
   import matplotlib.pyplot as plt
 
   import mskjax
-  from mskjax import data, kernels, nets
+  from mskjax import data, kernels, tangents, nets
 
   spec = nets.MLPSpec(depth=config.depth, width=config.width, activation="relu",
                       b_std=config.b_std)
@@ -112,10 +112,10 @@ def _finite_network(net, x, g, config):
   import jax
 
   import mskjax
-  from mskjax import kernels, nets
+  from mskjax import kernels, tangents, nets
 
   variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
-  K0 = kernels.empirical_ntk(net.model.apply, variables, x)
+  K0 = tangents.empirical_ntk(net.model.apply, variables, x)
   spec0 = mskjax.msk_spectrum(K0, g, config.k)
   return dict(params=variables["params"],
               apply_fn=lambda p, a: net.model.apply({"params": p}, a),

@@ -57,7 +57,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, nets, optim
+  from mskjax import data, kernels, tangents, nets, optim
   from mskjax import train as T
 
   s = config
@@ -88,7 +88,7 @@ def run(config, ctx):
     f_inf = np.asarray(mskjax.predict_gd_mse(K, y, None, None, jnp.inf, K_test_train=Kt).test)
     f_solve = np.asarray(Kt) @ np.linalg.solve(np.asarray(K), np.asarray(y))
     variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
-    K0 = kernels.empirical_ntk(net.model.apply, variables, x, implementation=1, block_size=100)
+    K0 = tangents.empirical_ntk(net.model.apply, variables, x, implementation=1, block_size=100)
     ctx.print(f"{task}: n={x.shape[0]}, k={k}, ‖K̂₀ − K‖₂/λ₁ = "
               f"{float(jnp.linalg.norm(K0 - K, 2) / jnp.linalg.eigvalsh(K)[-1]):.3g} "
               f"(width {s['width']})")

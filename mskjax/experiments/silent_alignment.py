@@ -148,7 +148,7 @@ def run(config, ctx):
     return jax.tree_util.tree_map(lambda a: sigma * a, p)
 
   def train_linear(x, y, sigma, steps, opt, record_steps, weights_fn=None, loss_fn=_mse):
-    return mskjax.train.record_kernel_training(
+    return mskjax.recorder.record_kernel_training(
         linear_model.apply, linear_params(x, sigma), opt, loss_fn, x, y, num_steps=steps,
         record_steps=record_steps, kernel_weights_fn=weights_fn)
 
@@ -261,7 +261,7 @@ def run(config, ctx):
                             b_std=None, parameterization="standard",
                             init_scale=c.digits_sigma))
     params = jax.jit(model.init)(jax.random.PRNGKey(c.seed + 2), ztr)
-    rec = mskjax.train.record_kernel_training(model.apply, params, optax.sgd(c.digits_lr), _mse, ztr,
+    rec = mskjax.recorder.record_kernel_training(model.apply, params, optax.sgd(c.digits_lr), _mse, ztr,
                                       ytr, num_steps=c.digits_steps,
                                       num_records=c.digits_records, x_test=zte, ridge=c.ridge)
     d0, dT = float(rec.kr_distance[0]), float(rec.kr_distance[-1])
@@ -354,7 +354,7 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
   def spectrum(k):
     """flatten on the top k of the initial empirical NTK K_0 (computed only when needed)."""
     if "K0" not in memo:
-      memo["K0"] = mskjax.kernels.empirical_ntk(model.apply, params, x)
+      memo["K0"] = mskjax.tangents.empirical_ntk(model.apply, params, x)
     return mskjax.msk_spectrum(memo["K0"], flat, k)
 
   def ratio(k):
@@ -401,21 +401,21 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
       # guard=False: this row documents the failure mode of the unguarded stale map (the
       # default guard would pass the indefinite steps through as plain gradients).
       tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), guard=False)
-      rec = mskjax.train.record_kernel_training(model.apply, params, tx, _mse, x, y,
+      rec = mskjax.recorder.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       return dict(_curves(rec), lam1_over_lamk1=ratio(k))
 
     def refresh_unit():
       tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), refresh_every=c.pgd_refresh,
                          g=flat)
-      rec = mskjax.train.record_kernel_training(model.apply, params, tx, _mse, x, y,
+      rec = mskjax.recorder.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       return dict(_curves(rec), lam1_over_lamk1=ratio(k))
 
     def sloss_unit():
       spec = spectrum(k)
       loss_fn = lambda f, t: optim.msk_mse_loss(f, t, spec) / n   # ½ rᵀ S r / n
-      rec = mskjax.train.record_kernel_training(model.apply, params, optax.sgd(c.lr), loss_fn, x, y,
+      rec = mskjax.recorder.record_kernel_training(model.apply, params, optax.sgd(c.lr), loss_fn, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       out = _curves(rec)
       out["s_loss"] = out.pop("loss")

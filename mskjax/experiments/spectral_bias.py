@@ -45,7 +45,7 @@ with the analytic eigenpairs (``finite_spectrum=analytic``) the width-4096 netwo
 crossed the threshold on j = 1 at step 52 instead of the predicted 516, learning the
 frequencies in the order 8, 1, 6, 2, 4 (experiments/spectral_bias). So, by default
 (``finite_spectrum='empirical'``), the finite network is preconditioned with the
-eigenpairs of its own empirical NTK at initialisation (``kernels.empirical_ntk``), and each
+eigenpairs of its own empirical NTK at initialisation (``tangents.empirical_ntk``), and each
 empirical eigenvector receives the modified value g(λ) of the analytic eigenvector it
 overlaps most (a one-to-one assignment of the top k, ``scipy.optimize.linear_sum_assignment``
 on squared overlaps: g is defined on the analytic spectrum, whose near-ties such as
@@ -127,7 +127,7 @@ def run(config, ctx):
   import matplotlib.pyplot as plt
 
   import mskjax
-  from mskjax import data, kernels, nets
+  from mskjax import data, kernels, tangents, nets
 
   q = config
   js = tuple(int(j) for j in config.js)
@@ -158,7 +158,7 @@ def run(config, ctx):
   trainer = make_trainer(apply_fn, x, y, steps)
   if config.train_network:
     def entk():
-      K0 = np.asarray(kernels.empirical_ntk(net.model.apply, variables, x))
+      K0 = np.asarray(tangents.empirical_ntk(net.model.apply, variables, x))
       return dict(K0=K0.tolist(),
                   rel_err_op=float(np.linalg.norm(K0 - np.asarray(K), 2) / lam[0]))
     rec = ctx.cached(f"width={width}/empirical_ntk", entk)

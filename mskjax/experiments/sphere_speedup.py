@@ -61,7 +61,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, nets, optim
+  from mskjax import data, kernels, tangents, nets, optim
   from mskjax import train as T
 
   s = config
@@ -99,7 +99,7 @@ def run(config, ctx):
     K0 = variables = None
     if do_network and network_js:
       variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
-      K0 = kernels.empirical_ntk(net.model.apply, variables, x, implementation=1, block_size=100)
+      K0 = tangents.empirical_ntk(net.model.apply, variables, x, implementation=1, block_size=100)
     out = []
     for j in ctx.progress(sorted(targets), desc=f"{tag} targets"):
       y = config.amp * targets[j]

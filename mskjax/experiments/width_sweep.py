@@ -74,7 +74,7 @@ def run(config, ctx):
   import matplotlib.pyplot as plt
 
   import mskjax
-  from mskjax import data, kernels, nets
+  from mskjax import data, kernels, tangents, nets
 
   q = config
   ts = np.asarray(sorted(set(int(t) for t in config.ts)))
@@ -120,7 +120,7 @@ def run(config, ctx):
         trainers[width] = (net, init, make_trainer(apply_fn, x, y, xt, steps))
       net, init, trainer = trainers[width]
       variables = init(jax.random.PRNGKey(seed))
-      K0 = np.asarray(kernels.empirical_ntk(net.model.apply, variables, x))
+      K0 = np.asarray(tangents.empirical_ntk(net.model.apply, variables, x))
       out = dict(width=width, seed=seed,
                  ntk_rel_err=float(np.linalg.norm(K0 - np.asarray(K), 2) / lam[0]),
                  ntk_rel_err_fro=float(np.linalg.norm(K0 - np.asarray(K)) / np.linalg.norm(K)))

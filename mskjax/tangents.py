@@ -1,0 +1,530 @@
+"""Tangents of a finite network: its Jacobian products and its empirical NTK.
+
+The finite-network side of the pipeline (the analytic kernels live in :mod:`mskjax.kernels`):
+
+* :func:`trainable_fn` -- ``f(p, x)`` of the trainable parameters for a plain
+  ``apply_fn(params, x)``, a flax linen ``model.apply`` with variables, or an nnx Module;
+* :func:`jacobian_operator` -- blocked products ``J T``, ``Jᵀ V`` and ``J (Jᵀ V)`` with the
+  Jacobian ``J = ∂f(θ, X)/∂θ`` (all n·c output rows) without forming it;
+* :func:`empirical_ntk` -- the empirical NTK Gram matrix, traced over outputs or full;
+* :func:`ntk_diagonal_blocks` -- the c×c per-point blocks ``J_x J_xᵀ``.
+
+Blocks of points are padded with :func:`mskjax.kernels.pad_rows` (one compiled shape per
+block) and sized from a memory budget in bytes.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mskjax import _validate as _v
+from mskjax import kernels as _k
+from mskjax._nt import empirical_ntk_fn
+
+__all__ = ["trainable_fn", "JacobianOperator", "jacobian_operator", "empirical_ntk",
+           "ntk_diagonal_blocks", "EMPIRICAL_NTK_MEMORY_BUDGET"]
+
+
+@_k.cache_by_function
+def _empirical_block_fns(apply_fn, implementation):
+  fn = empirical_ntk_fn(apply_fn, trace_axes=(-1,), implementation=implementation)
+  pair = jax.jit(lambda a, b, params: fn(a, b, params))
+  sym = jax.jit(lambda a, params: fn(a, None, params))
+  return pair, sym
+
+
+EMPIRICAL_NTK_MEMORY_BUDGET = 1 << 30
+
+
+def _empirical_block_edge(params, c, n_max, implementation, memory_budget):
+  """Rows per block so one block pair's Jacobians / NTK-vector products fit the budget.
+
+  implementation 1 holds two Jacobian blocks of b·c·P numbers (×2 for temporaries);
+  implementation 2 holds NTK-vector products of up to b²·c·A numbers with A activations
+  per example, bounded here by P (an over-estimate for MLPs, so blocks err on the small side).
+  """
+  P = sum(int(np.prod(np.shape(l))) for l in jax.tree_util.tree_leaves(params))
+  itemsize = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)).itemsize
+  per = c * max(P, 1) * itemsize
+  if implementation == 1:
+    b = memory_budget // (4 * per)
+  else:
+    b = int(math.isqrt(max(memory_budget // per, 1)))
+  return int(min(max(b, 1), n_max))
+
+
+def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False,
+                  implementation="auto", block_size: Optional[int] = None,
+                  memory_budget: int = EMPIRICAL_NTK_MEMORY_BUDGET,
+                  weights=None) -> jax.Array:
+  r"""Empirical NTK Gram matrix of a finite network, blockwise, traced over outputs or full.
+
+  .. math:: \hat\Theta(x, x') = \frac1c \sum_{k=1}^{c}
+     \Big\langle \frac{\partial f_k(\theta, x)}{\partial\theta},
+     \frac{\partial f_k(\theta, x')}{\partial\theta}\Big\rangle
+
+  (``full=False``: the *mean* over the diagonal of each c×c output block, exactly
+  neural-tangents' ``empirical_ntk_fn(..., trace_axes=(-1,))``, matching the analytic
+  ``kernel_fn(.., 'ntk')`` whose full kernel is Θ ⊗ I_c), or with ``full=True`` the
+  whole (n1·c)×(n2·c) kernel ``J₁ J₂ᵀ`` with the cross-output terms (row = point·c + output,
+  as :func:`jacobian_operator`): the kernel that governs the finite network's training.
+
+  mskjax's own implementations (default) are pure JAX (``lax.map`` over point blocks,
+  jittable — also under ``jax.jit`` with closed-over inputs), memory-bounded by
+  ``memory_budget`` and take inputs of any per-point shape and outputs ``(n,)`` or
+  ``(n, c, ...)`` (all output axes flattened into c):
+
+  * ``'jacobian'``: per-point Jacobians of a block (``vmap`` of ``jacrev``), contracted
+    with those of the other block (``einsum``); memory 2·block·c·#params;
+  * ``'jvp'``: the rows of block I's Jacobian pushed forward through the network on each
+    column block (one ``jax.linearize`` per block, ``vmap`` over block·c tangents): about
+    c/2 times fewer flops than contracting Jacobians when c is large;
+  * ``'auto'``: ``'jvp'`` for c ≥ 4 outputs, else ``'jacobian'`` (the crossover and its
+    timings: ``benchmarks/README.md``, "Optimizer", section 3).
+
+  ``weights``: a pytree like the trainable parameters of non-negative per-parameter
+  weights W (a diagonal parameter metric) gives ``J W Jᵀ`` instead of ``J Jᵀ`` (same trace
+  / full conventions): with W the per-parameter step sizes of a diagonal optimiser (Adam:
+  η/(√v̂ + ε), :func:`mskjax.optim.adam_kernel_weights`) it is the kernel of that
+  optimiser's linearised function-space dynamics, df = −J W Jᵀ ∂ℓ/∂f. Computed on the same
+  machinery as the Jacobian of f(θ + √W ⊙ δ) at δ = 0 (exact for W = 0 entries).
+
+  neural-tangents' implementations 1 and 2 stay available (``implementation=1|2``;
+  host-side blocks, inputs ``(n, d)``, outputs ``(n, c)``, traced only); 3 is broken on
+  current JAX.
+
+  Args:
+    apply_fn: ``apply_fn(params, x)``, a flax ``model.apply`` (with variables
+      ``{'params': ...}``: the kernel is over ``variables['params']``), or an nnx Module
+      (``params`` None), see :func:`trainable_fn`.
+    params: the parameters (flax variables) passed to ``apply_fn``.
+    x1: inputs ``(n1, ...)``.
+    x2: inputs ``(n2, ...)``, or None for x1.
+    full: return the full multi-output kernel ``(n1·c, n2·c)`` instead of ``(n1, n2)``.
+    implementation: ``'auto'``, ``'jacobian'``, ``'jvp'``, 1 or 2 (see above).
+    block_size: points per block; None picks it from ``memory_budget``.
+    memory_budget: bytes for one block's Jacobians/tangent products (default 1 GiB).
+    weights: optional pytree (the structure and shapes of the trainable parameters; for a
+      flax linen ``model.apply`` also like the variables ``{'params': ...}``) of
+      non-negative per-parameter weights W: the kernel becomes J W Jᵀ.
+
+  Returns:
+    ``(n1, n2)`` (or ``(n1·c, n2·c)`` with ``full=True``) array.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from mskjax.nets import FlaxMLP, MLPSpec
+    >>> model = FlaxMLP(MLPSpec(depth=1, width=4, activation='linear', out_dim=2))
+    >>> x = jnp.array([[1., 0.], [0., 1.], [1., 1.]])
+    >>> variables = model.init(jax.random.PRNGKey(0), x)
+    >>> K = empirical_ntk(model.apply, variables, x, block_size=2)
+    >>> Kf = empirical_ntk(model.apply, variables, x, full=True)
+    >>> K.shape, Kf.shape, bool(jnp.allclose(K, (Kf[::2, ::2] + Kf[1::2, 1::2]) / 2))
+    ((3, 3), (6, 6), True)
+  """
+  if implementation == 3:
+    raise ValueError("empirical_ntk: implementation=3 (structured derivatives) is broken on "
+                     "current JAX (it relies on removed JAX internals); use 'auto', 'jvp', "
+                     "'jacobian', 1 or 2.")
+  _v.check_choice(implementation, "implementation", ("auto", "jacobian", "jvp", 1, 2))
+  memory_budget = _v.check_int(memory_budget, "memory_budget", lo=1)
+  block_size = _k.check_block_size(block_size)
+  if implementation not in (1, 2):
+    x1, x2 = _k.check_pair(x1, x2, "empirical_ntk")
+    return _empirical_own(apply_fn, params, x1, x2, bool(full), block_size, memory_budget,
+                          implementation, weights)
+  if weights is not None:
+    raise ValueError("empirical_ntk: weights= needs implementation 'auto', 'jacobian' or "
+                     "'jvp' (neural-tangents' implementations have no parameter metric).")
+  if full:
+    raise ValueError("empirical_ntk: full=True needs implementation 'auto', 'jacobian' or "
+                     "'jvp' (neural-tangents' implementations trace over outputs here).")
+  x1, x2 = _k.check_pair(x1, x2, "empirical_ntk")
+  out = jax.eval_shape(apply_fn, params, x1[:1])
+  if not hasattr(out, "shape") or len(out.shape) != 2:
+    raise ValueError("empirical_ntk: apply_fn(params, x) must return an array of shape "
+                     f"(n, c); got {getattr(out, 'shape', type(out).__name__)}. Wrap it, e.g. "
+                     "lambda p, x: f(p, x)[:, None].")
+  pair, sym = _empirical_block_fns(apply_fn, int(implementation))
+  pair_p = lambda a, b: pair(a, b, params)
+  sym_p = lambda a: sym(a, params)
+  n_max = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
+  if block_size is None:
+    block_size = _empirical_block_edge(params, int(out.shape[1]), n_max, int(implementation),
+                                       int(memory_budget))
+    if block_size >= n_max:
+      return sym_p(x1) if x2 is None else pair_p(x1, x2)
+  return _k.assemble_blocks(pair_p, sym_p, x1, x2, block_size)
+
+
+
+# ------------------------------------------------- Jacobian operators of a finite network
+class _Call(NamedTuple):
+  """Hashable ``call(p, rest, x)`` (a static argument of jitted functions: one compile per
+  network, not per call)."""
+  kind: str
+  base: Any
+
+  def __call__(self, p, rest, x):
+    if self.kind == "plain":
+      return self.base(p, x)
+    if self.kind == "linen":
+      return self.base({**rest, "params": p}, x)
+    from flax import nnx
+    return nnx.merge(self.base, p, rest)(x)
+
+
+def _split(apply_fn, params):
+  """(call, p, rest): the trainable parameters p and everything else held fixed."""
+  try:
+    from flax import nnx
+    import flax.linen as nn
+  except ImportError:  # pragma: no cover
+    nnx = nn = None
+  if nnx is not None and isinstance(apply_fn, nnx.Module):
+    filt = nnx.Param if params is None else params
+    graphdef, state, rest = nnx.split(apply_fn, filt, ...)
+    return _Call("nnx", graphdef), nnx.as_pure(state), rest
+  if not callable(apply_fn):
+    raise TypeError(f"`apply_fn` must be callable apply_fn(params, x) (or an nnx.Module); got "
+                    f"{type(apply_fn).__name__}.")
+  owner = getattr(apply_fn, "__self__", None)
+  if nn is not None and isinstance(owner, nn.Module) and hasattr(params, "keys") \
+      and "params" in params:
+    rest = {key: val for key, val in params.items() if key != "params"}
+    return _Call("linen", apply_fn), params["params"], rest
+  if params is None:
+    raise TypeError("`params` is None; pass the parameters apply_fn(params, x) takes.")
+  return _Call("plain", apply_fn), params, None
+
+
+def trainable_fn(apply_fn, params=None):
+  """``(f, p)`` with ``f(p, x) -> (n, ...)`` a function of the *trainable* parameters only.
+
+  The parameter pytree an optimizer sees, for the three ways users hold a network:
+
+  * ``apply_fn(params, x)`` with any pytree ``params``: returned unchanged;
+  * flax linen ``model.apply`` with ``variables = {'params': ..., other collections}``:
+    ``p = variables['params']`` and the other collections (e.g. ``batch_stats``) are
+    held fixed;
+  * a flax nnx ``Module`` (pass it as ``apply_fn``; ``params`` None or an nnx filter,
+    default ``nnx.Param``): ``p = nnx.as_pure(nnx.state(model, nnx.Param))``, the
+    pytree ``nnx.Optimizer`` passes to optax.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> model = nn.Dense(2); x = jnp.ones((3, 4))
+    >>> variables = model.init(jax.random.PRNGKey(0), x)
+    >>> f, p = trainable_fn(model.apply, variables)
+    >>> sorted(p), f(p, x).shape
+    (['bias', 'kernel'], (3, 2))
+  """
+  call, p, rest = _split(apply_fn, params)
+  if call.kind == "plain":
+    return call.base, p
+  return (lambda q, x: call(q, rest, x)), p
+
+
+class JacobianOperator(NamedTuple):
+  """Products with the Jacobian ``J = ∂f(θ, X)/∂θ`` (n·c rows) without forming it.
+
+  Attributes:
+    jvp: ``T ↦ J T``: a parameter pytree with a leading axis m on every leaf →
+      ``(n, c, m)``.
+    vjp: ``V ↦ Jᵀ V``: ``(n, c, m)`` → parameter pytree, leaves ``(m, *leaf.shape)``.
+    ntk_matvec: ``V ↦ J (Jᵀ V)`` on ``(n·c, m)`` arrays: the full multi-output empirical
+      NTK (cross-output terms included, row index = point·c + output) times V.
+    n: number of points; c: outputs per point (all output axes flattened).
+    params: the (trainable) parameters, in the compute dtype.
+    block_size: points per block.
+  """
+  jvp: Callable
+  vjp: Callable
+  ntk_matvec: Callable
+  n: int
+  c: int
+  params: Any
+  block_size: int
+
+
+def _jaxprs_in_params(params):
+  try:
+    from jax.extend.core import jaxprs_in_params
+  except ImportError:  # pragma: no cover
+    return []
+  return jaxprs_in_params(params)
+
+
+def _activation_size(fn, params, x1):
+  """Numbers in all intermediates of one forward pass on one point (a memory estimate)."""
+  jaxpr = jax.make_jaxpr(fn)(params, x1)
+  total = 0
+
+  def walk(jx):
+    nonlocal total
+    for eqn in jx.eqns:
+      for v in eqn.outvars:
+        total += int(np.prod(getattr(v.aval, "shape", ()) or (1,)))
+      for sub in _jaxprs_in_params(eqn.params):
+        walk(getattr(sub, "jaxpr", sub))
+  walk(jaxpr.jaxpr)
+  return max(total, 1)
+
+
+def _tree_size(tree):
+  return sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(tree))
+
+
+def _network_inputs(apply_fn, params, x, dtype, where):
+  """(fn, params, x, dtype, n, c): the trainable function, parameters and inputs cast to
+  the compute dtype, and the number of outputs per point."""
+  fn, p = trainable_fn(apply_fn, params)
+  x = _k.as_inputs(x, "x", where)
+  dt = x.dtype if dtype is None else jnp.dtype(dtype)
+  x = x.astype(dt)
+  p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
+                   if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
+  out = jax.eval_shape(fn, p, x[:1])
+  if not hasattr(out, "shape") or len(out.shape) < 1 or out.shape[0] != 1:
+    raise ValueError(f"{where}: apply_fn(params, x) must return an array with a leading axis "
+                     f"of n points; got {getattr(out, 'shape', type(out).__name__)}.")
+  return fn, p, x, dt, x.shape[0], int(np.prod(out.shape[1:]))
+
+
+def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
+                      block_size: Optional[int] = None,
+                      memory_budget: int = 1 << 30, dtype=None) -> JacobianOperator:
+  r"""Jitted, blocked products with the network Jacobian and the full empirical NTK.
+
+  ``J T`` is one JVP and ``Jᵀ V`` one VJP per block of points, vectorised over the m
+  columns (``vmap``) and looped over blocks (``lax.map`` / ``lax.scan``), so memory is
+  O(m·#params + block·m·A) (A: activations per point) and never O(n·#params).
+  ``ntk_matvec`` applies the full (n·c)×(n·c) empirical NTK ``K = J Jᵀ`` (not the
+  output-traced one) — what a matrix-free eigensolver needs.
+
+  Args:
+    apply_fn, params: the network, as accepted by :func:`trainable_fn` (a plain
+      ``apply_fn(params, x)``, a linen ``model.apply`` with variables, or an nnx Module).
+    x: inputs ``(n, ...)`` of any per-point shape.
+    columns: the typical m, used only to size blocks from the budget.
+    block_size: points per block (default: from ``memory_budget``).
+    memory_budget: bytes for one block's activations times ``columns``.
+    dtype: compute dtype of the parameters and inputs (default: the inputs' float dtype;
+      pass ``jnp.float64`` under ``jax.enable_x64`` for float64 products).
+
+  Returns:
+    :class:`JacobianOperator`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> X = jnp.array([[1., 0.], [0., 2.], [1., 1.]])
+    >>> op = jacobian_operator(lambda w, x: x @ w, jnp.zeros(2), X, block_size=2)
+    >>> op.ntk_matvec(jnp.eye(3)).tolist()   # J = X: the NTK is X Xᵀ
+    [[1.0, 0.0, 1.0], [0.0, 4.0, 2.0], [1.0, 2.0, 2.0]]
+  """
+  fn, p, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, "jacobian_operator")
+  if block_size is None:
+    per = _activation_size(fn, p, x[:1]) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
+    block_size = int(min(max(int(memory_budget) // max(per, 1), 1), n))
+  block_size = _k.check_block_size(block_size, required=True)
+  bs = min(block_size, n)
+  nb = math.ceil(n / bs)
+  xb = _k.pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
+
+  def fb(q, xa):
+    return fn(q, xa).reshape(bs, c)
+
+  # p and the input blocks are arguments, not closed-over constants (XLA would fold the
+  # network's forward pass on them at compile time and embed them in the program).
+  def _jvp(T, p, xb):
+    def one(xa):
+      _, lin = jax.linearize(lambda q: fb(q, xa), p)
+      return jax.vmap(lin, out_axes=-1)(T)                     # (bs, c, m)
+    return lax.map(one, xb).reshape(nb * bs, c, -1)[:n]
+
+  def _vjp(Vc, p, xb):
+    m = Vc.shape[-1]
+    Vp = jnp.pad(Vc.astype(dt), ((0, nb * bs - n), (0, 0), (0, 0))).reshape(nb, bs, c, m)
+
+    def body(acc, blk):
+      xa, va = blk
+      _, pull = jax.vjp(lambda q: fb(q, xa), p)
+      (g,) = jax.vmap(pull, in_axes=-1)(va)                     # leaves (m, *shape)
+      return jax.tree.map(jnp.add, acc, g), None
+
+    zero = jax.tree.map(lambda a: jnp.zeros((m,) + a.shape, a.dtype), p)
+    acc, _ = lax.scan(body, zero, (xb, Vp))
+    return acc
+
+  jvp_j, vjp_j = jax.jit(_jvp), jax.jit(_vjp)
+  ntk_j = jax.jit(lambda Vf, p, xb: _jvp(_vjp(Vf.reshape(n, c, Vf.shape[-1]), p, xb), p, xb)
+                  .reshape(n * c, Vf.shape[-1]))
+  jvp = lambda T: jvp_j(T, p, xb)
+  vjp = lambda Vc: vjp_j(Vc, p, xb)
+  ntk_matvec = lambda Vf: ntk_j(Vf, p, xb)
+
+  return JacobianOperator(jvp, vjp, ntk_matvec, n, c, p, bs)
+
+
+def _point_jacobians(fn, p, xa, c):
+  """Per-point Jacobians of a block: leaves (bs, c, *leaf.shape) (vmap of jacrev)."""
+  single = lambda q, xi: fn(q, xi[None]).reshape(c)
+  return jax.vmap(jax.jacrev(single), in_axes=(None, 0))(p, xa)
+
+
+def _jac_contract(ja, jb):
+  """Σ_leaves ⟨J_a, J_b⟩ over parameters: (na, c, ...) × (nb, c, ...) → (na, c, nb, c)."""
+  terms = [jnp.einsum("acp,bdp->acbd", a.reshape(a.shape[0], a.shape[1], -1),
+                      b.reshape(b.shape[0], b.shape[1], -1))
+           for a, b in zip(jax.tree.leaves(ja), jax.tree.leaves(jb))]
+  return functools.reduce(jnp.add, terms)
+
+
+def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[int] = None,
+                        memory_budget: int = 1 << 30, dtype=None) -> jax.Array:
+  """The c×c diagonal blocks ``J_x J_xᵀ`` of the full empirical NTK, one per point.
+
+  Per-point Jacobians (``vmap`` of ``jacrev`` over a block of points, memory
+  block·c·#params), contracted over parameters; a ``lax.map`` over blocks.
+
+  Args:
+    apply_fn, params: as in :func:`trainable_fn`.
+    x: inputs ``(n, ...)``.
+    block_size: points per block (default: from ``memory_budget``).
+    memory_budget: bytes for one block of per-point Jacobians.
+    dtype: compute dtype (default: the inputs' float dtype).
+
+  Returns:
+    ``(n, c, c)`` array.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> ntk_diagonal_blocks(lambda w, x: x @ w, jnp.zeros((2, 2)),
+    ...                     jnp.array([[1., 2.]]))[0].tolist()   # ‖x‖² I_c
+    [[5.0, 0.0], [0.0, 5.0]]
+  """
+  fn, p, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, "ntk_diagonal_blocks")
+  if block_size is None:
+    per = 3 * c * max(_tree_size(p), 1) * jnp.dtype(dt).itemsize
+    block_size = int(min(max(int(memory_budget) // per, 1), n))
+  bs = min(_k.check_block_size(block_size, required=True), n)
+  nb = math.ceil(n / bs)
+  xb = _k.pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
+
+  @jax.jit
+  def run(xb, p):
+    def one(xa):
+      ja = _point_jacobians(fn, p, xa, c)
+      return functools.reduce(jnp.add, [jnp.einsum("acp,adp->acd", l.reshape(bs, c, -1),
+                                                   l.reshape(bs, c, -1))
+                                        for l in jax.tree.leaves(ja)])
+    return lax.map(one, xb).reshape(nb * bs, c, c)[:n]
+
+  return run(xb, p)
+
+
+@functools.partial(jax.jit, static_argnames=("call", "c", "strategy", "trace"))
+def _ntk_run(call, p, rest, x1b, x2b, c, strategy, trace):
+  """Kernel rows for blocks x1b (nb1, bs1, ...) against x2b (nb2, bs2, ...) (lax.map)."""
+  fn = lambda q, x: call(q, rest, x)
+  bs1, bs2 = x1b.shape[1], x2b.shape[1]
+
+  def rows(xa):
+    ja = _point_jacobians(fn, p, xa, c)                       # leaves (bs1, c, *shape)
+    if strategy == "jvp":
+      tang = jax.tree.map(lambda l: l.reshape((bs1 * c,) + l.shape[2:]), ja)
+
+      def col(xb):
+        _, lin = jax.linearize(lambda q: fn(q, xb).reshape(bs2, c), p)
+        return jax.vmap(lin)(tang).reshape(bs1, c, bs2, c)
+    else:
+      def col(xb):
+        return _jac_contract(ja, _point_jacobians(fn, p, xb, c))
+    blocks = lax.map(col, x2b)                                # (nb2, bs1, c, bs2, c)
+    if trace:
+      blocks = jnp.einsum("jacbc->jab", blocks) / c
+      return jnp.moveaxis(blocks, 0, 1).reshape(bs1, -1)
+    return jnp.moveaxis(blocks, 0, 2).reshape(bs1, c, -1, c)
+
+  return lax.map(rows, x1b)
+
+
+class _WeightedCall(NamedTuple):
+  """``call`` reparametrised as δ ↦ f(θ + √W ⊙ δ) (``rest`` = (rest, θ, √W)): its
+  Jacobian at δ = 0 is J diag(√W), so its empirical NTK is J W Jᵀ."""
+  base: Any
+
+  def __call__(self, d, rest, x):
+    rest0, p0, sw = rest
+    return self.base(jax.tree.map(lambda a, s, e: a + s * e, p0, sw, d), rest0, x)
+
+
+def _check_weights(weights, p):
+  """√W as a pytree like p (same structure and shapes), non-negative and finite."""
+  want, got = jax.tree.structure(p), jax.tree.structure(weights)
+  if want != got:
+    raise ValueError(f"empirical_ntk: `weights` must have the structure of the trainable "
+                     f"parameters {want}; got {got}.")
+  out = []
+  for a, w in zip(jax.tree.leaves(p), jax.tree.leaves(weights)):
+    w = jnp.asarray(w, jnp.asarray(a).dtype)
+    if w.shape != jnp.shape(a):
+      raise ValueError(f"empirical_ntk: a `weights` leaf has shape {w.shape}; the parameter "
+                       f"it weights has shape {jnp.shape(a)}.")
+    if _v.is_concrete(w) and not bool(np.all(np.asarray(w) >= 0)):
+      raise ValueError("empirical_ntk: `weights` must be finite and non-negative (a diagonal "
+                       "metric W >= 0).")
+    out.append(jnp.sqrt(w))
+  return jax.tree.unflatten(want, out)
+
+
+def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, strategy,
+                   weights=None):
+  call, p, rest = _split(apply_fn, params)
+  dt = x1.dtype
+  p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
+                   if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
+  if weights is not None:
+    if call.kind == "linen" and hasattr(weights, "keys") and "params" in weights \
+        and jax.tree.structure(weights) != jax.tree.structure(p):
+      weights = weights["params"]          # given like the variables: weight their 'params'
+    call, rest, p = (_WeightedCall(call), (rest, p, _check_weights(weights, p)),
+                     jax.tree.map(jnp.zeros_like, p))
+  fn = lambda q, x: call(q, rest, x)
+  out = jax.eval_shape(fn, p, x1[:1])
+  if not hasattr(out, "shape") or len(out.shape) < 1 or out.shape[0] != 1:
+    raise ValueError("empirical_ntk: apply_fn(params, x) must return an array with a leading "
+                     f"axis of n points, shape (n,) or (n, c, ...); got "
+                     f"{getattr(out, 'shape', type(out).__name__)}.")
+  c = int(np.prod(out.shape[1:]))
+  n1 = x1.shape[0]
+  xb2 = x1 if x2 is None else x2
+  n2 = xb2.shape[0]
+  P = max(_tree_size(p), 1)
+  if strategy == "auto":
+    strategy = "jvp" if c >= 4 else "jacobian"   # the crossover: benchmarks/README.md
+  item = jnp.dtype(dt).itemsize
+  if block_size is None:
+    # per-point Jacobians of a block (b·c·P, ×2 blocks for 'jacobian') plus the block's
+    # activations times the b·c tangents for 'jvp' (b²·c·A), ×2 for temporaries
+    A = _activation_size(fn, p, x1[:1])
+    per_row = (2 if strategy == "jacobian" else 1) * c * P * item * 2
+    bsz = max(1, int(memory_budget) // per_row)
+    if strategy == "jvp":
+      bsz = max(1, min(bsz, int(math.isqrt(max(int(memory_budget) // (2 * c * A * item), 1)))))
+    block_size = bsz
+  bs1, bs2 = min(block_size, n1), min(block_size, n2)
+  nb1, nb2 = math.ceil(n1 / bs1), math.ceil(n2 / bs2)
+  x1b = _k.pad_rows(x1, nb1 * bs1).reshape((nb1, bs1) + x1.shape[1:])
+  x2b = _k.pad_rows(xb2, nb2 * bs2).reshape((nb2, bs2) + xb2.shape[1:])
+  K = _ntk_run(call, p, rest, x1b, x2b, c, strategy, not full)
+  if full:
+    K = K.reshape(nb1 * bs1, c, nb2 * bs2, c)[:n1, :, :n2, :]
+    return K.reshape(n1 * c, n2 * c)
+  return K.reshape(nb1 * bs1, nb2 * bs2)[:n1, :n2]
