@@ -18,7 +18,7 @@ from mskjax import _validate
 from mskjax import diagnostics as _diagnostics
 from mskjax import tangents as _tangents
 from mskjax.spectrum import Eigenpairs as _Eigenpairs
-from mskjax.train import fit
+from mskjax import train as _train
 
 __all__ = ["log_spaced_steps", "KernelRecord", "record_kernel_training"]
 
@@ -168,7 +168,7 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
     >>> import jax, jax.numpy as jnp, optax, mskjax
     >>> f = lambda p, x: x @ p['w']                      # linear model: NTK constant
     >>> x = jnp.eye(3); y = jnp.array([[1.], [2.], [3.]])
-    >>> rec = mskjax.train.record_kernel_training(f, {'w': jnp.zeros((3, 1))}, optax.sgd(0.5),
+    >>> rec = mskjax.recorder.record_kernel_training(f, {'w': jnp.zeros((3, 1))}, optax.sgd(0.5),
     ...     lambda f, y: 0.5 * jnp.mean((f - y) ** 2), x, y, num_steps=100, num_records=3)
     >>> rec.steps.tolist(), [round(c, 6) for c in rec.cos_final.tolist()]
     ([0, 1, 10, 100], [1.0, 1.0, 1.0, 1.0])
@@ -242,7 +242,7 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
           Ktr, kernel(p, s, xt, x), y, f0_train=f0_train, f0_test=f0_test, ridge=ridge)))
     return {}
 
-  res = fit(_PredictionLoss(apply_fn, loss_fn), params, optimizer, (x, y), steps=T,
+  res = _train.fit(_PredictionLoss(apply_fn, loss_fn), params, optimizer, (x, y), steps=T,
                    evaluate=evaluate, eval_steps=steps.tolist(), progress=bool(progress),
                    desc="record_kernel_training")
   p, s = res.state.params, res.state.opt_state
