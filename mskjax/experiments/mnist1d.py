@@ -8,8 +8,8 @@ The experiment program of ``configs/mnist1d.py`` (which documents the set-up; al
   ``nn.Dense(10)``), flax linen, standard parameterisation (the shared contract);
 * :func:`make_tx` — ``optax.sgd(lr, momentum)``, ``optax.adam(lr)`` or
   ``optax.chain(optim.scale_by_msk(directions), optax.sgd(lr, momentum))`` (PGD: the
-  data-free preconditioner P = I + Σ_{i≤k}(g_i/λ_i − 1) q_i q_iᵀ, DESIGN.md "Preconditioning
-  real training", followed by the same momentum SGD as the baseline);
+  data-free preconditioner P = I + Σ_{i≤k}(g_i/λ_i − 1) q_i q_iᵀ,
+  docs/theory.md#the-preconditioner-p-parameter-space, followed by the same momentum SGD as the baseline);
 * :func:`build_directions` — the top-k directions of the empirical NTK of the network at
   initialisation (``optim.msk_directions`` on s ≤ n training points), timed: the
   preconditioner's one-off cost;

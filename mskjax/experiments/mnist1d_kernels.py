@@ -5,8 +5,8 @@ Command::
   python -m mskjax.run configs/mnist1d_kernels.py --tag full
   python -m mskjax.run configs/mnist1d_kernels.py:quick     # < 60 s (n = 500)
 
-Architectures (BRIEF.md, the same as the finite MNIST-1D benchmark): MLP 40 → 256 → 256 → 10
-and CNN on (n, 40, 1): three convolutions with 32 channels, kernel sizes (5, 3, 3), stride 2,
+Architectures (the same as the finite MNIST-1D benchmark, ``mskjax/experiments/mnist1d.py``):
+MLP 40 → 256 → 256 → 10 and CNN on (n, 40, 1): three convolutions with 32 channels, kernel sizes (5, 3, 3), stride 2,
 'SAME', ReLU, flatten (5·32 = 160) → Dense(10). The finite nets use flax's defaults: standard
 parameterisation, weights of variance 1/fan_in (lecun_normal), trainable biases initialised at
 0. The analytic kernel that corresponds is neural-tangents' *standard* parameterisation at the
@@ -20,7 +20,8 @@ the usual "infinite-width CNN" of Novak et al. / Arora et al.
 Per kernel: kernel regression (t = ∞) and kernel GD on ½‖f(X) − Y‖² with one-hot targets Y
 (10 outputs, f₀ = 0) at t steps of η = 1/λ_max(K_g), through ``mskjax.predict_gd_mse``;
 test accuracy = argmax of the 10 regression outputs. Modifiers g act on the top-k Gram
-eigenvalues (η grows to 1/λ_max(K_g)); at t = ∞ every g gives the same interpolant (DESIGN §1).
+eigenvalues (η grows to 1/λ_max(K_g)); at t = ∞ every g gives the same interpolant
+(docs/theory.md#same-final-solution).
 Cost table: time and XLA temporary memory per kernel entry, measured on one block, and the n
 that the dense path (Gram + eigh in float64) and a one-hour Gram allow, extrapolated from it.
 """
