@@ -96,6 +96,10 @@ def make_trainer(apply_fn, x, y, steps):
     f = apply_fn(p, batch[0])
     return 0.5 * jnp.sum((f - batch[1]) ** 2), {"f": f}
 
+  # Full-batch msk_sgd_jvp with the network's own empirical spectrum at init (by default):
+  # the paper-faithful exact PGD for this finite = infinite width comparison
+  # (docs/theory.md#analytic-or-empirical-eigenpairs); minibatch / real training uses
+  # mskjax.msk_directions + mskjax.msk_sgd instead.
   tx = lambda h: optim.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
   predict = jax.jit(lambda p: apply_fn(p, x))
 
