@@ -18,10 +18,11 @@ reported; the grids are ``sgd_lrs``, ``adam_lrs``, ``pgd_lrs``):
 
 * ``sgd``  — ``optax.sgd(lr, momentum)``;
 * ``adam`` — ``optax.adam(lr)``;
-* ``pgd``  — ``optax.chain(optim.scale_by_msk(directions), optax.sgd(lr, momentum))``:
+* ``pgd``  — ``mskjax.msk_sgd(lr, directions, momentum=momentum)`` (= ``optax.chain(
+  scale_by_msk(directions), optax.sgd(lr, momentum))``):
   P = I + Σ_{i≤k} (g(λ_i)/λ_i − 1) q_i q_iᵀ with g = ``flatten`` on the top ``k``
   eigenvalues of the full (n·10)×(n·10) empirical NTK of the network at initialisation,
-  computed matrix-free (``optim.msk_directions``) on ``subsample`` random training points.
+  computed matrix-free (``mskjax.msk_directions``) on ``subsample`` random training points.
   Directions are fixed (no refresh). Its one-off cost (``directions_s``, cold, compilation
   included) is added to its wall times.
 
@@ -60,7 +61,7 @@ def get_config(arg=None):
   # of ~10 (the analytic kernel is K ⊗ I_10): k = 30 flattens the top three groups.
   c.k = 30
   c.subsample = 500         # points the directions are computed on
-  c.g = "flatten"
+  c.g = "flatten"           # any mskjax.modifiers.from_name name (checked by validate)
   c.num_samples = 5000      # 4000 train / 1000 test
   c.goal_speedup = 3.0
   c.acc_tolerance = 0.01    # "no loss of accuracy": within 1 point of the best baseline
@@ -77,3 +78,12 @@ def get_config(arg=None):
 RANGES = {"num_samples": {"min": 100}, "k": {"min": 1}, "subsample": {"min": 2},
           "momentum": {"min": 0, "lt": 1}, "sgd_lrs": {"gt": 0}, "adam_lrs": {"gt": 0},
           "pgd_lrs": {"gt": 0}, "goal_speedup": {"gt": 0}, "acc_tolerance": {"min": 0}}
+
+
+def validate(c):
+  from mskjax import modifiers
+  modifiers.from_name(c.g)   # an unknown name fails here, listing the known names
+  for setting in c.settings:
+    if len(setting) != 4 or setting[0] not in ("mlp", "cnn"):
+      raise ValueError(f"settings: each entry is (arch in 'mlp'/'cnn', batch size, steps, "
+                       f"evaluate every); got {setting!r}.")

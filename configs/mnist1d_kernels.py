@@ -23,7 +23,9 @@ def get_config(arg=None):
   c.nets = ("mlp", "cnn")
   c.parameterizations = ("standard", "ntk")
   c.times = (10, 100, 1000, 10000)   # GD steps (η = 1/λ_max(K_g)); t = ∞ is always added
-  c.modifiers = ("none", "flatten10", "flatten100", "sqrt100")
+  # "none" or "NAME@k": a mskjax.modifiers.from_name name on the top k Gram eigenvalues
+  # (geomean: g(λ) = √(λ·λ_{k+1})).
+  c.modifiers = ("none", "flatten@10", "flatten@100", "geomean@100")
   c.block_size = 500             # rows/cols per analytic kernel block
   c.cost_block = 256             # block edge for the per-entry cost measurement
   c.memory_gib = 16.0            # memory assumed for the dense-path extrapolation
@@ -32,7 +34,7 @@ def get_config(arg=None):
   if arg.quick:                # < 60 s: n = 500 / 500, standard only, two modifiers
     c.n_train, c.n_test = 500, 500
     c.parameterizations = ("standard",)
-    c.modifiers = ("none", "flatten10")
+    c.modifiers = ("none", "flatten@10")
     c.cost_block = 128
     c.cost_gap = False
   return c
@@ -43,3 +45,11 @@ RANGES = {"n_train": {"min": 8}, "n_test": {"min": 1}, "block_size": {"min": 1},
           "cost_block": {"min": 1}, "times": {"gt": 0}, "memory_gib": {"gt": 0},
           "nets": {"choices": ("mlp", "cnn")},
           "parameterizations": {"choices": ("standard", "ntk")}}
+
+
+def validate(c):
+  from mskjax.experiments.mnist1d_kernels import parse_modifier
+  for item in c.modifiers:
+    _, k = parse_modifier(item)          # unknown names fail here, listing the known ones
+    if k is not None and k >= c.n_train:
+      raise ValueError(f"modifiers: {item!r}: k must be < n_train = {c.n_train}.")

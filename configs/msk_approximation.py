@@ -38,3 +38,6 @@ RANGES = {"ns": {"min": 8}, "m": {"min": 0}, "seeds": {"min": 1}, "grid": {"min"
 def validate(c):
   if 2 * c.m + 1 >= min(c.ns):
     raise ValueError(f"m: k = 2m+1 = {2 * c.m + 1} must be < the smallest n = {min(c.ns)}.")
+  from mskjax import modifiers
+  for name in c.modifiers:
+    modifiers.from_name(name)        # an unknown name fails here, listing the known names

@@ -1,4 +1,4 @@
-"""Importing mskjax (and every submodule) changes no JAX setting (DESIGN.md §4, global state).
+"""Importing mskjax (and every submodule) changes no JAX setting (docs/pitfalls.md#global-state).
 
 Checked in a fresh interpreter: conftest enables float64 for the test process itself.
 """

@@ -67,7 +67,10 @@ def test_identity_flow_matches_neural_tangents():
 
 @pytest.mark.parametrize("name", sorted(GS))
 def test_msk_flow_matches_neural_tangents_with_modified_kernels(name):
-  """DESIGN §4: K S as train kernel and k(x,X) S as test kernel make nt an exact oracle."""
+  """K S as train kernel and k(x,X) S as test kernel make nt an exact oracle.
+
+  docs/pitfalls.md#loss-normalisation-of-neural-tangents
+  """
   from mskjax._nt import nt_predict
   g = GS[name]
   K, Kx, y = circle_problem(seed=3)

@@ -1,7 +1,8 @@
 """mskjax.train: the loop on explicit problems, and finite-width networks vs infinite width.
 
-Finite-width set-up (DESIGN §4): a 2-layer bias-free ReLU network, NTK parameterisation,
-antisymmetric zero-output init (f₀ = 0 exactly), on n = 64 equispaced points of S¹. Two
+Finite-width set-up (docs/pitfalls.md#zero-output-at-initialisation): a 2-layer bias-free ReLU
+network, NTK parameterisation, antisymmetric zero-output init (f₀ = 0 exactly), on n = 64
+equispaced points of S¹. Two
 finite-width effects limit the agreement with the analytic (infinite-width) predictions:
 
 * the empirical NTK at init differs from the analytic one by O(1/√width): at width 4096,

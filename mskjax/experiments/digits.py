@@ -229,6 +229,11 @@ def run(config, ctx):
   if grid_rows:
     ctx.write_table(grid_rows, name="lr_grid")
   if s.msk_sgd_jvp:
+    # Kept as run for the committed results: the older data-dependent form with the
+    # *analytic* spectrum, which diverges here
+    # (docs/pitfalls.md#a-stored-spectrum-and-a-moving-kernel). The recommended path is
+    # mskjax.msk_directions + mskjax.msk_sgd (mskjax/experiments/mnist1d.py); adding it
+    # here would be a new arm with new results, not a rename.
     k0 = min(s.ks)
     methods[f"msk_sgd_jvp k={k0}"] = (mse, lambda lr, sp=spectra[k0]: optim.msk_sgd_jvp(
         lr, apply_fn, x, sp), None, g, k0, spec_time[k0][0])

@@ -83,6 +83,10 @@ def run(config, ctx):
       else:
         spec0 = mskjax.msk_spectrum(K0, g, k)       # the network's own kernel at init
         eta = 1.0 / float(spec0.max_value)
+        # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK at init: the
+        # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
+        # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
+        # mskjax.msk_directions + mskjax.msk_sgd (see mskjax/experiments/mnist1d.py).
         tx = optim.msk_sgd_jvp(eta, apply_fn, x, spec0)
       stop = 0.5 * (config.tol * float(jnp.linalg.norm(y))) ** 2   # ½‖r‖² < ½ tol²‖y‖²
       res = T.train(apply_fn, variables["params"], tx, x, y, steps=s["network_max_steps"],

@@ -7,12 +7,12 @@ The experiment program of ``configs/mnist1d.py`` (which documents the set-up; al
   channels, kernel sizes 5, 3, 3, stride 2, 'SAME', ReLU; flatten 5·32 = 160 →
   ``nn.Dense(10)``), flax linen, standard parameterisation (the shared contract);
 * :func:`make_tx` — ``optax.sgd(lr, momentum)``, ``optax.adam(lr)`` or
-  ``optax.chain(optim.scale_by_msk(directions), optax.sgd(lr, momentum))`` (PGD: the
-  data-free preconditioner P = I + Σ_{i≤k}(g_i/λ_i − 1) q_i q_iᵀ, DESIGN.md "Preconditioning
-  real training", followed by the same momentum SGD as the baseline);
+  ``mskjax.msk_sgd(lr, directions, momentum=momentum)`` (PGD: the data-free preconditioner
+  P = I + Σ_{i≤k}(g_i/λ_i − 1) q_i q_iᵀ, docs/theory.md#the-preconditioner-p-parameter-space,
+  followed by the same momentum SGD as the baseline — the recommended minibatch path);
 * :func:`build_directions` — the top-k directions of the empirical NTK of the network at
-  initialisation (``optim.msk_directions`` on s ≤ n training points), timed: the
-  preconditioner's one-off cost;
+  initialisation (``mskjax.msk_directions`` on s ≤ n training points, g by name through
+  ``mskjax.modifiers.from_name``), timed: the preconditioner's one-off cost;
 * :func:`train_run` — one training run through the one loop :func:`mskjax.train.fit`
   (mean softmax cross-entropy, minibatches of b points from the seeded shuffling iterator,
   test accuracy and loss every ``eval_every`` steps, training wall time with the
@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mskjax import modifiers, optim
+import mskjax
+from mskjax import modifiers
 from mskjax import train as T
 
 ARCHS = ("mlp", "cnn")
@@ -104,15 +105,15 @@ def init_params(arch: str, x, seed: int = 0):
 
 def build_directions(arch: str, variables, x, *, k: int, subsample: Optional[int],
                      g: str = "flatten", seed: int = 0):
-  """``optim.msk_directions`` at initialisation, timed (cold: compilation included).
+  """``mskjax.msk_directions`` at initialisation, timed (cold: compilation included).
 
   Returns ``(MSKDirections, seconds)``.
   """
-  gfn = {"flatten": modifiers.flatten()}[g]
+  gfn = modifiers.from_name(g)     # any registered name ("flatten", "power0.5", ...)
   t0 = time.perf_counter()
-  d = optim.msk_directions(model(arch).apply, variables, x, gfn, int(k),
-                           subsample=subsample, key=jax.random.PRNGKey(seed),
-                           compute_beta=False)   # fixed lr grids: β (step rule) not needed
+  d = mskjax.msk_directions(model(arch).apply, variables, x, gfn, int(k),
+                            subsample=subsample, key=jax.random.PRNGKey(seed),
+                            compute_beta=False)   # fixed lr grids: β (step rule) not needed
   jax.block_until_ready(d.directions)
   return d, time.perf_counter() - t0
 
@@ -126,7 +127,7 @@ def make_tx(method: str, lr: float, *, momentum: float = 0.9, directions=None):
   if method == "pgd":
     if directions is None:
       raise ValueError("method 'pgd' needs `directions` (from build_directions).")
-    return optax.chain(optim.scale_by_msk(directions), optax.sgd(lr, momentum=momentum))
+    return mskjax.msk_sgd(lr, directions, momentum=momentum)
   raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
 
 

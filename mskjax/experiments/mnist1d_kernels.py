@@ -5,8 +5,8 @@ Command::
   python -m mskjax.run configs/mnist1d_kernels.py --tag full
   python -m mskjax.run configs/mnist1d_kernels.py:quick     # < 60 s (n = 500)
 
-Architectures (BRIEF.md, the same as the finite MNIST-1D benchmark): MLP 40 → 256 → 256 → 10
-and CNN on (n, 40, 1): three convolutions with 32 channels, kernel sizes (5, 3, 3), stride 2,
+Architectures (the same as the finite MNIST-1D benchmark, ``mskjax/experiments/mnist1d.py``):
+MLP 40 → 256 → 256 → 10 and CNN on (n, 40, 1): three convolutions with 32 channels, kernel sizes (5, 3, 3), stride 2,
 'SAME', ReLU, flatten (5·32 = 160) → Dense(10). The finite nets use flax's defaults: standard
 parameterisation, weights of variance 1/fan_in (lecun_normal), trainable biases initialised at
 0. The analytic kernel that corresponds is neural-tangents' *standard* parameterisation at the
@@ -19,8 +19,10 @@ the usual "infinite-width CNN" of Novak et al. / Arora et al.
 
 Per kernel: kernel regression (t = ∞) and kernel GD on ½‖f(X) − Y‖² with one-hot targets Y
 (10 outputs, f₀ = 0) at t steps of η = 1/λ_max(K_g), through ``mskjax.predict_gd_mse``;
-test accuracy = argmax of the 10 regression outputs. Modifiers g act on the top-k Gram
-eigenvalues (η grows to 1/λ_max(K_g)); at t = ∞ every g gives the same interpolant (DESIGN §1).
+test accuracy = argmax of the 10 regression outputs. Modifiers g (``'NAME@k'``: a
+``mskjax.modifiers.from_name`` name on the top k, see :func:`parse_modifier`) act on the Gram
+eigenvalues (η grows to 1/λ_max(K_g)); at t = ∞ every g gives the same interpolant
+(docs/theory.md#same-final-solution).
 Cost table: time and XLA temporary memory per kernel entry, measured on one block, and the n
 that the dense path (Gram + eigh in float64) and a one-hour Gram allow, extrapolated from it.
 """
@@ -51,17 +53,33 @@ def _spec(net, parameterization):
   raise ValueError(f"unknown net {net!r}; use 'mlp' or 'cnn'")
 
 
-def _modifier(name):
-  """(g, k) from a name: none, flattenK, sqrtK (g = λ_{k+1}·(λ/λ_{k+1})^½ on the top k)."""
-  import jax.numpy as jnp
+def parse_modifier(item: str):
+  """``(g, k)`` of a ``modifiers`` item: ``'none'`` (plain kernel GD) or ``'NAME@k'``.
+
+  ``NAME`` is any name of :func:`mskjax.modifiers.from_name` (``flatten``, ``geomean``,
+  ``power0.5``, ...), applied to the top ``k`` Gram eigenvalues. ``geomean`` is
+  g(λ) = √(λ·λ_{k+1}) = λ_{k+1}·(λ/λ_{k+1})^½. Raises ``ValueError`` naming the item and
+  the known modifier names.
+
+  Example:
+    >>> g, k = parse_modifier("flatten@10"); k
+    10
+    >>> parse_modifier("none")
+    (None, None)
+  """
   from mskjax import modifiers
-  if name == "none":
+  if item == "none":
     return None, None
-  if name.startswith("flatten"):
-    return modifiers.flatten(), int(name[7:])
-  if name.startswith("sqrt"):
-    return (lambda ev, k: ev[k] * jnp.sqrt(ev[:k] / ev[k])), int(name[4:])
-  raise ValueError(f"unknown modifier {name!r}; use none, flattenK or sqrtK")
+  name, sep, k_text = str(item).partition("@")
+  if not sep or not k_text.strip().isdigit() or int(k_text) < 1:
+    raise ValueError(f"modifiers: {item!r} must be 'none' or 'NAME@k' with k >= 1 (e.g. "
+                     f"'flatten@10', 'geomean@100'); NAME is one of "
+                     f"{', '.join(modifiers.names())}.")
+  try:
+    g = modifiers.from_name(name)
+  except ValueError as e:
+    raise ValueError(f"modifiers: {item!r}: {e}") from None
+  return g, int(k_text)
 
 
 def _cost(kernel_fn, x, b):
@@ -112,7 +130,7 @@ def run(config, ctx):
       ctx.print(f"{net}/{par}: Gram {n_train}² + {n_test}×{n_train} in {t_gram:.1f} s, "
                 f"λ₁ = {lam[0]:.4g}, λ₁₁ = {lam[10]:.4g}, λ₁₀₁ = {lam[100]:.4g}")
       for mod in mods:
-        g, k = _modifier(mod)
+        g, k = parse_modifier(mod)
 
         def compute():
           # η = 1/λ_max(K_g) from the eigenvalues already computed (no second eigh).

@@ -144,6 +144,10 @@ def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
     tx = optax.sgd(eta)
   else:
     eta = finite["eta_pgd"]
+    # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK at init: the
+    # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
+    # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
+    # mskjax.msk_directions + mskjax.msk_sgd (see mskjax/experiments/mnist1d.py).
     tx = optim.msk_sgd_jvp(eta, apply_fn, x, finite["spec_pgd"])
   amp = config.amplitude
   y_s, yt_s = amp * y, amp * y_test

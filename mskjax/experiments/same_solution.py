@@ -109,6 +109,10 @@ def run(config, ctx):
           spec0 = mskjax.msk_spectrum(K0, g, k)
           eta = 1.0 / float(spec0.max_value)
           if how == "msk_sgd_jvp":
+            # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK
+            # at init: the paper-faithful exact PGD (Jᵀ S r) for this finite = infinite
+            # width comparison (docs/theory.md#the-preconditioner-p-parameter-space).
+            # Minibatch / real training: mskjax.msk_directions + mskjax.msk_sgd.
             tx, loss = optim.msk_sgd_jvp(eta, apply_fn, x, spec0), "mse"
           else:
             tx, loss = optax.sgd(eta), "msk_mse"

@@ -397,6 +397,10 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
   rows = [summary(gd, gd["loss"], "GD", None, {})]
   curves = [("GD", gd)]
   for k in c.pgd_ks:
+    # msk_sgd_jvp on purpose: these rows study the data-dependent form itself (its failure
+    # with a stale K₀ spectrum and its exact refreshed variant), full batch
+    # (docs/pitfalls.md#a-stored-spectrum-and-a-moving-kernel); real training uses
+    # mskjax.msk_directions + mskjax.msk_sgd.
     def fixed_unit():
       # guard=False: this row documents the failure mode of the unguarded stale map (the
       # default guard would pass the indefinite steps through as plain gradients).

@@ -64,16 +64,18 @@ _COLORS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9")
 
 
 def _modifier(name, block_starts):
+  """The g of a ``gs`` entry (the config's RANGES choices name the four).
+
+  ``identity`` and ``flatten`` are the registry's (:func:`mskjax.modifiers.from_name`);
+  ``reverse_ranks`` is the registry's ``reverse`` (eigenvalue by eigenvalue). ``reverse``
+  here is this experiment's block-wise reversal at the *analytic* block boundaries
+  (:func:`mskjax.modifiers.reverse_blocks`): the empirical spectrum the network is
+  preconditioned with splits the pairs, so the blocks cannot be found by a tolerance.
+  """
   from mskjax import modifiers
-  if name == "identity":
-    return modifiers.identity()
-  if name == "reverse":      # the analytic block boundaries: the network's pairs are split
+  if name == "reverse":
     return modifiers.reverse_blocks(block_starts)
-  if name == "reverse_ranks":
-    return modifiers.reverse()
-  if name == "flatten":
-    return modifiers.flatten()
-  raise ValueError(f"unknown g {name!r}; use identity, reverse, reverse_ranks or flatten")
+  return modifiers.from_name("reverse" if name == "reverse_ranks" else name)
 
 
 def make_trainer(apply_fn, x, y, steps):
@@ -94,6 +96,10 @@ def make_trainer(apply_fn, x, y, steps):
     f = apply_fn(p, batch[0])
     return 0.5 * jnp.sum((f - batch[1]) ** 2), {"f": f}
 
+  # Full-batch msk_sgd_jvp with the network's own empirical spectrum at init (by default):
+  # the paper-faithful exact PGD for this finite = infinite width comparison
+  # (docs/theory.md#analytic-or-empirical-eigenpairs); minibatch / real training uses
+  # mskjax.msk_directions + mskjax.msk_sgd instead.
   tx = lambda h: optim.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
   predict = jax.jit(lambda p: apply_fn(p, x))
 

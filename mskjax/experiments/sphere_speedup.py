@@ -80,6 +80,10 @@ def run(config, ctx):
       else:
         spec0 = mskjax.msk_spectrum(K0, g, k)          # empirical NTK at init (see docstring)
         eta = 1.0 / float(spec0.max_value)
+        # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK at init: the
+        # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
+        # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
+        # mskjax.msk_directions + mskjax.msk_sgd (see mskjax/experiments/mnist1d.py).
         tx = optim.msk_sgd_jvp(eta, apply_fn, x, spec0)
       budget = int(min(config.network_budget * pred + 10, config.max_steps))
       res = T.train(apply_fn, variables["params"], tx, x, y, steps=budget, progress=False)

@@ -51,6 +51,9 @@ def make_trainer(apply_fn, x, y, x_test, steps):
     r = apply_fn(p, batch[0]) - batch[1]
     return 0.5 * jnp.sum(r * r), {"f": apply_fn(p, x_eval)}
 
+  # Full-batch msk_sgd_jvp: the paper-faithful exact PGD (Jᵀ S r) whose width → ∞ limit is
+  # the analytic MSK prediction measured here (docs/theory.md#preconditioned-gradient-descent-pgd);
+  # minibatch / real training uses mskjax.msk_directions + mskjax.msk_sgd instead.
   tx = lambda h: optim.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
   predict = jax.jit(lambda p: apply_fn(p, x_eval))
 
