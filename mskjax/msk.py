@@ -442,8 +442,8 @@ def transfer_msk_spectrum(K, source: MSKSpectrum | None, k: int) -> tuple[MSKSpe
     ([5.0, 2.0], [2.0, 2.0], 1.0)
 
   Reference: used for finite-width PGD in configs/spectral_bias.py (the analytic
-  modification carried to the network's own kernel); DESIGN.md "Preconditioning real
-  training".
+  modification carried to the network's own kernel);
+  docs/theory.md#analytic-or-empirical-eigenpairs.
   """
   from scipy.optimize import linear_sum_assignment
 

@@ -17,7 +17,7 @@ Dense layer (fan-in ``N``), as neural-tangents defines it:
 * ``'ntk'``:      W_ij ~ N(0, 1), b_i ~ N(0, 1),            z = (W_std/sqrt(N)) x W + b_std b
 * ``'standard'``: W_ij ~ N(0, W_std^2/N), b_i ~ N(0, b_std^2), z = x W + b
 
-Zero output at initialisation (DESIGN.md section 4): ``FlaxMLP(spec, antisymmetric=True)``
+Zero output at initialisation (docs/pitfalls.md#zero-output-at-initialisation): ``FlaxMLP(spec, antisymmetric=True)``
 is f(x) = (g(theta_+, x) - g(theta_-, x)) / sqrt(2) with two independent copies of the
 network g, and :func:`init_zero_output` initialises theta_- = theta_+. Why this variant
 (the "antisymmetric initialisation" of Zhang et al., 2019) rather than pairing hidden

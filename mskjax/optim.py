@@ -24,7 +24,7 @@ Which entry point to use
   in the linear regime and when the kernel changes a lot during training (its step
   depends only on g/λ ratios, not on the kernel's size). Its minibatch form with
   ``batch_indices`` is biased and its batch matrix ``S_B`` is often indefinite at small b
-  (DESIGN.md §4, "Minibatch S_B"): prefer :func:`msk_sgd` for minibatches.
+  (docs/pitfalls.md#minibatch-restriction-of-s): prefer :func:`msk_sgd` for minibatches.
 * :func:`scale_by_msk_jvp` / :func:`msk_sgd_jvp` — the older data-dependent form: one
   JVP and one VJP of the network on the *whole* training set per step (full-batch
   gradients only; cost: ``benchmarks/README.md``, "Notes moved from API docstrings").
