@@ -6,6 +6,11 @@ that follows the same dynamics. Reference: Geifman, Barzilai, Basri & Galun,
 *Controlling the Inductive Bias of Wide Neural Networks by Modifying the Kernel's
 Spectrum*, arXiv:2307.14531 (TMLR 2024).
 
+The top level holds the user's main path (a network, its kernel, the MSK, predictions,
+the preconditioner and the loop); everything else is in its module, one per stage of the
+pipeline: ``nets → kernels → tangents → spectrum/modifiers → msk → predict/directions →
+steps → optim → train → recorder/diagnostics`` (README, "Layout").
+
 Importing mskjax changes no JAX setting (in particular not ``jax_enable_x64``): a float32
 training pipeline stays float32. Functions whose accuracy needs float64 (kernel
 eigendecompositions, predictions near the stability edge) say so in their docstrings;
@@ -13,54 +18,37 @@ the experiment runner (``python -m mskjax.run``) enables float64 explicitly.
 """
 
 from mskjax import modifiers
-from mskjax import data, kernels, nets, tangents
-from mskjax.nets import MLPSpec, Network, make_network, stax_mlp, FlaxMLP, init_zero_output
-from mskjax.nets import CNNSpec, stax_cnn, FlaxCNN
+from mskjax import data, kernels, tangents, nets, spectrum, msk, predict
+from mskjax import directions, steps, optim, train, recorder, diagnostics
+from mskjax.nets import MLPSpec, CNNSpec, make_network, FlaxMLP, FlaxCNN, init_zero_output
+from mskjax.kernels import gram, kernel_operator
 from mskjax.tangents import empirical_ntk
-from mskjax.kernels import (gram, kernel_matvec, KernelOperator, kernel_operator,
-                            matrix_operator, DEFAULT_MEMORY_BUDGET, block_size_for_budget)
-from mskjax.spectrum import (Eigenpairs, EighInfo, eigh_desc, eigh_top, randomized_eigh_top,
-                             eigenvalue_blocks, round_k_to_block)
-from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_spectrum_from_eigenpairs, msk_gram,
-                        preconditioner,
-                        msk_gram_from_spectrum, preconditioner_from_spectrum,
-                        apply_preconditioner, MSKKernel, msk_kernel_fn, transfer_msk_spectrum)
-from mskjax.predict import (Predictions, gradient_descent_mse, predict_gd_mse, max_learning_rate,
-                            steps_to_tolerance)
-from mskjax import directions, steps, diagnostics, optim, train  # `mskjax.train.train` is the loop
+from mskjax.spectrum import Eigenpairs, eigh_desc, eigh_top
+from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_gram, preconditioner, msk_kernel_fn)
+from mskjax.predict import gradient_descent_mse, predict_gd_mse, steps_to_tolerance
 from mskjax.directions import MSKDirections, msk_directions
 from mskjax.steps import stable_learning_rate
-from mskjax.optim import (ScaleByMSKState, scale_by_msk, msk_sgd, replace_directions, ScaleByMSKJvpState,
-                          scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss, adam_kernel_weights)
-from mskjax.train import TrainResult, mse_loss, fit, FitResult, LoopState
-from mskjax import recorder
-from mskjax.recorder import log_spaced_steps, KernelRecord, record_kernel_training
-from mskjax.diagnostics import (kernel_alignment, kernel_cosine, eigenspace_overlap,
-                                topk_overlap, effective_rank, target_energy, relative_distance,
-                                kernel_regression)
+from mskjax.optim import scale_by_msk, msk_sgd, replace_directions, msk_mse_loss
+from mskjax.train import fit
+from mskjax.recorder import record_kernel_training
+from mskjax.diagnostics import kernel_alignment, kernel_cosine
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "modifiers", "data", "kernels", "tangents", "nets",
-    "MLPSpec", "Network", "make_network", "stax_mlp", "FlaxMLP", "init_zero_output",
-    "CNNSpec", "stax_cnn", "FlaxCNN",
-    "gram", "empirical_ntk", "kernel_matvec", "KernelOperator", "kernel_operator",
-    "matrix_operator", "DEFAULT_MEMORY_BUDGET", "block_size_for_budget",
-    "Eigenpairs", "EighInfo", "eigh_desc", "eigh_top", "randomized_eigh_top", "eigenvalue_blocks",
-    "round_k_to_block",
-    "MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram", "preconditioner", "msk_gram_from_spectrum",
-    "preconditioner_from_spectrum", "apply_preconditioner", "MSKKernel", "msk_kernel_fn",
-    "transfer_msk_spectrum",
-    "Predictions", "gradient_descent_mse", "predict_gd_mse", "max_learning_rate",
-    "steps_to_tolerance",
-    "directions", "steps", "diagnostics", "optim", "train", "recorder",
-    "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",
-    "stable_learning_rate", "replace_directions",
-    "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
-    "adam_kernel_weights",
-    "TrainResult", "mse_loss", "fit", "FitResult", "LoopState", "log_spaced_steps",
-    "KernelRecord", "record_kernel_training",
-    "kernel_alignment", "kernel_cosine", "eigenspace_overlap", "topk_overlap",
-    "effective_rank", "target_energy", "relative_distance", "kernel_regression",
+    # modules, one per stage of the pipeline
+    "modifiers", "data", "kernels", "tangents", "nets", "spectrum", "msk", "predict",
+    "directions", "steps", "optim", "train", "recorder", "diagnostics",
+    # a network and its kernels
+    "MLPSpec", "CNNSpec", "make_network", "FlaxMLP", "FlaxCNN", "init_zero_output",
+    "gram", "kernel_operator", "empirical_ntk",
+    # spectrum, MSK, infinite-width predictions
+    "Eigenpairs", "eigh_desc", "eigh_top",
+    "MSKSpectrum", "msk_spectrum", "msk_gram", "preconditioner", "msk_kernel_fn",
+    "gradient_descent_mse", "predict_gd_mse", "steps_to_tolerance",
+    # the preconditioner for real training
+    "MSKDirections", "msk_directions", "stable_learning_rate", "scale_by_msk", "msk_sgd",
+    "replace_directions", "msk_mse_loss",
+    # the loop and its diagnostics
+    "fit", "record_kernel_training", "kernel_alignment", "kernel_cosine",
 ]

@@ -156,7 +156,7 @@ def reverse(blocks: bool = False, rtol: float = 1e-6) -> Modifier:
   Eigenvalue-by-eigenvalue reversal gives the two members of an S¹ pair different values
   and so breaks the rotation symmetry; the block form does not. Jittable (block ids are
   computed with a cumulative sum, not Python control flow); k should sit on a block
-  boundary (:func:`mskjax.round_k_to_block`).
+  boundary (:func:`mskjax.spectrum.round_k_to_block`).
 
   Example:
     >>> import jax.numpy as jnp; from mskjax import modifiers

@@ -77,7 +77,7 @@ def msk_spectrum(K, g: _modifiers.Modifier, k: int, *, method: str = "auto",
     tie_rtol: warn when λ_k and λ_{k+1} agree to this relative tolerance (the cut
       would split a block of equal eigenvalues and break the data's symmetry).
     key: PRNG key for the randomized / Krylov start or the Nyström landmarks.
-    return_info: also return the solver's :class:`mskjax.EighInfo` (residuals, products).
+    return_info: also return the solver's :class:`mskjax.spectrum.EighInfo` (residuals, products).
     **solver_options: passed to :func:`mskjax.eigh_top` (``oversample``, ``depth``,
       ``tol``, ``max_cycles``, ``n_landmarks``, ...).
 
@@ -134,7 +134,7 @@ def msk_spectrum_from_eigenpairs(top: _spectrum.Eigenpairs, g: _modifiers.Modifi
   Example:
     >>> import jax.numpy as jnp, mskjax
     >>> top = mskjax.eigh_desc(jnp.diag(jnp.array([4.0, 2.0, 1.0])))
-    >>> mskjax.msk_spectrum_from_eigenpairs(top, mskjax.modifiers.flatten(), 1).new_values.tolist()
+    >>> mskjax.msk.msk_spectrum_from_eigenpairs(top, mskjax.modifiers.flatten(), 1).new_values.tolist()
     [2.0]
   """
   if not isinstance(top, tuple) or not hasattr(top, "values") or not hasattr(top, "vectors"):
@@ -211,7 +211,7 @@ def msk_gram_from_spectrum(K, spec: MSKSpectrum) -> jax.Array:
     >>> import jax.numpy as jnp, mskjax
     >>> K = jnp.diag(jnp.array([4.0, 2.0, 1.0]))
     >>> s = mskjax.msk_spectrum(K, mskjax.modifiers.flatten(), 1)
-    >>> mskjax.msk_gram_from_spectrum(K, s).diagonal().tolist()
+    >>> mskjax.msk.msk_gram_from_spectrum(K, s).diagonal().tolist()
     [2.0, 2.0, 1.0]
   """
   K = _v.check_square_symmetric(K, "K")
@@ -233,7 +233,7 @@ def preconditioner_from_spectrum(spec: MSKSpectrum) -> jax.Array:
   Example:
     >>> import jax.numpy as jnp, mskjax
     >>> s = mskjax.msk_spectrum(jnp.diag(jnp.array([4.0, 2.0, 1.0])), mskjax.modifiers.flatten(), 1)
-    >>> mskjax.preconditioner_from_spectrum(s).diagonal().tolist()
+    >>> mskjax.msk.preconditioner_from_spectrum(s).diagonal().tolist()
     [0.5, 1.0, 1.0]
   """
   return _preconditioner_from_spectrum(check_spectrum(spec))
@@ -255,7 +255,7 @@ def apply_preconditioner(spec: MSKSpectrum, r) -> jax.Array:
   Example:
     >>> import jax.numpy as jnp, mskjax
     >>> s = mskjax.msk_spectrum(jnp.diag(jnp.array([4.0, 2.0, 1.0])), mskjax.modifiers.flatten(), 1)
-    >>> mskjax.apply_preconditioner(s, jnp.ones(3)).tolist()
+    >>> mskjax.msk.apply_preconditioner(s, jnp.ones(3)).tolist()
     [0.5, 1.0, 1.0]
   """
   spec = check_spectrum(spec)

@@ -230,7 +230,7 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
       ``mskjax.eigh_desc(K_train)``, computed once and shared with
       :func:`steps_to_tolerance` and :func:`max_learning_rate`); no new eigh is done then.
       It is used in float64 (its accuracy is that of the dtype it was computed in).
-    **kwargs: passed to :func:`mskjax.msk_spectrum_from_eigenpairs` (``tie_rtol``).
+    **kwargs: passed to :func:`mskjax.msk.msk_spectrum_from_eigenpairs` (``tie_rtol``).
 
   Returns:
     ``predict_fn(t, f0_train=None, f0_test=None, K_test_train=None)`` →

@@ -189,7 +189,7 @@ def randomized_eigh_top(K, k: int, *, key=None, oversample: int = 20,
   Example:
     >>> import jax.numpy as jnp, mskjax
     >>> K = jnp.diag(2.0 ** -jnp.arange(50.0))
-    >>> [round(v, 6) for v in mskjax.randomized_eigh_top(K, 3).values.tolist()]
+    >>> [round(v, 6) for v in mskjax.spectrum.randomized_eigh_top(K, 3).values.tolist()]
     [1.0, 0.5, 0.25]
   """
   return eigh_top(K, k, method="randomized", key=key, oversample=oversample, n_iter=n_iter,
@@ -586,7 +586,7 @@ def eigenvalue_blocks(values, rtol: float = 1e-6) -> list[int]:
 
   Example:
     >>> import mskjax
-    >>> mskjax.eigenvalue_blocks([4.0, 2.0, 2.0, 1.0, 1.0, 1.0])
+    >>> mskjax.spectrum.eigenvalue_blocks([4.0, 2.0, 2.0, 1.0, 1.0, 1.0])
     [0, 1, 3]
   """
   w = np.asarray(values, dtype=np.float64)
@@ -599,7 +599,7 @@ def round_k_to_block(values, k: int, rtol: float = 1e-6) -> int:
 
   Example:
     >>> import mskjax
-    >>> mskjax.round_k_to_block([4.0, 2.0, 2.0, 1.0, 1.0, 1.0], 2)
+    >>> mskjax.spectrum.round_k_to_block([4.0, 2.0, 2.0, 1.0, 1.0, 1.0], 2)
     3
   """
   starts = eigenvalue_blocks(values, rtol) + [len(values)]
@@ -626,5 +626,5 @@ def warn_if_k_splits_block(values, k: int, rtol: float = 1e-6) -> None:
     warnings.warn(
         f"k={k} cuts inside a block of equal eigenvalues (λ_k ≈ λ_(k+1) ≈ {w[k]:.4g}); "
         "the modified kernel then breaks the data's symmetry (e.g. rotations of the "
-        f"sphere). Use k={round_k_to_block(w, k, rtol)} (mskjax.round_k_to_block) or a "
+        f"sphere). Use k={round_k_to_block(w, k, rtol)} (mskjax.spectrum.round_k_to_block) or a "
         "k at a block boundary.", UserWarning, stacklevel=3)

@@ -151,10 +151,10 @@ def test_shaped_inputs_through_every_analytic_entry_point(name):
   np.testing.assert_allclose(mskjax.gram(kernel_fn, x, block_size=5), K, **tol)
   np.testing.assert_allclose(mskjax.gram(kernel_fn, xt, x, block_size=4), Kt, **tol)
   v = np.random.default_rng(0).standard_normal((n, 3))
-  np.testing.assert_allclose(mskjax.kernel_matvec(kernel_fn, x, v, block_size=6), K @ v, **tol)
+  np.testing.assert_allclose(mskjax.kernels.kernel_matvec(kernel_fn, x, v, block_size=6), K @ v, **tol)
   op = mskjax.kernel_operator(kernel_fn, x, block_size=6)
   np.testing.assert_allclose(op @ v, K @ v, **tol)
-  np.testing.assert_allclose(mskjax.kernel_matvec(kernel_fn, x, v[:, 0], block_size=8),
+  np.testing.assert_allclose(mskjax.kernels.kernel_matvec(kernel_fn, x, v[:, 0], block_size=8),
                              K @ v[:, 0], **tol)
   lam, U = np.linalg.eigh(K)
   lam, U = lam[::-1], U[:, ::-1]

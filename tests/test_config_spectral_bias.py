@@ -3,7 +3,7 @@
 The CI smoke run only checks that the config runs; these check that (a) the block-wise
 reverse keeps the S¹ frequency pairs intact and mirrors the blocks and (b) the ``lax.scan`` training loop is ``mskjax.train.train`` with
 ``msk_sgd_jvp`` step for step. (The finite-width spectrum transfer it uses is the library's
-``mskjax.transfer_msk_spectrum``, tested in tests/test_msk_transfer.py.)
+``mskjax.msk.transfer_msk_spectrum``, tested in tests/test_msk_transfer.py.)
 """
 import jax
 import jax.numpy as jnp
@@ -24,12 +24,12 @@ def _circle_kernel(n=32, b_std=0.1):
 
 def test_reverse_blocks_keeps_pairs_and_mirrors_the_blocks():
   ev = jnp.array([9.0, 5.0, 5.0, 2.0, 2.0, 1.0, 1.0, 0.5])
-  g = mskjax.modifiers.reverse_blocks(mskjax.eigenvalue_blocks(ev))
+  g = mskjax.modifiers.reverse_blocks(mskjax.spectrum.eigenvalue_blocks(ev))
   assert g(ev, 7).tolist() == [1.0, 2.0, 2.0, 5.0, 5.0, 9.0, 9.0]
   # All blocks singletons: the same as modifiers.reverse().
   ev1 = jnp.array([4.0, 3.0, 2.0, 1.0])
   assert g.__name__.startswith("reverse_blocks")
-  assert mskjax.modifiers.reverse_blocks(mskjax.eigenvalue_blocks(ev1))(ev1, 3).tolist() == \
+  assert mskjax.modifiers.reverse_blocks(mskjax.spectrum.eigenvalue_blocks(ev1))(ev1, 3).tolist() == \
       mskjax.modifiers.reverse()(ev1, 3).tolist()
   # modifiers.reverse() splits the pairs (the reason for the block-wise version).
   assert mskjax.modifiers.reverse()(ev, 7).tolist() == [1.0, 1.0, 2.0, 2.0, 5.0, 5.0, 9.0]

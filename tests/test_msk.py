@@ -93,8 +93,8 @@ def test_property_identities(n, seed, frac, name, decay):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     spec = mskjax.msk_spectrum(K, g, k)
-  K_g = mskjax.msk_gram_from_spectrum(K, spec)
-  S = mskjax.preconditioner_from_spectrum(spec)
+  K_g = mskjax.msk.msk_gram_from_spectrum(K, spec)
+  S = mskjax.msk.preconditioner_from_spectrum(spec)
   # Tolerances relative to ‖K_g‖: the condition number grows to n^decay ≤ 30^3.
   tol = 1e-10 * max(float(np.abs(K_g).max()), 1.0)
   np.testing.assert_allclose(K @ S, K_g, atol=tol)
@@ -105,7 +105,7 @@ def test_property_identities(n, seed, frac, name, decay):
                                      np.linalg.eigvalsh(K)[::-1][k:]]))[::-1]
   np.testing.assert_allclose(w_g, expected, atol=tol)
   r = np.random.default_rng(seed).standard_normal(n)
-  np.testing.assert_allclose(mskjax.apply_preconditioner(spec, r), S @ r, atol=tol)
+  np.testing.assert_allclose(mskjax.msk.apply_preconditioner(spec, r), S @ r, atol=tol)
 
 
 def test_bad_inputs():
@@ -192,30 +192,30 @@ def _spec(n=6, k=2):
 def test_apply_preconditioner_checks_its_inputs(r, err, match):
   # These used to end in dot_general errors or silent NaN.
   with pytest.raises(err, match=match):
-    mskjax.apply_preconditioner(_spec(), r)
+    mskjax.msk.apply_preconditioner(_spec(), r)
 
 
 def test_apply_preconditioner_matches_explicit_S_and_checks_the_spectrum():
   spec = _spec()
   r = np.random.default_rng(0).standard_normal((6, 3))
-  S = np.asarray(mskjax.preconditioner_from_spectrum(spec))
-  np.testing.assert_allclose(mskjax.apply_preconditioner(spec, r), S @ r, atol=1e-12)
+  S = np.asarray(mskjax.msk.preconditioner_from_spectrum(spec))
+  np.testing.assert_allclose(mskjax.msk.apply_preconditioner(spec, r), S @ r, atol=1e-12)
   with pytest.raises(TypeError, match="MSKSpectrum"):
-    mskjax.apply_preconditioner((spec.values, spec.vectors), r)
+    mskjax.msk.apply_preconditioner((spec.values, spec.vectors), r)
   with pytest.raises(ValueError, match="inconsistent"):
-    mskjax.apply_preconditioner(spec._replace(new_values=spec.new_values[:1]), r)
+    mskjax.msk.apply_preconditioner(spec._replace(new_values=spec.new_values[:1]), r)
   with pytest.raises(ValueError, match="g\\(λ_i\\) > 0"):
-    mskjax.apply_preconditioner(spec._replace(new_values=-spec.new_values), r)
+    mskjax.msk.apply_preconditioner(spec._replace(new_values=-spec.new_values), r)
   with pytest.raises(ValueError, match="NaN"):
-    mskjax.apply_preconditioner(spec._replace(vectors=spec.vectors * np.nan), r)
+    mskjax.msk.apply_preconditioner(spec._replace(vectors=spec.vectors * np.nan), r)
 
 
 def test_msk_gram_from_spectrum_checks_shapes():
   spec = _spec()
   with pytest.raises(ValueError, match="required"):
-    mskjax.msk_gram_from_spectrum(random_psd(5), spec)
+    mskjax.msk.msk_gram_from_spectrum(random_psd(5), spec)
   with pytest.raises(ValueError, match="square"):
-    mskjax.msk_gram_from_spectrum(np.ones((6, 5)), spec)
+    mskjax.msk.msk_gram_from_spectrum(np.ones((6, 5)), spec)
 
 
 def test_kernel_fn_arity_and_block_size_errors_are_clear():
@@ -236,7 +236,7 @@ def test_kernel_fn_arity_and_block_size_errors_are_clear():
 def test_msk_spectrum_from_eigenpairs_is_public_and_equal_to_msk_spectrum():
   K = random_psd(8)
   a = mskjax.msk_spectrum(K, modifiers.flatten(), 3)
-  b = mskjax.msk_spectrum_from_eigenpairs(mskjax.eigh_desc(K), modifiers.flatten(), 3)
+  b = mskjax.msk.msk_spectrum_from_eigenpairs(mskjax.eigh_desc(K), modifiers.flatten(), 3)
   for x, y in zip(a, b):
     np.testing.assert_allclose(np.abs(np.asarray(x)), np.abs(np.asarray(y)), atol=1e-12)
 

@@ -55,10 +55,10 @@ def test_blocked_matvec_equals_dense(ntk2, block_size):
   x = _sphere(301, seed=1)  # 301: not a multiple of any block size (padding is exercised)
   K = _dense(ntk2, x, block_size)
   v = np.random.default_rng(2).standard_normal((301, 7))
-  out = mskjax.kernel_matvec(ntk2, x, v, block_size=block_size)
+  out = mskjax.kernels.kernel_matvec(ntk2, x, v, block_size=block_size)
   # Same products summed in another order: float64 round-off, ~1e-13 relative.
   np.testing.assert_allclose(out, K @ v, rtol=0, atol=1e-12 * np.abs(K @ v).max())
-  out1 = mskjax.kernel_matvec(ntk2, x, v[:, 0], block_size=block_size)
+  out1 = mskjax.kernels.kernel_matvec(ntk2, x, v[:, 0], block_size=block_size)
   assert out1.shape == (301,)
   np.testing.assert_allclose(out1, K @ v[:, 0], atol=1e-12 * np.abs(K @ v[:, 0]).max())
 
@@ -103,7 +103,7 @@ def test_empirical_ntk_through_kernel_args():
   fn = empirical_ntk_fn(model.apply, trace_axes=(-1,), implementation=2)
   emp = lambda a, b, p: fn(a, b, p)
   v = np.random.default_rng(5).standard_normal((40, 3))
-  out = mskjax.kernel_matvec(emp, x, v, get=None, kernel_args=(params,), block_size=16)
+  out = mskjax.kernels.kernel_matvec(emp, x, v, get=None, kernel_args=(params,), block_size=16)
   np.testing.assert_allclose(out, K @ v, atol=1e-10 * np.abs(K @ v).max())
 
 
@@ -212,8 +212,8 @@ def test_msk_spectrum_of_an_operator_matches_dense(ntk2):
   np.testing.assert_allclose(float(spec.next_value), float(dense.next_value), rtol=1e-10)
   r = np.random.default_rng(9).standard_normal(n)
   # S r is invariant to the eigenvector signs / rotations inside the top-k space.
-  np.testing.assert_allclose(mskjax.apply_preconditioner(spec, r),
-                             mskjax.apply_preconditioner(dense, r), atol=1e-8)
+  np.testing.assert_allclose(mskjax.msk.apply_preconditioner(spec, r),
+                             mskjax.msk.apply_preconditioner(dense, r), atol=1e-8)
   ny = mskjax.msk_spectrum(op, g, k, method="nystrom", n_landmarks=n)
   np.testing.assert_allclose(ny.values, dense.values, rtol=1e-7)  # m = n: K̂ = K
   with pytest.raises(ValueError, match="method"):
@@ -302,9 +302,9 @@ _SHARDED = textwrap.dedent("""
     kf = stax_mlp(MLPSpec(depth=2, width=8, b_std=0.1))[2]
     x = np.random.default_rng(0).standard_normal((333, 10))
     v = np.random.default_rng(1).standard_normal((333, 5))
-    one = np.asarray(mskjax.kernel_matvec(kf, x, v, block_size=32,
+    one = np.asarray(mskjax.kernels.kernel_matvec(kf, x, v, block_size=32,
                                           devices=jax.devices()[:1]))
-    many = np.asarray(mskjax.kernel_matvec(kf, x, v, block_size=32))
+    many = np.asarray(mskjax.kernels.kernel_matvec(kf, x, v, block_size=32))
     K = np.asarray(kf(x, x, "ntk"))  # one call: its diagonal round-off differs (~1e-8)
     print("matvec", np.abs(many - one).max() / np.abs(one).max(),
           np.abs(many - K @ v).max() / np.abs(one).max())

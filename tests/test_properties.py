@@ -83,7 +83,7 @@ def test_apply_preconditioner_matches_explicit_S(seed, c):
   lam, U = lam[::-1], U[:, ::-1]
   S = np.eye(N) + (U[:, :2] * (lam[2] / lam[:2] - 1)) @ U[:, :2].T
   r = np.random.default_rng(seed + 3).standard_normal((N, c))
-  np.testing.assert_allclose(np.asarray(mskjax.apply_preconditioner(spec, r)), S @ r,
+  np.testing.assert_allclose(np.asarray(mskjax.msk.apply_preconditioner(spec, r)), S @ r,
                              atol=1e-10)
 
 

@@ -54,8 +54,8 @@ def test_eigh_top_bad_k(k):
 
 def test_blocks_and_rounding():
   w = [5.0, 3.0, 3.0, 1.0, 1.0, 1.0, 0.5]
-  assert mskjax.eigenvalue_blocks(w) == [0, 1, 3, 6]
-  assert [mskjax.round_k_to_block(w, k) for k in (1, 2, 3, 4, 6)] == [1, 3, 3, 6, 6]
+  assert mskjax.spectrum.eigenvalue_blocks(w) == [0, 1, 3, 6]
+  assert [mskjax.spectrum.round_k_to_block(w, k) for k in (1, 2, 3, 4, 6)] == [1, 3, 3, 6, 6]
 
 
 EV = jnp.array([16.0, 8.0, 4.0, 2.0, 1.0])
@@ -133,7 +133,7 @@ from mskjax import kernels, spectrum as S  # noqa: E402
     lambda K: mskjax.eigh_desc(K),
     lambda K: mskjax.eigh_top(K, 1),
     lambda K: mskjax.eigh_top(K, 1, method="randomized"),
-    lambda K: mskjax.randomized_eigh_top(K, 1),
+    lambda K: mskjax.spectrum.randomized_eigh_top(K, 1),
 ])
 def test_indefinite_matrix_is_rejected_not_clamped(solver):
   # diag(1, −5) used to come back as [1, 0]: a large negative eigenvalue is not round-off.
@@ -183,7 +183,7 @@ def test_auto_checks_randomized_residuals_and_falls_back(monkeypatch):
     got = mskjax.eigh_top(K, 5)
   np.testing.assert_allclose(np.asarray(got.values), want, rtol=1e-12)
   with pytest.warns(UserWarning, match="exceeds tol"):
-    mskjax.randomized_eigh_top(K, 5)
+    mskjax.spectrum.randomized_eigh_top(K, 5)
   # A fast-decaying spectrum converges: no warning, randomized answer kept.
   Kf = random_psd(120, decay=3.0, seed=3)
   with warnings.catch_warnings():
@@ -198,7 +198,7 @@ def test_randomized_does_not_overflow_on_huge_kernels():
   K = np.diag(2.0 ** -np.arange(40.0)) * 1e307
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    got = mskjax.randomized_eigh_top(K, 3)
+    got = mskjax.spectrum.randomized_eigh_top(K, 3)
   np.testing.assert_allclose(np.asarray(got.values), 1e307 * np.array([1.0, 0.5, 0.25]),
                              rtol=1e-10)
 

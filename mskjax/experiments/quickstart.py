@@ -37,7 +37,7 @@ def run(config, ctx):
   K_test = kernels.gram(net.kernel_fn, x_test, x)
   g = mskjax.modifiers.flatten()
   eig = mskjax.eigh_desc(K)   # the one diagonalisation of K, shared by every call below
-  spectrum = mskjax.msk_spectrum_from_eigenpairs(eig, g, config.k)
+  spectrum = mskjax.msk.msk_spectrum_from_eigenpairs(eig, g, config.k)
   lam = np.asarray(eig.values)
   eta_gd = 1.0 / float(lam[0])
   eta_pgd = 1.0 / float(spectrum.max_value)

@@ -84,7 +84,7 @@ def run(config, ctx):
       raise ValueError(f"unknown task {task!r}: use S1 or S2")
     K = kernels.gram(net.kernel_fn, x)
     Kt = kernels.gram(net.kernel_fn, x_t, x)
-    k = mskjax.round_k_to_block(np.asarray(mskjax.eigh_desc(K).values), k, rtol=1e-6)
+    k = mskjax.spectrum.round_k_to_block(np.asarray(mskjax.eigh_desc(K).values), k, rtol=1e-6)
     f_inf = np.asarray(mskjax.predict_gd_mse(K, y, None, None, jnp.inf, K_test_train=Kt).test)
     f_solve = np.asarray(Kt) @ np.linalg.solve(np.asarray(K), np.asarray(y))
     variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)

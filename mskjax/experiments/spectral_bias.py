@@ -33,7 +33,7 @@ fastest directions take a few steps rather than exactly one). Measured per frequ
 the relative residual |⟨r_t, cos jθ⟩| / |⟨y, cos jθ⟩| of the train residual r_t = f_t(X) − y,
 
 * infinite width: ``mskjax.predict_gd_mse`` (the analytic MSK, every step 0..``steps``);
-* finite width (``width``): the network trained with ``mskjax.msk_sgd_jvp`` (full batch, loss
+* finite width (``width``): the network trained with ``mskjax.optim.msk_sgd_jvp`` (full batch, loss
   ½‖r‖², predictions recorded at every step by the one loop ``mskjax.train.fit``).
 
 **Finite-width spectrum.** The MSK preconditioner P u = u + Jᵀ V diag((g/λ − 1)/λ) Vᵀ J u
@@ -81,7 +81,7 @@ def _modifier(name, block_starts):
 def make_trainer(apply_fn, x, y, steps):
   """``train(params, eta, spectrum) -> predictions at steps 0..steps`` (one compilation).
 
-  Full-batch ``mskjax.msk_sgd_jvp`` on ½‖f(X) − y‖² through the one loop
+  Full-batch ``mskjax.optim.msk_sgd_jvp`` on ½‖f(X) − y‖² through the one loop
   :func:`mskjax.train.fit` (η and the spectrum are its traced ``hparams``, so the sweep
   compiles once; the predictions of every step are the loss's per-step ``aux``). With
   new_values = values the preconditioner is the identity (plain GD).
@@ -147,7 +147,7 @@ def run(config, ctx):
   C = np.stack([np.cos(j * np.asarray(theta)) for j in js])       # (len(js), n)
   K = kernels.gram(net.kernel_fn, x)
   lam = np.asarray(mskjax.eigh_desc(K).values)
-  starts = mskjax.eigenvalue_blocks(lam)
+  starts = mskjax.spectrum.eigenvalue_blocks(lam)
   freq_of = [int(np.argmax(np.abs(np.fft.rfft(v)))) for v in
              np.asarray(mskjax.eigh_desc(K).vectors).T[:max(config.k_reverse,
                                                            config.k_flatten) + 2]]
@@ -184,7 +184,7 @@ def run(config, ctx):
       else:
         spec_a = mskjax.msk_spectrum(K, g, k)
         mu_max = float(spec_a.max_value)
-        Kg = np.asarray(mskjax.msk_gram_from_spectrum(K, spec_a))
+        Kg = np.asarray(mskjax.msk.msk_gram_from_spectrum(K, spec_a))
       eta = config.lr_fraction / mu_max
       mu_j = [float(C[i] @ Kg @ C[i] / (C[i] @ C[i])) for i in range(len(js))]
       pred = mskjax.predict_gd_mse(K, y, g if k else None, k, jnp.arange(steps + 1),
@@ -195,7 +195,7 @@ def run(config, ctx):
                  inf_curve=inf[ts_plot].tolist(), inf_final=inf[-1].tolist())
       if config.train_network:
         K_net = K0 if config.finite_spectrum == "empirical" else K
-        spec_f, overlap = mskjax.transfer_msk_spectrum(K_net, spec_a if k else None, k_pad)
+        spec_f, overlap = mskjax.msk.transfer_msk_spectrum(K_net, spec_a if k else None, k_pad)
         preds = trainer(params, eta, spec_f)
         fin = _freq_residuals(preds, y, C)
         gap = np.linalg.norm(preds.reshape(steps + 1, -1) - np.asarray(pred.train).reshape(

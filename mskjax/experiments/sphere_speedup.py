@@ -30,7 +30,7 @@ Measured (``results.csv``, one row per sphere, j, method, k):
   smallest t with ‖(I − η K_g)^t y‖ < tol‖y‖, η = 1/λ_max(K_g) (GD: g = identity);
 * ``network_steps``: a finite network (width in the table, targets of amplitude
   ``amp`` = 0.01 to stay in the linear regime) trained with ``T.train`` (GD: optax.sgd,
-  PGD: ``mskjax.msk_sgd_jvp``) until ‖r_t‖ < tol‖y‖. Its η and the PGD eigenpairs come from
+  PGD: ``mskjax.optim.msk_sgd_jvp``) until ‖r_t‖ < tol‖y‖. Its η and the PGD eigenpairs come from
   the *empirical* NTK at initialisation (stable for large k; tests/test_train.py);
 * ``speedup`` = GD steps / PGD steps at the same j (predicted; ``network_speedup`` for the
   network); ``bound`` = λ₁/λ_{k+1}, the speed-up for j beyond the band.
