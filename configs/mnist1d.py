@@ -51,8 +51,9 @@ Outputs: ``results.md/csv`` (best step per method), ``grid.md/csv`` (every run o
 tuning), ``summary.md/csv`` (per setting: target, fastest method to it, accuracy at equal
 time, and per PGD method ``goal_<method>``: True when it reaches the target in
 ≥ ``goal_speedup``× less wall time than the fastest baseline with a final accuracy at most
-``acc_tolerance`` below the target), ``directions.md/csv`` (per architecture and seed: λ₁, λ_k, λ_{k+1}, residuals,
-cost), ``accuracy_<arch>_b<b>.png`` (test accuracy vs steps and vs wall time, all methods).
+``acc_tolerance`` below the target), ``directions.md/csv`` (per architecture and seed: λ₁,
+λ_k, λ_{k+1}, residuals, cost), ``accuracy_<arch>_b<b>.png`` (test accuracy vs steps and
+vs wall time, all methods).
 """
 import ml_collections
 

@@ -61,8 +61,8 @@ def test_every_registered_method_makes_a_finite_first_update(method):
 
 def test_first_updates_match_their_closed_forms():
   """First step: SGD (momentum buffer empty) −lr·g; Adam −lr·sign(g) (bias-corrected, up to
-  eps); PGD −lr·P g with P = I − ¾ q qᵀ (numpy); PGD+Adam −lr·sign(P g); Muon's AdamW branch
-  (the bias; the conv kernel with muon_conv='adam') Nesterov Adam's first step, and its
+  eps); PGD −lr·P g with P = I − ¾ q qᵀ (numpy); PGD+Adam −lr·sign(P g); Muon's AdamW
+  branch (the bias; the conv kernel with muon_conv='adam') Nesterov Adam's first step, and its
   matrices orthogonalised (the update of w has all singular values alike, unlike g's)."""
   params, grads, q, d = _toy()
   lr, g = 0.1, _flat(grads)

@@ -611,7 +611,7 @@ def run(config, ctx):
     for m in by:
       if METHODS[m].uses_directions:
         t = by[m]["wall_s_to_target"] if m in reached else None
-        row[f"goal_{m}"] = bool(
+        row[f"goal_{m}"] = None if not set(by) & set(BASELINES) else bool(   # no baseline
             t is not None and by[m]["final_acc"] >= info["target_acc"] - s.acc_tolerance
             and (not base_s or min(base_s) >= s.goal_speedup * t))
     goal_rows.append(row)
