@@ -27,6 +27,7 @@ from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_spectrum_from_eigenpairs,
 from mskjax.predict import (Predictions, gradient_descent_mse, predict_gd_mse, max_learning_rate,
                             steps_to_tolerance)
 from mskjax import diagnostics, optim, train  # `mskjax.train.train` is the loop
+from mskjax import iga  # Inductive Gradient Adjustment (Shi et al. 2025): mskjax.iga.iga_loss
 from mskjax.optim import (MSKDirections, ScaleByMSKState, scale_by_msk, msk_sgd, msk_directions,
                           stable_learning_rate, replace_directions, ScaleByMSKJvpState,
                           scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss, adam_kernel_weights)
@@ -51,7 +52,7 @@ __all__ = [
     "transfer_msk_spectrum",
     "Predictions", "gradient_descent_mse", "predict_gd_mse", "max_learning_rate",
     "steps_to_tolerance",
-    "diagnostics", "optim", "train",
+    "diagnostics", "optim", "train", "iga",
     "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",
     "stable_learning_rate", "replace_directions",
     "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
