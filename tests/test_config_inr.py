@@ -87,7 +87,8 @@ def _tiny_setup(lr_grids=None):
   return E.Setup(model.apply, v, x, y, groups, cfg, directions), model
 
 
-def test_every_method_trains_and_divergence_is_recorded():
+@pytest.mark.slow     # seven compilations: ~15 s unloaded, > 1 min on the shared 2 cores
+def test_every_method_trains():
   setup, model = _tiny_setup()
   x, y = setup.x, setup.y
   for name in setup.config.methods:
@@ -100,6 +101,11 @@ def test_every_method_trains_and_divergence_is_recorded():
     p0 = model.apply(setup.variables, x)
     want = 10 * math.log10(1 / float(np.mean((np.asarray(p0) - np.asarray(y)) ** 2)))
     assert rec["curve_psnr"][0] == pytest.approx(want, rel=1e-5)
+
+
+def test_divergence_is_recorded_not_raised():
+  setup, model = _tiny_setup()
+  x, y = setup.x, setup.y
   bad = E.Method(optax.sgd(1e4), E.mse_half(model.apply))
   rec = E.train(bad, model.apply, setup.variables["params"], x, y, x, y, steps=20,
                 eval_every=5)
@@ -112,8 +118,9 @@ def test_learning_rates_hold_rule_factors():
   setup, _ = _tiny_setup()
   grid = E.learning_rates(setup, "msk")
   rule = optim.stable_learning_rate(setup.directions()[0], batch_size=int(setup.x.shape[0]))
-  labels = [l for l, _ in grid]
-  assert labels[0] == "rule×1" and grid[0][1] == pytest.approx(rule)
+  f = setup.config.rule_factors[0]
+  assert grid[0][0] == f"rule×{f:g}" and grid[0][1] == pytest.approx(f * rule)
+  assert len(grid) == len(setup.config.rule_factors) + len(setup.config.grids.msk)
   assert [lr for _, lr in E.learning_rates(setup, "adam")] == list(setup.config.grids.adam)
 
 
@@ -126,7 +133,7 @@ def test_at_time_reads_the_curve():
 def test_quick_config_is_resolved_inside_and_small():
   s = load_config("configs/inr.py:quick")
   full = load_config("configs/inr.py")
-  assert s.steps <= 100 and s.width <= 64 and full.steps == 1000
+  assert s.steps <= 100 and s.width <= 64 and full.steps >= 500
   assert set(full.methods) <= set(E.METHODS) and set(full.methods) <= set(full.grids)
   assert len(full.seeds) == 3
 
@@ -136,14 +143,15 @@ def test_tiny_run_writes_results_curves_and_plots(tmp_path):
   cfg = load_config("configs/inr.py:quick")
   cfg.images = (("china", "gray", 8),)
   cfg.width, cfg.depth, cfg.steps, cfg.eval_every = 8, 1, 4, 2
-  cfg.methods = ("adam", "iga", "msk")
+  cfg.methods = ("adam", "msk")   # IGA end to end: tests/test_iga.py and the slow test above
+  cfg.seeds = (0, 1)          # the second seed reruns each method at its grid's best step
   cfg.iga_patch, cfg.iga_k, cfg.msk_k, cfg.msk_subsample = 4, 2, 2, 0
   ctx = RunContext(tmp_path, cfg, show_progress=False)
   E.run(cfg, ctx)
   rows = list(csv.DictReader(open(tmp_path / "results.csv")))
   assert [r["method"] for r in rows] == list(cfg.methods)
   assert all(np.isfinite(float(r["psnr"])) for r in rows)
-  msk = rows[2]
+  msk = rows[list(cfg.methods).index("msk")]
   assert float(msk["one_off_s"]) > 0 and float(rows[0]["one_off_s"]) == 0
   curves = list(csv.DictReader(open(tmp_path / "curves.csv")))
   assert len(curves) == len(cfg.methods) * len(cfg.seeds) * 3     # steps 0, 2, 4

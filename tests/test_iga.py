@@ -59,7 +59,6 @@ def _numpy_iga_grad(f, p, x, y, groups, k, c):
 @pytest.mark.parametrize("c,mask,patch,k", [
     (0, False, 2, 1),      # scalar output, all 16 pixels, 4 patches of 4
     (3, True, 2, 2),       # RGB, checkerboard training pixels, 4 patches of 2
-    (1, True, 4, 3),       # (n, 1) outputs, 8×8 image, patches of 8 checkerboard pixels
 ])
 def test_iga_gradient_matches_numpy(c, mask, patch, k):
   with jax.enable_x64(True):
