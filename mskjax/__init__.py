@@ -19,7 +19,7 @@ the experiment runner (``python -m mskjax.run``) enables float64 explicitly.
 
 from mskjax import modifiers
 from mskjax import data, kernels, tangents, nets, spectrum, msk, predict
-from mskjax import directions, steps, optim, train, recorder, diagnostics
+from mskjax import directions, steps, optim, iga, train, recorder, diagnostics
 from mskjax.nets import MLPSpec, CNNSpec, make_network, FlaxMLP, FlaxCNN, init_zero_output
 from mskjax.kernels import gram, kernel_operator
 from mskjax.tangents import empirical_ntk
@@ -38,7 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     # modules, one per stage of the pipeline
     "modifiers", "data", "kernels", "tangents", "nets", "spectrum", "msk", "predict",
-    "directions", "steps", "optim", "train", "recorder", "diagnostics",
+    "directions", "steps", "optim", "iga", "train", "recorder", "diagnostics",
     # a network and its kernels
     "MLPSpec", "CNNSpec", "make_network", "FlaxMLP", "FlaxCNN", "init_zero_output",
     "gram", "kernel_operator", "empirical_ntk",

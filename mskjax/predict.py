@@ -311,7 +311,7 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
             f"`t` = inf with `learning_rate` = {float(eta):.6g} >= 2/λ_max(K_g) = "
             f"{2.0 / top:.6g}: gradient descent diverges (|1 − ηλ_max| = "
             f"{abs(1.0 - edge):.4g} >= 1), so it has no t = ∞ limit. Use a step below "
-            "mskjax.max_learning_rate(...) (e.g. learning_rate=None: 1/λ_max) or finite t.")
+            "mskjax.predict.max_learning_rate(...) (e.g. learning_rate=None: 1/λ_max) or finite t.")
     arrays = (f0_tr, Kx, f0_te, t_arr)
     if host and not _v.tracing() and all(a is None or _v.is_concrete(a) for a in arrays):
       with jax.enable_x64(True):
@@ -416,7 +416,7 @@ def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = N
   Example:
     >>> import jax.numpy as jnp, mskjax
     >>> K = jnp.diag(jnp.array([4.0, 2.0, 1.0]))
-    >>> mskjax.max_learning_rate(K), mskjax.max_learning_rate(K, mskjax.modifiers.flatten(), 1)
+    >>> mskjax.predict.max_learning_rate(K), mskjax.predict.max_learning_rate(K, mskjax.modifiers.flatten(), 1)
     (0.5, 1.0)
   """
   if spectrum is not None:
@@ -478,7 +478,7 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
       raise ValueError(
           f"`learning_rate` = {eta:.6g} is unstable: it must be < 2/λ_max = {2.0 / top:.6g} "
           f"(|1 − ηλ_max| = {abs(1.0 - eta * top):.4g} >= 1, GD does not converge). Use "
-          "mskjax.max_learning_rate(...) or learning_rate=None (η = 1/λ_max).")
+          "mskjax.predict.max_learning_rate(...) or learning_rate=None (η = 1/λ_max).")
     c2 = np.sum(np.asarray(U.T @ jnp.asarray(yv, jnp.float64).reshape(n, -1)) ** 2, axis=1)
   total = float(np.sum(c2))
   if not total > 0:
