@@ -21,7 +21,6 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 import jax.numpy as jnp

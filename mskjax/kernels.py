@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mskjax import _loops
 from mskjax import _validate
 
 __all__ = ["gram", "kernel_matvec", "KernelOperator", "kernel_operator",
@@ -253,6 +254,32 @@ def _row_block_products(call, bs, xr, xc, vc, args):
   return lax.map(row, xrb).reshape(-1, m)
 
 
+@cache_by_function
+def _block_product_fn(kernel_fn, get):
+  """Jitted ``acc + k(x_I, x_J) V_J``: the body of :func:`_row_block_products` as one call."""
+  call = _kernel_call(kernel_fn, get)
+
+  @jax.jit
+  def step(acc, xa, xj, vj, args):
+    return acc + call(xa, xj, *args).astype(vj.dtype) @ vj
+  return step
+
+
+def _row_block_products_python(kernel_fn, get, bs, xr, xc, vc, args):
+  """:func:`_row_block_products` as a Python loop over the jitted block product (the same
+  sums in the same order): for kernels with convolutions on the CPU, where XLA runs them
+  inside ``lax.map``/``lax.scan`` on a slow path (:mod:`mskjax._loops`)."""
+  step = _block_product_fn(kernel_fn, get)
+  m = vc.shape[1]
+  rows = []
+  for i in range(0, xr.shape[0], bs):
+    acc = jnp.zeros((bs, m), vc.dtype)
+    for j in range(0, xc.shape[0], bs):
+      acc = step(acc, xr[i:i + bs], xc[j:j + bs], vc[j:j + bs], args)
+    rows.append(acc)
+  return jnp.concatenate(rows)
+
+
 @functools.lru_cache(maxsize=64)
 def _product_fn(kernel_fn, get, bs, devices):
   """One jitted (and, for several devices, row-sharded) blocked product per configuration."""
@@ -433,6 +460,11 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   nc = bs * math.ceil(n / bs)
   xr, xc = pad_rows(x, nr), pad_rows(x, nc)
   fn = _product_fn(kernel_fn, get, bs, devices)
+  if nd == 1 and not traced and all(
+      _validate.is_concrete(a) for a in jax.tree.leaves(args)) and _loops.python_loop_faster(
+          lambda a, b, *r: _kernel_call(kernel_fn, get)(a, b, *r), x[:bs], x[:bs], *args):
+    # convolutions on the CPU: the same blocked product as a Python loop (mskjax._loops)
+    fn = functools.partial(_row_block_products_python, kernel_fn, get, bs)
 
   def matmul(v):
     v = _checked_columns(v, n, dtype)

@@ -235,3 +235,25 @@ def test_polynomial_atan2_matches_numpy_everywhere():
   with jax.enable_x64(True):
     got = np.asarray(kernels._atan2(jnp.asarray(y), jnp.asarray(x)))
   np.testing.assert_allclose(got, np.arctan2(y, x), rtol=0, atol=4 * np.pi * 2.0 ** -52)
+
+
+def test_cnn_blocked_products_loop_in_python_and_match_jacrev():
+  """On the CPU a conv net's blocked kernels run as Python loops over jitted blocks
+  (mskjax._loops); oracle: J Jᵀ from an explicit jacrev Jacobian (float64), and the lax
+  path (the same computation under jit) agrees to rounding."""
+  from mskjax import _loops
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((7, 6, 6, 1)))
+  model = _CNN()
+  v = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(1), x))
+  assert _loops.python_loop_faster(model.apply, v, x[:1])
+  flat, unravel = jax.flatten_util.ravel_pytree(v["params"])
+  J = np.asarray(jax.jacrev(lambda f: model.apply({"params": unravel(f)}, x).reshape(-1))(
+      flat)).reshape(7, 3, -1)
+  want = np.einsum("acp,bdp->acbd", J, J)
+  tol = dict(rtol=1e-10, atol=1e-12 * np.abs(want).max())
+  Kf = empirical_ntk(model.apply, v, x, full=True, block_size=3)      # 3 x 3 blocks, padded
+  np.testing.assert_allclose(Kf, want.reshape(21, 21), **tol)
+  D = tangents.ntk_diagonal_blocks(model.apply, v, x, block_size=3)
+  np.testing.assert_allclose(D, np.einsum("acp,adp->acd", J, J), **tol)
+  Dj = jax.jit(lambda p: tangents.ntk_diagonal_blocks(model.apply, p, x, block_size=3))(v)
+  np.testing.assert_allclose(Dj, D, **tol)
