@@ -15,7 +15,10 @@ plus the output. Symmetric Gram matrices (:func:`gram`, :func:`empirical_ntk` wi
 ``x2=None``, a cached operator) evaluate the upper block triangle once and mirror it.
 :func:`gram` and :func:`empirical_ntk` are host-side drivers (a Python loop over blocks, not
 jittable); the operator's product is one jitted function (``lax.map`` over row blocks,
-``lax.scan`` over column blocks). Everything is float64 when ``jax_enable_x64`` is on
+``lax.scan`` over column blocks), or, for kernels with convolutions on the CPU (where XLA
+runs them inside loops on a slow path, :mod:`mskjax._loops`), a Python loop over the
+jitted block product with the same sums in the same order. :func:`mlp_kernel_fn` gives the
+closed-form MLP kernels (one GEMM plus one elementwise pass per layer). Everything is float64 when ``jax_enable_x64`` is on
 (inputs are cast to the default float dtype).
 """
 from __future__ import annotations
@@ -446,7 +449,12 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   kernel = lambda a, b=None: pair(a, a if b is None else b, args)
   dtype = x.dtype
   if cache:
-    K = assemble_blocks(kernel, lambda a: _symmetrize(kernel(a, a)), x, None, bs).astype(dtype)
+    # diagonal blocks through k(a, None) where the convention has it (neural-tangents style
+    # kernels): k(x, x) from one input has its angles exactly 0 on the diagonal, k(a, a)
+    # from two copies carries ~1e-8 relative rounding there (√ of a cancellation)
+    diag = ((lambda a: _symmetrize(sym(a, args))) if get is not None
+            else (lambda a: _symmetrize(kernel(a, a))))
+    K = assemble_blocks(kernel, diag, x, None, bs).astype(dtype)
     if not bool(jnp.all(jnp.isfinite(K))):
       raise ValueError("`kernel_fn` returned NaN/inf on `x` (the cached K is not finite): "
                        "check the kernel's parameters and the inputs' scale.")

@@ -77,7 +77,9 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   as :func:`jacobian_operator`): the kernel that governs the finite network's training.
 
   mskjax's own implementations (default) are pure JAX (``lax.map`` over point blocks,
-  jittable — also under ``jax.jit`` with closed-over inputs), memory-bounded by
+  jittable — also under ``jax.jit`` with closed-over inputs; called eagerly on a network
+  with convolutions on the CPU, a Python loop over the same jitted blocks, since XLA:CPU
+  runs convolutions inside ``lax`` loops on a slow path), memory-bounded by
   ``memory_budget`` and take inputs of any per-point shape and outputs ``(n,)`` or
   ``(n, c, ...)`` (all output axes flattened into c):
 

@@ -2,7 +2,9 @@ r"""The one training loop: any optax transformation, any loss, full batch or min
 
 :func:`fit` runs training in jitted chunks (a ``lax.while_loop`` of at most ``chunk`` steps,
 compiled once per shape and reused across calls, the chunk length itself is a traced
-argument), records per-step values (the loss and anything the loss returns as ``aux``),
+argument) — or, for steps with convolutions on the CPU, where XLA runs them inside compiled
+loops ~20x slower, as a Python loop over the same jitted step (``loop='auto'``, bit-for-bit
+the same run), records per-step values (the loss and anything the loss returns as ``aux``),
 calls evaluation hooks at chosen steps between chunks (test accuracy, test loss, kernel
 snapshots, ...), stops early on a per-step value (inside the compiled loop, at the exact
 step) or on an evaluated metric, and resumes from its returned :class:`LoopState` (params,
