@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
 # One-command accelerator benchmark (NOT used by CI): float32 MNIST-1D comparison (MLP and
 # CNN, b = 128 / 512 / full, tuned SGD+momentum / Adam / MSK-PGD), per-step costs and the
-# top-k eigen-solver timing, printed as one table (see benchmarks/device.py).
+# top-k eigen-solver timing, printed as one table (see benchmarks/device.py); then the loop
+# (train.fit compiled / Python-dispatched vs a hand-written Python loop,
+# benchmarks/bench_loop.py), the analytic kernel evaluation (benchmarks/bench_kernel_eval.py)
+# and, when present, the directions build (benchmarks/bench_directions.py).
 #   benchmarks/device.sh                 # full run on the first accelerator jax sees
-#   benchmarks/device.sh --quick         # smoke run (< 1 min on a CPU)
+#   benchmarks/device.sh --quick         # smoke run (a few minutes on a CPU)
 #   PY=.venv/bin/python benchmarks/device.sh --runs-dir /tmp/dev
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-python}"
+QUICK=()
+for a in "$@"; do [[ "$a" == "--quick" ]] && QUICK=(--quick); done
 "$PY" -c "import jax; print('jax devices:', jax.devices())"
-exec "$PY" -m benchmarks.device "$@"
+"$PY" -m benchmarks.device "$@"
+echo; echo "## train.fit vs a Python loop (benchmarks/bench_loop.py)"
+"$PY" -m benchmarks.bench_loop "${QUICK[@]}"
+echo; echo "## analytic kernel evaluation (benchmarks/bench_kernel_eval.py)"
+"$PY" -m benchmarks.bench_kernel_eval "${QUICK[@]}"
+if [[ -f benchmarks/bench_directions.py ]]; then
+  echo; echo "## directions build (benchmarks/bench_directions.py)"
+  "$PY" -m benchmarks.bench_directions "${QUICK[@]}"
+fi

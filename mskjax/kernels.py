@@ -15,7 +15,10 @@ plus the output. Symmetric Gram matrices (:func:`gram`, :func:`empirical_ntk` wi
 ``x2=None``, a cached operator) evaluate the upper block triangle once and mirror it.
 :func:`gram` and :func:`empirical_ntk` are host-side drivers (a Python loop over blocks, not
 jittable); the operator's product is one jitted function (``lax.map`` over row blocks,
-``lax.scan`` over column blocks). Everything is float64 when ``jax_enable_x64`` is on
+``lax.scan`` over column blocks), or, for kernels with convolutions on the CPU (where XLA
+runs them inside loops on a slow path, :mod:`mskjax._loops`), a Python loop over the
+jitted block product with the same sums in the same order. :func:`mlp_kernel_fn` gives the
+closed-form MLP kernels (one GEMM plus one elementwise pass per layer). Everything is float64 when ``jax_enable_x64`` is on
 (inputs are cast to the default float dtype).
 """
 from __future__ import annotations
@@ -29,11 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mskjax import _loops
 from mskjax import _validate
 
 __all__ = ["gram", "kernel_matvec", "KernelOperator", "kernel_operator",
            "matrix_operator", "DEFAULT_MEMORY_BUDGET", "block_size_for_budget",
-           "map_row_blocks", "sphere_mercer_eigenvalues", "pad_rows"]
+           "map_row_blocks", "sphere_mercer_eigenvalues", "pad_rows", "MLPKernel",
+           "mlp_kernel_fn"]
 
 _GETS = ("ntk", "nngp")
 
@@ -252,6 +257,32 @@ def _row_block_products(call, bs, xr, xc, vc, args):
   return lax.map(row, xrb).reshape(-1, m)
 
 
+@cache_by_function
+def _block_product_fn(kernel_fn, get):
+  """Jitted ``acc + k(x_I, x_J) V_J``: the body of :func:`_row_block_products` as one call."""
+  call = _kernel_call(kernel_fn, get)
+
+  @jax.jit
+  def step(acc, xa, xj, vj, args):
+    return acc + call(xa, xj, *args).astype(vj.dtype) @ vj
+  return step
+
+
+def _row_block_products_python(kernel_fn, get, bs, xr, xc, vc, args):
+  """:func:`_row_block_products` as a Python loop over the jitted block product (the same
+  sums in the same order): for kernels with convolutions on the CPU, where XLA runs them
+  inside ``lax.map``/``lax.scan`` on a slow path (:mod:`mskjax._loops`)."""
+  step = _block_product_fn(kernel_fn, get)
+  m = vc.shape[1]
+  rows = []
+  for i in range(0, xr.shape[0], bs):
+    acc = jnp.zeros((bs, m), vc.dtype)
+    for j in range(0, xc.shape[0], bs):
+      acc = step(acc, xr[i:i + bs], xc[j:j + bs], vc[j:j + bs], args)
+    rows.append(acc)
+  return jnp.concatenate(rows)
+
+
 @functools.lru_cache(maxsize=64)
 def _product_fn(kernel_fn, get, bs, devices):
   """One jitted (and, for several devices, row-sharded) blocked product per configuration."""
@@ -418,7 +449,12 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   kernel = lambda a, b=None: pair(a, a if b is None else b, args)
   dtype = x.dtype
   if cache:
-    K = assemble_blocks(kernel, lambda a: _symmetrize(kernel(a, a)), x, None, bs).astype(dtype)
+    # diagonal blocks through k(a, None) where the convention has it (neural-tangents style
+    # kernels): k(x, x) from one input has its angles exactly 0 on the diagonal, k(a, a)
+    # from two copies carries ~1e-8 relative rounding there (√ of a cancellation)
+    diag = ((lambda a: _symmetrize(sym(a, args))) if get is not None
+            else (lambda a: _symmetrize(kernel(a, a))))
+    K = assemble_blocks(kernel, diag, x, None, bs).astype(dtype)
     if not bool(jnp.all(jnp.isfinite(K))):
       raise ValueError("`kernel_fn` returned NaN/inf on `x` (the cached K is not finite): "
                        "check the kernel's parameters and the inputs' scale.")
@@ -432,6 +468,11 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   nc = bs * math.ceil(n / bs)
   xr, xc = pad_rows(x, nr), pad_rows(x, nc)
   fn = _product_fn(kernel_fn, get, bs, devices)
+  if nd == 1 and not traced and all(
+      _validate.is_concrete(a) for a in jax.tree.leaves(args)) and _loops.python_loop_faster(
+          lambda a, b, *r: _kernel_call(kernel_fn, get)(a, b, *r), x[:bs], x[:bs], *args):
+    # convolutions on the CPU: the same blocked product as a Python loop (mskjax._loops)
+    fn = functools.partial(_row_block_products_python, kernel_fn, get, bs)
 
   def matmul(v):
     v = _checked_columns(v, n, dtype)
@@ -578,3 +619,152 @@ def sphere_mercer_eigenvalues(kernel_fn: Callable, d: int, lmax: int, *, get: st
       p = sp.eval_gegenbauer(l, lam, t) / sp.eval_gegenbauer(l, lam, 1.0)
     out[l] = area * np.sum(w * kappa * p)
   return out
+
+
+# ------------------------------------------------------------------ closed-form MLP kernels
+_CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "linear")
+
+# Cephes' atan (S. L. Moshier, Cephes Math Library, atan.c): rational approximation on
+# [0, 0.66] after the reduction x -> (x - 1)/(x + 1) above 0.66; relative error ~1e-16.
+_ATAN_P = (-8.750608600031904122785e-1, -1.615753718733365076637e1,
+           -7.500855792314704667340e1, -1.228866684490136173410e2,
+           -6.485021904942025371773e1)
+_ATAN_Q = (2.485846490142306297962e1, 1.650270098316988542046e2, 4.328810604912902668951e2,
+           4.853903996359136964868e2, 1.945506571482613964425e2)
+
+
+def _atan01(r):
+  """atan(r) for r in [0, 1]: one half-angle step (atan r = 2 atan(r / (1 + √(1 + r²))),
+  argument <= tan(π/8)) and Cephes' rational form: no branches, one fused pass."""
+  x = r / (1.0 + jnp.sqrt(1.0 + r * r))
+  z = x * x
+  p = _ATAN_P[0]
+  for c in _ATAN_P[1:]:
+    p = p * z + c
+  q = z + _ATAN_Q[0]
+  for c in _ATAN_Q[1:]:
+    q = q * z + c
+  return 2.0 * (x * (z * p / q) + x)
+
+
+def _atan2(y, x, fill_zero=0.0):
+  """``arctan2(y, x)`` as one vectorisable polynomial pass (XLA:CPU's float64 ``atan2`` is
+  a scalar libm call: ~150 ns per element against ~16 ns here, ``benchmarks/README.md``);
+  ``fill_zero`` at (0, 0), as neural-tangents' ReLU kernel."""
+  ay, ax = jnp.abs(y), jnp.abs(x)
+  hi, lo = jnp.maximum(ay, ax), jnp.minimum(ay, ax)
+  zero = hi == 0
+  t = _atan01(lo / jnp.where(zero, 1.0, hi))
+  t = jnp.where(ay > ax, jnp.pi / 2 - t, t)
+  t = jnp.where(x < 0, jnp.pi - t, t)
+  return jnp.where(zero, fill_zero, jnp.copysign(t, y))
+
+
+class MLPKernel(NamedTuple):
+  r"""Closed-form NNGP/NTK of a fully-connected network in the NTK parameterisation.
+
+  One GEMM and O(depth) elementwise passes per block, in the caller's dtype. With
+  q⁽⁰⁾(x, x') = σ_W² ⟨x, x'⟩ / d + σ_b² and Θ⁽⁰⁾ = q⁽⁰⁾, each hidden layer ℓ = 1..depth
+  applies the activation's dual (arc-cosine recursions; θ the angle of the 2 × 2
+  covariance [[q(x,x), q(x,x')], [q(x,x'), q(x',x')]]):
+
+  * ReLU:  q ← (√(q q' − q²₁₂) + (π − θ) q₁₂) / (2π),  q̇ = (π − θ)/(2π), q(x,x) ← q(x,x)/2;
+  * erf:   q ← (2/π) atan2(2 q₁₂, √((1+2q)(1+2q') − 4q²₁₂)),
+           q̇ = (4/π) / √((1+2q)(1+2q') − 4q²₁₂);
+  * linear: q unchanged, q̇ = 1;
+
+  then the Dense layer: q ← σ_W² q + σ_b², Θ ← q + σ_W² q̇ Θ. The readout Dense is the last
+  of these; the output axis is traced (full kernel Θ ⊗ I_c), as in neural-tangents'
+  ``stax.serial(Dense, Relu/Erf/Identity, ..., Dense)`` — the same formulas in the same
+  order (``arctan2`` angles, ``√max(·, 0)``), so the two agree to rounding (tested to 1e-12
+  in float64).
+
+  Attributes:
+    depth: hidden layers; activation: 'relu', 'erf' or 'linear'; W_std, b_std: σ_W, σ_b
+    (b_std = 0 for no bias).
+
+  Call: ``kernel(x1, x2=None, get='ntk')`` with ``x1`` ``(n1, d)``, ``x2`` ``(n2, d)`` or
+  None (= x1); returns ``(n1, n2)``.
+
+  Example:
+    >>> import numpy as np, jax.numpy as jnp
+    >>> k = MLPKernel(1, 'relu', 1.0, 0.0)
+    >>> x = jnp.array([[1., 0.], [0., 1.]])  # orthogonal: off-diagonal 1/(4 pi)
+    >>> print(np.round(np.asarray(k(x, None, 'ntk'), float), 4))
+    [[0.5    0.0796]
+     [0.0796 0.5   ]]
+
+  Reference: Cho & Saul, *Kernel methods for deep learning*, NeurIPS 2009 (arc-cosine);
+  Williams, *Computing with infinite networks*, NeurIPS 1996 (erf); Jacot, Gabriel &
+  Hongler, *Neural Tangent Kernel*, NeurIPS 2018; Novak et al., *Neural Tangents*, ICLR 2020.
+  """
+  depth: int
+  activation: str
+  W_std: float
+  b_std: float
+
+  def __call__(self, x1, x2=None, get="ntk"):
+    if get not in _GETS:
+      raise ValueError(f"MLPKernel: get must be one of {_GETS}; got {get!r}.")
+    if x1.ndim != 2 or (x2 is not None and (x2.ndim != 2 or x2.shape[1] != x1.shape[1])):
+      raise ValueError("MLPKernel: inputs must be (n, d) matrices with the same d; got "
+                       f"{tuple(x1.shape)} and {None if x2 is None else tuple(x2.shape)}.")
+    x2_ = x1 if x2 is None else x2
+    d = x1.shape[1]
+    w2 = self.W_std ** 2
+    b2 = self.b_std ** 2
+    q12 = w2 * ((x1 @ x2_.T) / d) + b2
+    q1 = w2 * (jnp.sum(x1 * x1, axis=1) / d) + b2
+    q2 = q1 if x2 is None else w2 * (jnp.sum(x2_ * x2_, axis=1) / d) + b2
+    ntk = q12 if get == "ntk" else None
+    for _ in range(self.depth):
+      if self.activation == "relu":
+        s = jnp.sqrt(jnp.maximum(q1[:, None] * q2[None, :] - q12 * q12, 0.0))
+        if x2 is None:    # k(x, x): the angle is exactly 0 (rounding would give ~1e-8)
+          s = jnp.where(jnp.eye(s.shape[0], dtype=bool), 0.0, s)
+        theta = _atan2(s, q12, jnp.pi / 2)
+        dot = (1.0 / (2 * jnp.pi)) * (jnp.pi - theta)
+        q12 = (1.0 / (2 * jnp.pi)) * s + dot * q12
+        q1, q2 = 0.5 * q1, 0.5 * q2
+      elif self.activation == "erf":
+        p1, p2 = 1 + 2 * q1, 1 + 2 * q2
+        s = jnp.sqrt(jnp.maximum(p1[:, None] * p2[None, :] - 4 * q12 * q12, 0.0))
+        dot = (4 / jnp.pi) / s
+        q12 = (2 / jnp.pi) * _atan2(2 * q12, s)
+        diag = lambda q: (2 / jnp.pi) * jnp.arctan2(q, jnp.sqrt(q + 0.25))
+        q1 = diag(q1)
+        q2 = q1 if x2 is None else diag(q2)
+      else:
+        dot = None
+      if ntk is not None and dot is not None:
+        ntk = ntk * dot
+      q12 = w2 * q12 + b2
+      q1 = w2 * q1 + b2
+      q2 = q1 if x2 is None else w2 * q2 + b2
+      if ntk is not None:
+        ntk = q12 + w2 * ntk
+    return q12 if ntk is None else ntk
+
+
+def mlp_kernel_fn(spec, fallback: Optional[Callable] = None) -> Callable:
+  """The closed-form :class:`MLPKernel` of a :class:`mskjax.MLPSpec` when one exists (NTK
+  parameterisation, ReLU/erf/linear), else ``fallback`` (e.g. ``stax_mlp(spec)[2]``).
+
+  A drop-in ``kernel_fn(x1, x2, get)`` for :func:`gram`, :func:`kernel_operator` and
+  everything built on them; ``nets.make_network`` uses it for MLPs. Hashable by value
+  (equal specs share compiled blocks).
+
+  Example:
+    >>> from mskjax.nets import MLPSpec
+    >>> mlp_kernel_fn(MLPSpec(depth=2, width=8, b_std=0.1))
+    MLPKernel(depth=2, activation='relu', W_std=1.0, b_std=0.1)
+  """
+  act = getattr(spec, "activation", None)
+  if getattr(spec, "parameterization", None) == "ntk" and act in _CLOSED_FORM_ACTIVATIONS:
+    b = float(spec.b_std) if spec.b_std else 0.0
+    return MLPKernel(int(spec.depth), act, float(spec.W_std), b)
+  if fallback is None:
+    raise ValueError(f"mlp_kernel_fn: no closed form for {spec!r} (needs "
+                     f"parameterization='ntk' and activation in {_CLOSED_FORM_ACTIVATIONS}); "
+                     "pass fallback=stax_mlp(spec)[2].")
+  return fallback

@@ -661,7 +661,8 @@ def make_network(spec, *, antisymmetric: bool = False) -> Network:
   if not isinstance(spec, MLPSpec):
     raise TypeError("make_network: spec must be an MLPSpec or a CNNSpec, e.g. "
                     f"MLPSpec(depth=1, width=1024); got {type(spec).__name__}.")
-  _, _, kernel_fn = stax_mlp(spec)
+  from mskjax.kernels import mlp_kernel_fn   # closed form (one GEMM + elementwise) if any
+  kernel_fn = mlp_kernel_fn(spec, fallback=stax_mlp(spec)[2])
   return Network(spec, kernel_fn, FlaxMLP(spec, antisymmetric=bool(antisymmetric)))
 
 

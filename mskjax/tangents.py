@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mskjax import _loops
 from mskjax import _validate as _v
 from mskjax import kernels as _k
 from mskjax._nt import empirical_ntk_fn
@@ -76,7 +77,9 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   as :func:`jacobian_operator`): the kernel that governs the finite network's training.
 
   mskjax's own implementations (default) are pure JAX (``lax.map`` over point blocks,
-  jittable — also under ``jax.jit`` with closed-over inputs), memory-bounded by
+  jittable — also under ``jax.jit`` with closed-over inputs; called eagerly on a network
+  with convolutions on the CPU, a Python loop over the same jitted blocks, since XLA:CPU
+  runs convolutions inside ``lax`` loops on a slow path), memory-bounded by
   ``memory_budget`` and take inputs of any per-point shape and outputs ``(n,)`` or
   ``(n, c, ...)`` (all output axes flattened into c):
 
@@ -417,42 +420,76 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
   nb = math.ceil(n / bs)
   xb = _k.pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
 
+  def one(xa, p):
+    ja = _point_jacobians(fn, p, xa, c)
+    return functools.reduce(jnp.add, [jnp.einsum("acp,adp->acd", l.reshape(bs, c, -1),
+                                                 l.reshape(bs, c, -1))
+                                      for l in jax.tree.leaves(ja)])
+
+  concrete = all(_v.is_concrete(a) for a in jax.tree.leaves((p, xb)))
+  if concrete and _loops.python_loop_faster(fn, p, x[:1]):
+    # convolutions on the CPU: a Python loop over the jitted block (mskjax._loops)
+    one_jit = jax.jit(one)
+    out = jnp.concatenate([one_jit(xb[i], p) for i in range(nb)])
+    return out[:n]
+
   @jax.jit
   def run(xb, p):
-    def one(xa):
-      ja = _point_jacobians(fn, p, xa, c)
-      return functools.reduce(jnp.add, [jnp.einsum("acp,adp->acd", l.reshape(bs, c, -1),
-                                                   l.reshape(bs, c, -1))
-                                        for l in jax.tree.leaves(ja)])
-    return lax.map(one, xb).reshape(nb * bs, c, c)[:n]
+    return lax.map(lambda xa: one(xa, p), xb).reshape(nb * bs, c, c)[:n]
 
   return run(xb, p)
+
+
+def _ntk_block(fn, p, ja, xb, c, strategy, trace):
+  """One kernel block: row-block Jacobians ``ja`` (leaves (bs1, c, ...)) against the points
+  ``xb``: (bs1, bs2) traced or (bs1, c, bs2, c) full."""
+  bs1, bs2 = jax.tree.leaves(ja)[0].shape[0], xb.shape[0]
+  if strategy == "jvp":
+    tang = jax.tree.map(lambda l: l.reshape((bs1 * c,) + l.shape[2:]), ja)
+    _, lin = jax.linearize(lambda q: fn(q, xb).reshape(bs2, c), p)
+    block = jax.vmap(lin)(tang).reshape(bs1, c, bs2, c)
+  else:
+    block = _jac_contract(ja, _point_jacobians(fn, p, xb, c))
+  return jnp.einsum("acbc->ab", block) / c if trace else block
 
 
 @functools.partial(jax.jit, static_argnames=("call", "c", "strategy", "trace"))
 def _ntk_run(call, p, rest, x1b, x2b, c, strategy, trace):
   """Kernel rows for blocks x1b (nb1, bs1, ...) against x2b (nb2, bs2, ...) (lax.map)."""
   fn = lambda q, x: call(q, rest, x)
-  bs1, bs2 = x1b.shape[1], x2b.shape[1]
+  bs1 = x1b.shape[1]
 
   def rows(xa):
     ja = _point_jacobians(fn, p, xa, c)                       # leaves (bs1, c, *shape)
-    if strategy == "jvp":
-      tang = jax.tree.map(lambda l: l.reshape((bs1 * c,) + l.shape[2:]), ja)
-
-      def col(xb):
-        _, lin = jax.linearize(lambda q: fn(q, xb).reshape(bs2, c), p)
-        return jax.vmap(lin)(tang).reshape(bs1, c, bs2, c)
-    else:
-      def col(xb):
-        return _jac_contract(ja, _point_jacobians(fn, p, xb, c))
-    blocks = lax.map(col, x2b)                                # (nb2, bs1, c, bs2, c)
-    if trace:
-      blocks = jnp.einsum("jacbc->jab", blocks) / c
+    blocks = lax.map(lambda xb: _ntk_block(fn, p, ja, xb, c, strategy, trace), x2b)
+    if trace:                                                 # (nb2, bs1, bs2)
       return jnp.moveaxis(blocks, 0, 1).reshape(bs1, -1)
-    return jnp.moveaxis(blocks, 0, 2).reshape(bs1, c, -1, c)
+    return jnp.moveaxis(blocks, 0, 2).reshape(bs1, c, -1, c)  # from (nb2, bs1, c, bs2, c)
 
   return lax.map(rows, x1b)
+
+
+@functools.partial(jax.jit, static_argnames=("call", "c"))
+def _row_jacobians(call, p, rest, xa, c):
+  return _point_jacobians(lambda q, x: call(q, rest, x), p, xa, c)
+
+
+@functools.partial(jax.jit, static_argnames=("call", "c", "strategy", "trace"))
+def _ntk_col(call, p, rest, ja, xb, c, strategy, trace):
+  return _ntk_block(lambda q, x: call(q, rest, x), p, ja, xb, c, strategy, trace)
+
+
+def _ntk_run_python(call, p, rest, x1b, x2b, c, strategy, trace):
+  """:func:`_ntk_run` as a Python loop over jitted blocks (same blocks, same layout): for
+  convolutional networks on the CPU, where XLA runs convolutions inside ``lax.map`` on a
+  slow path (:mod:`mskjax._loops`)."""
+  out = []
+  for i in range(x1b.shape[0]):
+    ja = _row_jacobians(call, p, rest, x1b[i], c)
+    blocks = [_ntk_col(call, p, rest, ja, x2b[j], c, strategy, trace)
+              for j in range(x2b.shape[0])]
+    out.append(jnp.concatenate(blocks, axis=1 if trace else 2))
+  return jnp.stack(out)
 
 
 class _WeightedCall(NamedTuple):
@@ -523,7 +560,10 @@ def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, st
   nb1, nb2 = math.ceil(n1 / bs1), math.ceil(n2 / bs2)
   x1b = _k.pad_rows(x1, nb1 * bs1).reshape((nb1, bs1) + x1.shape[1:])
   x2b = _k.pad_rows(xb2, nb2 * bs2).reshape((nb2, bs2) + xb2.shape[1:])
-  K = _ntk_run(call, p, rest, x1b, x2b, c, strategy, not full)
+  concrete = all(_v.is_concrete(a) for a in jax.tree.leaves((p, rest, x1b, x2b)))
+  run = (_ntk_run_python if concrete and _loops.python_loop_faster(fn, p, x1[:1])
+         else _ntk_run)
+  K = run(call, p, rest, x1b, x2b, c, strategy, not full)
   if full:
     K = K.reshape(nb1 * bs1, c, nb2 * bs2, c)[:n1, :, :n2, :]
     return K.reshape(n1 * c, n2 * c)

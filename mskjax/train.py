@@ -2,7 +2,9 @@ r"""The one training loop: any optax transformation, any loss, full batch or min
 
 :func:`fit` runs training in jitted chunks (a ``lax.while_loop`` of at most ``chunk`` steps,
 compiled once per shape and reused across calls, the chunk length itself is a traced
-argument), records per-step values (the loss and anything the loss returns as ``aux``),
+argument) — or, for steps with convolutions on the CPU, where XLA runs them inside compiled
+loops ~20x slower, as a Python loop over the same jitted step (``loop='auto'``, bit-for-bit
+the same run), records per-step values (the loss and anything the loss returns as ``aux``),
 calls evaluation hooks at chosen steps between chunks (test accuracy, test loss, kernel
 snapshots, ...), stops early on a per-step value (inside the compiled loop, at the exact
 step) or on an evaluated metric, and resumes from its returned :class:`LoopState` (params,
@@ -37,7 +39,9 @@ pass ``tx`` as a factory ``tx(hparams) -> GradientTransformation`` together with
 from __future__ import annotations
 
 import functools
+import inspect
 import time
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -46,8 +50,8 @@ from jax import lax
 import numpy as np
 import optax
 
+from mskjax import _loops
 from mskjax import _validate
-from mskjax import kernels as _kernels
 from mskjax import optim as _optim
 from mskjax.msk import MSKSpectrum
 
@@ -97,8 +101,8 @@ class FitResult(NamedTuple):
     history: dict of numpy arrays over the evaluations: ``'step'``, ``'time'`` (training
       wall time spent before it, evaluations and compilation excluded) and every key the
       ``evaluate`` hook returned (stacked).
-    stopped: None, or why training ended early: ``'stop_below:KEY'``, ``'stop_above:KEY'``
-      or ``'stop_eval'``.
+    stopped: None, or why training ended early: ``'stop_below:KEY'``, ``'stop_above:KEY'``,
+      ``'stop_eval'`` or ``'nonfinite:loss'`` (NaN policy in :func:`fit`).
     compile_s: seconds spent compiling (0 when the chunk was already compiled).
     train_s: training wall time of this call (compilation and evaluations excluded).
     eval_s: wall time of the evaluation hooks.
@@ -163,12 +167,15 @@ def init_state(params, tx, n: int, *, batch_size: Optional[int] = None, seed: in
   return LoopState(params, transform.init(params), jnp.zeros((), jnp.int32), sampler)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "tx", "factory", "batch_size",
-                                             "has_aux", "chunk", "below_keys", "above_keys"))
-def _run_chunk(state, data, hparams, num, below, above, *, loss_fn, tx, factory, batch_size,
-               has_aux, chunk, below_keys, above_keys):
-  """At most ``chunk`` steps (``num`` traced); per-step records in (chunk, ...) buffers."""
-  transform = tx(hparams) if factory else tx
+_STATIC = ("loss_fn", "tx", "factory", "batch_size", "has_aux", "below_keys", "above_keys")
+
+
+def _make_step(loss_fn, tx, factory, batch_size, has_aux, below_keys, above_keys):
+  """``one(state, data, hparams, below, above) -> (state', record, stop)``: one update.
+
+  The single definition of a step, used by both loop modes (the compiled chunk and the
+  Python loop), so their records and states agree. ``stop`` is True when a threshold is
+  crossed or the loss is not finite; a stopping step keeps the old state."""
 
   def sample(sampler):
     n = sampler.perm.shape[0]
@@ -182,7 +189,8 @@ def _run_chunk(state, data, hparams, num, below, above, *, loss_fn, tx, factory,
     idx = lax.dynamic_slice(sampler.perm, (sampler.cursor * batch_size,), (batch_size,))
     return idx, sampler._replace(cursor=sampler.cursor + 1)
 
-  def one(st):
+  def one(st, data, hparams, below, above):
+    transform = tx(hparams) if factory else tx
     if batch_size is None:
       batch, idx, sampler = data, None, st.sampler
     else:
@@ -192,18 +200,26 @@ def _run_chunk(state, data, hparams, num, below, above, *, loss_fn, tx, factory,
         st.params)
     loss, aux = out if has_aux else (out, {})
     rec = {"loss": loss, **{k: v for k, v in aux.items() if v is not None}}
-    stop = jnp.zeros((), bool)
+    stop = ~jnp.all(jnp.isfinite(loss))            # NaN policy: never update from a NaN loss
     for k in below_keys:
       stop = stop | (rec[k] < below[k])
     for k in above_keys:
       stop = stop | ~(rec[k] <= above[k])          # NaN counts as above
     updates, opt_state = transform.update(grads, st.opt_state, st.params)
     new = LoopState(optax.apply_updates(st.params, updates), opt_state, st.step + 1, sampler)
-    if below_keys or above_keys:                   # a stopping step keeps the old state
-      new = jax.tree.map(lambda a, b: jnp.where(stop, a, b), st, new)
+    new = jax.tree.map(lambda a, b: jnp.where(stop, a, b), st, new)  # a stop keeps the state
     return new, rec, stop
 
-  shapes = jax.eval_shape(lambda s: one(s)[1], state)
+  return one
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("chunk",))
+def _run_chunk(state, data, hparams, num, below, above, *, loss_fn, tx, factory, batch_size,
+               has_aux, chunk, below_keys, above_keys):
+  """Compiled mode: at most ``chunk`` steps (``num`` traced) in one ``lax.while_loop``;
+  per-step records in (chunk, ...) buffers."""
+  one = _make_step(loss_fn, tx, factory, batch_size, has_aux, below_keys, above_keys)
+  shapes = jax.eval_shape(lambda s: one(s, data, hparams, below, above)[1], state)
   bufs = {k: jnp.zeros((chunk,) + v.shape, v.dtype) for k, v in shapes.items()}
 
   def cond(c):
@@ -212,13 +228,91 @@ def _run_chunk(state, data, hparams, num, below, above, *, loss_fn, tx, factory,
 
   def body(c):
     i, st, bufs, _ = c
-    st, rec, stop = one(st)
+    st, rec, stop = one(st, data, hparams, below, above)
     bufs = {k: bufs[k].at[i].set(rec[k]) for k in bufs}
     return i + 1, st, bufs, stop
 
   i, state, bufs, stopped = lax.while_loop(
       cond, body, (jnp.zeros((), jnp.int32), state, bufs, jnp.zeros((), bool)))
   return state, bufs, i, stopped
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _run_step(state, halted, data, hparams, below, above, *, loss_fn, tx, factory,
+              batch_size, has_aux, below_keys, above_keys):
+  """Python mode: one step, a no-op once ``halted`` (so steps dispatched ahead of the host's
+  stop check leave the state of the stopping step untouched)."""
+  one = _make_step(loss_fn, tx, factory, batch_size, has_aux, below_keys, above_keys)
+  new, rec, stop = one(state, data, hparams, below, above)
+  new = jax.tree.map(lambda a, b: jnp.where(halted, a, b), state, new)
+  return new, rec, halted | stop
+
+
+_POLL = 8
+"""Python mode: the host reads the stop flag every ``_POLL`` dispatched steps (reading it
+every step would serialise dispatch and compute); at most ``_POLL - 1`` no-op steps run
+after a stop."""
+
+
+def _python_chunk(step, state, data, hparams, num, below, above, watch):
+  """Python mode: ``num`` dispatches of the jitted step; same outputs as ``_run_chunk``."""
+  halted = jnp.zeros((), bool)
+  recs, flags = [], []
+  for i in range(num):
+    state, rec, halted = step(state, halted, data, hparams, below, above)
+    recs.append(rec)
+    flags.append(halted)
+    if watch and ((i + 1) % _POLL == 0) and bool(halted):
+      break
+  flags = np.asarray(jax.device_get(flags)) if flags else np.zeros(0, bool)
+  ran = int(np.argmax(flags)) + 1 if flags.any() else len(flags)
+  bufs = {k: np.stack([np.asarray(r[k]) for r in jax.device_get(recs[:ran])])
+          for k in (recs[0] if recs else {})}
+  return state, bufs, ran, bool(flags.any())
+
+
+def _avals(tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves)
+
+
+def _unflatten_avals(spec):
+  treedef, leaves = spec
+  return treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+
+
+@functools.lru_cache(maxsize=128)
+def _step_info(static, state_spec, data_spec, hp_spec, on_cpu):
+  """(record shapes, whether the step has a convolution) for one configuration: traced
+  abstractly once per configuration and input shapes, so repeated ``fit`` calls never
+  retrace the loss."""
+  step = functools.partial(_run_step, **dict(zip(_STATIC, static + ((), ()))))
+  st, d, hp = (_unflatten_avals(x) for x in (state_spec, data_spec, hp_spec))
+  below = above = {}
+  halted = jax.ShapeDtypeStruct((), bool)
+  recs = jax.eval_shape(step, st, halted, d, hp, below, above)[1]
+  conv = on_cpu and _loops.has_convolution(step, st, halted, d, hp, below, above)
+  return {k: (v.shape, v.dtype) for k, v in recs.items()}, conv
+
+
+def _check_loss_arity(loss_fn):
+  try:
+    sig = inspect.signature(loss_fn)
+  except (TypeError, ValueError):      # builtins and C callables: nothing to check up front
+    return
+  try:
+    sig.bind(None, None, None)
+  except TypeError:
+    raise TypeError("`loss_fn` must accept three positional arguments loss_fn(params, batch, "
+                    f"indices) (indices is None for the full batch); its signature is "
+                    f"{getattr(loss_fn, '__name__', type(loss_fn).__name__)}{sig}. Wrap it, "
+                    "e.g. lambda p, batch, idx: my_loss(p, batch).") from None
+
+
+def _check_data_finite(data):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(data):
+    if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+      _validate.check_finite(leaf, "data" + jax.tree_util.keystr(path))
 
 
 def _thresholds(name, spec):
@@ -228,7 +322,14 @@ def _thresholds(name, spec):
     raise TypeError(f"`{name}` must be a dict {{record key: threshold}} or None; got "
                     f"{type(spec).__name__}.")
   keys = tuple(sorted(spec))
-  return keys, {k: jnp.asarray(float(spec[k])) for k in keys}
+  out = {}
+  for k in keys:
+    v = float(spec[k])
+    if np.isnan(v):
+      raise ValueError(f"`{name}[{k!r}]` is NaN: a NaN threshold never triggers; pass a number "
+                       "(or drop the key).")
+    out[k] = jnp.asarray(v)
+  return keys, out
 
 
 def fit(loss_fn: Callable, params, tx, data, *, steps: int,
@@ -239,7 +340,8 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
         stop_below: Optional[Mapping[str, float]] = None,
         stop_above: Optional[Mapping[str, float]] = None,
         stop_eval: Optional[Callable[[dict], bool]] = None,
-        chunk: int = 100, progress: bool = False, desc: str = "train") -> FitResult:
+        chunk: int = 100, loop: str = "auto", progress: bool = False,
+        desc: str = "train") -> FitResult:
   r"""Train for ``steps`` updates: ``θ ← θ + u``, ``(u, s) = tx.update(∇_θ L_B(θ), s, θ)``.
 
   L_B(θ) = ``loss_fn(θ, batch, indices)``: with ``batch_size=None`` the batch is ``data``
@@ -276,12 +378,29 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
       (divergence).
     stop_eval: ``stop_eval(metrics) -> bool`` on each evaluation's dict: stop when True.
     chunk: most steps per compiled call (a static buffer size; the number of steps of a
-      call is traced, so evaluation points never recompile).
+      call is traced, so evaluation points never recompile); in the Python loop, most
+      steps between two reads of the records.
+    loop: ``'compiled'`` runs each chunk as one ``lax.while_loop`` (no per-step dispatch:
+      fastest for MLPs and on accelerators); ``'python'`` calls the jitted step from a
+      Python loop (XLA:CPU runs convolutions inside compiled loops ~20x slower);
+      ``'auto'`` (default) picks ``'python'`` iff the arrays live on the CPU and the step
+      contains a convolution (:mod:`mskjax._loops`; measured in ``benchmarks/README.md``).
+      Both modes run the same step function: same records, stops and resumable states
+      (bit for bit on the CPU, tested).
     progress: show a tqdm progress bar (off by default; the runner turns it on).
     desc: progress bar label.
 
   Returns:
     :class:`FitResult`.
+
+  NaN policy: non-finite floating ``data``, a NaN threshold, a ``stop_below``/``stop_above``
+  key that is not a record, and a ``loss_fn`` that does not take ``(params, batch,
+  indices)`` are rejected up front with an error naming the argument. A loss that becomes
+  NaN/inf during training stops the run at that step, exactly like ``stop_above``: its
+  update is not applied, ``state`` is the last finite one, ``records`` keep every step run
+  (the last one holds the non-finite loss), ``stopped = 'nonfinite:loss'`` and a
+  ``RuntimeWarning`` says so (a user threshold that fires on the same step is reported
+  instead). The check is part of every step, in both loop modes.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -308,10 +427,12 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   if factory and hparams is None:
     raise ValueError("`tx` is a factory tx(hparams): pass `hparams` (or pass an optax "
                      "GradientTransformation as `tx`).")
+  _check_loss_arity(loss_fn)
   steps = _check_int("steps", steps, 0)
   chunk = _check_int("chunk", chunk, 1)
   data = jax.tree.map(jnp.asarray, data)
   n = _num_points(data)
+  _check_data_finite(data)
   batch_size = _check_int("batch_size", batch_size, 1, n, none_ok=True)
   if state is None:
     if params is None:
@@ -340,15 +461,43 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   if stop_eval is not None and evaluate is None:
     raise ValueError("`stop_eval` needs an `evaluate` hook.")
 
+  hp = hparams if factory else None
+  static = (loss_fn, tx, factory, batch_size, has_aux, below_keys, above_keys)
+  cpu = _loops.on_cpu(state, data)
+  rec_shapes, conv = _step_info(static[:5], _avals(state), _avals(data), _avals(hp), cpu)
+  known = sorted(rec_shapes)
+  for name, keys in (("stop_below", below_keys), ("stop_above", above_keys)):
+    for k in keys:
+      if k not in rec_shapes:
+        raise ValueError(f"`{name}` key {k!r} is not a per-step record; the records of this "
+                         f"loss are {known} ('loss' plus the aux dict with has_aux=True).")
+  loop = _validate.check_choice(loop, "loop", _loops.LOOP_MODES)
+  mode = ("python" if conv else "compiled") if loop == "auto" else loop
+
   start = int(state.step)
   end = start + steps
-  call = functools.partial(
-      _run_chunk, loss_fn=loss_fn, tx=tx, factory=factory, batch_size=batch_size,
-      has_aux=has_aux, chunk=chunk, below_keys=below_keys, above_keys=above_keys)
-  hp = hparams if factory else None
+  kw = dict(zip(_STATIC, static))
+  if mode == "compiled":
+    chunk_fn = functools.partial(_run_chunk, chunk=chunk, **kw)
+
+    def call(st, num):
+      st, bufs, ran, hit = chunk_fn(st, data, hp, jnp.asarray(num, jnp.int32), below, above)
+      bufs = jax.device_get(bufs)                   # waits for the chunk
+      ran = int(ran)
+      return st, {k: v[:ran] for k, v in bufs.items()}, ran, bool(hit)
+  else:
+    step_fn = functools.partial(_run_step, **kw)
+    watch = True                                    # the NaN check may always stop
+
+    def call(st, num):
+      return _python_chunk(step_fn, st, data, hp, num, below, above, watch)
+
   t0 = time.perf_counter()
-  jax.block_until_ready(call(state, data, hp, jnp.zeros((), jnp.int32), below, above))
-  compile_s = time.perf_counter() - t0   # a zero-step call: compilation (or a cache hit)
+  if mode == "compiled":   # a zero-step call: compilation (or a cache hit)
+    jax.block_until_ready(chunk_fn(state, data, hp, jnp.zeros((), jnp.int32), below, above))
+  else:                    # the step run once with halted=True: compiles, changes nothing
+    jax.block_until_ready(step_fn(state, jnp.ones((), bool), data, hp, below, above))
+  compile_s = time.perf_counter() - t0
 
   history, records = [], []
   train_s = eval_s = 0.0
@@ -381,24 +530,26 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
     while t < end and stopped is None:
       num = min(t + chunk, end, next_eval(t)) - t
       t1 = time.perf_counter()
-      state, bufs, ran, hit = call(state, data, hp, jnp.asarray(num, jnp.int32), below, above)
-      bufs = jax.device_get(bufs)                   # waits for the chunk
+      state, rec, ran, hit = call(state, num)
       dt = time.perf_counter() - t1
-      ran = int(ran)
-      rec = {k: v[:ran] for k, v in bufs.items()}
       rec["step"] = np.arange(t, t + ran)
       rec["time"] = train_s + dt * np.arange(1, ran + 1) / max(ran, 1)
       records.append(rec)
       train_s += dt
-      t += ran if not bool(hit) else ran - 1        # a stopping step does not update
+      t += ran if not hit else ran - 1              # a stopping step does not update
       if bar is not None:
         bar.update(ran)
         bar.set_postfix(loss=f"{float(rec['loss'][-1]):.4g}" if ran else "")
-      if bool(hit):
-        last = {k: rec[k][-1] for k in below_keys + above_keys}
-        stopped = next((f"stop_below:{k}" for k in below_keys if last[k] < below[k]),
-                       None) or next(f"stop_above:{k}" for k in above_keys
-                                     if not last[k] <= above[k])
+      if hit:
+        last = {k: rec[k][-1] for k in ("loss",) + below_keys + above_keys}
+        stopped = (next((f"stop_below:{k}" for k in below_keys if last[k] < below[k]), None)
+                   or next((f"stop_above:{k}" for k in above_keys
+                            if not last[k] <= above[k]), None) or "nonfinite:loss")
+        if stopped == "nonfinite:loss":
+          warnings.warn(f"fit: the loss at step {t} is {last['loss']}; training stopped "
+                        "there (that update is not applied, FitResult.stopped = "
+                        "'nonfinite:loss', the records keep every finished step).",
+                        RuntimeWarning, stacklevel=2)
       due = stopped is not None or t in sched or t == end or (
           eval_every is not None and t % eval_every == 0)
       if evaluate is not None and due and not (history and history[-1]["step"] == t):
@@ -411,9 +562,7 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   if records:
     rec_out = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
   else:
-    shapes = jax.eval_shape(lambda: call(state, data, hp, jnp.zeros((), jnp.int32), below,
-                                         above)[1])
-    rec_out = {k: np.zeros((0,) + v.shape[1:], v.dtype) for k, v in shapes.items()}
+    rec_out = {k: np.zeros((0,) + tuple(shp), dt) for k, (shp, dt) in rec_shapes.items()}
     rec_out["step"] = np.zeros((0,), np.int64)
     rec_out["time"] = np.zeros((0,))
   hist_out = {}

@@ -179,3 +179,81 @@ def test_kernel_matvec_errors(kernel_fn, xs):
     kernel_matvec(kernel_fn, x.at[1, 1].set(jnp.nan), jnp.ones(11), block_size=4)
   with pytest.raises(ValueError, match="block_size"):
     kernel_matvec(kernel_fn, x, jnp.ones(11), block_size=0)
+
+
+# ------------------------------------------------------------------ closed-form MLP kernels
+@pytest.mark.parametrize("activation", ["relu", "erf", "linear"])
+@pytest.mark.parametrize("depth,W_std,b_std", [(1, 1.0, 0.0), (3, 1.7, 0.3), (2, 0.8, None)])
+def test_mlp_kernel_matches_neural_tangents_to_1e12_in_float64(activation, depth, W_std,
+                                                               b_std):
+  # Oracle: neural-tangents' stax kernel_fn of the same MLPSpec (independent code, libm
+  # arctan2); 1e-12 relative to the largest entry allows float64 rounding of a few dozen
+  # operations (measured ~1e-16).
+  from mskjax.nets import MLPSpec, stax_mlp
+  rng = np.random.default_rng(3)
+  x1 = jnp.asarray(rng.standard_normal((23, 5)), jnp.float64)
+  x2 = jnp.asarray(rng.standard_normal((11, 5)), jnp.float64)
+  # a zero input (the (0, 0) angle). Not tested: (anti)parallel pairs of distinct rows,
+  # where √(q q' − q₁₂²) turns the rounding of the GEMM (1e-16) into 1e-8 in both codes,
+  # with signs that depend on the summation order.
+  x1 = x1.at[3].set(0.0)
+  spec = MLPSpec(depth=depth, width=4, activation=activation, W_std=W_std, b_std=b_std)
+  nt = stax_mlp(spec)[2]
+  mk = kernels.mlp_kernel_fn(spec)
+  assert isinstance(mk, kernels.MLPKernel)
+  for get in ("ntk", "nngp"):
+    for other in (None, x2):
+      A = np.asarray(nt(x1, other, get))
+      B = np.asarray(mk(x1, other, get))
+      assert B.shape == A.shape and B.dtype == np.float64
+      np.testing.assert_allclose(B, A, rtol=0, atol=1e-12 * np.abs(A).max())
+  # through the blocked drivers
+  np.testing.assert_allclose(np.asarray(kernels.gram(mk, x1, block_size=8)),
+                             np.asarray(nt(x1, None, "ntk")), rtol=0,
+                             atol=1e-12 * np.abs(A).max())
+
+
+def test_mlp_kernel_fn_falls_back_or_names_the_fix():
+  from mskjax.nets import MLPSpec, stax_mlp
+  spec = MLPSpec(depth=1, width=4, activation="gelu")
+  fb = stax_mlp(spec)[2]
+  assert kernels.mlp_kernel_fn(spec, fallback=fb) is fb
+  with pytest.raises(ValueError, match="fallback"):
+    kernels.mlp_kernel_fn(MLPSpec(depth=1, width=4, parameterization="standard"))
+  with pytest.raises(ValueError, match="get"):
+    kernels.mlp_kernel_fn(MLPSpec(depth=1, width=4))(jnp.ones((2, 3)), None, "both")
+
+
+def test_polynomial_atan2_matches_numpy_everywhere():
+  # oracle: numpy's libm arctan2, on all quadrants, axes and extreme ratios (the NaN-free
+  # domain of the kernels); 4 ulp of π.
+  rng = np.random.default_rng(0)
+  y = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-8, 8, 2000),
+                      [0.0, 1.0, -1.0, 0.0, 1e-300, 3.0, -3.0]])
+  x = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-8, 8, 2000),
+                      [1.0, 0.0, 0.0, -1.0, 1.0, 3.0, -3.0]])
+  with jax.enable_x64(True):
+    got = np.asarray(kernels._atan2(jnp.asarray(y), jnp.asarray(x)))
+  np.testing.assert_allclose(got, np.arctan2(y, x), rtol=0, atol=4 * np.pi * 2.0 ** -52)
+
+
+def test_cnn_blocked_products_loop_in_python_and_match_jacrev():
+  """On the CPU a conv net's blocked kernels run as Python loops over jitted blocks
+  (mskjax._loops); oracle: J Jᵀ from an explicit jacrev Jacobian (float64), and the lax
+  path (the same computation under jit) agrees to rounding."""
+  from mskjax import _loops
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((7, 6, 6, 1)))
+  model = _CNN()
+  v = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(1), x))
+  assert _loops.python_loop_faster(model.apply, v, x[:1])
+  flat, unravel = jax.flatten_util.ravel_pytree(v["params"])
+  J = np.asarray(jax.jacrev(lambda f: model.apply({"params": unravel(f)}, x).reshape(-1))(
+      flat)).reshape(7, 3, -1)
+  want = np.einsum("acp,bdp->acbd", J, J)
+  tol = dict(rtol=1e-10, atol=1e-12 * np.abs(want).max())
+  Kf = empirical_ntk(model.apply, v, x, full=True, block_size=3)      # 3 x 3 blocks, padded
+  np.testing.assert_allclose(Kf, want.reshape(21, 21), **tol)
+  D = tangents.ntk_diagonal_blocks(model.apply, v, x, block_size=3)
+  np.testing.assert_allclose(D, np.einsum("acp,adp->acd", J, J), **tol)
+  Dj = jax.jit(lambda p: tangents.ntk_diagonal_blocks(model.apply, p, x, block_size=3))(v)
+  np.testing.assert_allclose(Dj, D, **tol)

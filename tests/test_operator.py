@@ -330,3 +330,35 @@ def test_sharded_equals_single_device():
   # Against a one-call dense K: the arc-cosine kernel's own ~1e-8 diagonal round-off.
   assert same <= 1e-14 and dense <= 1e-7
   assert float(lines["values"]) <= 1e-12
+
+
+def _conv_features(a, w):
+  h = jax.lax.conv_general_dilated(a, w, (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"))
+  return jnp.tanh(h).reshape(a.shape[0], -1)
+
+
+def _conv_kernel(a, b, w):
+  """A PSD kernel with convolutions: φ(a) φ(b)ᵀ, φ = tanh(conv(·, w)) flattened."""
+  return _conv_features(a, w) @ _conv_features(b, w).T
+
+
+def test_conv_kernel_operator_loops_in_python_and_matches_the_gram():
+  # Uncached products of a kernel with convolutions on the CPU are a Python loop over
+  # jitted blocks (mskjax._loops); oracle: Φ Φᵀ V in numpy (features computed once, no
+  # blocking); the jitted kernel_matvec (lax path) agrees. (neural-tangents' CNN kernels
+  # have no conv primitive — reduce_window sums — and keep the lax loop.)
+  from mskjax import _loops
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((10, 8, 1)))
+  w = jnp.asarray(rng.standard_normal((3, 1, 4)))
+  V = jnp.asarray(rng.standard_normal((10, 3)))
+  assert _loops.python_loop_faster(_conv_kernel, x[:4], x[:4], w)
+  F = np.asarray(_conv_features(x, w))
+  want = F @ (F.T @ np.asarray(V))
+  op = kernels.kernel_operator(_conv_kernel, x, get=None, kernel_args=(w,), block_size=4,
+                               cache=False)
+  tol = dict(rtol=1e-12, atol=1e-12 * np.abs(want).max())
+  np.testing.assert_allclose(np.asarray(op @ V), want, **tol)
+  jitted = jax.jit(lambda a, u: kernels.kernel_matvec(_conv_kernel, a, u, get=None,
+                                                      kernel_args=(w,), block_size=4))(x, V)
+  np.testing.assert_allclose(np.asarray(jitted), want, **tol)

@@ -402,3 +402,124 @@ def test_train_rejects_nan_inputs(bad):
   with pytest.raises(ValueError, match=f"`{bad}` has [0-9]+ NaN/inf"):
     T.train(lambda w, a: a @ w, jnp.zeros(3), optax.sgd(0.1), arrays["x_train"],
             arrays["y_train"], steps=1, x_test=arrays["x_test"])
+
+
+# ------------------------------------------------------------------ loop modes (issue 18)
+LOOPS = ("compiled", "python")
+
+def _tiny_cnn():
+  """A 1-D conv net (so loop='auto' picks the Python loop on the CPU) and its loss."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((12, 6, 1)))
+  y = jnp.asarray(rng.standard_normal(12))
+  p = {"w": jnp.asarray(rng.standard_normal((3, 1, 2))) * 0.3,
+       "v": jnp.asarray(rng.standard_normal(12)) * 0.1}
+
+  def loss(p, batch, idx):
+    h = jax.lax.conv_general_dilated(batch[0], p["w"], (1,), "SAME",
+                                     dimension_numbers=("NWC", "WIO", "NWC"))
+    out = jnp.tanh(h).reshape(h.shape[0], -1) @ p["v"]
+    r = out - batch[1]
+    return 0.5 * jnp.sum(r * r), {"r0": r[0]}
+  return loss, p, (x, y)
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+@pytest.mark.parametrize("net", ["lsq", "cnn"])
+def test_python_and_compiled_loops_give_the_same_run_bit_for_bit(net, batch_size):
+  # Both modes trace the same step function (_make_step); on the CPU XLA compiles the loop
+  # body and the standalone step to the same arithmetic, so states and records agree bit
+  # for bit (not merely to rounding). Evaluations, an early stop inside a chunk and a resume
+  # are part of the run.
+  if net == "lsq":
+    X, Y, _ = _linear(n=16, p=4, seed=9)
+    loss, p0, data = _lsq_loss, jnp.zeros(4), (X, Y)
+  else:
+    loss, p0, data = _tiny_cnn()
+  tx = optax.adam(0.03)
+  out = {}
+  for loop in ("compiled", "python"):
+    kw = dict(batch_size=batch_size, has_aux=True, seed=2, chunk=5, loop=loop,
+              evaluate=lambda s: {"p": jnp.concatenate([a.ravel() for a in
+                                                        jax.tree.leaves(s.params)])},
+              eval_every=4)
+    a = T.fit(loss, p0, tx, data, steps=9, **kw)
+    b = T.fit(loss, None, tx, data, steps=14, state=a.state, **kw)
+    out[loop] = (a, b)
+  for ra, rb in zip(out["compiled"], out["python"]):
+    for la, lb in zip(jax.tree.leaves(ra.state), jax.tree.leaves(rb.state)):
+      assert np.array_equal(np.asarray(la), np.asarray(lb))
+    for k in ra.records:
+      if k != "time":
+        assert np.array_equal(ra.records[k], rb.records[k]), k
+    for k in ra.history:
+      if k != "time":
+        assert np.array_equal(ra.history[k], rb.history[k]), k
+  # an early stop lands on the same step in both modes (inside a chunk, after >= 8 steps,
+  # so the Python loop's dispatch-ahead past the stop is exercised)
+  L = np.concatenate([r.records["loss"] for r in out["compiled"]])
+  thr = float(L[:10].min())                      # first step below it is >= 10, if any
+  t_stop = int(np.nonzero(L < thr)[0][0])
+  stops = [T.fit(loss, p0, tx, data, steps=23, batch_size=batch_size, has_aux=True, seed=2,
+                 chunk=30, loop=loop, stop_below={"loss": thr}) for loop in LOOPS]
+  assert stops[0].stopped == stops[1].stopped == "stop_below:loss"
+  assert int(stops[0].state.step) == int(stops[1].state.step) == t_stop
+  assert np.array_equal(stops[0].records["loss"], stops[1].records["loss"])
+  for la, lb in zip(jax.tree.leaves(stops[0].state), jax.tree.leaves(stops[1].state)):
+    assert np.array_equal(np.asarray(la), np.asarray(lb))
+
+
+
+
+
+def test_auto_loop_rule_detects_convolutions():
+  from mskjax import _loops
+  loss, p, data = _tiny_cnn()
+  assert _loops.has_convolution(lambda q: loss(q, data, None)[0], p)
+  X, Y, _ = _linear()
+  assert not _loops.has_convolution(lambda w: _lsq_loss(w, (X, Y), None)[0], jnp.zeros(3))
+  with pytest.raises(ValueError, match="loop"):
+    T.fit(_lsq_loss, jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=1, has_aux=True,
+          loop="fast")
+
+
+# ------------------------------------------------------------------ NaN policy (issue 20)
+def test_nan_policy_rejects_bad_arguments_up_front():
+  X, Y, _ = _linear()
+  loss = lambda w, b, idx: 0.5 * jnp.sum((b[0] @ w - b[1]) ** 2)
+  with pytest.raises(ValueError, match=r"data\[0\].*NaN"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X.at[1, 2].set(jnp.nan), Y), steps=1)
+  with pytest.raises(ValueError, match=r"data\[1\].*NaN"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y.at[0].set(jnp.inf)), steps=1)
+  with pytest.raises(ValueError, match="stop_below.*NaN"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=1, stop_below={"loss": np.nan})
+  with pytest.raises(ValueError, match="stop_above.*NaN"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=1,
+          stop_above={"loss": float("nan")})
+  with pytest.raises(ValueError, match=r"'res' is not a per-step record.*\['loss'\]"):
+    T.fit(loss, jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=1, stop_below={"res": 1.0})
+  with pytest.raises(TypeError, match=r"loss_fn.*\(params, batch,\s+indices\)"):
+    T.fit(lambda w, b: jnp.sum(w), jnp.zeros(3), optax.sgd(0.1), (X, Y), steps=1)
+  # integer data (labels) is never "non-finite"
+  T.fit(lambda w, b, idx: jnp.sum(w * b[1][:3]), jnp.zeros(3), optax.sgd(0.1),
+        (X, jnp.arange(5)), steps=1)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_nan_loss_stops_at_that_step_with_the_last_finite_state(loop):
+  # GD on ½‖w − y‖² (X = I) with a loss that turns NaN once w₀ > 0.5: w₀ after t steps is
+  # 1 − (1 − η)^t, so the first NaN step is the first t with 1 − 0.7^t > 0.5, t = 2.
+  X, Y = jnp.eye(3), jnp.array([1.0, -2.0, 2.0])
+  loss = lambda w, b, idx: jnp.where(w[0] > 0.5, jnp.nan, 0.5 * jnp.sum((w - b[1]) ** 2))
+  with pytest.warns(RuntimeWarning, match="nonfinite:loss"):
+    res = T.fit(loss, jnp.zeros(3), optax.sgd(0.3), (X, Y), steps=50, chunk=20, loop=loop,
+                evaluate=lambda s: {"w": s.params}, eval_every=100)
+  assert res.stopped == "nonfinite:loss" and int(res.state.step) == 2
+  assert np.all(np.isfinite(res.records["loss"][:-1])) and np.isnan(res.records["loss"][-1])
+  assert len(res.records["loss"]) == 3
+  np.testing.assert_allclose(res.state.params, (1 - 0.7 ** 2) * np.asarray(Y), rtol=1e-12)
+  assert res.history["step"].tolist() == [0, 2]          # evaluated at the stop
+  # a user's divergence threshold firing on the same step is reported as such
+  div = T.fit(loss, jnp.zeros(3), optax.sgd(0.3), (X, Y), steps=50, loop=loop,
+              stop_above={"loss": 1e3})
+  assert div.stopped == "stop_above:loss" and int(div.state.step) == 2

@@ -1,0 +1,78 @@
+"""Where a compiled ``lax`` loop is slower than a Python loop over the same jitted body.
+
+XLA:CPU executes convolutions inside ``lax.while_loop`` / ``lax.scan`` / ``lax.map`` bodies
+on a slow path: a 3-layer 1-D CNN training step runs ~20x slower as the body of a
+``while_loop`` than as a jitted function called from Python (``benchmarks/bench_loop.py``);
+a loop of dense GEMMs and elementwise ops does not (there the compiled loop wins: it saves
+the per-step dispatch). Accelerators (GPU/TPU) run convolutions inside loops at full speed.
+
+The rule every blocked loop of mskjax uses (:func:`python_loop_faster`): loop on the host
+(Python) iff the computation runs on the CPU **and** its jaxpr contains a convolution;
+otherwise keep the compiled loop. Measured evidence for both halves of the rule is in
+``benchmarks/README.md`` (section "Compiled loops vs Python loops").
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+__all__ = ["LOOP_MODES", "has_convolution", "python_loop_faster", "on_cpu"]
+
+LOOP_MODES = ("auto", "compiled", "python")
+
+_SLOW_IN_LOOPS = frozenset({"conv_general_dilated"})
+
+
+def _sub_jaxprs(params):
+  try:
+    from jax.extend.core import jaxprs_in_params
+  except ImportError:  # pragma: no cover
+    return []
+  return jaxprs_in_params(params)
+
+
+def _walk(jaxpr) -> bool:
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in _SLOW_IN_LOOPS:
+      return True
+    for sub in _sub_jaxprs(eqn.params):
+      if _walk(getattr(sub, "jaxpr", sub)):
+        return True
+  return False
+
+
+def has_convolution(fn, *args, **kwargs) -> bool:
+  """Whether ``fn(*args, **kwargs)`` (traced abstractly, nothing is computed) contains a
+  ``conv_general_dilated``, including inside ``jit``, ``vmap``, ``grad`` and control flow.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> has_convolution(lambda x: x @ x.T, jnp.ones((2, 2)))
+    False
+    >>> conv = lambda x: jax.lax.conv(x, jnp.ones((1, 1, 3)), (1,), 'SAME')
+    >>> has_convolution(conv, jnp.ones((1, 1, 8)))
+    True
+  """
+  closed = jax.make_jaxpr(fn)(*args, **kwargs)
+  return _walk(closed.jaxpr)
+
+
+def on_cpu(*trees: Any) -> bool:
+  """Whether the arrays in ``trees`` (or, without committed arrays, the default backend)
+  live on the CPU."""
+  for tree in trees:
+    for leaf in jax.tree.leaves(tree):
+      devs = getattr(leaf, "devices", None)
+      if callable(devs):
+        try:
+          return all(d.platform == "cpu" for d in devs())
+        except Exception:  # a tracer: fall back to the default backend
+          break
+  return jax.default_backend() == "cpu"
+
+
+def python_loop_faster(fn, *args, **kwargs) -> bool:
+  """The rule: a Python loop over jitted ``fn`` beats a ``lax`` loop of it iff the arrays
+  live on the CPU and ``fn`` contains a convolution (module docstring)."""
+  return on_cpu(args, kwargs) and has_convolution(fn, *args, **kwargs)
