@@ -123,11 +123,11 @@ def _blocked(pair_fn, sym_fn, x1, x2, block_size):
       if x2 is None and j < i:
         continue
       diagonal = x2 is None and i == j
-      block = sym_fn(x1p[i:i + b1]) if diagonal else pair_fn(x1p[i:i + b1], x2p[j:j + b2])
-      # Cheap whole-kernel checks on the first block (a wrong shape would be broadcast into
-      # K below; an asymmetric kernel would be silently mirrored): see check_kernel_block.
+      block = np.asarray(sym_fn(x1p[i:i + b1]) if diagonal else
+                         pair_fn(x1p[i:i + b1], x2p[j:j + b2]))
+      # Cheap checks on the host copy (a wrong shape would be broadcast into K below; an
+      # asymmetric kernel, checked on the first diagonal block, would be mirrored).
       _validate.check_kernel_block(block, (b1, b2), symmetric=diagonal and i == 0)
-      block = np.asarray(block)
       if diagonal:                 # exactly symmetric (a no-op on a symmetric block)
         block = 0.5 * (block + block.T)
       if out is None:
