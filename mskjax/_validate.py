@@ -22,7 +22,8 @@ __all__ = [
     "check_square_symmetric", "check_k", "check_rows", "ArgumentTypeError", "is_int",
     "check_choice", "check_int", "check_real", "check_indices", "check_same_shape",
     "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
-    "as_points",
+    "as_points", "check_kernel_block", "check_operator", "check_eigenpair_residuals",
+    "check_known_kwargs", "roundoff_floor",
 ]
 
 
@@ -380,7 +381,7 @@ def check_psd_eigenvalues(w, n: int, dtype, name: str = "K", rtol: float | None 
         "rows/columns).")
 
 
-def as_points(x, name: str = "x") -> jax.Array:
+def as_points(x, name: str = "x", *, nonempty: bool = False) -> jax.Array:
   """``x`` as a float array of n points of any per-point shape, ``(n, d)`` or ``(n, ...)``
   (``(n, L, C)`` sequences, ``(n, H, W, C)`` images: neural-tangents' channels-last
   convention); finite when concrete. Blocking acts on the point axis only.
@@ -394,5 +395,144 @@ def as_points(x, name: str = "x") -> jax.Array:
     raise ValueError(f"`{name}` must have a leading axis of n points and at least one feature "
                      f"axis, shape (n, d) or (n, ...); got shape {tuple(x.shape)}. Reshape "
                      f"it, e.g. {name}[:, None] for scalar inputs.")
+  if nonempty and x.shape[0] == 0:
+    raise ValueError(f"`{name}` holds no points (shape {tuple(x.shape)}); pass at least one "
+                     "point.")
   check_finite(x, name)
   return x
+
+
+def check_kernel_block(B, shape: tuple, name: str = "kernel_fn", *, symmetric: bool = False,
+                       rtol: float = PSD_RTOL, inputs: str = "x") -> None:
+  """One evaluated kernel block ``B = k(a, b)``: shape ``(len(a), len(b))`` always; when
+  concrete, finite and (``symmetric``, a diagonal block ``k(a, a)``) symmetric to ``rtol``
+  relative to max|B|. The cheap checks of a whole kernel on its first block: a kernel
+  returning the wrong shape would be broadcast into K, an asymmetric one makes cached
+  (mirrored) and uncached products disagree.
+
+  Example:
+    >>> check_kernel_block(np.ones((3, 1)), (3, 3))
+    Traceback (most recent call last):
+    ...
+    ValueError: `kernel_fn` returned a block of shape (3, 1) for 3 x 3 points; it must return the (n1, n2) = (3, 3) Gram matrix k(x1, x2) (for a neural-tangents kernel pass get='ntk' or 'nngp'; reduce any output axis).
+  """
+  got = tuple(getattr(B, "shape", ()))
+  if got != tuple(shape):
+    raise ValueError(f"`{name}` returned a block of shape {got} for {shape[0]} x {shape[1]} "
+                     f"points; it must return the (n1, n2) = {tuple(shape)} Gram matrix "
+                     "k(x1, x2) (for a neural-tangents kernel pass get='ntk' or 'nngp'; "
+                     "reduce any output axis).")
+  if not is_concrete(B) or tracing():
+    return
+  Bn = np.asarray(B, dtype=np.float64)
+  if not np.isfinite(Bn).all():
+    raise ValueError(f"`{name}` returned NaN/inf on `{inputs}` (on a block of its first "
+                     "points): check the kernel's parameters and the inputs' scale.")
+  if symmetric and Bn.size:
+    scale = float(np.max(np.abs(Bn)))
+    asym = float(np.max(np.abs(Bn - Bn.T)))
+    if asym > rtol * scale:
+      raise ValueError(
+          f"`{name}` is not symmetric: on a diagonal block k(a, a), max|k(a, a) - "
+          f"k(a, a).T| = {asym:.3g} exceeds {rtol:g} x max|k| = {rtol * scale:.3g}. A kernel "
+          "must satisfy k(x, x') = k(x', x); symmetrise it, e.g. "
+          "lambda a, b: 0.5 * (k(a, b) + k(b, a).T).")
+
+
+def check_operator(op, name: str = "K") -> int:
+  """A (possibly hand-built) kernel operator: ``n`` an int >= 1, a floating ``dtype``, a
+  callable ``matmul``, and a held ``matrix`` / points ``x`` (when present) of that ``n``.
+  Returns ``n``.
+
+  Example:
+    >>> import types
+    >>> check_operator(types.SimpleNamespace(n=3, dtype=np.float64, matmul=len,
+    ...                matrix=np.eye(2), x=None))
+    Traceback (most recent call last):
+    ...
+    ValueError: `K.matrix` has shape (2, 2) but `K.n` = 3; build the operator with n = K.shape[0] (mskjax.kernels.matrix_operator(K) does).
+  """
+  n = check_int(getattr(op, "n", None), f"{name}.n", lo=1)
+  try:
+    floating = jnp.issubdtype(jnp.dtype(op.dtype), jnp.floating)
+  except TypeError:
+    floating = False
+  if not floating:
+    raise TypeError(f"`{name}.dtype` must be a floating dtype (the dtype of its products), got "
+                    f"{getattr(op, 'dtype', None)!r}.")
+  if not callable(getattr(op, "matmul", None)):
+    raise TypeError(f"`{name}.matmul` must be callable, V -> K V.")
+  M = getattr(op, "matrix", None)
+  if M is not None and tuple(np.shape(M)) != (n, n):
+    raise ValueError(f"`{name}.matrix` has shape {tuple(np.shape(M))} but `{name}.n` = {n}; "
+                     f"build the operator with n = K.shape[0] (mskjax.kernels."
+                     "matrix_operator(K) does).")
+  x = getattr(op, "x", None)
+  if x is not None and np.shape(x)[0] != n:
+    raise ValueError(f"`{name}.x` holds {np.shape(x)[0]} points but `{name}.n` = {n}; they "
+                     "must agree (mskjax.kernels.kernel_operator(kernel_fn, x) sets n).")
+  return n
+
+
+def check_eigenpair_residuals(K, values, vectors, name: str = "eigenpairs", *,
+                              n_check: int = 3, rtol: float | None = None) -> None:
+  """Cheap check that ``(values, vectors)`` are eigenpairs of the concrete matrix ``K``:
+  ``‖K v_i − λ_i v_i‖ <= rtol · max(|λ₁|, max|K|)`` for the top ``n_check`` pairs
+  (O(n_check · n²), against the O(n³) eigh they replace). The default ``rtol`` is
+  ``psd_tolerance(n, dtype)`` of the pairs' dtype (round-off of an eigh in that precision).
+  Skipped when anything is traced.
+
+  Example:
+    >>> K = np.diag([3.0, 2.0, 1.0])
+    >>> check_eigenpair_residuals(K, np.array([3.0, 2.0, 1.0]), np.eye(3)[:, [1, 0, 2]])
+    Traceback (most recent call last):
+    ...
+    ValueError: `eigenpairs` are not eigenpairs of this kernel matrix: ‖K v_1 − λ_1 v_1‖ = 1 exceeds 1e-05 x λ₁ = 3e-05. They were computed from a different K: recompute them with mskjax.eigh_desc(K) on the same K (or pass eigenpairs=None).
+  """
+  if not all(is_concrete(a) for a in (K, values, vectors)) or tracing():
+    return
+  vals = np.asarray(values, dtype=np.float64)
+  if vals.size == 0:
+    return
+  m = min(int(n_check), vals.shape[0])
+  V = np.asarray(vectors, dtype=np.float64)[:, :m]
+  Kn = np.asarray(K, dtype=np.float64)
+  tol = psd_tolerance(Kn.shape[0], np.asarray(vectors).dtype) if rtol is None else rtol
+  scale = max(float(np.max(np.abs(vals))), float(np.max(np.abs(Kn))) if Kn.size else 0.0,
+              np.finfo(float).tiny)
+  res = np.linalg.norm(Kn @ V - V * vals[:m], axis=0)
+  worst = int(np.argmax(res))
+  if res[worst] > tol * scale:
+    raise ValueError(
+        f"`{name}` are not eigenpairs of this kernel matrix: ‖K v_{worst + 1} − "
+        f"λ_{worst + 1} v_{worst + 1}‖ = {res[worst]:.3g} exceeds {tol:g} x λ₁ = "
+        f"{tol * scale:.3g}. They were computed from a different K: recompute them with "
+        "mskjax.eigh_desc(K) on the same K (or pass eigenpairs=None).")
+
+
+def check_known_kwargs(kwargs: dict, allowed, where: str) -> None:
+  """Reject keyword arguments outside ``allowed`` (a misspelt keyword must not be silently
+  swallowed by ``**kwargs``).
+
+  Example:
+    >>> check_known_kwargs({"tie_rtl": 1e-6}, ("tie_rtol",), "predict_gd_mse")
+    Traceback (most recent call last):
+    ...
+    TypeError: predict_gd_mse got unexpected keyword argument(s) ['tie_rtl']; accepted: tie_rtol (check the spelling).
+  """
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise TypeError(f"{where} got unexpected keyword argument(s) {unknown}; accepted: "
+                    f"{', '.join(sorted(allowed)) or 'none'} (check the spelling).")
+
+
+def roundoff_floor(scale: float, n: int, dtype) -> float:
+  """``n·eps(dtype)·scale``: values at or below it are round-off of a matrix of norm
+  ``scale`` (the eigenvalues of a rank-r PSD matrix beyond r come out of a float64 eigh at
+  ~1e-16·λ₁, far below n·eps·λ₁). Returns that floor.
+
+  Example:
+    >>> roundoff_floor(1.0, 10, "float64")
+    2.220446049250313e-15
+  """
+  return n * float(np.finfo(np.dtype(dtype)).eps) * max(float(scale), np.finfo(float).tiny)

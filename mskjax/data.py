@@ -290,6 +290,35 @@ def _default_cache_dir():
   return Path(env) if env else Path.home() / ".cache" / "mskjax"
 
 
+def _read_mnist1d_cache(path, num_samples: int):
+  """The cached arrays, or None (with a ``UserWarning``) when the file is unreadable
+  (truncated or corrupt zip, a missing array, wrong shapes or labels): it is then
+  regenerated and rewritten, never used."""
+  import warnings
+  import zipfile
+  keys = ("x", "y", "x_test", "y_test")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: np.asarray(f[k]) for k in keys}
+    n_tr = arrays["x"].shape[0]
+    ok = (arrays["x"].ndim == 2 and arrays["x_test"].ndim == 2
+          and arrays["x"].shape[1] == arrays["x_test"].shape[1]
+          and arrays["y"].shape == (n_tr,)
+          and arrays["y_test"].shape == (arrays["x_test"].shape[0],)
+          and n_tr + arrays["x_test"].shape[0] == num_samples
+          and all(np.isfinite(arrays[k]).all() for k in ("x", "x_test"))
+          and all(arrays[k].size == 0 or (arrays[k].min() >= 0 and arrays[k].max() <= 9)
+                  for k in ("y", "y_test")))
+    if not ok:
+      raise ValueError("arrays of the wrong shape or labels outside 0..9")
+  except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    warnings.warn(f"load_mnist1d: the cache file {path} is unreadable or incomplete "
+                  f"({type(e).__name__}: {e}); regenerating it (delete it, or pass "
+                  "cache=False, to avoid this).", UserWarning, stacklevel=3)
+    return None
+  return arrays
+
+
 def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int",
                  cache_dir=None, cache: bool = True) -> Dataset:
   """MNIST-1D (Greydanus & Kobak), generated offline by the ``mnist1d`` package.
@@ -312,7 +341,9 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int"
     labels: ``'int'`` → y of shape (n,) int32 class indices (for
       ``optax.softmax_cross_entropy_with_integer_labels``); ``'onehot'`` → (n, 10) floats.
     cache_dir: directory of the cache file (created if needed).
-    cache: read/write the cache; False always regenerates and writes nothing.
+    cache: read/write the cache; False always regenerates and writes nothing. A cache file
+      that cannot be read back whole (truncated or corrupt zip, a missing array, wrong
+      shapes or labels) is regenerated and rewritten, with a ``UserWarning``.
 
   Returns:
     ``Dataset(x_train, y_train, x_test, y_test)``, x of shape (n, 40) in the default float
@@ -338,8 +369,7 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int"
       f"mnist1d_n{int(num_samples)}_seed{int(seed)}.npz"
   arrays = None
   if cache and path.exists():
-    with np.load(path) as f:
-      arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+    arrays = _read_mnist1d_cache(path, num_samples)
   if arrays is None:
     import random
     from mnist1d.data import get_dataset_args, make_dataset

@@ -125,11 +125,14 @@ def assemble_blocks(pair_fn, sym_fn, x1, x2, block_size):
     for j in range(0, n2p, b2):
       if x2 is None and j < i:
         continue
-      if x2 is None and i == j:
-        block = sym_fn(x1p[i:i + b1])
-      else:
-        block = pair_fn(x1p[i:i + b1], x2p[j:j + b2])
-      block = np.asarray(block)
+      diagonal = x2 is None and i == j
+      block = np.asarray(sym_fn(x1p[i:i + b1]) if diagonal else
+                         pair_fn(x1p[i:i + b1], x2p[j:j + b2]))
+      # Cheap checks on the host copy (a wrong shape would be broadcast into K below; an
+      # asymmetric kernel, checked on the first diagonal block, would be mirrored).
+      _validate.check_kernel_block(block, (b1, b2), symmetric=diagonal and i == 0)
+      if diagonal:                 # exactly symmetric (a no-op on a symmetric block)
+        block = 0.5 * (block + block.T)
       if out is None:
         out = np.empty((n1p, n2p), dtype=block.dtype)
       out[i:i + b1, j:j + b2] = block
@@ -186,7 +189,10 @@ def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
   pair2, sym2 = _block_fns(kernel_fn, get)
   pair, sym = (lambda a, b: pair2(a, b, ())), (lambda a: sym2(a, ()))
   if block_size is None:
-    return sym(x1) if x2 is None else pair(x1, x2)
+    K = sym(x1) if x2 is None else pair(x1, x2)
+    _validate.check_kernel_block(K, (x1.shape[0], (x1 if x2 is None else x2).shape[0]),
+                                 symmetric=x2 is None, inputs="x1")
+    return K
   return assemble_blocks(pair, sym, x1, x2, block_size)
 
 
@@ -326,11 +332,6 @@ def _resolve_block(block_size, memory_budget, n, m, n_dev):
 
 
 @jax.jit
-def _symmetrize(B):
-  return 0.5 * (B + B.T)
-
-
-@jax.jit
 def _dense_product(K, v):
   return K @ v
 
@@ -417,6 +418,12 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   Returns:
     :class:`KernelOperator` (``op @ V`` or ``op.matmul(V)``).
 
+  Raises:
+    ValueError: ``x`` with no points; a ``kernel_fn`` whose block ``k(a, b)`` does not have
+      shape ``(len(a), len(b))``, that is not symmetric on a diagonal block (to 1e-5
+      relative), or that returns NaN/inf (on the first block; uncached, also on any
+      product with a finite V). Checked once on one block (cheap), not on every entry.
+
   Example:
     >>> import jax.numpy as jnp
     >>> lin = lambda a, b: a @ b.T
@@ -425,7 +432,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     >>> (op @ jnp.ones(3)).tolist(), op.n, op.cached
     ([9.0, 39.0, 69.0], 3, True)
   """
-  x = _validate.as_points(x, "x")
+  x = _validate.as_points(x, "x", nonempty=True)
   _validate.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
   devices = _check_devices(devices)
   memory_budget = _validate.check_int(memory_budget, "memory_budget", lo=1)
@@ -468,6 +475,14 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   nc = bs * math.ceil(n / bs)
   xr, xc = pad_rows(x, nr), pad_rows(x, nc)
   fn = _product_fn(kernel_fn, get, bs, devices)
+  # The products never see a whole block on the host: check one diagonal block of the
+  # kernel now (shape always; values when concrete), as the cached path does.
+  x0 = x[:min(n, bs)]
+  if traced or _validate.tracing():
+    probe = jax.eval_shape(lambda a: pair(a, a, args), x0)
+  else:
+    probe = kernel(x0, x0)
+  _validate.check_kernel_block(probe, (x0.shape[0],) * 2, symmetric=True)
   if nd == 1 and not traced and all(
       _validate.is_concrete(a) for a in jax.tree.leaves(args)) and _loops.python_loop_faster(
           lambda a, b, *r: _kernel_call(kernel_fn, get)(a, b, *r), x[:bs], x[:bs], *args):
@@ -477,7 +492,12 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   def matmul(v):
     v = _checked_columns(v, n, dtype)
     vc = jnp.pad(v.reshape(n, -1), ((0, nc - n), (0, 0)))  # zero rows: padding adds nothing
-    return fn(xr, xc, vc, args)[:n].reshape(v.shape)
+    out = fn(xr, xc, vc, args)[:n].reshape(v.shape)
+    if _validate.is_concrete(out) and not _validate.tracing() and \
+        not bool(jnp.all(jnp.isfinite(out))):
+      raise ValueError("`kernel_fn` returned NaN/inf on `x` (the product K V is not finite, V "
+                       "is): check the kernel's parameters and the inputs' scale.")
+    return out
   return KernelOperator(n, dtype, matmul, bs, devices, False, None, x, kernel)
 
 

@@ -136,9 +136,16 @@ def values(v) -> Modifier:
     >>> modifiers.values([5.0, 0.1])(jnp.array([4.0, 2.0, 1.0]), 2).tolist()
     [5.0, 0.1]
   """
-  v = np.asarray(v, dtype=np.float64)
-  if v.ndim != 1 or not np.all(np.isfinite(v)) or np.any(v <= 0):
-    raise ValueError(f"values(v): `v` must be a 1-D array of finite positive numbers, got {v}.")
+  try:
+    if v is None or isinstance(v, (str, bytes)):
+      raise TypeError
+    v = np.asarray(v, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise _v.ArgumentTypeError(f"values(v): `v` must be a 1-D array of k finite positive "
+                               f"numbers, got {type(v).__name__} {v!r}.") from None
+  if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)) or np.any(v <= 0):
+    raise ValueError(f"values(v): `v` must be a 1-D array of k >= 1 finite positive numbers, "
+                     f"got {v}.")
 
   def g(evals, k):
     if k != v.shape[0]:
@@ -166,7 +173,7 @@ def reverse(blocks: bool = False, rtol: float = 1e-6) -> Modifier:
     >>> modifiers.reverse()(ev, 5).tolist(), modifiers.reverse(blocks=True)(ev, 5).tolist()
     ([2.0, 2.0, 5.0, 5.0, 9.0], [2.0, 5.0, 5.0, 9.0, 9.0])
   """
-  if not blocks:
+  if not _v.check_bool(blocks, "blocks (modifiers.reverse)"):
     return _named(lambda evals, k: evals[:k][::-1], "reverse()")
   rtol = _v.check_real(rtol, "rtol (modifiers.reverse)", lo=0)
 
@@ -199,10 +206,15 @@ def reverse_blocks(block_starts) -> Modifier:
     >>> modifiers.reverse_blocks([0, 1, 3])(ev, 3).tolist()
     [5.0, 9.0, 9.0]
   """
-  starts = sorted({int(s) for s in np.asarray(block_starts, dtype=np.int64).reshape(-1)})
+  raw = np.asarray(block_starts if block_starts is not None else [], dtype=object).reshape(-1)
+  if not all(_v.is_int(s) for s in raw):
+    raise _v.ArgumentTypeError(f"reverse_blocks: `block_starts` must be integer indices "
+                               f"(0, then the first index of each block), got "
+                               f"{block_starts!r}.")
+  starts = sorted({int(s) for s in raw})
   if not starts or starts[0] != 0:
     raise ValueError(f"reverse_blocks: `block_starts` must be non-negative indices starting "
-                     f"with 0; got {list(block_starts)!r}.")
+                     f"with 0; got {block_starts!r}.")
 
   def g(evals, k):
     if k not in starts and k != evals.shape[0]:
@@ -310,17 +322,30 @@ def apply_modifier(g: Modifier, evals, k: int) -> jax.Array:
     raise TypeError(f"`g` must be a modifier callable g(evals, k), got {type(g).__name__}; "
                     "see mskjax.modifiers (e.g. modifiers.flatten()).")
   k = _v.check_k(k, evals.shape[0])
-  new = jnp.asarray(g(evals, k))
   name = getattr(g, "__name__", repr(g))
+  out = g(evals, k)
+  try:
+    new = jnp.asarray(out)
+  except (TypeError, ValueError):
+    raise TypeError(f"modifier `g` ({name}) returned {type(out).__name__} {out!r}; it must "
+                    f"return the k={k} new top eigenvalues as an array of shape ({k},).") from None
+  if not (jnp.issubdtype(new.dtype, jnp.floating) or jnp.issubdtype(new.dtype, jnp.integer)):
+    raise TypeError(f"modifier `g` ({name}) returned dtype {new.dtype}; it must return k={k} "
+                    "real numbers.")
   if new.shape != (k,):
     raise ValueError(f"modifier `g` ({name}) returned shape {tuple(new.shape)}; it must return "
                      f"the k={k} new top eigenvalues, shape ({k},).")
   new = new.astype(evals.dtype)
-  if _v.is_concrete(new):
-    if not bool(jnp.all(jnp.isfinite(new))):
-      raise ValueError(f"modifier `g` ({name}) returned NaN/inf values: {new}.")
-    if not bool(jnp.all(new > 0)):
+  if _v.is_concrete(new) and not _v.tracing():
+    vals = np.asarray(new)
+    if not np.isfinite(vals).all():
+      raise ValueError(f"modifier `g` ({name}) returned NaN/inf values {vals} for the top-k "
+                       f"eigenvalues {np.asarray(evals[:k])} (k={k}); `g` must return k finite "
+                       "values: guard its divisions and logs (λ may be 0 beyond the rank of K).")
+    if not (vals > 0).all():
       raise ValueError(f"modifier `g` ({name}) must return strictly positive eigenvalues; got "
-                       f"min {float(jnp.min(new)):.3g}. The MSK must stay positive definite on "
-                       "the top-k eigenspace (S = I + V(g/λ − 1)Vᵀ must be SPD).")
+                       f"min {float(vals.min()):.3g} (k={k}). The MSK must stay positive "
+                       "definite on the top-k eigenspace (S = I + V(g/λ − 1)Vᵀ must be SPD): "
+                       "make `g` return values > 0 (e.g. modifiers.flatten(), or clip with "
+                       "jnp.maximum), or lower `k` if g anchors at a λ_(k+1) that is 0.")
   return new

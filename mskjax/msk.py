@@ -86,7 +86,10 @@ def msk_spectrum(K, g: _modifiers.Modifier, k: int, *, method: str = "auto",
 
   Raises:
     ValueError: if λ_k is numerically zero relative to λ₁ (``k`` exceeds the numerical
-      rank: g(λ)/λ would be meaningless), or ``g`` breaks its contract.
+      rank: g(λ)/λ would be meaningless), if ``g`` breaks its contract (k finite values
+      > 0), or if a new value is of round-off size (<= n·eps·λ₁, e.g. ``flatten`` with k
+      equal to the rank of K, whose λ_(k+1) is round-off: S would be numerically singular;
+      the message names the largest usable k).
 
   Example:
     >>> import jax.numpy as jnp, mskjax
@@ -102,7 +105,7 @@ def msk_spectrum(K, g: _modifiers.Modifier, k: int, *, method: str = "auto",
     (True, (40, 3))
   """
   if isinstance(K, KernelOperator):
-    n, dtype = K.n, K.dtype
+    n, dtype = _v.check_operator(K, "K"), K.dtype
   else:
     K = _v.check_square_symmetric(K, "K")
     n, dtype = K.shape[0], K.dtype
@@ -149,15 +152,38 @@ def msk_spectrum_from_eigenpairs(top: _spectrum.Eigenpairs, g: _modifiers.Modifi
   dtype = vals.dtype if dtype is None else dtype
   k = _v.check_k(k, vals.shape[0])
   n = top.vectors.shape[0]
-  new = _modifiers.apply_modifier(g, top.values, k)
-  if _v.is_concrete(top.values):
-    lam = np.asarray(top.values)
-    floor = n * np.finfo(np.dtype(dtype)).eps * max(lam[0], np.finfo(float).tiny)
-    if lam[k - 1] <= floor:
-      raise ValueError(
-          f"`k`={k} exceeds the numerical rank of `K`: λ_k = {lam[k - 1]:.3g} <= "
-          f"{floor:.3g} (n·eps·λ₁). g(λ)/λ is undefined there; choose a smaller k.")
-    _spectrum.warn_if_k_splits_block(lam, k, tie_rtol)
+  if not _v.is_concrete(top.values):
+    new = _modifiers.apply_modifier(g, top.values, k)
+    return MSKSpectrum(top.values[:k], top.vectors[:, :k], new, top.values[k])
+  lam = np.asarray(top.values)
+  # Eigenvalues at or below n·eps·λ₁ are round-off (a float64 eigh returns those of a
+  # rank-r matrix beyond r at ~1e-16·λ₁): the numerical rank r counts the ones above.
+  floor = _v.roundoff_floor(lam[0], n, dtype)
+  rank = int(np.sum(lam > floor))
+  fix = (f"lower `k` to at most {rank - 1} (the numerical rank of `K` among these "
+         f"eigenvalues is {rank})" if rank >= 2 else "`K` has numerical rank <= 1: no k works")
+  if lam[k - 1] <= floor:
+    raise ValueError(
+        f"`k`={k} exceeds the numerical rank of `K`: λ_k = {lam[k - 1]:.3g} <= "
+        f"{floor:.3g} (n·eps·λ₁). g(λ)/λ is undefined there; {fix}.")
+  try:
+    new = _modifiers.apply_modifier(g, top.values, k)
+  except ValueError as e:
+    if lam[k] <= floor:           # e.g. flatten anchored at λ_(k+1) = 0 (k = the rank)
+      raise ValueError(f"{e} Here λ_(k+1) = {lam[k]:.3g} is round-off (<= n·eps·λ₁ = "
+                       f"{floor:.3g}): `k`={k} reaches the numerical rank of `K`; {fix}.") from None
+    raise
+  gmin = float(np.min(np.asarray(new))) if _v.is_concrete(new) else np.inf
+  if gmin <= floor:
+    name = getattr(g, "__name__", repr(g))
+    why = (f"λ_(k+1) = {lam[k]:.3g} is round-off, so `k`={k} reaches the numerical rank of "
+           f"`K`; {fix}" if lam[k] <= floor else
+           "return values well above round-off, or lower `k`")
+    raise ValueError(
+        f"modifier `g` ({name}) returned a new eigenvalue of round-off size, {gmin:.3g} <= "
+        f"n·eps·λ₁ = {floor:.3g}: the preconditioner S = I + V(g/λ − 1)Vᵀ would be "
+        f"numerically singular (condition ~ λ/g = {lam[0] / gmin:.3g}). {why}.")
+  _spectrum.warn_if_k_splits_block(lam, k, tie_rtol)
   return MSKSpectrum(top.values[:k], top.vectors[:, :k], new, top.values[k])
 
 
@@ -387,7 +413,7 @@ def msk_kernel_fn(kernel_fn: Callable, x_train, g: _modifiers.Modifier, k: int, 
   _v.check_kernel_fn(kernel_fn, get)
   kf = (lambda a, b: kernel_fn(a, b)) if get is None else (lambda a, b: kernel_fn(a, b, get))
   block_size = None if block_size is None else _v.check_int(block_size, "block_size", lo=1)
-  x_train = _v.as_points(x_train, "x_train")
+  x_train = _v.as_points(x_train, "x_train", nonempty=True)
   n = x_train.shape[0]
   if K_train is None:
     K_train = _kernels.kernel_operator(kernel_fn, x_train, get=get, cache=True,

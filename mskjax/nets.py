@@ -460,13 +460,53 @@ class CNNSpec:
     return shape
 
 
-def _check_cnn_input_shape(spec, shape, where):
+def _check_cnn_input_shape(spec, shape, where, name="x"):
   if len(shape) != spec.spatial_dims + 2:
     want = "(n, L, C)" if spec.spatial_dims == 1 else "(n, H, W, C)"
-    raise ValueError(f"{where}: x must have shape {want} for spatial_dims={spec.spatial_dims} "
-                     f"(channels last, as neural-tangents); got shape {tuple(shape)}. Add a "
-                     "channel axis with x[..., None] for single-channel data.")
-  spec.output_spatial_shape(shape[1:-1])
+    fixes = []
+    if len(shape) == spec.spatial_dims + 1:
+      fixes.append("add a channel axis with x[..., None] for single-channel data")
+    if len(shape) in (3, 4):
+      fixes.append(f"use CNNSpec(spatial_dims={len(shape) - 2}) for "
+                   f"{'sequences (n, L, C)' if len(shape) == 3 else 'images (n, H, W, C)'}")
+    fix = " or ".join(fixes) or "reshape the inputs"
+    raise ValueError(f"{where}: {name} must have shape {want} for spatial_dims="
+                     f"{spec.spatial_dims} (channels last, as neural-tangents); got shape "
+                     f"{tuple(shape)}: {fix}.")
+  try:
+    spec.output_spatial_shape(shape[1:-1])
+  except ValueError as e:
+    raise ValueError(f"{where}: {name} of shape {tuple(shape)}: {e}") from None
+
+
+def _checked_stax(spec, init_fn, apply_fn, kernel_fn):
+  """The stax triple with the input shapes checked against ``spec`` first (static shapes
+  only, so jit/vmap over the functions are unaffected): a 'VALID' kernel or a pool window
+  larger than its input, a missing channel axis or 2-D inputs for a 1-D spec raise a named
+  ``ValueError`` instead of a ZeroDivisionError or broadcast error inside neural-tangents."""
+  import functools
+
+  def check(x, name, where):
+    if isinstance(x, (np.ndarray, jax.Array)):
+      _check_cnn_input_shape(spec, tuple(x.shape), where, name)
+
+  @functools.wraps(init_fn)
+  def init(rng, input_shape):
+    _check_cnn_input_shape(spec, tuple(input_shape), "stax_cnn init_fn", "input_shape")
+    return init_fn(rng, input_shape)
+
+  @functools.wraps(apply_fn)
+  def apply(params, inputs, **kwargs):
+    check(inputs, "inputs", "stax_cnn apply_fn")
+    return apply_fn(params, inputs, **kwargs)
+
+  @functools.wraps(kernel_fn)
+  def kernel(x1_or_kernel, x2=None, get=None, **kwargs):
+    check(x1_or_kernel, "x1", "stax_cnn kernel_fn")
+    check(x2, "x2", "stax_cnn kernel_fn")
+    return kernel_fn(x1_or_kernel, x2, get, **kwargs)
+
+  return init, apply, kernel
 
 
 def stax_cnn(spec: CNNSpec):
@@ -483,7 +523,9 @@ def stax_cnn(spec: CNNSpec):
     spec: a :class:`CNNSpec`.
 
   Returns:
-    ``(init_fn, apply_fn, kernel_fn)``.
+    ``(init_fn, apply_fn, kernel_fn)``; each checks its input shape against ``spec`` first
+    (``(n, L, C)`` / ``(n, H, W, C)``, every 'VALID' kernel and pool window fitting), with
+    a ``ValueError`` naming the argument and the fix.
 
   Example:
     >>> import jax.numpy as jnp
@@ -509,7 +551,7 @@ def stax_cnn(spec: CNNSpec):
   for w in spec.dense:
     layers += [dense(w), act]
   layers.append(dense(spec.out_dim))
-  return stax.serial(*layers)
+  return _checked_stax(spec, *stax.serial(*layers))
 
 
 def _conv_dimension_numbers(spatial_dims):

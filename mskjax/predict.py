@@ -73,6 +73,8 @@ def _full_eigenpairs(K, eigenpairs):
                        f"{tuple(vecs.shape)}. Use mskjax.eigh_desc(K) (all n pairs).")
     if concrete and np.any(np.diff(np.asarray(vals)) > 0):
       raise ValueError("`eigenpairs.values` must be in descending order (mskjax.eigh_desc).")
+    # Same n is not the same K: a cheap residual check on the top pairs (O(n²) each).
+    _v.check_eigenpair_residuals(K, vals, vecs, "eigenpairs")
     dt = jnp.float64 if concrete else jnp.promote_types(vals.dtype, K.dtype)
     return _spectrum.Eigenpairs(jnp.asarray(vals, dt), jnp.asarray(vecs, dt))
   if not concrete:
@@ -82,15 +84,15 @@ def _full_eigenpairs(K, eigenpairs):
                              psd_rtol=_v.psd_tolerance(n, K.dtype))
 
 
+_SPEC_KWARGS = ("tie_rtol", "key")
+"""The keywords ``**kwargs`` of :func:`gradient_descent_mse` accepts."""
+
+
 def _modified_eigh(K, g, k, spec_kwargs, eigenpairs=None):
   """Full eigendecomposition of K with the top-k eigenvalues replaced by g."""
   full = _full_eigenpairs(K, eigenpairs)
   if g is None:
     return full.values, full.values, full.vectors, None
-  unknown = set(spec_kwargs) - {"tie_rtol", "key"}   # key: accepted and unused (dense eigh)
-  if unknown:
-    raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; accepted: tie_rtol "
-                    "(the full eigendecomposition is always dense).")
   k = _v.check_k(k, K.shape[0])
   spec = _msk.msk_spectrum_from_eigenpairs(full, g, k, dtype=K.dtype,
                                            tie_rtol=spec_kwargs.get("tie_rtol", 1e-6))
@@ -160,7 +162,15 @@ def _default_step(mu, learning_rate, what):
 
 def _check_t(t, discrete: bool):
   """``t`` as an array (and a float64 host copy when concrete), checked."""
-  t_arr = jnp.asarray(t)
+  if t is None or isinstance(t, (str, bytes, bool, np.bool_)):
+    raise _v.ArgumentTypeError(
+        f"`t` must be a number of steps (an int, or a time with flow=True), jnp.inf, or a 1-D "
+        f"array of them; got {type(t).__name__} {t!r}.")
+  try:
+    t_arr = jnp.asarray(t)
+  except (TypeError, ValueError):
+    raise _v.ArgumentTypeError(f"`t` must be a number or a 1-D array of numbers; got "
+                               f"{type(t).__name__} {t!r}.") from None
   if not (jnp.issubdtype(t_arr.dtype, jnp.floating) or jnp.issubdtype(t_arr.dtype, jnp.integer)):
     raise TypeError(f"`t` must be real times/steps, got dtype {t_arr.dtype}.")
   if t_arr.ndim > 1:
@@ -229,8 +239,11 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
     eigenpairs: optional full descending :class:`mskjax.Eigenpairs` of ``K_train`` (e.g.
       ``mskjax.eigh_desc(K_train)``, computed once and shared with
       :func:`steps_to_tolerance` and :func:`max_learning_rate`); no new eigh is done then.
-      It is used in float64 (its accuracy is that of the dtype it was computed in).
-    **kwargs: passed to :func:`mskjax.msk.msk_spectrum_from_eigenpairs` (``tie_rtol``).
+      It is used in float64 (its accuracy is that of the dtype it was computed in). Checked
+      cheaply against ``K_train`` (the top 3 pairs must satisfy ``‖K v − λ v‖ <=
+      psd_tolerance · λ₁``): eigenpairs of another kernel with the same n raise.
+    **kwargs: passed to :func:`mskjax.msk.msk_spectrum_from_eigenpairs` (``tie_rtol``); any
+      other keyword raises ``TypeError`` (also with ``g=None``).
 
   Returns:
     ``predict_fn(t, f0_train=None, f0_test=None, K_test_train=None)`` →
@@ -242,8 +255,10 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
 
   Raises:
     ValueError: NaN/inf in any input, shape mismatches, indefinite ``K_train``, a zero
-      kernel with ``learning_rate=None``; at call time negative or (discrete) non-integer
-      ``t``, or ``t = inf`` with a divergent step.
+      kernel with ``learning_rate=None``, ``eigenpairs`` of another kernel; at call time
+      negative or (discrete) non-integer ``t``, ``t = inf`` with a divergent step, or a
+      ``K_test_train`` with no rows.
+    TypeError: an unknown keyword; ``t`` that is not a number or 1-D array of numbers.
 
   Example:
     >>> import jax.numpy as jnp, mskjax
@@ -257,6 +272,9 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
   Gradient Descent*, NeurIPS 2019 (the MSE closed form); Geifman et al., arXiv:2307.14531
   (the MSK).
   """
+  # Also with g=None (where nothing reads them): a misspelt keyword is never silently
+  # ignored (key: accepted and unused, the full eigendecomposition is always dense).
+  _v.check_known_kwargs(kwargs, _SPEC_KWARGS, "gradient_descent_mse")
   K_train = _v.check_square_symmetric(K_train, "K_train")
   n = K_train.shape[0]
   y = _v.finite_array(y_train, "y_train", ndim=(1, 2))
@@ -293,6 +311,10 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
         raise ValueError(f"`K_test_train` must have shape (m, n={n}) (test rows, train "
                          f"columns), got {Kx.shape}.")
       m = Kx.shape[0]
+      if m == 0:
+        raise ValueError(f"`K_test_train` has no rows (shape {tuple(Kx.shape)}): pass k(x_test, "
+                         "X) for at least one test point, or K_test_train=None for train "
+                         "predictions only.")
       f0_te = (jnp.zeros((m,) + y.shape[1:], y.dtype) if f0_test is None
                else _v.finite_array(f0_test, "f0_test"))
       _v.check_same_shape(f0_te, (m,) + y.shape[1:], "f0_test",
@@ -388,6 +410,8 @@ def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | Non
     >>> p.train.round(6).tolist(), p.test.round(6).tolist()
     ([1.0, -1.0], [1.0, -1.0])
   """
+  _v.check_known_kwargs(kwargs, _SPEC_KWARGS, "predict_gd_mse")
+  _check_t(t, discrete=not _v.check_bool(flow, "flow"))     # before the eigh: fail fast
   predict_fn = gradient_descent_mse(K_train, y_train, g, k, learning_rate=learning_rate,
                                     flow=flow, eigenpairs=eigenpairs, **kwargs)
   return predict_fn(t, f0_train, f0_test, K_test_train)

@@ -20,7 +20,10 @@ resolved config differs from the stored ``config.json`` is refused.
 
 **Guarantees.** One run at a time per directory: ``runs/<name>/<tag>/.lock`` holds the
 owner's pid; a second run on the same tag is refused with a message, a lock left by a dead
-process is taken over. The config is validated before any work: override types, finite
+process (also an unreaped zombie, ``State: Z``) is taken over. A tag is a relative name
+inside ``--runs-dir`` (absolute paths and ``..`` are refused, :func:`check_tag`); a
+damaged ``config.json`` on resume and a config path that is not a ``.py`` file stop with
+a message. The config is validated before any work: override types, finite
 floats, non-empty tuples, the ranges a config declares in a module-level ``RANGES`` dict
 (``{"tol": {"gt": 0, "lt": 1}, "js": {"min_len": 1, "min": 1}}``; keys ``min``, ``max``,
 ``gt``, ``lt``, ``min_len``, ``choices``; tuple bounds apply to every element), its
@@ -67,7 +70,7 @@ from typing import Any, Callable, Iterable
 
 __all__ = ["RunContext", "load_config", "load_config_module", "parse_arg", "split_config_arg",
            "apply_overrides", "validate_config", "RunLock", "RunLockedError", "main",
-           "ConfigError"]
+           "ConfigError", "check_tag"]
 
 
 class ConfigError(ValueError):
@@ -97,7 +100,13 @@ def load_config_module(path: str | os.PathLike):
   if not path.is_file():
     raise FileNotFoundError(f"config file {str(path)!r} not found; configs live in configs/ "
                             "(e.g. configs/quickstart.py).")
+  if path.suffix != ".py":
+    raise ConfigError(f"config file {str(path)!r} is not a Python file: pass a configs/NAME.py "
+                      "file that defines get_config(arg=None) (e.g. configs/quickstart.py; a "
+                      "run's config.json is a record, not a config).")
   spec = importlib.util.spec_from_file_location(f"mskjax_config_{path.stem}", path)
+  if spec is None or spec.loader is None:   # pragma: no cover - .py files always load
+    raise ConfigError(f"config file {str(path)!r} cannot be imported as a Python module.")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not callable(getattr(module, "get_config", None)):
@@ -339,13 +348,45 @@ class RunLockedError(RuntimeError):
 
 
 def _pid_alive(pid: int) -> bool:
+  """True while process ``pid`` runs. A zombie (exited, not yet reaped by its parent:
+  ``State: Z`` in ``/proc/PID/status``) still answers ``kill(pid, 0)`` but is dead."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:   # exists, owned by someone else
-    return True
+    pass
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      for line in f:
+        if line.startswith("State:"):
+          return line.split()[1:2] not in (["Z"], ["X"])
+  except OSError:           # no /proc (macOS) or it vanished meanwhile
+    pass
   return True
+
+
+def check_tag(tag: str, runs_dir: str | os.PathLike = "runs") -> str:
+  """A run tag is a relative name inside ``runs_dir/<name>/``: not empty, not absolute, no
+  ``.``/``..`` component (``--tag /abs/path`` or ``../x`` would write outside ``--runs-dir``).
+
+  Example:
+    >>> check_tag("demo")
+    'demo'
+    >>> check_tag("../x")
+    Traceback (most recent call last):
+    ...
+    mskjax.run.ConfigError: --tag '../x' would write outside --runs-dir runs: a tag is a plain name such as 'demo' or 'sweep/a' (no absolute path, no '.' or '..'); use --runs-dir to choose where runs go.
+  """
+  text = str(tag)
+  parts = Path(text).parts
+  bad = (not text.strip() or Path(text).is_absolute() or text.startswith("~")
+         or any(p in (".", "..") for p in text.replace("\\", "/").split("/")) or not parts)
+  if bad:
+    raise ConfigError(f"--tag {text!r} would write outside --runs-dir {os.fspath(runs_dir)}: a "
+                      "tag is a plain name such as 'demo' or 'sweep/a' (no absolute path, no "
+                      "'.' or '..'); use --runs-dir to choose where runs go.")
+  return text
 
 
 class RunLock:
@@ -601,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
       program = experiments.get(config.program)
     except ValueError as e:
       raise ConfigError(str(e)) from None
+    if args.tag is not None:
+      check_tag(args.tag, args.runs_dir)
   except (ConfigError, FileNotFoundError) as e:
     print(f"mskjax.run: error: {e}", file=sys.stderr)
     return 2
@@ -629,7 +672,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg_json = _config_to_json(config)
     cfg_path = out_dir / "config.json"
     if cfg_path.exists():
-      old = json.loads(cfg_path.read_text())
+      try:
+        old = json.loads(cfg_path.read_text())
+        if not isinstance(old, dict):
+          raise ValueError(f"it holds a JSON {type(old).__name__}, not an object")
+      except (ValueError, UnicodeDecodeError) as e:
+        print(f"mskjax.run: error: {cfg_path} is damaged ({type(e).__name__}: {e}), so this "
+              "run cannot be checked against the config it was started with. Restore it, or "
+              f"delete it to resume {out_dir} with the current config, or use another --tag.",
+              file=sys.stderr)
+        return 2
       if old != cfg_json:
         diff = sorted(k for k in set(old) | set(cfg_json) if old.get(k) != cfg_json.get(k))
         print(f"mskjax.run: error: {out_dir} holds a run with a different config (keys "

@@ -14,6 +14,7 @@ ones raise ``ValueError`` (the matrix is not a kernel Gram matrix).
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import NamedTuple, Optional
 
@@ -254,12 +255,16 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
     ``‖K v_i − λ_i v_i‖ <= tol · λ₁`` (checked once per cycle); each cycle costs
     ``depth + 1`` products with b columns. Ritz values are Rayleigh quotients: λ_i is
     accurate to about r_i² / gap_i. The basis is float64 whatever the caller's precision
-    (``jax.enable_x64`` as a local context; the products run in the operator's dtype);
+    (``jax.enable_x64`` as a local context; the products run in the operator's dtype) and
+    the products are scaled by a power of two of the first one's size (exact), so entries
+    of any magnitude (1e-250 to 1e300) neither overflow nor underflow. A hand-built
+    operator whose ``n`` does not fit its product raises a ``ValueError`` naming ``K.n``;
   * ``'nystrom'``: eigenpairs of the Nyström approximation K̂ = C W⁺ Cᵀ from m landmark
     points (O(n m²) time, O(n m) memory; needs a :class:`~mskjax.kernels.KernelOperator`
     built from a kernel). With B = C Q diag(w)^{-1/2} (W = Q diag(w) Qᵀ), K̂ = B Bᵀ and its
     eigenpairs come from the m × m matrix BᵀB. K − K̂ is PSD (a Schur complement), so
     ``0 <= λ_i(K) − λ_i(K̂) <= tr(K − K̂)`` (Weyl), returned as ``info.trace_error``;
+    the kernel on the landmarks, W, must be PSD (an indefinite one raises);
   * ``'auto'``: a matrix: dense for ``n <= AUTO_DENSE_MAX_N``, above randomized with a
     residual check falling back to dense (``UserWarning``) when the residual exceeds
     ``RANDOMIZED_RTOL · λ₁``; an operator: dense when it holds K and
@@ -359,7 +364,7 @@ def _eigh_top_matrix(K, k, method, key, oversample, n_iter, tol, want_info):
 
 def _eigh_top_operator(op, k, method, key, oversample, n_iter, depth, tol, max_cycles,
                        n_landmarks, landmarks, rcond, start=None):
-  n = op.n
+  n = _v.check_operator(op, "K")
   if method == "auto":
     method = "dense" if op.matrix is not None and n <= AUTO_DENSE_MAX_N else "krylov"
   if method in ("dense", "randomized"):
@@ -461,7 +466,12 @@ def _rayleigh_ritz(B, KB, nk):
 
 def _checked_product(op, Q):
   """op @ Q with its shape and finiteness checked (a named error, not an XLA one)."""
-  out = op.matmul(Q)
+  try:
+    out = op.matmul(Q)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"`K.matmul` failed on an (n, b) = {tuple(Q.shape)} block, n = `K.n` "
+                     f"({type(e).__name__}: {e}). For a hand-built KernelOperator(n, dtype, "
+                     "matmul), `K.n` must be the size of the matrix its matmul applies.") from e
   if not hasattr(out, "shape") or tuple(out.shape) != tuple(Q.shape):
     got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
     raise ValueError(f"the operator's `matmul` must map an (n, b) = {tuple(Q.shape)} block V "
@@ -496,10 +506,19 @@ def _krylov(op, k, *, oversample, depth, tol, max_cycles, key, start=None):
     Q = Q.at[:, :m0].set(jnp.asarray(start[:, :m0], dtype))
   Q = _orth(Q)
   n_mv = 0
+  # Products are scaled by 1/s, s a power of two (exact) of the size of the first product:
+  # the Gram matrices of the basis square the entries, which would overflow (entries
+  # >~ 1e154) or underflow (<~ 1e-154) and return zero eigenpairs. Eigenvalues and
+  # residuals are scaled back at the end (the tolerance is relative).
+  scale = None
   for cycle in range(max_cycles):
     blocks, kblocks = [Q], []
     for j in range(depth + 1):
       KQ = _checked_product(op, blocks[-1])
+      if scale is None:
+        top = float(jnp.max(jnp.abs(KQ)))
+        scale = 2.0 ** round(math.log2(top)) if top > 0 else 1.0
+      KQ = KQ / scale
       n_mv += 1
       kblocks.append(KQ)
       if j < depth:
@@ -523,9 +542,10 @@ def _krylov(op, k, *, oversample, depth, tol, max_cycles, key, start=None):
                   "max_cycles/depth/oversample. info.converged is False.",
                   UserWarning, stacklevel=4)
   out_dtype = jnp.dtype(op.dtype)
-  w = jnp.maximum(w[:k], 0.0)
+  w = jnp.maximum(w[:k], 0.0) * scale
   pairs = Eigenpairs(w.astype(out_dtype), Y[:, :k].astype(out_dtype))
-  return pairs, EighInfo("krylov", res[:k].astype(out_dtype), n_mv, cycle + 1, bool(done))
+  return pairs, EighInfo("krylov", (res[:k] * scale).astype(out_dtype), n_mv, cycle + 1,
+                         bool(done))
 
 
 # ------------------------------------------------------------------ Nyström
@@ -558,6 +578,9 @@ def _nystrom(op, k, n_landmarks, key, landmarks, rcond):
     diag = map_row_blocks(lambda a: jnp.diagonal(op.kernel(a)), x, op.block_size)
   W = C[landmarks]
   w, Q = jnp.linalg.eigh(0.5 * (W + W.T))
+  # K̂ = C W⁺ Cᵀ needs a PSD kernel: an indefinite (e.g. negative-definite) W would be
+  # clamped to nothing and return zero eigenpairs.
+  _v.check_psd_eigenvalues(w, m, op.dtype, "K (the kernel on the Nyström landmarks)")
   rcond = m * np.finfo(np.dtype(op.dtype)).eps if rcond is None else \
       _v.check_real(rcond, "rcond", lo=0)
   keep = w > rcond * jnp.max(w)
