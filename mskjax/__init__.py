@@ -30,7 +30,8 @@ from mskjax.predict import (Predictions, gradient_descent_mse, predict_gd_mse, m
 from mskjax import directions, steps, diagnostics, optim, train  # `mskjax.train.train` is the loop
 from mskjax.directions import MSKDirections, msk_directions
 from mskjax.steps import stable_learning_rate
-from mskjax.optim import (ScaleByMSKState, scale_by_msk, msk_sgd, replace_directions, ScaleByMSKJvpState,
+from mskjax.optim import (ScaleByMSKState, scale_by_msk, msk_sgd, replace_directions,
+                          scale_by_msk_tracking, msk_sgd_tracking, ScaleByMSKJvpState,
                           scale_by_msk_jvp, msk_sgd_jvp, msk_mse_loss, adam_kernel_weights)
 from mskjax.train import TrainResult, mse_loss, fit, FitResult, LoopState
 from mskjax import recorder
@@ -56,7 +57,7 @@ __all__ = [
     "steps_to_tolerance",
     "directions", "steps", "diagnostics", "optim", "train", "recorder",
     "MSKDirections", "ScaleByMSKState", "scale_by_msk", "msk_sgd", "msk_directions",
-    "stable_learning_rate", "replace_directions",
+    "stable_learning_rate", "replace_directions", "scale_by_msk_tracking", "msk_sgd_tracking",
     "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
     "adam_kernel_weights",
     "TrainResult", "mse_loss", "fit", "FitResult", "LoopState", "log_spaced_steps",

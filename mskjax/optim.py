@@ -19,6 +19,14 @@ Which entry point to use
   directions with :func:`msk_directions` (matrix-free top-k of the empirical NTK, on all
   points or a subsample) and the step with :func:`stable_learning_rate` (it depends on the
   batch size). Refresh them with :func:`replace_directions` when the kernel drifts.
+* :func:`msk_sgd_tracking` / :func:`scale_by_msk_tracking` — **when one step moves the
+  weights by a sizeable fraction** (lazy / NTK-parameterised networks at the large steps
+  MSK allows): the fixed directions of :func:`msk_sgd` stop cancelling the stiff
+  function-space directions and training diverges. The tracking form re-forms the
+  directions from the current Jacobian at every update (one warm-started subspace step
+  + Rayleigh–Ritz with ``rayleigh_ritz=True``, the measured robust choice; or Löwdin on
+  the fixed function-space vectors): 2k VJPs + k JVPs of the network on the s points per
+  step. Measured in ``benchmarks/README.md`` ("Step rules and tracking").
 * :func:`msk_mse_loss` — the exact function-space form ``½ rᵀ S r`` for MSE on the
   training set (full batch), whose plain gradient is ``Jᵀ S r``. Use it as the reference
   in the linear regime and when the kernel changes a lot during training (its step
@@ -282,7 +290,23 @@ def msk_sgd(learning_rate: optax.ScalarOrSchedule, directions: MSKDirections, *,
   ``θ ← θ − η P ∇_θ ℓ_B`` for the loss ℓ_B of any batch. For MSE on the full training set
   in the linearized regime the residual follows ``r ← (I − η K_g) r`` (kernel GD with the
   MSK, :func:`mskjax.predict_gd_mse`). With minibatches the largest stable step depends
-  on the batch size: use :func:`stable_learning_rate`.
+  on the batch size: use :func:`stable_learning_rate` (with ``loss_fn``: measured from the
+  preconditioned loss Hessian, any loss). To re-estimate it during training build
+  ``optax.inject_hyperparams(msk_sgd)(learning_rate=η, directions=d)`` and call
+  :func:`mskjax.steps.set_learning_rate` (no recompilation).
+
+  Errors: ``learning_rate`` None, negative or non-finite (concrete values) and
+  ``momentum`` outside [0, 1) are rejected by name; so are hand-made directions that are
+  not orthonormal or make P indefinite (:func:`scale_by_msk`), and gradients whose leaf
+  shapes differ from the directions'. A non-finite *gradient* is not checked (that
+  would need a host sync per step): P maps it to a non-finite update and the parameters
+  become NaN. To skip such steps inside jit wrap the optimizer,
+  ``optax.apply_if_finite(msk_sgd(η, d), max_consecutive_errors=5)`` (the update is
+  zeroed and counted in ``notfinite_count``).
+
+  Composition: P is a fixed linear map, so it chains with any optax optimizer
+  (``optax.chain(scale_by_msk(d), optax.adam(lr))``); what each composition buys on
+  MNIST-1D is in ``benchmarks/README.md`` ("Step rules and tracking").
 
   Args:
     learning_rate: η (float or optax schedule).
@@ -440,7 +464,7 @@ def _tree_moved(a, b):
 
 def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                           every: int = 1, moved: Optional[float] = None,
-                          rayleigh_ritz: bool = False
+                          rayleigh_ritz: bool = True
                           ) -> optax.GradientTransformationExtraArgs:
   r"""MSK preconditioner that stays tied to the *current* Jacobian (re-formed directions).
 
@@ -450,7 +474,8 @@ angle,\qquad
      Q^{(t)} = \operatorname{orth}ig(J_t^	op V_k \Lambda_k^{-1/2}ig),
 
   with ``J_t = ∂f(θ_t, X_s)/∂θ`` on the s points the directions were built on and the
-  *fixed* function-space eigenvectors ``V_k`` (``directions.vectors``) and values. The
+  function-space eigenvectors ``V_k`` (``directions.vectors``; fixed for Löwdin, followed
+  by one subspace step per re-formation by default, see ``rayleigh_ritz``). The
   function-space eigenvectors change little while the parameters move (function space
   is stable); the parameter-space directions ``q_i = J_0ᵀ v_i/√λ_i`` of
   :func:`scale_by_msk` do not: when one step changes a weight matrix by a sizeable fraction
@@ -459,14 +484,18 @@ angle,\qquad
   jumps far above max g and the fixed preconditioner diverges. Re-forming ``Q`` from
   ``J_tᵀ V_k`` keeps ``v_iᵀ J_t (I − Q Qᵀ) = 0``: the stiff directions stay flattened.
 
-  Cost per re-formation: one forward pass and k VJPs of the network over the s points
-  (``jax.vmap`` of one ``jax.vjp``: about k+1 forward-backward passes on s points) plus a
-  k×k ``eigh`` (Löwdin orthonormalisation; without it the net collapses to f ≡ 0).
+  Cost per re-formation: a forward pass and 2k VJPs + k JVPs of the network over the s
+  points (``jax.vmap`` of one ``jax.vjp`` / ``jax.jvp``; Löwdin: k VJPs), an (s·c)×k QR
+  and a k×k ``eigh`` (the re-orthonormalisation is essential: without it the net
+  collapses to f ≡ 0). The vmapped VJPs materialise k copies of every activation-sized
+  intermediate: measured 0.7–1.2 s per update for s = 1024 points × width 1024, k = 10
+  on a loaded 2-core CPU vs ~20 ms for a fixed-direction update.
   Between re-formations an update costs what :func:`scale_by_msk` costs (O(k·#params)).
   Everything is traced: no recompilation per step (``lax.cond`` chooses whether to
   re-form). Measured against the alternatives in ``benchmarks/README.md``
-  ("Step rules and tracking"): in a lazy one-layer network, re-forming every step
-  follows the function-space form; every 10 steps diverges.
+  ("Step rules and tracking"): in a lazy one-layer network, Rayleigh–Ritz re-formed at
+  every step follows the function-space form ½rᵀSr; every 10 steps diverges, and so does
+  the fixed :func:`msk_sgd`.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> (s,)`` or ``(s, c)`` with ``params`` the pytree the
@@ -475,11 +504,14 @@ angle,\qquad
       full ``x`` passed to :func:`msk_directions` (then ``directions.indices`` picks them).
     directions: :class:`MSKDirections` with ``vectors`` (from :func:`msk_directions`).
     every: re-form every this many updates (1: at every update, the recommended setting).
-    rayleigh_ritz: re-form by one warm-started subspace-iteration step and Rayleigh–Ritz
-      on the current empirical NTK instead (:func:`reform_directions`): the span follows
-      the rotating eigenvectors, the new values g_i are kept and the λ_i become the
-      current Ritz values, so ``J_t P_t J_tᵀ`` has eigenvalues g_i on the span. Costs 2k
-      VJPs + k JVPs per re-formation (vs k VJPs).
+    rayleigh_ritz: True (default): re-form by one warm-started subspace-iteration step and
+      Rayleigh–Ritz on the current empirical NTK (:func:`reform_directions`): the span
+      follows the rotating eigenvectors, the new values g_i are kept and the λ_i become
+      the current Ritz values, so ``J_t P_t J_tᵀ`` has eigenvalues g_i on the span; 2k
+      VJPs + k JVPs per re-formation. False: Löwdin ``orth(J_tᵀ V_k Λ^{-1/2})`` with the
+      fixed function-space vectors (k VJPs); its span does not rotate with the kernel's
+      eigenvectors and it lets ``λ_max(J_t P_t J_tᵀ)`` drift above max g (measured:
+      ``benchmarks/README.md``).
     moved: alternatively, re-form when ``‖θ − θ_last‖/‖θ_last‖ > moved`` (θ_last: the
       parameters at the last re-formation; costs one parameter copy in the state).
       Re-formation also happens at the first update.
@@ -576,7 +608,7 @@ angle,\qquad
 
 def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x,
                      directions: MSKDirections, *, every: int = 1,
-                     moved: Optional[float] = None, rayleigh_ritz: bool = False,
+                     moved: Optional[float] = None, rayleigh_ritz: bool = True,
                      momentum: Optional[float] = None,
                      nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
   r"""``optax.chain(scale_by_msk_tracking(...), optax.sgd(lr, momentum))``: θ ← θ − η P_t ∇ℓ.
@@ -588,7 +620,7 @@ def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, 
   Example:
     >>> import jax.numpy as jnp
     >>> from mskjax import optim
-    >>> X = jnp.eye(2); f = lambda w, x: x @ w
+    >>> X = jnp.diag(jnp.array([2.0, 1.0])); f = lambda w, x: x @ w   # K = diag(4, 1)
     >>> d = optim.MSKDirections(jnp.array([[1.0, 0.0]]), jnp.array([4.0]),
     ...                         jnp.array([1.0]), jnp.array(1.0), vectors=jnp.array([[1.0], [0.0]]))
     >>> tx = optim.msk_sgd_tracking(0.5, f, X, d); w = jnp.zeros(2)
