@@ -123,6 +123,174 @@ def bench_tracking(quick=False, n=None, steps=None, only=None):
   return out
 
 
+# ------------------------------------------------------------------ step rule vs grid
+def _mlp(sizes, key, b_std=0.0):
+  """Standard-parameterised ReLU MLP: W ~ N(0, 1/fan_in), biases N(0, b_std²)."""
+  ps = []
+  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    k1, k2, key = jax.random.split(key, 3)
+    ps.append({"W": jax.random.normal(k1, (a, b)) / np.sqrt(a),
+               "b": b_std * jax.random.normal(k2, (b,))})
+
+  def apply_fn(p, x):
+    for i, l in enumerate(p):
+      x = x @ l["W"] + l["b"]
+      if i < len(p) - 1:
+        x = jax.nn.relu(x)
+    return x
+  return ps, apply_fn
+
+
+def regression_problem(n=256):
+  x = jnp.linspace(0.0, 1.0, n)[:, None]
+  y = sum(jnp.sin(2 * np.pi * f * x) for f in (1, 4, 16, 32))
+  params, f = _mlp([1, 512, 512, 1], jax.random.PRNGKey(0), b_std=1.0)
+  loss = lambda p, b: 0.5 * jnp.mean((f(p, b[0]) - b[1]) ** 2)
+  return f, params, (x, y), loss, "mse"
+
+
+def mnist1d_problem():
+  from mskjax import data as _data
+  ds = _data.load_mnist1d()
+  params, f = _mlp([40, 256, 256, 10], jax.random.PRNGKey(0))
+  loss = lambda p, b: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(f(p, b[0]),
+                                                                               b[1]))
+  return f, params, (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)), loss, "ce"
+
+
+def _train(loss, params, data, tx, steps, b, seed=0, reestimate=None):
+  """SGD loop (jitted step, minibatches of a fixed random order); returns the final
+  full-train loss (inf on divergence) and the loss curve every 10 steps."""
+  n = data[0].shape[0]
+
+  @jax.jit
+  def step(p, st, idx):
+    batch = jax.tree.map(lambda a: a[idx], data)
+    g = jax.grad(loss)(p, batch)
+    u, st = tx.update(g, st, p)
+    return optax.apply_updates(p, u), st
+
+  full = jax.jit(lambda p: loss(p, data))
+  rng = np.random.default_rng(seed)
+  st = tx.init(params)
+  p = params
+  curve = []
+  for t in range(steps):
+    idx = rng.choice(n, b, replace=False) if b < n else np.arange(n)
+    if reestimate is not None and t > 0 and t % reestimate[0] == 0:
+      st = steps_mod.set_learning_rate(st, reestimate[1](p, jax.tree.map(lambda a: a[idx],
+                                                                         data)))
+    p, st = step(p, st, idx)
+    if t % 10 == 9 or t == steps - 1:
+      L = float(full(p))
+      curve.append(L)
+      if not np.isfinite(L) or L > 1e6:
+        return float("inf"), curve
+  return float(full(p)), curve
+
+
+def bench_steps(quick=False):
+  steps = 100 if quick else 300
+  factors = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0] if not quick else [0.5, 1.0, 2.0]
+  out = {}
+  cases = [("regression MLP full batch", regression_problem, None, 32, None),
+           ("MNIST-1D MLP b=128", mnist1d_problem, 128, 20, 256),
+           ("MNIST-1D MLP b=512", mnist1d_problem, 512, 20, 256)]
+  if quick:
+    cases = cases[:2]
+  for name, make, b, k, sub in cases:
+    f, params, data, loss, kind = make()
+    n = data[0].shape[0]
+    bb = b or n
+    t = time.perf_counter()
+    d = optim.msk_directions(f, params, data[0], modifiers.flatten(), k, subsample=sub,
+                             compute_beta=False, max_cycles=3)
+    t_dirs = time.perf_counter() - t
+    rng = np.random.default_rng(1)
+    idx = rng.choice(n, bb, replace=False) if bb < n else np.arange(n)
+    batch = jax.tree.map(lambda a: a[idx], data)
+    rec = {"directions_s": t_dirs}
+    for meth, dd in (("sgd", None), ("msk", d)):
+      t = time.perf_counter()
+      eta = steps_mod.stable_learning_rate(dd, loss_fn=loss, params=params, batch=batch)
+      t_rule = time.perf_counter() - t
+      res = {}
+      for fac in factors:
+        tx = optax.sgd(fac * eta) if dd is None else optim.msk_sgd(fac * eta, dd)
+        res[fac] = _train(loss, params, data, tx, steps, bb)[0]
+      finite = {k_: v for k_, v in res.items() if np.isfinite(v)}
+      best = min(finite, key=finite.get) if finite else None
+      rec[meth] = {"eta_rule": eta, "rule_s": t_rule, "final_loss": res, "best_factor": best,
+                   "rule_diverged": not np.isfinite(res[1.0])}
+      print(f"  {name:26s} {meth}: rule η={eta:.4g} ({t_rule:.1f}s)  best factor {best}  "
+            + "  ".join(f"{k_}:{v:.4g}" for k_, v in res.items()), flush=True)
+    out[name] = rec
+  return out
+
+
+def bench_reestimate(steps=600, every=100):
+  """Regression MLP, MSK: η fixed at the rule at init vs re-estimated every 100 steps."""
+  f, params, data, loss, _ = regression_problem()
+  d = optim.msk_directions(f, params, data[0], modifiers.flatten(), 32, compute_beta=False,
+                           max_cycles=3)
+  est = steps_mod.curvature_estimator(loss, d)
+  eta0 = float(est(params, data)[0])
+  out = {}
+  for name, re in (("fixed", None), (f"every {every}", (every, lambda p, b: est(p, b)[0]))):
+    tx = optax.inject_hyperparams(optim.msk_sgd)(learning_rate=eta0, directions=d)
+    L, curve = _train(loss, params, data, tx, steps, data[0].shape[0], reestimate=re)
+    out[name] = {"final_loss": L, "curve": curve[::10]}
+    print(f"  re-estimation {name}: final loss {L:.4g}", flush=True)
+  return out
+
+
+# ------------------------------------------------------------------ composition
+def bench_compose(quick=False, steps=300, b=128):
+  """chain(scale_by_msk(d), adam / sgd-momentum) vs tuned adam / sgd-momentum, MNIST-1D MLP."""
+  from mskjax import data as _data
+  ds = _data.load_mnist1d()
+  f, params, data, loss, _ = mnist1d_problem()
+  xt, yt = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+  acc = jax.jit(lambda p: jnp.mean(jnp.argmax(f(p, xt), 1) == yt))
+  t = time.perf_counter()
+  d = optim.msk_directions(f, params, data[0], modifiers.flatten(), 20, subsample=256,
+                           compute_beta=False, max_cycles=3)
+  t_dirs = time.perf_counter() - t
+  steps = 60 if quick else steps
+  grids = {"adam": [1e-3, 3e-3, 1e-2], "sgd-momentum": [0.03, 0.1, 0.3]}
+  if not quick:
+    grids = {"adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2], "sgd-momentum": [0.01, 0.03, 0.1, 0.3, 1.0]}
+  make = {"adam": lambda lr: optax.adam(lr), "sgd-momentum": lambda lr: optax.sgd(lr, 0.9)}
+  out = {"directions_s": t_dirs, "steps": steps, "b": b}
+  for base, grid in grids.items():
+    for pre in (False, True):
+      name = ("msk+" if pre else "") + base
+      runs = {}
+      for lr in grid:
+        tx = make[base](lr)
+        if pre:
+          tx = optax.chain(optim.scale_by_msk(d), tx)
+        t = time.perf_counter()
+        L, curve = _train(loss, params, data, tx, steps, b)
+        sec = time.perf_counter() - t
+        runs[lr] = {"train_loss": L, "seconds": sec}
+      best = min(runs, key=lambda k_: runs[k_]["train_loss"])
+      out[name] = {"runs": runs, "best_lr": best, "best_train_loss": runs[best]["train_loss"]}
+      print(f"  {name:18s} best lr {best:g}: train loss {runs[best]['train_loss']:.4g}  "
+            + "  ".join(f"{k_:g}:{v['train_loss']:.3g}" for k_, v in runs.items()), flush=True)
+  # equal wall time: the baselines get the directions' build time as extra steps
+  for base in grids:
+    per_step = out[base]["runs"][out[base]["best_lr"]]["seconds"] / steps
+    extra = int(t_dirs / max(per_step, 1e-9))
+    tx = make[base](out[base]["best_lr"])
+    L, _ = _train(loss, params, data, tx, steps + extra, b)
+    out[base]["equal_time_steps"] = steps + extra
+    out[base]["equal_time_train_loss"] = L
+    print(f"  {base:18s} at equal wall time ({steps + extra} steps): train loss {L:.4g}",
+          flush=True)
+  return out
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
@@ -138,6 +306,8 @@ def main(argv=None):
   if "steps" in parts:
     print("step rule vs grid")
     res["steps"] = bench_steps(a.quick)
+    if not a.quick:
+      res["reestimate"] = bench_reestimate()
   if "compose" in parts:
     print("composition with adam / momentum")
     res["compose"] = bench_compose(a.quick)

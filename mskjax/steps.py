@@ -145,6 +145,18 @@ def set_learning_rate(opt_state, learning_rate):
   directions=d)`` (or any injected optax optimizer); the new value is an array of the
   same shape and dtype, so a jitted step does not recompile.
 
+  With :func:`mskjax.train.fit`, train in segments and re-estimate between them (the
+  compiled chunk is reused: the state has the same structure)::
+
+    est = steps.curvature_estimator(lambda p, b: loss(p, b, None), d)
+    res = fit(loss, params, tx, data, steps=500, batch_size=128)
+    for _ in range(9):
+      eta, _ = est(res.state.params, batch)            # a batch of the training size
+      st = res.state._replace(opt_state=steps.set_learning_rate(res.state.opt_state, eta))
+      res = fit(loss, None, tx, data, steps=500, batch_size=128, state=st)
+
+  In a user's own loop call ``est`` every N steps the same way.
+
   Example:
     >>> import jax.numpy as jnp, optax
     >>> from mskjax import steps
