@@ -62,12 +62,6 @@ def _lanczos_top(matvec, v0, iters):
   return jnp.linalg.eigvalsh(T)[-1]
 
 
-def _half_coefficients(directions, dtype):
-  values, new_values = check_directions(directions, "stable_learning_rate")
-  ratio = jnp.maximum(new_values.astype(dtype) / values.astype(dtype), jnp.finfo(dtype).tiny)
-  return jnp.sqrt(ratio) - 1.0           # P^½ = I + Σ (√(g_i/λ_i) − 1) q_i q_iᵀ
-
-
 def curvature_estimator(loss_fn: Callable, directions: Optional[MSKDirections] = None, *,
                         iters: int = 20, safety: float = SAFETY, seed: int = 0) -> Callable:
   r"""A jitted ``estimate(params, batch) -> (η, λ̂)`` for the preconditioned loss Hessian.
@@ -114,26 +108,34 @@ abla^2_	heta L(	heta; B)\,P^{1/2}ig),
                     f"got {type(loss_fn).__name__}.")
   iters = _v.check_int(iters, "iters", lo=2)
   safety = _v.check_real(safety, "safety", lo=0, lo_open=True)
-  if directions is not None:
-    check_directions(directions, "curvature_estimator")
 
+  # The directions enter as arguments, not closed-over constants (XLA would constant-fold
+  # k parameter-sized arrays at compile time).
   @jax.jit
-  def estimate(params, batch):
+  def _estimate(params, batch, dirs, ratio):
     flat, unravel = ravel_pytree(params)
     if not jnp.issubdtype(flat.dtype, jnp.floating):
       raise TypeError("curvature_estimator: parameters must be floating.")
     grad_flat = lambda v: ravel_pytree(jax.grad(loss_fn)(unravel(v), batch))[0]
     hvp = lambda v: jax.jvp(grad_flat, (flat,), (v,))[1]
-    if directions is None:
+    if dirs is None:
       op = hvp
     else:
-      ch = _half_coefficients(directions, flat.dtype)
-      half = lambda v: ravel_pytree(_directions.apply_directions(
-          unravel(v), directions.directions, ch))[0]
+      ch = jnp.sqrt(jnp.maximum(ratio.astype(flat.dtype), jnp.finfo(flat.dtype).tiny)) - 1.0
+      half = lambda v: ravel_pytree(_directions.apply_directions(unravel(v), dirs, ch))[0]
       op = lambda v: half(hvp(half(v)))
     v0 = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)
     lam = _lanczos_top(op, v0, min(iters, flat.shape[0]))
     return safety / lam, lam
+
+  if directions is None:
+    dirs, ratio = None, None
+  else:
+    values, new_values = check_directions(directions, "curvature_estimator")
+    dirs, ratio = directions.directions, new_values / values
+
+  def estimate(params, batch):
+    return _estimate(params, batch, dirs, ratio)
 
   return estimate
 
