@@ -305,8 +305,12 @@ def msk_sgd(learning_rate: optax.ScalarOrSchedule, directions: MSKDirections, *,
   zeroed and counted in ``notfinite_count``).
 
   Composition: P is a fixed linear map, so it chains with any optax optimizer
-  (``optax.chain(scale_by_msk(d), optax.adam(lr))``); what each composition buys on
-  MNIST-1D is in ``benchmarks/README.md`` ("Step rules and tracking").
+  (``optax.chain(scale_by_msk(d), optax.adam(lr))``). Put P *first*, on the raw gradient
+  (Adam's per-coordinate scaling then acts on the preconditioned gradient). Measured on
+  MNIST-1D (MLP, b = 128, 300 steps, tuned lrs): P before Adam lowered the train loss
+  20 % vs tuned Adam at the same lr; before SGD-momentum the gain was within noise, like
+  plain ``msk_sgd``; at equal wall time including the directions' build the tuned
+  baselines won (``benchmarks/README.md``, "Step rules and tracking").
 
   Args:
     learning_rate: η (float or optax schedule).
