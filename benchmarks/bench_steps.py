@@ -7,8 +7,9 @@ Three studies, each a ratio measured in one process (load cancels):
   k ∈ {0.2, 0.4, 0.8, 1.6}, θ ∈ [0, 2π) in radians, mean MSE, full batch, float32, 5000
   steps, flatten k = 10 at η = n/max g): plain GD, the function-space form ½rᵀSr, the
   fixed directions (:func:`mskjax.optim.msk_sgd`), and the tracking preconditioner
-  (:func:`mskjax.optim.msk_sgd_tracking`) re-formed every step / every 10 steps / when the
-  parameters moved by 1 %.
+  (:func:`mskjax.optim.msk_sgd_tracking`), Löwdin ("tracking ...") and Rayleigh–Ritz
+  ("tracking RR ..."), re-formed every step / every 10 steps / when the parameters moved
+  by 1 %.
 * ``steps``: :func:`mskjax.steps.stable_learning_rate` from the measured curvature vs a
   grid of factors of 2 around it (MNIST-1D MLP b = 128 and 512, the regression MLP).
 * ``compose``: ``chain(scale_by_msk, adam)`` and ``chain(scale_by_msk, sgd momentum)``
@@ -95,9 +96,13 @@ def bench_tracking(quick=False, n=None, steps=None, only=None):
       "gd (1/λ1)": (optax.sgd(eta_gd), None),
       "function-space ½rᵀSr": (optax.sgd(eta), jnp.asarray(S, jnp.float32)),
       "msk_sgd fixed": (optim.msk_sgd(eta, d), None),
-      "tracking every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d), None),
-      "tracking every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10), None),
-      "tracking moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01), None),
+      "tracking every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, rayleigh_ritz=False),
+                           None),
+      "tracking every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10,
+                                                   rayleigh_ritz=False), None),
+      "tracking moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01,
+                                                   rayleigh_ritz=False), None),
+      "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01), None),
       "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, rayleigh_ritz=True),
                               None),
       "tracking RR every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10,
