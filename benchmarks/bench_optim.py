@@ -66,8 +66,13 @@ def _time_interleaved(cases, repeats, inner):
 def _random_dirs(params, k, key, dtype=None):
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
-  dirs = [jax.random.normal(kk, (k,) + l.shape, dtype or l.dtype) * 1e-2
-          for kk, l in zip(keys, leaves)]
+  dirs = [jax.random.normal(kk, (k,) + l.shape, jnp.float32) for kk, l in zip(keys, leaves)]
+  # orthonormal rows (scale_by_msk rejects non-orthonormal directions): QR of the stacked rows
+  flat = np.concatenate([np.asarray(d, np.float64).reshape(k, -1) for d in dirs], 1)
+  q = np.linalg.qr(flat.T)[0].T
+  cuts = np.cumsum([d[0].size for d in dirs])[:-1]
+  dirs = [jnp.asarray(b.reshape(d.shape), dtype or l.dtype)
+          for b, d, l in zip(np.split(q, cuts, 1), dirs, leaves)]
   return optim.MSKDirections(jax.tree.unflatten(tree, dirs), jnp.linspace(10.0, 2.0, k),
                              jnp.ones(k), jnp.asarray(1.0))
 

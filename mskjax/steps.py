@@ -1,24 +1,215 @@
 r"""Step rules for (preconditioned) gradient descent on real networks.
 
-:func:`stable_learning_rate` -- the critical-batch step of Ma, Bassily & Belkin (2018) applied to
-the MSK (see ``docs/theory.md``).
+* :func:`stable_learning_rate` -- with ``loss_fn``: ``safety/λ̂`` from the measured top
+  positive eigenvalue λ̂ of the preconditioned loss Hessian ``P^½ ∇²L P^½`` (Lanczos on
+  Hessian-vector products; any loss, residual term included); without it, the
+  critical-batch step of Ma, Bassily & Belkin (2018) for the linearised model (MSE).
+* :func:`curvature_estimator` -- a jitted ``estimate(params, batch) -> (η, λ̂)`` to
+  re-estimate the step during training (curvature grows: progressive sharpening).
+* :func:`set_learning_rate` -- put a new step into an ``optax.inject_hyperparams`` state
+  (no recompilation).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
 from mskjax import _validate as _v
+from mskjax import directions as _directions
 from mskjax.directions import MSKDirections, check_directions
 
-__all__ = ["stable_learning_rate"]
+__all__ = ["stable_learning_rate", "curvature_estimator", "set_learning_rate"]
+
+#: η = SAFETY/λ̂: half the edge 2/λ̂ of GD on the local quadratic model. Measured (standard
+#: MLP regression, P-preconditioned): 1/λ̂ ran 2000 steps stably, 1.9/λ̂ went NaN late
+#: (the curvature grows during training): re-estimate with :func:`curvature_estimator`.
+SAFETY = 1.0
+
+
+def _lanczos_top(matvec, v0, iters):
+  """Largest algebraic Ritz value of ``matvec`` after ``iters`` Lanczos steps (jittable).
+
+  Full re-orthogonalisation against the stored basis (iters × dim) in the vector dtype;
+  the top of the tridiagonal's spectrum converges to the top *positive* eigenvalue of a
+  symmetric operator (plain power iteration converges to the largest |eigenvalue|, which
+  for a loss Hessian away from a minimum can be a negative one).
+  """
+  dim = v0.shape[0]
+  dt = v0.dtype
+  Vb = jnp.zeros((iters + 1, dim), dt).at[0].set(v0 / jnp.linalg.norm(v0))
+  alpha = jnp.zeros((iters,), dt)
+  beta = jnp.zeros((iters,), dt)
+
+  def body(j, c):
+    Vb, alpha, beta = c
+    w = matvec(Vb[j])
+    a = jnp.dot(w, Vb[j])
+    w = w - Vb.T @ (Vb @ w)          # full re-orthogonalisation (rows > j are zero)
+    w = w - Vb.T @ (Vb @ w)
+    b = jnp.linalg.norm(w)
+    safe = jnp.where(b > 0, b, 1.0)
+    Vb = Vb.at[j + 1].set(jnp.where(b > 0, w / safe, 0.0))
+    return Vb, alpha.at[j].set(a), beta.at[j].set(b)
+
+  Vb, alpha, beta = jax.lax.fori_loop(0, iters, body, (Vb, alpha, beta))
+  T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+  return jnp.linalg.eigvalsh(T)[-1]
+
+
+def curvature_estimator(loss_fn: Callable, directions: Optional[MSKDirections] = None, *,
+                        iters: int = 20, safety: float = SAFETY, seed: int = 0) -> Callable:
+  r"""A jitted ``estimate(params, batch) -> (η, λ̂)`` for the preconditioned loss Hessian.
+
+  .. math:: \hat\lambda = \lambda_{\max}^{+}ig(P^{1/2}\,
+abla^2_	heta L(	heta; B)\,P^{1/2}ig),
+     \qquad \eta = 	ext{safety}/\hat\lambda,
+
+  with ``P^½ = I + Σ (√(g_i/λ_i) − 1) q_i q_iᵀ`` (``directions``; None: P = I, plain SGD).
+  Hessian-vector products are ``jax.jvp`` of ``jax.grad`` (exact for any loss, the
+  residual term ``Σ r_i ∇²f_i`` included — the Gauss–Newton part alone can miss the edge
+  by orders of magnitude); ``iters`` Lanczos steps with full re-orthogonalisation give
+  the top *positive* eigenvalue (``PHP`` is indefinite away from a minimum; power
+  iteration would find the negative end). Preconditioned GD ``θ ← θ − η P ∇L`` is stable
+  on the local quadratic model for η < 2/λ̂ (PH is similar to P^½HP^½).
+
+  Cost: ``iters`` Hessian-vector products (≈ 2–3 gradient passes each) on ``batch`` plus
+  O(iters · #params) memory for the Lanczos basis. Compiled once per batch shape: call it
+  every N steps during training and pass the result to :func:`set_learning_rate`.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar`` (the loss the optimizer minimises; use
+      a batch of the training batch size: the batch Hessian's top eigenvalue carries the
+      per-sample curvature that limits small-batch steps).
+    directions: :class:`MSKDirections` of the preconditioner, or None (plain SGD).
+    iters: Lanczos steps (≥ 2).
+    safety: η = safety/λ̂ (default :data:`SAFETY` = 1, half the quadratic edge).
+    seed: seed of the start vector.
+
+  Returns:
+    ``estimate(params, batch) -> (eta, lam)`` (jitted; scalar arrays).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mskjax import steps
+    >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)      # Hessian diag(b)
+    >>> est = steps.curvature_estimator(loss, iters=3)
+    >>> eta, lam = est(jnp.ones(3), jnp.array([4.0, 1.0, -9.0]))
+    >>> round(float(lam), 4), round(float(eta), 4)        # top positive, not |−9|
+    (4.0, 0.25)
+  """
+  if not callable(loss_fn):
+    raise TypeError(f"curvature_estimator: `loss_fn` must be callable loss_fn(params, batch); "
+                    f"got {type(loss_fn).__name__}.")
+  iters = _v.check_int(iters, "iters", lo=2)
+  safety = _v.check_real(safety, "safety", lo=0, lo_open=True)
+
+  # The directions enter as arguments, not closed-over constants (XLA would constant-fold
+  # k parameter-sized arrays at compile time).
+  @jax.jit
+  def _estimate(params, batch, dirs, ratio):
+    flat, unravel = ravel_pytree(params)
+    if not jnp.issubdtype(flat.dtype, jnp.floating):
+      raise TypeError("curvature_estimator: parameters must be floating.")
+    grad_flat = lambda v: ravel_pytree(jax.grad(loss_fn)(unravel(v), batch))[0]
+    hvp = lambda v: jax.jvp(grad_flat, (flat,), (v,))[1]
+    if dirs is None:
+      op = hvp
+    else:
+      ch = jnp.sqrt(jnp.maximum(ratio.astype(flat.dtype), jnp.finfo(flat.dtype).tiny)) - 1.0
+      half = lambda v: ravel_pytree(_directions.apply_directions(unravel(v), dirs, ch))[0]
+      op = lambda v: half(hvp(half(v)))
+    v0 = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)
+    lam = _lanczos_top(op, v0, min(iters, flat.shape[0]))
+    return safety / lam, lam
+
+  if directions is None:
+    dirs, ratio = None, None
+  else:
+    values, new_values = check_directions(directions, "curvature_estimator")
+    dirs, ratio = directions.directions, new_values / values
+
+  def estimate(params, batch):
+    return _estimate(params, batch, dirs, ratio)
+
+  return estimate
+
+
+def set_learning_rate(opt_state, learning_rate):
+  """Put a new step into every ``optax.inject_hyperparams`` state inside ``opt_state``.
+
+  Build the optimizer as ``optax.inject_hyperparams(optim.msk_sgd)(learning_rate=η,
+  directions=d)`` (or any injected optax optimizer); the new value is an array of the
+  same shape and dtype, so a jitted step does not recompile.
+
+  With :func:`mskjax.train.fit`, train in segments and re-estimate between them (the
+  compiled chunk is reused: the state has the same structure)::
+
+    est = steps.curvature_estimator(lambda p, b: loss(p, b, None), d)
+    res = fit(loss, params, tx, data, steps=500, batch_size=128)
+    for _ in range(9):
+      eta, _ = est(res.state.params, batch)            # a batch of the training size
+      st = res.state._replace(opt_state=steps.set_learning_rate(res.state.opt_state, eta))
+      res = fit(loss, None, tx, data, steps=500, batch_size=128, state=st)
+
+  In a user's own loop call ``est`` every N steps the same way.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from mskjax import steps
+    >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    >>> st = steps.set_learning_rate(tx.init(jnp.zeros(2)), 0.5)
+    >>> tx.update(jnp.ones(2), st)[0].tolist()
+    [-0.5, -0.5]
+  """
+  if _v.is_concrete(learning_rate):
+    lr = float(np.asarray(learning_rate))
+    if not np.isfinite(lr) or lr < 0:
+      raise ValueError(f"set_learning_rate: `learning_rate` must be a finite number ≥ 0; got "
+                       f"{lr!r}.")
+  found = []
+  is_inj = lambda s: isinstance(s, optax.InjectStatefulHyperparamsState)
+
+  def put(s):
+    if is_inj(s) and "learning_rate" in s.hyperparams:
+      hp = dict(s.hyperparams)
+      old = jnp.asarray(hp["learning_rate"])
+      hp["learning_rate"] = jnp.asarray(learning_rate, old.dtype).reshape(old.shape)
+      found.append(True)
+      return s._replace(hyperparams=hp)
+    return s
+
+  out = jax.tree.map(put, opt_state, is_leaf=is_inj)
+  if not found:
+    raise ValueError("set_learning_rate: `opt_state` has no optax.inject_hyperparams state "
+                     "with a 'learning_rate'; build the optimizer as "
+                     "optax.inject_hyperparams(optim.msk_sgd)(learning_rate=η, directions=d).")
+  return out
 
 
 def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size: int = 1, *,
                          lambda_max=None, beta=None, n_points=None,
-                         reduction: str = "mean") -> float:
-  r"""Largest useful step of (preconditioned) minibatch SGD on a quadratic loss.
+                         reduction: str = "mean", loss_fn: Optional[Callable] = None,
+                         params=None, batch=None, safety: float = SAFETY, iters: int = 20,
+                         critical_batch: bool = False, seed: int = 0) -> float:
+  r"""Largest useful step of (preconditioned) minibatch SGD.
+
+  **Measured (recommended; give** ``loss_fn``, ``params``, ``batch``\ **).** η = safety/λ̂
+  with λ̂ the top positive eigenvalue of ``P^½ ∇²L(θ; batch) P^½`` (Lanczos on exact
+  Hessian-vector products, :func:`curvature_estimator`; ``directions=None``: plain SGD).
+  Any loss; the residual term of the Hessian is included. Pass a batch of the size you
+  train with. With ``critical_batch=True`` and directions that carry β, the result is the
+  min of that and the critical-batch rule below (sound for MSE, where the rule's
+  Gauss–Newton curvature is the loss's; for cross-entropy the rule is ~16× too small,
+  so it is off by default). The curvature grows during training: re-estimate every few
+  hundred steps (``benchmarks/README.md``, "Step rules and tracking").
+
+  **Linearised model (no** ``loss_fn``\ **).**
 
   Ma, Bassily & Belkin (2018), applied to the MSK ``K_g``: with the operator eigenvalue
   ``λ = λ_max(K_g)/N`` (N points the kernel was built on) and ``β = max_x λ_max(K_g(x, x))``
@@ -37,15 +228,22 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
 
   Args:
     directions: :class:`MSKDirections` with ``beta`` and ``n_points`` (from
-      :func:`msk_directions`); or None and give the three numbers below.
+      :func:`msk_directions`); or None and give the three numbers below (or, with
+      ``loss_fn``, None for plain SGD).
     batch_size: b ≥ 1.
     lambda_max: λ_max(K_g) of the Gram matrix (default ``directions.max_value``).
     beta: β (default ``directions.beta``).
     n_points: N, the size of that Gram matrix in points (default ``directions.n_points``).
     reduction: ``'mean'`` (loss averaged over the batch) or ``'sum'``.
+    loss_fn: ``loss_fn(params, batch) -> scalar``: measure the curvature (see above).
+    params, batch: where to measure it (required with ``loss_fn``).
+    safety: η = safety/λ̂ (default 1: half the quadratic edge 2/λ̂).
+    iters: Lanczos steps.
+    critical_batch: also take the min with the critical-batch rule (needs β).
+    seed: Lanczos start vector.
 
   Returns:
-    η*(b) as a Python float.
+    η as a Python float.
 
   Example:
     >>> from mskjax import optim
@@ -53,12 +251,38 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
     0.5
     >>> optim.stable_learning_rate(batch_size=100, lambda_max=100.0, beta=2.0, n_points=100)
     0.9900990099009901
+    >>> import jax.numpy as jnp                            # measured: H = diag(b) → 1/4
+    >>> round(optim.stable_learning_rate(loss_fn=lambda w, b: 0.5 * jnp.sum(b * w ** 2),
+    ...                                  params=jnp.ones(3), batch=jnp.array([4.0, 1.0, -9.0]),
+    ...                                  iters=3), 4)
+    0.25
 
   References:
     S. Ma, R. Bassily, M. Belkin, *The power of interpolation: understanding the
     effectiveness of SGD in modern over-parametrized learning*, ICML 2018.
   """
   batch_size = _v.check_int(batch_size, "batch_size", lo=1)
+  if loss_fn is not None:
+    if params is None or batch is None:
+      raise ValueError("stable_learning_rate: with `loss_fn` pass `params` and `batch` (where "
+                       "to measure the curvature).")
+    _, lam = curvature_estimator(loss_fn, directions, iters=iters, safety=safety,
+                                 seed=seed)(params, batch)
+    lam = float(lam)
+    if not np.isfinite(lam):
+      raise ValueError(f"stable_learning_rate: the measured curvature is {lam!r} (the loss or "
+                       "its gradient is not finite at `params`).")
+    if lam <= 0:
+      raise ValueError(f"stable_learning_rate: the preconditioned Hessian has no positive "
+                       f"eigenvalue (top {lam:.3g}) at `params`: no curvature limits the step "
+                       "here; measure at other parameters or a larger batch.")
+    eta = float(safety) / lam
+    if critical_batch:
+      if directions is None or directions.beta is None:
+        raise ValueError("stable_learning_rate: `critical_batch=True` needs directions with "
+                         "`beta` (optim.msk_directions(..., compute_beta=True)).")
+      eta = min(eta, stable_learning_rate(directions, batch_size, reduction=reduction))
+    return eta
   if reduction not in ("mean", "sum"):
     raise ValueError(f"stable_learning_rate: `reduction` must be 'mean' or 'sum'; got "
                      f"{reduction!r}.")

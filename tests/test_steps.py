@@ -1,0 +1,160 @@
+"""steps.stable_learning_rate (measured curvature), curvature_estimator, set_learning_rate,
+and the named errors of the optax transforms (safety)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mskjax import optim, steps
+
+
+def _orth_dirs(dim, k, values, new_values, seed=0, dtype=jnp.float64):
+  q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, k)))
+  d = optim.MSKDirections({"w": jnp.asarray(q.T, dtype)}, jnp.asarray(values),
+                          jnp.asarray(new_values), jnp.asarray(min(new_values)))
+  return d, q
+
+
+@pytest.mark.parametrize("precondition", [False, True])
+def test_curvature_is_top_positive_eigenvalue_of_preconditioned_hessian(precondition):
+  """Quadratic loss ½wᵀAw with an indefinite A whose largest |eigenvalue| is negative:
+  the estimate is the top *positive* eigenvalue of P^½AP^½ (numpy eigh, float64)."""
+  with jax.enable_x64(True):
+    dim = 12
+    rng = np.random.default_rng(1)
+    O, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    A = (O * np.r_[-40.0, np.linspace(-1, 5, dim - 1)]) @ O.T
+    loss = lambda p, b: 0.5 * p["w"] @ (b @ p["w"])
+    d = None
+    Ph = np.eye(dim)
+    if precondition:
+      d, q = _orth_dirs(dim, 2, [8.0, 2.0], [1.0, 4.0])
+      Ph = np.eye(dim) + (q * (np.sqrt(np.array([1 / 8, 2.0])) - 1)) @ q.T
+    top = np.linalg.eigvalsh(Ph @ A @ Ph)[-1]
+    eta = steps.stable_learning_rate(d, loss_fn=loss, params={"w": jnp.ones(dim)},
+                                     batch=jnp.asarray(A), iters=dim, safety=0.5)
+    # iters = dim: Lanczos is exact up to float64 round-off
+    assert eta == pytest.approx(0.5 / top, rel=1e-8)
+
+
+def test_curvature_of_network_loss_matches_explicit_hessian():
+  """A small tanh network with cross-entropy (residual term included): Lanczos vs the
+  explicit jax.hessian + numpy eigh of P^½HP^½, float64."""
+  with jax.enable_x64(True):
+    kx, kw, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (16, 3), jnp.float64)
+    y = jnp.arange(16) % 3
+    p = {"w": jax.random.normal(kw, (3 * 4,), jnp.float64)}
+    V = jax.random.normal(kv, (4, 3), jnp.float64)
+
+    def loss(pp, b):
+      xx, yy = b
+      logits = jnp.tanh(xx @ pp["w"].reshape(3, 4)) @ V
+      return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yy))
+    H = np.asarray(jax.hessian(lambda w: loss({"w": w}, (x, y)))(p["w"]))
+    d, q = _orth_dirs(12, 3, [9.0, 4.0, 2.0], [1.0, 1.0, 1.0], seed=2)
+    Ph = np.eye(12) + (q * (np.sqrt(np.array([1 / 9, 1 / 4, 1 / 2])) - 1)) @ q.T
+    top = np.linalg.eigvalsh(Ph @ H @ Ph)[-1]
+    eta, lam = steps.curvature_estimator(loss, d, iters=12)(p, (x, y))
+    assert float(lam) == pytest.approx(top, rel=1e-8)
+    assert float(eta) == pytest.approx(1.0 / top, rel=1e-8)
+
+
+def test_set_learning_rate_changes_the_step_without_recompiling():
+  d, q = _orth_dirs(4, 1, [4.0], [1.0], dtype=jnp.float32)
+  tx = optax.inject_hyperparams(optim.msk_sgd)(learning_rate=0.1, directions=d)
+  p = {"w": jnp.zeros(4, jnp.float32)}
+  st = tx.init(p)
+  step = jax.jit(lambda g, s: tx.update(g, s))
+  u = {"w": jnp.ones(4, jnp.float32)}
+  P = np.eye(4) + (q * (0.25 - 1)) @ q.T
+  up1, _ = step(u, st)
+  up2, _ = step(u, steps.set_learning_rate(st, 0.4))
+  # float32 arithmetic on O(1) numbers
+  np.testing.assert_allclose(up1["w"], -0.1 * P @ np.ones(4), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(up2["w"], -0.4 * P @ np.ones(4), rtol=1e-5, atol=1e-6)
+  assert step._cache_size() == 1
+  with pytest.raises(ValueError, match="inject_hyperparams"):
+    steps.set_learning_rate(optim.msk_sgd(0.1, d).init(p), 0.2)
+  with pytest.raises(ValueError, match="learning_rate"):
+    steps.set_learning_rate(st, -1.0)
+
+
+def test_measured_step_errors():
+  loss = lambda p, b: 0.5 * jnp.sum(b * p ** 2)
+  with pytest.raises(ValueError, match="params"):
+    steps.stable_learning_rate(loss_fn=loss, params=jnp.ones(2))
+  with pytest.raises(ValueError, match="no positive eigenvalue"):
+    steps.stable_learning_rate(loss_fn=loss, params=jnp.ones(2), batch=-jnp.ones(2), iters=2)
+  with pytest.raises(ValueError, match="not finite"):
+    steps.stable_learning_rate(loss_fn=loss, params=jnp.ones(2),
+                               batch=jnp.array([jnp.nan, 1.0]), iters=2)
+  with pytest.raises(ValueError, match="beta"):
+    steps.stable_learning_rate(loss_fn=loss, params=jnp.ones(2), batch=jnp.ones(2), iters=2,
+                               critical_batch=True)
+
+
+# ------------------------------------------------------------------ safety of the transforms
+def _d32():
+  return _orth_dirs(4, 2, [8.0, 2.0], [1.0, 1.0], dtype=jnp.float32)[0]
+
+
+@pytest.mark.parametrize("lr, match", [(None, "ascent"), (-0.1, "ascent"),
+                                       (float("nan"), "finite"), (float("inf"), "finite")])
+def test_msk_sgd_rejects_bad_learning_rates(lr, match):
+  with pytest.raises(ValueError, match=match):
+    optim.msk_sgd(lr, _d32())
+
+
+@pytest.mark.parametrize("m", [1.0, -0.1, 1.5, float("nan")])
+def test_msk_sgd_rejects_bad_momentum(m):
+  with pytest.raises(ValueError, match="momentum"):
+    optim.msk_sgd(0.1, _d32(), momentum=m)
+
+
+def test_non_orthonormal_or_indefinite_directions_are_named():
+  q = np.array([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0]])          # nearly parallel rows
+  d = optim.MSKDirections({"w": jnp.asarray(q)}, jnp.array([8.0, 4.0]), jnp.array([1.0, 1.0]),
+                          jnp.array(1.0))
+  with pytest.raises(ValueError, match="indefinite"):
+    optim.scale_by_msk(d)                                    # 1 + c·2 < 0 on span: indefinite
+  d2 = d._replace(directions={"w": jnp.asarray(2.0 * np.eye(3)[:2])}, new_values=jnp.array(
+      [6.0, 3.0]))
+  with pytest.raises(ValueError, match="not orthonormal"):
+    optim.scale_by_msk(d2)                                   # PD but ‖q‖ = 2
+  with pytest.raises(ValueError, match="not orthonormal"):
+    optim.replace_directions(optim.msk_sgd(0.1, _d32()).init({"w": jnp.zeros(4)}),
+                             d2._replace(directions={"w": jnp.asarray(2.0 * np.eye(4)[:2])}))
+
+
+def test_wrong_leaf_shapes_are_named():
+  d = _d32()
+  tx = optim.msk_sgd(0.1, d)
+  st = tx.init({"w": jnp.zeros(4)})
+  with pytest.raises(ValueError, match="shape"):
+    tx.update({"w": jnp.ones(5)}, st)
+  with pytest.raises(ValueError, match="pytree structures"):
+    tx.update({"v": jnp.ones(4)}, st)
+  with pytest.raises(ValueError, match="shape"):
+    jax.jit(tx.update)({"w": jnp.ones((2, 2))}, st)          # static shapes: also under jit
+  bad = d._replace(directions={"w": jnp.zeros((2, 5))})
+  with pytest.raises(ValueError, match="shape"):
+    optim.replace_directions(st, bad._replace(directions={"w": jnp.eye(5)[:2]}))
+  f = lambda w, x: x @ w
+  dt = d._replace(vectors=jnp.asarray(np.eye(3)[:, :2]))
+  tr = optim.scale_by_msk_tracking(f, jnp.ones((3, 4)), dt)
+  with pytest.raises(ValueError, match="shape"):
+    tr.update({"w": jnp.ones(5)}, tr.init({"w": jnp.zeros(4)}), {"w": jnp.zeros(4)})
+  with pytest.raises(ValueError, match="vectors"):
+    optim.scale_by_msk_tracking(f, jnp.ones((3, 4)), d)
+  with pytest.raises(ValueError, match="params"):
+    tr.update({"w": jnp.ones(4)}, tr.init({"w": jnp.zeros(4)}))
+
+
+def test_non_finite_updates_are_skipped_with_apply_if_finite():
+  """The documented guard for NaN/inf gradients: optax.apply_if_finite around msk_sgd."""
+  tx = optax.apply_if_finite(optim.msk_sgd(0.1, _d32()), max_consecutive_errors=3)
+  st = tx.init({"w": jnp.zeros(4)})
+  up, st = tx.update({"w": jnp.array([1.0, jnp.nan, 0.0, 0.0])}, st)
+  assert np.all(np.asarray(up["w"]) == 0) and int(st.notfinite_count) == 1

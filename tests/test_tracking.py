@@ -1,0 +1,122 @@
+"""The tracking MSK preconditioner (optim.scale_by_msk_tracking) against independent
+computations: explicit jacrev Jacobians, numpy orthonormalisation and numpy P u, float64."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mskjax import modifiers, optim
+
+
+def _net(width=8, d=3, c=2, seed=0):
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  params = {"W": jax.random.normal(k1, (d, width), jnp.float64),
+            "b": jax.random.normal(k2, (width,), jnp.float64)}
+  A = jax.random.normal(k3, (width, c), jnp.float64)
+
+  def f(p, x):
+    return jnp.tanh(x @ p["W"] / np.sqrt(d) + p["b"]) @ A / np.sqrt(width)
+  return f, params
+
+
+def _jac(f, p, x):
+  J = jax.jacrev(lambda q: f(q, x))(p)            # leaves (s, c, *shape)
+  s, c = f(p, x).shape
+  return np.concatenate([np.asarray(J[k]).reshape(s * c, -1) for k in ("W", "b")], 1)
+
+
+def _flat(t):
+  return np.concatenate([np.asarray(t["W"]).ravel(), np.asarray(t["b"]).ravel()])
+
+
+def _moved(p, scale, seed=3):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+  return {k: v + scale * jnp.linalg.norm(v) / np.sqrt(v.size) * jax.random.normal(kk, v.shape,
+                                                                                   v.dtype)
+          for (k, v), kk in zip(sorted(p.items()), keys)}
+
+
+@pytest.mark.parametrize("rayleigh_ritz", [False, True])
+def test_tracked_update_matches_explicit_jacobian(rayleigh_ritz):
+  with jax.enable_x64(True):
+    f, p0 = _net()
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 3), jnp.float64)
+    k = 3
+    d = optim.msk_directions(f, p0, x, modifiers.flatten(), k, compute_beta=False)
+    p1 = _moved(p0, 0.3)
+    u = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(7), a.shape, a.dtype), p0)
+    tx = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rayleigh_ritz)
+    out, st = tx.update(u, tx.init(p0), p1)
+    # oracle: explicit J at p1, numpy orthonormalisation, numpy P u
+    J1 = _jac(f, p1, x)
+    V = np.asarray(d.vectors)
+    lam, g = np.asarray(d.values), np.asarray(d.new_values)
+    if rayleigh_ritz:
+      K1 = J1 @ J1.T
+      W, _ = np.linalg.qr(K1 @ V)
+      theta, U = np.linalg.eigh(W.T @ K1 @ W)
+      theta, U = theta[::-1], U[:, ::-1]
+      Q = J1.T @ W @ U / np.sqrt(theta)
+      coef = g / theta - 1
+    else:
+      A = J1.T @ V / np.sqrt(lam)
+      e, U = np.linalg.eigh(A.T @ A)
+      Q = A @ (U / np.sqrt(e)) @ U.T
+      coef = g / lam - 1
+    np.testing.assert_allclose(Q.T @ Q, np.eye(k), atol=1e-10)
+    uf = _flat(u)
+    expect = uf + Q @ (coef * (Q.T @ uf))
+    # float64 throughout; the only differences are round-off in two orders of summation
+    np.testing.assert_allclose(_flat(out), expect, rtol=1e-9, atol=1e-9 * np.abs(expect).max())
+    # at the build parameters, Löwdin re-forms the stored directions
+    if not rayleigh_ritz:
+      out0, _ = tx.update(u, tx.init(p0), p0)
+      np.testing.assert_allclose(_flat(out0), _flat(optim.precondition(d, u)), rtol=1e-8,
+                                 atol=1e-10)
+
+
+def _lazy(n=32, width=128, seed=0):
+  theta = jnp.linspace(0, 2 * np.pi, n, endpoint=False)
+  x = jnp.stack([jnp.cos(theta), jnp.sin(theta)], 1).astype(jnp.float64)
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  p = {"W": jax.random.normal(k1, (2, width), jnp.float64),
+       "b": jax.random.normal(k2, (width,), jnp.float64)}
+  a = jax.random.normal(k3, (width,), jnp.float64)
+  f = lambda q, xx: jax.nn.relu(xx @ q["W"] / np.sqrt(2.0) + q["b"]) @ a / np.sqrt(width)
+  return f, p, x
+
+
+def _lam_max_JPJ(f, p, x, Q, coef):
+  J = _jac(lambda q, xx: f(q, xx)[:, None], p, x)
+  P = np.eye(J.shape[1]) + (Q * coef) @ Q.T
+  return np.linalg.eigvalsh(J @ P @ J.T)[-1]
+
+
+def _Q(dirs):
+  return np.concatenate([np.asarray(dirs[k]).reshape(dirs[k].shape[0], -1)
+                         for k in ("W", "b")], 1).T
+
+
+def test_tracked_preconditioner_keeps_top_at_max_g_after_parameters_move():
+  """Move the first layer by ~25 % (what one large MSK step does to a lazy network):
+  the fixed directions no longer flatten the top of J_t Jᵀ_t, the re-formed ones do.
+  Rayleigh–Ritz keeps λ_max(J_t P_t J_tᵀ) at max g (to the λ_{k+1} drift of the kernel);
+  Löwdin with the fixed function-space vectors only partly (its span does not rotate)."""
+  with jax.enable_x64(True):
+    f, p0, x = _lazy()
+    k = 6
+    d = optim.msk_directions(f, p0, x, modifiers.flatten(), k, compute_beta=False)
+    gmax = float(d.max_value)
+    coef = np.asarray(d.new_values) / np.asarray(d.values) - 1
+    assert _lam_max_JPJ(f, p0, x, _Q(d.directions), coef) == pytest.approx(gmax, rel=1e-6)
+    p1 = _moved(p0, 0.25)
+    fixed = _lam_max_JPJ(f, p1, x, _Q(d.directions), coef)
+    res = {}
+    for rr in (False, True):
+      st = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rr)
+      _, s1 = st.update(jax.tree.map(jnp.zeros_like, p0), st.init(p0), p1)
+      res[rr] = _lam_max_JPJ(f, p1, x, _Q(s1.directions), np.asarray(s1.coef))
+    assert fixed > 3 * gmax, (fixed, gmax)
+    assert res[True] < 1.5 * gmax, (res, gmax)
+    assert res[False] < 0.5 * fixed, (res, fixed)
