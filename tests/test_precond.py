@@ -236,7 +236,9 @@ def test_float32_pipeline_stays_float32():
     model = MLP(width=32, out=3)
     variables = model.init(jax.random.PRNGKey(1), x)
     d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 4)
-    assert float(d.residuals.max()) < 1e-6      # solved in float64 inside
+    # default: float32 products, a solve to what a preconditioner needs (tol 1e-2 on the
+    # eigenvalue error bound): residuals / λ₁ of that order, not 1e-6
+    assert float(d.residuals.max()) < 2e-2
     tx = optim.msk_sgd(optim.stable_learning_rate(d, 8), d)
     params = variables["params"]
     st = tx.init(params)
