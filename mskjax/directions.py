@@ -403,6 +403,14 @@ def choose_method(n_rows, n_params, c, m, forward_flops, itemsize, memory_budget
   Matrix-free: per product m JVPs and VJPs (~5·m·F). Explicit also needs N·P·itemsize ≤
   ``memory_budget``. (F: forward flops per point; MLPs have F ≈ 2P, so matrix-free wins by
   ~c; convolutions reuse each weight over positions, F ≫ P, so the explicit Jacobian wins.)
+
+  Example:
+    >>> choose_method(2500, 23306, 10, 31, 8.4e5, 4, 1 << 30)    # 1-D CNN, 250 points
+    'explicit'
+    >>> choose_method(5000, 78858, 10, 41, 1.6e5, 4, 1 << 30)    # MLP: 1.6 GB > budget
+    'sketch'
+    >>> choose_method(1000, 78858, 10, 41, 1.6e5, 4, 1 << 30)    # MLP: F ≈ 2P
+    'sketch'
   """
   if n_rows * n_params * itemsize > memory_budget:
     return "sketch"
