@@ -352,25 +352,39 @@ def _subspace_iteration(gram, Y, k1, tol, max_iter):
   Returns (θ, X, r, converged, products).
   """
   m = Y.shape[1]
-  Q, _ = np.linalg.qr(Y)
-  th, X, KX = _ritz(Q, gram(Q))
+  with _few_blas_threads(Y.size):   # small host algebra: one BLAS thread (see there)
+    Q, _ = np.linalg.qr(Y)
+  Z = gram(Q)
+  with _few_blas_threads(Y.size):
+    th, X, KX = _ritz(Q, Z)
   for it in range(int(max_iter)):
-    res = np.linalg.norm(KX - X * th, axis=0)
-    err = _eigenvalue_error(th, res, k1)
-    ok = bool(np.all(err <= tol * np.maximum(th[:k1], np.finfo(float).tiny)))
-    if ok or it == int(max_iter) - 1:
-      return th, X, res, ok, it + 1
-    R = KX - X * th
-    R -= X @ (X.T @ R)
-    R -= X @ (X.T @ R)                      # twice is enough (Kahan)
-    W, _ = np.linalg.qr(R)
+    with _few_blas_threads(Y.size):
+      out = _davidson_update(X, KX, th, k1, tol)
+    if out is None or it == int(max_iter) - 1:
+      res = np.linalg.norm(KX - X * th, axis=0)
+      return th, X, res, out is None, it + 1
+    W = out
     KW = gram(W)
-    B = np.concatenate([X, W], axis=1)
-    KB = np.concatenate([KX, KW], axis=1)
-    T = B.T @ KB
-    t, U = np.linalg.eigh(0.5 * (T + T.T))
-    U = U[:, ::-1][:, :m]
-    th, X, KX = t[::-1][:m], B @ U, KB @ U
+    with _few_blas_threads(Y.size):
+      B = np.concatenate([X, W], axis=1)
+      KB = np.concatenate([KX, KW], axis=1)
+      T = B.T @ KB
+      t, U = np.linalg.eigh(0.5 * (T + T.T))
+      U = U[:, ::-1][:, :m]
+      th, X, KX = t[::-1][:m], B @ U, KB @ U
+
+
+def _davidson_update(X, KX, th, k1, tol):
+  """None when every Ritz value i < k1 meets its error bound, else the new block W."""
+  res = np.linalg.norm(KX - X * th, axis=0)
+  err = _eigenvalue_error(th, res, k1)
+  if bool(np.all(err <= tol * np.maximum(th[:k1], np.finfo(float).tiny))):
+    return None
+  R = KX - X * th
+  R -= X @ (X.T @ R)
+  R -= X @ (X.T @ R)                      # twice is enough (Kahan)
+  W, _ = np.linalg.qr(R)
+  return W
 
 
 def _eigenvalue_error(th, res, k1):
