@@ -381,9 +381,20 @@ def _davidson_update(X, KX, th, k1, tol):
   if bool(np.all(err <= tol * np.maximum(th[:k1], np.finfo(float).tiny))):
     return None
   R = KX - X * th
+  R = R[:, res > 1e-13 * max(abs(th[0]), np.finfo(float).tiny)]   # drop exact pairs
+  # [X, W] must be orthonormal for Rayleigh–Ritz: project, QR, and keep only columns
+  # mostly outside span(X) (QR of a near rank-deficient R returns directions that are
+  # not orthogonal to X), then project and QR once more.
   R -= X @ (X.T @ R)
-  R -= X @ (X.T @ R)                      # twice is enough (Kahan)
+  R -= X @ (X.T @ R)
   W, _ = np.linalg.qr(R)
+  W -= X @ (X.T @ W)
+  W = W[:, np.linalg.norm(W, axis=0) > 0.5]
+  if W.shape[1] == 0:
+    return None
+  W, _ = np.linalg.qr(W)
+  W -= X @ (X.T @ W)
+  W, _ = np.linalg.qr(W)
   return W
 
 
