@@ -30,7 +30,8 @@ from mskjax import spectrum as _spectrum
 from mskjax import tangents as _tangents
 from mskjax.msk import MSKSpectrum
 
-__all__ = ["MSKDirections", "msk_directions", "precondition"]
+__all__ = ["MSKDirections", "msk_directions", "precondition", "loss_hessian_sqrt",
+           "choose_method"]
 
 
 class MSKDirections(NamedTuple):
@@ -53,6 +54,11 @@ class MSKDirections(NamedTuple):
     vectors: ``(s·c, k)`` the function-space eigenvectors v_i on those points (row index
       point·c + output), or None: what re-forms the directions at other parameters.
     indices: ``(s,)`` indices into ``x`` of the points used (None: all of ``x``).
+    hessian_sqrt: ``(s, c, c)`` per-point ``H_i^½`` of the loss's output Hessian at the
+      parameters the directions were built at (None: H = I, the MSE loss). With it the
+      directions at other parameters θ' are ``orth(J(θ')ᵀ H^½ V)`` (V = ``vectors``), the
+      tracking form; ``vectors`` are then eigenvectors of the Gauss–Newton kernel
+      ``H^½ J Jᵀ H^½``.
   """
   directions: Any
   values: jax.Array
@@ -63,6 +69,7 @@ class MSKDirections(NamedTuple):
   n_points: Any = None
   vectors: Any = None
   indices: Any = None
+  hessian_sqrt: Any = None
 
   @property
   def k(self) -> int:
@@ -194,63 +201,377 @@ def _few_blas_threads(size):
   return threadpoolctl.threadpool_limits(1, "blas")
 
 
+LOSSES = ("mse", "softmax_cross_entropy")
+METHODS = ("auto", "explicit", "sketch", "krylov")
+
+
+def loss_hessian_sqrt(loss, outputs, targets=None):
+  r"""Per-point square roots ``H_i^½`` of the loss's output Hessian (PSD-clipped), or None.
+
+  ``H_i = ∂²ℓ(f_i, y_i)/∂f_i²`` at the outputs ``f_i`` (``(s, c)``, float64): the identity
+  for ``'mse'`` (½‖f − y‖²; returns None), ``diag(p_i) − p_i p_iᵀ`` with ``p_i =
+  softmax(f_i)`` for ``'softmax_cross_entropy'`` (no targets needed), ``jax.hessian`` of a
+  callable ``ℓ(f_i, y_i)`` (per point, f_i flattened to ``(c,)``) otherwise. Each ``H_i^½``
+  comes from a c×c eigh with negative eigenvalues clipped to 0.
+
+  Example:
+    >>> import numpy as np
+    >>> Hh = loss_hessian_sqrt("softmax_cross_entropy", np.zeros((1, 2)))   # p = (½, ½)
+    >>> np.round(Hh[0] @ Hh[0], 6).tolist()                      # H = diag(p) − ppᵀ
+    [[0.25, -0.25], [-0.25, 0.25]]
+  """
+  F = np.asarray(outputs, np.float64)
+  s, c = F.shape
+  if isinstance(loss, str) and loss == "mse":
+    return None
+  if isinstance(loss, str):
+    z = np.exp(F - F.max(axis=1, keepdims=True))
+    pr = z / z.sum(axis=1, keepdims=True)
+    H = pr[:, :, None] * np.eye(c) - pr[:, :, None] * pr[:, None, :]
+  else:
+    with jax.enable_x64(True):
+      y = jax.tree.map(lambda a: jnp.asarray(a), targets)
+      try:
+        H = np.asarray(jax.vmap(jax.hessian(loss))(jnp.asarray(F), y), np.float64)
+      except Exception as e:  # noqa: BLE001 -- re-raised with the argument named
+        raise ValueError("msk_directions: `loss` must be a per-point loss ℓ(f_i, y_i) -> "
+                         f"scalar of the point's outputs f_i (shape ({c},)) and its target "
+                         f"y_i (a row of `targets`); calling jax.hessian of it failed: {e}"
+                         ) from e
+    if H.shape != (s, c, c):
+      raise ValueError(f"msk_directions: `loss`(f_i, y_i) must return a scalar, so that its "
+                       f"Hessian in f_i is ({c}, {c}) per point; got Hessians of shape "
+                       f"{H.shape[1:]}.")
+    if not np.all(np.isfinite(H)):
+      raise ValueError("msk_directions: the Hessian of `loss` at the current outputs has NaN "
+                       "or inf entries; check the loss and the `targets`.")
+  H = 0.5 * (H + np.swapaxes(H, 1, 2))
+  w, U = np.linalg.eigh(H)
+  return np.einsum("pij,pj,pkj->pik", U, np.sqrt(np.maximum(w, 0.0)), U)
+
+
+def _weigh(Hh, V, s, c):
+  """blockdiag(H_i^½) V for (s·c, m) V (identity when Hh is None)."""
+  if Hh is None:
+    return V
+  return np.einsum("pcd,pdm->pcm", Hh, V.reshape(s, c, -1)).reshape(s * c, -1)
+
+
+class _Explicit:
+  """A = H^½ J as a host matrix (N, P) in the compute dtype."""
+
+  def __init__(self, A, p):
+    self.A, self.p = A, p
+    self.sizes = [int(np.prod(np.shape(l))) for l in jax.tree.leaves(p)]
+    self.treedef = jax.tree.structure(p)
+    self.shapes = [np.shape(l) for l in jax.tree.leaves(p)]
+
+  def _flat(self, tree):
+    return np.concatenate([np.asarray(l, np.float64).reshape(l.shape[0], -1)
+                           for l in jax.tree.leaves(tree)], axis=1)        # (m, P)
+
+  def range(self, m, rng):
+    return np.asarray(self.A @ rng.standard_normal((self.A.shape[1], m)).astype(self.A.dtype),
+                      np.float64)
+
+  def push(self, tree):
+    return np.asarray(self.A @ self._flat(tree).T.astype(self.A.dtype), np.float64)
+
+  def gram(self, Q):
+    Q = Q.astype(self.A.dtype)
+    return np.asarray(self.A @ (self.A.T @ Q), np.float64)
+
+  def adjoint(self, V):
+    M = np.asarray(self.A.T @ V.astype(self.A.dtype), np.float64).T          # (m, P)
+    parts = np.split(M, np.cumsum(self.sizes)[:-1], axis=1)
+    return jax.tree.unflatten(self.treedef, [a.reshape((M.shape[0],) + sh)
+                                             for a, sh in zip(parts, self.shapes)])
+
+  def diag_blocks(self, s, c):
+    A3 = self.A.reshape(s, c, -1)
+    return np.asarray(np.einsum("pcq,pdq->pcd", A3, A3), np.float64)
+
+
+class _MatrixFree:
+  """A = H^½ J through blocked JVP/VJP (Python loops of jitted blocks)."""
+
+  def __init__(self, op, Hh, s, c, fn, x, dtype, memory_budget):
+    self.op, self.Hh, self.s, self.c = op, Hh, s, c
+    self.fn, self.x, self.dtype, self.memory_budget = fn, x, dtype, memory_budget
+    self.cdt = jax.tree.leaves(op.params)[0].dtype
+
+  def _jvp(self, tree):
+    T = jax.tree.map(lambda a: jnp.asarray(a, self.cdt), tree)
+    out = np.asarray(self.op.jvp(T), np.float64).reshape(self.s * self.c, -1)
+    return _weigh(self.Hh, out, self.s, self.c)
+
+  def range(self, m, rng):
+    T = jax.tree.map(lambda a: rng.standard_normal((m,) + a.shape), self.op.params)
+    return self._jvp(T)
+
+  def push(self, tree):
+    return self._jvp(tree)
+
+  def adjoint(self, V):
+    W = _weigh(self.Hh, V, self.s, self.c).reshape(self.s, self.c, -1)
+    return self.op.vjp(jnp.asarray(W, self.cdt))
+
+  def gram(self, Q):
+    return self._jvp(self.adjoint(Q))
+
+  def diag_blocks(self, s, c):
+    D = np.asarray(_tangents.ntk_diagonal_blocks(self.fn, self.op.params, self.x,
+                                                 dtype=self.dtype,
+                                                 memory_budget=self.memory_budget),
+                   np.float64)
+    if self.Hh is None:
+      return D
+    return np.einsum("pab,pbc,pdc->pad", self.Hh, D, self.Hh)
+
+
+def _ritz(Q, Z):
+  """Rayleigh–Ritz of K on span(Q) given Z = K Q: (θ desc, X = Q U, K X)."""
+  T = Q.T @ Z
+  th, U = np.linalg.eigh(0.5 * (T + T.T))
+  th, U = th[::-1], U[:, ::-1]
+  return th, Q @ U, Z @ U
+
+
+def _subspace_iteration(gram, Y, k1, tol, max_iter):
+  """Randomised block iteration with Rayleigh–Ritz after every product with K.
+
+  Starts from the range block Y (N, m): Q = orth(Y), one product K Q and Rayleigh–Ritz.
+  Each further iteration costs one product with m columns: the residual block R = K X − X Θ
+  of the current Ritz vectors, orthogonalised against X, is added to the basis and
+  Rayleigh–Ritz runs on the 2m columns [X, R] (a block Davidson step: R is the gradient of
+  the Rayleigh quotients, so this converges much faster than the power step Q ← orth(K X)
+  on slowly decaying spectra). Ritz pairs come with exact residuals r_i; the error of θ_i is
+  at most min(r_i, r_i²/gap_i) (Weyl; Kato–Temple with gap_i the distance to the other Ritz
+  values); stop when that is ≤ tol·θ_i for every i ≤ k1.
+
+  Returns (θ, X, r, converged, products).
+  """
+  m = Y.shape[1]
+  with _few_blas_threads(Y.size):   # small host algebra: one BLAS thread (see there)
+    Q, _ = np.linalg.qr(Y)
+  Z = gram(Q)
+  with _few_blas_threads(Y.size):
+    th, X, KX = _ritz(Q, Z)
+  for it in range(int(max_iter)):
+    with _few_blas_threads(Y.size):
+      out = _davidson_update(X, KX, th, k1, tol)
+    if out is None or it == int(max_iter) - 1:
+      res = np.linalg.norm(KX - X * th, axis=0)
+      return th, X, res, out is None, it + 1
+    W = out
+    KW = gram(W)
+    with _few_blas_threads(Y.size):
+      B = np.concatenate([X, W], axis=1)
+      KB = np.concatenate([KX, KW], axis=1)
+      T = B.T @ KB
+      t, U = np.linalg.eigh(0.5 * (T + T.T))
+      U = U[:, ::-1][:, :m]
+      th, X, KX = t[::-1][:m], B @ U, KB @ U
+
+
+def _davidson_update(X, KX, th, k1, tol):
+  """None when every Ritz value i < k1 meets its error bound, else the new block W."""
+  res = np.linalg.norm(KX - X * th, axis=0)
+  err = _eigenvalue_error(th, res, k1)
+  if bool(np.all(err <= tol * np.maximum(th[:k1], np.finfo(float).tiny))):
+    return None
+  R = KX - X * th
+  R = R[:, res > 1e-13 * max(abs(th[0]), np.finfo(float).tiny)]   # drop exact pairs
+  # [X, W] must be orthonormal for Rayleigh–Ritz: project, QR, and keep only columns
+  # mostly outside span(X) (QR of a near rank-deficient R returns directions that are
+  # not orthogonal to X), then project and QR once more.
+  R -= X @ (X.T @ R)
+  R -= X @ (X.T @ R)
+  W, _ = np.linalg.qr(R)
+  W -= X @ (X.T @ W)
+  W = W[:, np.linalg.norm(W, axis=0) > 0.5]
+  if W.shape[1] == 0:
+    return None
+  W, _ = np.linalg.qr(W)
+  W -= X @ (X.T @ W)
+  W, _ = np.linalg.qr(W)
+  return W
+
+
+def _eigenvalue_error(th, res, k1):
+  """min(r_i, r_i²/gap_i) for i < k1: a bound on |θ_i − λ| for the nearest eigenvalue λ."""
+  m = th.shape[0]
+  gaps = np.array([np.min(np.abs(np.delete(th, i) - th[i])) if m > 1 else np.inf
+                   for i in range(min(k1, m))])
+  r = res[:k1]
+  return np.minimum(r, r * r / np.maximum(gaps, np.finfo(float).tiny))
+
+
+def _forward_flops(fn, p, x1):
+  """Flops of one forward pass on one point (XLA's cost analysis; 2·#params if none)."""
+  P = sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(p))
+  try:
+    cost = jax.jit(fn).lower(p, x1).cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    flops = float(cost.get("flops", 0.0))
+  except Exception:  # noqa: BLE001 -- a cost estimate only
+    flops = 0.0
+  return flops if flops > 0 else 2.0 * P
+
+
+def choose_method(n_rows, n_params, c, m, forward_flops, itemsize, memory_budget):
+  """``'explicit'`` or ``'sketch'`` for ``method='auto'``: a flop model per point.
+
+  Explicit: the Jacobian (c backward passes, ~3·c·F flops) plus, per product with K, two
+  GEMMs that read the (N, P) matrix (4·c·P·m flops, weighted ×2: memory-bound).
+  Matrix-free: per product m JVPs and VJPs (~5·m·F). Explicit also needs N·P·itemsize ≤
+  ``memory_budget``. (F: forward flops per point; MLPs have F ≈ 2P, so matrix-free wins by
+  ~c; convolutions reuse each weight over positions, F ≫ P, so the explicit Jacobian wins.)
+
+  Example:
+    >>> choose_method(2500, 23306, 10, 31, 8.4e5, 4, 1 << 30)    # 1-D CNN, 250 points
+    'explicit'
+    >>> choose_method(5000, 78858, 10, 41, 1.6e5, 4, 1 << 30)    # MLP: 1.6 GB > budget
+    'sketch'
+    >>> choose_method(1000, 78858, 10, 41, 1.6e5, 4, 1 << 30)    # MLP: F ≈ 2P
+    'sketch'
+  """
+  if n_rows * n_params * itemsize > memory_budget:
+    return "sketch"
+  iters = 4
+  explicit = 3 * c * forward_flops + iters * 8 * c * n_params * m
+  free = iters * 5 * m * forward_flops + 2.5 * m * forward_flops
+  return "explicit" if explicit < free else "sketch"
+
+
+def _dense_top(A, m):
+  """Top-m eigenpairs of K = A Aᵀ from one GEMM and host LAPACK (subset eigh)."""
+  import scipy.linalg
+  K = np.asarray(A @ A.T, np.float64)
+  K = 0.5 * (K + K.T)
+  N = K.shape[0]
+  th, X = scipy.linalg.eigh(K, subset_by_index=[N - m, N - 1])
+  th, X = th[::-1], X[:, ::-1]
+  return th, X, np.linalg.norm(K @ X - X * th, axis=0)
+
+
+def _check_previous(previous, p):
+  want, got = jax.tree.structure(p), jax.tree.structure(previous.directions)
+  if want != got:
+    raise ValueError("msk_directions: `init_vectors` (MSKDirections) has a different pytree "
+                     "structure from `params`; pass directions built for this model (or "
+                     f"init_vectors=None for a cold build). Expected {want}, got {got}.")
+  for a, q in zip(jax.tree.leaves(p), jax.tree.leaves(previous.directions)):
+    if tuple(np.shape(q))[1:] != tuple(np.shape(a)):
+      raise ValueError("msk_directions: `init_vectors` (MSKDirections) has direction leaves "
+                       f"of shape {tuple(np.shape(q))[1:]} where `params` has "
+                       f"{tuple(np.shape(a))}: directions of another model; pass directions "
+                       "built for this model (or init_vectors=None for a cold build).")
+
+
 def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int, *,
+                   loss="mse", targets=None, method: str = "auto",
                    subsample: Optional[int] = None, key=None, init_vectors=None,
-                   oversample: int = 10, depth: int = 6, tol: float = 1e-6,
-                   max_cycles: int = 10, block_size: Optional[int] = None,
-                   memory_budget: int = 1 << 30, float64: bool = True,
+                   oversample: int = 10, depth: int = 6, tol: Optional[float] = None,
+                   max_cycles: Optional[int] = None, block_size: Optional[int] = None,
+                   memory_budget: int = 1 << 30, float64: bool = False,
                    compute_beta: bool = True) -> MSKDirections:
-  r"""Top-k parameter-space directions of the full empirical NTK, without forming it.
+  r"""Top-k parameter-space directions of the loss's Gauss–Newton kernel on the points.
 
-  With ``J = ∂f(θ, X)/∂θ`` over all n·c outputs (c = outputs per point, all output axes
-  flattened) and ``K = J Jᵀ`` (cross-output terms included), this finds the top k+1
-  eigenpairs (λ_i, v_i) of K by block Krylov iteration on ``V ↦ J (Jᵀ V)`` (batched
-  JVP/VJP over blocks of points, :func:`mskjax.tangents.jacobian_operator`), applies
-  ``g`` to them (g sees λ₁..λ_{k+1}, e.g. ``flatten`` needs λ_{k+1}), and returns
+  With ``J = ∂f(θ, X)/∂θ`` over all s·c outputs (c = outputs per point, all output axes
+  flattened; row = point·c + output) and ``H = blockdiag(H_1..H_s)`` the per-point output
+  Hessians of the loss at the current parameters (``H_i = ∂²ℓ(f_i, y_i)/∂f_i²``: the
+  identity for ``'mse'``, ``diag(p_i) − p_i p_iᵀ`` with ``p_i = softmax(f_i)`` for
+  ``'softmax_cross_entropy'``), the Gauss–Newton matrix of the loss is ``Jᵀ H J`` and its
+  nonzero spectrum is that of the kernel
 
-  .. math:: q_i = J^\top v_i / \sqrt{\lambda_i},\qquad \langle q_i, q_j\rangle = \delta_{ij}
+  .. math:: K_H = H^{1/2} J J^\top H^{1/2} = \sum_i \lambda_i v_i v_i^\top,\qquad
+            q_i = J^\top H^{1/2} v_i / \sqrt{\lambda_i},\quad \langle q_i, q_j\rangle
+            = \delta_{ij}
 
-  (re-orthonormalised in float64) in the parameters' dtypes, for :func:`scale_by_msk`.
+  (``H_i^½`` by a c×c eigh, PSD-clipped), so that ``P Jᵀ H^½ w = Jᵀ H^½ S w`` with
+  ``S = I + Σ (g_i/λ_i − 1) v_i v_iᵀ`` for :func:`precondition`. For MSE this is the full
+  empirical NTK ``J Jᵀ`` (cross-output terms included); for cross-entropy the raw NTK
+  overstates the curvature about c-fold at init (eigenvalues of H_i are ≤ ½, ≈ 1/c), and
+  the step rules need λ of K_H. ``g`` sees λ₁..λ_{k+1} (e.g. ``flatten`` needs λ_{k+1}).
+  The mathematics: ``docs/theory.md``.
+
+  Algorithms (``method``; a preconditioner needs eigenvalues to about a percent, not 1e-9
+  residuals):
+
+  * ``'explicit'``: the Jacobian as a host matrix
+    (:func:`mskjax.tangents.jacobian_matrix`, jitted per-block ``vmap(jacrev)`` called from
+    a Python loop), weighted by H^½; then, for s·c ≤ 8·(k+1+oversample) or tol < 1e-4,
+    one GEMM ``K_H`` + LAPACK subset eigh; otherwise subspace iteration on the matrix
+    (GEMMs only, as ``'sketch'``).
+  * ``'sketch'``: matrix-free randomised block iteration on blocked JVP/VJP products
+    (:func:`mskjax.tangents.jacobian_operator`, jitted blocks in a Python loop): start
+    from a range sample ``H^½ J Ω`` (Ω Gaussian in parameter space), Rayleigh–Ritz, then
+    per product a block Davidson step (the Ritz residuals join the basis) until every
+    Ritz value i ≤ k+1 has the error bound ``min(r_i, r_i²/gap_i) ≤ tol·θ_i`` (r_i =
+    ‖K_H x_i − θ_i x_i‖, gap_i to the other Ritz values; default tol 1e-2: eigenvalues to
+    about 1 %), at most ``max_cycles`` products (default 10).
+  * ``'krylov'``: restarted block Krylov (:func:`mskjax.eigh_top`) on the same matrix-free
+    products, stopping at ``‖K_H v_i − λ_i v_i‖ ≤ tol·λ₁`` (default 1e-6), for tight solves.
+  * ``'auto'``: ``'explicit'`` when the s·c·#params matrix fits ``memory_budget`` bytes
+    and a flop model says it is cheaper (convolutions: each weight is reused over
+    positions, so the Jacobian is cheap next to m JVPs; MLPs: the reverse), else
+    ``'sketch'`` (:func:`choose_method`).
+
+  A refresh (``init_vectors`` = the previous :class:`MSKDirections`): the start block is
+  the previous function-space ``vectors`` (same points: function space is stable under
+  training) or ``K_H^½``-pushed previous directions ``H^½ J q_i`` (other points), plus
+  ``oversample + 1`` range samples, so one product with K_H usually converges;
+  ``next_value`` is then the (k+1)-th Ritz value of that oversampled block. Every
+  unconverged solve warns (with its residual).
 
   EigenPro-style subsampling (Ma & Belkin 2017): with ``subsample=s`` the kernel is built
-  on s random points; the directions then span the top of the parameter-space operator
-  ``JᵀJ`` estimated from s points, and ``values`` are of the s-point Gram matrix (about
-  s/n times those on n points; the step rule uses λ/s, see :func:`stable_learning_rate`).
+  on s random points; ``values`` are of the s-point Gram matrix (about s/n times those on
+  n points; the step rule uses λ/s, see :func:`mskjax.steps.stable_learning_rate`).
 
-  Precision: with ``float64=True`` (default) parameters, inputs, Jacobian products and
-  the solver run in float64 inside ``jax.enable_x64`` (no global setting changes); with
-  ``float64=False`` the products run in the inputs' dtype (the solver stays float64 on
-  the host) — check ``residuals``. Outputs: ``directions`` in each parameter's dtype,
-  ``values``/``new_values``/``next_value`` in the default float dtype.
+  Precision: products run in the inputs' dtype (float32 for a float32 model) and the small
+  host algebra in float64; ``float64=True`` runs them in float64 inside
+  ``jax.enable_x64`` (no global setting changes). Outputs: ``directions`` in each
+  parameter's dtype, ``values``/``new_values``/``next_value`` in the default float dtype.
 
   Args:
     apply_fn: ``apply_fn(params, x)``, a flax linen ``model.apply`` (with ``params`` the
       variables ``{'params': ...}``; directions are built for ``variables['params']``,
       what an optimizer sees), or an nnx ``Module`` (``params`` None: directions for
-      ``nnx.Param``, the pytree ``nnx.Optimizer`` passes to optax).
+      ``nnx.Param``). Every trainable leaf must be floating.
     params: see ``apply_fn``.
     x: ``(n, ...)`` training inputs of any per-point shape.
-    g: modifier ``g(evals, k)`` (``mskjax.modifiers``), called on the k+1 top eigenvalues.
+    g: modifier ``g(evals, k)`` (``mskjax.modifiers``), called on the k+1 top eigenvalues;
+      must return k finite values > 0.
     k: number of modified directions (1 ≤ k < s·c).
+    loss: ``'mse'`` (default; H = I), ``'softmax_cross_entropy'`` (H_i = diag(p_i) −
+      p_i p_iᵀ, no targets needed) or a per-point loss ``ℓ(f_i, y_i) -> scalar`` of the
+      point's flattened outputs ``(c,)`` and its target (needs ``targets``).
+    targets: ``(n, ...)`` targets for a callable ``loss`` (rows follow ``x``).
+    method: ``'auto'``, ``'explicit'``, ``'sketch'`` or ``'krylov'`` (see above).
     subsample: use s random points of x (None: all n).
     key: ``jax.random.PRNGKey`` for the subsample and the random start block.
-    init_vectors: optional ``(n, m)`` (or ``(s, m)``) start eigenvectors on the points,
-      e.g. ``MSKSpectrum.vectors`` of the analytic NTK, or an :class:`mskjax.MSKSpectrum`;
-      each is paired with every output (``v ⊗ e_j``, the analytic kernel is K ⊗ I_c) and
-      pushed through J, then Rayleigh–Ritz (``max_cycles=1, depth=0`` does only that, with
-      no warning when the residuals stay above ``tol``).
-      Or the previous :class:`MSKDirections` of the same model (a refresh during
-      training): the start block is ``J q_i`` at the current parameters (any points).
-    oversample, depth, tol, max_cycles: block size k+1+oversample; Krylov blocks per
-      cycle; stop when every ‖K v_i − λ_i v_i‖ ≤ tol·λ₁; at most this many restarts.
+    init_vectors: a warm start: ``(n, m)`` (or ``(s, m)``) eigenvectors on the points, e.g.
+      of the analytic NTK, or an :class:`mskjax.MSKSpectrum` (each paired with every output,
+      ``v ⊗ e_j``); or the previous :class:`MSKDirections` of the same model (a refresh).
+    oversample: extra columns of the block (k+1+oversample in all).
+    depth: Krylov blocks per cycle (``'krylov'`` only).
+    tol: stopping tolerance (default 1e-2 for ``'sketch'``/``'explicit'``, 1e-6 for
+      ``'krylov'``).
+    max_cycles: most products with K_H (``'sketch'``/``'explicit'``, default 10) or restarts
+      (``'krylov'``, default 10).
     block_size, memory_budget: points per block of the Jacobian products (default: from
-      the budget in bytes).
-    float64: compute in float64 (see above).
-    compute_beta: also compute β = max_x λ_max of x's c×c block of K_g (per-point
-      Jacobians, c backward passes per point) for :func:`stable_learning_rate`.
+      the budget in bytes); the budget also decides ``'auto'``.
+    float64: compute the Jacobian products in float64 (see above).
+    compute_beta: also compute β = max_x λ_max of x's c×c block of the modified kernel
+      (for :func:`mskjax.steps.stable_learning_rate`).
 
   Returns:
-    :class:`MSKDirections` (with ``residuals``, ``beta``, ``n_points``).
+    :class:`MSKDirections`: ``values`` of K_H, ``residuals`` ``‖K_H v_i − λ_i v_i‖/λ₁``,
+    ``vectors`` the (s·c, k) eigenvectors v_i of K_H, ``hessian_sqrt`` the (s, c, c)
+    H_i^½ used (None for MSE) and ``indices`` the subsample: the directions at other
+    parameters θ' are ``orth(J(θ')ᵀ H^½ V)``.
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -258,19 +579,52 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     >>> model = nn.Dense(3); x = jax.random.normal(jax.random.PRNGKey(0), (16, 4))
     >>> variables = model.init(jax.random.PRNGKey(1), x)
     >>> d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 3)
-    >>> d.directions['kernel'].shape, bool(d.residuals.max() < 1e-6)   # K = X̃X̃ᵀ ⊗ I₃: k = 3
+    >>> d.directions['kernel'].shape, bool(d.residuals.max() < 1e-5)   # K = X̃X̃ᵀ ⊗ I₃: k = 3
     ((3, 4, 3), True)
+    >>> dc = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 3,
+    ...                           loss='softmax_cross_entropy')
+    >>> bool(dc.values[0] < d.values[0] / 2)    # H_i = diag(p) − ppᵀ has eigenvalues ≤ ½
+    True
   """
-  fn, p = _tangents.trainable_fn(apply_fn, params)
+  # ---- arguments (cheap checks first, each naming the argument and the fix)
   if not callable(g):
     raise TypeError(f"msk_directions: `g` must be a modifier g(evals, k); got "
                     f"{type(g).__name__}.")
+  if not _v.is_int(k):
+    raise TypeError(f"msk_directions: `k` must be a Python int (the number of directions); "
+                    f"got {type(k).__name__}.")
+  method = _v.check_choice(method, "method", METHODS)
+  if not (callable(loss) or (isinstance(loss, str) and loss in LOSSES)):
+    raise ValueError(f"msk_directions: `loss` must be one of {LOSSES} or a per-point loss "
+                     f"ℓ(f_i, y_i) -> scalar; got {loss!r}.")
+  if callable(loss) and targets is None:
+    raise ValueError("msk_directions: a callable `loss` needs `targets` (n, ...) (the y_i "
+                     "of ℓ(f_i, y_i)); pass targets=..., or loss='mse' / "
+                     "'softmax_cross_entropy'.")
+  if tol is not None:
+    tol = _v.check_real(tol, "tol", lo=0, lo_open=True, hi=1)
+  memory_budget = _v.check_int(memory_budget, "memory_budget", lo=1)
+  for name, val, lo in (("oversample", oversample, 0), ("depth", depth, 0)):
+    _v.check_int(val, name, lo=lo)
+  if max_cycles is not None:
+    _v.check_int(max_cycles, "max_cycles", lo=1)
+  if not (init_vectors is None or isinstance(init_vectors, (MSKDirections, MSKSpectrum))
+          or hasattr(init_vectors, "shape") or isinstance(init_vectors, (list, tuple))):
+    raise TypeError("msk_directions: `init_vectors` must be None, an (n, m) array of start "
+                    "eigenvectors, an MSKSpectrum or the previous MSKDirections of this "
+                    f"model; got {type(init_vectors).__name__}.")
+  fn, p = _tangents.trainable_fn(apply_fn, params)
+  _tangents.check_float_params(p, "msk_directions")
   if not hasattr(x, "shape"):
     x = np.asarray(x)
   if len(x.shape) < 2:
     raise ValueError(f"msk_directions: `x` must be (n, ...) with at least one feature axis; "
                      f"got shape {tuple(x.shape)}.")
   n = int(x.shape[0])
+  if targets is not None:
+    if jax.tree.leaves(targets) and any(np.shape(t)[0] != n for t in jax.tree.leaves(targets)):
+      raise ValueError(f"msk_directions: `targets` must have one row per point of `x` ({n}); "
+                       f"got leading axes {[np.shape(t)[0] for t in jax.tree.leaves(targets)]}.")
   key = jax.random.PRNGKey(0) if key is None else key
   seed = int(np.asarray(jax.random.randint(key, (), 0, 2**31 - 1)))
   rng = np.random.default_rng(seed)
@@ -279,13 +633,13 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     subsample = _v.check_int(subsample, "subsample", lo=2, hi=n)
     idx = np.sort(rng.choice(n, int(subsample), replace=False))
     x = np.asarray(x)[idx]
+    if targets is not None:
+      targets = jax.tree.map(lambda t: np.asarray(t)[idx], targets)
   s = int(x.shape[0])
   previous = None
   if isinstance(init_vectors, MSKDirections):
     previous, init_vectors = init_vectors, None
-    if jax.tree.structure(previous.directions) != jax.tree.structure(p):
-      raise ValueError("msk_directions: `init_vectors` (MSKDirections) has a different pytree "
-                       "structure from `params`; pass directions built for this model.")
+    _check_previous(previous, p)
   if isinstance(init_vectors, MSKSpectrum):
     init_vectors = init_vectors.vectors
   if init_vectors is not None:
@@ -295,80 +649,154 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
                        f"{n} points; got shape {init_vectors.shape}.")
     if init_vectors.shape[0] != s:
       init_vectors = init_vectors[idx]
-  for name, val, lo in (("oversample", oversample, 0), ("depth", depth, 0),
-                        ("max_cycles", max_cycles, 1)):
-    _v.check_int(val, name, lo=lo)
   out_dtypes = jax.tree.map(lambda a: jnp.asarray(a).dtype, p)
-  with jax.enable_x64(bool(float64)), \
-      _few_blas_threads(s * (int(k) + 1 + int(oversample)) * (int(depth) + 1)):
+  fdt = jnp.result_type(float)
+
+  with (jax.enable_x64(True) if float64 else contextlib.nullcontext()):
     cdt = jnp.float64 if float64 else None
-    op = _tangents.jacobian_operator(fn, p, x, columns=k + 1 + oversample,
-                                    block_size=block_size, memory_budget=memory_budget,
-                                    dtype=cdt)
-    c = op.c
+    xin = _kernels.as_inputs(x, "x", "msk_directions")
+    cdtype = jnp.dtype(cdt) if cdt is not None else xin.dtype
+    pc = jax.tree.map(lambda a: jnp.asarray(a, cdtype), p)
+    out = jax.eval_shape(fn, pc, xin[:1])
+    if not hasattr(out, "shape") or len(out.shape) < 1:
+      raise ValueError("msk_directions: apply_fn(params, x) must return an array (n, ...); "
+                       f"got {type(out).__name__}.")
+    c = int(np.prod(out.shape[1:]))
     N = s * c
     k = _v.check_k(k, N)
+    m = min(k + 1 + int(oversample), N)
+    Hh = None
+    if not (isinstance(loss, str) and loss == "mse"):
+      F = np.asarray(jax.jit(fn)(pc, xin.astype(cdtype)), np.float64).reshape(s, c)
+      Hh = loss_hessian_sqrt(loss, F, targets)
+    P = sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(p))
+    if method == "auto":
+      method = choose_method(N, P, c, m, _forward_flops(fn, pc, xin[:1].astype(cdtype)),
+                             jnp.dtype(cdtype).itemsize, memory_budget)
+    if tol is None:
+      tol = 1e-6 if method == "krylov" else 1e-2
+    cycles = max_cycles if max_cycles is not None else 10
+
+    if method == "explicit":
+      A = _tangents.jacobian_matrix(apply_fn, params, x, block_size=block_size,
+                                    memory_budget=memory_budget, dtype=cdt)
+      if Hh is not None:
+        A3 = A.reshape(s, c, P)
+        for lo in range(0, s, 256):   # in place, a few points at a time
+          A3[lo:lo + 256] = np.einsum("pcd,pdq->pcq", Hh[lo:lo + 256].astype(A.dtype),
+                                      A3[lo:lo + 256])
+      ops = _Explicit(A, pc)
+    else:
+      op = _tangents.jacobian_operator(apply_fn, params, x, columns=m, block_size=block_size,
+                                       memory_budget=memory_budget, dtype=cdt)
+      ops = _MatrixFree(op, Hh, s, c, fn, x, cdt, memory_budget)
+
+    # ---- the start block
     start = None
     if init_vectors is not None:
       m0 = init_vectors.shape[1]
-      start = np.einsum("pi,cj->pcij", init_vectors, np.eye(c)).reshape(N, m0 * c)
+      start = _weigh(Hh, np.einsum("pi,cj->pcij", init_vectors, np.eye(c)).reshape(N, m0 * c),
+                     s, c)
     elif previous is not None:
-      # Warm start from earlier directions: J q_i = √λ_i v_i for the J they were built
-      # from, so J' q_i is close to the new top eigenvectors while θ moves little.
-      prev = jax.tree.map(lambda a: jnp.asarray(a, jax.tree.leaves(op.params)[0].dtype),
-                          previous.directions)
-      start = np.asarray(op.jvp(prev), np.float64).reshape(N, -1)
-    cdtype = jax.tree.leaves(op.params)[0].dtype
-    # The one Krylov solver (spectrum.eigh_top) on the operator V ↦ J (Jᵀ V): float64
-    # basis, products in the compute dtype.
-    kop = _kernels.KernelOperator(
-        N, jnp.float64, lambda Vn: op.ntk_matvec(jnp.asarray(Vn, cdtype)).astype(jnp.float64))
-    with warnings.catch_warnings():   # reported below, in msk_directions' own terms
-      warnings.simplefilter("ignore", UserWarning)
-      top, info = _spectrum.eigh_top(
-          kop, k + 1, method="krylov", key=jax.random.PRNGKey(seed),
-          oversample=int(oversample), depth=int(depth), tol=float(tol),
-          max_cycles=int(max_cycles), start=start, return_info=True)
-    if not info.converged and int(max_cycles) > 1:
-      warnings.warn(f"msk_directions: the eigen-solve did not reach tol = {tol:g} in "
-                    f"{max_cycles} cycles (max residual / λ₁ = "
-                    f"{float(np.max(info.residuals) / top.values[0]):.3g}); raise `max_cycles` "
-                    "or `depth`, or accept it (see `residuals`).", stacklevel=2)
-    w, Y = np.asarray(top.values, np.float64), np.asarray(top.vectors, np.float64)
-    res = np.asarray(info.residuals, np.float64) / max(w[0], np.finfo(float).tiny)
+      pv = previous.vectors
+      same_points = (pv is not None and np.shape(pv)[0] == N and
+                     (previous.indices is None and idx is None and previous.n_points == s
+                      or previous.indices is not None and idx is not None
+                      and np.array_equal(np.asarray(previous.indices), idx)))
+      if same_points:   # function space is stable under training: reuse the eigenvectors
+        start = np.asarray(pv, np.float64)
+      else:             # other points: push the old directions through H^½ J
+        start = ops.push(previous.directions)
+
+    converged, used = True, 0
+    if method == "krylov":
+      kop = _kernels.KernelOperator(N, jnp.float64, lambda Vn: jnp.asarray(
+          ops.gram(np.asarray(Vn, np.float64))))
+      with _few_blas_threads(N * m * (int(depth) + 1)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # reported below in our own terms
+        top, info = _spectrum.eigh_top(
+            kop, k + 1, method="krylov", key=jax.random.PRNGKey(seed),
+            oversample=int(oversample), depth=int(depth), tol=float(tol),
+            max_cycles=int(cycles), start=start, return_info=True)
+      w, Y = np.asarray(top.values, np.float64), np.asarray(top.vectors, np.float64)
+      resid = np.asarray(info.residuals, np.float64)
+      converged = bool(info.converged)
+      crit = f"every residual ≤ tol·λ₁ (tol = {tol:g})"
+    elif method == "explicit" and (N <= 8 * m or tol < 1e-4):
+      w, Y, resid = _dense_top(ops.A, m)
+      crit = ""
+    else:
+      if start is None:
+        Y0 = ops.range(m, rng)
+      else:
+        Y0 = start if start.shape[1] >= m else np.concatenate(
+            [start, ops.range(m - start.shape[1], rng)], axis=1)
+      w, Y, resid, converged, used = _subspace_iteration(ops.gram, Y0, k + 1, tol, cycles)
+      crit = f"every eigenvalue error bound ≤ tol·λ_i (tol = {tol:g}), i ≤ k+1"
+    if not converged:
+      bound = _eigenvalue_error(w, resid, k + 1) / np.maximum(w[:k + 1], 1e-300)
+      warnings.warn(f"msk_directions: the eigen-solve ({method}) did not converge in "
+                    f"{cycles} products/cycles: {crit} fails (largest relative error "
+                    f"bound of λ₁..λ_(k+1): {float(np.max(bound)):.3g}), "
+                    "so the eigenvalues may be off by about that fraction; raise "
+                    "`max_cycles` or `tol`, or check `residuals`.", stacklevel=2)
+
+    # ---- checks on the spectrum and on g
+    res = resid / max(w[0], np.finfo(float).tiny)
     eps = float(jnp.finfo(cdtype).eps)
-    if not w[k - 1] > 100 * eps * w[0]:
-      raise ValueError(f"msk_directions: λ_{k} = {w[k - 1]:.3g} is not positive: the "
-                       f"empirical NTK on these {s} points has rank < {k}; lower `k`.")
-    if abs(w[k - 1] - w[k]) <= 1e-6 * w[0]:
+    round_off = max(100.0, 10.0 * np.sqrt(N)) * eps * w[0]
+    if not w[0] > 0:
+      raise ValueError("msk_directions: the kernel is zero on these points (λ₁ = "
+                       f"{w[0]:.3g}): the network's outputs do not depend on `params` "
+                       "(or the loss Hessian vanishes); check the model and `loss`.")
+    if not w[k - 1] > round_off:
+      raise ValueError(f"msk_directions: λ_{k} = {w[k - 1]:.3g} is round-off (≤ "
+                       f"{round_off:.2g} = scale-relative round-off of λ₁ = {w[0]:.3g}): the "
+                       f"kernel on these {s} points has numerical rank < {k}; lower `k`.")
+    tie = max(1e-6 * w[k - 1], round_off)
+    if abs(w[k - 1] - w[k]) <= tie:
       warnings.warn(f"msk_directions: λ_{k} ≈ λ_{k + 1} ({w[k - 1]:.6g} vs {w[k]:.6g}): k cuts "
                     "through a block of (near-)equal eigenvalues, so which directions of "
                     "the block are modified is arbitrary (e.g. the c outputs of a "
                     "symmetric network at init); move k to the block edge.", stacklevel=2)
-    new = np.asarray(g(jnp.asarray(w), k), np.float64)
+    try:
+      new = np.asarray(g(jnp.asarray(w[:k + 1]), k), np.float64)
+    except Exception as e:  # noqa: BLE001 -- re-raised with the argument named
+      raise ValueError(f"msk_directions: calling `g`(evals, k) on the {k + 1} top eigenvalues "
+                       f"failed: {e}") from e
     if new.shape != (k,):
-      raise ValueError(f"msk_directions: g(evals, k) must return k={k} values; got shape "
+      raise ValueError(f"msk_directions: `g`(evals, k) must return k={k} values; got shape "
                        f"{new.shape}.")
-    Qt = op.vjp(jnp.asarray((Y[:, :k] / np.sqrt(w[:k])).reshape(s, c, k), cdtype))
-    # Löwdin re-orthonormalisation q ← G^{-1/2} q, G = Q Qᵀ (≈ I up to the residuals).
+    if not np.all(np.isfinite(new)):
+      raise ValueError(f"msk_directions: `g` returned NaN or inf new values ({new}); the "
+                       "preconditioner needs finite g(λ) > 0.")
+    if np.any(new <= 0):
+      raise ValueError(f"msk_directions: `g` returned new values ≤ 0 (min {new.min():.3g}); "
+                       "the preconditioner needs g(λ) > 0 (choose a positive modifier).")
+    if w[k] <= round_off and new.min() <= 10 * round_off:
+      raise ValueError(f"msk_directions: k = {k} is the kernel's numerical rank on these {s} "
+                       f"points: λ_{k + 1} = {w[k]:.3g} is round-off (≤ {round_off:.2g}), and "
+                       f"g turned it into new values as small as {new.min():.3g}, which "
+                       "would blow the preconditioner up; lower `k`.")
+
+    # ---- directions q_i = Aᵀ v_i / √λ_i, re-orthonormalised (Löwdin) in float64
+    Qt = ops.adjoint(Y[:, :k] / np.sqrt(w[:k]))
     G = np.zeros((k, k))
-    for leaf in jax.tree.leaves(Qt):  # (k, size) @ (size, k): a few GEMMs
+    for leaf in jax.tree.leaves(Qt):
       l2 = np.asarray(leaf, np.float64).reshape(k, -1)
       G += l2 @ l2.T
     ev, U = np.linalg.eigh(0.5 * (G + G.T))
     Ginv = (U / np.sqrt(np.maximum(ev, np.finfo(float).tiny))) @ U.T
-    dirs = jax.tree.map(
-        lambda l, dt: np.tensordot(Ginv, np.asarray(l, np.float64), axes=1), Qt, out_dtypes)
+    dirs = jax.tree.map(lambda l: np.tensordot(Ginv, np.asarray(l, np.float64), axes=1), Qt)
     beta = None
     if compute_beta:
-      D = np.asarray(_tangents.ntk_diagonal_blocks(fn, op.params, x, dtype=cdt,
-                                                  memory_budget=memory_budget), np.float64)
+      D = ops.diag_blocks(s, c)
       Yk = Y[:, :k].reshape(s, c, k)
       Dg = D + np.einsum("pci,i,pdi->pcd", Yk, new - w[:k], Yk)
       beta = float(np.max(np.linalg.eigvalsh(0.5 * (Dg + np.swapaxes(Dg, 1, 2)))[:, -1]))
-  fdt = jnp.result_type(float)
   dirs = jax.tree.map(lambda l, dt: jnp.asarray(l, dt), dirs, out_dtypes)
   return MSKDirections(dirs, jnp.asarray(w[:k], fdt), jnp.asarray(new, fdt),
                        jnp.asarray(w[k], fdt), jnp.asarray(res[:k], fdt),
                        None if beta is None else jnp.asarray(beta, fdt), s,
-                       jnp.asarray(Y[:, :k], fdt), None if idx is None else np.asarray(idx))
+                       jnp.asarray(Y[:, :k], fdt), None if idx is None else np.asarray(idx),
+                       None if Hh is None else jnp.asarray(Hh, fdt))

@@ -6,6 +6,7 @@ The finite-network side of the pipeline (the analytic kernels live in :mod:`mskj
   ``apply_fn(params, x)``, a flax linen ``model.apply`` with variables, or an nnx Module;
 * :func:`jacobian_operator` -- blocked products ``J T``, ``Jᵀ V`` and ``J (Jᵀ V)`` with the
   Jacobian ``J = ∂f(θ, X)/∂θ`` (all n·c output rows) without forming it;
+* :func:`jacobian_matrix` -- ``J`` itself as an ``(n·c, #params)`` host matrix, blockwise;
 * :func:`empirical_ntk` -- the empirical NTK Gram matrix, traced over outputs or full;
 * :func:`ntk_diagonal_blocks` -- the c×c per-point blocks ``J_x J_xᵀ``.
 
@@ -28,8 +29,9 @@ from mskjax import _validate as _v
 from mskjax import kernels as _k
 from mskjax._nt import empirical_ntk_fn
 
-__all__ = ["trainable_fn", "JacobianOperator", "jacobian_operator", "empirical_ntk",
-           "ntk_diagonal_blocks", "EMPIRICAL_NTK_MEMORY_BUDGET"]
+__all__ = ["trainable_fn", "JacobianOperator", "jacobian_operator", "jacobian_matrix",
+           "empirical_ntk", "ntk_diagonal_blocks", "check_float_params",
+           "EMPIRICAL_NTK_MEMORY_BUDGET"]
 
 
 @_k.cache_by_function
@@ -300,13 +302,65 @@ def _network_inputs(apply_fn, params, x, dtype, where):
   return fn, p, x, dt, x.shape[0], int(np.prod(out.shape[1:]))
 
 
+def check_float_params(p, where):
+  """Every leaf of the trainable parameters must be floating (a Jacobian needs it).
+
+  An integer leaf (a step counter kept in the parameter pytree) has no tangent space; a
+  named error instead of a crash deep inside ``jax.vjp``.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(p):
+    dt = jnp.asarray(leaf).dtype
+    if not jnp.issubdtype(dt, jnp.floating):
+      raise TypeError(f"{where}: parameter leaf {jax.tree_util.keystr(path)} has dtype {dt}; "
+                      "every trainable parameter must be floating (the Jacobian is taken "
+                      "against all of them). Keep counters and other integer state out of "
+                      "`params` (for flax linen: in another variable collection than "
+                      "'params'; for nnx: not an nnx.Param).")
+
+
+@functools.partial(jax.jit, static_argnames=("call", "c"))
+def _jvp_block(call, c, T, p, rest, xa):
+  """``J_block T`` for one block of points: ``(bs, c, m)``."""
+  _, lin = jax.linearize(lambda q: call(q, rest, xa).reshape(xa.shape[0], c), p)
+  return jax.vmap(lin, out_axes=-1)(T)
+
+
+@functools.partial(jax.jit, static_argnames=("call", "c"))
+def _vjp_block(call, c, acc, va, p, rest, xa):
+  """``acc + J_blockᵀ va`` (leaves ``(m, *shape)``)."""
+  _, pull = jax.vjp(lambda q: call(q, rest, xa).reshape(xa.shape[0], c), p)
+  (g,) = jax.vmap(pull, in_axes=-1)(va.astype(xa.dtype))
+  return jax.tree.map(jnp.add, acc, g)
+
+
+@functools.partial(jax.jit, static_argnames=("call", "c"))
+def _jac_block(call, c, p, rest, xa):
+  """Per-point Jacobians of one block as ``(bs, c, #params)`` (ravel_pytree's layout)."""
+  ja = _point_jacobians(lambda q, x: call(q, rest, x), p, xa, c)
+  return jnp.concatenate([l.reshape(xa.shape[0], c, -1) for l in jax.tree.leaves(ja)],
+                         axis=-1)
+
+
+def _blocked_inputs(apply_fn, params, x, dtype, where):
+  """(call, p, rest, x, dt, n, c) with p and x in the compute dtype, for the per-block
+  jitted functions above (``call`` hashable and static: one compile per network and block
+  shape, each block called from a Python loop — never a ``lax`` loop, where XLA:CPU runs
+  convolutions ~17x slower than the same jitted call from Python)."""
+  _, _, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, where)
+  call, p, rest = _split(apply_fn, params)
+  check_float_params(p, where)
+  p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt), p)
+  return call, p, rest, x, dt, n, c
+
+
 def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
                       block_size: Optional[int] = None,
                       memory_budget: int = 1 << 30, dtype=None) -> JacobianOperator:
   r"""Jitted, blocked products with the network Jacobian and the full empirical NTK.
 
   ``J T`` is one JVP and ``Jᵀ V`` one VJP per block of points, vectorised over the m
-  columns (``vmap``) and looped over blocks (``lax.map`` / ``lax.scan``), so memory is
+  columns (``vmap``); each block is a jitted call from a Python loop (not a ``lax`` loop:
+  XLA:CPU runs convolutions inside ``lax.map``/``lax.scan`` ~17x slower), so memory is
   O(m·#params + block·m·A) (A: activations per point) and never O(n·#params).
   ``ntk_matvec`` applies the full (n·c)×(n·c) empirical NTK ``K = J Jᵀ`` (not the
   output-traced one) — what a matrix-free eigensolver needs.
@@ -331,48 +385,82 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     >>> op.ntk_matvec(jnp.eye(3)).tolist()   # J = X: the NTK is X Xᵀ
     [[1.0, 0.0, 1.0], [0.0, 4.0, 2.0], [1.0, 2.0, 2.0]]
   """
-  fn, p, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, "jacobian_operator")
+  call, p, rest, x, dt, n, c = _blocked_inputs(apply_fn, params, x, dtype,
+                                                "jacobian_operator")
+  fn = lambda q, xx: call(q, rest, xx)
   if block_size is None:
     per = _activation_size(fn, p, x[:1]) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
     block_size = int(min(max(int(memory_budget) // max(per, 1), 1), n))
   block_size = _k.check_block_size(block_size, required=True)
   bs = min(block_size, n)
   nb = math.ceil(n / bs)
-  xb = _k.pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
+  xp = _k.pad_rows(x, nb * bs)
+  blocks = [xp[i * bs:(i + 1) * bs] for i in range(nb)]
 
-  def fb(q, xa):
-    return fn(q, xa).reshape(bs, c)
+  def jvp(T):
+    return jnp.concatenate([_jvp_block(call, c, T, p, rest, xa) for xa in blocks],
+                           axis=0)[:n]
 
-  # p and the input blocks are arguments, not closed-over constants (XLA would fold the
-  # network's forward pass on them at compile time and embed them in the program).
-  def _jvp(T, p, xb):
-    def one(xa):
-      _, lin = jax.linearize(lambda q: fb(q, xa), p)
-      return jax.vmap(lin, out_axes=-1)(T)                     # (bs, c, m)
-    return lax.map(one, xb).reshape(nb * bs, c, -1)[:n]
-
-  def _vjp(Vc, p, xb):
+  def vjp(Vc):
     m = Vc.shape[-1]
-    Vp = jnp.pad(Vc.astype(dt), ((0, nb * bs - n), (0, 0), (0, 0))).reshape(nb, bs, c, m)
-
-    def body(acc, blk):
-      xa, va = blk
-      _, pull = jax.vjp(lambda q: fb(q, xa), p)
-      (g,) = jax.vmap(pull, in_axes=-1)(va)                     # leaves (m, *shape)
-      return jax.tree.map(jnp.add, acc, g), None
-
-    zero = jax.tree.map(lambda a: jnp.zeros((m,) + a.shape, a.dtype), p)
-    acc, _ = lax.scan(body, zero, (xb, Vp))
+    Vp = jnp.pad(jnp.asarray(Vc), ((0, nb * bs - n), (0, 0), (0, 0)))
+    acc = jax.tree.map(lambda a: jnp.zeros((m,) + a.shape, a.dtype), p)
+    for i, xa in enumerate(blocks):
+      acc = _vjp_block(call, c, acc, Vp[i * bs:(i + 1) * bs], p, rest, xa)
     return acc
 
-  jvp_j, vjp_j = jax.jit(_jvp), jax.jit(_vjp)
-  ntk_j = jax.jit(lambda Vf, p, xb: _jvp(_vjp(Vf.reshape(n, c, Vf.shape[-1]), p, xb), p, xb)
-                  .reshape(n * c, Vf.shape[-1]))
-  jvp = lambda T: jvp_j(T, p, xb)
-  vjp = lambda Vc: vjp_j(Vc, p, xb)
-  ntk_matvec = lambda Vf: ntk_j(Vf, p, xb)
+  def ntk_matvec(Vf):
+    m = Vf.shape[-1]
+    return jvp(vjp(jnp.asarray(Vf).reshape(n, c, m))).reshape(n * c, m)
 
   return JacobianOperator(jvp, vjp, ntk_matvec, n, c, p, bs)
+
+
+def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] = None,
+                    memory_budget: int = 1 << 30, dtype=None) -> np.ndarray:
+  r"""The Jacobian ``J = ∂f(θ, X)/∂θ`` as an explicit ``(n·c, #params)`` host matrix.
+
+  Row ``point·c + output`` (the row order of :func:`jacobian_operator` and
+  ``empirical_ntk(..., full=True)``); columns are the trainable parameter leaves in
+  ``jax.tree.leaves`` order, each flattened (C order), i.e. ``ravel_pytree``'s layout.
+  Per-point Jacobians of a block of points (``vmap`` of ``jacrev``), each block one
+  jitted call from a Python loop (no ``lax`` loop: convolutions inside them are ~17x
+  slower on XLA:CPU), copied into one host array. ``J Jᵀ`` is then the full empirical
+  NTK — one GEMM, the fast route while ``n·c·#params`` numbers fit in memory.
+
+  Args:
+    apply_fn, params: as in :func:`trainable_fn`.
+    x: inputs ``(n, ...)``.
+    block_size: points per block (default: from ``memory_budget``).
+    memory_budget: bytes for one block's per-point Jacobians and their temporaries
+      (the returned matrix itself is ``n·c·#params·itemsize`` bytes on the host).
+    dtype: compute dtype (default: the inputs' float dtype).
+
+  Returns:
+    numpy ``(n·c, #params)`` array in the compute dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> J = jacobian_matrix(lambda w, x: x @ w, jnp.zeros((2, 2)),
+    ...                     jnp.array([[1., 2.]]))       # f = x W: ∂f_j/∂W_ij = x_i
+    >>> J.tolist()
+    [[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 2.0]]
+  """
+  call, p, rest, x, dt, n, c = _blocked_inputs(apply_fn, params, x, dtype, "jacobian_matrix")
+  P = max(_tree_size(p), 1)
+  if block_size is None:
+    per = 3 * c * P * jnp.dtype(dt).itemsize
+    block_size = int(min(max(int(_v.check_int(memory_budget, "memory_budget", lo=1)) // per,
+                             1), n))
+  bs = min(_k.check_block_size(block_size, required=True), n)
+  nb = math.ceil(n / bs)
+  xp = _k.pad_rows(x, nb * bs)
+  J = np.empty((n * c, P), np.dtype(dt))
+  for i in range(nb):
+    lo, hi = i * bs, min((i + 1) * bs, n)
+    Jb = np.asarray(_jac_block(call, c, p, rest, xp[i * bs:(i + 1) * bs]))
+    J[lo * c:hi * c] = Jb[:hi - lo].reshape(-1, P)
+  return J
 
 
 def _point_jacobians(fn, p, xa, c):

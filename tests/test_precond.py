@@ -127,8 +127,8 @@ def test_beta_and_subsample_and_init_vectors():
   _, Ut = np.linalg.eigh(Kt)
   # tol = 1e-12 only keeps it from stopping early: 3 cycles cannot reach it (the
   # residuals stay ~1e-5 λ₁), and msk_directions says so.
-  with pytest.warns(UserWarning, match="did not reach tol"):
-    di = optim.msk_directions(apply_fn, params, x, modifiers.flatten(), k,
+  with pytest.warns(UserWarning, match="did not converge"):
+    di = optim.msk_directions(apply_fn, params, x, modifiers.flatten(), k, method="krylov",
                               init_vectors=Ut[:, ::-1][:, :8], max_cycles=3, tol=1e-12)
   np.testing.assert_allclose(di.values, lam[:k], rtol=1e-8)
 
@@ -236,7 +236,9 @@ def test_float32_pipeline_stays_float32():
     model = MLP(width=32, out=3)
     variables = model.init(jax.random.PRNGKey(1), x)
     d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), 4)
-    assert float(d.residuals.max()) < 1e-6      # solved in float64 inside
+    # default: float32 products, a solve to what a preconditioner needs (tol 1e-2 on the
+    # eigenvalue error bound): residuals / λ₁ of that order, not 1e-6
+    assert float(d.residuals.max()) < 2e-2
     tx = optim.msk_sgd(optim.stable_learning_rate(d, 8), d)
     params = variables["params"]
     st = tx.init(params)
@@ -314,16 +316,17 @@ def test_warns_when_k_cuts_a_block_of_equal_eigenvalues():
 def test_warm_start_from_previous_directions():
   # A refresh warm-started from earlier directions pushes them through J: at the same θ,
   # J q_i = √λ_i v_i spans the top eigenvectors exactly, so one Rayleigh–Ritz step
-  # (depth 0, one cycle) already has the eigenvalues of the jacrev oracle; a random start
+  # (one product with K) already has the eigenvalues of the jacrev oracle; a random start
   # with the same budget does not (the control shows the test can fail).
   apply_fn, params, x, f = _setup("wide", n=12, c=2)
   k, g = 3, modifiers.flatten()
   J, _ = _full_jacobian(lambda q: f(q, x), params["params"])
   lam = np.linalg.eigvalsh(J @ J.T)[::-1]
   d0 = optim.msk_directions(apply_fn, params, x, g, k + 4, tol=1e-12, max_cycles=30)
-  once = dict(depth=0, max_cycles=1, oversample=0)
+  once = dict(method="sketch", max_cycles=1, oversample=0)
   warm = optim.msk_directions(apply_fn, params, x, g, k, init_vectors=d0, **once)
-  cold = optim.msk_directions(apply_fn, params, x, g, k, **once)
+  with pytest.warns(UserWarning, match="did not converge"):   # and says so
+    cold = optim.msk_directions(apply_fn, params, x, g, k, **once)
   # rtol: the directions were solved to 1e-12·λ₁; Rayleigh quotients are second order.
   np.testing.assert_allclose(warm.values, lam[:k], rtol=1e-9)
   assert np.max(np.abs(np.asarray(cold.values) - lam[:k]) / lam[0]) > 1e-3
