@@ -547,6 +547,13 @@ angle,\qquad
   if directions.vectors is None:
     raise ValueError(f"{where}: `directions.vectors` is None; build the directions with "
                      "optim.msk_directions (it keeps the function-space eigenvectors).")
+  if getattr(directions, "hessian_sqrt", None) is not None:
+    # The re-formation pushes V through Jᵀ alone; Gauss–Newton directions of another loss
+    # need Jᵀ H^½ V with H at the current outputs, which this transform does not evaluate.
+    raise ValueError(f"{where}: `directions` were built for a loss with a non-identity "
+                     "output Hessian (directions.hessian_sqrt is set); tracking re-forms "
+                     "MSE directions only. Build them with msk_directions(..., loss='mse'), "
+                     "or use scale_by_msk with periodic msk_directions + replace_directions.")
   every = _v.check_int(every, "every", lo=1)
   if moved is not None:
     moved = _v.check_real(moved, "moved", lo=0, lo_open=True)

@@ -120,3 +120,15 @@ def test_tracked_preconditioner_keeps_top_at_max_g_after_parameters_move():
     assert fixed > 3 * gmax, (fixed, gmax)
     assert res[True] < 1.5 * gmax, (res, gmax)
     assert res[False] < 0.5 * fixed, (res, fixed)
+
+
+def test_tracking_refuses_gauss_newton_directions_of_another_loss():
+  # Cross-entropy directions need Jᵀ H^½ V at the current outputs; the tracking transform
+  # re-forms Jᵀ V only, so it must refuse them by name instead of tracking the wrong kernel.
+  q = {"W": jnp.zeros((1, 3, 8)).at[0, 0, 0].set(1.0), "b": jnp.zeros((1, 8))}
+  d = optim.MSKDirections(q, jnp.array([4.0]), jnp.array([1.0]), jnp.array(1.0),
+                          vectors=jnp.ones((4, 1)) / 2.0,
+                          hessian_sqrt=jnp.tile(jnp.eye(2), (2, 1, 1)) * 0.5)
+  f, _ = _net()
+  with pytest.raises(ValueError, match="hessian_sqrt"):
+    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d)
