@@ -472,10 +472,9 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                           ) -> optax.GradientTransformationExtraArgs:
   r"""MSK preconditioner that stays tied to the *current* Jacobian (re-formed directions).
 
-  .. math:: P_t u = u + \sum_{i\le k}\Big(rac{g_i}{\lambda_i} - 1\Big) q_i^{(t)}
-     \langle q_i^{(t)}, u
-angle,\qquad
-     Q^{(t)} = \operatorname{orth}ig(J_t^	op V_k \Lambda_k^{-1/2}ig),
+  .. math:: P_t u = u + \sum_{i\le k}\Big(\frac{g_i}{\lambda_i} - 1\Big) q_i^{(t)}
+     \langle q_i^{(t)}, u\rangle,\qquad
+     Q^{(t)} = \operatorname{orth}\big(J_t^\top V_k \Lambda_k^{-1/2}\big),
 
   with ``J_t = ∂f(θ_t, X_s)/∂θ`` on the s points the directions were built on and the
   function-space eigenvectors ``V_k`` (``directions.vectors``; fixed for Löwdin, followed
