@@ -458,9 +458,9 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   if cache:
     # diagonal blocks through k(a, None) where the convention has it (neural-tangents style
     # kernels): k(x, x) from one input has its angles exactly 0 on the diagonal, k(a, a)
-    # from two copies carries ~1e-8 relative rounding there (√ of a cancellation)
-    diag = ((lambda a: _symmetrize(sym(a, args))) if get is not None
-            else (lambda a: _symmetrize(kernel(a, a))))
+    # from two copies carries ~1e-8 relative rounding there; assemble_blocks symmetrises them
+    diag = ((lambda a: sym(a, args)) if get is not None
+            else (lambda a: kernel(a, a)))
     K = assemble_blocks(kernel, diag, x, None, bs).astype(dtype)
     if not bool(jnp.all(jnp.isfinite(K))):
       raise ValueError("`kernel_fn` returned NaN/inf on `x` (the cached K is not finite): "

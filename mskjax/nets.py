@@ -60,7 +60,7 @@ from mskjax._nt import stax
 
 __all__ = [
     "ACTIVATIONS", "PARAMETERIZATIONS", "PADDINGS", "READOUTS", "MLPSpec", "stax_mlp",
-    "FlaxMLP", "CNNSpec", "stax_cnn", "FlaxCNN", "stax_network", "Network", "make_network",
+    "FlaxMLP", "CNNSpec", "stax_cnn", "FlaxCNN", "Network", "make_network",
     "init_zero_output", "params_from_stax",
 ]
 
@@ -648,19 +648,6 @@ class FlaxCNN(nn.Module):
       if i < len(widths) - 1:
         h = act(h)
     return h
-
-
-def stax_network(spec):
-  """``(init_fn, apply_fn, kernel_fn)`` of an :class:`MLPSpec` or a :class:`CNNSpec`.
-
-  Example:
-    >>> len(stax_network(CNNSpec(channels=(4,))))
-    3
-  """
-  if isinstance(spec, CNNSpec):
-    return stax_cnn(spec)
-  _check_spec(spec, "stax_network")
-  return stax_mlp(spec)
 
 
 class Network(NamedTuple):

@@ -84,7 +84,7 @@ def _full_eigenpairs(K, eigenpairs):
                              psd_rtol=_v.psd_tolerance(n, K.dtype))
 
 
-_SPEC_KWARGS = ("tie_rtol", "key")
+_SPEC_KWARGS = ("tie_rtol",)
 """The keywords ``**kwargs`` of :func:`gradient_descent_mse` accepts."""
 
 
@@ -273,7 +273,7 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
   (the MSK).
   """
   # Also with g=None (where nothing reads them): a misspelt keyword is never silently
-  # ignored (key: accepted and unused, the full eigendecomposition is always dense).
+  # ignored.
   _v.check_known_kwargs(kwargs, _SPEC_KWARGS, "gradient_descent_mse")
   K_train = _v.check_square_symmetric(K_train, "K_train")
   n = K_train.shape[0]

@@ -7,7 +7,7 @@ r"""Kernel recorder: the empirical NTK and its diagnostics along training (a hoo
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp

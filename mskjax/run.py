@@ -52,6 +52,7 @@ of a file and :func:`mskjax.experiments.get` its program.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ast
 import csv
 import datetime as _dt
@@ -274,7 +275,7 @@ def apply_overrides(config, overrides: Iterable[str]):
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
-    with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
+    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
       node[leaf] = value
   return config
 
@@ -444,13 +445,6 @@ class RunLock:
     self.release()
     return False
 
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
 
 
 def _jsonable(x):

@@ -25,7 +25,7 @@ import numpy as np
 from mskjax import _validate as _v
 from mskjax.kernels import KernelOperator, map_row_blocks, matrix_operator
 
-__all__ = ["Eigenpairs", "EighInfo", "eigh_desc", "eigh_top", "randomized_eigh_top",
+__all__ = ["Eigenpairs", "EighInfo", "eigh_desc", "eigh_top",
            "METHODS", "RANDOMIZED_RTOL", "KRYLOV_RTOL", "AUTO_DENSE_MAX_N",
            "eigenvalue_blocks", "round_k_to_block", "warn_if_k_splits_block"]
 
@@ -160,41 +160,8 @@ def _randomized(K, k, key, oversample, n_iter) -> _Randomized:
 
 RANDOMIZED_RTOL = 1e-6
 """Residual tolerance ``max_i ‖K v_i − λ_i v_i‖ <= RANDOMIZED_RTOL · λ₁`` of the randomized
-solver: above it :func:`randomized_eigh_top` warns and ``eigh_top(method='auto')`` falls
+solver: above it ``eigh_top(method='randomized')`` warns and ``eigh_top(method='auto')`` falls
 back to the dense solver."""
-
-
-def randomized_eigh_top(K, k: int, *, key=None, oversample: int = 20,
-                        n_iter: int = 30, tol: float = RANDOMIZED_RTOL) -> Eigenpairs:
-  r"""Top-k eigenpairs by randomized subspace iteration (Halko, Martinsson & Tropp 2011).
-
-  ``Q ← orth(K Q)`` repeated ``n_iter`` times from a Gaussian ``(n, k + oversample)``
-  start, then Rayleigh–Ritz: eigenpairs of ``Qᵀ K Q``. The error in eigenvalue ``i``
-  decays like ``(λ_{k+oversample+1}/λ_i)^{2 n_iter}``, so a fast-decaying spectrum (every
-  NTK on the sphere) converges in a few tens of iterations. Runs in float64 on
-  ``K / max|K|`` (no overflow for huge K) and returns K's dtype. The residuals
-  ``‖K v_i − λ_i v_i‖`` are checked: above ``tol · λ₁`` a ``UserWarning`` says so (a slowly
-  decaying spectrum needs more ``n_iter``/``oversample`` or the dense solver).
-
-  Args:
-    K: ``(n, n)`` symmetric PSD matrix.
-    k: number of eigenpairs, ``1 <= k <= n``.
-    key: ``jax.random.PRNGKey`` for the start (default ``PRNGKey(0)``).
-    oversample: extra columns in the subspace (int >= 0).
-    n_iter: subspace iterations (int >= 1).
-    tol: residual tolerance relative to λ₁ for the warning.
-
-  Returns:
-    :class:`Eigenpairs` with ``values`` ``(k,)`` and ``vectors`` ``(n, k)``.
-
-  Example:
-    >>> import jax.numpy as jnp, mskjax
-    >>> K = jnp.diag(2.0 ** -jnp.arange(50.0))
-    >>> [round(v, 6) for v in mskjax.spectrum.randomized_eigh_top(K, 3).values.tolist()]
-    [1.0, 0.5, 0.25]
-  """
-  return eigh_top(K, k, method="randomized", key=key, oversample=oversample, n_iter=n_iter,
-                  tol=tol)
 
 
 class EighInfo(NamedTuple):
@@ -244,7 +211,8 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
 
   * ``'dense'``: ``jnp.linalg.eigh`` in float64, exact, O(n³) (needs the matrix);
   * ``'randomized'``: subspace iteration ``Q ← orth(K Q)`` ``n_iter`` times + Rayleigh–Ritz
-    (:func:`randomized_eigh_top`; needs the matrix);
+    (randomized subspace iteration, Halko, Martinsson & Tropp 2011: ``Q ← orth(K Q)`` from a
+    Gaussian start, then Rayleigh–Ritz; needs the matrix);
   * ``'krylov'``: randomized block Krylov (block Lanczos with full re-orthogonalisation,
     Musco & Musco 2015) with thick restarts, from products ``V ↦ K V`` only: a
     :class:`mskjax.kernels.KernelOperator` (K never formed, or cached) or a matrix.

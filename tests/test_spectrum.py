@@ -133,7 +133,7 @@ from mskjax import kernels, spectrum as S  # noqa: E402
     lambda K: mskjax.eigh_desc(K),
     lambda K: mskjax.eigh_top(K, 1),
     lambda K: mskjax.eigh_top(K, 1, method="randomized"),
-    lambda K: mskjax.spectrum.randomized_eigh_top(K, 1),
+    lambda K: mskjax.spectrum.eigh_top(K, 1, method="randomized"),
 ])
 def test_indefinite_matrix_is_rejected_not_clamped(solver):
   # diag(1, −5) used to come back as [1, 0]: a large negative eigenvalue is not round-off.
@@ -183,7 +183,7 @@ def test_auto_checks_randomized_residuals_and_falls_back(monkeypatch):
     got = mskjax.eigh_top(K, 5)
   np.testing.assert_allclose(np.asarray(got.values), want, rtol=1e-12)
   with pytest.warns(UserWarning, match="exceeds tol"):
-    mskjax.spectrum.randomized_eigh_top(K, 5)
+    mskjax.spectrum.eigh_top(K, 5, method="randomized")
   # A fast-decaying spectrum converges: no warning, randomized answer kept.
   Kf = random_psd(120, decay=3.0, seed=3)
   with warnings.catch_warnings():
@@ -198,7 +198,7 @@ def test_randomized_does_not_overflow_on_huge_kernels():
   K = np.diag(2.0 ** -np.arange(40.0)) * 1e307
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    got = mskjax.spectrum.randomized_eigh_top(K, 3)
+    got = mskjax.spectrum.eigh_top(K, 3, method="randomized")
   np.testing.assert_allclose(np.asarray(got.values), 1e307 * np.array([1.0, 0.5, 0.25]),
                              rtol=1e-10)
 
