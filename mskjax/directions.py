@@ -475,7 +475,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
                    subsample: Optional[int] = None, key=None, init_vectors=None,
                    oversample: int = 10, depth: int = 6, tol: Optional[float] = None,
                    max_cycles: Optional[int] = None, block_size: Optional[int] = None,
-                   memory_budget: int = 1 << 30, float64: bool = False,
+                   memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET, float64: bool = False,
                    compute_beta: bool = True) -> MSKDirections:
   r"""Top-k parameter-space directions of the loss's Gauss–Newton kernel on the points.
 

@@ -30,8 +30,7 @@ from mskjax import kernels as _k
 from mskjax._nt import empirical_ntk_fn
 
 __all__ = ["trainable_fn", "JacobianOperator", "jacobian_operator", "jacobian_matrix",
-           "empirical_ntk", "ntk_diagonal_blocks", "check_float_params",
-           "EMPIRICAL_NTK_MEMORY_BUDGET"]
+           "empirical_ntk", "ntk_diagonal_blocks", "check_float_params"]
 
 
 @_k.cache_by_function
@@ -42,7 +41,6 @@ def _empirical_block_fns(apply_fn, implementation):
   return pair, sym
 
 
-EMPIRICAL_NTK_MEMORY_BUDGET = 1 << 30
 
 
 def _empirical_block_edge(params, c, n_max, implementation, memory_budget):
@@ -64,7 +62,7 @@ def _empirical_block_edge(params, c, n_max, implementation, memory_budget):
 
 def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False,
                   implementation="auto", block_size: Optional[int] = None,
-                  memory_budget: int = EMPIRICAL_NTK_MEMORY_BUDGET,
+                  memory_budget: int = _k.DEFAULT_MEMORY_BUDGET,
                   weights=None) -> jax.Array:
   r"""Empirical NTK Gram matrix of a finite network, blockwise, traced over outputs or full.
 
@@ -355,7 +353,7 @@ def _blocked_inputs(apply_fn, params, x, dtype, where):
 
 def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
                       block_size: Optional[int] = None,
-                      memory_budget: int = 1 << 30, dtype=None) -> JacobianOperator:
+                      memory_budget: int = _k.DEFAULT_MEMORY_BUDGET, dtype=None) -> JacobianOperator:
   r"""Jitted, blocked products with the network Jacobian and the full empirical NTK.
 
   ``J T`` is one JVP and ``Jᵀ V`` one VJP per block of points, vectorised over the m
@@ -417,7 +415,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
 
 
 def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] = None,
-                    memory_budget: int = 1 << 30, dtype=None) -> np.ndarray:
+                    memory_budget: int = _k.DEFAULT_MEMORY_BUDGET, dtype=None) -> np.ndarray:
   r"""The Jacobian ``J = ∂f(θ, X)/∂θ`` as an explicit ``(n·c, #params)`` host matrix.
 
   Row ``point·c + output`` (the row order of :func:`jacobian_operator` and
@@ -478,7 +476,7 @@ def _jac_contract(ja, jb):
 
 
 def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[int] = None,
-                        memory_budget: int = 1 << 30, dtype=None) -> jax.Array:
+                        memory_budget: int = _k.DEFAULT_MEMORY_BUDGET, dtype=None) -> jax.Array:
   """The c×c diagonal blocks ``J_x J_xᵀ`` of the full empirical NTK, one per point.
 
   Per-point Jacobians (``vmap`` of ``jacrev`` over a block of points, memory
