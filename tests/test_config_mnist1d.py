@@ -136,35 +136,32 @@ def test_train_run_records_accuracy_and_first_reach(tiny):
   assert B.first_reach(rec, 1.01) == (None, None)
 
 
-@pytest.mark.parametrize("batch_size", [16, None])
-def test_python_loop_takes_fits_batches(tiny, batch_size):
-  """The Python loop of one jitted step against train.fit (its own lax loop and sampler):
-  10 steps at b = 16 of 64 points cross two epoch boundaries."""
+@pytest.mark.parametrize("loop", ["fit", "python"])
+def test_train_run_is_one_fit_call(tiny, loop, monkeypatch):
+  """train_run trains through the one loop (train.fit) in the mode the config names, and
+  its record is fit's run: same parameters' accuracy, same curve steps."""
   x, y, v = tiny
   tx = optax.sgd(0.05, momentum=0.9)
-  ref = T.fit(B.loss_fn("mlp"), v["params"], tx, (x, y), steps=10, batch_size=batch_size,
-              seed=3)
-  ev = B.eval_fn("mlp")
-  out = B.python_loop(B.loss_fn("mlp"), v["params"], tx, (x, y), steps=10,
-                      batch_size=batch_size, seed=3, evaluate=lambda p: ev(p, x, y),
-                      eval_every=4)
-  # float32, same operations in a different loop: agreement to float32 round-off
-  np.testing.assert_allclose(_flat(out["params"]), _flat(ref.state.params), rtol=1e-4,
-                             atol=1e-5)
-  np.testing.assert_allclose(out["losses"], ref.records["loss"], rtol=1e-4)
-  assert [h["step"] for h in out["history"]] == [0, 4, 8, 10] and not out["diverged"]
-  rec = B.train_run("mlp", v["params"], tx, x, y, x, y, batch_size=batch_size, steps=10,
-                    eval_every=5, seed=3, loop="python")
-  assert rec["loop"] == "python" and rec["curve_step"] == [0, 5, 10]
-  assert B.resolve_loop("auto", "cnn") == "python" and B.resolve_loop("auto", "mlp") == "fit"
+  calls = []
+  real_fit = T.fit
+  monkeypatch.setattr(T, "fit", lambda *a, **k: calls.append(k) or real_fit(*a, **k))
+  rec = B.train_run("mlp", v["params"], tx, x, y, x, y, batch_size=16, steps=10,
+                    eval_every=5, seed=3, loop=loop)
+  assert len(calls) == 1 and calls[0]["loop"] == B.FIT_LOOP[loop]
+  ref = real_fit(B.loss_fn("mlp"), v["params"], tx, (x, y), steps=10, batch_size=16, seed=3)
+  acc = float(B.eval_fn("mlp")(ref.state.params, x, y)["acc"])
+  assert rec["loop"] == loop and rec["curve_step"] == [0, 5, 10]
+  assert rec["final_acc"] == pytest.approx(acc, abs=1e-6)   # identical runs; float32 read-out
+  with pytest.raises(ValueError, match="loop"):
+    B.train_run("mlp", v["params"], tx, x, y, x, y, batch_size=16, steps=2, eval_every=1,
+                loop="scan")
 
 
-def test_python_loop_stops_a_diverging_run(tiny):
+def test_train_run_stops_a_diverging_run(tiny):
   x, y, v = tiny
-  ev = B.eval_fn("mlp")
-  out = B.python_loop(B.loss_fn("mlp"), v["params"], optax.sgd(1e4), (x, y), steps=40,
-                      batch_size=16, seed=0, evaluate=lambda p: ev(p, x, y), eval_every=5)
-  assert out["diverged"] and out["steps_run"] < 40
+  rec = B.train_run("mlp", v["params"], optax.sgd(1e4), x, y, x, y, batch_size=16, steps=40,
+                    eval_every=5, seed=0, loop="python")
+  assert rec["diverged"] and rec["steps_run"] < 40
 
 
 def _rec(times, accs, one_off=0.0, step=10, final=None, diverged=False):

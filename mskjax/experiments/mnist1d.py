@@ -13,9 +13,9 @@ The experiment program of ``configs/mnist1d.py`` (which documents the set-up; al
   initialisation (``mskjax.msk_directions``), timed: the PGD methods' one-off cost;
 * :func:`pgd_base_lr` — the step rule of the PGD grid (``absolute``: the grid is the
   learning rate; ``stable``: the grid holds factors of ``mskjax.stable_learning_rate``);
-* :func:`train_run` — one training run, through :func:`mskjax.train.fit` (``loop='fit'``)
-  or a Python loop of one jitted step (``loop='python'``, :func:`python_loop`: same batches,
-  same records; XLA:CPU runs convolutions inside ``lax`` loops many times slower);
+* :func:`train_run` — one training run, through :func:`mskjax.train.fit` (its ``loop='auto'``
+  dispatches the jitted step from Python for the CNN: XLA:CPU runs convolutions inside
+  ``lax`` loops many times slower);
 * :func:`first_reach`, :func:`acc_at_time`, :func:`summarize` — the read-outs;
 * :func:`run` — the comparison itself (``run(config, ctx)``, called by ``mskjax.run``).
 
@@ -48,7 +48,6 @@ Where the PGD methods meet the library (the places to change when its API grows)
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -64,7 +63,6 @@ from mskjax import train as T
 
 ARCHS = ("mlp", "cnn")
 REFERENCE_ACCURACY = {"mlp": 0.68, "cnn": 0.94}   # Greydanus & Kobak, standard set
-LOOPS = ("fit", "python", "auto")
 STEP_RULES = ("absolute", "stable")
 
 
@@ -272,122 +270,32 @@ def one_off_s(method: str, directions_s: float) -> float:
 
 # ------------------------------------------------------------------------------ training
 
-def batch_indices(n: int, batch_size: int, seed: int):
-  """The minibatch order of :func:`mskjax.train.fit` (its shuffling iterator), as a host
-  generator: each epoch ``key, sub = split(key); perm = permutation(sub, n)``, cut into
-  ``n // b`` batches (the remainder dropped)."""
-  key = jax.random.PRNGKey(int(seed))
-  b = int(batch_size)
-  while True:
-    key, sub = jax.random.split(key)
-    perm = np.asarray(jax.random.permutation(sub, n)).astype(np.int32)
-    for c in range(n // b):
-      yield perm[c * b:(c + 1) * b]
-
-
-def python_loop(loss, params, tx, data, *, steps: int, batch_size: Optional[int],
-                seed: int, evaluate: Callable, eval_every: int, stop_above: float = 50.0):
-  """Train ``steps`` updates with one jitted step called from Python; fit's batches.
-
-  Evaluates at step 0, every ``eval_every`` steps and at the end (timed apart); training
-  time is measured between evaluations after a blocking wait, compilation excluded (the
-  step is compiled ahead). A run whose batch loss exceeds ``stop_above`` or is not finite
-  stops at the next evaluation.
-
-  Returns:
-    dict with the final ``params``, ``history`` (step, time, and the ``evaluate`` keys per
-    evaluation),
-    ``losses`` (per step), ``steps_run``, ``diverged``, ``train_s``, ``compile_s``,
-    ``eval_s``.
-  """
-  data = jax.tree.map(jnp.asarray, data)
-  n = int(jax.tree.leaves(data)[0].shape[0])
-
-  def step(p, s, data, idx):     # data an argument, not a closed-over constant
-    batch = data if idx is None else jax.tree.map(lambda a: a[idx], data)
-    lval, grads = jax.value_and_grad(loss)(p, batch, idx)
-    updates, s = tx.update(grads, s, p)
-    return optax.apply_updates(p, updates), s, lval
-
-  opt_state = tx.init(params)
-  t0 = time.perf_counter()
-  idx0 = None
-  if batch_size is not None:     # the first batch drawn (and the permutation compiled) here
-    order = batch_indices(n, batch_size, seed)
-    idx0 = next(order)
-    order = itertools.chain([idx0], order)
-  nxt = (lambda: None) if idx0 is None else (lambda: jnp.asarray(next(order)))
-  compiled = jax.jit(step).lower(params, opt_state, data, idx0).compile()
-  compile_s = time.perf_counter() - t0
-  history, losses = [], []
-  train_s = eval_s = 0.0
-  diverged = False
-
-  def do_eval(p, t):
-    nonlocal eval_s
-    t1 = time.perf_counter()
-    m = jax.device_get(evaluate(p))
-    eval_s += time.perf_counter() - t1
-    history.append({"step": t, "time": train_s, **m})
-
-  do_eval(params, 0)
-  t = 0
-  while t < steps and not diverged:
-    num = min(eval_every - t % eval_every, steps - t)
-    seg = []
-    t1 = time.perf_counter()
-    for _ in range(num):
-      params, opt_state, lval = compiled(params, opt_state, data, nxt())
-      seg.append(lval)
-    jax.block_until_ready(params)
-    train_s += time.perf_counter() - t1
-    seg = np.asarray(jax.device_get(seg), np.float64)
-    losses.extend(seg.tolist())
-    t += num
-    diverged = bool(not np.all(np.isfinite(seg)) or np.any(seg > stop_above))
-    do_eval(params, t)
-  return dict(params=params, history=history, losses=losses, steps_run=t, diverged=diverged,
-              train_s=train_s, compile_s=compile_s, eval_s=eval_s)
-
-
-def resolve_loop(loop: str, arch: str) -> str:
-  """'auto' → 'python' for the CNN (convolutions in XLA:CPU ``lax`` loops are slow),
-  'fit' for the MLP; 'fit' and 'python' as given."""
-  if loop not in LOOPS:
-    raise ValueError(f"`loop` must be one of {LOOPS}; got {loop!r}.")
-  if loop == "auto":
-    return "python" if arch == "cnn" else "fit"
-  return loop
+#: config ``loop`` → :func:`mskjax.train.fit`'s ``loop`` (fit chooses a Python loop of the
+#: jitted step for convolutions on the CPU with ``'auto'``; the others force a mode).
+FIT_LOOP = {"fit": "compiled", "python": "python", "auto": "auto"}
 
 
 def train_run(arch: str, params, tx, x, y, x_test, y_test, *, batch_size: Optional[int],
               steps: int, eval_every: int, seed: int = 0, progress: bool = False,
               desc: str = "train", loop: str = "fit") -> dict:
-  """One run; a JSON-able dict of its curve and costs.
+  """One run through :func:`mskjax.train.fit`; a JSON-able dict of its curve and costs.
 
-  ``loop='fit'``: :func:`mskjax.train.fit` (diverged runs — cross-entropy above 50 or not
-  finite — stop at once); ``loop='python'``: :func:`python_loop` (the same minibatches;
-  a divergence stops at the next evaluation); ``'auto'``: :func:`resolve_loop`. Training
-  wall time excludes compilation and evaluations in both.
+  ``loop``: ``'fit'`` (fit's compiled loop), ``'python'`` (fit dispatching its jitted step
+  from Python) or ``'auto'`` (fit's rule: Python for convolutions on the CPU, where XLA runs
+  them inside ``lax`` loops many times slower). Diverged runs (cross-entropy above 50 or
+  not finite) stop at once. Training wall time excludes compilation and evaluations.
   """
+  if loop not in FIT_LOOP:
+    raise ValueError(f"`loop` must be one of {tuple(FIT_LOOP)}; got {loop!r}.")
   ev = eval_fn(arch)
-  loop = resolve_loop(loop, arch)
-  if loop == "fit":
-    res = T.fit(loss_fn(arch), params, tx, (x, y), steps=steps, batch_size=batch_size,
-                seed=seed, evaluate=lambda st: ev(st.params, x_test, y_test),
-                eval_every=eval_every, stop_above={"loss": 50.0}, progress=progress,
-                desc=desc)
-    h = res.history
-    ran, diverged = int(res.state.step), res.stopped is not None
-    losses = res.records["loss"]
-    train_s, compile_s, eval_s = res.train_s, res.compile_s, res.eval_s
-  else:
-    out = python_loop(loss_fn(arch), params, tx, (x, y), steps=steps, batch_size=batch_size,
-                      seed=seed, evaluate=lambda p: ev(p, x_test, y_test),
-                      eval_every=eval_every)
-    h = {k: np.asarray([e[k] for e in out["history"]]) for k in out["history"][0]}
-    ran, diverged, losses = out["steps_run"], out["diverged"], out["losses"]
-    train_s, compile_s, eval_s = out["train_s"], out["compile_s"], out["eval_s"]
+  res = T.fit(loss_fn(arch), params, tx, (x, y), steps=steps, batch_size=batch_size,
+              seed=seed, evaluate=lambda st: ev(st.params, x_test, y_test),
+              eval_every=eval_every, stop_above={"loss": 50.0}, progress=progress,
+              desc=desc, loop=FIT_LOOP[loop])
+  h = res.history
+  ran, diverged = int(res.state.step), res.stopped is not None
+  losses = res.records["loss"]
+  train_s, compile_s, eval_s = res.train_s, res.compile_s, res.eval_s
   acc = [float(a) for a in h["acc"]]
   return dict(
       loop=loop, diverged=bool(diverged), steps_run=ran,
