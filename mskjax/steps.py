@@ -103,8 +103,8 @@ def curvature_estimator(loss_fn: Callable, directions: Optional[MSKDirections] =
     >>> loss = lambda w, b: 0.5 * jnp.sum(b * w ** 2)      # Hessian diag(b)
     >>> est = steps.curvature_estimator(loss, iters=3)
     >>> eta, lam = est(jnp.ones(3), jnp.array([4.0, 1.0, -9.0]))
-    >>> round(float(lam), 4), round(float(eta), 4)        # top positive, not |−9|
-    (4.0, 0.25)
+    >>> round(float(lam), 4), round(float(eta), 4)        # top positive, not |−9|; 0.5/λ̂
+    (4.0, 0.125)
   """
   if not callable(loss_fn):
     raise TypeError(f"curvature_estimator: `loss_fn` must be callable loss_fn(params, batch); "
@@ -254,11 +254,11 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
     0.5
     >>> optim.stable_learning_rate(batch_size=100, lambda_max=100.0, beta=2.0, n_points=100)
     0.9900990099009901
-    >>> import jax.numpy as jnp                            # measured: H = diag(b) → 1/4
+    >>> import jax.numpy as jnp                            # measured: H = diag(b), λ̂ = 4
     >>> round(optim.stable_learning_rate(loss_fn=lambda w, b: 0.5 * jnp.sum(b * w ** 2),
     ...                                  params=jnp.ones(3), batch=jnp.array([4.0, 1.0, -9.0]),
-    ...                                  iters=3), 4)
-    0.25
+    ...                                  iters=3), 4)              # SAFETY / λ̂ = 0.5 / 4
+    0.125
 
   References:
     S. Ma, R. Bassily, M. Belkin, *The power of interpolation: understanding the

@@ -383,7 +383,7 @@ def test_silent_alignment_config_resumes(tmp_path, monkeypatch):
                   alphas=(2.0,), steps_aniso=20, aniso_records=5, digits_n_train=20,
                   digits_n_test=10, digits_width=8, digits_steps=20, digits_records=3,
                   digits_gammas=(0.0,), adam_steps=20, adam_records=5, pgd_ks=(2,)))
-  monkeypatch.setattr(T, "record_kernel_training", _fake_record)
+  monkeypatch.setattr(recorder, "record_kernel_training", _fake_record)
   ctx = RunContext(tmp_path, cfg, show_progress=False)
   rows = mod.run(cfg, ctx)
   keys = [json.loads(line)["key"] for line in (tmp_path / "metrics.jsonl").read_text()

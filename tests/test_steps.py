@@ -58,7 +58,7 @@ def test_curvature_of_network_loss_matches_explicit_hessian():
     top = np.linalg.eigvalsh(Ph @ H @ Ph)[-1]
     eta, lam = steps.curvature_estimator(loss, d, iters=12)(p, (x, y))
     assert float(lam) == pytest.approx(top, rel=1e-8)
-    assert float(eta) == pytest.approx(1.0 / top, rel=1e-8)
+    assert float(eta) == pytest.approx(steps.SAFETY / top, rel=1e-8)
 
 
 def test_set_learning_rate_changes_the_step_without_recompiling():
