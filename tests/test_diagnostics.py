@@ -397,7 +397,7 @@ def test_silent_alignment_config_resumes(tmp_path, monkeypatch):
   def boom(*a, **k):
     raise AssertionError("a resumed run must not train again")
 
-  monkeypatch.setattr(T, "record_kernel_training", boom)
+  monkeypatch.setattr(recorder, "record_kernel_training", boom)
   ctx2 = RunContext(tmp_path, cfg, show_progress=False)
   assert ctx2.resumed == len(keys)
   mod.run(cfg, ctx2)
