@@ -104,6 +104,21 @@ def _array_module():
   return np if tracing() else jnp
 
 
+def asymmetry(A) -> tuple[float, float]:
+  """``(max|A − Aᵀ|, max|A|)`` of a concrete square array (numpy or jax).
+
+  Compared as ``asym > rtol · scale``: relative at every scale (no absolute floor), so
+  1e-300·[[1, 5], [0, 1]] is as asymmetric as [[1, 5], [0, 1]]; only an exactly zero
+  matrix has scale 0.
+
+  Example:
+    >>> asymmetry(np.array([[1.0, 5.0], [0.0, 1.0]]))
+    (5.0, 5.0)
+  """
+  xp = jnp if isinstance(A, jax.Array) else np
+  return float(xp.max(xp.abs(A - A.T))), float(xp.max(xp.abs(A)))
+
+
 def check_square_symmetric(K, name: str = "K", *, rtol: float = 1e-5) -> jax.Array:
   """A square, finite, symmetric (to ``rtol`` relative to max|K|) floating matrix.
 
@@ -118,12 +133,7 @@ def check_square_symmetric(K, name: str = "K", *, rtol: float = 1e-5) -> jax.Arr
     raise ValueError(f"`{name}` must be a square (n, n) kernel matrix, got shape {K.shape}.")
   check_finite(K, name)
   if is_concrete(K) and K.shape[0] > 0:
-    xp = _array_module()
-    Kn = xp.asarray(K)
-    scale = float(xp.max(xp.abs(Kn)))
-    asym = float(xp.max(xp.abs(Kn - Kn.T)))
-    # Relative at every scale (no absolute floor): 1e-300·[[1, 5], [0, 1]] is as
-    # asymmetric as [[1, 5], [0, 1]]; only an exactly zero matrix has scale 0.
+    asym, scale = asymmetry(_array_module().asarray(K))
     if asym > rtol * scale:
       raise ValueError(
           f"`{name}` must be symmetric: max|{name} - {name}.T| = {asym:.3g} exceeds "
@@ -429,8 +439,7 @@ def check_kernel_block(B, shape: tuple, name: str = "kernel_fn", *, symmetric: b
     raise ValueError(f"`{name}` returned NaN/inf on `{inputs}` (on a block of its first "
                      "points): check the kernel's parameters and the inputs' scale.")
   if symmetric and Bn.size:
-    scale = float(np.max(np.abs(Bn)))
-    asym = float(np.max(np.abs(Bn - Bn.T)))
+    asym, scale = asymmetry(Bn)
     if asym > rtol * scale:
       raise ValueError(
           f"`{name}` is not symmetric: on a diagonal block k(a, a), max|k(a, a) - "
