@@ -247,7 +247,17 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
                    desc="record_kernel_training")
   p, s = res.state.params, res.state.opt_state
   K = memo["K"]
-  losses = np.concatenate([res.records["loss"], [np.asarray(value_and_grad(p)[0])]])
+  ran = len(res.records["loss"])
+  if ran < T:
+    # fit stopped the run at a non-finite loss (its NaN policy): the evaluations it never
+    # reached say NaN, as a diverged kernel does above (same shapes, a result, not an error).
+    while len(recs) < len(steps):
+      recs.append(jax.tree_util.tree_map(lambda a: np.full(np.shape(a), np.nan), recs[-1]))
+      if xt is not None:
+        kr.append(np.full(np.shape(kr[-1]), np.nan))
+    losses = np.concatenate([res.records["loss"], np.full(T + 1 - ran, np.nan)])
+  else:
+    losses = np.concatenate([res.records["loss"], [np.asarray(value_and_grad(p)[0])]])
   K_T = K
   stacked = {key: np.stack([np.asarray(r[key]) for r in recs]) for key in recs[0]}
   vals, vecs = stacked["values"], stacked["vectors"]

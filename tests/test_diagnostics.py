@@ -467,3 +467,17 @@ def test_kernel_regression_singular_without_ridge_is_an_error():
 def test_metrics_reject_nan_and_bad_arguments(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_recorder_of_a_diverging_run_keeps_its_shapes_and_says_nan():
+  # fit stops a run at its first non-finite loss; the recorder must still return one record
+  # per requested step (NaN past the stop), not fail on the missing evaluations.
+  ds, model, params, mse = _small_problem()
+  with pytest.warns(RuntimeWarning):
+    rec = recorder.record_kernel_training(model.apply, params, optax.sgd(1e8), mse,
+                                          ds.x_train, ds.y_train, num_steps=30,
+                                          record_steps=[5, 12])
+  assert rec.steps.tolist() == [0, 5, 12, 30]
+  assert rec.alignment.shape == (4,) and rec.loss_curve.shape == (31,)
+  assert np.isfinite(rec.alignment[0]) and np.isnan(rec.alignment[-1])
+  assert np.isnan(rec.loss_curve[-1])
