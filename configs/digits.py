@@ -30,8 +30,8 @@ def get_config(arg=None):
   c.steps = 3000             # full budget (every method)
   c.grid_steps = 300         # budget of the learning-rate grid runs
   c.chunk = 100              # steps per compiled chunk of mskjax.train.fit
-  c.gd_frac = 1.0            # GD step gd_frac / λ₁
-  c.pgd_fracs = (1.0, 0.5, 0.25)   # PGD steps frac / λ_{k+1}
+  c.gd_factor = 1.0            # GD step gd_factor / λ₁ (a factor of the 1/λ rule)
+  c.pgd_factors = (1.0, 0.5, 0.25)   # PGD steps factor / λ_{k+1}
   c.adam_lrs = (1e-3, 3e-3, 1e-2)
   c.msk_sgd_jvp = True           # also run mskjax.optim.msk_sgd_jvp for the smallest k
   c.seed = 0
@@ -39,7 +39,7 @@ def get_config(arg=None):
     c.n_train, c.width = 200, 256
     c.ks = (10,)
     c.steps, c.grid_steps, c.chunk = 400, 100, 50
-    c.pgd_fracs = (0.5,)
+    c.pgd_factors = (0.5,)
     c.adam_lrs = (1e-2,)
     c.msk_sgd_jvp = False
   return c
@@ -48,7 +48,7 @@ def get_config(arg=None):
 # Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
 RANGES = {"n_train": {"min": 16}, "width": {"min": 1}, "depth": {"min": 1},
           "ks": {"min": 1}, "steps": {"min": 1}, "grid_steps": {"min": 1}, "chunk": {"min": 1},
-          "tols": {"gt": 0, "lt": 1}, "pgd_fracs": {"gt": 0}, "gd_frac": {"gt": 0},
+          "tols": {"gt": 0, "lt": 1}, "pgd_factors": {"gt": 0}, "gd_factor": {"gt": 0},
           "adam_lrs": {"gt": 0}, "target_scale": {"gt": 0},
           "labels": {"choices": ("onehot", "pm1")}}
 

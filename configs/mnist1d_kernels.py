@@ -48,8 +48,8 @@ RANGES = {"n_train": {"min": 8}, "n_test": {"min": 1}, "block_size": {"min": 1},
 
 
 def validate(c):
-  from mskjax.experiments.mnist1d_kernels import parse_modifier
+  from mskjax.modifiers import from_spec
   for item in c.modifiers:
-    _, k = parse_modifier(item)          # unknown names fail here, listing the known ones
+    _, k = from_spec(item)          # unknown names fail here, listing the known ones
     if k is not None and k >= c.n_train:
       raise ValueError(f"modifiers: {item!r}: k must be < n_train = {c.n_train}.")

@@ -26,7 +26,7 @@ def get_config(arg=None):
   c.gs = ("identity", "reverse", "flatten", "reverse_ranks")
   c.k_reverse = 17              # blocks j = 0, 1, 2, 4, 3, 6, 5, 8, 7 (reverse, reverse_ranks)
   c.k_flatten = 5               # blocks j = 0, 1, 2 flattened to λ₆ = λ(j=4)
-  c.lr_fraction = 0.4           # η = lr_fraction / λ_max(K_g)
+  c.lr_factor = 0.4           # η = lr_factor / λ_max(K_g)
   c.steps = 2000                # training steps (quick: 700)
   c.threshold = 0.5             # "learned" once the frequency's relative residual < this
   c.finite_spectrum = "empirical"  # 'empirical' (NTK at init) or 'analytic' eigenpairs
@@ -42,7 +42,7 @@ def get_config(arg=None):
 # Valid ranges, checked by the runner before any work (mskjax.run.validate_config).
 RANGES = {"n": {"min": 8}, "js": {"min": 0}, "k_flatten": {"min": 1},
           "k_reverse": {"min": 1}, "width": {"min": 1}, "steps": {"min": 1},
-          "lr_fraction": {"gt": 0, "lt": 2}, "threshold": {"gt": 0, "lt": 1}, "amp": {"gt": 0},
+          "lr_factor": {"gt": 0, "lt": 2}, "threshold": {"gt": 0, "lt": 1}, "amp": {"gt": 0},
           "gs": {"choices": ("identity", "reverse", "flatten", "reverse_ranks")},
           "finite_spectrum": {"choices": ("empirical", "analytic")}}
 

@@ -28,7 +28,7 @@ from mskjax import kernels as _kernels
 from mskjax import modifiers as _modifiers
 from mskjax import spectrum as _spectrum
 from mskjax import tangents as _tangents
-from mskjax.msk import MSKSpectrum
+from mskjax.msk import MSKSpectrum, modified_max_value
 
 __all__ = ["MSKDirections", "msk_directions", "precondition", "loss_hessian_sqrt",
            "choose_method"]
@@ -78,7 +78,7 @@ class MSKDirections(NamedTuple):
   @property
   def max_value(self) -> jax.Array:
     """λ_max(K_g) = max(g(λ₁..λ_k), λ_{k+1})."""
-    return jnp.maximum(jnp.max(self.new_values), self.next_value)
+    return modified_max_value(self.new_values, self.next_value)
 
 
 

@@ -47,7 +47,7 @@ from mskjax import _validate as _v
 
 __all__ = ["Modifier", "identity", "flatten", "power", "exponential", "scale", "values",
            "reverse", "reverse_blocks", "geometric_mean", "apply_modifier", "from_name",
-           "register", "names"]
+           "from_spec", "register", "names"]
 
 Modifier = Callable[[jax.Array, int], jax.Array]
 
@@ -299,6 +299,41 @@ def from_name(name: str) -> Modifier:
     form = f"{m.group(1)}<number>, e.g. {m.group(1)}0.5" if takes_number else m.group(1)
     raise ValueError(f"modifier name {name!r}: write it as {form}.")
   return factory(float(m.group(2))) if takes_number else factory()
+
+
+def from_spec(item: str):
+  """``(g, k)`` of a config item ``'NAME@k'`` (g = :func:`from_name` (NAME) on the top k), or
+  ``(None, None)`` for ``'none'`` (the unmodified kernel).
+
+  The one parser of "modifier on the top k" strings in configs and command lines.
+
+  Args:
+    item: ``'none'`` or ``'NAME@k'`` with k ≥ 1, e.g. ``'flatten@10'``, ``'geomean@100'``,
+      ``'power0.5@20'``.
+
+  Returns:
+    ``(modifier, k)``; ``(None, None)`` for ``'none'``.
+
+  Raises:
+    ValueError: naming the item, the expected form and the known modifier names.
+
+  Example:
+    >>> g, k = from_spec("flatten@10"); k
+    10
+    >>> from_spec("none")
+    (None, None)
+  """
+  if item == "none":
+    return None, None
+  name, sep, k_text = str(item).partition("@")
+  if not sep or not k_text.strip().isdigit() or int(k_text) < 1:
+    raise ValueError(f"modifier spec {item!r} must be 'none' or 'NAME@k' with k >= 1 (e.g. "
+                     f"'flatten@10', 'geomean@100'); NAME is one of {', '.join(names())}.")
+  try:
+    g = from_name(name)
+  except ValueError as e:
+    raise ValueError(f"modifier spec {item!r}: {e}") from None
+  return g, int(k_text)
 
 
 for _n, _f, _num in (("identity", identity, False), ("flatten", flatten, False),

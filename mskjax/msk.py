@@ -25,10 +25,32 @@ from mskjax import kernels as _kernels
 from mskjax import spectrum as _spectrum
 from mskjax.kernels import KernelOperator, map_row_blocks
 
-__all__ = ["MSKSpectrum", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram",
+__all__ = ["MSKSpectrum", "modified_max_value", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram",
            "preconditioner", "check_spectrum",
            "msk_gram_from_spectrum", "preconditioner_from_spectrum",
            "apply_preconditioner", "MSKKernel", "msk_kernel_fn", "transfer_msk_spectrum"]
+
+
+def modified_max_value(new_values, next_value) -> jax.Array:
+  """Largest eigenvalue of the modified kernel, max(g(λ₁), …, g(λ_k), λ_{k+1}).
+
+  The one definition behind :attr:`MSKSpectrum.max_value` and
+  ``directions.MSKDirections.max_value``: the top k eigenvalues are replaced by
+  g(λ_i), the rest of the spectrum is left as it was, so its top is λ_{k+1}.
+
+  Args:
+    new_values: ``(k,)`` modified eigenvalues g(λ_i).
+    next_value: λ_{k+1} (scalar).
+
+  Returns:
+    The scalar λ_max(K_g).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(modified_max_value(jnp.array([0.5, 0.5]), jnp.array(0.25)))
+    0.5
+  """
+  return jnp.maximum(jnp.max(new_values), next_value)
 
 
 class MSKSpectrum(NamedTuple):
@@ -52,7 +74,7 @@ class MSKSpectrum(NamedTuple):
   @property
   def max_value(self) -> jax.Array:
     """Largest eigenvalue of K_g: max(g(λ₁..λ_k), λ_{k+1})."""
-    return jnp.maximum(jnp.max(self.new_values), self.next_value)
+    return modified_max_value(self.new_values, self.next_value)
 
 
 def msk_spectrum(K, g: _modifiers.Modifier, k: int, *, method: str = "auto",

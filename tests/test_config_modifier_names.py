@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mskjax import run as R
-from mskjax.experiments import mnist1d_kernels
+from mskjax import modifiers
 
 # (config, override with a misspelt modifier name)
 BAD = [("mnist1d", "g=flaten"),
@@ -40,15 +40,15 @@ def test_any_registered_name_is_accepted(name, override):
 
 def test_mnist1d_kernels_items_name_a_registered_modifier_and_k():
   lam = np.array([16.0, 9.0, 4.0, 1.0, 0.25])
-  g, k = mnist1d_kernels.parse_modifier("geomean@3")
+  g, k = modifiers.from_spec("geomean@3")
   assert k == 3
   # geomean: g(λ_i) = √(λ_i λ_{k+1}) — the committed run's λ_{k+1}(λ/λ_{k+1})^½ (numpy oracle)
   np.testing.assert_allclose(np.asarray(g(lam, k)), np.sqrt(lam[:3] * lam[3]), rtol=1e-12)
-  g, k = mnist1d_kernels.parse_modifier("flatten@2")
+  g, k = modifiers.from_spec("flatten@2")
   np.testing.assert_allclose(np.asarray(g(lam, k)), [4.0, 4.0])
-  assert mnist1d_kernels.parse_modifier("none") == (None, None)
+  assert modifiers.from_spec("none") == (None, None)
   for bad in ("flatten10", "flatten@0", "flatten@", "@10"):
     with pytest.raises(ValueError, match="NAME@k|unknown modifier"):
-      mnist1d_kernels.parse_modifier(bad)
+      modifiers.from_spec(bad)
   with pytest.raises(R.ConfigError, match="k must be < n_train"):
     _validated("mnist1d_kernels", ["modifiers=('flatten@500',)"])

@@ -16,10 +16,10 @@ NTK Gram matrix K on the training inputs gives λ₁ ≥ λ₂ ≥ … and the M
 
 Methods (full batch, same initial parameters):
 
-* **GD** — ``optax.sgd(η)`` on ½‖r‖², η = ``gd_frac``/λ₁;
+* **GD** — ``optax.sgd(η)`` on ½‖r‖², η = ``gd_factor``/λ₁;
 * **Adam** — ``optax.adam(lr)``, lr from ``adam_lrs``;
 * **PGD k** — ``optax.sgd(η)`` on ``mskjax.msk_mse_loss`` (½ rᵀ S r, same cost as GD),
-  η = frac/λ_max(K_g) = frac/λ_{k+1}, frac from ``pgd_fracs`` (1/λ_{k+1} is the
+  η = factor/λ_max(K_g) = factor/λ_{k+1}, factor from ``pgd_factors`` (1/λ_{k+1} is the
   linearized optimum but a finite network can be unstable there);
 * **msk_sgd_jvp k** — ``mskjax.optim.msk_sgd_jvp`` (parameter-space preconditioner, one extra JVP +
   VJP per step) on ½‖r‖² at the step chosen for PGD with the smallest k (``msk_sgd_jvp=True``).
@@ -195,13 +195,13 @@ def run(config, ctx):
   # ---- methods ------------------------------------------------------------------------
   mse = lambda f, yy: 0.5 * jnp.sum((f - yy) ** 2)
   methods = {}   # name -> (loss, make_tx(lr), lr grid, g, k, spectrum seconds)
-  methods["GD"] = (mse, optax.sgd, [s.gd_frac / lam1], None, None, 0.0)
+  methods["GD"] = (mse, optax.sgd, [s.gd_factor / lam1], None, None, 0.0)
   methods["Adam"] = (mse, optax.adam, list(s.adam_lrs), None, None, 0.0)
   for k in s.ks:
     sp = spectra[k]
     methods[f"PGD k={k}"] = (
         lambda f, yy, sp=sp: optim.msk_mse_loss(f, yy, sp), optax.sgd,
-        [fr / float(sp.max_value) for fr in s.pgd_fracs], g, k, spec_time[k][0])
+        [fr / float(sp.max_value) for fr in s.pgd_factors], g, k, spec_time[k][0])
 
   def train_rec(name, loss, make_tx, lr, steps):
     return train_with_tols(apply_fn, params, x, y, x_test, y_test, lambda f, yy: loss(f, yy), make_tx(lr),

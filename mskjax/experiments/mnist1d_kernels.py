@@ -20,7 +20,7 @@ the usual "infinite-width CNN" of Novak et al. / Arora et al.
 Per kernel: kernel regression (t = ∞) and kernel GD on ½‖f(X) − Y‖² with one-hot targets Y
 (10 outputs, f₀ = 0) at t steps of η = 1/λ_max(K_g), through ``mskjax.predict_gd_mse``;
 test accuracy = argmax of the 10 regression outputs. Modifiers g (``'NAME@k'``: a
-``mskjax.modifiers.from_name`` name on the top k, see :func:`parse_modifier`) act on the Gram
+``mskjax.modifiers.from_name`` name on the top k, see :func:`mskjax.modifiers.from_spec`) act on the Gram
 eigenvalues (η grows to 1/λ_max(K_g)); at t = ∞ every g gives the same interpolant
 (docs/theory.md#same-final-solution).
 Cost table: time and XLA temporary memory per kernel entry, measured on one block, and the n
@@ -51,35 +51,6 @@ def _spec(net, parameterization):
                         padding="SAME", readout="flatten", out_dim=10, b_std=0.0,
                         parameterization=parameterization)
   raise ValueError(f"unknown net {net!r}; use 'mlp' or 'cnn'")
-
-
-def parse_modifier(item: str):
-  """``(g, k)`` of a ``modifiers`` item: ``'none'`` (plain kernel GD) or ``'NAME@k'``.
-
-  ``NAME`` is any name of :func:`mskjax.modifiers.from_name` (``flatten``, ``geomean``,
-  ``power0.5``, ...), applied to the top ``k`` Gram eigenvalues. ``geomean`` is
-  g(λ) = √(λ·λ_{k+1}) = λ_{k+1}·(λ/λ_{k+1})^½. Raises ``ValueError`` naming the item and
-  the known modifier names.
-
-  Example:
-    >>> g, k = parse_modifier("flatten@10"); k
-    10
-    >>> parse_modifier("none")
-    (None, None)
-  """
-  from mskjax import modifiers
-  if item == "none":
-    return None, None
-  name, sep, k_text = str(item).partition("@")
-  if not sep or not k_text.strip().isdigit() or int(k_text) < 1:
-    raise ValueError(f"modifiers: {item!r} must be 'none' or 'NAME@k' with k >= 1 (e.g. "
-                     f"'flatten@10', 'geomean@100'); NAME is one of "
-                     f"{', '.join(modifiers.names())}.")
-  try:
-    g = modifiers.from_name(name)
-  except ValueError as e:
-    raise ValueError(f"modifiers: {item!r}: {e}") from None
-  return g, int(k_text)
 
 
 def _cost(kernel_fn, x, b):
@@ -130,7 +101,7 @@ def run(config, ctx):
       ctx.print(f"{net}/{par}: Gram {n_train}² + {n_test}×{n_train} in {t_gram:.1f} s, "
                 f"λ₁ = {lam[0]:.4g}, λ₁₁ = {lam[10]:.4g}, λ₁₀₁ = {lam[100]:.4g}")
       for mod in mods:
-        g, k = parse_modifier(mod)
+        g, k = mskjax.modifiers.from_spec(mod)
 
         def compute():
           # η = 1/λ_max(K_g) from the eigenvalues already computed (no second eigh).

@@ -28,7 +28,7 @@ For each modifier g (``gs``):
   all get λ₆ = λ(j=4), so j = 1, 2, 4 are learned at one and the same rate, and the larger
   step η ∝ 1/λ₆ speeds up everything beyond.
 
-The step is η = ``lr_fraction`` / λ_max(K_g) for every g (a fraction below 1 so that the
+The step is η = ``lr_factor`` / λ_max(K_g) for every g (a fraction below 1 so that the
 fastest directions take a few steps rather than exactly one). Measured per frequency j:
 the relative residual |⟨r_t, cos jθ⟩| / |⟨y, cos jθ⟩| of the train residual r_t = f_t(X) − y,
 
@@ -185,7 +185,7 @@ def run(config, ctx):
         spec_a = mskjax.msk_spectrum(K, g, k)
         mu_max = float(spec_a.max_value)
         Kg = np.asarray(mskjax.msk.msk_gram_from_spectrum(K, spec_a))
-      eta = config.lr_fraction / mu_max
+      eta = config.lr_factor / mu_max
       mu_j = [float(C[i] @ Kg @ C[i] / (C[i] @ C[i])) for i in range(len(js))]
       pred = mskjax.predict_gd_mse(K, y, g if k else None, k, jnp.arange(steps + 1),
                                    learning_rate=eta)
@@ -252,5 +252,5 @@ def run(config, ctx):
   axes[0, 0].legend(fontsize=7, title="lines: infinite\nmarkers: " + (
       f"width {width}" if config.train_network else "(none)"), title_fontsize=7)
   fig.suptitle(f"Per-frequency residual, n={config.n} points on S¹, 2-layer ReLU "
-               f"(b_std={config.b_std}), η = {config.lr_fraction}/λ_max(K_g)")
+               f"(b_std={config.b_std}), η = {config.lr_factor}/λ_max(K_g)")
   ctx.savefig(fig, "frequency_residuals")
