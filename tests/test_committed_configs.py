@@ -2,7 +2,7 @@
 
 A run writes ``config.json`` (the resolved config that ran); the committed ones under
 ``experiments/NAME/`` (and its sub-runs ``experiments/NAME/*/config.json`` and variants such
-as ``linear_config.json``) document the committed results. They must stay loadable by the
+as ``experiments/digits/linear/config.json``) document the committed results. They must stay loadable by the
 config that reproduces them, ``configs/NAME.py``: every key must be a key of
 ``get_config()`` (a renamed key fails here, not silently at rerun time), every value must
 have the type of the config's value (the types ``python -m mskjax.run`` accepts as
