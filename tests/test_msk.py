@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import mskjax
-from mskjax import modifiers
+from mskjax import modifiers, msk
 import oracles
 from conftest import random_psd
 
@@ -267,3 +267,17 @@ def test_no_private_name_crosses_a_module_boundary(mod):
          and node.value.id in aliases and aliases[node.value.id] != "_validate"
          and node.attr.startswith("_") and not node.attr.startswith("__")]
   assert not bad, f"{mod}.py uses private names of other modules: {bad}"
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_kernel_step_is_one_over_lambda_max_and_refuses_bad_values(bad):
+  # η = factor / max(g(λ₁..λ_k), λ_{k+1}); the oracle is the numpy eigenvalue of K_g
+  K = np.diag([8.0, 4.0, 2.0, 1.0])
+  s = msk.msk_spectrum(jnp.asarray(K), modifiers.flatten(), 2, method="dense")
+  Kg = np.asarray(msk.msk_gram(jnp.asarray(K), modifiers.flatten(), 2))
+  assert msk.kernel_step(s, factor=0.5) == pytest.approx(0.5 / np.linalg.eigvalsh(Kg)[-1],
+                                                         rel=1e-12)
+  with pytest.raises(ValueError, match="positive and finite"):
+    msk.kernel_step(bad)
+  with pytest.raises(ValueError, match="factor"):
+    msk.kernel_step(s, factor=bad)

@@ -98,8 +98,8 @@ def run(config, ctx):
   # GD through the same optimiser: g/λ = 1 on the same eigenvectors (identity preconditioner).
   spec_gd = spec_pgd._replace(new_values=spec_pgd.values)
   methods = {
-      "GD": (None, None, 1.0 / float(lam[0]), spec_gd),
-      "PGD-flatten": (mskjax.modifiers.flatten(), config.k, 1.0 / float(spec_pgd.max_value),
+      "GD": (None, None, mskjax.msk.kernel_step(lam[0]), spec_gd),
+      "PGD-flatten": (mskjax.modifiers.flatten(), config.k, mskjax.msk.kernel_step(spec_pgd),
                       spec_pgd),
   }
   preds_inf = {}
