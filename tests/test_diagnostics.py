@@ -79,8 +79,20 @@ def test_metrics_are_jittable():
   y = jnp.arange(6.0)
   f = jax.jit(lambda K, y: (diag.kernel_alignment(K, y, True), diag.kernel_cosine(K, K @ K),
                             diag.effective_rank(K), diag.target_energy(K, y, 2)))
-  out = f(K, y)
-  assert all(np.isfinite(float(o)) for o in out)
+  a, c, r, e = (float(o) for o in f(K, y))
+  # numpy oracles (the definitions of the tests above), under jit: no Python control flow
+  # on traced values inside the metrics
+  Kn, yn = np.asarray(K), np.asarray(y)
+  H = np.eye(6) - 1 / 6
+  yc, Kc = H @ yn, H @ Kn @ H
+  assert abs(a - yc @ Kc @ yc / (np.linalg.norm(Kc) * (yc @ yc))) < 1e-12
+  K2 = Kn @ Kn
+  assert abs(c - np.sum(Kn * K2) / (np.linalg.norm(Kn) * np.linalg.norm(K2))) < 1e-12
+  lam, vec = np.linalg.eigh(Kn)
+  p = lam / lam.sum()
+  assert abs(r - np.exp(-np.sum(p * np.log(p)))) < 1e-9      # entropy effective rank
+  top2 = vec[:, -2:]
+  assert abs(e - np.sum((top2.T @ yn) ** 2) / (yn @ yn)) < 1e-12
 
 
 def test_metric_errors_name_argument():

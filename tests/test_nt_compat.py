@@ -113,5 +113,13 @@ def test_gradient_descent_mse_runs_and_matches_closed_form(xs):
                              atol=1e-9, err_msg=SHIM + "gradient_descent_mse (t=inf, test)")
 
 
-def test_shim_exports():
-  assert hasattr(nt, "stax") and hasattr(nt, "predict"), SHIM + "nt lacks stax/predict"
+def test_shim_exports_a_working_stax():
+  # nt.stax through the shim: a linear layer's NTK and NNGP in NTK parameterisation are
+  # W_std² x·x'/d + b_std² (closed form, numpy)
+  x = np.random.default_rng(0).standard_normal((5, 3))
+  _, _, kernel_fn = nt.stax.serial(nt.stax.Dense(1, W_std=1.5, b_std=0.5))
+  k = kernel_fn(jnp.asarray(x), None, ("nngp", "ntk"))
+  want = 1.5 ** 2 * x @ x.T / 3 + 0.5 ** 2
+  np.testing.assert_allclose(np.asarray(k.nngp), want, rtol=1e-6, err_msg=SHIM + "stax.Dense")
+  np.testing.assert_allclose(np.asarray(k.ntk), want, rtol=1e-6, err_msg=SHIM + "stax.Dense")
+  assert nt.predict is nt_predict, SHIM + "nt.predict is not the patched module"
