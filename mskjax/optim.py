@@ -123,7 +123,7 @@ from mskjax.steps import stable_learning_rate
 
 __all__ = ["ScaleByMSKState", "scale_by_msk", "msk_sgd", "replace_directions",
            "ScaleByMSKTrackingState", "scale_by_msk_tracking", "msk_sgd_tracking",
-           "reform_directions",
+           "reform_directions", "orthonormal_columns",
            "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
            "adam_kernel_weights"]
 
@@ -408,55 +408,143 @@ class ScaleByMSKTrackingState(NamedTuple):
   reforms: jax.Array
 
 
+def orthonormal_columns(Z, passes: int = 2):
+  r"""An orthonormal basis of the column span of a tall ``Z`` (s × k, s ≥ k), jittable.
+
+  SVQB (Stathopoulos & Wu, SIAM J. Sci. Comput. 23, 2002): with column scaling
+  ``D = diag(‖z_i‖)``, ``(Z D⁻¹)ᵀ(Z D⁻¹) = E Σ Eᵀ`` (k×k ``eigh``) and
+  ``Z ← Z D⁻¹ E Σ^{-1/2}``; repeated ``passes`` times (one pass leaves an orthogonality
+  error ~ eps·cond²; the second removes it). Costs two s×k×k GEMMs per pass — on XLA:CPU
+  ~10x cheaper than ``jnp.linalg.qr`` for s = 1024, k = 10. Directions of ``Z`` below
+  ``eps·‖Z‖`` are kept at that floor (not divided by zero).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> W = orthonormal_columns(jnp.array([[3.0, 1.0], [0.0, 1.0], [0.0, 0.0]]))
+    >>> [[round(v, 6) + 0.0 for v in r] for r in (W.T @ W).tolist()]
+    [[1.0, 0.0], [0.0, 1.0]]
+  """
+  for _ in range(passes):
+    d = jnp.sqrt(jnp.sum(Z * Z, 0))
+    Z = Z / jnp.maximum(d, jnp.finfo(Z.dtype).tiny)[None, :]
+    e, E = jnp.linalg.eigh(Z.T @ Z)
+    e = jnp.maximum(e, jnp.finfo(Z.dtype).eps * jnp.maximum(e[-1], jnp.finfo(Z.dtype).tiny))
+    Z = Z @ (E / jnp.sqrt(e)[None, :])
+  return Z
+
+
 def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
-                      rayleigh_ritz: bool = False):
+                      rayleigh_ritz: bool = False,
+                      memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET):
   r"""Directions re-formed at ``params`` from function-space vectors (jittable).
 
   ``W`` = ``vectors`` (s·c × k, rows point·c + output) and ``J = ∂f(θ, x_points)/∂θ``.
 
   * ``rayleigh_ritz=False``: ``Q = orth(Jᵀ W)`` by Löwdin, ``Q ← G^{-1/2} Jᵀ W`` with
-    ``G = Wᵀ J Jᵀ W`` (k×k ``eigh``). Cost: one forward pass and k batched VJPs
-    (``jax.vmap`` of one ``jax.vjp``) over the s points. The span of W is kept.
+    ``G = Wᵀ J Jᵀ W`` (k×k ``eigh``). The span of W is kept.
   * ``rayleigh_ritz=True``: one step of warm-started subspace iteration on the current
     empirical NTK ``K = J Jᵀ``: ``W ← orth(K W)`` (QR), then Rayleigh–Ritz: with
     ``Wᵀ K W = U Θ Uᵀ``, ``Q = Jᵀ W U Θ^{-1/2}`` (exactly orthonormal) and the new
-    vectors ``W U`` (orthonormal eigenvector estimates of K) with Ritz values θ. Cost:
-    2k VJPs and k JVPs over the s points. The span follows the rotating eigenvectors.
+    vectors ``W U`` (orthonormal eigenvector estimates of K) with Ritz values θ. The span
+    follows the rotating eigenvectors.
+
+  Construction, chosen by size (static, so one compilation): when the explicit Jacobian
+  of the s points fits ``memory_budget`` (:func:`mskjax.tangents.jacobian_block_size`
+  returns s: ``3·s·c·#params·itemsize ≤ memory_budget``), it is formed once per call
+  (:func:`mskjax.tangents.point_jacobians`: one batched backward pass per output) and
+  every product ``Jᵀ W`` / ``J Q`` is a GEMM — measured ~0.9 of a gradient step at
+  s = width = 1024, k = 10 (``benchmarks/README.md``, "Step rules and tracking"). Otherwise
+  matrix-free: one forward pass, then k batched VJPs (Löwdin) or 2k VJPs + k JVPs
+  (Rayleigh–Ritz) through ``jax.vmap``, which holds k copies of every activation.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> (s,)`` or ``(s, c)``.
+    params: the parameters (pytree of floating arrays).
+    x_points: the s inputs.
+    vectors: ``(s·c, k)`` function-space vectors.
+    rayleigh_ritz: see above.
+    memory_budget: bytes allowed for the explicit Jacobian (and two temporaries of its
+      size); default :data:`mskjax.kernels.DEFAULT_MEMORY_BUDGET` (1 GiB).
 
   Returns:
     ``(Q, W_new, theta)``: Q a pytree like ``params`` with leaves ``(k, *shape)``; W_new
     ``(s·c, k)`` (``vectors`` unchanged for Löwdin); θ ``(k,)`` the Rayleigh quotients
     ``diag(Wᵀ K W)`` for Löwdin (unit-norm W), the Ritz values for Rayleigh–Ritz.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> X = jnp.diag(jnp.array([2.0, 1.0])); f = lambda w, x: x @ w   # J = X, K = diag(4, 1)
+    >>> Q, W, theta = reform_directions(f, jnp.zeros(2), X, jnp.array([[0.6], [0.8]]),
+    ...                                 rayleigh_ritz=True)
+    >>> [round(v, 4) for v in theta.tolist()]   # w ∝ K (0.6, 0.8) = (2.4, 0.8): wᵀKw
+    [3.7]
   """
   x_points = jnp.asarray(x_points)
   s = x_points.shape[0]
   f = lambda p: apply_fn(p, x_points).reshape(s, -1)
-  out, vjp = jax.vjp(f, params)
-  c = out.shape[1]
+  out_shape = jax.eval_shape(f, params)
+  c = out_shape.shape[1]
   k = vectors.shape[1]
-  W = jnp.asarray(vectors).astype(out.dtype)
-  to_rows = lambda M: M.T.reshape(k, s, c)
-  gram = lambda Q: functools.reduce(jnp.add, [jnp.einsum("ia,ja->ij", l.reshape(k, -1),
-                                                         l.reshape(k, -1))
-                                              for l in jax.tree.leaves(Q)])
-  (Q,) = jax.vmap(vjp)(to_rows(W))
+  W = jnp.asarray(vectors).astype(out_shape.dtype)
+  leaves = jax.tree.leaves(params)
+  itemsize = max(jnp.dtype(l.dtype).itemsize for l in leaves) if leaves else 4
+  explicit = _tangents.jacobian_block_size(params, c, s, memory_budget, itemsize) >= s
+  if explicit:
+    Jt = _tangents.point_jacobians(apply_fn, params, x_points, c)   # leaves (s, c, *shape)
+    # materialise J once: without the barrier XLA fuses the Jacobian's producer into each
+    # GEMM and recomputes it (measured 2x slower at s = width = 1024)
+    Jl = lax.optimization_barrier([l.reshape(s * c, -1) for l in jax.tree.leaves(Jt)])
+    treedef = jax.tree.structure(Jt)
+    shapes = [l.shape for l in leaves]
+    # Q kept as one (k, #leaf) row block per leaf: every product is a GEMM in J's row-major
+    # layout (Mᵀ J and J Qᵀ; XLA:CPU ran Jᵀ M 4x slower than Mᵀ J here).
+
+    def jt_times(M):          # (Jᵀ M)ᵀ per leaf: (k, #leaf)
+      return [M.T.astype(j.dtype) @ j for j in Jl]
+
+    def j_times(Qs):          # J Q: (s·c, k)
+      return functools.reduce(jnp.add, [j @ q.T for j, q in zip(Jl, Qs)])
+
+    def gram(Qs):
+      return functools.reduce(jnp.add, [q @ q.T for q in Qs])
+
+    def to_tree(Qs, M):       # leaves (k, *shape) of Q M
+      return jax.tree.unflatten(treedef, [(M.T.astype(q.dtype) @ q).reshape((k,) + sh)
+                                          for q, sh in zip(Qs, shapes)])
+  else:
+    out, vjp = jax.vjp(f, params)
+    to_rows = lambda M: M.T.reshape(k, s, c)
+
+    def jt_times(M):
+      (Q,) = jax.vmap(vjp)(to_rows(M.astype(out.dtype)))
+      return Q
+
+    def j_times(Q):
+      jvp = lambda t: jax.jvp(f, (params,), (t,))[1]
+      return jax.vmap(jvp)(Q).reshape(k, s * c).T
+
+    def gram(Q):
+      return functools.reduce(jnp.add, [jnp.einsum("ia,ja->ij", l.reshape(k, -1),
+                                                   l.reshape(k, -1))
+                                        for l in jax.tree.leaves(Q)])
+
+    def to_tree(Q, M):
+      return jax.tree.map(lambda l: jnp.tensordot(M.T.astype(l.dtype), l, axes=1), Q)
+
+  Q = jt_times(W)
   if rayleigh_ritz:
-    jvp = lambda t: jax.jvp(f, (params,), (t,))[1]
-    KW = jax.vmap(jvp)(Q).reshape(k, s * c).T            # K W, (s·c, k)
-    W = jnp.linalg.qr(KW)[0]
-    (Q,) = jax.vmap(vjp)(to_rows(W))
+    W = orthonormal_columns(j_times(Q))                    # orth(K W), (s·c, k)
+    Q = jt_times(W)
     theta, U = jnp.linalg.eigh(gram(Q))
     theta, U = theta[::-1], U[:, ::-1]
     floor = jnp.finfo(theta.dtype).eps * jnp.maximum(theta[0], jnp.finfo(theta.dtype).tiny)
     M = U / jnp.sqrt(jnp.maximum(theta, floor))[None, :]
-    Q = jax.tree.map(lambda l: jnp.tensordot(M.T.astype(l.dtype), l, axes=1), Q)
-    return Q, W @ U, theta
+    return to_tree(Q, M), W @ U, theta
   G = gram(Q)
   ev, U = jnp.linalg.eigh(0.5 * (G + G.T))
   floor = jnp.finfo(ev.dtype).eps * jnp.max(ev) * k
   Ginv = (U / jnp.sqrt(jnp.maximum(ev, floor))) @ U.T
-  Q = jax.tree.map(lambda l: jnp.tensordot(Ginv.astype(l.dtype), l, axes=1).astype(l.dtype), Q)
-  return Q, jnp.asarray(vectors), jnp.diag(G) / jnp.sum(W * W, 0)
+  return to_tree(Q, Ginv), jnp.asarray(vectors), jnp.diag(G) / jnp.sum(W * W, 0)
 
 
 def _tree_moved(a, b):
@@ -468,7 +556,8 @@ def _tree_moved(a, b):
 
 def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                           every: int = 1, moved: Optional[float] = None,
-                          rayleigh_ritz: bool = True
+                          rayleigh_ritz: bool = True,
+                          memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET
                           ) -> optax.GradientTransformationExtraArgs:
   r"""MSK preconditioner that stays tied to the *current* Jacobian (re-formed directions).
 
@@ -554,6 +643,7 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                      "MSE directions only. Build them with msk_directions(..., loss='mse'), "
                      "or use scale_by_msk with periodic msk_directions + replace_directions.")
   every = _v.check_int(every, "every", lo=1)
+  memory_budget = _v.check_int(memory_budget, "memory_budget", lo=1)
   if moved is not None:
     moved = _v.check_real(moved, "moved", lo=0, lo_open=True)
   x = jnp.asarray(x)
@@ -594,7 +684,8 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
       do = state.count % every == 0
     def reform():
       Q, W, theta = reform_directions(apply_fn, params, x, state.vectors,
-                                      rayleigh_ritz=rayleigh_ritz)
+                                      rayleigh_ritz=rayleigh_ritz,
+                                      memory_budget=memory_budget)
       Q = jax.tree.map(lambda q, n: n.astype(q.dtype), state.directions, Q)
       if rayleigh_ritz:     # g_i kept, λ_i ← the current Ritz values: J P Jᵀ = g_i on span
         coef = _directions.msk_coefficients(theta, new_values, state.coef.dtype)
@@ -619,6 +710,7 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
 def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x,
                      directions: MSKDirections, *, every: int = 1,
                      moved: Optional[float] = None, rayleigh_ritz: bool = True,
+                     memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
                      momentum: Optional[float] = None,
                      nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
   r"""``optax.chain(scale_by_msk_tracking(...), optax.sgd(lr, momentum))``: θ ← θ − η P_t ∇ℓ.
@@ -640,7 +732,8 @@ def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, 
   _check_learning_rate(learning_rate, "msk_sgd_tracking")
   _check_momentum(momentum, "msk_sgd_tracking")
   return optax.chain(scale_by_msk_tracking(apply_fn, x, directions, every=every, moved=moved,
-                                           rayleigh_ritz=rayleigh_ritz),
+                                           rayleigh_ritz=rayleigh_ritz,
+                                           memory_budget=memory_budget),
                      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 
