@@ -9,7 +9,9 @@ Three studies, each a ratio measured in one process (load cancels):
   fixed directions (:func:`mskjax.optim.msk_sgd`), and the tracking preconditioner
   (:func:`mskjax.optim.msk_sgd_tracking`), Löwdin ("tracking ...") and Rayleigh–Ritz
   ("tracking RR ..."), re-formed every step / every 10 steps / when the parameters moved
-  by 1 %.
+  by 1 % or 0.3 %; and tuned Adam. Records the time each method needs to reach tuned
+  Adam's final (5000-step) train MSE, one-off costs included, over 3 seeds, with the
+  per-step costs re-measured interleaved (the machine's load drifts during the runs).
 * ``steps``: :func:`mskjax.steps.stable_learning_rate` from the measured curvature vs a
   grid of factors of 2 around it (MNIST-1D MLP b = 128 and 512, the regression MLP).
 * ``compose``: ``chain(scale_by_msk, adam)`` and ``chain(scale_by_msk, sgd momentum)``
@@ -94,8 +96,9 @@ def _time_to(mse, target, per_step, one_off):
   return one_off + int(hit[0]) * per_step, int(hit[0])
 
 
-ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-HEADLINE = ("gd (1/λ1)", "adam", "function-space ½rᵀSr", "tracking RR every=1")
+ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+# the rows repeated over seeds; tracking every step (~15x a GD step here) only at seed 0
+HEADLINE = ("gd (1/λ1)", "adam", "function-space ½rᵀSr", "tracking RR moved=1%")
 
 
 def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=ADAM_GRID):
@@ -199,9 +202,50 @@ def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=
   return out
 
 
+def bench_tracking_timing(n=1024, seed=0, steps=100, rounds=3, adam_lr=0.3):
+  """Per-step seconds of each method, interleaved (round-robin over methods, ``rounds``
+  times, median), and the one-off builds the same way: on a shared machine whose load
+  drifts during a long benchmark, the long runs' own timings are biased by when each ran;
+  interleaving puts every method under the same load."""
+  x, y, params, apply_fn = lazy_problem(n=n, width=n, seed=seed)
+  g = modifiers.flatten()
+  d = optim.msk_directions(apply_fn, params, x, g, 10, compute_beta=False)
+  spec = MSKSpectrum(d.values, d.vectors, d.new_values, d.next_value)
+  eta = n / float(d.max_value)
+  meths = {"gd (1/λ1)": (optax.sgd(n / float(d.values[0])), None),
+           "adam": (optax.adam(adam_lr), None),
+           "function-space ½rᵀSr": (optax.sgd(eta), spec),
+           "msk_sgd fixed": (optim.msk_sgd(eta, d), None),
+           "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d), None),
+           "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01),
+                                    None)}
+  builds = {"directions_s": lambda: optim.msk_directions(apply_fn, params, x, g, 10,
+                                                         compute_beta=False).directions,
+            "lambda1_s": lambda: optim.msk_directions(apply_fn, params, x, g, 1,
+                                                      compute_beta=False).values}
+  times = {m: [] for m in list(meths) + list(builds)}
+  for r in range(rounds):
+    for m, (tx, sp) in meths.items():
+      times[m].append(_run(apply_fn, params, x, y, tx, steps, spectrum=sp)[1] / steps)
+    for m, fn in builds.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[m].append(time.perf_counter() - t)
+  out = {m: float(np.median(v)) for m, v in times.items()}
+  out["raw"] = times
+  out["uptime"] = os.popen("uptime").read().strip()
+  base = out["gd (1/λ1)"]
+  for m in meths:
+    print(f"  {m:24s} {1e3 * out[m]:.2f} ms/step  ({out[m] / base:.1f}x GD)", flush=True)
+  for m in builds:
+    print(f"  {m:24s} {out[m]:.2f} s", flush=True)
+  return out
+
+
 def bench_tracking_seeds(seeds=(0, 1, 2), n=1024, steps=5000, out_prefix=None):
   """Seed 0: every method of the issue's table (Adam's grid included); further seeds
-  (network init): the headline rows, Adam at seed 0's best lr. Writes one json per seed."""
+  (network init): the headline rows, Adam at seed 0's best lr; then the interleaved
+  per-step timing (:func:`bench_tracking_timing`). Writes one json per seed + timing."""
   res = {}
   lr = None
   for seed in seeds:
@@ -218,6 +262,10 @@ def bench_tracking_seeds(seeds=(0, 1, 2), n=1024, steps=5000, out_prefix=None):
     if out_prefix:
       with open(f"{out_prefix}_seed{seed}.json", "w") as fh:
         json.dump(r, fh, indent=1, default=float)
+  res["timing"] = bench_tracking_timing(n=n, seed=seeds[0], adam_lr=lr)
+  if out_prefix:
+    with open(f"{out_prefix}_timing.json", "w") as fh:
+      json.dump(res["timing"], fh, indent=1, default=float)
   return res
 
 

@@ -131,9 +131,9 @@ def test_tracked_preconditioner_keeps_top_at_max_g_after_parameters_move():
     assert res[False] < 0.5 * fixed, (res, fixed)
 
 
-def test_tracking_refuses_gauss_newton_directions_of_another_loss():
-  # Cross-entropy directions need Jᵀ H^½ V at the current outputs; the tracking transform
-  # re-forms Jᵀ V only, so it must refuse them by name instead of tracking the wrong kernel.
+def test_tracking_refuses_gauss_newton_directions_without_their_loss():
+  # Cross-entropy directions need Jᵀ H^½ V at the current outputs: with the default
+  # loss='mse' the transform would track the wrong kernel, so it must refuse by name.
   q = {"W": jnp.zeros((1, 3, 8)).at[0, 0, 0].set(1.0), "b": jnp.zeros((1, 8))}
   d = optim.MSKDirections(q, jnp.array([4.0]), jnp.array([1.0]), jnp.array(1.0),
                           vectors=jnp.ones((4, 1)) / 2.0,
@@ -141,3 +141,83 @@ def test_tracking_refuses_gauss_newton_directions_of_another_loss():
   f, _ = _net()
   with pytest.raises(ValueError, match="hessian_sqrt"):
     optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d)
+
+
+def _quartic(fi, yi):
+  return jnp.sum((fi - yi) ** 2 + 0.1 * (fi - yi) ** 4)
+
+
+def _np_hessian_sqrt(kind, F, Y):
+  """Independent numpy H_i^½ (float64): softmax CE or the quartic loss above."""
+  s, c = F.shape
+  if kind == "softmax_cross_entropy":
+    z = np.exp(F - F.max(1, keepdims=True))
+    pr = z / z.sum(1, keepdims=True)
+    H = pr[:, :, None] * np.eye(c) - pr[:, :, None] * pr[:, None, :]
+  else:
+    H = np.eye(c)[None] * (2.0 + 1.2 * (F - Y) ** 2)[:, :, None]
+  w, U = np.linalg.eigh(H)
+  return np.einsum("pij,pj,pkj->pik", U, np.sqrt(np.clip(w, 0, None)), U)
+
+
+# Gauss–Newton directions (loss ≠ MSE): the re-formation must use H^½ at the *current*
+# outputs; explicit and matrix-free constructions, Löwdin and Rayleigh–Ritz.
+@pytest.mark.parametrize("kind,rayleigh_ritz,memory_budget", [
+    ("softmax_cross_entropy", True, None), ("softmax_cross_entropy", False, None),
+    ("softmax_cross_entropy", True, 1), ("callable", True, None)])
+def test_gauss_newton_tracking_matches_jacrev_oracle(kind, rayleigh_ritz, memory_budget):
+  with jax.enable_x64(True):
+    c = 3
+    f, p0 = _net(c=c)
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 3), jnp.float64)
+    Y = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (6, c), jnp.float64))
+    loss = _quartic if kind == "callable" else kind
+    tgt = jnp.asarray(Y) if kind == "callable" else None
+    k = 4
+    d = optim.msk_directions(f, p0, x, modifiers.flatten(), k, loss=loss, targets=tgt,
+                             compute_beta=False)
+    p1 = _moved(p0, 0.3)
+    u = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(7), a.shape, a.dtype), p0)
+    kw = {} if memory_budget is None else {"memory_budget": memory_budget}
+    tx = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rayleigh_ritz, loss=loss,
+                                     targets=tgt, **kw)
+    out, st = jax.jit(tx.update)(u, tx.init(p0), p1)
+    F1 = np.asarray(f(p1, x))
+    Hh = _np_hessian_sqrt(kind, F1, Y)
+    A = np.einsum("pcd,pdq->pcq", Hh, _jac(f, p1, x).reshape(6, c, -1)).reshape(6 * c, -1)
+    V = np.asarray(d.vectors)
+    lam, g = np.asarray(d.values), np.asarray(d.new_values)
+    if rayleigh_ritz:
+      K1 = A @ A.T
+      W, _ = np.linalg.qr(K1 @ V)
+      theta, U = np.linalg.eigh(W.T @ K1 @ W)
+      theta, U = theta[::-1], U[:, ::-1]
+      Q = A.T @ W @ U / np.sqrt(theta)
+      coef = g / theta - 1
+    else:
+      B = A.T @ V / np.sqrt(lam)
+      e, U = np.linalg.eigh(B.T @ B)
+      Q = B @ (U / np.sqrt(e)) @ U.T
+      coef = g / lam - 1
+    uf = _flat(u)
+    expect = uf + Q @ (coef * (Q.T @ uf))
+    # float64; c×c eigh in the graph vs numpy and two summation orders: round-off only
+    np.testing.assert_allclose(_flat(out), expect, rtol=1e-8, atol=1e-8 * np.abs(expect).max())
+    if not rayleigh_ritz:       # at the build parameters H is the build's: q unchanged
+      out0, _ = tx.update(u, tx.init(p0), p0)
+      np.testing.assert_allclose(_flat(out0), _flat(optim.precondition(d, u)), rtol=1e-8,
+                                 atol=1e-10)
+
+
+def test_tracking_loss_must_match_the_directions():
+  q = {"W": jnp.zeros((1, 3, 8)).at[0, 0, 0].set(1.0), "b": jnp.zeros((1, 8))}
+  d = optim.MSKDirections(q, jnp.array([4.0]), jnp.array([1.0]), jnp.array(1.0),
+                          vectors=jnp.ones((4, 1)) / 2.0)
+  f, _ = _net()
+  with pytest.raises(ValueError, match="hessian_sqrt is None"):
+    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, loss="softmax_cross_entropy")
+  with pytest.raises(ValueError, match="targets"):
+    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d._replace(
+        hessian_sqrt=jnp.tile(jnp.eye(2), (2, 1, 1))), loss=_quartic)
+  with pytest.raises(ValueError, match="loss"):
+    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, loss="hinge")
