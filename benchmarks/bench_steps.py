@@ -144,6 +144,10 @@ def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=
       "tracking RR moved=0.3%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.003),
                                  None),
       "tracking RR every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10), None),
+      "tracking RR build-coef every=1": (optim.msk_sgd_tracking(
+          eta, apply_fn, x, d, coefficients="build"), None),
+      "tracking RR build-coef moved=1%": (optim.msk_sgd_tracking(
+          eta, apply_fn, x, d, moved=0.01, coefficients="build"), None),
       "tracking every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, rayleigh_ritz=False),
                            None),
       "tracking every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10,

@@ -619,7 +619,7 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                           every: int = 1, moved: Optional[float] = None,
                           rayleigh_ritz: bool = True,
                           memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
-                          loss="mse", targets=None
+                          loss="mse", targets=None, coefficients: str = "ritz"
                           ) -> optax.GradientTransformationExtraArgs:
   r"""MSK preconditioner that stays tied to the *current* Jacobian (re-formed directions).
 
@@ -669,6 +669,13 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
       fixed function-space vectors (k VJPs); its span does not rotate with the kernel's
       eigenvectors and it lets ``λ_max(J_t P_t J_tᵀ)`` drift above max g (measured:
       ``benchmarks/README.md``).
+    coefficients: with ``rayleigh_ritz``, the coefficients of the re-formed directions:
+      ``'ritz'`` (default) ``g_i/θ_i − 1`` with θ_i the current Ritz values (``J_t P_t J_tᵀ``
+      has eigenvalues g_i on the span), or ``'build'``: ``g_i/λ_i − 1`` from the build,
+      kept fixed while the span follows the kernel (the parameter-space analogue of the
+      fixed S of ½rᵀSr). Measured in the lazy one-layer network at width 1024
+      (``benchmarks/README.md``, "Step rules and tracking"): ``'build'`` follows ½rᵀSr,
+      ``'ritz'`` has a transient and ends 4× higher.
     moved: alternatively, re-form when ``‖θ − θ_last‖/‖θ_last‖ > moved`` (θ_last: the
       parameters at the last re-formation; costs one parameter copy in the state).
       Re-formation also happens at the first update.
@@ -730,6 +737,9 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
     raise ValueError(f"{where}: a callable `loss` needs `targets` (one row per point of `x`).")
   every = _v.check_int(every, "every", lo=1)
   memory_budget = _v.check_int(memory_budget, "memory_budget", lo=1)
+  if coefficients not in ("ritz", "build"):
+    raise ValueError(f"{where}: `coefficients` must be 'ritz' or 'build'; got "
+                     f"{coefficients!r}.")
   if moved is not None:
     moved = _v.check_real(moved, "moved", lo=0, lo_open=True)
   x = jnp.asarray(x)
@@ -781,8 +791,10 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                                       memory_budget=memory_budget, loss=loss,
                                       targets=targets)
       Q = jax.tree.map(lambda q, n: n.astype(q.dtype), state.directions, Q)
-      if rayleigh_ritz:     # g_i kept, λ_i ← the current Ritz values: J P Jᵀ = g_i on span
-        coef = _directions.msk_coefficients(theta, new_values, state.coef.dtype)
+      if rayleigh_ritz:
+        coef = state.coef         # 'build': g_i/λ_i of the build, the span follows the kernel
+        if coefficients == "ritz":   # λ_i ← current Ritz values: J P Jᵀ = g_i on the span
+          coef = _directions.msk_coefficients(theta, new_values, state.coef.dtype)
         return Q, W.astype(state.vectors.dtype), coef
       return Q, state.vectors, state.coef
     keep = lambda: (state.directions, state.vectors, state.coef)
@@ -805,7 +817,7 @@ def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, 
                      directions: MSKDirections, *, every: int = 1,
                      moved: Optional[float] = None, rayleigh_ritz: bool = True,
                      memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
-                     loss="mse", targets=None,
+                     loss="mse", targets=None, coefficients: str = "ritz",
                      momentum: Optional[float] = None,
                      nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
   r"""``optax.chain(scale_by_msk_tracking(...), optax.sgd(lr, momentum))``: θ ← θ − η P_t ∇ℓ.
@@ -829,7 +841,7 @@ def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, 
   return optax.chain(scale_by_msk_tracking(apply_fn, x, directions, every=every, moved=moved,
                                            rayleigh_ritz=rayleigh_ritz,
                                            memory_budget=memory_budget, loss=loss,
-                                           targets=targets),
+                                           targets=targets, coefficients=coefficients),
                      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 

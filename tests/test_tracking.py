@@ -39,9 +39,11 @@ def _moved(p, scale, seed=3):
 
 # memory_budget: the default builds the explicit per-point Jacobian (GEMM route); 1 byte
 # forces the matrix-free route (vmapped VJPs/JVPs). Both must give the oracle's update.
-@pytest.mark.parametrize("memory_budget", [None, 1])
-@pytest.mark.parametrize("rayleigh_ritz", [False, True])
-def test_tracked_update_matches_explicit_jacobian(rayleigh_ritz, memory_budget):
+# coefficients='build' keeps g/λ of the build on the Rayleigh–Ritz span.
+@pytest.mark.parametrize("rayleigh_ritz,memory_budget,coefficients", [
+    (False, None, "ritz"), (False, 1, "ritz"), (True, None, "ritz"), (True, 1, "ritz"),
+    (True, None, "build")])
+def test_tracked_update_matches_explicit_jacobian(rayleigh_ritz, memory_budget, coefficients):
   with jax.enable_x64(True):
     f, p0 = _net()
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 3), jnp.float64)
@@ -50,7 +52,8 @@ def test_tracked_update_matches_explicit_jacobian(rayleigh_ritz, memory_budget):
     p1 = _moved(p0, 0.3)
     u = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(7), a.shape, a.dtype), p0)
     kw = {} if memory_budget is None else {"memory_budget": memory_budget}
-    tx = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rayleigh_ritz, **kw)
+    tx = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rayleigh_ritz,
+                                     coefficients=coefficients, **kw)
     out, st = tx.update(u, tx.init(p0), p1)
     # oracle: explicit J at p1, numpy orthonormalisation, numpy P u
     J1 = _jac(f, p1, x)
@@ -62,7 +65,7 @@ def test_tracked_update_matches_explicit_jacobian(rayleigh_ritz, memory_budget):
       theta, U = np.linalg.eigh(W.T @ K1 @ W)
       theta, U = theta[::-1], U[:, ::-1]
       Q = J1.T @ W @ U / np.sqrt(theta)
-      coef = g / theta - 1
+      coef = g / theta - 1 if coefficients == "ritz" else g / lam - 1
     else:
       A = J1.T @ V / np.sqrt(lam)
       e, U = np.linalg.eigh(A.T @ A)
@@ -221,3 +224,5 @@ def test_tracking_loss_must_match_the_directions():
         hessian_sqrt=jnp.tile(jnp.eye(2), (2, 1, 1))), loss=_quartic)
   with pytest.raises(ValueError, match="loss"):
     optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, loss="hinge")
+  with pytest.raises(ValueError, match="coefficients"):
+    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, coefficients="current")
