@@ -98,7 +98,8 @@ def _time_to(mse, target, per_step, one_off):
 
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 # the rows repeated over seeds; tracking every step (~15x a GD step here) only at seed 0
-HEADLINE = ("gd (1/λ1)", "adam", "function-space ½rᵀSr", "tracking RR moved=1%")
+HEADLINE = ("gd (1/λ1)", "adam", "function-space ½rᵀSr", "tracking RR moved=1%",
+            "tracking RR build-coef moved=1%")
 
 
 def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=ADAM_GRID):
@@ -133,17 +134,20 @@ def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=
          "eta_gd": eta_gd, "lambda1": lam1, "lambda11": float(d.next_value),
          "directions_s": t_dirs, "lambda1_s": t_lam}
   one_off = {"gd (1/λ1)": t_lam}
+  ritz = {"coefficients": "ritz"}     # the labels without "build-coef": Ritz-value coefficients
   runs = {"gd (1/λ1)": (optax.sgd(eta_gd), None)}
   for lr in adam_lrs:
     runs[f"adam lr={lr:g}"] = (optax.adam(lr), None)
   runs.update({
       "function-space ½rᵀSr": (optax.sgd(eta), spec),
       "msk_sgd fixed": (optim.msk_sgd(eta, d), None),
-      "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d), None),
-      "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01), None),
-      "tracking RR moved=0.3%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.003),
-                                 None),
-      "tracking RR every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10), None),
+      "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, **ritz), None),
+      "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01, **ritz),
+                               None),
+      "tracking RR moved=0.3%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.003,
+                                                        **ritz), None),
+      "tracking RR every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10, **ritz),
+                               None),
       "tracking RR build-coef every=1": (optim.msk_sgd_tracking(
           eta, apply_fn, x, d, coefficients="build"), None),
       "tracking RR build-coef moved=1%": (optim.msk_sgd_tracking(
@@ -222,7 +226,7 @@ def bench_tracking_timing(n=1024, seed=0, steps=100, rounds=3, adam_lr=0.3):
            "msk_sgd fixed": (optim.msk_sgd(eta, d), None),
            "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d), None),
            "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01),
-                                    None)}
+                                    None)}   # the cost does not depend on `coefficients`
   builds = {"directions_s": lambda: optim.msk_directions(apply_fn, params, x, g, 10,
                                                          compute_beta=False).directions,
             "lambda1_s": lambda: optim.msk_directions(apply_fn, params, x, g, 1,
@@ -256,7 +260,8 @@ def bench_tracking_seeds(seeds=(0, 1, 2), n=1024, steps=5000, out_prefix=None):
     print(f"seed {seed}  ({os.popen('uptime').read().strip()})", flush=True)
     if seed == seeds[0]:
       only = ("gd (1/λ1)", "adam", "function-space ½rᵀSr", "msk_sgd fixed",
-              "tracking RR every=1", "tracking RR moved=1%", "tracking RR moved=0.3%")
+              "tracking RR every=1", "tracking RR moved=1%", "tracking RR moved=0.3%",
+              "tracking RR build-coef every=1", "tracking RR build-coef moved=1%")
       r = bench_tracking(n=n, steps=steps, seed=seed, only=only)
       lr = r["adam"]["lr"]
     else:

@@ -24,10 +24,12 @@ Which entry point to use
   MSK allows): the fixed directions of :func:`msk_sgd` stop cancelling the stiff
   function-space directions and training diverges. The tracking form re-forms the
   directions from the current Jacobian at every update (one warm-started subspace step
-  + Rayleigh–Ritz with ``rayleigh_ritz=True``, the measured robust choice; or Löwdin on
-  the fixed function-space vectors). When the explicit Jacobian of the s points fits the
-  memory budget it is formed once per update and the re-formation is GEMMs on it (a few
-  gradient steps' cost); otherwise 2k VJPs + k JVPs. Any loss whose directions
+  + Rayleigh–Ritz with ``rayleigh_ritz=True``, keeping the build's g/λ coefficients, the
+  measured robust choice; or Löwdin on the fixed function-space vectors), or only when
+  the parameters moved by a set fraction (``moved=0.01``: ~4 % of the steps in the
+  measured lazy run, same quality). When the explicit Jacobian of the s points fits the
+  memory budget it is formed once per update and the re-formation is GEMMs on it (~15
+  gradient steps of a one-layer net); otherwise 2k VJPs + k JVPs (~150). Any loss whose directions
   :func:`msk_directions` built (``loss=``; H^½ re-evaluated at the current outputs).
   Measured in ``benchmarks/README.md`` ("Step rules and tracking").
 * :func:`msk_mse_loss` — the exact function-space form ``½ rᵀ S r`` for MSE on the
@@ -499,8 +501,9 @@ def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
   of the s points fits ``memory_budget`` (:func:`mskjax.tangents.jacobian_block_size`
   returns s: ``3·s·c·#params·itemsize ≤ memory_budget``), it is formed once per call
   (:func:`mskjax.tangents.point_jacobians`: one batched backward pass per output) and
-  every product ``Jᵀ W`` / ``J Q`` is a GEMM — measured ~0.9 of a gradient step at
-  s = width = 1024, k = 10 (``benchmarks/README.md``, "Step rules and tracking"). Otherwise
+  every product ``Jᵀ W`` / ``J Q`` is a GEMM — measured ~15 gradient steps of a one-layer
+  net at s = width = 1024, k = 10, against ~150 matrix-free (``benchmarks/README.md``,
+  "Step rules and tracking"). Otherwise
   matrix-free: one forward pass, then k batched VJPs (Löwdin) or 2k VJPs + k JVPs
   (Rayleigh–Ritz) through ``jax.vmap``, which holds k copies of every activation.
 
@@ -619,7 +622,7 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                           every: int = 1, moved: Optional[float] = None,
                           rayleigh_ritz: bool = True,
                           memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
-                          loss="mse", targets=None, coefficients: str = "ritz"
+                          loss="mse", targets=None, coefficients: str = "build"
                           ) -> optax.GradientTransformationExtraArgs:
   r"""MSK preconditioner that stays tied to the *current* Jacobian (re-formed directions).
 
@@ -645,8 +648,9 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
   k JVPs (Löwdin: k VJPs) through ``jax.vmap``, which materialises k copies of every
   activation. The re-orthonormalisation is essential: without it the net collapses to
   f ≡ 0. Measured at s = width = 1024, k = 10 (``benchmarks/README.md``, "Step rules and
-  tracking"): the explicit route costs a small multiple of a gradient step, the
-  matrix-free one ~100 gradient steps.
+  tracking"): the explicit route ~15 gradient steps of that one-layer net, the
+  matrix-free one ~150; with ``moved=0.01`` ~220 of 5000 steps re-formed (about 2
+  gradient steps per update on average) at the quality of every-step re-formation.
   Between re-formations an update costs what :func:`scale_by_msk` costs (O(k·#params)).
   Everything is traced: no recompilation per step (``lax.cond`` chooses whether to
   re-form). Measured against the alternatives in ``benchmarks/README.md``
@@ -663,19 +667,17 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
     every: re-form every this many updates (1: at every update, the recommended setting).
     rayleigh_ritz: True (default): re-form by one warm-started subspace-iteration step and
       Rayleigh–Ritz on the current empirical NTK (:func:`reform_directions`): the span
-      follows the rotating eigenvectors, the new values g_i are kept and the λ_i become
-      the current Ritz values, so ``J_t P_t J_tᵀ`` has eigenvalues g_i on the span; 2k
-      VJPs + k JVPs per re-formation. False: Löwdin ``orth(J_tᵀ V_k Λ^{-1/2})`` with the
+      follows the rotating eigenvectors (coefficients: see ``coefficients``). False: Löwdin ``orth(J_tᵀ V_k Λ^{-1/2})`` with the
       fixed function-space vectors (k VJPs); its span does not rotate with the kernel's
       eigenvectors and it lets ``λ_max(J_t P_t J_tᵀ)`` drift above max g (measured:
       ``benchmarks/README.md``).
     coefficients: with ``rayleigh_ritz``, the coefficients of the re-formed directions:
-      ``'ritz'`` (default) ``g_i/θ_i − 1`` with θ_i the current Ritz values (``J_t P_t J_tᵀ``
-      has eigenvalues g_i on the span), or ``'build'``: ``g_i/λ_i − 1`` from the build,
-      kept fixed while the span follows the kernel (the parameter-space analogue of the
-      fixed S of ½rᵀSr). Measured in the lazy one-layer network at width 1024
-      (``benchmarks/README.md``, "Step rules and tracking"): ``'build'`` follows ½rᵀSr,
-      ``'ritz'`` has a transient and ends 4× higher.
+      ``'build'`` (default): ``g_i/λ_i − 1`` from the build, kept fixed while the span
+      follows the kernel (the parameter-space analogue of the fixed S of ½rᵀSr); or
+      ``'ritz'``: ``g_i/θ_i − 1`` with θ_i the current Ritz values (``J_t P_t J_tᵀ`` has
+      eigenvalues g_i on the span). Measured in the lazy one-layer network at widths 256
+      and 1024 (``benchmarks/README.md``, "Step rules and tracking"): ``'ritz'`` has a
+      transient in the first ~100 steps and ends 3–5× higher than ``'build'``.
     moved: alternatively, re-form when ``‖θ − θ_last‖/‖θ_last‖ > moved`` (θ_last: the
       parameters at the last re-formation; costs one parameter copy in the state).
       Re-formation also happens at the first update.
@@ -817,7 +819,7 @@ def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, 
                      directions: MSKDirections, *, every: int = 1,
                      moved: Optional[float] = None, rayleigh_ritz: bool = True,
                      memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
-                     loss="mse", targets=None, coefficients: str = "ritz",
+                     loss="mse", targets=None, coefficients: str = "build",
                      momentum: Optional[float] = None,
                      nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
   r"""``optax.chain(scale_by_msk_tracking(...), optax.sgd(lr, momentum))``: θ ← θ − η P_t ∇ℓ.

@@ -113,7 +113,8 @@ def _Q(dirs):
 def test_tracked_preconditioner_keeps_top_at_max_g_after_parameters_move():
   """Move the first layer by ~25 % (what one large MSK step does to a lazy network):
   the fixed directions no longer flatten the top of J_t Jᵀ_t, the re-formed ones do.
-  Rayleigh–Ritz keeps λ_max(J_t P_t J_tᵀ) at max g (to the λ_{k+1} drift of the kernel);
+  Rayleigh–Ritz with the Ritz-value coefficients keeps λ_max(J_t P_t J_tᵀ) at max g (to the
+  λ_{k+1} drift of the kernel);
   Löwdin with the fixed function-space vectors only partly (its span does not rotate)."""
   with jax.enable_x64(True):
     f, p0, x = _lazy()
@@ -126,7 +127,7 @@ def test_tracked_preconditioner_keeps_top_at_max_g_after_parameters_move():
     fixed = _lam_max_JPJ(f, p1, x, _Q(d.directions), coef)
     res = {}
     for rr in (False, True):
-      st = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rr)
+      st = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rr, coefficients="ritz")
       _, s1 = st.update(jax.tree.map(jnp.zeros_like, p0), st.init(p0), p1)
       res[rr] = _lam_max_JPJ(f, p1, x, _Q(s1.directions), np.asarray(s1.coef))
     assert fixed > 3 * gmax, (fixed, gmax)
@@ -196,7 +197,7 @@ def test_gauss_newton_tracking_matches_jacrev_oracle(kind, rayleigh_ritz, memory
       theta, U = np.linalg.eigh(W.T @ K1 @ W)
       theta, U = theta[::-1], U[:, ::-1]
       Q = A.T @ W @ U / np.sqrt(theta)
-      coef = g / theta - 1
+      coef = g / lam - 1                # default coefficients='build'
     else:
       B = A.T @ V / np.sqrt(lam)
       e, U = np.linalg.eigh(B.T @ B)
