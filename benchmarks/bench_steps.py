@@ -9,7 +9,9 @@ Three studies, each a ratio measured in one process (load cancels):
   fixed directions (:func:`mskjax.optim.msk_sgd`), and the tracking preconditioner
   (:func:`mskjax.optim.msk_sgd_tracking`), Löwdin ("tracking ...") and Rayleigh–Ritz
   ("tracking RR ..."), re-formed every step / every 10 steps / when the parameters moved
-  by 1 %.
+  by 1 % or 0.3 %; and tuned Adam. Records the time each method needs to reach tuned
+  Adam's final (5000-step) train MSE, one-off costs included, over 3 seeds, with the
+  per-step costs re-measured interleaved (the machine's load drifts during the runs).
 * ``steps``: :func:`mskjax.steps.stable_learning_rate` from the measured curvature vs a
   grid of factors of 2 around it (MNIST-1D MLP b = 128 and 512, the regression MLP).
 * ``compose``: ``chain(scale_by_msk, adam)`` and ``chain(scale_by_msk, sgd momentum)``
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from mskjax import modifiers, optim, steps as steps_mod
+from mskjax.msk import MSKSpectrum
 
 
 # ------------------------------------------------------------------ the lazy setting
@@ -47,85 +50,232 @@ def lazy_problem(n=1024, width=1024, seed=0):
   return x, y, params, apply_fn
 
 
-def _run(apply_fn, params, x, y, tx, steps, loss="mse", S=None):
-  """Full-batch training; returns the train MSE (mean r²) after every step."""
+def _run(apply_fn, params, x, y, tx, steps, spectrum=None):
+  """Full-batch training in one compiled ``lax.scan`` (no convolutions here, so the scan
+  costs what a Python loop of the jitted step costs).
+
+  Returns ``(mse, seconds, compile_seconds, state)``: ``mse[t]`` the train MSE (mean r²)
+  after t steps, t = 0..steps (recorded from the loss evaluation the step does anyway);
+  ``seconds`` the execution time of the compiled run, compilation excluded.
+  ``spectrum``: train on the function-space form ½rᵀSr / n (``optim.msk_mse_loss``).
+  """
   n = x.shape[0]
 
   def loss_fn(p):
     r = apply_fn(p, x) - y
-    if S is None:
-      return 0.5 * jnp.mean(r ** 2)
-    return 0.5 * jnp.dot(r, jax.lax.stop_gradient(S) @ r) / n
+    mse = jnp.mean(r ** 2)
+    if spectrum is None:
+      return 0.5 * mse, mse
+    return optim.msk_mse_loss(r, jnp.zeros_like(r), spectrum) / n, mse
 
-  @jax.jit
   def run(p, st):
     def step(c, _):
       p, st = c
-      g = jax.grad(loss_fn)(p)
+      (_, mse), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
       u, st = tx.update(g, st, p)
-      p = optax.apply_updates(p, u)
-      return (p, st), jnp.mean((apply_fn(p, x) - y) ** 2)
-    return jax.lax.scan(step, (p, st), None, length=steps)
+      return (optax.apply_updates(p, u), st), mse
+    (p, st), mse = jax.lax.scan(step, (p, st), None, length=steps)
+    return jnp.append(mse, jnp.mean((apply_fn(p, x) - y) ** 2)), st
 
+  st0 = tx.init(params)
   t = time.perf_counter()
-  (p, st), mse = run(params, tx.init(params))
+  compiled = jax.jit(run).lower(params, st0).compile()
+  t_compile = time.perf_counter() - t
+  t = time.perf_counter()
+  mse, st = compiled(params, st0)
   mse = np.asarray(mse)
-  return mse, time.perf_counter() - t, st
+  return mse, time.perf_counter() - t, t_compile, st
 
 
-def bench_tracking(quick=False, n=None, steps=None, only=None):
+def _time_to(mse, target, per_step, one_off):
+  """Wall seconds until the train MSE first reaches ``target`` (one-off costs included),
+  and the step; None if never."""
+  hit = np.nonzero(np.isfinite(mse) & (mse <= target))[0]
+  if not hit.size:
+    return None, None
+  return one_off + int(hit[0]) * per_step, int(hit[0])
+
+
+ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+# the rows repeated over seeds; tracking every step (~15x a GD step here) only at seed 0
+HEADLINE = ("gd (1/λ1)", "adam", "function-space ½rᵀSr", "tracking RR moved=1%",
+            "tracking RR build-coef moved=1%")
+
+
+def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=ADAM_GRID):
+  """The lazy setting; every method from the same init in one process.
+
+  Methods: GD at η = n/λ₁, Adam (best of ``adam_lrs`` by final train MSE), the
+  function-space form ½rᵀSr (``optim.msk_mse_loss`` + ``optax.sgd``), fixed directions
+  (``optim.msk_sgd``) and the tracking preconditioner (``optim.msk_sgd_tracking``:
+  Rayleigh–Ritz every step, or when the parameters moved by 1 % / 0.3 %; the Löwdin
+  variants under their old labels). One-off costs: the directions' build (shared by the
+  preconditioned methods; for the function-space form it is its spectrum) and, for GD,
+  a top-1 solve for λ₁. Time to Adam's final MSE = one-off + steps to reach it × the
+  measured seconds per step of that run.
+  """
   steps = steps or (300 if quick else 5000)
   n = n or (256 if quick else 1024)
-  x, y, params, apply_fn = lazy_problem(n=n, width=n)
+  x, y, params, apply_fn = lazy_problem(n=n, width=n, seed=seed)
   k = 10
   g = modifiers.flatten()
   t = time.perf_counter()
   d = optim.msk_directions(apply_fn, params, x, g, k, compute_beta=False)
+  jax.block_until_ready(d.directions)
   t_dirs = time.perf_counter() - t
-  J = jax.jacrev(lambda p: apply_fn(p, x))(params)
-  J = np.concatenate([np.asarray(l, np.float64).reshape(n, -1) for l in jax.tree.leaves(J)], 1)
-  lam, V = np.linalg.eigh(J @ J.T)
-  lam, V = lam[::-1], V[:, ::-1]
-  gk = np.full(k, lam[k])
-  S = np.eye(n) + (V[:, :k] * (gk / lam[:k] - 1)) @ V[:, :k].T
+  t = time.perf_counter()
+  d1 = optim.msk_directions(apply_fn, params, x, g, 1, compute_beta=False)
+  lam1 = float(d1.values[0])
+  t_lam = time.perf_counter() - t
+  spec = MSKSpectrum(d.values, d.vectors, d.new_values, d.next_value)
   eta = n / float(d.max_value)                    # 1/λ_max(K_g) for the mean loss
-  eta_gd = n / lam[0]
-  out = {"n": n, "width": n, "k": k, "steps": steps, "eta_msk": eta, "eta_gd": eta_gd,
-         "lambda1": float(lam[0]), "lambda11": float(lam[k]), "directions_s": t_dirs}
-  runs = {
-      "gd (1/λ1)": (optax.sgd(eta_gd), None),
-      "function-space ½rᵀSr": (optax.sgd(eta), jnp.asarray(S, jnp.float32)),
+  eta_gd = n / lam1
+  out = {"n": n, "width": n, "k": k, "steps": steps, "seed": seed, "eta_msk": eta,
+         "eta_gd": eta_gd, "lambda1": lam1, "lambda11": float(d.next_value),
+         "directions_s": t_dirs, "lambda1_s": t_lam}
+  one_off = {"gd (1/λ1)": t_lam}
+  ritz = {"coefficients": "ritz"}     # the labels without "build-coef": Ritz-value coefficients
+  runs = {"gd (1/λ1)": (optax.sgd(eta_gd), None)}
+  for lr in adam_lrs:
+    runs[f"adam lr={lr:g}"] = (optax.adam(lr), None)
+  runs.update({
+      "function-space ½rᵀSr": (optax.sgd(eta), spec),
       "msk_sgd fixed": (optim.msk_sgd(eta, d), None),
+      "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, **ritz), None),
+      "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01, **ritz),
+                               None),
+      "tracking RR moved=0.3%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.003,
+                                                        **ritz), None),
+      "tracking RR every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10, **ritz),
+                               None),
+      "tracking RR build-coef every=1": (optim.msk_sgd_tracking(
+          eta, apply_fn, x, d, coefficients="build"), None),
+      "tracking RR build-coef moved=1%": (optim.msk_sgd_tracking(
+          eta, apply_fn, x, d, moved=0.01, coefficients="build"), None),
       "tracking every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, rayleigh_ritz=False),
                            None),
       "tracking every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10,
                                                    rayleigh_ritz=False), None),
       "tracking moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01,
                                                    rayleigh_ritz=False), None),
-      "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01), None),
-      "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, rayleigh_ritz=True),
-                              None),
-      "tracking RR every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10,
-                                                      rayleigh_ritz=True), None),
-  }
-  for name, (tx, S_) in runs.items():
-    if only is not None and name not in only:
+  })
+  for name in runs:
+    if not name.startswith(("gd", "adam")):
+      one_off[name] = t_dirs
+  for name, (tx, spec_) in runs.items():
+    base = "adam" if name.startswith("adam") else name
+    if only is not None and base not in only and name not in only:
       continue
-    mse, sec, st = _run(apply_fn, params, x, y, tx, steps, S=S_)
+    mse, sec, t_comp, st = _run(apply_fn, params, x, y, tx, steps, spectrum=spec_)
     bad = np.nonzero(~np.isfinite(mse))[0]
-    rec = {"final_mse": float(mse[-1]), "mse@100": float(mse[min(99, steps - 1)]),
-           "mse@1000": float(mse[min(999, steps - 1)]),
-           "first_nan": int(bad[0]) if bad.size else None, "seconds": sec}
-    reforms = [s.reforms for s in jax.tree.leaves(
-        st, is_leaf=lambda s: isinstance(s, optim.ScaleByMSKTrackingState))
-        if isinstance(s, optim.ScaleByMSKTrackingState)]
+    at = lambda t_: float(mse[min(t_, steps)])
+    rec = {"final_mse": float(mse[-1]), "mse@100": at(100), "mse@1000": at(1000),
+           "first_nan": int(bad[0]) if bad.size else None, "seconds": sec,
+           "per_step_s": sec / steps, "compile_s": t_comp, "one_off_s": one_off.get(name, 0.0),
+           "curve_every10": [float(v) for v in mse[::10]]}
+    reforms = [s_.reforms for s_ in jax.tree.leaves(
+        st, is_leaf=lambda s_: isinstance(s_, optim.ScaleByMSKTrackingState))
+        if isinstance(s_, optim.ScaleByMSKTrackingState)]
     if reforms:
       rec["reforms"] = int(reforms[0])
+    rec["_mse"] = mse
     out[name] = rec
-    print(f"  {name:24s} final MSE {rec['final_mse']:.4g}  @100 {rec['mse@100']:.4g}  "
-          f"@1000 {rec['mse@1000']:.4g}  first NaN {rec['first_nan']}  {sec:.1f}s"
+    print(f"  {name:24s} MSE @100 {rec['mse@100']:.4g}  @1000 {rec['mse@1000']:.4g}  "
+          f"final {rec['final_mse']:.4g}  first NaN {rec['first_nan']}  {sec:.1f}s "
+          f"({1e3 * sec / steps:.2f} ms/step)"
           + (f"  reforms {rec['reforms']}" if reforms else ""), flush=True)
+  adam = {k_: v for k_, v in out.items() if k_.startswith("adam lr=")}
+  if adam:
+    best = min(adam, key=lambda k_: adam[k_]["final_mse"]
+               if np.isfinite(adam[k_]["final_mse"]) else np.inf)
+    out["adam"] = dict(adam[best], lr=float(best.split("=")[1]))
+    target = out["adam"]["final_mse"]
+    t_adam = out["adam"]["seconds"]
+    out["target_mse"] = target
+    for name, rec in out.items():
+      if not isinstance(rec, dict) or "_mse" not in rec:
+        continue
+      sec_to, step_to = _time_to(rec["_mse"], target, rec["per_step_s"], rec["one_off_s"])
+      rec["time_to_adam_final_s"] = sec_to
+      rec["steps_to_adam_final"] = step_to
+      rec["adam_time_over_this"] = (t_adam / sec_to) if sec_to else None
+    print(f"  target (Adam lr={out['adam']['lr']:g}, final) MSE {target:.4g} in {t_adam:.1f}s")
+    for name, rec in out.items():
+      if isinstance(rec, dict) and "_mse" in rec and not name.startswith("adam lr="):
+        print(f"    {name:24s} reaches it at step {rec['steps_to_adam_final']}, "
+              f"{rec['time_to_adam_final_s']} s (one-off {rec['one_off_s']:.1f}s)", flush=True)
+  for rec in out.values():
+    if isinstance(rec, dict):
+      rec.pop("_mse", None)
   return out
+
+
+def bench_tracking_timing(n=1024, seed=0, steps=100, rounds=3, adam_lr=0.3):
+  """Per-step seconds of each method, interleaved (round-robin over methods, ``rounds``
+  times, median), and the one-off builds the same way: on a shared machine whose load
+  drifts during a long benchmark, the long runs' own timings are biased by when each ran;
+  interleaving puts every method under the same load."""
+  x, y, params, apply_fn = lazy_problem(n=n, width=n, seed=seed)
+  g = modifiers.flatten()
+  d = optim.msk_directions(apply_fn, params, x, g, 10, compute_beta=False)
+  spec = MSKSpectrum(d.values, d.vectors, d.new_values, d.next_value)
+  eta = n / float(d.max_value)
+  meths = {"gd (1/λ1)": (optax.sgd(n / float(d.values[0])), None),
+           "adam": (optax.adam(adam_lr), None),
+           "function-space ½rᵀSr": (optax.sgd(eta), spec),
+           "msk_sgd fixed": (optim.msk_sgd(eta, d), None),
+           "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d), None),
+           "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01),
+                                    None)}   # the cost does not depend on `coefficients`
+  builds = {"directions_s": lambda: optim.msk_directions(apply_fn, params, x, g, 10,
+                                                         compute_beta=False).directions,
+            "lambda1_s": lambda: optim.msk_directions(apply_fn, params, x, g, 1,
+                                                      compute_beta=False).values}
+  times = {m: [] for m in list(meths) + list(builds)}
+  for r in range(rounds):
+    for m, (tx, sp) in meths.items():
+      times[m].append(_run(apply_fn, params, x, y, tx, steps, spectrum=sp)[1] / steps)
+    for m, fn in builds.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[m].append(time.perf_counter() - t)
+  out = {m: float(np.median(v)) for m, v in times.items()}
+  out["raw"] = times
+  out["uptime"] = os.popen("uptime").read().strip()
+  base = out["gd (1/λ1)"]
+  for m in meths:
+    print(f"  {m:24s} {1e3 * out[m]:.2f} ms/step  ({out[m] / base:.1f}x GD)", flush=True)
+  for m in builds:
+    print(f"  {m:24s} {out[m]:.2f} s", flush=True)
+  return out
+
+
+def bench_tracking_seeds(seeds=(0, 1, 2), n=1024, steps=5000, out_prefix=None):
+  """Seed 0: every method of the issue's table (Adam's grid included); further seeds
+  (network init): the headline rows, Adam at seed 0's best lr; then the interleaved
+  per-step timing (:func:`bench_tracking_timing`). Writes one json per seed + timing."""
+  res = {}
+  lr = None
+  for seed in seeds:
+    print(f"seed {seed}  ({os.popen('uptime').read().strip()})", flush=True)
+    if seed == seeds[0]:
+      only = ("gd (1/λ1)", "adam", "function-space ½rᵀSr", "msk_sgd fixed",
+              "tracking RR every=1", "tracking RR moved=1%", "tracking RR moved=0.3%",
+              "tracking RR build-coef every=1", "tracking RR build-coef moved=1%")
+      r = bench_tracking(n=n, steps=steps, seed=seed, only=only)
+      lr = r["adam"]["lr"]
+    else:
+      r = bench_tracking(n=n, steps=steps, seed=seed, only=HEADLINE, adam_lrs=(lr,))
+    r["uptime_end"] = os.popen("uptime").read().strip()
+    res[seed] = r
+    if out_prefix:
+      with open(f"{out_prefix}_seed{seed}.json", "w") as fh:
+        json.dump(r, fh, indent=1, default=float)
+  res["timing"] = bench_tracking_timing(n=n, seed=seeds[0], adam_lr=lr)
+  if out_prefix:
+    with open(f"{out_prefix}_timing.json", "w") as fh:
+      json.dump(res["timing"], fh, indent=1, default=float)
+  return res
 
 
 # ------------------------------------------------------------------ step rule vs grid
@@ -307,7 +457,13 @@ def main(argv=None):
   parts = a.only.split(",")
   if "tracking" in parts:
     print("tracking (lazy one-layer network)")
-    res["tracking"] = bench_tracking(a.quick)
+    if a.quick:
+      res["tracking"] = bench_tracking(True, only=HEADLINE + ("msk_sgd fixed",
+                                                             "tracking RR moved=1%"))
+    else:
+      os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+      res["tracking"] = bench_tracking_seeds(out_prefix=os.path.join(
+          os.path.dirname(__file__), "results", "tracking_n1024"))
   if "steps" in parts:
     print("step rule vs grid")
     res["steps"] = bench_steps(a.quick)

@@ -24,9 +24,14 @@ Which entry point to use
   MSK allows): the fixed directions of :func:`msk_sgd` stop cancelling the stiff
   function-space directions and training diverges. The tracking form re-forms the
   directions from the current Jacobian at every update (one warm-started subspace step
-  + Rayleigh–Ritz with ``rayleigh_ritz=True``, the measured robust choice; or Löwdin on
-  the fixed function-space vectors): 2k VJPs + k JVPs of the network on the s points per
-  step. Measured in ``benchmarks/README.md`` ("Step rules and tracking").
+  + Rayleigh–Ritz with ``rayleigh_ritz=True``, keeping the build's g/λ coefficients, the
+  measured robust choice; or Löwdin on the fixed function-space vectors), or only when
+  the parameters moved by a set fraction (``moved=0.01``: ~4 % of the steps in the
+  measured lazy run, same quality). When the explicit Jacobian of the s points fits the
+  memory budget it is formed once per update and the re-formation is GEMMs on it (~15
+  gradient steps of a one-layer net); otherwise 2k VJPs + k JVPs (~150). Any loss whose directions
+  :func:`msk_directions` built (``loss=``; H^½ re-evaluated at the current outputs).
+  Measured in ``benchmarks/README.md`` ("Step rules and tracking").
 * :func:`msk_mse_loss` — the exact function-space form ``½ rᵀ S r`` for MSE on the
   training set (full batch), whose plain gradient is ``Jᵀ S r``. Use it as the reference
   in the linear regime and when the kernel changes a lot during training (its step
@@ -123,7 +128,7 @@ from mskjax.steps import stable_learning_rate
 
 __all__ = ["ScaleByMSKState", "scale_by_msk", "msk_sgd", "replace_directions",
            "ScaleByMSKTrackingState", "scale_by_msk_tracking", "msk_sgd_tracking",
-           "reform_directions",
+           "reform_directions", "orthonormal_columns", "output_hessian_sqrt",
            "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
            "adam_kernel_weights"]
 
@@ -408,55 +413,202 @@ class ScaleByMSKTrackingState(NamedTuple):
   reforms: jax.Array
 
 
+def orthonormal_columns(Z, passes: int = 2):
+  r"""An orthonormal basis of the column span of a tall ``Z`` (s × k, s ≥ k), jittable.
+
+  SVQB (Stathopoulos & Wu, SIAM J. Sci. Comput. 23, 2002): with column scaling
+  ``D = diag(‖z_i‖)``, ``(Z D⁻¹)ᵀ(Z D⁻¹) = E Σ Eᵀ`` (k×k ``eigh``) and
+  ``Z ← Z D⁻¹ E Σ^{-1/2}``; repeated ``passes`` times (one pass leaves an orthogonality
+  error ~ eps·cond²; the second removes it). Costs two s×k×k GEMMs per pass — on XLA:CPU
+  ~10x cheaper than ``jnp.linalg.qr`` for s = 1024, k = 10. Directions of ``Z`` below
+  ``eps·‖Z‖`` are kept at that floor (not divided by zero).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> W = orthonormal_columns(jnp.array([[3.0, 1.0], [0.0, 1.0], [0.0, 0.0]]))
+    >>> [[round(v, 6) + 0.0 for v in r] for r in (W.T @ W).tolist()]
+    [[1.0, 0.0], [0.0, 1.0]]
+  """
+  for _ in range(passes):
+    d = jnp.sqrt(jnp.sum(Z * Z, 0))
+    Z = Z / jnp.maximum(d, jnp.finfo(Z.dtype).tiny)[None, :]
+    e, E = jnp.linalg.eigh(Z.T @ Z)
+    e = jnp.maximum(e, jnp.finfo(Z.dtype).eps * jnp.maximum(e[-1], jnp.finfo(Z.dtype).tiny))
+    Z = Z @ (E / jnp.sqrt(e)[None, :])
+  return Z
+
+
+def output_hessian_sqrt(loss, outputs, targets=None) -> jax.Array:
+  r"""Per-point ``H_i^½`` of a loss's output Hessian at ``outputs`` (jittable, traced).
+
+  ``H_i = ∂²ℓ(f_i, y_i)/∂f_i²``: ``diag(p_i) − p_i p_iᵀ`` with ``p_i = softmax(f_i)`` for
+  ``'softmax_cross_entropy'``, ``jax.hessian`` of a callable ``ℓ(f_i, y_i)`` otherwise; the
+  square root from a batched c×c ``eigh`` with negative eigenvalues clipped to 0 (the
+  in-graph counterpart of :func:`mskjax.directions.loss_hessian_sqrt`, in the outputs'
+  dtype). What the tracking transform needs to re-form Gauss–Newton directions at the
+  current outputs.
+
+  Args:
+    loss: ``'softmax_cross_entropy'`` or a per-point callable ``ℓ(f_i, y_i) -> scalar``.
+    outputs: ``(s, c)``.
+    targets: rows of targets for a callable loss (ignored otherwise).
+
+  Returns:
+    ``(s, c, c)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> Hh = output_hessian_sqrt("softmax_cross_entropy", jnp.zeros((1, 2)))  # p = (½, ½)
+    >>> [[round(v, 6) for v in r] for r in (Hh[0] @ Hh[0]).tolist()]
+    [[0.25, -0.25], [-0.25, 0.25]]
+  """
+  F = jnp.asarray(outputs)
+  c = F.shape[1]
+  if isinstance(loss, str):
+    if loss != "softmax_cross_entropy":
+      raise ValueError(f"output_hessian_sqrt: `loss` must be 'softmax_cross_entropy' or a "
+                       f"callable ℓ(f_i, y_i); got {loss!r}.")
+    pr = jax.nn.softmax(F, axis=-1)
+    H = pr[:, :, None] * jnp.eye(c, dtype=F.dtype) - pr[:, :, None] * pr[:, None, :]
+  else:
+    H = jax.vmap(jax.hessian(loss))(F, targets).reshape(F.shape[0], c, c).astype(F.dtype)
+  H = 0.5 * (H + jnp.swapaxes(H, 1, 2))
+  w, U = jnp.linalg.eigh(H)
+  return jnp.einsum("pij,pj,pkj->pik", U, jnp.sqrt(jnp.maximum(w, 0.0)), U)
+
+
 def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
-                      rayleigh_ritz: bool = False):
+                      rayleigh_ritz: bool = False,
+                      memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
+                      loss="mse", targets=None):
   r"""Directions re-formed at ``params`` from function-space vectors (jittable).
 
-  ``W`` = ``vectors`` (s·c × k, rows point·c + output) and ``J = ∂f(θ, x_points)/∂θ``.
+  ``W`` = ``vectors`` (s·c × k, rows point·c + output) and ``J = ∂f(θ, x_points)/∂θ``;
+  for a loss other than MSE, ``J`` stands for ``H^½ J`` with ``H^½`` the per-point root of
+  the loss's output Hessian *at the current outputs* (:func:`output_hessian_sqrt`), so the
+  kernel tracked is the Gauss–Newton kernel ``H^½ J Jᵀ H^½`` that :func:`msk_directions`
+  built the vectors from (``q = Jᵀ H^½ v / √λ``).
 
   * ``rayleigh_ritz=False``: ``Q = orth(Jᵀ W)`` by Löwdin, ``Q ← G^{-1/2} Jᵀ W`` with
-    ``G = Wᵀ J Jᵀ W`` (k×k ``eigh``). Cost: one forward pass and k batched VJPs
-    (``jax.vmap`` of one ``jax.vjp``) over the s points. The span of W is kept.
+    ``G = Wᵀ J Jᵀ W`` (k×k ``eigh``). The span of W is kept.
   * ``rayleigh_ritz=True``: one step of warm-started subspace iteration on the current
     empirical NTK ``K = J Jᵀ``: ``W ← orth(K W)`` (QR), then Rayleigh–Ritz: with
     ``Wᵀ K W = U Θ Uᵀ``, ``Q = Jᵀ W U Θ^{-1/2}`` (exactly orthonormal) and the new
-    vectors ``W U`` (orthonormal eigenvector estimates of K) with Ritz values θ. Cost:
-    2k VJPs and k JVPs over the s points. The span follows the rotating eigenvectors.
+    vectors ``W U`` (orthonormal eigenvector estimates of K) with Ritz values θ. The span
+    follows the rotating eigenvectors.
+
+  Construction, chosen by size (static, so one compilation): when the explicit Jacobian
+  of the s points fits ``memory_budget`` (:func:`mskjax.tangents.jacobian_block_size`
+  returns s: ``3·s·c·#params·itemsize ≤ memory_budget``), it is formed once per call
+  (:func:`mskjax.tangents.point_jacobians`: one batched backward pass per output) and
+  every product ``Jᵀ W`` / ``J Q`` is a GEMM — measured ~15 gradient steps of a one-layer
+  net at s = width = 1024, k = 10, against ~150 matrix-free (``benchmarks/README.md``,
+  "Step rules and tracking"). Otherwise
+  matrix-free: one forward pass, then k batched VJPs (Löwdin) or 2k VJPs + k JVPs
+  (Rayleigh–Ritz) through ``jax.vmap``, which holds k copies of every activation.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> (s,)`` or ``(s, c)``.
+    params: the parameters (pytree of floating arrays).
+    x_points: the s inputs.
+    vectors: ``(s·c, k)`` function-space vectors.
+    rayleigh_ritz: see above.
+    memory_budget: bytes allowed for the explicit Jacobian (and two temporaries of its
+      size); default :data:`mskjax.kernels.DEFAULT_MEMORY_BUDGET` (1 GiB).
+    loss: ``'mse'`` (H = I), ``'softmax_cross_entropy'`` or a per-point callable
+      ``ℓ(f_i, y_i)`` (as in :func:`msk_directions`).
+    targets: ``(s, ...)`` targets of the s points, for a callable ``loss`` only.
 
   Returns:
     ``(Q, W_new, theta)``: Q a pytree like ``params`` with leaves ``(k, *shape)``; W_new
     ``(s·c, k)`` (``vectors`` unchanged for Löwdin); θ ``(k,)`` the Rayleigh quotients
     ``diag(Wᵀ K W)`` for Löwdin (unit-norm W), the Ritz values for Rayleigh–Ritz.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> X = jnp.diag(jnp.array([2.0, 1.0])); f = lambda w, x: x @ w   # J = X, K = diag(4, 1)
+    >>> Q, W, theta = reform_directions(f, jnp.zeros(2), X, jnp.array([[0.6], [0.8]]),
+    ...                                 rayleigh_ritz=True)
+    >>> [round(v, 4) for v in theta.tolist()]   # w ∝ K (0.6, 0.8) = (2.4, 0.8): wᵀKw
+    [3.7]
   """
   x_points = jnp.asarray(x_points)
   s = x_points.shape[0]
   f = lambda p: apply_fn(p, x_points).reshape(s, -1)
-  out, vjp = jax.vjp(f, params)
-  c = out.shape[1]
+  out_shape = jax.eval_shape(f, params)
+  c = out_shape.shape[1]
   k = vectors.shape[1]
-  W = jnp.asarray(vectors).astype(out.dtype)
-  to_rows = lambda M: M.T.reshape(k, s, c)
-  gram = lambda Q: functools.reduce(jnp.add, [jnp.einsum("ia,ja->ij", l.reshape(k, -1),
-                                                         l.reshape(k, -1))
-                                              for l in jax.tree.leaves(Q)])
-  (Q,) = jax.vmap(vjp)(to_rows(W))
+  W = jnp.asarray(vectors).astype(out_shape.dtype)
+  gn = not (isinstance(loss, str) and loss == "mse")
+  Hh = None
+  if gn:
+    Hh = output_hessian_sqrt(loss, f(params), targets)       # (s, c, c), symmetric
+    weigh = lambda M: jnp.einsum("pcd,pdm->pcm", Hh.astype(M.dtype),
+                                 M.reshape(s, c, -1)).reshape(s * c, -1)
+  leaves = jax.tree.leaves(params)
+  itemsize = max(jnp.dtype(l.dtype).itemsize for l in leaves) if leaves else 4
+  explicit = _tangents.jacobian_block_size(params, c, s, memory_budget, itemsize) >= s
+  if explicit:
+    Jt = _tangents.point_jacobians(apply_fn, params, x_points, c)   # leaves (s, c, *shape)
+    # materialise J once: without the barrier XLA fuses the Jacobian's producer into each
+    # GEMM and recomputes it (measured 2x slower at s = width = 1024)
+    Jl = [l.reshape(s, c, -1) for l in jax.tree.leaves(Jt)]
+    if gn:                    # H^½ J, per point
+      Jl = [jnp.einsum("pcd,pdq->pcq", Hh.astype(j.dtype), j) for j in Jl]
+    Jl = lax.optimization_barrier([j.reshape(s * c, -1) for j in Jl])
+    treedef = jax.tree.structure(Jt)
+    shapes = [l.shape for l in leaves]
+    # Q kept as one (k, #leaf) row block per leaf: every product is a GEMM in J's row-major
+    # layout (Mᵀ J and J Qᵀ; XLA:CPU ran Jᵀ M 4x slower than Mᵀ J here).
+
+    def jt_times(M):          # (Jᵀ M)ᵀ per leaf: (k, #leaf)
+      return [M.T.astype(j.dtype) @ j for j in Jl]
+
+    def j_times(Qs):          # J Q: (s·c, k)
+      return functools.reduce(jnp.add, [j @ q.T for j, q in zip(Jl, Qs)])
+
+    def gram(Qs):
+      return functools.reduce(jnp.add, [q @ q.T for q in Qs])
+
+    def to_tree(Qs, M):       # leaves (k, *shape) of Q M
+      return jax.tree.unflatten(treedef, [(M.T.astype(q.dtype) @ q).reshape((k,) + sh)
+                                          for q, sh in zip(Qs, shapes)])
+  else:
+    out, vjp = jax.vjp(f, params)
+    to_rows = lambda M: M.T.reshape(k, s, c)
+
+    def jt_times(M):
+      M = weigh(M) if gn else M
+      (Q,) = jax.vmap(vjp)(to_rows(M.astype(out.dtype)))
+      return Q
+
+    def j_times(Q):
+      jvp = lambda t: jax.jvp(f, (params,), (t,))[1]
+      JQ = jax.vmap(jvp)(Q).reshape(k, s * c).T
+      return weigh(JQ) if gn else JQ
+
+    def gram(Q):
+      return functools.reduce(jnp.add, [jnp.einsum("ia,ja->ij", l.reshape(k, -1),
+                                                   l.reshape(k, -1))
+                                        for l in jax.tree.leaves(Q)])
+
+    def to_tree(Q, M):
+      return jax.tree.map(lambda l: jnp.tensordot(M.T.astype(l.dtype), l, axes=1), Q)
+
+  Q = jt_times(W)
   if rayleigh_ritz:
-    jvp = lambda t: jax.jvp(f, (params,), (t,))[1]
-    KW = jax.vmap(jvp)(Q).reshape(k, s * c).T            # K W, (s·c, k)
-    W = jnp.linalg.qr(KW)[0]
-    (Q,) = jax.vmap(vjp)(to_rows(W))
+    W = orthonormal_columns(j_times(Q))                    # orth(K W), (s·c, k)
+    Q = jt_times(W)
     theta, U = jnp.linalg.eigh(gram(Q))
     theta, U = theta[::-1], U[:, ::-1]
     floor = jnp.finfo(theta.dtype).eps * jnp.maximum(theta[0], jnp.finfo(theta.dtype).tiny)
     M = U / jnp.sqrt(jnp.maximum(theta, floor))[None, :]
-    Q = jax.tree.map(lambda l: jnp.tensordot(M.T.astype(l.dtype), l, axes=1), Q)
-    return Q, W @ U, theta
+    return to_tree(Q, M), W @ U, theta
   G = gram(Q)
   ev, U = jnp.linalg.eigh(0.5 * (G + G.T))
   floor = jnp.finfo(ev.dtype).eps * jnp.max(ev) * k
   Ginv = (U / jnp.sqrt(jnp.maximum(ev, floor))) @ U.T
-  Q = jax.tree.map(lambda l: jnp.tensordot(Ginv.astype(l.dtype), l, axes=1).astype(l.dtype), Q)
-  return Q, jnp.asarray(vectors), jnp.diag(G) / jnp.sum(W * W, 0)
+  return to_tree(Q, Ginv), jnp.asarray(vectors), jnp.diag(G) / jnp.sum(W * W, 0)
 
 
 def _tree_moved(a, b):
@@ -468,7 +620,9 @@ def _tree_moved(a, b):
 
 def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                           every: int = 1, moved: Optional[float] = None,
-                          rayleigh_ritz: bool = True
+                          rayleigh_ritz: bool = True,
+                          memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
+                          loss="mse", targets=None, coefficients: str = "build"
                           ) -> optax.GradientTransformationExtraArgs:
   r"""MSK preconditioner that stays tied to the *current* Jacobian (re-formed directions).
 
@@ -487,12 +641,16 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
   jumps far above max g and the fixed preconditioner diverges. Re-forming ``Q`` from
   ``J_tᵀ V_k`` keeps ``v_iᵀ J_t (I − Q Qᵀ) = 0``: the stiff directions stay flattened.
 
-  Cost per re-formation: a forward pass and 2k VJPs + k JVPs of the network over the s
-  points (``jax.vmap`` of one ``jax.vjp`` / ``jax.jvp``; Löwdin: k VJPs), an (s·c)×k QR
-  and a k×k ``eigh`` (the re-orthonormalisation is essential: without it the net
-  collapses to f ≡ 0). The vmapped VJPs materialise k copies of every activation-sized
-  intermediate: measured 0.7–1.2 s per update for s = 1024 points × width 1024, k = 10
-  on a loaded 2-core CPU vs ~20 ms for a fixed-direction update.
+  Cost per re-formation (:func:`reform_directions`): when ``3·s·c·#params·itemsize``
+  fits ``memory_budget``, the explicit per-point Jacobian of the s points (one batched
+  backward pass) and GEMMs with it, an (s·c)×k orthonormalisation
+  (:func:`orthonormal_columns`) and a k×k ``eigh``; otherwise a forward pass and 2k VJPs +
+  k JVPs (Löwdin: k VJPs) through ``jax.vmap``, which materialises k copies of every
+  activation. The re-orthonormalisation is essential: without it the net collapses to
+  f ≡ 0. Measured at s = width = 1024, k = 10 (``benchmarks/README.md``, "Step rules and
+  tracking"): the explicit route ~15 gradient steps of that one-layer net, the
+  matrix-free one ~150; with ``moved=0.01`` ~220 of 5000 steps re-formed (about 2
+  gradient steps per update on average) at the quality of every-step re-formation.
   Between re-formations an update costs what :func:`scale_by_msk` costs (O(k·#params)).
   Everything is traced: no recompilation per step (``lax.cond`` chooses whether to
   re-form). Measured against the alternatives in ``benchmarks/README.md``
@@ -509,15 +667,29 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
     every: re-form every this many updates (1: at every update, the recommended setting).
     rayleigh_ritz: True (default): re-form by one warm-started subspace-iteration step and
       Rayleigh–Ritz on the current empirical NTK (:func:`reform_directions`): the span
-      follows the rotating eigenvectors, the new values g_i are kept and the λ_i become
-      the current Ritz values, so ``J_t P_t J_tᵀ`` has eigenvalues g_i on the span; 2k
-      VJPs + k JVPs per re-formation. False: Löwdin ``orth(J_tᵀ V_k Λ^{-1/2})`` with the
+      follows the rotating eigenvectors (coefficients: see ``coefficients``). False: Löwdin ``orth(J_tᵀ V_k Λ^{-1/2})`` with the
       fixed function-space vectors (k VJPs); its span does not rotate with the kernel's
       eigenvectors and it lets ``λ_max(J_t P_t J_tᵀ)`` drift above max g (measured:
       ``benchmarks/README.md``).
+    coefficients: with ``rayleigh_ritz``, the coefficients of the re-formed directions:
+      ``'build'`` (default): ``g_i/λ_i − 1`` from the build, kept fixed while the span
+      follows the kernel (the parameter-space analogue of the fixed S of ½rᵀSr); or
+      ``'ritz'``: ``g_i/θ_i − 1`` with θ_i the current Ritz values (``J_t P_t J_tᵀ`` has
+      eigenvalues g_i on the span). Measured in the lazy one-layer network at widths 256
+      and 1024 (``benchmarks/README.md``, "Step rules and tracking"): ``'ritz'`` has a
+      transient in the first ~100 steps and ends 3–5× higher than ``'build'``.
     moved: alternatively, re-form when ``‖θ − θ_last‖/‖θ_last‖ > moved`` (θ_last: the
       parameters at the last re-formation; costs one parameter copy in the state).
       Re-formation also happens at the first update.
+    memory_budget: bytes for the explicit Jacobian of the s points; when
+      ``3·s·c·#params·itemsize`` fits, re-formation is GEMMs on it, else matrix-free
+      (:func:`reform_directions`).
+    loss: the loss ``directions`` were built for (:func:`msk_directions`'s ``loss``):
+      ``'mse'`` (default), ``'softmax_cross_entropy'`` or a per-point callable
+      ``ℓ(f_i, y_i)``. For a loss other than MSE each re-formation evaluates ``H^½`` at the
+      current outputs (:func:`output_hessian_sqrt`) and tracks the Gauss–Newton kernel
+      ``H^½ J Jᵀ H^½`` (one extra forward pass on the s points).
+    targets: the targets of ``x``'s points, for a callable ``loss`` only.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (state :class:`ScaleByMSKTrackingState`);
@@ -546,14 +718,30 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
   if directions.vectors is None:
     raise ValueError(f"{where}: `directions.vectors` is None; build the directions with "
                      "optim.msk_directions (it keeps the function-space eigenvectors).")
-  if getattr(directions, "hessian_sqrt", None) is not None:
-    # The re-formation pushes V through Jᵀ alone; Gauss–Newton directions of another loss
-    # need Jᵀ H^½ V with H at the current outputs, which this transform does not evaluate.
+  gn = not (isinstance(loss, str) and loss == "mse")
+  if isinstance(loss, str) and loss not in ("mse", "softmax_cross_entropy"):
+    raise ValueError(f"{where}: `loss` must be 'mse', 'softmax_cross_entropy' or a callable "
+                     f"ℓ(f_i, y_i); got {loss!r}.")
+  if not gn and getattr(directions, "hessian_sqrt", None) is not None:
+    # Gauss–Newton directions of another loss need Jᵀ H^½ V with H at the current outputs.
     raise ValueError(f"{where}: `directions` were built for a loss with a non-identity "
-                     "output Hessian (directions.hessian_sqrt is set); tracking re-forms "
-                     "MSE directions only. Build them with msk_directions(..., loss='mse'), "
-                     "or use scale_by_msk with periodic msk_directions + replace_directions.")
+                     "output Hessian (directions.hessian_sqrt is set) but `loss` is 'mse'; "
+                     "pass the loss they were built for, e.g. "
+                     "scale_by_msk_tracking(..., loss='softmax_cross_entropy').")
+  if gn and getattr(directions, "hessian_sqrt", None) is None:
+    raise ValueError(f"{where}: `loss`={loss!r} but `directions` are MSE directions "
+                     "(directions.hessian_sqrt is None); build them with "
+                     "msk_directions(..., loss=the same loss).")
+  if gn and not isinstance(loss, str) and not callable(loss):
+    raise TypeError(f"{where}: `loss` must be a string or a callable ℓ(f_i, y_i); got "
+                    f"{type(loss).__name__}.")
+  if gn and not isinstance(loss, str) and targets is None:
+    raise ValueError(f"{where}: a callable `loss` needs `targets` (one row per point of `x`).")
   every = _v.check_int(every, "every", lo=1)
+  memory_budget = _v.check_int(memory_budget, "memory_budget", lo=1)
+  if coefficients not in ("ritz", "build"):
+    raise ValueError(f"{where}: `coefficients` must be 'ritz' or 'build'; got "
+                     f"{coefficients!r}.")
   if moved is not None:
     moved = _v.check_real(moved, "moved", lo=0, lo_open=True)
   x = jnp.asarray(x)
@@ -564,8 +752,15 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
                      f"{tuple(vec.shape)}.")
   idx = directions.indices
   if idx is not None and x.shape[0] != np.shape(idx)[0]:
+    if targets is not None:
+      if jax.tree.leaves(targets)[0].shape[0] != x.shape[0]:
+        raise ValueError(f"{where}: `targets` must have one row per point of `x` "
+                         f"({x.shape[0]}).")
+      targets = jax.tree.map(lambda a: jnp.asarray(a)[jnp.asarray(idx)], targets)
     x = x[jnp.asarray(idx)]
   s = x.shape[0]
+  if targets is not None and jax.tree.leaves(targets)[0].shape[0] != s:
+    raise ValueError(f"{where}: `targets` must have one row per point of `x` ({s}).")
   if vec.shape[0] % s:
     raise ValueError(f"{where}: `directions.vectors` has {vec.shape[0]} rows, not a multiple "
                      f"of the {s} points in `x`; pass the inputs the directions were built on.")
@@ -594,10 +789,14 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
       do = state.count % every == 0
     def reform():
       Q, W, theta = reform_directions(apply_fn, params, x, state.vectors,
-                                      rayleigh_ritz=rayleigh_ritz)
+                                      rayleigh_ritz=rayleigh_ritz,
+                                      memory_budget=memory_budget, loss=loss,
+                                      targets=targets)
       Q = jax.tree.map(lambda q, n: n.astype(q.dtype), state.directions, Q)
-      if rayleigh_ritz:     # g_i kept, λ_i ← the current Ritz values: J P Jᵀ = g_i on span
-        coef = _directions.msk_coefficients(theta, new_values, state.coef.dtype)
+      if rayleigh_ritz:
+        coef = state.coef         # 'build': g_i/λ_i of the build, the span follows the kernel
+        if coefficients == "ritz":   # λ_i ← current Ritz values: J P Jᵀ = g_i on the span
+          coef = _directions.msk_coefficients(theta, new_values, state.coef.dtype)
         return Q, W.astype(state.vectors.dtype), coef
       return Q, state.vectors, state.coef
     keep = lambda: (state.directions, state.vectors, state.coef)
@@ -619,6 +818,8 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
 def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x,
                      directions: MSKDirections, *, every: int = 1,
                      moved: Optional[float] = None, rayleigh_ritz: bool = True,
+                     memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
+                     loss="mse", targets=None, coefficients: str = "build",
                      momentum: Optional[float] = None,
                      nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
   r"""``optax.chain(scale_by_msk_tracking(...), optax.sgd(lr, momentum))``: θ ← θ − η P_t ∇ℓ.
@@ -640,7 +841,9 @@ def msk_sgd_tracking(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, 
   _check_learning_rate(learning_rate, "msk_sgd_tracking")
   _check_momentum(momentum, "msk_sgd_tracking")
   return optax.chain(scale_by_msk_tracking(apply_fn, x, directions, every=every, moved=moved,
-                                           rayleigh_ritz=rayleigh_ritz),
+                                           rayleigh_ritz=rayleigh_ritz,
+                                           memory_budget=memory_budget, loss=loss,
+                                           targets=targets, coefficients=coefficients),
                      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 

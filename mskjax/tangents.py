@@ -7,6 +7,8 @@ The finite-network side of the pipeline (the analytic kernels live in :mod:`mskj
 * :func:`jacobian_operator` -- blocked products ``J T``, ``Jᵀ V`` and ``J (Jᵀ V)`` with the
   Jacobian ``J = ∂f(θ, X)/∂θ`` (all n·c output rows) without forming it;
 * :func:`jacobian_matrix` -- ``J`` itself as an ``(n·c, #params)`` host matrix, blockwise;
+* :func:`point_jacobians` -- the per-point Jacobians of a block (jittable), sized by
+  :func:`jacobian_block_size`;
 * :func:`empirical_ntk` -- the empirical NTK Gram matrix, traced over outputs or full;
 * :func:`ntk_diagonal_blocks` -- the c×c per-point blocks ``J_x J_xᵀ``.
 
@@ -30,7 +32,8 @@ from mskjax import kernels as _k
 from mskjax._nt import empirical_ntk_fn
 
 __all__ = ["trainable_fn", "JacobianOperator", "jacobian_operator", "jacobian_matrix",
-           "empirical_ntk", "ntk_diagonal_blocks", "check_float_params"]
+           "empirical_ntk", "ntk_diagonal_blocks", "check_float_params", "point_jacobians",
+           "jacobian_block_size"]
 
 
 @_k.cache_by_function
@@ -334,7 +337,7 @@ def _vjp_block(call, c, acc, va, p, rest, xa):
 @functools.partial(jax.jit, static_argnames=("call", "c"))
 def _jac_block(call, c, p, rest, xa):
   """Per-point Jacobians of one block as ``(bs, c, #params)`` (ravel_pytree's layout)."""
-  ja = _point_jacobians(lambda q, x: call(q, rest, x), p, xa, c)
+  ja = point_jacobians(lambda q, x: call(q, rest, x), p, xa, c)
   return jnp.concatenate([l.reshape(xa.shape[0], c, -1) for l in jax.tree.leaves(ja)],
                          axis=-1)
 
@@ -447,9 +450,7 @@ def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] 
   call, p, rest, x, dt, n, c = _blocked_inputs(apply_fn, params, x, dtype, "jacobian_matrix")
   P = max(_tree_size(p), 1)
   if block_size is None:
-    per = 3 * c * P * jnp.dtype(dt).itemsize
-    block_size = int(min(max(int(_v.check_int(memory_budget, "memory_budget", lo=1)) // per,
-                             1), n))
+    block_size = jacobian_block_size(p, c, n, memory_budget, jnp.dtype(dt).itemsize)
   bs = min(_k.check_block_size(block_size, required=True), n)
   nb = math.ceil(n / bs)
   xp = _k.pad_rows(x, nb * bs)
@@ -461,10 +462,52 @@ def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] 
   return J
 
 
-def _point_jacobians(fn, p, xa, c):
-  """Per-point Jacobians of a block: leaves (bs, c, *leaf.shape) (vmap of jacrev)."""
+def point_jacobians(fn: Callable, p, xa, c: int):
+  r"""Per-point Jacobians ``∂f(θ, x_a)/∂θ`` of a block of points, as a pytree (jittable).
+
+  ``vmap`` over the points of ``jacrev`` of the one-point network: one backward pass per
+  point and output, batched; memory ``bs·c·#params`` numbers (size the block with
+  :func:`jacobian_block_size`). The explicit Jacobian is the fast route for small models:
+  after it, every product with ``J`` or ``Jᵀ`` is a GEMM.
+
+  Args:
+    fn: ``fn(p, x) -> (bs, ...)`` with c numbers per point.
+    p: parameters (pytree of floating arrays).
+    xa: ``(bs, ...)`` inputs.
+    c: outputs per point.
+
+  Returns:
+    Pytree like ``p`` with leaves ``(bs, c, *leaf.shape)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> J = point_jacobians(lambda w, x: x @ w, jnp.zeros(2), jnp.array([[1., 2.]]), 1)
+    >>> J.tolist()                                   # f = x·w: ∂f/∂w = x
+    [[[1.0, 2.0]]]
+  """
   single = lambda q, xi: fn(q, xi[None]).reshape(c)
   return jax.vmap(jax.jacrev(single), in_axes=(None, 0))(p, xa)
+
+
+def jacobian_block_size(params, c: int, n: int, memory_budget: int, itemsize: int) -> int:
+  r"""Points per block of per-point Jacobians that fit ``memory_budget`` bytes.
+
+  .. math:: b = \min\big(n, \max(1, \lfloor \text{budget} / (3\,c\,P\,\text{itemsize})
+     \rfloor)\big)
+
+  with P the number of parameters (the block's Jacobians plus two temporaries of the same
+  size). The rule of :func:`jacobian_matrix` and :func:`ntk_diagonal_blocks`; ``b == n``
+  means the whole explicit Jacobian fits.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> jacobian_block_size({"w": jnp.zeros(1000)}, 1, 500, 1 << 20, 4)   # 2^20 / 12000
+    87
+  """
+  P = max(_tree_size(params), 1)
+  per = 3 * int(c) * P * int(itemsize)
+  return int(min(max(int(_v.check_int(memory_budget, "memory_budget", lo=1)) // per, 1),
+                 int(n)))
 
 
 def _jac_contract(ja, jb):
@@ -500,14 +543,13 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
   """
   fn, p, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, "ntk_diagonal_blocks")
   if block_size is None:
-    per = 3 * c * max(_tree_size(p), 1) * jnp.dtype(dt).itemsize
-    block_size = int(min(max(int(memory_budget) // per, 1), n))
+    block_size = jacobian_block_size(p, c, n, memory_budget, jnp.dtype(dt).itemsize)
   bs = min(_k.check_block_size(block_size, required=True), n)
   nb = math.ceil(n / bs)
   xb = _k.pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
 
   def one(xa, p):
-    ja = _point_jacobians(fn, p, xa, c)
+    ja = point_jacobians(fn, p, xa, c)
     return functools.reduce(jnp.add, [jnp.einsum("acp,adp->acd", l.reshape(bs, c, -1),
                                                  l.reshape(bs, c, -1))
                                       for l in jax.tree.leaves(ja)])
@@ -535,7 +577,7 @@ def _ntk_block(fn, p, ja, xb, c, strategy, trace):
     _, lin = jax.linearize(lambda q: fn(q, xb).reshape(bs2, c), p)
     block = jax.vmap(lin)(tang).reshape(bs1, c, bs2, c)
   else:
-    block = _jac_contract(ja, _point_jacobians(fn, p, xb, c))
+    block = _jac_contract(ja, point_jacobians(fn, p, xb, c))
   return jnp.einsum("acbc->ab", block) / c if trace else block
 
 
@@ -546,7 +588,7 @@ def _ntk_run(call, p, rest, x1b, x2b, c, strategy, trace):
   bs1 = x1b.shape[1]
 
   def rows(xa):
-    ja = _point_jacobians(fn, p, xa, c)                       # leaves (bs1, c, *shape)
+    ja = point_jacobians(fn, p, xa, c)                       # leaves (bs1, c, *shape)
     blocks = lax.map(lambda xb: _ntk_block(fn, p, ja, xb, c, strategy, trace), x2b)
     if trace:                                                 # (nb2, bs1, bs2)
       return jnp.moveaxis(blocks, 0, 1).reshape(bs1, -1)
@@ -557,7 +599,7 @@ def _ntk_run(call, p, rest, x1b, x2b, c, strategy, trace):
 
 @functools.partial(jax.jit, static_argnames=("call", "c"))
 def _row_jacobians(call, p, rest, xa, c):
-  return _point_jacobians(lambda q, x: call(q, rest, x), p, xa, c)
+  return point_jacobians(lambda q, x: call(q, rest, x), p, xa, c)
 
 
 @functools.partial(jax.jit, static_argnames=("call", "c", "strategy", "trace"))
