@@ -91,6 +91,9 @@ def get_config(arg=None):
   # patches scaled. 4×4 patches (256 sampled points) cost ≈ 1 s/step on 2 cores.
   c.iga_patch = 8
   c.iga_k = 4
+  # 'max_error' (the paper: one point per patch) or 'max_error_sum' (the reference code's
+  # kernel rows, each a sum of P points of its patch: ≈ 5× the step cost here; not run).
+  c.iga_sample = "max_error"
   c.msk_k = 32
   c.msk_subsample = 256                         # 0: all training pixels
   if arg.rgb:
@@ -122,4 +125,5 @@ def get_config(arg=None):
 RANGES = {"width": {"min": 1}, "depth": {"min": 1}, "steps": {"min": 1},
           "eval_every": {"min": 1}, "iga_patch": {"min": 2}, "iga_k": {"min": 1},
           "msk_k": {"min": 1}, "msk_subsample": {"min": 0}, "momentum": {"min": 0, "lt": 1},
-          "ff_features": {"min": 1}, "ff_sigmas": {"gt": 0}, "rule_factors": {"gt": 0}}
+          "ff_features": {"min": 1}, "ff_sigmas": {"gt": 0}, "rule_factors": {"gt": 0},
+          "iga_sample": {"choices": ("max_error", "center", "max_error_sum")}}

@@ -226,7 +226,8 @@ def method_iga(setup: Setup, lr: float) -> Method:
   groups = setup.groups
 
   def loss(params, x, y):
-    return iga.iga_loss(setup.apply_fn, {"params": params}, x, y, groups, c.iga_k)
+    return iga.iga_loss(setup.apply_fn, {"params": params}, x, y, groups, c.iga_k,
+                        sample=c.get("iga_sample", "max_error"))
   return Method(optax.adam(lr), loss)
 
 
