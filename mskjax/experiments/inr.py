@@ -246,7 +246,7 @@ def method_msk_adam(setup: Setup, lr: float) -> Method:
 
 METHODS = {"adam": method_adam, "sgd": method_sgd, "gd": method_gd, "muon": method_muon,
            "iga": method_iga, "msk": method_msk, "msk_adam": method_msk_adam}
-# Methods whose grid also holds factors of the step rule optim.stable_learning_rate.
+# Methods whose grid also holds factors of the measured step (measure_step).
 RULE_METHODS = ("msk",)
 
 
