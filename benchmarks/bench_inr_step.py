@@ -41,7 +41,7 @@ def main(argv=None):
   mask = E.checkerboard_mask(H, W)
   tr = np.flatnonzero(mask.ravel())
   xin = E.model_inputs(args.model, E.pixel_coords(H, W), ff_features=c.ff_features,
-                       ff_sigma=c.ff_sigma, seed=0)
+                       ff_sigma=c.ff_sigmas[-1], seed=0)
   x, y = xin[tr], jnp.asarray(img.reshape(-1, 1)[tr])
   model = E.make_model(args.model, width=c.width, depth=c.depth, out=1)
   v = jax.jit(model.init)(jax.random.PRNGKey(0), x[:2])
@@ -54,7 +54,12 @@ def main(argv=None):
                                       subsample=c.msk_subsample or None, seed=0)
     return cache["d"]
 
-  setup = E.Setup(model.apply, v, x, y, groups, c, directions)
+  def measured():
+    if "eta" not in cache:
+      cache["eta"] = E.measure_step(model.apply, directions()[0], v["params"], x, y)
+    return cache["eta"]
+
+  setup = E.Setup(model.apply, v, x, y, groups, c, directions, measured)
   steps = {}
   for name in c.methods:
     m = E.METHODS[name](setup, E.learning_rates(setup, name)[0][1])   # cost: lr-free

@@ -84,7 +84,12 @@ def _tiny_setup(lr_grids=None):
     if "d" not in cache:
       cache["d"] = E.build_directions(model.apply, v, x, k=4, subsample=None, seed=0)
     return cache["d"]
-  return E.Setup(model.apply, v, x, y, groups, cfg, directions), model
+
+  def measured():
+    if "eta" not in cache:
+      cache["eta"] = E.measure_step(model.apply, directions()[0], v["params"], x, y)
+    return cache["eta"]
+  return E.Setup(model.apply, v, x, y, groups, cfg, directions, measured), model
 
 
 @pytest.mark.slow     # seven compilations: ~15 s unloaded, > 1 min on the shared 2 cores
@@ -113,15 +118,53 @@ def test_divergence_is_recorded_not_raised():
   assert math.isnan(E.at_time(rec, 1e9))
 
 
-def test_learning_rates_hold_rule_factors():
-  from mskjax import optim
-  setup, _ = _tiny_setup()
+def test_learning_rates_hold_factors_of_the_measured_step():
+  setup, model = _tiny_setup()
   grid = E.learning_rates(setup, "msk")
-  rule = optim.stable_learning_rate(setup.directions()[0], batch_size=int(setup.x.shape[0]))
+  eta, secs = setup.measured()
   f = setup.config.rule_factors[0]
-  assert grid[0][0] == f"rule×{f:g}" and grid[0][1] == pytest.approx(f * rule)
+  assert grid[0][0] == f"meas×{f:g}" and grid[0][1] == pytest.approx(f * eta)
   assert len(grid) == len(setup.config.rule_factors) + len(setup.config.grids.msk)
   assert [lr for _, lr in E.learning_rates(setup, "adam")] == list(setup.config.grids.adam)
+  # the measured step is 0.5/λ̂ of the preconditioned Hessian: P-GD at 4× that step sits at
+  # the quadratic edge, and at a tenth of it the loss must fall (a step that small is stable)
+  m = E.METHODS["msk"](setup, 0.1 * eta)
+  assert m.one_off_s >= secs > 0                # directions + measurement are one-off costs
+  rec = E.train(m, model.apply, setup.variables["params"], setup.x, setup.y, setup.x,
+                setup.y, steps=10, eval_every=5)
+  assert not rec["diverged"] and rec["curve_psnr"][-1] > rec["curve_psnr"][0]
+
+
+def test_model_variants_expand_fourier_sigmas():
+  got = E.model_variants(("relu", "relu_ff"), (1.0, 3.0))
+  assert got == [("relu", "relu", 0.0), ("relu_ff1", "relu_ff", 1.0),
+                 ("relu_ff3", "relu_ff", 3.0)]
+  with pytest.raises(ValueError, match="models"):
+    E.model_variants(("tanh",), (1.0,))
+
+
+def test_summary_target_and_time_to_target():
+  def rec(psnrs, times, lr=1.0, diverged=False):
+    return dict(diverged=diverged, psnr=psnrs[-1], train_psnr=psnrs[-1], lr=lr,
+                curve_psnr=psnrs, curve_time=times, one_off_s=times[0],
+                train_s=times[-1] - times[0], s_per_step=0.01)
+  recs = {("adam", "a", 0): rec([5.0, 10.0, 20.0], [0.0, 5.0, 10.0]),
+          ("adam", "a", 1): rec([5.0, 12.0, 22.0], [0.0, 4.0, 8.0]),
+          ("sgd", "s", 0): rec([5.0, 8.0, 12.0], [0.0, 3.0, 6.0]),
+          ("sgd", "s", 1): rec([5.0, 8.0, 14.0], [0.0, 3.0, 6.0]),
+          ("msk", "m", 0): rec([5.0, 21.0, 25.0], [1.0, 2.0, 3.0]),
+          ("msk", "m", 1): rec([5.0, 20.0, 25.0], [1.0, 2.0, 3.0])}
+  best = {"adam": "a", "sgd": "s", "msk": "m"}
+  seed_rows, rows, budget, _, target = E.summarize(recs, ("adam", "sgd", "msk"), (0, 1),
+                                                   best, "img", "relu")
+  assert target == 21.0 and budget == 3.0          # adam's mean final; msk's 3 s total
+  by = {r["method"]: r for r in rows}
+  assert by["msk"]["best_baseline"] == "adam"
+  assert by["msk"]["time_to_target_s"] == pytest.approx(2.5)     # 2.0 (seed 0), 3.0 (seed 1)
+  assert by["msk"]["vs_baseline_time"] == pytest.approx(2.5 / 9.0)  # adam's mean total 9 s
+  assert by["sgd"]["seeds_reaching_target"] == 0 and math.isnan(by["sgd"]["time_to_target_s"])
+  assert by["adam"]["psnr_at_budget"] == pytest.approx(5.0)       # nothing evaluated by 3 s
+  assert len(seed_rows) == 6 and {r["seed"] for r in seed_rows} == {0, 1}
 
 
 def test_at_time_reads_the_curve():
@@ -148,11 +191,14 @@ def test_tiny_run_writes_results_curves_and_plots(tmp_path):
   cfg.iga_patch, cfg.iga_k, cfg.msk_k, cfg.msk_subsample = 4, 2, 2, 0
   ctx = RunContext(tmp_path, cfg, show_progress=False)
   E.run(cfg, ctx)
-  rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-  assert [r["method"] for r in rows] == list(cfg.methods)
+  rows = list(csv.DictReader(open(tmp_path / "results.csv")))   # one row per method × seed
+  assert [(r["method"], r["seed"]) for r in rows] == [(m, str(s)) for m in cfg.methods
+                                                      for s in cfg.seeds]
   assert all(np.isfinite(float(r["psnr"])) for r in rows)
-  msk = rows[list(cfg.methods).index("msk")]
+  msk = rows[len(cfg.seeds) * list(cfg.methods).index("msk")]
   assert float(msk["one_off_s"]) > 0 and float(rows[0]["one_off_s"]) == 0
+  summary = list(csv.DictReader(open(tmp_path / "summary.csv")))
+  assert [r["method"] for r in summary] == list(cfg.methods)
   curves = list(csv.DictReader(open(tmp_path / "curves.csv")))
   assert len(curves) == len(cfg.methods) * len(cfg.seeds) * 3     # steps 0, 2, 4
   assert (tmp_path / "psnr_china_gray_8_relu.png").exists()

@@ -28,8 +28,9 @@ def _params(c, seed=0):
           "w2": jax.random.normal(k3, (6, max(c, 1)), jnp.float64) / 3}
 
 
-def _numpy_iga_grad(f, p, x, y, groups, k, c):
-  """(2/N) Jᵀ r' computed without mskjax.iga."""
+def _numpy_iga_grad(f, p, x, y, groups, k, c, sample="max_error"):
+  """(2/N) Jᵀ r' computed without mskjax.iga (``'max_error_sum'``: the reference code's
+  ``a[:, max_indices]`` — row i sums patch i's points at every patch's max-error position)."""
   leaves, tree = jax.tree.flatten(p)
   jac = jax.jacrev(lambda q: f(q, x))(p)                     # leaves (n, [c,] *shape)
   n = x.shape[0]
@@ -37,8 +38,13 @@ def _numpy_iga_grad(f, p, x, y, groups, k, c):
   J = np.concatenate([np.asarray(jac[key]).reshape(n, cc, -1) for key in sorted(p)], -1)
   r = (np.asarray(f(p, x)) - np.asarray(y)).reshape(n, cc)
   P, m = groups.shape
-  rep = [groups[i][np.argmax(np.abs(r[groups[i]]).sum(1))] for i in range(P)]
-  Jh = J[rep].sum(1) / np.sqrt(cc)                           # (P, D) rows of h = Σ f_c / √c
+  pos = [int(np.argmax(np.abs(r[groups[i]]).sum(1))) for i in range(P)]
+  if sample == "max_error_sum":
+    Jh = np.stack([sum(J[groups[i, pos[j]]].sum(0) for j in range(P)) for i in range(P)])
+    Jh = Jh / np.sqrt(cc)
+  else:
+    rep = [groups[i, pos[i]] for i in range(P)]
+    Jh = J[rep].sum(1) / np.sqrt(cc)                         # (P, D) rows of h = Σ f_c / √c
   K = Jh @ Jh.T
   w, V = np.linalg.eigh(K)
   w, V = w[::-1], V[:, ::-1]
@@ -56,11 +62,12 @@ def _numpy_iga_grad(f, p, x, y, groups, k, c):
   return {key: part.reshape(p[key].shape) for key, part in zip(sorted(p), parts)}, S
 
 
-@pytest.mark.parametrize("c,mask,patch,k", [
-    (0, False, 2, 1),      # scalar output, all 16 pixels, 4 patches of 4
-    (3, True, 2, 2),       # RGB, checkerboard training pixels, 4 patches of 2
+@pytest.mark.parametrize("c,mask,patch,k,sample", [
+    (0, False, 2, 1, "max_error"),      # scalar output, all 16 pixels, 4 patches of 4
+    (3, True, 2, 2, "max_error"),       # RGB, checkerboard training pixels, 4 patches of 2
+    (3, True, 2, 2, "max_error_sum"),   # the reference code's kernel rows
 ])
-def test_iga_gradient_matches_numpy(c, mask, patch, k):
+def test_iga_gradient_matches_numpy(c, mask, patch, k, sample):
   with jax.enable_x64(True):
     side = 4 if patch == 2 else 8
     coords = np.stack(np.meshgrid(np.linspace(-1, 1, side), np.linspace(-1, 1, side),
@@ -72,8 +79,8 @@ def test_iga_gradient_matches_numpy(c, mask, patch, k):
     y = jnp.asarray(rng.standard_normal((x.shape[0], c)) if c else rng.standard_normal(x.shape[0]))
     groups = iga.patch_groups(side, side, patch, mask=m)
     f, p = _net(c), _params(c)
-    got = jax.grad(lambda q: iga.iga_loss(f, q, x, y, groups, k))(p)
-    want, S = _numpy_iga_grad(f, p, x, y, groups, k, c)
+    got = jax.grad(lambda q: iga.iga_loss(f, q, x, y, groups, k, sample=sample))(p)
+    want, S = _numpy_iga_grad(f, p, x, y, groups, k, c, sample)
     for key in p:   # float64 throughout; eigh vs numpy eigh: agree to ~1e-10 relative
       np.testing.assert_allclose(np.asarray(got[key]), want[key], rtol=1e-8,
                                  atol=1e-10 * np.abs(want[key]).max())
@@ -82,6 +89,9 @@ def test_iga_gradient_matches_numpy(c, mask, patch, k):
     assert float(iga.iga_loss(f, p, x, y, groups, k)) == pytest.approx(mse, rel=1e-12)
     # S is not the identity here (the test can fail): the top eigenvalues were flattened
     assert np.abs(S - np.eye(S.shape[0])).max() > 1e-3
+    if sample == "max_error_sum":   # the two kernels differ here, so the oracle tells them apart
+      other, _ = _numpy_iga_grad(f, p, x, y, groups, k, c)
+      assert max(np.abs(other[key] - want[key]).max() for key in p) > 1e-6
 
 
 def test_adjustment_matrix_eigenvalues_are_flattened():

@@ -17,13 +17,15 @@ every piece a small function:
   method: write ``method_<name>`` and add it to :data:`METHODS` and the config's
   ``methods``/``grids``;
 * :func:`learning_rates` — the grid of a method: ``grids[name]`` absolute steps, plus, for
-  methods in :data:`RULE_METHODS`, factors of ``optim.stable_learning_rate`` (labels
-  ``rule×f``);
+  methods in :data:`RULE_METHODS`, factors ``rule_factors`` of the *measured* step
+  ``optim.stable_learning_rate(d, loss_fn=, params=, batch=)`` (0.5/λ̂, λ̂ the top
+  eigenvalue of P^½ ∇²L P^½ at initialisation by Lanczos; labels ``meas×f``);
 * :func:`train` — a jitted step called from a Python loop, timed with
   ``block_until_ready`` (compilation and evaluations excluded), test/train PSNR every
   ``eval_every`` steps; a non-finite or exploding loss stops the run and marks it
   diverged (PSNR NaN), never an exception;
-* :func:`at_time` — PSNR of a curve at a wall-time budget;
+* :func:`at_time` — PSNR of a curve at a wall-time budget; :func:`time_to` — the first
+  time a curve reaches a PSNR;
 * :func:`run` — the comparison (``run(config, ctx)``, called by ``mskjax.run``).
 """
 from __future__ import annotations
@@ -43,6 +45,7 @@ from mskjax import iga, modifiers, optim
 IMAGES = ("china", "flower")
 COLORS = ("gray", "rgb")
 MODELS = ("relu", "relu_ff", "siren")
+BASELINES = ("adam", "sgd", "gd", "muon")   # the methods whose best sets the target
 LUMA = np.array([0.299, 0.587, 0.114])       # ITU-R BT.601
 
 
@@ -153,6 +156,19 @@ def make_model(kind: str, *, width: int, depth: int, out: int) -> nn.Module:
   return MLP(width=width, depth=depth, out=out)
 
 
+def model_variants(models, ff_sigmas) -> list[tuple[str, str, float]]:
+  """``[(label, kind, σ)]``: ``'relu_ff'`` becomes one model per σ (label ``relu_ff<σ>``)."""
+  out = []
+  for kind in models:
+    if kind not in MODELS:
+      raise ValueError(f"`models` entries must be in {MODELS}; got {kind!r}.")
+    if kind == "relu_ff":
+      out += [(f"relu_ff{float(sg):g}", kind, float(sg)) for sg in ff_sigmas]
+    else:
+      out.append((kind, kind, 0.0))
+  return out
+
+
 def model_inputs(kind: str, coords, *, ff_features: int, ff_sigma: float, seed: int):
   """The network's input: raw coordinates, or their Fourier features for ``'relu_ff'``."""
   x = jnp.asarray(coords, jnp.float32)
@@ -171,6 +187,7 @@ class Setup(NamedTuple):
   groups: np.ndarray          # (P, m) IGA patches of the training points
   config: object              # the ConfigDict
   directions: Callable        # () -> (MSKDirections, seconds): built once per setup
+  measured: Callable = None   # () -> (η, seconds): measured P-preconditioned step, once
 
 
 class Method(NamedTuple):
@@ -209,12 +226,15 @@ def method_iga(setup: Setup, lr: float) -> Method:
   groups = setup.groups
 
   def loss(params, x, y):
-    return iga.iga_loss(setup.apply_fn, {"params": params}, x, y, groups, c.iga_k)
+    return iga.iga_loss(setup.apply_fn, {"params": params}, x, y, groups, c.iga_k,
+                        sample=c.get("iga_sample", "max_error"))
   return Method(optax.adam(lr), loss)
 
 
 def method_msk(setup: Setup, lr: float) -> Method:
+  # One-off: the directions and the measured step its grid is built on (learning_rates).
   d, secs = setup.directions()
+  secs += setup.measured()[1] if setup.measured is not None else 0.0
   return Method(optim.msk_sgd(lr, d), mse_half(setup.apply_fn), secs)
 
 
@@ -226,7 +246,7 @@ def method_msk_adam(setup: Setup, lr: float) -> Method:
 
 METHODS = {"adam": method_adam, "sgd": method_sgd, "gd": method_gd, "muon": method_muon,
            "iga": method_iga, "msk": method_msk, "msk_adam": method_msk_adam}
-# Methods whose grid also holds factors of the step rule optim.stable_learning_rate.
+# Methods whose grid also holds factors of the measured step (measure_step).
 RULE_METHODS = ("msk",)
 
 
@@ -242,15 +262,28 @@ def build_directions(setup_apply, variables, x, *, k: int, subsample: Optional[i
   return d, time.perf_counter() - t0
 
 
+def measure_step(apply_fn, directions, params, x, y):
+  """The measured step of P-preconditioned full-batch GD at ``params``, timed cold.
+
+  ``optim.stable_learning_rate(d, loss_fn=½·MSE, params=, batch=(x, y))``: 0.5/λ̂ with λ̂
+  the top positive eigenvalue of ``P^½ ∇²L P^½`` (Lanczos on exact Hessian-vector
+  products, compilation included in the seconds). Returns ``(η, seconds)``.
+  """
+  loss = mse_half(apply_fn)
+  t0 = time.perf_counter()
+  eta = optim.stable_learning_rate(directions, loss_fn=lambda p, b: loss(p, *b),
+                                   params=params, batch=(x, y))
+  return float(eta), time.perf_counter() - t0
+
+
 def learning_rates(setup: Setup, name: str) -> list[tuple[str, float]]:
   """``[(label, lr)]``: absolute steps of ``grids[name]``, and for :data:`RULE_METHODS` the
-  factors ``rule_factors`` of ``optim.stable_learning_rate(directions, n)`` (full batch)."""
+  factors ``rule_factors`` of the measured step (:func:`measure_step`, labels ``meas×f``)."""
   c = setup.config
   out = [(f"{lr:g}", float(lr)) for lr in c.grids[name]]
   if name in RULE_METHODS:
-    d, _ = setup.directions()
-    rule = optim.stable_learning_rate(d, batch_size=int(setup.x.shape[0]))
-    out = [(f"rule×{f:g}", float(f) * rule) for f in c.rule_factors] + out
+    eta, _ = setup.measured()
+    out = [(f"meas×{f:g}", float(f) * eta) for f in c.rule_factors] + out
   return out
 
 
@@ -326,7 +359,71 @@ def at_time(rec: dict, budget_s: float) -> float:
   return float(best)
 
 
+def time_to(rec: dict, target: float) -> float:
+  """Wall time (one-off included) of the first evaluation with test PSNR ≥ ``target``; NaN if
+  never (or diverged)."""
+  if rec["diverged"]:
+    return float("nan")
+  for t, v in zip(rec["curve_time"], rec["curve_psnr"]):
+    if v >= target:
+      return float(t)
+  return float("nan")
+
+
 # ================================================================================ run
+def summarize(recs: dict, methods, seeds, best: dict, setting: str, model: str) -> tuple:
+  """Per-seed rows, per-method summary rows and the equal-time budget of one (setting, model).
+
+  ``recs[(method, label, seed)]`` are :func:`train` records; ``best[method]`` the chosen label
+  (None: every grid step diverged). The *target* is the best baseline's (:data:`BASELINES`)
+  mean final test PSNR; ``time_to_target_s`` is when a run first reaches it (one-off
+  included) and ``vs_baseline_time`` that time over the best baseline's mean total time
+  (≤ 1/3: the issue's goal).
+  """
+  chosen = {m: [recs[(m, best[m], s)] for s in seeds] for m in methods if best[m] is not None}
+  budget = min(r["one_off_s"] + r["train_s"] for rs in chosen.values() for r in rs)
+  base = [m for m in chosen if m in BASELINES]
+  if base:
+    mean = lambda m: np.mean([r["psnr"] for r in chosen[m]])     # NaN if a seed diverged
+    bm = max(base, key=lambda m: mean(m) if np.isfinite(mean(m)) else -np.inf)
+    target = float(np.mean([r["psnr"] for r in chosen[bm]]))
+    base_time = float(np.mean([r["one_off_s"] + r["train_s"] for r in chosen[bm]]))
+  else:
+    bm, target, base_time = None, float("nan"), float("nan")
+  seed_rows, rows = [], []
+  for m in methods:
+    if best[m] is None:
+      rows.append(dict(setting=setting, model=model, method=m, lr="all diverged",
+                       psnr=float("nan")))
+      continue
+    rs = chosen[m]
+    tt = [time_to(r, target) for r in rs]
+    for s, r, t in zip(seeds, rs, tt):
+      seed_rows.append(dict(
+          setting=setting, model=model, method=m, lr=best[m], lr_value=r["lr"], seed=s,
+          psnr=r["psnr"], train_psnr=r["train_psnr"], time_budget_s=budget,
+          psnr_at_budget=at_time(r, budget), ms_per_step=1e3 * r["s_per_step"],
+          one_off_s=r["one_off_s"], total_s=r["one_off_s"] + r["train_s"],
+          target_psnr=target, time_to_target_s=t, diverged=bool(r["diverged"])))
+    ps = np.array([r["psnr"] for r in rs])
+    pt = np.array([at_time(r, budget) for r in rs])
+    reached = [t for t in tt if np.isfinite(t)]
+    t_mean = float(np.mean(tt)) if len(reached) == len(tt) else float("nan")
+    rows.append(dict(
+        setting=setting, model=model, method=m, lr=best[m], lr_value=rs[0]["lr"],
+        psnr=float(np.mean(ps)), psnr_std=float(np.std(ps)),
+        train_psnr=float(np.mean([r["train_psnr"] for r in rs])),
+        time_budget_s=budget, psnr_at_budget=float(np.mean(pt)),
+        psnr_at_budget_std=float(np.std(pt)),
+        ms_per_step=1e3 * float(np.mean([r["s_per_step"] for r in rs])),
+        one_off_s=float(np.mean([r["one_off_s"] for r in rs])),
+        total_s=float(np.mean([r["one_off_s"] + r["train_s"] for r in rs])),
+        best_baseline=bm, target_psnr=target, seeds_reaching_target=len(reached),
+        time_to_target_s=t_mean, vs_baseline_time=t_mean / base_time,
+        diverged_seeds=int(sum(r["diverged"] for r in rs))))
+  return seed_rows, rows, budget, chosen, target
+
+
 def run(config, ctx):
   import matplotlib.pyplot as plt
 
@@ -334,8 +431,9 @@ def run(config, ctx):
   for name in c.methods:
     if name not in METHODS:
       raise ValueError(f"`methods`: unknown method {name!r}; one of {tuple(METHODS)}.")
+  variants = model_variants(c.models, c.ff_sigmas)
   ctx.print(f"inr: backend {jax.default_backend()}, float32 training")
-  grid_rows, result_rows, curve_rows = [], [], []
+  grid_rows, seed_rows, summary_rows, curve_rows = [], [], [], []
   for image, color, size in c.images:
     img = load_image(image, int(size), color)
     H = W = int(size)
@@ -350,59 +448,72 @@ def run(config, ctx):
     setting_tag = f"{image}/{color}/{size}"
     ctx.print(f"{setting_tag}: {len(tr_idx)} train / {len(te_idx)} test pixels, "
               f"IGA {groups.shape[0]} patches of {groups.shape[1]}")
-    for kind in c.models:
+    for label, kind, sigma in variants:
       model = make_model(kind, width=c.width, depth=c.depth, out=ch)
       recs = {}
       for seed in c.seeds:
-        xin = model_inputs(kind, coords, ff_features=c.ff_features, ff_sigma=c.ff_sigma,
-                           seed=seed)
+        xin = model_inputs(kind, coords, ff_features=c.ff_features, ff_sigma=sigma, seed=seed)
         x, x_test = xin[tr_idx], xin[te_idx]
         variables = jax.jit(model.init)(jax.random.PRNGKey(seed), x[:2])
-        dcache = {}
+        cache = {}
 
-        def directions(variables=variables, x=x, seed=seed, kind=kind):
-          if "d" not in dcache:
-            key = f"{setting_tag}/{kind}/seed={seed}/directions"
+        def directions(variables=variables, x=x, seed=seed, label=label):
+          if "d" not in cache:
             d, secs = build_directions(model.apply, variables, x, k=c.msk_k,
                                        subsample=c.msk_subsample or None, seed=seed)
             rule = optim.stable_learning_rate(d, batch_size=int(x.shape[0]))
+            key = f"{setting_tag}/{label}/seed={seed}/directions"
             row = ctx.cached(key, lambda: dict(
-                kind="directions", setting=setting_tag, model=kind, seed=seed, k=c.msk_k,
+                kind="directions", setting=setting_tag, model=label, seed=seed, k=c.msk_k,
                 subsample=int(d.n_points), lam1=float(d.values[0]),
                 lam_k1=float(d.next_value), beta=float(d.beta), rule_lr=rule,
                 directions_s=secs))
-            dcache["d"] = (d, float(row["directions_s"]))
-            ctx.print(f"  {kind} seed {seed}: directions k={c.msk_k} on {int(d.n_points)} "
+            cache["d"] = (d, float(row["directions_s"]))
+            ctx.print(f"  {label} seed {seed}: directions k={c.msk_k} on {int(d.n_points)} "
                       f"points in {secs:.1f} s, λ₁/λ_(k+1) = "
-                      f"{float(d.values[0] / d.next_value):.1f}, rule step {rule:.3g}")
-          return dcache["d"]
+                      f"{float(d.values[0] / d.next_value):.1f}, linearised rule step "
+                      f"{rule:.3g}")
+          return cache["d"]
 
-        setup = Setup(model.apply, variables, x, y, groups, c, directions)
+        def measured(variables=variables, x=x, seed=seed, label=label):
+          if "eta" not in cache:
+            d, _ = directions()
+            key = f"{setting_tag}/{label}/seed={seed}/measured_step"
+            row = ctx.cached(key, lambda: dict(zip(
+                ("eta", "measure_s"), measure_step(model.apply, d, variables["params"], x, y)),
+                kind="measured_step"))
+            cache["eta"] = (float(row["eta"]), float(row["measure_s"]))
+            ctx.print(f"  {label} seed {seed}: measured P-preconditioned step "
+                      f"{cache['eta'][0]:.3g} ({cache['eta'][1]:.1f} s)")
+          return cache["eta"]
 
-        def one(name, label, lr, seed=seed, setup=setup, x=x, x_test=x_test,
+        setup = Setup(model.apply, variables, x, y, groups, c, directions, measured)
+
+        def one(name, lab, lr, seed=seed, setup=setup, x=x, x_test=x_test,
                 variables=variables):
-          key = f"{setting_tag}/{kind}/{name}/lr={label}/seed={seed}"
+          key = f"{setting_tag}/{label}/{name}/lr={lab}/seed={seed}"
 
           def compute():
             m = METHODS[name](setup, lr)
             rec = train(m, model.apply, variables["params"], x, y, x_test, y_test, steps=c.steps,
                         eval_every=c.eval_every)
-            return dict(rec, lr=lr, label=label)
+            return dict(rec, lr=lr, label=lab)
           rec = ctx.cached(key, compute)
           for f in ("psnr", "train_psnr"):
             rec[f] = float(rec[f])
-          ctx.print(f"  {kind} {name:9s} lr={label:10s} seed {seed}: "
+          ctx.print(f"  {label} {name:9s} lr={lab:10s} seed {seed}: "
                     + ("diverged" if rec["diverged"] else
                        f"test {rec['psnr']:.2f} dB, train {rec['train_psnr']:.2f} dB")
-                    + f", {1e3 * rec['s_per_step']:.1f} ms/step")
+                    + f", {1e3 * rec['s_per_step']:.1f} ms/step, one-off "
+                    f"{rec['one_off_s']:.1f} s")
           return rec
 
         if seed == c.seeds[0]:        # the grid on the first seed picks each method's step
           for name in c.methods:
-            for label, lr in learning_rates(setup, name):
-              rec = one(name, label, lr)
-              recs[(name, label, seed)] = rec
-              grid_rows.append(dict(setting=setting_tag, model=kind, method=name, lr=label,
+            for lab, lr in learning_rates(setup, name):
+              rec = one(name, lab, lr)
+              recs[(name, lab, seed)] = rec
+              grid_rows.append(dict(setting=setting_tag, model=label, method=name, lr=lab,
                                     lr_value=lr, psnr=rec["psnr"],
                                     train_psnr=rec["train_psnr"], diverged=rec["diverged"],
                                     s_per_step=rec["s_per_step"]))
@@ -418,32 +529,16 @@ def run(config, ctx):
             lr = dict(learning_rates(setup, name))[best[name]]
             recs[(name, best[name], seed)] = one(name, best[name], lr)
 
-      # ---- summary at equal steps and equal wall time --------------------------------
-      chosen = {name: [recs[(name, best[name], s)] for s in c.seeds]
-                for name in c.methods if best[name] is not None}
-      budget = min(r["one_off_s"] + r["train_s"] for rs in chosen.values() for r in rs)
-      for name in c.methods:
-        if best[name] is None:
-          result_rows.append(dict(setting=setting_tag, model=kind, method=name, lr="all diverged",
-                                  psnr=float("nan")))
-          continue
-        rs = chosen[name]
-        ps = np.array([r["psnr"] for r in rs])
-        pt = np.array([at_time(r, budget) for r in rs])
-        result_rows.append(dict(
-            setting=setting_tag, model=kind, method=name, lr=best[name],
-            lr_value=rs[0]["lr"], psnr=float(np.mean(ps)), psnr_std=float(np.std(ps)),
-            train_psnr=float(np.mean([r["train_psnr"] for r in rs])),
-            time_budget_s=budget, psnr_at_budget=float(np.mean(pt)),
-            psnr_at_budget_std=float(np.std(pt)),
-            ms_per_step=1e3 * float(np.mean([r["s_per_step"] for r in rs])),
-            one_off_s=float(np.mean([r["one_off_s"] for r in rs])),
-            total_s=float(np.mean([r["one_off_s"] + r["train_s"] for r in rs])),
-            diverged_seeds=int(sum(r["diverged"] for r in rs))))
+      # ---- per seed, summary at equal steps, equal wall time and time to target -------
+      srows, rows, budget, chosen, target = summarize(recs, c.methods, c.seeds, best,
+                                                      setting_tag, label)
+      seed_rows += srows
+      summary_rows += rows
+      for name, rs in chosen.items():
         for s, r in zip(c.seeds, rs):
           for st, t, v, vt in zip(r["curve_step"], r["curve_time"], r["curve_psnr"],
                                   r["curve_train_psnr"]):
-            curve_rows.append(dict(setting=setting_tag, model=kind, method=name,
+            curve_rows.append(dict(setting=setting_tag, model=label, method=name,
                                    lr=best[name], seed=s, step=st, time_s=t, psnr=v,
                                    train_psnr=vt))
       # ---- plots -------------------------------------------------------------------
@@ -453,23 +548,31 @@ def run(config, ctx):
           continue
         rs = chosen[name]
         L = min(len(r["curve_psnr"]) for r in rs)
-        steps = np.asarray(rs[0]["curve_step"][:L])
+        stp = np.asarray(rs[0]["curve_step"][:L])
         ps = np.mean([r["curve_psnr"][:L] for r in rs], 0)
         ts = np.mean([r["curve_time"][:L] for r in rs], 0)
         lab = f"{name} ({best[name]})"
-        axes[0].plot(steps, ps, color=f"C{i}", label=lab)
+        axes[0].plot(stp, ps, color=f"C{i}", label=lab)
         axes[1].plot(ts, ps, color=f"C{i}", label=lab)
+      for ax in axes:
+        if np.isfinite(target):
+          ax.axhline(target, color="k", ls="--", lw=0.6)
       axes[1].axvline(budget, color="gray", ls=":", lw=0.8)
       axes[0].set(xlabel="step", ylabel="test PSNR [dB]",
-                  title=f"{setting_tag}, {kind}: mean of {len(c.seeds)} seeds")
+                  title=f"{setting_tag}, {label}: mean of {len(c.seeds)} seeds")
       axes[1].set(xlabel="wall time [s] (one-off costs included)", ylabel="test PSNR [dB]",
-                  title=f"dotted: equal-time budget {budget:.1f} s")
+                  title=f"dashed: best baseline's final; dotted: equal time {budget:.1f} s")
       axes[0].legend(fontsize=7)
-      ctx.savefig(fig, f"psnr_{image}_{color}_{size}_{kind}")
+      ctx.savefig(fig, f"psnr_{image}_{color}_{size}_{label}")
   ctx.write_table(grid_rows, name="grid")
   ctx.write_table(curve_rows, name="curves")
-  ctx.write_table(result_rows, columns=[
+  ctx.write_table(summary_rows, name="summary", columns=[
       "setting", "model", "method", "lr", "lr_value", "psnr", "psnr_std", "train_psnr",
       "time_budget_s", "psnr_at_budget", "psnr_at_budget_std", "ms_per_step", "one_off_s",
-      "total_s", "diverged_seeds"])
-  return result_rows
+      "total_s", "best_baseline", "target_psnr", "seeds_reaching_target", "time_to_target_s",
+      "vs_baseline_time", "diverged_seeds"])
+  ctx.write_table(seed_rows, name="results", columns=[
+      "setting", "model", "method", "lr", "lr_value", "seed", "psnr", "train_psnr",
+      "time_budget_s", "psnr_at_budget", "ms_per_step", "one_off_s", "total_s",
+      "target_psnr", "time_to_target_s", "diverged"])
+  return summary_rows
