@@ -104,6 +104,8 @@ def test_registry_errors_name_the_argument():
     B.make_tx("muon", 0.1, muon_conv="svd")
   with pytest.raises(ValueError, match="pgd_step"):
     B.pgd_base_lr("newton", None, 8)
+  with pytest.raises(ValueError, match="params"):      # the measured rule needs a point
+    B.pgd_base_lr("measured", None, 8, arch="mlp")
   assert B.one_off_s("pgd", 3.0) == 3.0 and B.one_off_s("muon", 3.0) == 0.0
 
 
@@ -204,7 +206,9 @@ def test_quick_config_is_resolved_inside_and_small():
     assert len(B.grid(s, m)) == 1
   full = load_config("configs/mnist1d.py")
   assert tuple(full.seeds) == (0, 1, 2)
+  assert full.pgd_step == "measured" and full.directions_loss == "softmax_cross_entropy"
   assert B.grid(apply_overrides(full, ["pgd_step=stable"]), "pgd") == tuple(full.pgd_factors)
+  assert B.grid(apply_overrides(full, ["pgd_step=absolute"]), "pgd") == tuple(full.pgd_lrs)
 
 
 @pytest.mark.parametrize("override,match", [
