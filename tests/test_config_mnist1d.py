@@ -159,6 +159,18 @@ def test_train_run_is_one_fit_call(tiny, loop, monkeypatch):
                 loop="scan")
 
 
+def test_train_run_takes_a_factory_with_traced_lr(tiny):
+  """A tx factory + traced lr (one compilation for a whole grid) trains as the concrete tx."""
+  x, y, v = tiny
+  kw = dict(batch_size=16, steps=10, eval_every=5, seed=3)
+  a = B.train_run("mlp", v["params"], optax.sgd(0.05, momentum=0.9), x, y, x, y, **kw)
+  b = B.train_run("mlp", v["params"], lambda lr: optax.sgd(lr, momentum=0.9), x, y, x, y,
+                  hparams=jnp.float32(0.05), **kw)
+  # float32 throughout: the traced and the constant lr round alike up to a few ulps.
+  assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-5)
+  assert b["curve_test_loss"] == pytest.approx(a["curve_test_loss"], rel=1e-5)
+
+
 def test_train_run_stops_a_diverging_run(tiny):
   x, y, v = tiny
   rec = B.train_run("mlp", v["params"], optax.sgd(1e4), x, y, x, y, batch_size=16, steps=40,
