@@ -2,7 +2,7 @@
 
 Command::
 
-  python -m benchmarks.bench_optimizer_table                 # every row (~1 h, 2 loaded cores)
+  python -m benchmarks.bench_optimizer_table                 # every row (48 min on 2 loaded cores)
   python -m benchmarks.bench_optimizer_table --quick         # smoke run (tiny budgets)
   python -m benchmarks.bench_optimizer_table --only mlp128,regression --seeds 3
 
