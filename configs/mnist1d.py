@@ -5,7 +5,7 @@ Command::
   python -m mskjax.run configs/mnist1d.py:quick        # < 60 s (CI smoke run)
   python -m mskjax.run configs/mnist1d.py              # the comparison (hours on 2 cores)
   python -m mskjax.run configs/mnist1d.py 'settings=(("mlp",128,3000,100),)'  # one setting
-  python -m mskjax.run configs/mnist1d.py pgd_step=stable   # PGD grid = factors of the rule
+  python -m mskjax.run configs/mnist1d.py pgd_step=absolute   # PGD grid = learning rates
 
 Set-up. MNIST-1D (``mskjax.data.load_mnist1d``: 4000 train / 1000 test sequences of length
 40, 10 classes, generated offline), float32. The two architectures of the shared contract
@@ -22,16 +22,22 @@ each does — Muon's treatment of biases and conv kernels included): ``sgd``
 (``mskjax.msk_sgd(lr, directions, momentum=momentum)``) and ``pgd_adam`` (``optax.chain(
 mskjax.scale_by_msk(directions), optax.adam(lr))``). The directions: g = ``g`` on the top
 ``k`` eigenvalues of the full (n·10)×(n·10) empirical NTK at initialisation
-(``mskjax.msk_directions``) on ``subsample`` random training points, fixed during training;
-their cold build time (compilation included) is the PGD methods' one-off cost, added to
-their wall times. ``directions_loss`` ('' = the plain NTK) is passed on to
-``msk_directions(..., loss=...)`` where the library offers loss-aware directions.
+(``mskjax.msk_directions``) on ``subsample`` random training points, fixed during training.
+``directions_loss`` (default ``'softmax_cross_entropy'``: the loss's Gauss–Newton kernel
+H^½ J Jᵀ H^½, the recommended directions for cross-entropy; '' = the plain NTK J Jᵀ) is
+passed on to ``msk_directions(..., loss=...)``. Their cold build time (compilation
+included), plus the step measurement of ``pgd_step='measured'``, is the PGD methods'
+one-off cost, added to their wall times.
 
 Steps. Each method runs every value of its grid ``<method>_lrs`` on the ``tune_seeds``;
 the value with the best mean final test accuracy (diverged runs score −1) then runs on
-every seed of ``seeds``. ``pgd_step``: ``'absolute'`` (``pgd_lrs`` are learning rates) or
-``'stable'`` (``pgd_factors`` multiply ``mskjax.stable_learning_rate(directions, b)``, per
-seed); ``pgd_adam`` is always absolute (Adam's step does not scale with the gradient).
+every seed of ``seeds``. ``pgd_step``: ``'measured'`` (default; ``pgd_factors`` multiply
+``mskjax.stable_learning_rate(directions, b, loss_fn=, params=, batch=)`` = 0.5/λ̂ of the
+preconditioned cross-entropy Hessian at initialisation on one random batch of b points,
+per seed), ``'absolute'`` (``pgd_lrs`` are learning rates) or ``'stable'``
+(``pgd_factors`` multiply the linearised critical-batch rule
+``mskjax.stable_learning_rate(directions, b)``); ``pgd_adam`` is always absolute (Adam's
+step does not scale with the gradient).
 
 Training loop (``loop``): ``'fit'`` (``mskjax.train.fit``), ``'python'`` (one jitted step
 called from Python, the same batches) or ``'auto'`` (python for the CNN — XLA:CPU runs
@@ -81,8 +87,10 @@ def get_config(arg=None):
   c.muon_lrs = (3e-3, 1e-2, 3e-2, 0.1)
   c.pgd_lrs = (0.03, 0.1, 0.3, 1.0)
   c.pgd_adam_lrs = (3e-4, 1e-3, 3e-3, 1e-2)
-  c.pgd_step = "absolute"     # or "stable": the pgd grid is pgd_factors × the step rule
-  c.pgd_factors = (1.0, 3.0, 10.0, 30.0)
+  # "measured" (recommended): the pgd grid is pgd_factors × 0.5/λ̂ (measured curvature);
+  # "absolute": pgd_lrs; "stable": pgd_factors × the linearised critical-batch rule.
+  c.pgd_step = "measured"
+  c.pgd_factors = (0.5, 1.0, 2.0, 4.0)
   c.momentum = 0.9            # sgd and pgd
   c.muon_conv = "matrix"      # muon on conv kernels as (width·in) × out matrices, or "adam"
   c.loop = "auto"             # "fit", "python" or "auto" (python for the CNN)
@@ -91,7 +99,9 @@ def get_config(arg=None):
   c.k = 30
   c.subsample = 500           # points the directions are computed on
   c.g = "flatten"             # any mskjax.modifiers.from_name name (checked by validate)
-  c.directions_loss = ""      # '' = plain NTK; else msk_directions(..., loss=...)
+  # msk_directions(..., loss=...): the cross-entropy's Gauss–Newton kernel (recommended);
+  # '' = the plain NTK J Jᵀ.
+  c.directions_loss = "softmax_cross_entropy"
   c.num_samples = 5000        # 4000 train / 1000 test
   # The goal of the preconditioner (summary.md, goal_<method>): a PGD method reaches the target
   # in >= goal_speedup x less wall time than the fastest baseline, final accuracy within
@@ -103,7 +113,7 @@ def get_config(arg=None):
     c.settings = (("mlp", 128, 100, 25),)
     c.seeds = c.tune_seeds = (0,)
     c.sgd_lrs, c.adam_lrs, c.muon_lrs = (0.1,), (3e-3,), (1e-2,)
-    c.pgd_lrs, c.pgd_adam_lrs, c.pgd_factors = (0.3,), (1e-3,), (3.0,)
+    c.pgd_lrs, c.pgd_adam_lrs, c.pgd_factors = (0.3,), (1e-3,), (1.0,)
     c.k, c.subsample, c.num_samples = 10, 100, 1000
   return c
 
@@ -114,7 +124,8 @@ RANGES = {"num_samples": {"min": 100}, "k": {"min": 1}, "subsample": {"min": 2},
           "muon_lrs": {"gt": 0}, "pgd_lrs": {"gt": 0}, "pgd_adam_lrs": {"gt": 0},
           "pgd_factors": {"gt": 0}, "seeds": {"min": 0}, "tune_seeds": {"min": 0},
           "seed": {"min": 0}, "goal_speedup": {"gt": 0}, "acc_tolerance": {"min": 0},
-          "pgd_step": {"choices": ("absolute", "stable")},
+          "pgd_step": {"choices": ("absolute", "stable", "measured")},
+          "directions_loss": {"choices": ("", "mse", "softmax_cross_entropy")},
           "muon_conv": {"choices": ("matrix", "adam")},
           "loop": {"choices": ("fit", "python", "auto")},
           "methods": {"choices": ("sgd", "adam", "muon", "pgd", "pgd_adam"), "min_len": 1}}

@@ -104,6 +104,8 @@ def test_registry_errors_name_the_argument():
     B.make_tx("muon", 0.1, muon_conv="svd")
   with pytest.raises(ValueError, match="pgd_step"):
     B.pgd_base_lr("newton", None, 8)
+  with pytest.raises(ValueError, match="params"):      # the measured rule needs a point
+    B.pgd_base_lr("measured", None, 8, arch="mlp")
   assert B.one_off_s("pgd", 3.0) == 3.0 and B.one_off_s("muon", 3.0) == 0.0
 
 
@@ -157,6 +159,18 @@ def test_train_run_is_one_fit_call(tiny, loop, monkeypatch):
                 loop="scan")
 
 
+def test_train_run_takes_a_factory_with_traced_lr(tiny):
+  """A tx factory + traced lr (one compilation for a whole grid) trains as the concrete tx."""
+  x, y, v = tiny
+  kw = dict(batch_size=16, steps=10, eval_every=5, seed=3)
+  a = B.train_run("mlp", v["params"], optax.sgd(0.05, momentum=0.9), x, y, x, y, **kw)
+  b = B.train_run("mlp", v["params"], lambda lr: optax.sgd(lr, momentum=0.9), x, y, x, y,
+                  hparams=jnp.float32(0.05), **kw)
+  # float32 throughout: the traced and the constant lr round alike up to a few ulps.
+  assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-5)
+  assert b["curve_test_loss"] == pytest.approx(a["curve_test_loss"], rel=1e-5)
+
+
 def test_train_run_stops_a_diverging_run(tiny):
   x, y, v = tiny
   rec = B.train_run("mlp", v["params"], optax.sgd(1e4), x, y, x, y, batch_size=16, steps=40,
@@ -204,7 +218,9 @@ def test_quick_config_is_resolved_inside_and_small():
     assert len(B.grid(s, m)) == 1
   full = load_config("configs/mnist1d.py")
   assert tuple(full.seeds) == (0, 1, 2)
+  assert full.pgd_step == "measured" and full.directions_loss == "softmax_cross_entropy"
   assert B.grid(apply_overrides(full, ["pgd_step=stable"]), "pgd") == tuple(full.pgd_factors)
+  assert B.grid(apply_overrides(full, ["pgd_step=absolute"]), "pgd") == tuple(full.pgd_lrs)
 
 
 @pytest.mark.parametrize("override,match", [

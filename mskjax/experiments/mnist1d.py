@@ -9,10 +9,13 @@ The experiment program of ``configs/mnist1d.py`` (which documents the set-up; al
 * the method registry :data:`METHODS` (name → :class:`Method`: a constructor
   ``make(lr, directions, options)`` of the optax transformation and whether the method pays
   the one-off directions build), and :func:`make_tx` on top of it;
-* :func:`build_directions` — the top-k directions of the empirical NTK of the network at
-  initialisation (``mskjax.msk_directions``), timed: the PGD methods' one-off cost;
+* :func:`build_directions` — the top-k directions of the network at initialisation
+  (``mskjax.msk_directions``; loss-aware, ``loss='softmax_cross_entropy'``, by default in
+  ``configs/mnist1d.py``), timed: with the step measurement, the PGD methods' one-off cost;
 * :func:`pgd_base_lr` — the step rule of the PGD grid (``absolute``: the grid is the
-  learning rate; ``stable``: the grid holds factors of ``mskjax.stable_learning_rate``);
+  learning rate; ``measured`` (default): factors of ``mskjax.stable_learning_rate`` from
+  the measured curvature of the preconditioned loss on one batch of the training size;
+  ``stable``: factors of the linearised critical-batch rule);
 * :func:`train_run` — one training run, through :func:`mskjax.train.fit` (its ``loop='auto'``
   dispatches the jitted step from Python for the CNN: XLA:CPU runs convolutions inside
   ``lax`` loops many times slower);
@@ -63,7 +66,7 @@ from mskjax import train as T
 
 ARCHS = ("mlp", "cnn")
 REFERENCE_ACCURACY = {"mlp": 0.68, "cnn": 0.94}   # Greydanus & Kobak, standard set
-STEP_RULES = ("absolute", "stable")
+STEP_RULES = ("absolute", "stable", "measured")
 
 
 class MLP(nn.Module):
@@ -123,9 +126,14 @@ def eval_fn(arch: str):
   return ev
 
 
+@functools.lru_cache(maxsize=None)
+def _init_fn(arch: str):
+  return jax.jit(model(arch).init)        # one compilation per architecture
+
+
 def init_params(arch: str, x, seed: int = 0):
   """Flax initialisation of the architecture (float32 parameters)."""
-  return jax.jit(model(arch).init)(jax.random.PRNGKey(seed), x[:2])
+  return _init_fn(arch)(jax.random.PRNGKey(seed), x[:2])
 
 
 # ------------------------------------------------------------------------------ directions
@@ -157,24 +165,50 @@ def build_directions(arch: str, variables, x, *, k: int, subsample: Optional[int
   return d, time.perf_counter() - t0
 
 
-def pgd_base_lr(rule: str, directions, batch_size: int) -> float:
+def pgd_base_lr(rule: str, directions, batch_size: int, *, arch: Optional[str] = None,
+                params=None, batch=None) -> float:
   """The unit of the ``pgd`` grid: learning rate = grid value × this.
 
   * ``'absolute'``: 1 (the grid is the learning rate);
+  * ``'measured'`` (recommended): ``mskjax.stable_learning_rate(directions, b,
+    loss_fn=, params=, batch=)`` — 0.5/λ̂, λ̂ the top eigenvalue of the P-preconditioned
+    cross-entropy Hessian measured by Lanczos at ``params`` on ``batch`` (one batch of the
+    training size; needs ``arch``, ``params``, ``batch``);
   * ``'stable'``: ``mskjax.stable_learning_rate(directions, batch_size)`` — the
     critical-batch step of the linearised MSK for the quadratic loss (the directions need
-    β: :func:`build_directions` with ``compute_beta=True``); the grid holds factors of it.
+    β: :func:`build_directions` with ``compute_beta=True``); ~16× too small for
+    cross-entropy (``benchmarks/README.md``, "Step rules and tracking").
 
   Args:
     rule: one of :data:`STEP_RULES`.
     directions: the run's :class:`mskjax.MSKDirections`.
     batch_size: b (the number of training points for full batch).
+    arch, params, batch: the architecture, its parameters (``variables['params']``) and
+      an ``(x, y)`` batch (``'measured'`` only).
   """
   if rule == "absolute":
     return 1.0
   if rule == "stable":
     return float(mskjax.stable_learning_rate(directions, int(batch_size)))
+  if rule == "measured":
+    if arch is None or params is None or batch is None:
+      raise ValueError("pgd_base_lr: the 'measured' rule needs `arch`, `params` and `batch` "
+                       "(where to measure the curvature).")
+    lf = loss_fn(arch)
+    return float(mskjax.stable_learning_rate(
+        directions, int(batch_size), loss_fn=lambda p, bt: lf(p, bt, None), params=params,
+        batch=batch))
   raise ValueError(f"`pgd_step` must be one of {STEP_RULES}; got {rule!r}.")
+
+
+def rule_batch(x, y, batch_size: int, seed: int = 0):
+  """The batch the ``'measured'`` rule measures on: ``batch_size`` random training points
+  (all of them for full batch)."""
+  n = x.shape[0]
+  if int(batch_size) >= n:
+    return x, y
+  idx = np.sort(np.random.default_rng(seed).choice(n, int(batch_size), replace=False))
+  return x[idx], y[idx]
 
 
 # ------------------------------------------------------------------------------ methods
@@ -277,13 +311,15 @@ FIT_LOOP = {"fit": "compiled", "python": "python", "auto": "auto"}
 
 def train_run(arch: str, params, tx, x, y, x_test, y_test, *, batch_size: Optional[int],
               steps: int, eval_every: int, seed: int = 0, progress: bool = False,
-              desc: str = "train", loop: str = "fit") -> dict:
+              desc: str = "train", loop: str = "fit", hparams=None) -> dict:
   """One run through :func:`mskjax.train.fit`; a JSON-able dict of its curve and costs.
 
   ``loop``: ``'fit'`` (fit's compiled loop), ``'python'`` (fit dispatching its jitted step
   from Python) or ``'auto'`` (fit's rule: Python for convolutions on the CPU, where XLA runs
   them inside ``lax`` loops many times slower). Diverged runs (cross-entropy above 50 or
   not finite) stop at once. Training wall time excludes compilation and evaluations.
+  ``tx`` may be a factory ``tx(hparams)`` with traced ``hparams`` (``train.fit``): one
+  compilation serves every learning rate of a grid.
   """
   if loop not in FIT_LOOP:
     raise ValueError(f"`loop` must be one of {tuple(FIT_LOOP)}; got {loop!r}.")
@@ -291,7 +327,7 @@ def train_run(arch: str, params, tx, x, y, x_test, y_test, *, batch_size: Option
   res = T.fit(loss_fn(arch), params, tx, (x, y), steps=steps, batch_size=batch_size,
               seed=seed, evaluate=lambda st: ev(st.params, x_test, y_test),
               eval_every=eval_every, stop_above={"loss": 50.0}, progress=progress,
-              desc=desc, loop=FIT_LOOP[loop])
+              desc=desc, loop=FIT_LOOP[loop], hparams=hparams)
   h = res.history
   ran, diverged = int(res.state.step), res.stopped is not None
   losses = res.records["loss"]
@@ -451,6 +487,18 @@ def run(config, ctx):
     return ctx.cached(f"{arch}/seed={seed}/directions/{dkey}",
                       lambda: dict(kind="directions", **directions(arch, seed)[1]))
 
+  rules = {}
+
+  def base_lr(rule, arch, seed, bsz):
+    """(unit of the pgd grid, seconds to measure it) of (arch, seed, batch size), once."""
+    if (rule, arch, seed, bsz) not in rules:
+      t0 = time.perf_counter()
+      unit = pgd_base_lr(rule, directions(arch, seed)[0], bsz, arch=arch,
+                         params=init(arch, seed)["params"],
+                         batch=rule_batch(arch_inputs[arch][0], y, bsz, seed))
+      rules[rule, arch, seed, bsz] = (unit, time.perf_counter() - t0)
+    return rules[rule, arch, seed, bsz]
+
   def one(arch, bs, steps, every, method, value, seed):
     """One run (cached by key): method at grid value on seed."""
     b = None if int(bs) == 0 else int(bs)
@@ -459,11 +507,14 @@ def run(config, ctx):
         f"/{dkey}" if METHODS[method].uses_directions else "")
 
     def compute():
-      d, dsec = None, 0.0
+      d, dsec, unit = None, 0.0, 1.0
       if METHODS[method].uses_directions:
         d = directions(arch, seed)[0]
         dsec = float(directions_row(arch, seed)["directions_s"])
-      lr = value * (pgd_base_lr(rule, d, b or n) if rule != "absolute" else 1.0)
+      if rule != "absolute":
+        unit, rsec = base_lr(rule, arch, seed, b or n)
+        dsec += rsec if rule == "measured" else 0.0
+      lr = value * unit
       tx = make_tx(method, lr, momentum=opts.momentum, directions=d,
                    muon_conv=opts.muon_conv)
       x, x_test = arch_inputs[arch]

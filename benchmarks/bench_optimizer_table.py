@@ -1,0 +1,504 @@
+"""The optimizer table: the MSK preconditioner against tuned SGD-momentum, Adam and Muon.
+
+Command::
+
+  python -m benchmarks.bench_optimizer_table                 # every row (48 min on 2 loaded cores)
+  python -m benchmarks.bench_optimizer_table --quick         # smoke run (tiny budgets)
+  python -m benchmarks.bench_optimizer_table --only mlp128,regression --seeds 3
+
+Each row is one setting, every method side by side in this process (float32, CPU):
+
+* ``mlp128``, ``mlp512``, ``mlpfull`` — MNIST-1D MLP 40-256-256-10, b = 128 / 512 / full
+  batch (4000 points); ``cnn128``, ``cnn512`` — the MNIST-1D 1-D CNN (three stride-2 convs
+  of 32 channels). Models, loss, initialisation, directions, optimizers and training runs are
+  those of the MNIST-1D program (``mskjax/experiments/mnist1d.py``: ``init_params``,
+  ``build_directions``, ``pgd_base_lr``, ``make_tx``, ``train_run``, the latter through
+  ``mskjax.train.fit`` with ``loop='auto'``: a Python loop of the jitted step for the CNN on
+  the CPU). Metric: test accuracy (higher is better).
+* ``regression`` — standard-parameterised ReLU MLP 1-512-512-1, biases N(0, 1), 256 points
+  of Σ sin(2πkx), k ∈ {1, 4, 16, 32}, mean MSE, full batch (``regression_problem`` of
+  ``benchmarks/bench_steps.py``); directions: flatten k = 16 of J Jᵀ on all points. Metric:
+  final train loss ½·mean r² (lower is better).
+* ``digits`` — the README example: sklearn digits (1797 images), the README's own flax MLP
+  64-256-256-10, minibatches of 128, cross-entropy on one-hot labels; directions: flatten
+  k = 20 of the cross-entropy's Gauss–Newton kernel on 200 points. Metric: final train
+  cross-entropy (lower is better).
+
+Methods (the registry ``METHODS`` of the MNIST-1D program): ``sgd`` (momentum 0.9),
+``adam``, ``muon`` (``optax.contrib.muon``, MNIST-1D rows only), ``pgd`` (``msk_sgd(η, d,
+momentum=0)``, η = factor × the measured rule ``stable_learning_rate(d, b, loss_fn=,
+params=, batch=)`` at initialisation on one random batch of b points) and ``pgd_adam``
+(``chain(scale_by_msk(d), adam(lr))``). Each grid value runs on the first seed; the best
+(final metric; diverged runs last) runs on the other seeds. PGD's one-off cost = the cold
+directions build (compilation included) + the step measurement; it is added to every PGD
+wall time. Target of a row = the best baseline's (sgd / adam / muon) mean final metric;
+time to target = training wall time (compilation and evaluations excluded) to the first
+evaluation at the target + the one-off cost, mean over the seeds that reach it.
+
+Raw numbers: ``benchmarks/results/optimizer_table_<UTC>.json``; a markdown table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import time
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+import optax
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+#: The rows: kind, architecture, batch size (None = full batch), steps, evaluate every,
+#: headline seeds, and the grids (×≈3 for learning rates, factors of 2 of the rule for pgd).
+MNIST_GRIDS = {
+    "mlp128": dict(sgd=(0.03, 0.1, 0.3), adam=(3e-3, 1e-2, 3e-2), muon=(3e-2, 0.1),
+                   pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(3e-3, 1e-2)),
+    "mlp512": dict(sgd=(0.1, 0.3, 1.0), adam=(3e-3, 1e-2, 3e-2), muon=(3e-2, 0.1),
+                   pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(3e-3, 1e-2)),
+    "mlpfull": dict(sgd=(0.3, 1.0, 3.0), adam=(3e-3, 1e-2, 3e-2), muon=(3e-2, 0.1),
+                    pgd=(0.5, 1.0, 2.0, 4.0)),
+    "cnn128": dict(sgd=(0.1, 0.3), adam=(3e-3, 1e-2), muon=(1e-2, 3e-2),
+                   pgd=(0.5, 1.0, 2.0, 4.0)),
+    "cnn512": dict(sgd=(0.3, 1.0), adam=(3e-3, 1e-2), muon=(1e-2, 3e-2),
+                   pgd=(0.5, 1.0, 2.0, 4.0)),
+}
+ROWS = {
+    "mlp128": dict(kind="mnist1d", arch="mlp", b=128, steps=2000, every=100, seeds=3),
+    "mlp512": dict(kind="mnist1d", arch="mlp", b=512, steps=800, every=50, seeds=3),
+    "mlpfull": dict(kind="mnist1d", arch="mlp", b=None, steps=200, every=10, seeds=3),
+    "cnn128": dict(kind="mnist1d", arch="cnn", b=128, steps=1000, every=50, seeds=1),
+    "cnn512": dict(kind="mnist1d", arch="cnn", b=512, steps=500, every=25, seeds=1),
+    "regression": dict(kind="regression", b=None, steps=1000, every=50, seeds=1,
+                       grids=dict(sgd=(1e-4, 3e-4, 1e-3), adam=(3e-4, 1e-3, 3e-3),
+                                  pgd=(0.25, 0.5, 1.0, 2.0))),
+    "digits": dict(kind="digits", b=128, steps=300, every=20, seeds=3,
+                   grids=dict(sgd=(0.03, 0.1, 0.3), adam=(1e-3, 3e-3, 1e-2),
+                              pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(1e-3, 3e-3))),
+}
+for _name, _g in MNIST_GRIDS.items():
+  ROWS[_name]["grids"] = _g
+BASELINES = ("sgd", "adam", "muon")
+#: msk_sgd without momentum: the measured rule is the step of preconditioned GD (with
+#: heavy-ball momentum 0.9 the effective step is 10× larger).
+PGD_MOMENTUM = 0.0
+_DIRECTIONS = {}     # (setting, seed) -> (directions, build s): one build per process
+MNIST_DIRECTIONS = dict(k=30, subsample=500, g="flatten", loss="softmax_cross_entropy")
+
+
+# ------------------------------------------------------------------ settings
+class Setting:
+  """One row's problem: ``params(seed)``, ``directions(seed) -> (d, s)``,
+  ``rule(d, seed) -> (η, s)``, ``train(params, tx, seed) -> record``; ``higher`` tells
+  whether the metric (``record['curve_metric']``) is better when higher."""
+
+
+def mnist1d_setting(arch, b, steps, every, quick):
+  from mskjax import data
+  from mskjax.experiments import mnist1d as M
+  ds = data.load_mnist1d(num_samples=1000 if quick else 5000)
+  x = M.inputs(arch, jnp.asarray(ds.x_train, jnp.float32))
+  xt = M.inputs(arch, jnp.asarray(ds.x_test, jnp.float32))
+  y, yt = jnp.asarray(ds.y_train), jnp.asarray(ds.y_test)
+  n = x.shape[0]
+  dopt = dict(MNIST_DIRECTIONS, **(dict(k=10, subsample=100) if quick else {}))
+  s = Setting()
+  s.name, s.metric, s.higher, s.n = f"MNIST-1D {arch.upper()}", "test acc", True, n
+  s.params = functools.lru_cache(None)(lambda seed: M.init_params(arch, x, seed)["params"])
+
+  def directions(seed):
+    d, sec = M.build_directions(arch, M.init_params(arch, x, seed), x, k=dopt["k"],
+                                subsample=dopt["subsample"], g=dopt["g"], seed=seed,
+                                loss=dopt["loss"])
+    return d, sec
+  s.directions = directions
+
+  def rule(d, seed):
+    t0 = time.perf_counter()
+    eta = M.pgd_base_lr("measured", d, b or n, arch=arch, params=s.params(seed),
+                        batch=M.rule_batch(x, y, b or n, seed))
+    return eta, time.perf_counter() - t0
+  s.rule = rule
+
+  def train(params, tx, seed, hparams=None):
+    rec = M.train_run(arch, params, tx, x, y, xt, yt, batch_size=b, steps=steps,
+                      eval_every=every, seed=seed, loop="auto", hparams=hparams)
+    rec["curve_metric"] = rec["curve_acc"]
+    rec["final_metric"] = rec["final_acc"]
+    return rec
+  s.train = train
+  s.directions_desc = (f"k = {dopt['k']} flatten, s = {dopt['subsample']} points, "
+                       f"loss = {dopt['loss']}")
+  return s
+
+
+def _fit_record(loss3, params, tx, data, b, steps, every, seed, evaluate, key, hparams=None):
+  """One run through mskjax.train.fit (loop='auto') with the evaluation ``key`` as metric."""
+  from mskjax import train as T
+  res = T.fit(loss3, params, tx, data, steps=steps, batch_size=b, seed=seed,
+              evaluate=evaluate, eval_every=every, stop_above={"loss": 1e6}, loop="auto",
+              hparams=hparams)
+  h = res.history
+  ran = int(res.state.step)
+  metric = [float(v) for v in h[key]]
+  return dict(diverged=res.stopped is not None, steps_run=ran,
+              per_step_ms=1e3 * res.train_s / max(ran, 1), train_s=res.train_s,
+              compile_s=res.compile_s, eval_s=res.eval_s,
+              curve_step=[int(v) for v in h["step"]], curve_time=[float(v) for v in h["time"]],
+              curve_metric=metric, final_metric=metric[-1],
+              **{k: float(np.asarray(v)[-1]) for k, v in h.items()
+                 if k not in ("step", "time", key)})
+
+
+def regression_setting(b, steps, every, quick):
+  from benchmarks.bench_steps import regression_problem
+  from mskjax import modifiers, optim, steps as S
+  f, params0, data, loss, _ = regression_problem()
+  n = data[0].shape[0]
+  # k = 16: in float32 the kernel's numerical rank on these points is < 32 (λ₃₂ = 0.57 is
+  # below msk_directions' round-off floor 2.8 at λ₁ = 1.5e5), so k = 32 is refused.
+  k = 8 if quick else 16
+  s = Setting()
+  s.name, s.metric, s.higher, s.n = "regression MLP 1-512-512-1", "train MSE", False, n
+  s.params = lambda seed: params0          # the bench_steps problem has one initialisation
+  loss3 = lambda p, bt, idx: loss(p, bt)
+  full = jax.jit(lambda p: loss(p, data))
+
+  def directions(seed):
+    t0 = time.perf_counter()
+    d = optim.msk_directions(f, params0, data[0], modifiers.flatten(), k, compute_beta=False,
+                             key=jax.random.PRNGKey(seed))
+    jax.block_until_ready(d.directions)
+    return d, time.perf_counter() - t0
+  s.directions = directions
+
+  def rule(d, seed):
+    t0 = time.perf_counter()
+    eta = S.stable_learning_rate(d, n, loss_fn=loss, params=params0, batch=data)
+    return eta, time.perf_counter() - t0
+  s.rule = rule
+  s.train = lambda params, tx, seed, hparams=None: _fit_record(
+      loss3, params, tx, data, b, steps, every, seed,
+      lambda st: {"train_loss": full(st.params)}, "train_loss", hparams)
+  s.directions_desc = f"k = {k} flatten, all {n} points, loss = mse"
+  return s
+
+
+def digits_setting(b, steps, every, quick):
+  import flax.linen as nn
+  from sklearn.datasets import load_digits
+
+  from mskjax import modifiers, optim, steps as S
+
+  X, labels = load_digits(return_X_y=True)
+  X, Y = jnp.asarray(X / 16.0, jnp.float32), jax.nn.one_hot(labels, 10)
+  lab = jnp.asarray(labels)
+  n = X.shape[0]
+
+  class MLP(nn.Module):                         # the README example's own model
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(10)(nn.relu(nn.Dense(256)(nn.relu(nn.Dense(256)(x)))))
+
+  model = MLP()
+  loss = lambda p, bt: optax.softmax_cross_entropy(model.apply({"params": p}, bt[0]),
+                                                   bt[1]).mean()
+  loss3 = lambda p, bt, idx: loss(p, bt)
+
+  @jax.jit
+  def ev(p):
+    logits = model.apply({"params": p}, X)
+    return {"train_loss": optax.softmax_cross_entropy(logits, Y).mean(),
+            "train_acc": jnp.mean(jnp.argmax(logits, 1) == lab)}
+
+  init = jax.jit(model.init)
+  k, sub = (10, 100) if quick else (20, 200)
+  s = Setting()
+  s.name, s.metric, s.higher, s.n = "digits MLP 64-256-256-10 (README)", "train CE", False, n
+  s.params = functools.lru_cache(None)(
+      lambda seed: init(jax.random.PRNGKey(seed), X[:1])["params"])
+
+  def directions(seed):
+    t0 = time.perf_counter()
+    d = optim.msk_directions(model.apply, {"params": s.params(seed)}, X, modifiers.flatten(),
+                             k, subsample=sub, loss="softmax_cross_entropy",
+                             key=jax.random.PRNGKey(seed))
+    jax.block_until_ready(d.directions)
+    return d, time.perf_counter() - t0
+  s.directions = directions
+
+  def rule(d, seed):
+    t0 = time.perf_counter()
+    idx = np.sort(np.random.default_rng(seed).choice(n, b, replace=False))
+    eta = S.stable_learning_rate(d, b, loss_fn=loss, params=s.params(seed),
+                                 batch=(X[idx], Y[idx]))
+    return eta, time.perf_counter() - t0
+  s.rule = rule
+  s.train = lambda params, tx, seed, hparams=None: _fit_record(
+      loss3, params, tx, (X, Y), b, steps, every, seed, lambda st: ev(st.params),
+      "train_loss", hparams)
+  s.directions_desc = f"k = {k} flatten, s = {sub} points, loss = softmax_cross_entropy"
+  return s
+
+
+# ------------------------------------------------------------------ read-outs
+def _better(a, b, higher):
+  return a >= b - 1e-12 if higher else a <= b + 1e-12
+
+
+def first_reach(rec, target, higher, offset=0.0):
+  """Wall seconds (+ offset) and steps of the first evaluation at the target, or None."""
+  for st, t, v in zip(rec["curve_step"], rec["curve_time"], rec["curve_metric"]):
+    if np.isfinite(v) and _better(v, target, higher):
+      return float(t) + offset, int(st)
+  return None
+
+
+def metric_at(rec, seconds, higher, offset=0.0):
+  """The metric of the last evaluation at or before ``seconds`` (training + offset)."""
+  out = None
+  for t, v in zip(rec["curve_time"], rec["curve_metric"]):
+    if t + offset <= seconds + 1e-12:
+      out = float(v)
+  return out
+
+
+def _ms(v):
+  v = [x for x in v if x is not None and np.isfinite(x)]
+  if not v:
+    return None, None
+  return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def _score(rec, higher):
+  m = rec["final_metric"]
+  if rec["diverged"] or not np.isfinite(m):
+    return -np.inf
+  return m if higher else -m
+
+
+# ------------------------------------------------------------------ one row
+def run_row(name, spec, *, quick=False, seeds=None, log=print):
+  from mskjax.experiments import mnist1d as M
+  steps, every = spec["steps"], spec["every"]
+  if quick:
+    steps, every = max(steps // 30, 10), max(every // 10, 5)
+  kind = spec["kind"]
+  if kind == "mnist1d":
+    st = mnist1d_setting(spec["arch"], spec["b"], steps, every, quick)
+  elif kind == "regression":
+    st = regression_setting(spec["b"], steps, every, quick)
+  else:
+    st = digits_setting(spec["b"], steps, every, quick)
+  nseeds = int(seeds or spec["seeds"]) if not quick else 1
+  seed_list = list(range(nseeds))
+  grids = {m: (g[len(g) // 2:len(g) // 2 + 1] if quick else tuple(g))
+           for m, g in spec["grids"].items()}
+  b = spec["b"] or st.n
+  t_row = time.perf_counter()
+  log(f"== {name}: {st.name}, b = {spec['b'] or 'full'}, {steps} steps, seeds {seed_list}, "
+      f"uptime: {os.popen('uptime').read().strip()}")
+  dirs, factories = {}, {}
+
+  def factory(method, d):
+    """``tx(lr)`` of a method (its learning rate traced: one compilation per method and
+    directions, not per grid value)."""
+    key = (method, id(d))
+    if key not in factories:
+      opts = M.Options(PGD_MOMENTUM if method == "pgd" else 0.9, "matrix")
+      make = M.METHODS[method].make
+      factories[key] = lambda lr: make(lr, d, opts)
+    return factories[key]
+
+  def pgd_parts(seed):
+    if seed not in dirs:
+      ck = (st.name, seed, quick)          # the MLP rows share the directions at init
+      if ck not in _DIRECTIONS:
+        _DIRECTIONS[ck] = st.directions(seed)
+      d, dsec = _DIRECTIONS[ck]           # each row still pays the build time
+      eta, rsec = st.rule(d, seed)
+      dirs[seed] = (d, dsec, eta, rsec)
+      log(f"  seed {seed}: directions {dsec:.1f} s ({st.directions_desc}), "
+          f"λ₁ = {float(d.values[0]):.4g}, rule η = {eta:.4g} ({rsec:.1f} s)")
+    return dirs[seed]
+
+  def one(method, value, seed):
+    meth = M.METHODS[method]
+    d, off, unit = None, 0.0, 1.0
+    if meth.uses_directions:
+      d, dsec, eta, rsec = pgd_parts(seed)
+      off = dsec + rsec
+      if meth.step_rule:
+        unit = eta
+    lr = value * unit
+    rec = st.train(st.params(seed), factory(method, d), seed,
+                   hparams=jnp.asarray(lr, jnp.float32))
+    rec.update(method=method, grid_value=float(value), lr=float(lr), seed=seed, one_off_s=off)
+    log(f"  {method:8s} {'×' if meth.step_rule else 'lr '}{value:<7g} seed {seed}: "
+        f"{st.metric} {rec['final_metric']:.4g}, {rec['per_step_ms']:.2f} ms/step"
+        + (" DIVERGED" if rec["diverged"] else ""))
+    return rec
+
+  methods = list(grids)
+  grid_runs, best = {}, {}
+  for m in methods:
+    recs = [one(m, v, seed_list[0]) for v in grids[m]]
+    grid_runs[m] = [dict(grid_value=r["grid_value"], lr=r["lr"], final=r["final_metric"],
+                         diverged=r["diverged"]) for r in recs]
+    i = int(np.argmax([_score(r, st.higher) for r in recs]))
+    best[m] = [recs[i]] + [one(m, grids[m][i], sd) for sd in seed_list[1:]]
+
+  # ---- read-outs
+  finals = {m: _ms([r["final_metric"] for r in rs])[0] for m, rs in best.items()}
+  bases = [m for m in methods if m in BASELINES and finals[m] is not None]
+  pick = max if st.higher else min
+  best_base = pick(bases, key=lambda m: finals[m])
+  target = finals[best_base]
+  rows = []
+  for m, rs in best.items():
+    hits = [first_reach(r, target, st.higher, r["one_off_s"]) for r in rs]
+    g = grids[m]
+    i = g.index(rs[0]["grid_value"])
+    row = dict(method=m, seeds=len(rs), best_value=rs[0]["grid_value"], lr=rs[0]["lr"],
+               grid=list(g), at_grid_edge=len(g) > 1 and i in (0, len(g) - 1),
+               final=finals[m], final_std=_ms([r["final_metric"] for r in rs])[1],
+               reached=f"{sum(h is not None for h in hits)}/{len(rs)}",
+               wall_s_to_target=_ms([h[0] if h else None for h in hits])[0],
+               wall_s_to_target_std=_ms([h[0] if h else None for h in hits])[1],
+               steps_to_target=_ms([h[1] if h else None for h in hits])[0],
+               per_step_ms=_ms([r["per_step_ms"] for r in rs])[0],
+               train_s=_ms([r["train_s"] for r in rs])[0],
+               one_off_s=_ms([r["one_off_s"] for r in rs])[0],
+               diverged=sum(bool(r["diverged"]) for r in rs),
+               loop=rs[0].get("loop"))
+    if M.METHODS[m].uses_directions:
+      row["directions_s"] = _ms([dirs[sd][1] for sd in seed_list])[0]
+      row["rule_s"] = _ms([dirs[sd][3] for sd in seed_list])[0]
+      row["eta_rule"] = _ms([dirs[sd][2] for sd in seed_list])[0]
+    rows.append(row)
+  by = {r["method"]: r for r in rows}
+  reach_base = [by[m] for m in bases if by[m]["reached"] == f"{nseeds}/{nseeds}"]
+  fastest = min(reach_base, key=lambda r: r["wall_s_to_target"]) if reach_base else None
+  t_base_total = by[best_base]["train_s"]
+  for r in rows:
+    rs = best[r["method"]]
+    r["metric_at_best_baseline_time"] = _ms(
+        [metric_at(x, t_base_total, st.higher, x["one_off_s"]) for x in rs])[0]
+    if fastest and r["wall_s_to_target"] and r["reached"] == f"{nseeds}/{nseeds}":
+      r["speedup_vs_fastest_baseline"] = fastest["wall_s_to_target"] / r["wall_s_to_target"]
+      tr = r["wall_s_to_target"] - r["one_off_s"]
+      r["speedup_training_only"] = fastest["wall_s_to_target"] / tr if tr > 0 else None
+    r["per_step_vs_sgd"] = r["per_step_ms"] / by["sgd"]["per_step_ms"]
+  out = dict(row=name, setting=st.name, metric=st.metric, higher_is_better=st.higher,
+             batch=spec["b"] or "full", n=st.n, steps=steps, eval_every=every, seeds=seed_list,
+             target=target, best_baseline=best_base,
+             fastest_baseline=fastest["method"] if fastest else None,
+             directions=st.directions_desc, methods=rows, grid=grid_runs,
+             row_s=time.perf_counter() - t_row,
+             uptime_end=os.popen("uptime").read().strip())
+  log(f"  row {name}: {out['row_s']:.0f} s; target {target:.4g} ({best_base})")
+  return out
+
+
+# ------------------------------------------------------------------ table
+def _f(v, fmt="{:.3g}"):
+  return "–" if v is None else fmt.format(v)
+
+
+def markdown(results):
+  lines = ["| setting | method | step: best (grid) | η rule → best | final (mean ± std) | "
+           "to target: wall s (reached) | steps | one-off s | ms/step (×sgd) | speed-up |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for res in results:
+    head = (f"{res['row']} (b = {res['batch']}, {res['steps']} st, {len(res['seeds'])} seed"
+            f"{'s' if len(res['seeds']) > 1 else ''}; target {res['metric']} "
+            f"{res['target']:.4g} = {res['best_baseline']})")
+    for r in res["methods"]:
+      step = (f"×{r['best_value']:g} of rule" if "eta_rule" in r and r["method"] == "pgd"
+              else f"{r['lr']:g}") + (" (edge)" if r["at_grid_edge"] else "")
+      rule = (f"{r['eta_rule']:.3g} → {r['lr']:.3g}" if r["method"] == "pgd" else "")
+      lines.append(
+          f"| {head} | {r['method']} | {step} | {rule} | {_f(r['final'], '{:.4g}')} ± "
+          f"{_f(r['final_std'], '{:.2g}')} | {_f(r['wall_s_to_target'], '{:.1f}')} "
+          f"({r['reached']}) | {_f(r['steps_to_target'], '{:.0f}')} | "
+          f"{_f(r['one_off_s'], '{:.1f}')} | {_f(r['per_step_ms'], '{:.2f}')} "
+          f"({r['per_step_vs_sgd']:.2f}) | {_f(r.get('speedup_vs_fastest_baseline'), '{:.2f}')} |")
+      head = ""
+  return "\n".join(lines)
+
+
+def markdown_goal(results):
+  """Per row: the fastest baseline to the target against each PGD method, and where PGD's
+  time goes (one-off build + measurement, per-step cost)."""
+  lines = ["| setting | target | fastest baseline: s to target | method | s to target "
+           "(one-off incl.) | speed-up | speed-up on training alone | directions s | "
+           "rule s | per step ×sgd | metric at the best baseline's run time |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for res in results:
+    by = {r["method"]: r for r in res["methods"]}
+    fb = res["fastest_baseline"]
+    base = (f"{fb} {by[fb]['wall_s_to_target']:.1f}" if fb else "none reaches it on "
+            "every seed")
+    for m in ("pgd", "pgd_adam"):
+      if m not in by:
+        continue
+      r = by[m]
+      lines.append(
+          f"| {res['row']} | {res['metric']} {res['target']:.4g} ({res['best_baseline']}) | "
+          f"{base} | {m} | {_f(r['wall_s_to_target'], '{:.1f}')} ({r['reached']}) | "
+          f"{_f(r.get('speedup_vs_fastest_baseline'), '{:.2f}')} | "
+          f"{_f(r.get('speedup_training_only'), '{:.2f}')} | {_f(r.get('directions_s'), '{:.1f}')}"
+          f" | {_f(r.get('rule_s'), '{:.1f}')} | {r['per_step_vs_sgd']:.2f} | "
+          f"{_f(r['metric_at_best_baseline_time'], '{:.4g}')} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke run)")
+  ap.add_argument("--only", default=",".join(ROWS), help=f"rows among {','.join(ROWS)}")
+  ap.add_argument("--seeds", type=int, default=None,
+                  help="seeds per row (default: 3 for the MLP and digits rows, 1 otherwise)")
+  ap.add_argument("--out", default=None, help="json path (default benchmarks/results/...)")
+  a = ap.parse_args(argv)
+  names = [r.strip() for r in a.only.split(",") if r.strip()]
+  bad = [r for r in names if r not in ROWS]
+  if bad:
+    raise SystemExit(f"--only: unknown row(s) {bad}; choose from {list(ROWS)}.")
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
+  out_path = a.out or os.path.join(
+      RESULTS, f"optimizer_table_{'quick_' if a.quick else ''}{stamp}.json")
+  meta = dict(command="python -m benchmarks.bench_optimizer_table "
+              + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+              utc=stamp, uptime_start=os.popen("uptime").read().strip(),
+              backend=jax.default_backend(), jax=jax.__version__)
+  print(meta["uptime_start"], flush=True)
+  results = []
+  for nm in names:
+    try:
+      results.append(run_row(nm, ROWS[nm], quick=a.quick, seeds=a.seeds,
+                             log=lambda s: print(s, flush=True)))
+    except Exception as e:                    # one failing row does not lose the others
+      print(f"row {nm} FAILED: {type(e).__name__}: {e}", flush=True)
+      meta.setdefault("failed", {})[nm] = f"{type(e).__name__}: {e}"
+      continue
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(out_path, "w") as f:            # after every row: a partial run keeps its rows
+      json.dump(dict(meta, rows=results), f, indent=1, default=float)
+  meta["uptime_end"] = os.popen("uptime").read().strip()
+  with open(out_path, "w") as f:
+    json.dump(dict(meta, rows=results), f, indent=1, default=float)
+  print(markdown(results))
+  print()
+  print(markdown_goal(results))
+  print(f"wrote {out_path}; {meta['uptime_end']}")
+  return dict(meta, rows=results)
+
+
+if __name__ == "__main__":
+  main()
