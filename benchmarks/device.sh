@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One-command accelerator benchmark (NOT used by CI): float32 MNIST-1D comparison (MLP and
 # CNN, b = 128 / 512 / full, tuned SGD+momentum / Adam / MSK-PGD), per-step costs and the
-# top-k eigen-solver timing, printed as one table (see benchmarks/device.py); then the loop
-# (train.fit compiled / Python-dispatched vs a hand-written Python loop,
-# benchmarks/bench_loop.py), the analytic kernel evaluation (benchmarks/bench_kernel_eval.py)
-# and, when present, the directions build (benchmarks/bench_directions.py).
+# top-k eigen-solver timing, printed as one table (see benchmarks/device.py); then
+#   * train.fit (compiled / Python-dispatched / auto) against a hand-written Python loop of
+#     the same jitted step, MLP and CNN at b = 32 / 128 / 512 / full, plus one CNN Jacobian
+#     product against a training step (benchmarks/bench_loop.py) — is `loop='auto'` within
+#     1.2x of the faster loop on this device?
+#   * the analytic kernel evaluation and top-k end to end (benchmarks/bench_kernel_eval.py);
+#   * the directions build (benchmarks/bench_directions.py), when present.
 #   benchmarks/device.sh                 # full run on the first accelerator jax sees
-#   benchmarks/device.sh --quick         # smoke run (a few minutes on a CPU)
+#   benchmarks/device.sh --quick         # smoke run (minutes on a CPU)
 #   PY=.venv/bin/python benchmarks/device.sh --runs-dir /tmp/dev
 set -euo pipefail
 cd "$(dirname "$0")/.."

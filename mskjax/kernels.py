@@ -644,60 +644,82 @@ def sphere_mercer_eigenvalues(kernel_fn: Callable, d: int, lmax: int, *, get: st
 # ------------------------------------------------------------------ closed-form MLP kernels
 _CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "linear")
 
-# Cephes' atan (S. L. Moshier, Cephes Math Library, atan.c): rational approximation on
-# [0, 0.66] after the reduction x -> (x - 1)/(x + 1) above 0.66; relative error ~1e-16.
-_ATAN_P = (-8.750608600031904122785e-1, -1.615753718733365076637e1,
-           -7.500855792314704667340e1, -1.228866684490136173410e2,
-           -6.485021904942025371773e1)
-_ATAN_Q = (2.485846490142306297962e1, 1.650270098316988542046e2, 4.328810604912902668951e2,
-           4.853903996359136964868e2, 1.945506571482613964425e2)
+# Cephes' asin (S. L. Moshier, Cephes Math Library, asin.c): asin(y) = y + y z P(z)/Q(z),
+# z = y², relative error ~2e-16 for 0 <= y <= 0.625 (checked against numpy in the tests).
+_ASIN_P = (4.253011369004428248960e-3, -6.019598008014123785661e-1, 5.444622390564711410273e0,
+           -1.626247967210700244449e1, 1.956261983317594739197e1, -8.198089802484824371615e0)
+_ASIN_Q = (-1.474091372988853791896e1, 7.049610280856842141659e1, -1.471791292232726029859e2,
+           1.395105614657485689735e2, -4.918853881490881290097e1)
 
 
-def _atan01(r):
-  """atan(r) for r in [0, 1]: one half-angle step (atan r = 2 atan(r / (1 + √(1 + r²))),
-  argument <= tan(π/8)) and Cephes' rational form: no branches, one fused pass."""
-  x = r / (1.0 + jnp.sqrt(1.0 + r * r))
-  z = x * x
-  p = _ATAN_P[0]
-  for c in _ATAN_P[1:]:
+def _asin_reduced(a):
+  """``(big, g)`` with ``g = asin(y)`` for ``a = |c| ∈ [0, 1]``: ``y = a`` when ``a <= 1/2``
+  (``big`` False), else ``y = √((1 − a)/2)`` (so ``asin a = π/2 − 2g``); y <= 1/2 either way,
+  inside Cephes' range.
+
+  Written so that every expensive op (the one ``sqrt``, the one divide) has a single
+  consumer: XLA:CPU then fuses a whole kernel layer — and the whole depth — into one
+  elementwise loop. (A multi-consumer ``sqrt``/divide is materialised as an n × n buffer and
+  the cheap ops around it recomputed in every consumer: that made the earlier
+  ``atan2`` form 4–7× slower per entry, ``benchmarks/README.md``.)"""
+  big = a > 0.5
+  z = jnp.where(big, 0.5 - 0.5 * a, a * a)        # y², computed without y
+  y = jnp.where(big, jnp.sqrt(z), a)
+  p = _ASIN_P[0]
+  for c in _ASIN_P[1:]:
     p = p * z + c
-  q = z + _ATAN_Q[0]
-  for c in _ATAN_Q[1:]:
+  q = z + _ASIN_Q[0]
+  for c in _ASIN_Q[1:]:
     q = q * z + c
-  return 2.0 * (x * (z * p / q) + x)
+  return big, y + y * (z * p / q)
 
 
-def _atan2(y, x, fill_zero=0.0):
-  """``arctan2(y, x)`` as one vectorisable polynomial pass (XLA:CPU's float64 ``atan2`` is
-  a scalar libm call: ~150 ns per element against ~16 ns here, ``benchmarks/README.md``);
-  ``fill_zero`` at (0, 0), as neural-tangents' ReLU kernel."""
-  ay, ax = jnp.abs(y), jnp.abs(x)
-  hi, lo = jnp.maximum(ay, ax), jnp.minimum(ay, ax)
-  zero = hi == 0
-  t = _atan01(lo / jnp.where(zero, 1.0, hi))
-  t = jnp.where(ay > ax, jnp.pi / 2 - t, t)
-  t = jnp.where(x < 0, jnp.pi - t, t)
-  return jnp.where(zero, fill_zero, jnp.copysign(t, y))
+def _arccos(c):
+  """``arccos(c)`` for ``c ∈ [−1, 1]``, one branch-free polynomial pass (no libm call)."""
+  big, g = _asin_reduced(jnp.abs(c))
+  t = jnp.where(big, 2.0 * g, 0.5 * jnp.pi - g)     # arccos |c|
+  return jnp.where(c < 0, jnp.pi - t, t)
+
+
+def _arcsin(c):
+  """``arcsin(c)`` for ``c ∈ [−1, 1]``, as :func:`_arccos`."""
+  big, g = _asin_reduced(jnp.abs(c))
+  t = jnp.where(big, 0.5 * jnp.pi - 2.0 * g, g)     # arcsin |c|
+  return jnp.where(c < 0, -t, t)
+
+
+def _inv_sqrt(q):
+  """``1/√q``, 0 where ``q = 0`` (a zero input with no bias: its cosines are then 0)."""
+  return jnp.where(q > 0, 1.0 / jnp.sqrt(jnp.where(q > 0, q, 1.0)), 0.0)
 
 
 class MLPKernel(NamedTuple):
   r"""Closed-form NNGP/NTK of a fully-connected network in the NTK parameterisation.
 
-  One GEMM and O(depth) elementwise passes per block, in the caller's dtype. With
+  One GEMM and one fused elementwise pass per block, in the caller's dtype. With
   q⁽⁰⁾(x, x') = σ_W² ⟨x, x'⟩ / d + σ_b² and Θ⁽⁰⁾ = q⁽⁰⁾, each hidden layer ℓ = 1..depth
-  applies the activation's dual (arc-cosine recursions; θ the angle of the 2 × 2
-  covariance [[q(x,x), q(x,x')], [q(x,x'), q(x',x')]]):
+  applies the activation's dual to the 2 × 2 covariance [[q, q₁₂], [q₁₂, q']] (q = q(x, x),
+  q' = q(x', x'), vectors):
 
-  * ReLU:  q ← (√(q q' − q²₁₂) + (π − θ) q₁₂) / (2π),  q̇ = (π − θ)/(2π), q(x,x) ← q(x,x)/2;
-  * erf:   q ← (2/π) atan2(2 q₁₂, √((1+2q)(1+2q') − 4q²₁₂)),
-           q̇ = (4/π) / √((1+2q)(1+2q') − 4q²₁₂);
+  * ReLU (arc-cosine, c = q₁₂/√(q q') = cos θ):
+    q₁₂ ← √(q q') (sin θ + (π − θ) c) / (2π),  q̇ = (π − θ)/(2π),  q ← q/2;
+  * erf (arcsine, ρ = 2q₁₂/√((1+2q)(1+2q'))):
+    q₁₂ ← (2/π) arcsin ρ,  q̇ = (4/π) / √((1+2q)(1+2q') − 4q²₁₂);
   * linear: q unchanged, q̇ = 1;
 
   then the Dense layer: q ← σ_W² q + σ_b², Θ ← q + σ_W² q̇ Θ. The readout Dense is the last
   of these; the output axis is traced (full kernel Θ ⊗ I_c), as in neural-tangents'
-  ``stax.serial(Dense, Relu/Erf/Identity, ..., Dense)`` — the same formulas in the same
-  order (``arctan2`` angles, ``√max(·, 0)``), so the two agree to rounding (tested to 1e-12
-  in float64).
+  ``stax.serial(Dense, Relu/Erf/Identity, ..., Dense)`` (same kernel; tested against it to
+  1e-12 in float64).
+
+  Cost: the angles are computed from the cosine c (1/√q are vectors, so c is one multiply
+  per entry) with a branch-free Cephes arcsine (:func:`_asin_reduced`: one sqrt and one
+  divide, each with a single consumer), so XLA:CPU fuses all layers into one elementwise
+  loop after the GEMM: ~5 ns per entry and layer in float64 on one core
+  (``benchmarks/bench_kernel_eval.py``). On k(X, X) (``x2=None``) the diagonal cosines are
+  exactly 1 (the rounding of ⟨x, x⟩ / ‖x‖² would otherwise give angles of ~1e-8 there).
+  In float32 the entries of nearly parallel pairs carry the usual √ε_32 ≈ 3e-4 angle error
+  (as neural-tangents' own float32 kernel); use float64 inputs where that matters.
 
   Attributes:
     depth: hidden layers; activation: 'relu', 'erf' or 'linear'; W_std, b_std: σ_W, σ_b
@@ -729,38 +751,46 @@ class MLPKernel(NamedTuple):
     if x1.ndim != 2 or (x2 is not None and (x2.ndim != 2 or x2.shape[1] != x1.shape[1])):
       raise ValueError("MLPKernel: inputs must be (n, d) matrices with the same d; got "
                        f"{tuple(x1.shape)} and {None if x2 is None else tuple(x2.shape)}.")
-    x2_ = x1 if x2 is None else x2
+    sym = x2 is None
+    x2_ = x1 if sym else x2
     d = x1.shape[1]
     w2 = self.W_std ** 2
     b2 = self.b_std ** 2
     q12 = w2 * ((x1 @ x2_.T) / d) + b2
     q1 = w2 * (jnp.sum(x1 * x1, axis=1) / d) + b2
-    q2 = q1 if x2 is None else w2 * (jnp.sum(x2_ * x2_, axis=1) / d) + b2
+    q2 = q1 if sym else w2 * (jnp.sum(x2_ * x2_, axis=1) / d) + b2
+    eye = jnp.eye(q12.shape[0], dtype=bool) if sym else None
     ntk = q12 if get == "ntk" else None
     for _ in range(self.depth):
+      # vectors (q, 1/√q, ...) are O(n); everything n1 × n2 below is one fused pass
       if self.activation == "relu":
-        s = jnp.sqrt(jnp.maximum(q1[:, None] * q2[None, :] - q12 * q12, 0.0))
-        if x2 is None:    # k(x, x): the angle is exactly 0 (rounding would give ~1e-8)
-          s = jnp.where(jnp.eye(s.shape[0], dtype=bool), 0.0, s)
-        theta = _atan2(s, q12, jnp.pi / 2)
+        r1, r2 = jnp.sqrt(q1), jnp.sqrt(q2)
+        u1, u2 = _inv_sqrt(q1), _inv_sqrt(q2)
+        c = jnp.clip(q12 * u1[:, None] * u2[None, :], -1.0, 1.0)
+        if sym:   # cos 0 = 1 exactly on the diagonal (0 for a zero input without bias)
+          c = jnp.where(eye, jnp.sign(q1)[:, None], c)
+        theta = _arccos(c)
+        sin = jnp.sqrt((1.0 - c) * (1.0 + c))
         dot = (1.0 / (2 * jnp.pi)) * (jnp.pi - theta)
-        q12 = (1.0 / (2 * jnp.pi)) * s + dot * q12
+        q12 = (r1[:, None] * r2[None, :]) * ((1.0 / (2 * jnp.pi)) * sin + dot * c)
         q1, q2 = 0.5 * q1, 0.5 * q2
       elif self.activation == "erf":
-        p1, p2 = 1 + 2 * q1, 1 + 2 * q2
-        s = jnp.sqrt(jnp.maximum(p1[:, None] * p2[None, :] - 4 * q12 * q12, 0.0))
-        dot = (4 / jnp.pi) / s
-        q12 = (2 / jnp.pi) * _atan2(2 * q12, s)
-        diag = lambda q: (2 / jnp.pi) * jnp.arctan2(q, jnp.sqrt(q + 0.25))
+        v1 = lax.rsqrt(1.0 + 2.0 * q1)
+        v2 = v1 if sym else lax.rsqrt(1.0 + 2.0 * q2)
+        rho = jnp.clip(2.0 * q12 * v1[:, None] * v2[None, :], -1.0, 1.0)
+        dot = ((4 / jnp.pi) * v1[:, None] * v2[None, :]) * lax.rsqrt((1.0 - rho) *
+                                                                     (1.0 + rho))
+        q12 = (2 / jnp.pi) * _arcsin(rho)
+        diag = lambda q: (2 / jnp.pi) * jnp.arctan2(q, jnp.sqrt(q + 0.25))   # vectors
         q1 = diag(q1)
-        q2 = q1 if x2 is None else diag(q2)
+        q2 = q1 if sym else diag(q2)
       else:
         dot = None
       if ntk is not None and dot is not None:
         ntk = ntk * dot
       q12 = w2 * q12 + b2
       q1 = w2 * q1 + b2
-      q2 = q1 if x2 is None else w2 * q2 + b2
+      q2 = q1 if sym else w2 * q2 + b2
       if ntk is not None:
         ntk = q12 + w2 * ntk
     return q12 if ntk is None else ntk

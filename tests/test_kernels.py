@@ -224,17 +224,43 @@ def test_mlp_kernel_fn_falls_back_or_names_the_fix():
     kernels.mlp_kernel_fn(MLPSpec(depth=1, width=4))(jnp.ones((2, 3)), None, "both")
 
 
-def test_polynomial_atan2_matches_numpy_everywhere():
-  # oracle: numpy's libm arctan2, on all quadrants, axes and extreme ratios (the NaN-free
-  # domain of the kernels); 4 ulp of π.
-  rng = np.random.default_rng(0)
-  y = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-8, 8, 2000),
-                      [0.0, 1.0, -1.0, 0.0, 1e-300, 3.0, -3.0]])
-  x = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-8, 8, 2000),
-                      [1.0, 0.0, 0.0, -1.0, 1.0, 3.0, -3.0]])
+def test_polynomial_arccos_arcsin_match_numpy_on_the_whole_interval():
+  # oracle: numpy's libm arccos/arcsin on [-1, 1] (dense grid, both branch edges ±1/2, the
+  # ends, values within 1e-12 of ±1); 4 ulp of π absolute.
+  c = np.concatenate([np.linspace(-1.0, 1.0, 20001), [0.5, -0.5, np.nextafter(0.5, 1),
+                                                       1 - 1e-12, -1 + 1e-12, 0.0, 1e-300]])
   with jax.enable_x64(True):
-    got = np.asarray(kernels._atan2(jnp.asarray(y), jnp.asarray(x)))
-  np.testing.assert_allclose(got, np.arctan2(y, x), rtol=0, atol=4 * np.pi * 2.0 ** -52)
+    acos = np.asarray(kernels._arccos(jnp.asarray(c)))
+    asin = np.asarray(kernels._arcsin(jnp.asarray(c)))
+  np.testing.assert_allclose(acos, np.arccos(c), rtol=0, atol=4 * np.pi * 2.0 ** -52)
+  np.testing.assert_allclose(asin, np.arcsin(c), rtol=0, atol=4 * np.pi * 2.0 ** -52)
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf"])
+def test_mlp_kernel_in_float32_within_3e6_of_neural_tangents_float64(activation):
+  # Float32 inputs compute in float32. Oracle: neural-tangents' kernel in float64. Points
+  # in general position (no nearly parallel pairs, where a float32 ReLU NTK carries √ε_32
+  # angle errors in any implementation); 3e-6 of the largest entry ≈ 25 float32 ulp
+  # (measured under jit: ReLU 4e-7, erf 1.3e-6 — XLA's float32 rsqrt/atan2 add a few ulp).
+  from mskjax.nets import MLPSpec, stax_mlp
+  rng = np.random.default_rng(5)
+  x1, x2 = rng.standard_normal((40, 6)), rng.standard_normal((17, 6))
+  spec = MLPSpec(depth=3, width=4, activation=activation, W_std=1.3, b_std=0.1)
+  mk = kernels.mlp_kernel_fn(spec)
+  with jax.enable_x64(True):
+    nt = stax_mlp(spec)[2]
+    # the NTK recursion contains the NNGP one: 'ntk' on k(X, X) and k(X, X') covers both
+    for other in (None, x2):
+      A = np.asarray(nt(jnp.asarray(x1), None if other is None else jnp.asarray(other),
+                        "ntk"))
+      # jitted: one compilation instead of one per elementwise op in eager mode
+      B = (jax.jit(lambda a: mk(a, None, "ntk"))(jnp.asarray(x1, jnp.float32))
+           if other is None else
+           jax.jit(lambda a, b: mk(a, b, "ntk"))(jnp.asarray(x1, jnp.float32),
+                                                 jnp.asarray(other, jnp.float32)))
+      assert B.dtype == jnp.float32
+      np.testing.assert_allclose(np.asarray(B, np.float64), A, rtol=0,
+                                 atol=3e-6 * np.abs(A).max())
 
 
 def test_cnn_blocked_products_loop_in_python_and_match_jacrev():
