@@ -36,7 +36,7 @@ from mskjax import _loops
 from mskjax import _validate
 
 __all__ = ["gram", "kernel_matvec", "KernelOperator", "kernel_operator",
-           "matrix_operator", "DEFAULT_MEMORY_BUDGET", "block_size_for_budget",
+           "matrix_operator", "DEFAULT_MEMORY_BUDGET", "rows_for_budget", "block_size_for_budget",
            "map_row_blocks", "sphere_mercer_eigenvalues", "pad_rows", "MLPKernel",
            "mlp_kernel_fn"]
 
@@ -206,6 +206,50 @@ _TEMPORARIES = 24
 layer ReLU MLPs, kept generous."""
 
 
+def rows_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, per_row: int = 0,
+                    per_pair: int = 0, n: Optional[int] = None, multiple: int = 1) -> int:
+  r"""The one block-size rule: the largest block of ``b`` rows (points) whose memory fits.
+
+  .. math:: \text{per\_pair}\cdot b^2 + \text{per\_row}\cdot b \le \text{memory\_bytes}
+
+  rounded down to a multiple of ``multiple``, at least ``multiple`` (a block must hold
+  something), and at most ``n`` when given. Every blocked product states its costs in these
+  two numbers: kernel blocks (``b × b`` temporaries: :func:`block_size_for_budget`), per-point
+  Jacobian blocks (``per_row`` = c·#params·itemsize × copies, ``tangents``), NTK-vector
+  products (``per_pair``).
+
+  Args:
+    memory_bytes: budget in bytes (positive int).
+    per_row: bytes that grow linearly with the block's rows.
+    per_pair: bytes that grow with the square of the block's rows (pairs of points).
+    n: the number of rows there are (cap), or None.
+    multiple: round down to a multiple of this.
+
+  Returns:
+    The block's rows ``b`` (int).
+
+  Example:
+    >>> rows_for_budget(1000, per_row=10), rows_for_budget(1000, per_pair=10)
+    (100, 10)
+    >>> rows_for_budget(1000, per_row=10, n=30), rows_for_budget(10, per_row=100)
+    (30, 1)
+  """
+  memory_bytes = _validate.check_int(memory_bytes, "memory_bytes", lo=1)
+  a = _validate.check_int(per_pair, "per_pair", lo=0)
+  bq = _validate.check_int(per_row, "per_row", lo=0)
+  multiple = _validate.check_int(multiple, "multiple", lo=1)
+  if a == 0 and bq == 0:
+    raise ValueError("rows_for_budget: give the block's cost, `per_row` and/or `per_pair` > 0.")
+  if a == 0:
+    b = memory_bytes // bq
+  else:     # largest root of a b² + bq b − memory = 0, then corrected for rounding
+    b = int((-bq + math.sqrt(bq * bq + 4 * a * memory_bytes)) / (2 * a))
+    while b > 0 and a * b * b + bq * b > memory_bytes:
+      b -= 1
+  b = max(multiple, (b // multiple) * multiple)
+  return int(b if n is None else min(b, max(int(n), 1)))
+
+
 def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int = 0,
                           itemsize: Optional[int] = None, temporaries: int = _TEMPORARIES,
                           multiple: int = 64) -> int:
@@ -229,13 +273,11 @@ def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int =
     >>> block_size_for_budget(1 << 30, itemsize=8)
     2304
   """
-  memory_bytes = _validate.check_int(memory_bytes, "memory_bytes", lo=1)
   m = _validate.check_int(m, "m", lo=0)
   if itemsize is None:
     itemsize = jnp.dtype(_float_dtype()).itemsize
-  a, bq, c = temporaries * itemsize, 2 * m * itemsize, -int(memory_bytes)
-  b = int((-bq + math.sqrt(bq * bq - 4 * a * c)) / (2 * a))
-  return max(multiple, (b // multiple) * multiple)
+  return rows_for_budget(memory_bytes, per_pair=temporaries * itemsize, per_row=2 * m * itemsize,
+                         multiple=multiple)
 
 
 def _kernel_call(kernel_fn, get):

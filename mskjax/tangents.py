@@ -57,10 +57,8 @@ def _empirical_block_edge(params, c, n_max, implementation, memory_budget):
   itemsize = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)).itemsize
   per = c * max(P, 1) * itemsize
   if implementation == 1:
-    b = memory_budget // (4 * per)
-  else:
-    b = int(math.isqrt(max(memory_budget // per, 1)))
-  return int(min(max(b, 1), n_max))
+    return _k.rows_for_budget(memory_budget, per_row=4 * per, n=n_max)
+  return _k.rows_for_budget(memory_budget, per_pair=per, n=n_max)
 
 
 def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False,
@@ -391,7 +389,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
   fn = lambda q, xx: call(q, rest, xx)
   if block_size is None:
     per = _activation_size(fn, p, x[:1]) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
-    block_size = int(min(max(int(memory_budget) // max(per, 1), 1), n))
+    block_size = _k.rows_for_budget(memory_budget, per_row=max(per, 1), n=n)
   block_size = _k.check_block_size(block_size, required=True)
   bs = min(block_size, n)
   nb = math.ceil(n / bs)
@@ -506,8 +504,8 @@ def jacobian_block_size(params, c: int, n: int, memory_budget: int, itemsize: in
   """
   P = max(_tree_size(params), 1)
   per = 3 * int(c) * P * int(itemsize)
-  return int(min(max(int(_v.check_int(memory_budget, "memory_budget", lo=1)) // per, 1),
-                 int(n)))
+  return _k.rows_for_budget(_v.check_int(memory_budget, "memory_budget", lo=1), per_row=per,
+                           n=int(n))
 
 
 def _jac_contract(ja, jb):
@@ -680,9 +678,9 @@ def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, st
     # activations times the b·c tangents for 'jvp' (b²·c·A), ×2 for temporaries
     A = _activation_size(fn, p, x1[:1])
     per_row = (2 if strategy == "jacobian" else 1) * c * P * item * 2
-    bsz = max(1, int(memory_budget) // per_row)
+    bsz = _k.rows_for_budget(memory_budget, per_row=per_row)
     if strategy == "jvp":
-      bsz = max(1, min(bsz, int(math.isqrt(max(int(memory_budget) // (2 * c * A * item), 1)))))
+      bsz = min(bsz, _k.rows_for_budget(memory_budget, per_pair=2 * c * A * item))
     block_size = bsz
   bs1, bs2 = min(block_size, n1), min(block_size, n2)
   nb1, nb2 = math.ceil(n1 / bs1), math.ceil(n2 / bs2)
