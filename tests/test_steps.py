@@ -59,6 +59,9 @@ def test_curvature_of_network_loss_matches_explicit_hessian():
     eta, lam = steps.curvature_estimator(loss, d, iters=12)(p, (x, y))
     assert float(lam) == pytest.approx(top, rel=1e-8)
     assert float(eta) == pytest.approx(steps.SAFETY / top, rel=1e-8)
+    # the one-off path (a Python loop over one jitted Lanczos step) against the same oracle
+    eta1 = steps.stable_learning_rate(d, loss_fn=loss, params=p, batch=(x, y), iters=12)
+    assert eta1 == pytest.approx(steps.SAFETY / top, rel=1e-8)
 
 
 def test_set_learning_rate_changes_the_step_without_recompiling():
