@@ -98,6 +98,18 @@ def test_measured_step_errors():
                                critical_batch=True)
 
 
+@pytest.mark.parametrize("params", [{"v": jnp.ones(4)}, {"w": jnp.ones(5)}])
+def test_directions_that_do_not_match_params_are_named(params):
+  """Directions of another pytree or other leaf shapes: a named error from both the
+  one-off rule and the estimator, not a shape error inside XLA."""
+  d = _orth_dirs(4, 2, [8.0, 2.0], [1.0, 1.0], dtype=jnp.float32)[0]
+  loss = lambda p, b: 0.5 * sum(jnp.sum(l ** 2) for l in jax.tree.leaves(p))
+  with pytest.raises(ValueError, match="does not match `params`"):
+    steps.stable_learning_rate(d, loss_fn=loss, params=params, batch=0.0, iters=2)
+  with pytest.raises(ValueError, match="does not match `params`"):
+    steps.curvature_estimator(loss, d, iters=2)(params, 0.0)
+
+
 # ------------------------------------------------------------------ safety of the transforms
 def _d32():
   return _orth_dirs(4, 2, [8.0, 2.0], [1.0, 1.0], dtype=jnp.float32)[0]
