@@ -464,8 +464,15 @@ def main(argv=None):
   ap.add_argument("--only", default=",".join(ROWS), help=f"rows among {','.join(ROWS)}")
   ap.add_argument("--seeds", type=int, default=None,
                   help="seeds per row (default: 3 for the MLP and digits rows, 1 otherwise)")
+  ap.add_argument("--subsample", type=int, default=None,
+                  help=f"points of the MNIST-1D rows' directions (default "
+                       f"{MNIST_DIRECTIONS['subsample']})")
   ap.add_argument("--out", default=None, help="json path (default benchmarks/results/...)")
   a = ap.parse_args(argv)
+  if a.subsample is not None:
+    if a.subsample < 1:
+      raise SystemExit(f"--subsample: must be ≥ 1; got {a.subsample}.")
+    MNIST_DIRECTIONS["subsample"] = int(a.subsample)
   names = [r.strip() for r in a.only.split(",") if r.strip()]
   bad = [r for r in names if r not in ROWS]
   if bad:

@@ -295,14 +295,24 @@ class _Explicit:
 class _MatrixFree:
   """A = H^½ J through blocked JVP/VJP (Python loops of jitted blocks)."""
 
-  def __init__(self, op, Hh, s, c, fn, x, dtype, memory_budget):
+  def __init__(self, op, Hh, s, c, fn, x, dtype, memory_budget, m):
     self.op, self.Hh, self.s, self.c = op, Hh, s, c
     self.fn, self.x, self.dtype, self.memory_budget = fn, x, dtype, memory_budget
     self.cdt = jax.tree.leaves(op.params)[0].dtype
+    self.m = m      # blocks of fewer columns are zero-padded to m: one compilation each
+
+  def _pad(self, a, axis):
+    n = a.shape[axis]
+    if n >= self.m:
+      return a, n
+    w = [(0, 0)] * a.ndim
+    w[axis] = (0, self.m - n)
+    return np.pad(np.asarray(a), w), n
 
   def _jvp(self, tree):
-    T = jax.tree.map(lambda a: jnp.asarray(a, self.cdt), tree)
-    out = np.asarray(self.op.jvp(T), np.float64).reshape(self.s * self.c, -1)
+    n = jax.tree.leaves(tree)[0].shape[0]
+    T = jax.tree.map(lambda a: jnp.asarray(self._pad(a, 0)[0], self.cdt), tree)
+    out = np.asarray(self.op.jvp(T), np.float64).reshape(self.s * self.c, -1)[:, :n]
     return _weigh(self.Hh, out, self.s, self.c)
 
   def range(self, m, rng):
@@ -313,8 +323,9 @@ class _MatrixFree:
     return self._jvp(tree)
 
   def adjoint(self, V):
+    V, n = self._pad(V, 1)
     W = _weigh(self.Hh, V, self.s, self.c).reshape(self.s, self.c, -1)
-    return self.op.vjp(jnp.asarray(W, self.cdt))
+    return jax.tree.map(lambda a: a[:n], self.op.vjp(jnp.asarray(W, self.cdt)))
 
   def gram(self, Q):
     return self._jvp(self.adjoint(Q))
@@ -689,7 +700,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     else:
       op = _tangents.jacobian_operator(apply_fn, params, x, columns=m, block_size=block_size,
                                        memory_budget=memory_budget, dtype=cdt)
-      ops = _MatrixFree(op, Hh, s, c, fn, x, cdt, memory_budget)
+      ops = _MatrixFree(op, Hh, s, c, fn, x, cdt, memory_budget, m)
 
     # ---- the start block
     start = None

@@ -59,6 +59,9 @@ def test_curvature_of_network_loss_matches_explicit_hessian():
     eta, lam = steps.curvature_estimator(loss, d, iters=12)(p, (x, y))
     assert float(lam) == pytest.approx(top, rel=1e-8)
     assert float(eta) == pytest.approx(steps.SAFETY / top, rel=1e-8)
+    # the one-off path (a Python loop over one jitted Lanczos step) against the same oracle
+    eta1 = steps.stable_learning_rate(d, loss_fn=loss, params=p, batch=(x, y), iters=12)
+    assert eta1 == pytest.approx(steps.SAFETY / top, rel=1e-8)
 
 
 def test_set_learning_rate_changes_the_step_without_recompiling():
@@ -93,6 +96,18 @@ def test_measured_step_errors():
   with pytest.raises(ValueError, match="beta"):
     steps.stable_learning_rate(loss_fn=loss, params=jnp.ones(2), batch=jnp.ones(2), iters=2,
                                critical_batch=True)
+
+
+@pytest.mark.parametrize("params", [{"v": jnp.ones(4)}, {"w": jnp.ones(5)}])
+def test_directions_that_do_not_match_params_are_named(params):
+  """Directions of another pytree or other leaf shapes: a named error from both the
+  one-off rule and the estimator, not a shape error inside XLA."""
+  d = _orth_dirs(4, 2, [8.0, 2.0], [1.0, 1.0], dtype=jnp.float32)[0]
+  loss = lambda p, b: 0.5 * sum(jnp.sum(l ** 2) for l in jax.tree.leaves(p))
+  with pytest.raises(ValueError, match="does not match `params`"):
+    steps.stable_learning_rate(d, loss_fn=loss, params=params, batch=0.0, iters=2)
+  with pytest.raises(ValueError, match="does not match `params`"):
+    steps.curvature_estimator(loss, d, iters=2)(params, 0.0)
 
 
 # ------------------------------------------------------------------ safety of the transforms

@@ -114,6 +114,14 @@ def loss_fn(arch: str):
 
 
 @functools.lru_cache(maxsize=None)
+def rule_loss_fn(arch: str):
+  """``loss(params, (x, y))`` for the measured step rule (one object per architecture, so
+  repeated measurements — seeds — reuse the compiled Lanczos step)."""
+  lf = loss_fn(arch)
+  return lambda p, bt: lf(p, bt, None)
+
+
+@functools.lru_cache(maxsize=None)
 def eval_fn(arch: str):
   """Jitted ``(params, x, y) -> {'acc', 'test_loss'}`` of the architecture."""
   m = model(arch)
@@ -194,10 +202,8 @@ def pgd_base_lr(rule: str, directions, batch_size: int, *, arch: Optional[str] =
     if arch is None or params is None or batch is None:
       raise ValueError("pgd_base_lr: the 'measured' rule needs `arch`, `params` and `batch` "
                        "(where to measure the curvature).")
-    lf = loss_fn(arch)
     return float(mskjax.stable_learning_rate(
-        directions, int(batch_size), loss_fn=lambda p, bt: lf(p, bt, None), params=params,
-        batch=batch))
+        directions, int(batch_size), loss_fn=rule_loss_fn(arch), params=params, batch=batch))
   raise ValueError(f"`pgd_step` must be one of {STEP_RULES}; got {rule!r}.")
 
 
