@@ -135,7 +135,8 @@ _SHAPES = {   # 'gap' needs all pairs of positions (costly for images): used on 
 
 @pytest.mark.parametrize("name", [
     pytest.param("images", marks=pytest.mark.slow),   # ~2-5 min on a loaded 2-core machine
-    "sequences"])
+    pytest.param("sequences", marks=pytest.mark.slow)])   # ~1-2 min; the CNN kernels' values
+    # are covered in `make test` by the Monte-Carlo and flax-vs-stax tests below
 def test_shaped_inputs_through_every_analytic_entry_point(name):
   spec, point_shape = _SHAPES[name]
   kernel_fn = stax_cnn(spec)[2]

@@ -181,6 +181,7 @@ def test_quick_config_is_resolved_inside_and_small():
   assert len(full.seeds) == 3
 
 
+@pytest.mark.slow   # ~1 min; CI's smoke run executes configs/inr.py:quick end to end
 def test_tiny_run_writes_results_curves_and_plots(tmp_path):
   import csv
   cfg = load_config("configs/inr.py:quick")

@@ -83,7 +83,7 @@ def test_msk_kernel_fn_identities(name, block_size):
   np.testing.assert_allclose(Kxx, Kxx.T, atol=1e-12 * scale)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(3, 30), seed=st.integers(0, 10**6), frac=st.floats(0.0, 1.0),
        name=st.sampled_from(sorted(MODIFIERS)), decay=st.floats(0.5, 3.0))
 def test_property_identities(n, seed, frac, name, decay):

@@ -107,6 +107,7 @@ def test_empirical_ntk_through_kernel_args():
   np.testing.assert_allclose(out, K @ v, atol=1e-10 * np.abs(K @ v).max())
 
 
+@pytest.mark.slow   # ~1 min; test_msk_spectrum_of_an_operator_matches_dense covers the path
 def test_topk_matfree_matches_dense_eigh(ntk2):
   n, k = 1000, 60
   x = _sphere(n, seed=6)
@@ -155,6 +156,7 @@ def test_krylov_diagonal_and_validation():
     mskjax.eigh_top(K, 5, method="nystrom")
 
 
+@pytest.mark.slow   # ~1 min; Nyström's convergence is tested in test_msk (Mercer oracle)
 def test_nystrom_error(ntk2):
   n, k = 600, 10
   x = _sphere(n, seed=7)
