@@ -37,6 +37,25 @@ def _moved(p, scale, seed=3):
           for (k, v), kk in zip(sorted(p.items()), keys)}
 
 
+def _np_reformed(A, d, rayleigh_ritz, coefficients):
+  """Numpy oracle of a re-formation from the rows A (s·c × #params: J, or H^½ J) at the
+  moved parameters: ``(Q, coef, W U)`` — Löwdin ``orth(Aᵀ V Λ^{-1/2})`` with g/λ − 1, or one
+  subspace step on K = A Aᵀ + Rayleigh–Ritz with g/θ − 1 ('ritz') or g/λ − 1 ('build');
+  W U are the new function-space vectors (None for Löwdin)."""
+  V = np.asarray(d.vectors)
+  lam, g = np.asarray(d.values), np.asarray(d.new_values)
+  if rayleigh_ritz:
+    K1 = A @ A.T
+    W, _ = np.linalg.qr(K1 @ V)
+    theta, U = np.linalg.eigh(W.T @ K1 @ W)
+    theta, U = theta[::-1], U[:, ::-1]
+    Q = A.T @ W @ U / np.sqrt(theta)
+    return Q, (g / theta - 1 if coefficients == "ritz" else g / lam - 1), W @ U
+  B = A.T @ V / np.sqrt(lam)
+  e, U = np.linalg.eigh(B.T @ B)
+  return B @ (U / np.sqrt(e)) @ U.T, g / lam - 1, None
+
+
 # memory_budget: the default builds the explicit per-point Jacobian (GEMM route); 1 byte
 # forces the matrix-free route (vmapped VJPs/JVPs). Both must give the oracle's update.
 # coefficients='build' keeps g/λ of the build on the Rayleigh–Ritz span.
@@ -56,21 +75,7 @@ def test_tracked_update_matches_explicit_jacobian(rayleigh_ritz, memory_budget, 
                                      coefficients=coefficients, **kw)
     out, st = tx.update(u, tx.init(p0), p1)
     # oracle: explicit J at p1, numpy orthonormalisation, numpy P u
-    J1 = _jac(f, p1, x)
-    V = np.asarray(d.vectors)
-    lam, g = np.asarray(d.values), np.asarray(d.new_values)
-    if rayleigh_ritz:
-      K1 = J1 @ J1.T
-      W, _ = np.linalg.qr(K1 @ V)
-      theta, U = np.linalg.eigh(W.T @ K1 @ W)
-      theta, U = theta[::-1], U[:, ::-1]
-      Q = J1.T @ W @ U / np.sqrt(theta)
-      coef = g / theta - 1 if coefficients == "ritz" else g / lam - 1
-    else:
-      A = J1.T @ V / np.sqrt(lam)
-      e, U = np.linalg.eigh(A.T @ A)
-      Q = A @ (U / np.sqrt(e)) @ U.T
-      coef = g / lam - 1
+    Q, coef, WU = _np_reformed(_jac(f, p1, x), d, rayleigh_ritz, coefficients)
     np.testing.assert_allclose(Q.T @ Q, np.eye(k), atol=1e-10)
     uf = _flat(u)
     expect = uf + Q @ (coef * (Q.T @ uf))
@@ -80,7 +85,7 @@ def test_tracked_update_matches_explicit_jacobian(rayleigh_ritz, memory_budget, 
     if rayleigh_ritz:
       np.testing.assert_allclose(np.asarray(st.coef), coef, rtol=1e-9)
       Wn = np.asarray(st.vectors)
-      np.testing.assert_allclose(np.abs(np.sum(Wn * (W @ U), 0)), 1.0, rtol=1e-9)
+      np.testing.assert_allclose(np.abs(np.sum(Wn * WU, 0)), 1.0, rtol=1e-9)
     # at the build parameters, Löwdin re-forms the stored directions
     if not rayleigh_ritz:
       out0, _ = tx.update(u, tx.init(p0), p0)
@@ -189,20 +194,7 @@ def test_gauss_newton_tracking_matches_jacrev_oracle(kind, rayleigh_ritz, memory
     F1 = np.asarray(f(p1, x))
     Hh = _np_hessian_sqrt(kind, F1, Y)
     A = np.einsum("pcd,pdq->pcq", Hh, _jac(f, p1, x).reshape(6, c, -1)).reshape(6 * c, -1)
-    V = np.asarray(d.vectors)
-    lam, g = np.asarray(d.values), np.asarray(d.new_values)
-    if rayleigh_ritz:
-      K1 = A @ A.T
-      W, _ = np.linalg.qr(K1 @ V)
-      theta, U = np.linalg.eigh(W.T @ K1 @ W)
-      theta, U = theta[::-1], U[:, ::-1]
-      Q = A.T @ W @ U / np.sqrt(theta)
-      coef = g / lam - 1                # default coefficients='build'
-    else:
-      B = A.T @ V / np.sqrt(lam)
-      e, U = np.linalg.eigh(B.T @ B)
-      Q = B @ (U / np.sqrt(e)) @ U.T
-      coef = g / lam - 1
+    Q, coef, _ = _np_reformed(A, d, rayleigh_ritz, "build")     # the default coefficients
     uf = _flat(u)
     expect = uf + Q @ (coef * (Q.T @ uf))
     # float64; c×c eigh in the graph vs numpy and two summation orders: round-off only
