@@ -98,6 +98,14 @@ class Setting:
   whether the metric (``record['curve_metric']``) is better when higher."""
 
 
+def _timed(fn, *args, **kwargs):
+  """``(fn(*args, **kwargs), wall seconds)``, the result's arrays ready (a one-off cost,
+  cold: compilation included)."""
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn(*args, **kwargs))
+  return out, time.perf_counter() - t0
+
+
 def mnist1d_setting(arch, b, steps, every, quick):
   from mskjax import data
   from mskjax.experiments import mnist1d as M
@@ -119,10 +127,8 @@ def mnist1d_setting(arch, b, steps, every, quick):
   s.directions = directions
 
   def rule(d, seed):
-    t0 = time.perf_counter()
-    eta = M.pgd_base_lr("measured", d, b or n, arch=arch, params=s.params(seed),
-                        batch=M.rule_batch(x, y, b or n, seed))
-    return eta, time.perf_counter() - t0
+    return _timed(M.pgd_base_lr, "measured", d, b or n, arch=arch, params=s.params(seed),
+                  batch=M.rule_batch(x, y, b or n, seed))
   s.rule = rule
 
   def train(params, tx, seed, hparams=None):
@@ -170,17 +176,12 @@ def regression_setting(b, steps, every, quick):
   full = jax.jit(lambda p: loss(p, data))
 
   def directions(seed):
-    t0 = time.perf_counter()
-    d = optim.msk_directions(f, params0, data[0], modifiers.flatten(), k, compute_beta=False,
-                             key=jax.random.PRNGKey(seed))
-    jax.block_until_ready(d.directions)
-    return d, time.perf_counter() - t0
+    return _timed(optim.msk_directions, f, params0, data[0], modifiers.flatten(), k,
+                  compute_beta=False, key=jax.random.PRNGKey(seed))
   s.directions = directions
 
   def rule(d, seed):
-    t0 = time.perf_counter()
-    eta = S.stable_learning_rate(d, n, loss_fn=loss, params=params0, batch=data)
-    return eta, time.perf_counter() - t0
+    return _timed(S.stable_learning_rate, d, n, loss_fn=loss, params=params0, batch=data)
   s.rule = rule
   s.train = lambda params, tx, seed, hparams=None: _fit_record(
       loss3, params, tx, data, b, steps, every, seed,
@@ -224,20 +225,15 @@ def digits_setting(b, steps, every, quick):
       lambda seed: init(jax.random.PRNGKey(seed), X[:1])["params"])
 
   def directions(seed):
-    t0 = time.perf_counter()
-    d = optim.msk_directions(model.apply, {"params": s.params(seed)}, X, modifiers.flatten(),
-                             k, subsample=sub, loss="softmax_cross_entropy",
-                             key=jax.random.PRNGKey(seed))
-    jax.block_until_ready(d.directions)
-    return d, time.perf_counter() - t0
+    return _timed(optim.msk_directions, model.apply, {"params": s.params(seed)}, X,
+                  modifiers.flatten(), k, subsample=sub, loss="softmax_cross_entropy",
+                  key=jax.random.PRNGKey(seed))
   s.directions = directions
 
   def rule(d, seed):
-    t0 = time.perf_counter()
     idx = np.sort(np.random.default_rng(seed).choice(n, b, replace=False))
-    eta = S.stable_learning_rate(d, b, loss_fn=loss, params=s.params(seed),
-                                 batch=(X[idx], Y[idx]))
-    return eta, time.perf_counter() - t0
+    return _timed(S.stable_learning_rate, d, b, loss_fn=loss, params=s.params(seed),
+                  batch=(X[idx], Y[idx]))
   s.rule = rule
   s.train = lambda params, tx, seed, hparams=None: _fit_record(
       loss3, params, tx, (X, Y), b, steps, every, seed, lambda st: ev(st.params),
@@ -247,27 +243,6 @@ def digits_setting(b, steps, every, quick):
 
 
 # ------------------------------------------------------------------ read-outs
-def _better(a, b, higher):
-  return a >= b - 1e-12 if higher else a <= b + 1e-12
-
-
-def first_reach(rec, target, higher, offset=0.0):
-  """Wall seconds (+ offset) and steps of the first evaluation at the target, or None."""
-  for st, t, v in zip(rec["curve_step"], rec["curve_time"], rec["curve_metric"]):
-    if np.isfinite(v) and _better(v, target, higher):
-      return float(t) + offset, int(st)
-  return None
-
-
-def metric_at(rec, seconds, higher, offset=0.0):
-  """The metric of the last evaluation at or before ``seconds`` (training + offset)."""
-  out = None
-  for t, v in zip(rec["curve_time"], rec["curve_metric"]):
-    if t + offset <= seconds + 1e-12:
-      out = float(v)
-  return out
-
-
 def _ms(v):
   v = [x for x in v if x is not None and np.isfinite(x)]
   if not v:
@@ -299,7 +274,6 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
   seed_list = list(range(nseeds))
   grids = {m: (g[len(g) // 2:len(g) // 2 + 1] if quick else tuple(g))
            for m, g in spec["grids"].items()}
-  b = spec["b"] or st.n
   t_row = time.perf_counter()
   log(f"== {name}: {st.name}, b = {spec['b'] or 'full'}, {steps} steps, seeds {seed_list}, "
       f"uptime: {os.popen('uptime').read().strip()}")
@@ -361,7 +335,9 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
   target = finals[best_base]
   rows = []
   for m, rs in best.items():
-    hits = [first_reach(r, target, st.higher, r["one_off_s"]) for r in rs]
+    hits = [M.first_reach(r, target, r["one_off_s"], key="curve_metric", higher=st.higher)
+            for r in rs]
+    hits = [None if h[0] is None else (h[1], h[0]) for h in hits]    # (seconds, steps)
     g = grids[m]
     i = g.index(rs[0]["grid_value"])
     row = dict(method=m, seeds=len(rs), best_value=rs[0]["grid_value"], lr=rs[0]["lr"],
@@ -388,7 +364,7 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
   for r in rows:
     rs = best[r["method"]]
     r["metric_at_best_baseline_time"] = _ms(
-        [metric_at(x, t_base_total, st.higher, x["one_off_s"]) for x in rs])[0]
+        [M.acc_at_time(x, t_base_total, x["one_off_s"], key="curve_metric") for x in rs])[0]
     if fastest and r["wall_s_to_target"] and r["reached"] == f"{nseeds}/{nseeds}":
       r["speedup_vs_fastest_baseline"] = fastest["wall_s_to_target"] / r["wall_s_to_target"]
       tr = r["wall_s_to_target"] - r["one_off_s"]

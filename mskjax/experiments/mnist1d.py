@@ -351,22 +351,24 @@ def train_run(arch: str, params, tx, x, y, x_test, y_test, *, batch_size: Option
 
 # ------------------------------------------------------------------------------ read-outs
 
-def first_reach(rec: dict, target: float, offset_s: float = 0.0):
-  """(steps, wall seconds + offset) of the first evaluation with accuracy >= target, or
-  (None, None)."""
-  for s, t, a in zip(rec["curve_step"], rec["curve_time"], rec["curve_acc"]):
-    if a >= target - 1e-12:
+def first_reach(rec: dict, target: float, offset_s: float = 0.0, *, key: str = "curve_acc",
+                higher: bool = True):
+  """(steps, wall seconds + offset) of the first evaluation whose ``rec[key]`` reaches the
+  target (>= for ``higher``, <= otherwise; NaN never does), or (None, None)."""
+  for s, t, a in zip(rec["curve_step"], rec["curve_time"], rec[key]):
+    if (a >= target - 1e-12) if higher else (a <= target + 1e-12):
       return int(s), float(t) + offset_s
   return None, None
 
 
-def acc_at_time(rec: dict, seconds: float, offset_s: float = 0.0):
-  """Test accuracy of the last evaluation at or before ``seconds`` of wall time (training
-  time + ``offset_s``); None when the one-off cost alone exceeds ``seconds``."""
+def acc_at_time(rec: dict, seconds: float, offset_s: float = 0.0, *, key: str = "curve_acc"):
+  """``rec[key]`` (test accuracy by default) of the last evaluation at or before ``seconds``
+  of wall time (training time + ``offset_s``); None when the one-off cost alone exceeds
+  ``seconds``."""
   if offset_s > seconds:
     return None
   acc = None
-  for t, a in zip(rec["curve_time"], rec["curve_acc"]):
+  for t, a in zip(rec["curve_time"], rec[key]):
     if t + offset_s <= seconds + 1e-12:
       acc = float(a)
   return acc
