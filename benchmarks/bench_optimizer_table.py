@@ -30,8 +30,10 @@ momentum=0)``, η = factor × the measured rule ``stable_learning_rate(d, b, los
 params=, batch=)`` at initialisation on one random batch of b points) and ``pgd_adam``
 (``chain(scale_by_msk(d), adam(lr))``). Each grid value runs on the first seed; the best
 (final metric; diverged runs last) runs on the other seeds. PGD's one-off cost = the cold
-directions build (compilation included) + the step measurement; it is added to every PGD
-wall time. Target of a row = the best baseline's (sgd / adam / muon) mean final metric;
+directions build (compilation included) + the step measurement of the row's first seed; it
+is added to every seed's PGD wall time (later seeds reuse the compilations in this process,
+which a user's fresh process would not; their own measured one-off is kept as
+``one_off_measured_s``). Target of a row = the best baseline's (sgd / adam / muon) mean final metric;
 time to target = training wall time (compilation and evaluations excluded) to the first
 evaluation at the target + the one-off cost, mean over the seeds that reach it.
 
@@ -289,6 +291,8 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
       factories[key] = lambda lr: make(lr, d, opts)
     return factories[key]
 
+  cold = {}
+
   def pgd_parts(seed):
     if seed not in dirs:
       ck = (st.name, seed, quick)          # the MLP rows share the directions at init
@@ -297,6 +301,9 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
       d, dsec = _DIRECTIONS[ck]           # each row still pays the build time
       eta, rsec = st.rule(d, seed)
       dirs[seed] = (d, dsec, eta, rsec)
+      # the first seed's one-off is cold (its programs compile here); later seeds reuse the
+      # compilations, which a user's fresh process would not: every seed is charged this one
+      cold.setdefault("s", dsec + rsec)
       log(f"  seed {seed}: directions {dsec:.1f} s ({st.directions_desc}), "
           f"λ₁ = {float(d.values[0]):.4g}, rule η = {eta:.4g} ({rsec:.1f} s)")
     return dirs[seed]
@@ -306,13 +313,14 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
     d, off, unit = None, 0.0, 1.0
     if meth.uses_directions:
       d, dsec, eta, rsec = pgd_parts(seed)
-      off = dsec + rsec
+      off = cold["s"]
       if meth.step_rule:
         unit = eta
     lr = value * unit
     rec = st.train(st.params(seed), factory(method, d), seed,
                    hparams=jnp.asarray(lr, jnp.float32))
-    rec.update(method=method, grid_value=float(value), lr=float(lr), seed=seed, one_off_s=off)
+    rec.update(method=method, grid_value=float(value), lr=float(lr), seed=seed, one_off_s=off,
+               one_off_measured_s=(dirs[seed][1] + dirs[seed][3]) if d is not None else 0.0)
     log(f"  {method:8s} {'×' if meth.step_rule else 'lr '}{value:<7g} seed {seed}: "
         f"{st.metric} {rec['final_metric']:.4g}, {rec['per_step_ms']:.2f} ms/step"
         + (" DIVERGED" if rec["diverged"] else ""))
@@ -353,8 +361,10 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
                diverged=sum(bool(r["diverged"]) for r in rs),
                loop=rs[0].get("loop"))
     if M.METHODS[m].uses_directions:
-      row["directions_s"] = _ms([dirs[sd][1] for sd in seed_list])[0]
-      row["rule_s"] = _ms([dirs[sd][3] for sd in seed_list])[0]
+      row["directions_s"] = dirs[seed_list[0]][1]        # cold: what every seed is charged
+      row["rule_s"] = dirs[seed_list[0]][3]
+      row["directions_reused_s"] = _ms([dirs[sd][1] for sd in seed_list[1:]])[0]
+      row["rule_reused_s"] = _ms([dirs[sd][3] for sd in seed_list[1:]])[0]
       row["eta_rule"] = _ms([dirs[sd][2] for sd in seed_list])[0]
     rows.append(row)
   by = {r["method"]: r for r in rows}
