@@ -54,7 +54,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mskjax.experiments import mnist1d as B
 from mskjax import data, modifiers, optim
@@ -125,16 +124,6 @@ def per_step_overhead(arch, params, directions, x, y, *, batch_size, lrs, chunk,
       states[name] = res.state
       times[name].append(res.train_s / chunk)
   return {name: float(np.median(v)) for name, v in times.items()}
-
-
-def acc_at_time(rec, t, offset=0.0):
-  """Test accuracy of the last evaluation at or before wall time t (offset added to the
-  run's times, e.g. PGD's directions); None when no evaluation is that early."""
-  best = None
-  for tt, a in zip(rec["curve_time"], rec["curve_acc"]):
-    if tt + offset <= t + 1e-9:
-      best = a
-  return best
 
 
 def acc_at_step(rec, step):
@@ -401,7 +390,7 @@ def main(argv=None):
                                batch_size=b, steps=n_eq, eval_every=S["eval_every"],
                                seed=args.seed)
           curves[f"{arch}/b={b}/{m}/lr={best[m]:g}/equal_time"] = rec_eq
-          acc_t = acc_at_time(rec_eq, t_pgd_total)
+          acc_t = B.acc_at_time(rec_eq, t_pgd_total)
           for r in eq_rows:
             if (r["arch"], r["batch"], r["method"]) == (arch, b, m):
               r["equal_time_steps"] = n_eq

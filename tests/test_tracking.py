@@ -3,7 +3,6 @@ computations: explicit jacrev Jacobians, numpy orthonormalisation and numpy P u,
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mskjax import modifiers, optim
