@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from mskjax.experiments.mnist1d import CNN, MLP   # the shared contract's architectures
-from mskjax import kernels, tangents, modifiers, optim
+from mskjax import tangents, modifiers, optim
 from mskjax._nt import empirical_ntk_fn
 
 

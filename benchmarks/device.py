@@ -29,7 +29,6 @@ def _device_name():
 
 def topk_timing(arch: str, s: int, k: int):
   """Cold and warm seconds of the top-k solve on s training points (MNIST-1D, float32)."""
-  import jax
   import jax.numpy as jnp
   from mskjax.experiments import mnist1d as B
   from mskjax import data

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mskjax import _validate as _v
 from mskjax.spectrum import Eigenpairs

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import mskjax  # noqa: F401  (float64)
 from mskjax.experiments import digits as cfg
 from mskjax.run import RunContext
 

@@ -6,13 +6,11 @@ Classes: modifiers g and ranks; kernel functions; eigensolvers at the edges; pre
 CNN specs on the wrong inputs; the MNIST-1D cache and the runner. Hypothesis draws the bad
 inputs per argument (few examples, no deadline: the suite stays fast).
 """
-import json
 import os
 import subprocess
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -30,7 +30,6 @@ every piece a small function:
 """
 from __future__ import annotations
 
-import functools
 import time
 from typing import Callable, NamedTuple, Optional
 

@@ -69,7 +69,6 @@ def _cost(kernel_fn, x, b):
 def run(config, ctx):
   import time
 
-  import jax
   import jax.numpy as jnp
 
   import mskjax

@@ -25,7 +25,7 @@ def run(config, ctx):
   import matplotlib.pyplot as plt
 
   import mskjax
-  from mskjax import data, kernels, tangents, nets
+  from mskjax import data, kernels, nets
 
   spec = nets.MLPSpec(depth=config.depth, width=config.width, activation="relu",
                       b_std=config.b_std)
@@ -112,7 +112,7 @@ def _finite_network(net, x, g, config):
   import jax
 
   import mskjax
-  from mskjax import kernels, tangents, nets
+  from mskjax import tangents, nets
 
   variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
   K0 = tangents.empirical_ntk(net.model.apply, variables, x)

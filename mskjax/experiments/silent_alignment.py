@@ -336,7 +336,6 @@ def run(config, ctx):
 
 def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed):
   """Claim (e): GD vs MSK-PGD (flatten, top k) on the whitened linear teacher."""
-  import jax
   import optax
 
   import mskjax
