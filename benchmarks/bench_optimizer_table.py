@@ -59,28 +59,28 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 #: The rows: kind, architecture, batch size (None = full batch), steps, evaluate every,
 #: headline seeds, and the grids (×≈3 for learning rates, factors of 2 of the rule for pgd).
 MNIST_GRIDS = {
-    "mlp128": dict(sgd=(0.03, 0.1, 0.3), adam=(3e-3, 1e-2, 3e-2), muon=(3e-2, 0.1),
+    "mlp128": dict(sgd=(0.03, 0.1, 0.3), adam=(3e-3, 1e-2, 3e-2), muon=(1e-2, 3e-2, 0.1),
                    pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(3e-3, 1e-2)),
-    "mlp512": dict(sgd=(0.1, 0.3, 1.0), adam=(3e-3, 1e-2, 3e-2), muon=(3e-2, 0.1),
+    "mlp512": dict(sgd=(0.1, 0.3, 1.0), adam=(1e-2, 3e-2, 0.1), muon=(3e-2, 0.1, 0.3),
                    pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(3e-3, 1e-2)),
-    "mlpfull": dict(sgd=(0.3, 1.0, 3.0), adam=(3e-3, 1e-2, 3e-2), muon=(3e-2, 0.1),
+    "mlpfull": dict(sgd=(0.3, 1.0, 3.0), adam=(3e-3, 1e-2, 3e-2), muon=(1e-2, 3e-2, 0.1),
                     pgd=(0.5, 1.0, 2.0, 4.0)),
-    "cnn128": dict(sgd=(0.1, 0.3), adam=(3e-3, 1e-2), muon=(1e-2, 3e-2),
+    "cnn128": dict(sgd=(0.03, 0.1, 0.3), adam=(3e-3, 1e-2, 3e-2), muon=(1e-2, 3e-2, 0.1),
                    pgd=(0.5, 1.0, 2.0, 4.0)),
-    "cnn512": dict(sgd=(0.3, 1.0), adam=(3e-3, 1e-2), muon=(1e-2, 3e-2),
+    "cnn512": dict(sgd=(0.1, 0.3, 1.0), adam=(3e-3, 1e-2, 3e-2), muon=(1e-2, 3e-2, 0.1),
                    pgd=(0.5, 1.0, 2.0, 4.0)),
 }
 ROWS = {
     "mlp128": dict(kind="mnist1d", arch="mlp", b=128, steps=2000, every=100, seeds=3),
     "mlp512": dict(kind="mnist1d", arch="mlp", b=512, steps=800, every=50, seeds=3),
     "mlpfull": dict(kind="mnist1d", arch="mlp", b=None, steps=200, every=10, seeds=3),
-    "cnn128": dict(kind="mnist1d", arch="cnn", b=128, steps=1000, every=50, seeds=1),
+    "cnn128": dict(kind="mnist1d", arch="cnn", b=128, steps=1000, every=50, seeds=3),
     "cnn512": dict(kind="mnist1d", arch="cnn", b=512, steps=500, every=25, seeds=1),
     "regression": dict(kind="regression", b=None, steps=1000, every=50, seeds=1,
-                       grids=dict(sgd=(1e-4, 3e-4, 1e-3), adam=(3e-4, 1e-3, 3e-3),
+                       grids=dict(sgd=(3e-4, 1e-3, 3e-3), adam=(3e-4, 1e-3, 3e-3),
                                   pgd=(0.25, 0.5, 1.0, 2.0))),
     "digits": dict(kind="digits", b=128, steps=300, every=20, seeds=3,
-                   grids=dict(sgd=(0.03, 0.1, 0.3), adam=(1e-3, 3e-3, 1e-2),
+                   grids=dict(sgd=(0.1, 0.3, 1.0), adam=(3e-3, 1e-2, 3e-2),
                               pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(1e-3, 3e-3))),
 }
 for _name, _g in MNIST_GRIDS.items():
