@@ -126,6 +126,9 @@ def mnist1d_setting(arch, b, steps, every, quick):
     return d, sec
   s.directions = directions
 
+  s.rule_loss, s.rule_b, s.xy = M.rule_loss_fn(arch), b or n, (x, y, xt, yt)
+  s.rule_batch = lambda j: M.rule_batch(x, y, b or n, j)
+
   def rule(d, seed):
     return _timed(M.pgd_base_lr, "measured", d, b or n, arch=arch, params=s.params(seed),
                   batch=M.rule_batch(x, y, b or n, seed))
@@ -180,6 +183,9 @@ def regression_setting(b, steps, every, quick):
                   compute_beta=False, key=jax.random.PRNGKey(seed))
   s.directions = directions
 
+  s.rule_loss, s.rule_b = loss, n
+  s.rule_batch = lambda j: data                # full batch: one batch only
+
   def rule(d, seed):
     return _timed(S.stable_learning_rate, d, n, loss_fn=loss, params=params0, batch=data)
   s.rule = rule
@@ -230,10 +236,14 @@ def digits_setting(b, steps, every, quick):
                   key=jax.random.PRNGKey(seed))
   s.directions = directions
 
+  def rule_batch(j):
+    idx = np.sort(np.random.default_rng(j).choice(n, b, replace=False))
+    return X[idx], Y[idx]
+  s.rule_loss, s.rule_b, s.rule_batch = loss, b, rule_batch
+
   def rule(d, seed):
-    idx = np.sort(np.random.default_rng(seed).choice(n, b, replace=False))
     return _timed(S.stable_learning_rate, d, b, loss_fn=loss, params=s.params(seed),
-                  batch=(X[idx], Y[idx]))
+                  batch=rule_batch(seed))
   s.rule = rule
   s.train = lambda params, tx, seed, hparams=None: _fit_record(
       loss3, params, tx, (X, Y), b, steps, every, seed, lambda st: ev(st.params),
@@ -257,19 +267,23 @@ def _score(rec, higher):
   return m if higher else -m
 
 
+def make_setting(spec, steps, every, quick):
+  """The row's :class:`Setting` (its problem at this step budget)."""
+  kind = spec["kind"]
+  if kind == "mnist1d":
+    return mnist1d_setting(spec["arch"], spec["b"], steps, every, quick)
+  if kind == "regression":
+    return regression_setting(spec["b"], steps, every, quick)
+  return digits_setting(spec["b"], steps, every, quick)
+
+
 # ------------------------------------------------------------------ one row
 def run_row(name, spec, *, quick=False, seeds=None, log=print):
   from mskjax.experiments import mnist1d as M
   steps, every = spec["steps"], spec["every"]
   if quick:
     steps, every = max(steps // 30, 10), max(every // 10, 5)
-  kind = spec["kind"]
-  if kind == "mnist1d":
-    st = mnist1d_setting(spec["arch"], spec["b"], steps, every, quick)
-  elif kind == "regression":
-    st = regression_setting(spec["b"], steps, every, quick)
-  else:
-    st = digits_setting(spec["b"], steps, every, quick)
+  st = make_setting(spec, steps, every, quick)
   nseeds = int(seeds or spec["seeds"]) if not quick else 1
   seed_list = list(range(nseeds))
   grids = {m: (g[len(g) // 2:len(g) // 2 + 1] if quick else tuple(g))
@@ -381,6 +395,186 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
   return out
 
 
+# ------------------------------------------------------------------ the step rule
+#: Factors of the measured rule tried on every seed (``--steprule``); the grid grows by ×2
+#: past its top while the top factor is stable, up to :data:`STEPRULE_MAX`.
+STEPRULE_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
+STEPRULE_MAX = 32.0
+
+
+def _lam(st, d, seed, batch, safety=1.0):
+  """λ̂ at the seed's θ₀ on ``batch``: 1/η of the rule at safety 1 (same Lanczos)."""
+  from mskjax import steps as S
+  return 1.0 / S.stable_learning_rate(d, st.rule_b, loss_fn=st.rule_loss,
+                                      params=st.params(seed), batch=batch, safety=safety)
+
+
+def steprule_row(name, spec, *, quick=False, seeds=None, n_batches=8, safety=None, log=print):
+  """``pgd`` (``msk_sgd``, no momentum) at every factor of :data:`STEPRULE_FACTORS` × the
+  measured rule on EVERY seed (no tuning on seed 0 only), plus λ̂ at θ₀ on ``n_batches``
+  other random batches of the training size (its spread: how much the one batch the rule
+  measures on decides the step). ``safety``: the rule is safety/λ̂ (default the library's
+  :data:`mskjax.steps.SAFETY`)."""
+  from mskjax import steps as S
+  from mskjax.experiments import mnist1d as M
+  steps, every = spec["steps"], spec["every"]
+  if quick:
+    steps, every = max(steps // 30, 10), max(every // 10, 5)
+  st = make_setting(spec, steps, every, quick)
+  nseeds = int(seeds or spec["seeds"]) if not quick else 1
+  t_row = time.perf_counter()
+  up = os.popen("uptime").read().strip()
+  safety = float(S.SAFETY if safety is None else safety)
+  log(f"== steprule {name}: {st.name}, b = {spec['b'] or 'full'}, {steps} steps, "
+      f"{nseeds} seeds, rule = {safety:g}/λ̂, uptime: {up}")
+  per_seed = []
+  for seed in range(nseeds):
+    d, dsec = st.directions(seed)
+    eta, rsec = st.rule(d, seed)
+    lam = S.SAFETY / eta
+    eta = safety / lam
+    full = spec["b"] is None
+    lams = [] if full else [_lam(st, d, seed, st.rule_batch(1000 + j))
+                            for j in range(2 if quick else n_batches)]
+    log(f"  seed {seed}: directions {dsec:.1f} s, rule η = {eta:.4g} (λ̂ = {lam:.4g}, "
+        f"{rsec:.1f} s); λ̂ on {len(lams)} other batches: "
+        + (f"min {min(lams):.4g} median {np.median(lams):.4g} max {max(lams):.4g}"
+           if lams else "– (full batch)"))
+    opts = M.Options(PGD_MOMENTUM, "matrix")
+    tx = lambda lr, d=d: M.METHODS["pgd"].make(lr, d, opts)
+    factors, runs, i = list((1.0,) if quick else STEPRULE_FACTORS), [], 0
+    while i < len(factors):
+      f = factors[i]
+      rec = st.train(st.params(seed), tx, seed, hparams=jnp.asarray(f * eta, jnp.float32))
+      runs.append(dict(factor=f, lr=f * eta, final=rec["final_metric"],
+                       diverged=bool(rec["diverged"]), steps_run=rec["steps_run"],
+                       per_step_ms=rec["per_step_ms"],
+                       curve_step=rec["curve_step"], curve_metric=rec["curve_metric"]))
+      log(f"    ×{f:<5g} lr {f * eta:.4g}: {st.metric} {rec['final_metric']:.4g}"
+          + (f" DIVERGED at step {rec['steps_run']}" if rec["diverged"] else ""))
+      if i == len(factors) - 1 and not rec["diverged"] and 2 * f <= STEPRULE_MAX and not quick:
+        factors.append(2 * f)
+      i += 1
+    per_seed.append(dict(seed=seed, eta_rule=eta, lam_rule=lam, rule_s=rsec,
+                         directions_s=dsec, lam_batches=lams, runs=runs))
+  out = dict(row=name, setting=st.name, metric=st.metric, higher_is_better=st.higher,
+             batch=spec["b"] or "full", steps=steps, safety=safety, seeds=per_seed,
+             uptime_start=up, uptime_end=os.popen("uptime").read().strip(),
+             row_s=time.perf_counter() - t_row)
+  log(f"  row {name}: {out['row_s']:.0f} s; {out['uptime_end']}")
+  return out
+
+
+def steprule_track(spec, *, seed=0, segment=250, factor=2.0, quick=False, log=print):
+  """MNIST-1D MLP: how λ̂ evolves over training, and what re-estimating the step buys.
+
+  Two runs of ``optax.inject_hyperparams(msk_sgd)`` (no momentum) in segments of
+  ``segment`` steps through ``train.fit`` (resumed from its state: no recompilation):
+  ``fixed`` at ``factor`` × the rule at θ₀ throughout; ``reestimated``: after every
+  segment η ← factor × SAFETY/λ̂_t (``curvature_estimator`` on a fresh random batch of the
+  training size, ``steps.set_learning_rate``). After each segment: test accuracy, λ̂ on the
+  rule's own batch (the one measured at θ₀) and on a fresh batch, the estimator's seconds.
+  """
+  import mskjax
+  from mskjax import steps as S, train as T
+  from mskjax.experiments import mnist1d as M
+  steps = spec["steps"] if not quick else 2 * segment
+  b = spec["b"]
+  st = make_setting(spec, steps, segment, quick)
+  x, y, xt, yt = st.xy
+  d, _ = st.directions(seed)
+  eta0, _ = st.rule(d, seed)
+  t0 = time.perf_counter()
+  est = S.curvature_estimator(st.rule_loss, d)
+  first = est(st.params(seed), st.rule_batch(seed))
+  jax.block_until_ready(first)
+  est_cold = time.perf_counter() - t0
+  ev = M.eval_fn(spec["arch"])
+  loss = M.loss_fn(spec["arch"])
+  out = dict(setting=st.name, batch=b, steps=steps, segment=segment, factor=factor,
+             safety=S.SAFETY, eta_rule=eta0, estimator_cold_s=est_cold,
+             uptime_start=os.popen("uptime").read().strip(), runs={})
+  log(f"== steprule track: {st.name}, b = {b}, {steps} steps, factor {factor}, rule η "
+      f"{eta0:.4g}, estimator first call {est_cold:.1f} s")
+  for mode in ("fixed", "reestimated"):
+    tx = optax.inject_hyperparams(mskjax.msk_sgd)(learning_rate=factor * eta0, directions=d,
+                                                  momentum=PGD_MOMENTUM)
+    state, rows, lr, est_s, train_s = None, [], factor * eta0, 0.0, 0.0
+    rng = np.random.default_rng(10_000 + seed)
+    for k in range(steps // segment):
+      res = T.fit(loss, st.params(seed) if state is None else None, tx, (x, y),
+                  steps=segment, batch_size=b, seed=seed, state=state,
+                  evaluate=lambda s_: ev(s_.params, xt, yt), eval_every=segment,
+                  stop_above={"loss": 50.0}, loop="auto")
+      state, train_s = res.state, train_s + res.train_s
+      acc = float(res.history["acc"][-1])
+      p = state.params
+      t1 = time.perf_counter()
+      lam_fresh = float(est(p, st.rule_batch(int(rng.integers(1 << 30))))[1])
+      est_s += time.perf_counter() - t1
+      lam_own = float(est(p, st.rule_batch(seed))[1])
+      rows.append(dict(step=int(state.step), lr=lr, acc=acc, lam_fresh=lam_fresh,
+                       lam_rule_batch=lam_own, diverged=res.stopped is not None))
+      log(f"  {mode:11s} step {int(state.step):5d}: lr {lr:.4g} acc {acc:.4f} λ̂ fresh "
+          f"{lam_fresh:.4g}, rule batch {lam_own:.4g}"
+          + (" DIVERGED" if res.stopped is not None else ""))
+      if res.stopped is not None:
+        break
+      if mode == "reestimated":
+        lr = factor * S.SAFETY / lam_fresh
+        state = state._replace(opt_state=S.set_learning_rate(state.opt_state, lr))
+    out["runs"][mode] = dict(curve=rows, train_s=train_s, estimate_s=est_s,
+                             final_acc=rows[-1]["acc"])
+  out["uptime_end"] = os.popen("uptime").read().strip()
+  return out
+
+
+def steprule_markdown(rows):
+  """Settings × steps in units of 1/λ̂₀ (λ̂₀ each seed's rule measurement): the final metric
+  per seed (``div@t`` = stopped as diverged at step t), the best step of each seed."""
+  cells = sorted({r["factor"] * row["safety"] for row in rows for sd in row["seeds"]
+                  for r in sd["runs"]})
+  lines = ["| setting (metric) | seed | λ̂₀ (batches: min–max) | "
+           + " | ".join(f"{c:g}/λ̂₀" for c in cells) + " | best |",
+           "|---|---|---|" + "---|" * (len(cells) + 1)]
+  for row in rows:
+    for sd in row["seeds"]:
+      by = {r["factor"] * row["safety"]: r for r in sd["runs"]}
+      ok = [r for r in sd["runs"] if not r["diverged"] and np.isfinite(r["final"])]
+      best = (max if row["higher_is_better"] else min)(ok, key=lambda r: r["final"]) if ok \
+          else None
+      lb = sd["lam_batches"]
+      spread = f"{sd['lam_rule']:.3g} ({min(lb):.3g}–{max(lb):.3g})" if lb else \
+          f"{sd['lam_rule']:.3g}"
+      cell = lambda r: ("–" if r is None else f"div@{r['steps_run']}" if r["diverged"]
+                        else f"{r['final']:.4g}")
+      lines.append(f"| {row['row']} b = {row['batch']} ({row['metric']}) | {sd['seed']} | "
+                   f"{spread} | " + " | ".join(cell(by.get(c)) for c in cells)
+                   + f" | {'–' if best is None else format(best['factor'] * row['safety'], 'g')}"
+                   "/λ̂₀ |")
+  return "\n".join(lines)
+
+
+def steprule_main(a, names, out_path, meta):
+  results = dict(meta, rows=[])
+  for nm in names:
+    if nm == "track":
+      results["track"] = steprule_track(ROWS["mlp128"], quick=a.quick,
+                                        factor=a.track_factor,
+                                        log=lambda s: print(s, flush=True))
+    else:
+      results["rows"].append(steprule_row(nm, ROWS[nm], quick=a.quick, seeds=a.seeds,
+                                          safety=a.safety,
+                                          log=lambda s: print(s, flush=True)))
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(out_path, "w") as f:
+      json.dump(results, f, indent=1, default=float)
+  if results["rows"]:
+    print(steprule_markdown(results["rows"]))
+  print(f"wrote {out_path}")
+  return results
+
+
 # ------------------------------------------------------------------ table
 def _f(v, fmt="{:.3g}"):
   return "–" if v is None else fmt.format(v)
@@ -444,13 +638,21 @@ def main(argv=None):
                   help=f"points of the MNIST-1D rows' directions (default "
                        f"{MNIST_DIRECTIONS['subsample']})")
   ap.add_argument("--out", default=None, help="json path (default benchmarks/results/...)")
+  ap.add_argument("--steprule", action="store_true",
+                  help="the step-rule study instead: pgd at factors 0.5..8(..32) of the "
+                       "measured rule on every seed, λ̂'s spread over batches; row 'track' "
+                       "= λ̂ over training and re-estimation (MLP b = 128)")
+  ap.add_argument("--safety", type=float, default=None,
+                  help="--steprule: the rule tried is SAFETY/λ̂ (default mskjax.steps.SAFETY)")
+  ap.add_argument("--track-factor", type=float, default=2.0,
+                  help="--steprule track: the factor of the rule both runs train at")
   a = ap.parse_args(argv)
   if a.subsample is not None:
     if a.subsample < 1:
       raise SystemExit(f"--subsample: must be ≥ 1; got {a.subsample}.")
     MNIST_DIRECTIONS["subsample"] = int(a.subsample)
   names = [r.strip() for r in a.only.split(",") if r.strip()]
-  bad = [r for r in names if r not in ROWS]
+  bad = [r for r in names if r not in ROWS and not (a.steprule and r == "track")]
   if bad:
     raise SystemExit(f"--only: unknown row(s) {bad}; choose from {list(ROWS)}.")
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
@@ -461,6 +663,11 @@ def main(argv=None):
               utc=stamp, uptime_start=os.popen("uptime").read().strip(),
               backend=jax.default_backend(), jax=jax.__version__)
   print(meta["uptime_start"], flush=True)
+  if a.steprule:
+    tag = "" if a.safety is None else f"safety{a.safety:g}_"
+    path = a.out or os.path.join(RESULTS, f"steprule_{'quick_' if a.quick else ''}{tag}"
+                                 f"{'_'.join(names)}_{stamp}.json")
+    return steprule_main(a, names, path, meta)
   results = []
   for nm in names:
     try:
