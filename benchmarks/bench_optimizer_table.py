@@ -5,6 +5,9 @@ Command::
   python -m benchmarks.bench_optimizer_table                 # every row (48 min on 2 loaded cores)
   python -m benchmarks.bench_optimizer_table --quick         # smoke run (tiny budgets)
   python -m benchmarks.bench_optimizer_table --only mlp128,regression --seeds 3
+  python -m benchmarks.bench_optimizer_table --steprule --only mlp128 [--safety 0.5]
+  python -m benchmarks.bench_optimizer_table --steprule --only track --track-factor 2
+  python -m benchmarks.bench_optimizer_table --steprule-table benchmarks/results/steprule_*.json
 
 Each row is one setting, every method side by side in this process (float32, CPU):
 
@@ -34,6 +37,11 @@ directions build (compilation included) + the step measurement; it is added to e
 wall time. Target of a row = the best baseline's (sgd / adam / muon) mean final metric;
 time to target = training wall time (compilation and evaluations excluded) to the first
 evaluation at the target + the one-off cost, mean over the seeds that reach it.
+
+``--steprule``: the step-rule study instead (:func:`steprule_row`: ``pgd`` at factors of 2 of
+the measured rule on every seed and λ̂'s spread over batches; ``track``: λ̂ over training and
+re-estimation, :func:`steprule_track`; ``reuse``: the estimator's compilation,
+:func:`steprule_reuse`), raw numbers in ``benchmarks/results/steprule_*.json``.
 
 Raw numbers: ``benchmarks/results/optimizer_table_<UTC>.json``; a markdown table is printed.
 """
@@ -409,15 +417,17 @@ def _lam(st, d, seed, batch, safety=1.0):
                                       params=st.params(seed), batch=batch, safety=safety)
 
 
-def steprule_row(name, spec, *, quick=False, seeds=None, n_batches=8, safety=None, log=print):
+def steprule_row(name, spec, *, quick=False, seeds=None, n_batches=8, safety=None,
+                 factors=None, steps=None, log=print):
   """``pgd`` (``msk_sgd``, no momentum) at every factor of :data:`STEPRULE_FACTORS` × the
   measured rule on EVERY seed (no tuning on seed 0 only), plus λ̂ at θ₀ on ``n_batches``
   other random batches of the training size (its spread: how much the one batch the rule
   measures on decides the step). ``safety``: the rule is safety/λ̂ (default the library's
-  :data:`mskjax.steps.SAFETY`)."""
+  :data:`mskjax.steps.SAFETY`). ``factors``, ``steps``: another grid (not grown) or
+  budget."""
   from mskjax import steps as S
   from mskjax.experiments import mnist1d as M
-  steps, every = spec["steps"], spec["every"]
+  steps, every = steps or spec["steps"], spec["every"]
   if quick:
     steps, every = max(steps // 30, 10), max(every // 10, 5)
   st = make_setting(spec, steps, every, quick)
@@ -442,7 +452,8 @@ def steprule_row(name, spec, *, quick=False, seeds=None, n_batches=8, safety=Non
            if lams else "– (full batch)"))
     opts = M.Options(PGD_MOMENTUM, "matrix")
     tx = lambda lr, d=d: M.METHODS["pgd"].make(lr, d, opts)
-    factors, runs, i = list((1.0,) if quick else STEPRULE_FACTORS), [], 0
+    grow = factors is None
+    factors, runs, i = list((1.0,) if quick else factors or STEPRULE_FACTORS), [], 0
     while i < len(factors):
       f = factors[i]
       rec = st.train(st.params(seed), tx, seed, hparams=jnp.asarray(f * eta, jnp.float32))
@@ -452,7 +463,8 @@ def steprule_row(name, spec, *, quick=False, seeds=None, n_batches=8, safety=Non
                        curve_step=rec["curve_step"], curve_metric=rec["curve_metric"]))
       log(f"    ×{f:<5g} lr {f * eta:.4g}: {st.metric} {rec['final_metric']:.4g}"
           + (f" DIVERGED at step {rec['steps_run']}" if rec["diverged"] else ""))
-      if i == len(factors) - 1 and not rec["diverged"] and 2 * f <= STEPRULE_MAX and not quick:
+      if (grow and i == len(factors) - 1 and not rec["diverged"] and 2 * f <= STEPRULE_MAX
+          and not quick):
         factors.append(2 * f)
       i += 1
     per_seed.append(dict(seed=seed, eta_rule=eta, lam_rule=lam, rule_s=rsec,
@@ -531,40 +543,81 @@ def steprule_track(spec, *, seed=0, segment=250, factor=2.0, quick=False, log=pr
 
 def steprule_markdown(rows):
   """Settings × steps in units of 1/λ̂₀ (λ̂₀ each seed's rule measurement): the final metric
-  per seed (``div@t`` = stopped as diverged at step t), the best step of each seed."""
-  cells = sorted({r["factor"] * row["safety"] for row in rows for sd in row["seeds"]
-                  for r in sd["runs"]})
-  lines = ["| setting (metric) | seed | λ̂₀ (batches: min–max) | "
+  per seed (``div@t`` = stopped as diverged at step t), the best step of each seed, then per
+  setting the step with the best mean over its seeds among those stable on every seed.
+  Rows of the same setting (runs at another ``--safety``) are merged seed by seed."""
+  merged = {}
+  for row in rows:
+    m = merged.setdefault(row["row"], dict(row, seeds={}))
+    for sd in row["seeds"]:
+      t = m["seeds"].setdefault(sd["seed"], dict(sd, steps={}))
+      for r in sd["runs"]:
+        t["steps"][round(r["factor"] * row["safety"], 6)] = r
+  cells = sorted({c for m in merged.values() for t in m["seeds"].values() for c in t["steps"]})
+  lines = ["| setting (metric) | seed | λ̂₀ (other batches: min–max) | "
            + " | ".join(f"{c:g}/λ̂₀" for c in cells) + " | best |",
            "|---|---|---|" + "---|" * (len(cells) + 1)]
-  for row in rows:
-    for sd in row["seeds"]:
-      by = {r["factor"] * row["safety"]: r for r in sd["runs"]}
-      ok = [r for r in sd["runs"] if not r["diverged"] and np.isfinite(r["final"])]
-      best = (max if row["higher_is_better"] else min)(ok, key=lambda r: r["final"]) if ok \
-          else None
-      lb = sd["lam_batches"]
-      spread = f"{sd['lam_rule']:.3g} ({min(lb):.3g}–{max(lb):.3g})" if lb else \
-          f"{sd['lam_rule']:.3g}"
-      cell = lambda r: ("–" if r is None else f"div@{r['steps_run']}" if r["diverged"]
-                        else f"{r['final']:.4g}")
-      lines.append(f"| {row['row']} b = {row['batch']} ({row['metric']}) | {sd['seed']} | "
-                   f"{spread} | " + " | ".join(cell(by.get(c)) for c in cells)
-                   + f" | {'–' if best is None else format(best['factor'] * row['safety'], 'g')}"
-                   "/λ̂₀ |")
+  ok = lambda r: r is not None and not r["diverged"] and np.isfinite(r["final"])
+  cell = lambda r: ("" if r is None else f"div@{r['steps_run']}" if r["diverged"]
+                    else f"{r['final']:.4g}")
+  pick = lambda m: max if m["higher_is_better"] else min
+  for m in merged.values():
+    for t in m["seeds"].values():
+      good = [c for c in t["steps"] if ok(t["steps"][c])]
+      best = pick(m)(good, key=lambda c: t["steps"][c]["final"]) if good else None
+      lb = t["lam_batches"]
+      spread = (f"{t['lam_rule']:.3g} ({min(lb):.3g}–{max(lb):.3g})" if lb
+                else f"{t['lam_rule']:.3g} (full batch)")
+      lines.append(f"| {m['row']} b = {m['batch']} ({m['metric']}) | {t['seed']} | {spread} | "
+                   + " | ".join(cell(t["steps"].get(c)) for c in cells)
+                   + f" | {'–' if best is None else format(best, 'g') + '/λ̂₀'} |")
+    common = [c for c in cells if all(ok(t["steps"].get(c)) for t in m["seeds"].values())]
+    if common and len(m["seeds"]) > 1:
+      mean = {c: float(np.mean([t["steps"][c]["final"] for t in m["seeds"].values()]))
+              for c in common}
+      b = pick(m)(common, key=lambda c: mean[c])
+      lines.append(f"| {m['row']}: best on every seed | mean | | "
+                   + " | ".join(f"{mean[c]:.4g}" if c in mean else "" for c in cells)
+                   + f" | {b:g}/λ̂₀ |")
   return "\n".join(lines)
+
+
+def steprule_reuse(spec, log=print):
+  """Seconds of a ``curvature_estimator``'s construction + first call, and of its next call:
+  a first estimator, then a second one with the same loss and new directions (seed 1) and
+  another safety (reuses the first's compilation if the estimator caches it)."""
+  from mskjax import steps as S
+  st = make_setting(spec, 10, 10, False)
+  p, b = st.params(0), st.rule_batch(0)
+  out = dict(uptime_start=os.popen("uptime").read().strip())
+  for name, seed, kw in (("first", 0, {}), ("second", 1, dict(safety=1.0))):
+    d, _ = st.directions(seed)
+    t = time.perf_counter()
+    est = S.curvature_estimator(st.rule_loss, d, **kw)
+    jax.block_until_ready(est(p, b))
+    t1 = time.perf_counter() - t
+    t = time.perf_counter()
+    jax.block_until_ready(est(p, b))
+    out[name] = dict(first_call_s=t1, next_call_s=time.perf_counter() - t)
+    log(f"  {name} estimator: construction + first call {t1:.2f} s, next call "
+        f"{out[name]['next_call_s']:.2f} s")
+  return out
 
 
 def steprule_main(a, names, out_path, meta):
   results = dict(meta, rows=[])
   for nm in names:
-    if nm == "track":
+    if nm == "reuse":
+      results["reuse"] = steprule_reuse(ROWS["mlp128"], log=lambda s: print(s, flush=True))
+    elif nm == "track":
       results["track"] = steprule_track(ROWS["mlp128"], quick=a.quick,
                                         factor=a.track_factor,
                                         log=lambda s: print(s, flush=True))
     else:
       results["rows"].append(steprule_row(nm, ROWS[nm], quick=a.quick, seeds=a.seeds,
-                                          safety=a.safety,
+                                          safety=a.safety, steps=a.steps,
+                                          factors=a.factors and tuple(
+                                              float(v) for v in a.factors.split(",")),
                                           log=lambda s: print(s, flush=True)))
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     with open(out_path, "w") as f:
@@ -644,6 +697,11 @@ def main(argv=None):
                        "= λ̂ over training and re-estimation (MLP b = 128)")
   ap.add_argument("--safety", type=float, default=None,
                   help="--steprule: the rule tried is SAFETY/λ̂ (default mskjax.steps.SAFETY)")
+  ap.add_argument("--factors", default=None,
+                  help="--steprule: comma-separated factors of the rule (default 0.5..8, grown)")
+  ap.add_argument("--steps", type=int, default=None, help="--steprule: another step budget")
+  ap.add_argument("--steprule-table", nargs="+", default=None, metavar="JSON",
+                  help="print the merged step-rule table of these --steprule result files")
   ap.add_argument("--track-factor", type=float, default=2.0,
                   help="--steprule track: the factor of the rule both runs train at")
   a = ap.parse_args(argv)
@@ -651,8 +709,12 @@ def main(argv=None):
     if a.subsample < 1:
       raise SystemExit(f"--subsample: must be ≥ 1; got {a.subsample}.")
     MNIST_DIRECTIONS["subsample"] = int(a.subsample)
+  if a.steprule_table:
+    rows = [r for f in a.steprule_table for r in json.load(open(f))["rows"]]
+    print(steprule_markdown(rows))
+    return rows
   names = [r.strip() for r in a.only.split(",") if r.strip()]
-  bad = [r for r in names if r not in ROWS and not (a.steprule and r == "track")]
+  bad = [r for r in names if r not in ROWS and not (a.steprule and r in ("track", "reuse"))]
   if bad:
     raise SystemExit(f"--only: unknown row(s) {bad}; choose from {list(ROWS)}.")
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
@@ -664,7 +726,8 @@ def main(argv=None):
               backend=jax.default_backend(), jax=jax.__version__)
   print(meta["uptime_start"], flush=True)
   if a.steprule:
-    tag = "" if a.safety is None else f"safety{a.safety:g}_"
+    tag = ("" if a.safety is None else f"safety{a.safety:g}_") + (
+        "" if a.steps is None else f"steps{a.steps}_")
     path = a.out or os.path.join(RESULTS, f"steprule_{'quick_' if a.quick else ''}{tag}"
                                  f"{'_'.join(names)}_{stamp}.json")
     return steprule_main(a, names, path, meta)
