@@ -418,13 +418,13 @@ def _lam(st, d, seed, batch, safety=1.0):
 
 
 def steprule_row(name, spec, *, quick=False, seeds=None, n_batches=8, safety=None,
-                 factors=None, steps=None, log=print):
+                 factors=None, steps=None, first_seed=0, log=print):
   """``pgd`` (``msk_sgd``, no momentum) at every factor of :data:`STEPRULE_FACTORS` × the
   measured rule on EVERY seed (no tuning on seed 0 only), plus λ̂ at θ₀ on ``n_batches``
   other random batches of the training size (its spread: how much the one batch the rule
   measures on decides the step). ``safety``: the rule is safety/λ̂ (default the library's
   :data:`mskjax.steps.SAFETY`). ``factors``, ``steps``: another grid (not grown) or
-  budget."""
+  budget; seeds ``first_seed, first_seed + 1, ...``."""
   from mskjax import steps as S
   from mskjax.experiments import mnist1d as M
   steps, every = steps or spec["steps"], spec["every"]
@@ -438,7 +438,7 @@ def steprule_row(name, spec, *, quick=False, seeds=None, n_batches=8, safety=Non
   log(f"== steprule {name}: {st.name}, b = {spec['b'] or 'full'}, {steps} steps, "
       f"{nseeds} seeds, rule = {safety:g}/λ̂, uptime: {up}")
   per_seed = []
-  for seed in range(nseeds):
+  for seed in range(first_seed, first_seed + nseeds):
     d, dsec = st.directions(seed)
     eta, rsec = st.rule(d, seed)
     lam = S.SAFETY / eta
@@ -616,6 +616,7 @@ def steprule_main(a, names, out_path, meta):
     else:
       results["rows"].append(steprule_row(nm, ROWS[nm], quick=a.quick, seeds=a.seeds,
                                           safety=a.safety, steps=a.steps,
+                                          first_seed=a.first_seed,
                                           factors=a.factors and tuple(
                                               float(v) for v in a.factors.split(",")),
                                           log=lambda s: print(s, flush=True)))
@@ -700,6 +701,7 @@ def main(argv=None):
   ap.add_argument("--factors", default=None,
                   help="--steprule: comma-separated factors of the rule (default 0.5..8, grown)")
   ap.add_argument("--steps", type=int, default=None, help="--steprule: another step budget")
+  ap.add_argument("--first-seed", type=int, default=0, help="--steprule: first seed")
   ap.add_argument("--steprule-table", nargs="+", default=None, metavar="JSON",
                   help="print the merged step-rule table of these --steprule result files")
   ap.add_argument("--track-factor", type=float, default=2.0,
@@ -727,7 +729,8 @@ def main(argv=None):
   print(meta["uptime_start"], flush=True)
   if a.steprule:
     tag = ("" if a.safety is None else f"safety{a.safety:g}_") + (
-        "" if a.steps is None else f"steps{a.steps}_")
+        "" if a.steps is None else f"steps{a.steps}_") + (
+        "" if not a.first_seed else f"from{a.first_seed}_")
     path = a.out or os.path.join(RESULTS, f"steprule_{'quick_' if a.quick else ''}{tag}"
                                  f"{'_'.join(names)}_{stamp}.json")
     return steprule_main(a, names, path, meta)
