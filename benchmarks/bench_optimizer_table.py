@@ -5,6 +5,9 @@ Command::
   python -m benchmarks.bench_optimizer_table                 # every row (48 min on 2 loaded cores)
   python -m benchmarks.bench_optimizer_table --quick         # smoke run (tiny budgets)
   python -m benchmarks.bench_optimizer_table --only mlp128,regression --seeds 3
+  python -m benchmarks.bench_optimizer_table --steprule --only mlp128 [--safety 0.5]
+  python -m benchmarks.bench_optimizer_table --steprule --only track --track-factor 2
+  python -m benchmarks.bench_optimizer_table --steprule-table benchmarks/results/steprule_*.json
 
 Each row is one setting, every method side by side in this process (float32, CPU):
 
@@ -36,6 +39,11 @@ which a user's fresh process would not; their own measured one-off is kept as
 ``one_off_measured_s``). Target of a row = the best baseline's (sgd / adam / muon) mean final metric;
 time to target = training wall time (compilation and evaluations excluded) to the first
 evaluation at the target + the one-off cost, mean over the seeds that reach it.
+
+``--steprule``: the step-rule study instead (:func:`steprule_row`: ``pgd`` at factors of 2 of
+the measured rule on every seed and λ̂'s spread over batches; ``track``: λ̂ over training and
+re-estimation, :func:`steprule_track`; ``reuse``: the estimator's compilation,
+:func:`steprule_reuse`), raw numbers in ``benchmarks/results/steprule_*.json``.
 
 Raw numbers: ``benchmarks/results/optimizer_table_<UTC>.json``; a markdown table is printed.
 """
@@ -128,6 +136,9 @@ def mnist1d_setting(arch, b, steps, every, quick):
     return d, sec
   s.directions = directions
 
+  s.rule_loss, s.rule_b, s.xy = M.rule_loss_fn(arch), b or n, (x, y, xt, yt)
+  s.rule_batch = lambda j: M.rule_batch(x, y, b or n, j)
+
   def rule(d, seed):
     return _timed(M.pgd_base_lr, "measured", d, b or n, arch=arch, params=s.params(seed),
                   batch=M.rule_batch(x, y, b or n, seed))
@@ -182,6 +193,9 @@ def regression_setting(b, steps, every, quick):
                   compute_beta=False, key=jax.random.PRNGKey(seed))
   s.directions = directions
 
+  s.rule_loss, s.rule_b = loss, n
+  s.rule_batch = lambda j: data                # full batch: one batch only
+
   def rule(d, seed):
     return _timed(S.stable_learning_rate, d, n, loss_fn=loss, params=params0, batch=data)
   s.rule = rule
@@ -232,10 +246,14 @@ def digits_setting(b, steps, every, quick):
                   key=jax.random.PRNGKey(seed))
   s.directions = directions
 
+  def rule_batch(j):
+    idx = np.sort(np.random.default_rng(j).choice(n, b, replace=False))
+    return X[idx], Y[idx]
+  s.rule_loss, s.rule_b, s.rule_batch = loss, b, rule_batch
+
   def rule(d, seed):
-    idx = np.sort(np.random.default_rng(seed).choice(n, b, replace=False))
     return _timed(S.stable_learning_rate, d, b, loss_fn=loss, params=s.params(seed),
-                  batch=(X[idx], Y[idx]))
+                  batch=rule_batch(seed))
   s.rule = rule
   s.train = lambda params, tx, seed, hparams=None: _fit_record(
       loss3, params, tx, (X, Y), b, steps, every, seed, lambda st: ev(st.params),
@@ -259,19 +277,23 @@ def _score(rec, higher):
   return m if higher else -m
 
 
+def make_setting(spec, steps, every, quick):
+  """The row's :class:`Setting` (its problem at this step budget)."""
+  kind = spec["kind"]
+  if kind == "mnist1d":
+    return mnist1d_setting(spec["arch"], spec["b"], steps, every, quick)
+  if kind == "regression":
+    return regression_setting(spec["b"], steps, every, quick)
+  return digits_setting(spec["b"], steps, every, quick)
+
+
 # ------------------------------------------------------------------ one row
 def run_row(name, spec, *, quick=False, seeds=None, log=print):
   from mskjax.experiments import mnist1d as M
   steps, every = spec["steps"], spec["every"]
   if quick:
     steps, every = max(steps // 30, 10), max(every // 10, 5)
-  kind = spec["kind"]
-  if kind == "mnist1d":
-    st = mnist1d_setting(spec["arch"], spec["b"], steps, every, quick)
-  elif kind == "regression":
-    st = regression_setting(spec["b"], steps, every, quick)
-  else:
-    st = digits_setting(spec["b"], steps, every, quick)
+  st = make_setting(spec, steps, every, quick)
   nseeds = int(seeds or spec["seeds"]) if not quick else 1
   seed_list = list(range(nseeds))
   grids = {m: (g[len(g) // 2:len(g) // 2 + 1] if quick else tuple(g))
@@ -391,6 +413,232 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
   return out
 
 
+# ------------------------------------------------------------------ the step rule
+#: Factors of the measured rule tried on every seed (``--steprule``); the grid grows by ×2
+#: past its top while the top factor is stable, up to :data:`STEPRULE_MAX`.
+STEPRULE_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
+STEPRULE_MAX = 32.0
+
+
+def _lam(st, d, seed, batch, safety=1.0):
+  """λ̂ at the seed's θ₀ on ``batch``: 1/η of the rule at safety 1 (same Lanczos)."""
+  from mskjax import steps as S
+  return 1.0 / S.stable_learning_rate(d, st.rule_b, loss_fn=st.rule_loss,
+                                      params=st.params(seed), batch=batch, safety=safety)
+
+
+def steprule_row(name, spec, *, quick=False, seeds=None, n_batches=8, safety=None,
+                 factors=None, steps=None, first_seed=0, log=print):
+  """``pgd`` (``msk_sgd``, no momentum) at every factor of :data:`STEPRULE_FACTORS` × the
+  measured rule on EVERY seed (no tuning on seed 0 only), plus λ̂ at θ₀ on ``n_batches``
+  other random batches of the training size (its spread: how much the one batch the rule
+  measures on decides the step). ``safety``: the rule is safety/λ̂ (default the library's
+  :data:`mskjax.steps.SAFETY`). ``factors``, ``steps``: another grid (not grown) or
+  budget; seeds ``first_seed, first_seed + 1, ...``."""
+  from mskjax import steps as S
+  from mskjax.experiments import mnist1d as M
+  steps, every = steps or spec["steps"], spec["every"]
+  if quick:
+    steps, every = max(steps // 30, 10), max(every // 10, 5)
+  st = make_setting(spec, steps, every, quick)
+  nseeds = int(seeds or spec["seeds"]) if not quick else 1
+  t_row = time.perf_counter()
+  up = os.popen("uptime").read().strip()
+  safety = float(S.SAFETY if safety is None else safety)
+  log(f"== steprule {name}: {st.name}, b = {spec['b'] or 'full'}, {steps} steps, "
+      f"{nseeds} seeds, rule = {safety:g}/λ̂, uptime: {up}")
+  per_seed = []
+  for seed in range(first_seed, first_seed + nseeds):
+    d, dsec = st.directions(seed)
+    eta, rsec = st.rule(d, seed)
+    lam = S.SAFETY / eta
+    eta = safety / lam
+    full = spec["b"] is None
+    lams = [] if full else [_lam(st, d, seed, st.rule_batch(1000 + j))
+                            for j in range(2 if quick else n_batches)]
+    log(f"  seed {seed}: directions {dsec:.1f} s, rule η = {eta:.4g} (λ̂ = {lam:.4g}, "
+        f"{rsec:.1f} s); λ̂ on {len(lams)} other batches: "
+        + (f"min {min(lams):.4g} median {np.median(lams):.4g} max {max(lams):.4g}"
+           if lams else "– (full batch)"))
+    opts = M.Options(PGD_MOMENTUM, "matrix")
+    tx = lambda lr, d=d: M.METHODS["pgd"].make(lr, d, opts)
+    grow = factors is None
+    factors, runs, i = list((1.0,) if quick else factors or STEPRULE_FACTORS), [], 0
+    while i < len(factors):
+      f = factors[i]
+      rec = st.train(st.params(seed), tx, seed, hparams=jnp.asarray(f * eta, jnp.float32))
+      runs.append(dict(factor=f, lr=f * eta, final=rec["final_metric"],
+                       diverged=bool(rec["diverged"]), steps_run=rec["steps_run"],
+                       per_step_ms=rec["per_step_ms"],
+                       curve_step=rec["curve_step"], curve_metric=rec["curve_metric"]))
+      log(f"    ×{f:<5g} lr {f * eta:.4g}: {st.metric} {rec['final_metric']:.4g}"
+          + (f" DIVERGED at step {rec['steps_run']}" if rec["diverged"] else ""))
+      if (grow and i == len(factors) - 1 and not rec["diverged"] and 2 * f <= STEPRULE_MAX
+          and not quick):
+        factors.append(2 * f)
+      i += 1
+    per_seed.append(dict(seed=seed, eta_rule=eta, lam_rule=lam, rule_s=rsec,
+                         directions_s=dsec, lam_batches=lams, runs=runs))
+  out = dict(row=name, setting=st.name, metric=st.metric, higher_is_better=st.higher,
+             batch=spec["b"] or "full", steps=steps, safety=safety, seeds=per_seed,
+             uptime_start=up, uptime_end=os.popen("uptime").read().strip(),
+             row_s=time.perf_counter() - t_row)
+  log(f"  row {name}: {out['row_s']:.0f} s; {out['uptime_end']}")
+  return out
+
+
+def steprule_track(spec, *, seed=0, segment=250, factor=2.0, quick=False, log=print):
+  """MNIST-1D MLP: how λ̂ evolves over training, and what re-estimating the step buys.
+
+  Two runs of ``optax.inject_hyperparams(msk_sgd)`` (no momentum) in segments of
+  ``segment`` steps through ``train.fit`` (resumed from its state: no recompilation):
+  ``fixed`` at ``factor`` × the rule at θ₀ throughout; ``reestimated``: after every
+  segment η ← factor × SAFETY/λ̂_t (``curvature_estimator`` on a fresh random batch of the
+  training size, ``steps.set_learning_rate``). After each segment: test accuracy, λ̂ on the
+  rule's own batch (the one measured at θ₀) and on a fresh batch, the estimator's seconds.
+  """
+  import mskjax
+  from mskjax import steps as S, train as T
+  from mskjax.experiments import mnist1d as M
+  steps = spec["steps"] if not quick else 2 * segment
+  b = spec["b"]
+  st = make_setting(spec, steps, segment, quick)
+  x, y, xt, yt = st.xy
+  d, _ = st.directions(seed)
+  eta0, _ = st.rule(d, seed)
+  t0 = time.perf_counter()
+  est = S.curvature_estimator(st.rule_loss, d)
+  first = est(st.params(seed), st.rule_batch(seed))
+  jax.block_until_ready(first)
+  est_cold = time.perf_counter() - t0
+  ev = M.eval_fn(spec["arch"])
+  loss = M.loss_fn(spec["arch"])
+  out = dict(setting=st.name, batch=b, steps=steps, segment=segment, factor=factor,
+             safety=S.SAFETY, eta_rule=eta0, estimator_cold_s=est_cold,
+             uptime_start=os.popen("uptime").read().strip(), runs={})
+  log(f"== steprule track: {st.name}, b = {b}, {steps} steps, factor {factor}, rule η "
+      f"{eta0:.4g}, estimator first call {est_cold:.1f} s")
+  for mode in ("fixed", "reestimated"):
+    tx = optax.inject_hyperparams(mskjax.msk_sgd)(learning_rate=factor * eta0, directions=d,
+                                                  momentum=PGD_MOMENTUM)
+    state, rows, lr, est_s, train_s = None, [], factor * eta0, 0.0, 0.0
+    rng = np.random.default_rng(10_000 + seed)
+    for k in range(steps // segment):
+      res = T.fit(loss, st.params(seed) if state is None else None, tx, (x, y),
+                  steps=segment, batch_size=b, seed=seed, state=state,
+                  evaluate=lambda s_: ev(s_.params, xt, yt), eval_every=segment,
+                  stop_above={"loss": 50.0}, loop="auto")
+      state, train_s = res.state, train_s + res.train_s
+      acc = float(res.history["acc"][-1])
+      p = state.params
+      t1 = time.perf_counter()
+      lam_fresh = float(est(p, st.rule_batch(int(rng.integers(1 << 30))))[1])
+      est_s += time.perf_counter() - t1
+      lam_own = float(est(p, st.rule_batch(seed))[1])
+      rows.append(dict(step=int(state.step), lr=lr, acc=acc, lam_fresh=lam_fresh,
+                       lam_rule_batch=lam_own, diverged=res.stopped is not None))
+      log(f"  {mode:11s} step {int(state.step):5d}: lr {lr:.4g} acc {acc:.4f} λ̂ fresh "
+          f"{lam_fresh:.4g}, rule batch {lam_own:.4g}"
+          + (" DIVERGED" if res.stopped is not None else ""))
+      if res.stopped is not None:
+        break
+      if mode == "reestimated":
+        lr = factor * S.SAFETY / lam_fresh
+        state = state._replace(opt_state=S.set_learning_rate(state.opt_state, lr))
+    out["runs"][mode] = dict(curve=rows, train_s=train_s, estimate_s=est_s,
+                             final_acc=rows[-1]["acc"])
+  out["uptime_end"] = os.popen("uptime").read().strip()
+  return out
+
+
+def steprule_markdown(rows):
+  """Settings × steps in units of 1/λ̂₀ (λ̂₀ each seed's rule measurement): the final metric
+  per seed (``div@t`` = stopped as diverged at step t), the best step of each seed, then per
+  setting the step with the best mean over its seeds among those stable on every seed.
+  Rows of the same setting (runs at another ``--safety``) are merged seed by seed."""
+  merged = {}
+  for row in rows:
+    m = merged.setdefault(row["row"], dict(row, seeds={}))
+    for sd in row["seeds"]:
+      t = m["seeds"].setdefault(sd["seed"], dict(sd, steps={}))
+      for r in sd["runs"]:
+        t["steps"][round(r["factor"] * row["safety"], 6)] = r
+  cells = sorted({c for m in merged.values() for t in m["seeds"].values() for c in t["steps"]})
+  lines = ["| setting (metric) | seed | λ̂₀ (other batches: min–max) | "
+           + " | ".join(f"{c:g}/λ̂₀" for c in cells) + " | best |",
+           "|---|---|---|" + "---|" * (len(cells) + 1)]
+  ok = lambda r: r is not None and not r["diverged"] and np.isfinite(r["final"])
+  cell = lambda r: ("" if r is None else f"div@{r['steps_run']}" if r["diverged"]
+                    else f"{r['final']:.4g}")
+  pick = lambda m: max if m["higher_is_better"] else min
+  for m in merged.values():
+    for t in m["seeds"].values():
+      good = [c for c in t["steps"] if ok(t["steps"][c])]
+      best = pick(m)(good, key=lambda c: t["steps"][c]["final"]) if good else None
+      lb = t["lam_batches"]
+      spread = (f"{t['lam_rule']:.3g} ({min(lb):.3g}–{max(lb):.3g})" if lb
+                else f"{t['lam_rule']:.3g} (full batch)")
+      lines.append(f"| {m['row']} b = {m['batch']} ({m['metric']}) | {t['seed']} | {spread} | "
+                   + " | ".join(cell(t["steps"].get(c)) for c in cells)
+                   + f" | {'–' if best is None else format(best, 'g') + '/λ̂₀'} |")
+    common = [c for c in cells if all(ok(t["steps"].get(c)) for t in m["seeds"].values())]
+    if common and len(m["seeds"]) > 1:
+      mean = {c: float(np.mean([t["steps"][c]["final"] for t in m["seeds"].values()]))
+              for c in common}
+      b = pick(m)(common, key=lambda c: mean[c])
+      lines.append(f"| {m['row']}: best on every seed | mean | | "
+                   + " | ".join(f"{mean[c]:.4g}" if c in mean else "" for c in cells)
+                   + f" | {b:g}/λ̂₀ |")
+  return "\n".join(lines)
+
+
+def steprule_reuse(spec, log=print):
+  """Seconds of a ``curvature_estimator``'s construction + first call, and of its next call:
+  a first estimator, then a second one with the same loss and new directions (seed 1) and
+  another safety (reuses the first's compilation if the estimator caches it)."""
+  from mskjax import steps as S
+  st = make_setting(spec, 10, 10, False)
+  p, b = st.params(0), st.rule_batch(0)
+  out = dict(uptime_start=os.popen("uptime").read().strip())
+  for name, seed, kw in (("first", 0, {}), ("second", 1, dict(safety=1.0))):
+    d, _ = st.directions(seed)
+    t = time.perf_counter()
+    est = S.curvature_estimator(st.rule_loss, d, **kw)
+    jax.block_until_ready(est(p, b))
+    t1 = time.perf_counter() - t
+    t = time.perf_counter()
+    jax.block_until_ready(est(p, b))
+    out[name] = dict(first_call_s=t1, next_call_s=time.perf_counter() - t)
+    log(f"  {name} estimator: construction + first call {t1:.2f} s, next call "
+        f"{out[name]['next_call_s']:.2f} s")
+  return out
+
+
+def steprule_main(a, names, out_path, meta):
+  results = dict(meta, rows=[])
+  for nm in names:
+    if nm == "reuse":
+      results["reuse"] = steprule_reuse(ROWS["mlp128"], log=lambda s: print(s, flush=True))
+    elif nm == "track":
+      results["track"] = steprule_track(ROWS["mlp128"], quick=a.quick,
+                                        factor=a.track_factor,
+                                        log=lambda s: print(s, flush=True))
+    else:
+      results["rows"].append(steprule_row(nm, ROWS[nm], quick=a.quick, seeds=a.seeds,
+                                          safety=a.safety, steps=a.steps,
+                                          first_seed=a.first_seed,
+                                          factors=a.factors and tuple(
+                                              float(v) for v in a.factors.split(",")),
+                                          log=lambda s: print(s, flush=True)))
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(out_path, "w") as f:
+      json.dump(results, f, indent=1, default=float)
+  if results["rows"]:
+    print(steprule_markdown(results["rows"]))
+  print(f"wrote {out_path}")
+  return results
+
+
 # ------------------------------------------------------------------ table
 def _f(v, fmt="{:.3g}"):
   return "–" if v is None else fmt.format(v)
@@ -454,13 +702,31 @@ def main(argv=None):
                   help=f"points of the MNIST-1D rows' directions (default "
                        f"{MNIST_DIRECTIONS['subsample']})")
   ap.add_argument("--out", default=None, help="json path (default benchmarks/results/...)")
+  ap.add_argument("--steprule", action="store_true",
+                  help="the step-rule study instead: pgd at factors 0.5..8(..32) of the "
+                       "measured rule on every seed, λ̂'s spread over batches; row 'track' "
+                       "= λ̂ over training and re-estimation (MLP b = 128)")
+  ap.add_argument("--safety", type=float, default=None,
+                  help="--steprule: the rule tried is SAFETY/λ̂ (default mskjax.steps.SAFETY)")
+  ap.add_argument("--factors", default=None,
+                  help="--steprule: comma-separated factors of the rule (default 0.5..8, grown)")
+  ap.add_argument("--steps", type=int, default=None, help="--steprule: another step budget")
+  ap.add_argument("--first-seed", type=int, default=0, help="--steprule: first seed")
+  ap.add_argument("--steprule-table", nargs="+", default=None, metavar="JSON",
+                  help="print the merged step-rule table of these --steprule result files")
+  ap.add_argument("--track-factor", type=float, default=2.0,
+                  help="--steprule track: the factor of the rule both runs train at")
   a = ap.parse_args(argv)
   if a.subsample is not None:
     if a.subsample < 1:
       raise SystemExit(f"--subsample: must be ≥ 1; got {a.subsample}.")
     MNIST_DIRECTIONS["subsample"] = int(a.subsample)
+  if a.steprule_table:
+    rows = [r for f in a.steprule_table for r in json.load(open(f))["rows"]]
+    print(steprule_markdown(rows))
+    return rows
   names = [r.strip() for r in a.only.split(",") if r.strip()]
-  bad = [r for r in names if r not in ROWS]
+  bad = [r for r in names if r not in ROWS and not (a.steprule and r in ("track", "reuse"))]
   if bad:
     raise SystemExit(f"--only: unknown row(s) {bad}; choose from {list(ROWS)}.")
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
@@ -471,6 +737,13 @@ def main(argv=None):
               utc=stamp, uptime_start=os.popen("uptime").read().strip(),
               backend=jax.default_backend(), jax=jax.__version__)
   print(meta["uptime_start"], flush=True)
+  if a.steprule:
+    tag = ("" if a.safety is None else f"safety{a.safety:g}_") + (
+        "" if a.steps is None else f"steps{a.steps}_") + (
+        "" if not a.first_seed else f"from{a.first_seed}_")
+    path = a.out or os.path.join(RESULTS, f"steprule_{'quick_' if a.quick else ''}{tag}"
+                                 f"{'_'.join(names)}_{stamp}.json")
+    return steprule_main(a, names, path, meta)
   results = []
   for nm in names:
     try:

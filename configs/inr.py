@@ -33,7 +33,7 @@ Methods (``methods``; one function each in the program), each at the step of its
 * ``msk`` — ``optim.msk_sgd(lr, d)``: GD preconditioned by P = I + Σ_{i≤k}(λ_{k+1}/λ_i − 1)
   q_i q_iᵀ with d = ``optim.msk_directions`` (flatten, top ``msk_k``, on ``msk_subsample``
   training pixels, at initialisation, fixed); its grid holds ``rule_factors`` × the
-  *measured* step ``optim.stable_learning_rate(d, loss_fn=, params=, batch=)`` (0.5/λ̂,
+  *measured* step ``optim.stable_learning_rate(d, loss_fn=, params=, batch=)`` (0.75/λ̂,
   λ̂ = top eigenvalue of P^½ ∇²L P^½ at initialisation) and the absolute steps of
   ``grids.msk``;
 * ``msk_adam`` — ``optax.chain(optim.scale_by_msk(d), optax.adam(lr))``.
@@ -81,9 +81,11 @@ def get_config(arg=None):
   c.grids = ml_collections.ConfigDict(dict(
       adam=(1e-3, 3e-3, 1e-2), sgd=(0.1, 0.3), gd=(0.3, 1.0), muon=(1e-2, 3e-2),
       iga=(3e-3, 1e-2), msk=(), msk_adam=(1e-3, 3e-3)))
-  # msk: factors of the measured step (0.5/λ̂ at initialisation: factor 4 is the quadratic
-  # edge there; the curvature of a ReLU INR changes as it trains, so the grid straddles it).
-  c.rule_factors = (1.0, 3.0, 10.0)
+  # msk: factors of the measured step (0.75/λ̂ at initialisation: factor 2.67 is the
+  # quadratic edge there; the curvature of a ReLU INR changes as it trains, so the grid
+  # straddles it). 0.67, 2, 6.7 × 0.75/λ̂ = 0.5, 1.5, 5 /λ̂: the steps of the runs in
+  # experiments/README.md (factors 1, 3, 10 of the 0.5/λ̂ rule of then).
+  c.rule_factors = (0.67, 2.0, 6.7)
   c.momentum = 0.9
   c.steps = 1000
   c.eval_every = 25

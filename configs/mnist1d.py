@@ -32,7 +32,7 @@ one-off cost, added to their wall times.
 Steps. Each method runs every value of its grid ``<method>_lrs`` on the ``tune_seeds``;
 the value with the best mean final test accuracy (diverged runs score −1) then runs on
 every seed of ``seeds``. ``pgd_step``: ``'measured'`` (default; ``pgd_factors`` multiply
-``mskjax.stable_learning_rate(directions, b, loss_fn=, params=, batch=)`` = 0.5/λ̂ of the
+``mskjax.stable_learning_rate(directions, b, loss_fn=, params=, batch=)`` = 0.75/λ̂ of the
 preconditioned cross-entropy Hessian at initialisation on one random batch of b points,
 per seed), ``'absolute'`` (``pgd_lrs`` are learning rates) or ``'stable'``
 (``pgd_factors`` multiply the linearised critical-batch rule
@@ -87,10 +87,13 @@ def get_config(arg=None):
   c.muon_lrs = (3e-3, 1e-2, 3e-2, 0.1)
   c.pgd_lrs = (0.03, 0.1, 0.3, 1.0)
   c.pgd_adam_lrs = (3e-4, 1e-3, 3e-3, 1e-2)
-  # "measured" (recommended): the pgd grid is pgd_factors × 0.5/λ̂ (measured curvature);
-  # "absolute": pgd_lrs; "stable": pgd_factors × the linearised critical-batch rule.
+  # "measured" (recommended): the pgd grid is pgd_factors × SAFETY/λ̂ = 0.75/λ̂ (measured
+  # curvature); "absolute": pgd_lrs; "stable": pgd_factors × the linearised critical-batch
+  # rule. The factors are the steps 0.25, 0.5, 1, 2 /λ̂ of the earlier grid (0.5–4 × the
+  # 0.5/λ̂ rule of then): 2/λ̂ was the best MLP step without momentum, 4/λ̂ diverged
+  # (benchmarks/README.md, "The measured step rule vs a factor-2 grid").
   c.pgd_step = "measured"
-  c.pgd_factors = (0.5, 1.0, 2.0, 4.0)
+  c.pgd_factors = (0.33, 0.67, 1.33, 2.67)
   c.momentum = 0.9            # sgd and pgd
   c.muon_conv = "matrix"      # muon on conv kernels as (width·in) × out matrices, or "adam"
   c.loop = "auto"             # "fit", "python" or "auto" (python for the CNN)

@@ -126,8 +126,8 @@ def test_learning_rates_hold_factors_of_the_measured_step():
   assert grid[0][0] == f"meas×{f:g}" and grid[0][1] == pytest.approx(f * eta)
   assert len(grid) == len(setup.config.rule_factors) + len(setup.config.grids.msk)
   assert [lr for _, lr in E.learning_rates(setup, "adam")] == list(setup.config.grids.adam)
-  # the measured step is 0.5/λ̂ of the preconditioned Hessian: P-GD at 4× that step sits at
-  # the quadratic edge, and at a tenth of it the loss must fall (a step that small is stable)
+  # the measured step is 0.75/λ̂ of the preconditioned Hessian: P-GD at 2.67× that step sits
+  # at the quadratic edge, and at a tenth of it the loss must fall (a step that small is stable)
   m = E.METHODS["msk"](setup, 0.1 * eta)
   assert m.one_off_s >= secs > 0                # directions + measurement are one-off costs
   rec = E.train(m, model.apply, setup.variables["params"], setup.x, setup.y, setup.x,

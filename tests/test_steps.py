@@ -173,3 +173,48 @@ def test_non_finite_updates_are_skipped_with_apply_if_finite():
   st = tx.init({"w": jnp.zeros(4)})
   up, st = tx.update({"w": jnp.array([1.0, jnp.nan, 0.0, 0.0])}, st)
   assert np.all(np.asarray(up["w"]) == 0) and int(st.notfinite_count) == 1
+
+
+def test_estimators_with_the_same_loss_share_one_compilation():
+  """A new estimator (new directions of the same k, another safety) with the same loss
+  function object reuses the module-level compilation; its results follow its own
+  directions and safety (numpy eigh oracle, float64)."""
+  with jax.enable_x64(True):
+    dim = 6
+    A = np.diag(np.arange(1.0, dim + 1))
+    loss = lambda p, b: 0.5 * p["w"] @ (b @ p["w"])
+    p = {"w": jnp.ones(dim)}
+    n0 = steps._estimate_top._cache_size()
+    for seed, safety in ((3, 0.5), (4, 1.0)):
+      d, q = _orth_dirs(dim, 2, [8.0, 2.0], [1.0, 1.0], seed=seed)
+      Ph = np.eye(dim) + (q * (np.sqrt(np.array([1 / 8, 1 / 2])) - 1)) @ q.T
+      top = np.linalg.eigvalsh(Ph @ A @ Ph)[-1]
+      eta, lam = steps.curvature_estimator(loss, d, iters=dim, safety=safety)(
+          p, jnp.asarray(A))
+      # iters = dim: Lanczos is exact up to float64 round-off
+      assert float(lam) == pytest.approx(top, rel=1e-8)
+      assert float(eta) == pytest.approx(safety / top, rel=1e-8)
+    assert steps._estimate_top._cache_size() == n0 + 1
+
+
+def test_default_step_is_inside_the_quadratic_edge():
+  """On a quadratic ½wᵀAw, GD at the default measured step multiplies the top eigen-
+  component by 1 − η λ_max = 1 − SAFETY: the default sits strictly inside the edge 2/λ̂
+  (|1 − SAFETY| < 1) and the iterates contract (numpy, float64)."""
+  with jax.enable_x64(True):
+    dim = 8
+    O, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((dim, dim)))
+    lam = np.r_[6.0, np.linspace(0.5, 3.0, dim - 1)]
+    A = (O * lam) @ O.T
+    loss = lambda w, b: 0.5 * w @ (b @ w)
+    w0 = O[:, 0] + 0.1 * O[:, 1]
+    eta = steps.stable_learning_rate(loss_fn=loss, params=jnp.asarray(w0),
+                                     batch=jnp.asarray(A), iters=dim)
+    assert 0 < steps.SAFETY < 2
+    w1 = w0 - eta * A @ w0
+    # iters = dim: λ̂ = 6 up to float64 round-off
+    assert O[:, 0] @ w1 == pytest.approx(1 - steps.SAFETY, rel=1e-8)
+    w = w0
+    for _ in range(50):
+      w = w - eta * A @ w
+    assert np.linalg.norm(w) < 0.1 * np.linalg.norm(w0)

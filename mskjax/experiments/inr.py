@@ -18,7 +18,7 @@ every piece a small function:
   ``methods``/``grids``;
 * :func:`learning_rates` — the grid of a method: ``grids[name]`` absolute steps, plus, for
   methods in :data:`RULE_METHODS`, factors ``rule_factors`` of the *measured* step
-  ``optim.stable_learning_rate(d, loss_fn=, params=, batch=)`` (0.5/λ̂, λ̂ the top
+  ``optim.stable_learning_rate(d, loss_fn=, params=, batch=)`` (0.75/λ̂, λ̂ the top
   eigenvalue of P^½ ∇²L P^½ at initialisation by Lanczos; labels ``meas×f``);
 * :func:`train` — a jitted step called from a Python loop, timed with
   ``block_until_ready`` (compilation and evaluations excluded), test/train PSNR every
@@ -264,7 +264,7 @@ def build_directions(setup_apply, variables, x, *, k: int, subsample: Optional[i
 def measure_step(apply_fn, directions, params, x, y):
   """The measured step of P-preconditioned full-batch GD at ``params``, timed cold.
 
-  ``optim.stable_learning_rate(d, loss_fn=½·MSE, params=, batch=(x, y))``: 0.5/λ̂ with λ̂
+  ``optim.stable_learning_rate(d, loss_fn=½·MSE, params=, batch=(x, y))``: 0.75/λ̂ with λ̂
   the top positive eigenvalue of ``P^½ ∇²L P^½`` (Lanczos on exact Hessian-vector
   products, compilation included in the seconds). Returns ``(η, seconds)``.
   """

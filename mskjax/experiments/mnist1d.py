@@ -179,7 +179,7 @@ def pgd_base_lr(rule: str, directions, batch_size: int, *, arch: Optional[str] =
 
   * ``'absolute'``: 1 (the grid is the learning rate);
   * ``'measured'`` (recommended): ``mskjax.stable_learning_rate(directions, b,
-    loss_fn=, params=, batch=)`` — 0.5/λ̂, λ̂ the top eigenvalue of the P-preconditioned
+    loss_fn=, params=, batch=)`` — SAFETY/λ̂ = 0.75/λ̂, λ̂ the top eigenvalue of the P-preconditioned
     cross-entropy Hessian measured by Lanczos at ``params`` on ``batch`` (one batch of the
     training size; needs ``arch``, ``params``, ``batch``);
   * ``'stable'``: ``mskjax.stable_learning_rate(directions, batch_size)`` — the
