@@ -12,7 +12,6 @@ step rules in :mod:`mskjax.steps`. The mathematics: ``docs/theory.md``.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import warnings
@@ -741,9 +740,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if compute_beta and method != "explicit":
       # β's per-point Jacobians depend on nothing the eigen-solve computes: they (and their
       # compilation) run in a worker thread alongside it
-      pool = concurrent.futures.ThreadPoolExecutor(1)
-      beta_blocks = pool.submit(ops.diag_blocks, s, c)
-      pool.shutdown(wait=False)
+      beta_blocks = _tangents.in_background(ops.diag_blocks, s, c)
 
     # ---- the start block
     start = None

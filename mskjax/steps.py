@@ -11,7 +11,6 @@ r"""Step rules for (preconditioned) gradient descent on real networks.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 from typing import Callable, Optional
 
@@ -24,6 +23,7 @@ from jax.flatten_util import ravel_pytree
 
 from mskjax import _validate as _v
 from mskjax.directions import MSKDirections, check_directions, few_blas_threads
+from mskjax.tangents import in_background
 
 __all__ = ["stable_learning_rate", "curvature_estimator", "set_learning_rate"]
 
@@ -237,12 +237,11 @@ def _measure_top(loss_fn, directions, params, batch, iters, seed):
     raise TypeError("stable_learning_rate: parameters must be floating.")
   dim = sum(int(np.prod(np.shape(l))) for l in leaves)      # ravel_pytree's length
   n = min(iters, dim)
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    compiled = pool.submit(lambda: _flat_hvp(loss_fn, params, batch,
+  compiled = in_background(lambda: _flat_hvp(loss_fn, params, batch,
                                              np.zeros(dim, dt)).block_until_ready())
-    # _start_vector's draw (the same v0 as curvature_estimator), normalised on the host
-    v0 = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (dim,), dt), np.float64)
-    compiled.result()
+  # _start_vector's draw (the same v0 as curvature_estimator), normalised on the host
+  v0 = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (dim,), dt), np.float64)
+  compiled.result()
   if Q is not None:
     Q, ch = Q.astype(dt), ch.astype(dt)
     half = lambda u: u + Q.T @ (ch * (Q @ u))

@@ -209,6 +209,30 @@ def _split(apply_fn, params):
   return _Call("plain", apply_fn), params, None
 
 
+def in_background(fn, *args):
+  """Start ``fn(*args)`` in a worker thread under the caller's ``jax_enable_x64`` setting
+  (``jax.enable_x64`` is a per-thread context: a bare thread would compute in float32);
+  returns its ``concurrent.futures.Future`` (``.result()`` re-raises its error). XLA
+  compilations release the GIL, so a compilation there overlaps the caller's work.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> with jax.enable_x64(True):
+    ...   in_background(lambda: jnp.zeros(1).dtype).result()   # the default float
+    dtype('float64')
+  """
+  x64 = bool(jax.config.jax_enable_x64)
+
+  def run():
+    with jax.enable_x64(x64):
+      return fn(*args)
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    return pool.submit(run)
+  finally:
+    pool.shutdown(wait=False)     # the thread ends with fn
+
+
 def trainable_fn(apply_fn, params=None):
   """``(f, p)`` with ``f(p, x) -> (n, ...)`` a function of the *trainable* parameters only.
 
@@ -409,11 +433,10 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     spec = lambda shape: jax.ShapeDtypeStruct(shape, dt)
     T0 = jax.tree.map(lambda a: spec((mc,) + a.shape), p)
     V0 = spec((bs, c, mc))
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    ready["jvp"] = pool.submit(lambda: _jvp_block.lower(call, c, T0, p, rest, blocks[0]).compile())
-    ready["vjp"] = pool.submit(
+    ready["jvp"] = in_background(
+        lambda: _jvp_block.lower(call, c, T0, p, rest, blocks[0]).compile())
+    ready["vjp"] = in_background(
         lambda: _vjp_block.lower(call, c, T0, V0, p, rest, blocks[0]).compile())
-    pool.shutdown(wait=False)     # the threads end with their compilations
 
   def wait(name):
     if name in ready:

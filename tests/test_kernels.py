@@ -318,3 +318,16 @@ def test_diagonal_blocks_and_precompiled_operator_match_jacrev_and_reuse_compila
     sizes[seed] = (tangents._diag_run._cache_size(), tangents._jvp_block._cache_size(),
                    tangents._vjp_block._cache_size())
   assert sizes[1] == sizes[0]
+
+
+def test_in_background_keeps_the_callers_x64_setting():
+  """Worker threads do not inherit a jax.enable_x64 context; in_background carries it (the
+  test process runs with x64 on globally, so the float32 case is the caller's context)."""
+  with jax.enable_x64(False):
+    assert tangents.in_background(lambda: jnp.zeros(1).dtype).result() \
+        == jnp.float32
+  with jax.enable_x64(True):
+    assert tangents.in_background(lambda: jnp.zeros(1).dtype).result() \
+        == jnp.float64
+  with pytest.raises(ZeroDivisionError):
+    tangents.in_background(lambda: 1 / 0).result()
