@@ -727,7 +727,8 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       ops = _MatrixFree(op, None, s, c, (apply_fn, params), x, cdt, memory_budget, m)
     Hh = None
     if not (isinstance(loss, str) and loss == "mse"):
-      F = np.asarray(jax.jit(fn)(pc, xin.astype(cdtype)), np.float64).reshape(s, c)
+      F = np.asarray(_tangents.network_outputs(apply_fn, params, x, dtype=cdt),
+                     np.float64).reshape(s, c)
       Hh = loss_hessian_sqrt(loss, F, targets)
       if method == "explicit":
         A3 = ops.A.reshape(s, c, P)

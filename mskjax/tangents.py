@@ -466,6 +466,32 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
   return JacobianOperator(jvp, vjp, ntk_matvec, n, c, p, bs)
 
 
+@functools.partial(jax.jit, static_argnames=("call",))
+def _forward(call, p, rest, x):
+  return call(p, rest, x)
+
+
+def network_outputs(apply_fn: Callable, params, x, *, dtype=None) -> jax.Array:
+  """``f(θ, x)`` for all points in one jitted call, compiled once per network and shapes
+  (``jax.jit(fn)`` of a fresh closure would recompile on every call).
+
+  Args:
+    apply_fn, params: as in :func:`trainable_fn`.
+    x: inputs ``(n, ...)``.
+    dtype: compute dtype (default: the inputs' float dtype).
+
+  Returns:
+    The network's outputs ``(n, ...)`` in the compute dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> network_outputs(lambda w, x: x @ w, jnp.ones(2), jnp.array([[1., 2.]])).tolist()
+    [3.0]
+  """
+  call, p, rest, x, _, _, _ = _blocked_inputs(apply_fn, params, x, dtype, "network_outputs")
+  return _forward(call, p, rest, x)
+
+
 def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] = None,
                     memory_budget: int = _k.DEFAULT_MEMORY_BUDGET, dtype=None) -> np.ndarray:
   r"""The Jacobian ``J = ∂f(θ, X)/∂θ`` as an explicit ``(n·c, #params)`` host matrix.

@@ -331,3 +331,15 @@ def test_in_background_keeps_the_callers_x64_setting():
         == jnp.float64
   with pytest.raises(ZeroDivisionError):
     tangents.in_background(lambda: 1 / 0).result()
+
+
+def test_network_outputs_match_apply_and_compile_once_per_network():
+  x = jnp.asarray(np.random.default_rng(4).standard_normal((5, 4)))
+  model = _TwoLayer()
+  sizes = []
+  for seed in (0, 1):
+    v = model.init(jax.random.PRNGKey(seed), x)
+    np.testing.assert_allclose(tangents.network_outputs(model.apply, v, x),
+                               model.apply(v, x), rtol=1e-12)   # the same float64 ops
+    sizes.append(tangents._forward._cache_size())
+  assert sizes[1] == sizes[0]
