@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import sys
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -187,11 +188,9 @@ class _Call(NamedTuple):
 
 def _split(apply_fn, params):
   """(call, p, rest): the trainable parameters p and everything else held fixed."""
-  try:
-    from flax import nnx
-    import flax.linen as nn
-  except ImportError:  # pragma: no cover
-    nnx = nn = None
+  # an nnx Module / a linen apply exists only once its flax module was imported: look them
+  # up instead of importing (importing flax.nnx took ~0.2 s of a cold msk_directions)
+  nnx, nn = sys.modules.get("flax.nnx"), sys.modules.get("flax.linen")
   if nnx is not None and isinstance(apply_fn, nnx.Module):
     filt = nnx.Param if params is None else params
     graphdef, state, rest = nnx.split(apply_fn, filt, ...)
