@@ -184,8 +184,9 @@ def apply_directions(updates, dirs, coef):
 
 
 
-def _few_blas_threads(size):
-  """One BLAS thread for the host-side small dense algebra (QR, eigh of the Krylov basis).
+def few_blas_threads(size):
+  """One BLAS thread for the host-side small dense algebra (QR, eigh of the Krylov basis,
+  the one-off Lanczos basis of :mod:`mskjax.steps`).
 
   Multi-threaded OpenBLAS on tall-skinny QRs is orders of magnitude slower on a loaded
   machine (``benchmarks/README.md``, "Notes moved from API docstrings"). A local context
@@ -199,6 +200,9 @@ def _few_blas_threads(size):
   if size > 20_000_000:
     return contextlib.nullcontext()
   return threadpoolctl.threadpool_limits(1, "blas")
+
+
+_few_blas_threads = few_blas_threads    # the name this module's solvers use
 
 
 LOSSES = ("mse", "softmax_cross_entropy")
@@ -295,9 +299,11 @@ class _Explicit:
 class _MatrixFree:
   """A = H^½ J through blocked JVP/VJP (Python loops of jitted blocks)."""
 
-  def __init__(self, op, Hh, s, c, fn, x, dtype, memory_budget, m):
+  def __init__(self, op, Hh, s, c, net, x, dtype, memory_budget, m):
     self.op, self.Hh, self.s, self.c = op, Hh, s, c
-    self.fn, self.x, self.dtype, self.memory_budget = fn, x, dtype, memory_budget
+    # net = (apply_fn, params) as the caller gave them: the diagonal-block programs are
+    # keyed on apply_fn, so a second build of the same network reuses their compilation
+    self.net, self.x, self.dtype, self.memory_budget = net, x, dtype, memory_budget
     self.cdt = jax.tree.leaves(op.params)[0].dtype
     self.m = m      # blocks of fewer columns are zero-padded to m: one compilation each
 
@@ -311,7 +317,9 @@ class _MatrixFree:
 
   def _jvp(self, tree):
     n = jax.tree.leaves(tree)[0].shape[0]
-    T = jax.tree.map(lambda a: jnp.asarray(self._pad(a, 0)[0], self.cdt), tree)
+    # host arrays cast on the host, straight into the jitted blocks (an eager device cast
+    # or jnp.asarray of a host array compiles a small program per shape)
+    T = jax.tree.map(lambda a: np.asarray(self._pad(a, 0)[0], self.cdt), tree)
     out = np.asarray(self.op.jvp(T), np.float64).reshape(self.s * self.c, -1)[:, :n]
     return _weigh(self.Hh, out, self.s, self.c)
 
@@ -325,13 +333,14 @@ class _MatrixFree:
   def adjoint(self, V):
     V, n = self._pad(V, 1)
     W = _weigh(self.Hh, V, self.s, self.c).reshape(self.s, self.c, -1)
-    return jax.tree.map(lambda a: a[:n], self.op.vjp(jnp.asarray(W, self.cdt)))
+    return jax.tree.map(lambda a: np.asarray(a)[:n],
+                        self.op.vjp(np.asarray(W, self.cdt)))
 
   def gram(self, Q):
     return self._jvp(self.adjoint(Q))
 
   def diag_blocks(self, s, c):
-    D = np.asarray(_tangents.ntk_diagonal_blocks(self.fn, self.op.params, self.x,
+    D = np.asarray(_tangents.ntk_diagonal_blocks(*self.net, self.x,
                                                  dtype=self.dtype,
                                                  memory_budget=self.memory_budget),
                    np.float64)
@@ -416,6 +425,27 @@ def _eigenvalue_error(th, res, k1):
                    for i in range(min(k1, m))])
   r = res[:k1]
   return np.minimum(r, r * r / np.maximum(gaps, np.finfo(float).tiny))
+
+
+def key_seed(key):
+  """A host integer seed in [0, 2³¹−1) from a ``jax.random`` key (None: ``PRNGKey(0)``),
+  read from the key's bits on the host: nothing is computed or compiled on the device.
+
+  Example:
+    >>> import jax
+    >>> key_seed(jax.random.PRNGKey(3)) == key_seed(jax.random.PRNGKey(3)) != key_seed(None)
+    True
+  """
+  if key is None:
+    key = jax.random.PRNGKey(0)
+  if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  bits = np.asarray(key)
+  if not np.issubdtype(bits.dtype, np.integer) or bits.size == 0:
+    raise TypeError(f"msk_directions: `key` must be a jax.random key (PRNGKey(seed) or "
+                    f"jax.random.key(seed)); got {type(key).__name__} of dtype {bits.dtype}.")
+  words = [int(b) for b in bits.astype(np.uint64).ravel()]
+  return int(np.random.SeedSequence(words).generate_state(1)[0] % (2**31 - 1))
 
 
 def _forward_flops(fn, p, x1):
@@ -636,8 +666,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if jax.tree.leaves(targets) and any(np.shape(t)[0] != n for t in jax.tree.leaves(targets)):
       raise ValueError(f"msk_directions: `targets` must have one row per point of `x` ({n}); "
                        f"got leading axes {[np.shape(t)[0] for t in jax.tree.leaves(targets)]}.")
-  key = jax.random.PRNGKey(0) if key is None else key
-  seed = int(np.asarray(jax.random.randint(key, (), 0, 2**31 - 1)))
+  seed = key_seed(key)
   rng = np.random.default_rng(seed)
   idx = None
   if subsample is not None:
@@ -668,7 +697,8 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     xin = _kernels.as_inputs(x, "x", "msk_directions")
     cdtype = jnp.dtype(cdt) if cdt is not None else xin.dtype
     pc = jax.tree.map(lambda a: jnp.asarray(a, cdtype), p)
-    out = jax.eval_shape(fn, pc, xin[:1])
+    x1 = jax.ShapeDtypeStruct((1,) + tuple(xin.shape[1:]), cdtype)   # one point, abstract
+    out = jax.eval_shape(fn, pc, x1)
     if not hasattr(out, "shape") or len(out.shape) < 1:
       raise ValueError("msk_directions: apply_fn(params, x) must return an array (n, ...); "
                        f"got {type(out).__name__}.")
@@ -676,13 +706,9 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     N = s * c
     k = _v.check_k(k, N)
     m = min(k + 1 + int(oversample), N)
-    Hh = None
-    if not (isinstance(loss, str) and loss == "mse"):
-      F = np.asarray(jax.jit(fn)(pc, xin.astype(cdtype)), np.float64).reshape(s, c)
-      Hh = loss_hessian_sqrt(loss, F, targets)
     P = sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(p))
     if method == "auto":
-      method = choose_method(N, P, c, m, _forward_flops(fn, pc, xin[:1].astype(cdtype)),
+      method = choose_method(N, P, c, m, _forward_flops(fn, pc, x1),
                              jnp.dtype(cdtype).itemsize, memory_budget)
     if tol is None:
       tol = 1e-6 if method == "krylov" else 1e-2
@@ -691,16 +717,31 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if method == "explicit":
       A = _tangents.jacobian_matrix(apply_fn, params, x, block_size=block_size,
                                     memory_budget=memory_budget, dtype=cdt)
-      if Hh is not None:
-        A3 = A.reshape(s, c, P)
-        for lo in range(0, s, 256):   # in place, a few points at a time
-          A3[lo:lo + 256] = np.einsum("pcd,pdq->pcq", Hh[lo:lo + 256].astype(A.dtype),
-                                      A3[lo:lo + 256])
-      ops = _Explicit(A, pc)
+      ops = _Explicit(A, pc)        # weighted by H^½ below
     else:
+      # the JVP/VJP blocks compile in worker threads while this thread goes on (forward
+      # pass and H^½ below, β's program)
       op = _tangents.jacobian_operator(apply_fn, params, x, columns=m, block_size=block_size,
-                                       memory_budget=memory_budget, dtype=cdt)
-      ops = _MatrixFree(op, Hh, s, c, fn, x, cdt, memory_budget, m)
+                                       memory_budget=memory_budget, dtype=cdt,
+                                       precompile=True)
+      ops = _MatrixFree(op, None, s, c, (apply_fn, params), x, cdt, memory_budget, m)
+    Hh = None
+    if not (isinstance(loss, str) and loss == "mse"):
+      F = np.asarray(_tangents.network_outputs(apply_fn, params, x, dtype=cdt),
+                     np.float64).reshape(s, c)
+      Hh = loss_hessian_sqrt(loss, F, targets)
+      if method == "explicit":
+        A3 = ops.A.reshape(s, c, P)
+        for lo in range(0, s, 256):   # in place, a few points at a time
+          A3[lo:lo + 256] = np.einsum("pcd,pdq->pcq", Hh[lo:lo + 256].astype(ops.A.dtype),
+                                      A3[lo:lo + 256])
+      else:
+        ops.Hh = Hh
+    beta_blocks = None
+    if compute_beta and method != "explicit":
+      # β's per-point Jacobians depend on nothing the eigen-solve computes: they (and their
+      # compilation) run in a worker thread alongside it
+      beta_blocks = _tangents.in_background(ops.diag_blocks, s, c)
 
     # ---- the start block
     start = None
@@ -801,13 +842,15 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     dirs = jax.tree.map(lambda l: np.tensordot(Ginv, np.asarray(l, np.float64), axes=1), Qt)
     beta = None
     if compute_beta:
-      D = ops.diag_blocks(s, c)
+      D = ops.diag_blocks(s, c) if beta_blocks is None else beta_blocks.result()
       Yk = Y[:, :k].reshape(s, c, k)
       Dg = D + np.einsum("pci,i,pdi->pcd", Yk, new - w[:k], Yk)
       beta = float(np.max(np.linalg.eigvalsh(0.5 * (Dg + np.swapaxes(Dg, 1, 2)))[:, -1]))
-  dirs = jax.tree.map(lambda l, dt: jnp.asarray(l, dt), dirs, out_dtypes)
-  return MSKDirections(dirs, jnp.asarray(w[:k], fdt), jnp.asarray(new, fdt),
-                       jnp.asarray(w[k], fdt), jnp.asarray(res[:k], fdt),
-                       None if beta is None else jnp.asarray(beta, fdt), s,
-                       jnp.asarray(Y[:, :k], fdt), None if idx is None else np.asarray(idx),
-                       None if Hh is None else jnp.asarray(Hh, fdt))
+  # cast on the host and device_put (an eager device cast, or jnp.asarray of a host
+  # array, compiles a small program per shape)
+  dev = lambda a, dt: jax.device_put(np.asarray(a, np.dtype(dt)))
+  dirs = jax.tree.map(dev, dirs, out_dtypes)
+  return MSKDirections(dirs, dev(w[:k], fdt), dev(new, fdt), dev(w[k], fdt), dev(res[:k], fdt),
+                       None if beta is None else dev(beta, fdt), s, dev(Y[:, :k], fdt),
+                       None if idx is None else np.asarray(idx),
+                       None if Hh is None else dev(Hh, fdt))

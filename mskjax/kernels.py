@@ -63,6 +63,13 @@ def as_inputs(x, name, where):
     raise ValueError(f"{where}: {name} must be non-empty; got shape {tuple(x.shape)}.")
   if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
     raise TypeError(f"{where}: {name} must be numeric; got dtype {x.dtype}.")
+  if isinstance(x, np.ndarray):
+    # a host array: checked on the host (the device check compiles a program per shape)
+    xh = np.asarray(x, _float_dtype())
+    if not np.all(np.isfinite(xh)):
+      raise ValueError(f"{where}: {name} contains NaN or inf; remove or impute those rows "
+                       "before computing the kernel.")
+    return jax.device_put(xh)     # (jnp.asarray of a host array compiles an identity)
   x = jnp.asarray(x, _float_dtype())
   if not isinstance(x, jax.core.Tracer):
     # evaluated now even under jit (a closed-over constant), never staged into the trace

@@ -23,7 +23,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from mskjax import _validate as _v
-from mskjax.directions import MSKDirections, check_directions
+from mskjax.directions import MSKDirections, check_directions, few_blas_threads
+from mskjax.tangents import in_background
 
 __all__ = ["stable_learning_rate", "curvature_estimator", "set_learning_rate"]
 
@@ -200,35 +201,70 @@ def _estimate_top(loss_fn, iters, seed, params, batch, Q, ch):
   return _lanczos_top(alpha, beta)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _one_lanczos_step(loss_fn, seed, params, batch, Q, ch, j, carry):
-  """Step ``j`` of :func:`_lanczos_step` on ``P^½∇²LP^½`` (row 0 set to the start vector at
-  j = 0); compiled once per (loss_fn, seed, shapes): repeated one-off calls with the same
-  ``loss_fn`` reuse it."""
-  op, flat = _preconditioned_hessian(loss_fn, params, batch, Q, ch)
-  V = carry[0]
-  V = V.at[0].set(jnp.where(j == 0, _start_vector(seed, flat), V[0]))
-  return _lanczos_step(op, j, (V,) + tuple(carry[1:]))
+#: XLA options of the one-off Hessian-vector product: LLVM at -O0. On XLA:CPU the HVP's
+#: time is in library GEMMs/convolutions, which -O0 does not slow; the compilation halves
+#: (MNIST-1D MLP, 78k parameters: 1.5–1.8 s → 0.8 s; ``benchmarks/README.md``, "The one-off
+#: cost of `msk_sgd`"). Local to this one program: no JAX setting changes.
+ONE_OFF_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+@functools.partial(jax.jit, static_argnums=(0,), compiler_options=ONE_OFF_COMPILER_OPTIONS)
+def _flat_hvp(loss_fn, params, batch, v):
+  """``∇²L(params; batch) v`` on a flat vector (``ravel_pytree`` order); compiled once per
+  (loss_fn, shapes): repeated one-off calls with the same ``loss_fn`` reuse it."""
+  flat, unravel = ravel_pytree(params)
+  grad_flat = lambda w: ravel_pytree(jax.grad(loss_fn)(unravel(w), batch))[0]
+  return jax.jvp(grad_flat, (flat,), (v,))[1]
+
+
+def _host_lanczos(matvec, v0, n):
+  """``n`` Lanczos steps of :func:`_lanczos_step` on the host (float64 basis, full
+  re-orthogonalisation twice), ``matvec`` a host map of float64 vectors; returns (α, β)."""
+  V = np.zeros((n + 1, v0.shape[0]))
+  V[0] = v0
+  alpha, beta = np.zeros(n), np.zeros(n)
+  for j in range(n):
+    w = np.array(matvec(V[j]), np.float64)    # a writable copy
+    alpha[j] = w @ V[j]
+    w -= V.T @ (V @ w)            # rows > j are zero
+    w -= V.T @ (V @ w)
+    beta[j] = np.linalg.norm(w)
+    if beta[j] > 0:
+      V[j + 1] = w / beta[j]
+  return alpha, beta
 
 
 def _measure_top(loss_fn, directions, params, batch, iters, seed):
-  """λ̂ of :func:`curvature_estimator` for a one-off call: the same Lanczos steps (same
-  start vector) driven by a Python loop over ONE jitted step (no ``lax`` loop: XLA:CPU runs
-  convolutions inside loops slowly), the tridiagonal solved on the host; the compiled step
-  is reused by later calls with the same ``loss_fn`` (``benchmarks/bench_oneoff.py``)."""
+  """λ̂ of :func:`curvature_estimator` for a one-off call: the same Lanczos iteration from
+  the same start vector, with only the Hessian-vector product compiled
+  (:func:`_flat_hvp`, a small program compiled at LLVM -O0, reused by later calls with the
+  same ``loss_fn``); ``P^½ u = u + Qᵀ(ch ⊙ Q u)`` (two GEMVs in the parameters' dtype) and
+  the re-orthogonalisation run in numpy, the tridiagonal solved on the host. The
+  compilation starts in a worker thread (XLA releases the GIL) while the main thread draws
+  the start vector and flattens the directions (``benchmarks/README.md``, "The one-off cost
+  of `msk_sgd`")."""
   Q, ch = _flat_directions(directions, "stable_learning_rate")
   _check_layout(directions, params, "stable_learning_rate")
-  flat = ravel_pytree(params)[0]
-  if not jnp.issubdtype(flat.dtype, jnp.floating):
+  leaves = jax.tree.leaves(params)
+  dt = np.dtype(jnp.result_type(*[jnp.asarray(l).dtype for l in leaves])) if leaves else None
+  if dt is None or not jnp.issubdtype(dt, jnp.floating):
     raise TypeError("stable_learning_rate: parameters must be floating.")
-  n = min(iters, flat.shape[0])
-
-  dt = np.dtype(flat.dtype)
-  carry = (np.zeros((n + 1, flat.shape[0]), dt), np.zeros((n,), dt), np.zeros((n,), dt))
-  for j in range(n):
-    carry = _one_lanczos_step(loss_fn, seed, params, batch, Q, ch, np.int32(j), carry)
-  return _lanczos_top(np.asarray(carry[1], np.float64), np.asarray(carry[2], np.float64),
-                      xp=np)
+  dim = sum(int(np.prod(np.shape(l))) for l in leaves)      # ravel_pytree's length
+  n = min(iters, dim)
+  compiled = in_background(lambda: _flat_hvp(loss_fn, params, batch,
+                                             np.zeros(dim, dt)).block_until_ready())
+  # _start_vector's draw (the same v0 as curvature_estimator), normalised on the host
+  v0 = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (dim,), dt), np.float64)
+  compiled.result()
+  if Q is not None:
+    Q, ch = Q.astype(dt), ch.astype(dt)
+    half = lambda u: u + Q.T @ (ch * (Q @ u))
+  else:
+    half = lambda u: u
+  matvec = lambda u: half(np.asarray(_flat_hvp(loss_fn, params, batch, half(u.astype(dt)))))
+  with few_blas_threads(v0.size * (n + 1)):   # GEMVs on (n+1, #params): one BLAS thread
+    alpha, beta = _host_lanczos(matvec, v0 / np.linalg.norm(v0), n)
+  return _lanczos_top(alpha, beta, xp=np)
 
 
 def set_learning_rate(opt_state, learning_rate):

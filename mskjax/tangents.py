@@ -17,8 +17,10 @@ block) and sized from a memory budget in bytes.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import sys
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -186,11 +188,9 @@ class _Call(NamedTuple):
 
 def _split(apply_fn, params):
   """(call, p, rest): the trainable parameters p and everything else held fixed."""
-  try:
-    from flax import nnx
-    import flax.linen as nn
-  except ImportError:  # pragma: no cover
-    nnx = nn = None
+  # an nnx Module / a linen apply exists only once its flax module was imported: look them
+  # up instead of importing (importing flax.nnx took ~0.2 s of a cold msk_directions)
+  nnx, nn = sys.modules.get("flax.nnx"), sys.modules.get("flax.linen")
   if nnx is not None and isinstance(apply_fn, nnx.Module):
     filt = nnx.Param if params is None else params
     graphdef, state, rest = nnx.split(apply_fn, filt, ...)
@@ -206,6 +206,30 @@ def _split(apply_fn, params):
   if params is None:
     raise TypeError("`params` is None; pass the parameters apply_fn(params, x) takes.")
   return _Call("plain", apply_fn), params, None
+
+
+def in_background(fn, *args):
+  """Start ``fn(*args)`` in a worker thread under the caller's ``jax_enable_x64`` setting
+  (``jax.enable_x64`` is a per-thread context: a bare thread would compute in float32);
+  returns its ``concurrent.futures.Future`` (``.result()`` re-raises its error). XLA
+  compilations release the GIL, so a compilation there overlaps the caller's work.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> with jax.enable_x64(True):
+    ...   in_background(lambda: jnp.zeros(1).dtype).result()   # the default float
+    dtype('float64')
+  """
+  x64 = bool(jax.config.jax_enable_x64)
+
+  def run():
+    with jax.enable_x64(x64):
+      return fn(*args)
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    return pool.submit(run)
+  finally:
+    pool.shutdown(wait=False)     # the thread ends with fn
 
 
 def trainable_fn(apply_fn, params=None):
@@ -294,7 +318,7 @@ def _network_inputs(apply_fn, params, x, dtype, where):
   x = x.astype(dt)
   p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt)
                    if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, p)
-  out = jax.eval_shape(fn, p, x[:1])
+  out = jax.eval_shape(fn, p, jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype))
   if not hasattr(out, "shape") or len(out.shape) < 1 or out.shape[0] != 1:
     raise ValueError(f"{where}: apply_fn(params, x) must return an array with a leading axis "
                      f"of n points; got {getattr(out, 'shape', type(out).__name__)}.")
@@ -354,7 +378,8 @@ def _blocked_inputs(apply_fn, params, x, dtype, where):
 
 def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
                       block_size: Optional[int] = None,
-                      memory_budget: int = _k.DEFAULT_MEMORY_BUDGET, dtype=None) -> JacobianOperator:
+                      memory_budget: int = _k.DEFAULT_MEMORY_BUDGET, dtype=None,
+                      precompile: bool = False) -> JacobianOperator:
   r"""Jitted, blocked products with the network Jacobian and the full empirical NTK.
 
   ``J T`` is one JVP and ``Jᵀ V`` one VJP per block of points, vectorised over the m
@@ -373,6 +398,11 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     memory_budget: bytes for one block's activations times ``columns``.
     dtype: compute dtype of the parameters and inputs (default: the inputs' float dtype;
       pass ``jnp.float64`` under ``jax.enable_x64`` for float64 products).
+    precompile: compile the JVP and VJP blocks for m = ``columns`` columns (compute-dtype
+      arguments) now, in two worker threads (XLA compiles release the GIL), while the
+      caller goes on; the first ``jvp``/``vjp`` call waits for its block. Cuts a cold
+      start's wall time by overlapping the two compilations with each other and with the
+      caller's own setup (``benchmarks/README.md``, "The one-off cost of `msk_sgd`").
 
   Returns:
     :class:`JacobianOperator`.
@@ -388,22 +418,42 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
                                                 "jacobian_operator")
   fn = lambda q, xx: call(q, rest, xx)
   if block_size is None:
-    per = _activation_size(fn, p, x[:1]) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
+    x1 = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)   # abstract: no slice op
+    per = _activation_size(fn, p, x1) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
     block_size = _k.rows_for_budget(memory_budget, per_row=max(per, 1), n=n)
   block_size = _k.check_block_size(block_size, required=True)
   bs = min(block_size, n)
   nb = math.ceil(n / bs)
   xp = _k.pad_rows(x, nb * bs)
   blocks = [xp[i * bs:(i + 1) * bs] for i in range(nb)]
+  ready = {}
+  if precompile:
+    mc = max(int(columns), 1)
+    spec = lambda shape: jax.ShapeDtypeStruct(shape, dt)
+    T0 = jax.tree.map(lambda a: spec((mc,) + a.shape), p)
+    V0 = spec((bs, c, mc))
+    ready["jvp"] = in_background(
+        lambda: _jvp_block.lower(call, c, T0, p, rest, blocks[0]).compile())
+    ready["vjp"] = in_background(
+        lambda: _vjp_block.lower(call, c, T0, V0, p, rest, blocks[0]).compile())
+
+  def wait(name):
+    if name in ready:
+      ready.pop(name).result()    # re-raises a failed compilation here
 
   def jvp(T):
+    wait("jvp")
     return jnp.concatenate([_jvp_block(call, c, T, p, rest, xa) for xa in blocks],
                            axis=0)[:n]
 
   def vjp(Vc):
+    wait("vjp")
     m = Vc.shape[-1]
-    Vp = jnp.pad(jnp.asarray(Vc), ((0, nb * bs - n), (0, 0), (0, 0)))
-    acc = jax.tree.map(lambda a: jnp.zeros((m,) + a.shape, a.dtype), p)
+    # host arrays stay on the host until the jitted block (eager device pads and zeros
+    # compile a small program per shape); device arrays are padded on the device
+    xp_ = np if isinstance(Vc, np.ndarray) else jnp
+    Vp = xp_.pad(Vc, ((0, nb * bs - n), (0, 0), (0, 0)))
+    acc = jax.tree.map(lambda a: xp_.zeros((m,) + a.shape, a.dtype), p)
     for i, xa in enumerate(blocks):
       acc = _vjp_block(call, c, acc, Vp[i * bs:(i + 1) * bs], p, rest, xa)
     return acc
@@ -413,6 +463,32 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     return jvp(vjp(jnp.asarray(Vf).reshape(n, c, m))).reshape(n * c, m)
 
   return JacobianOperator(jvp, vjp, ntk_matvec, n, c, p, bs)
+
+
+@functools.partial(jax.jit, static_argnames=("call",))
+def _forward(call, p, rest, x):
+  return call(p, rest, x)
+
+
+def network_outputs(apply_fn: Callable, params, x, *, dtype=None) -> jax.Array:
+  """``f(θ, x)`` for all points in one jitted call, compiled once per network and shapes
+  (``jax.jit(fn)`` of a fresh closure would recompile on every call).
+
+  Args:
+    apply_fn, params: as in :func:`trainable_fn`.
+    x: inputs ``(n, ...)``.
+    dtype: compute dtype (default: the inputs' float dtype).
+
+  Returns:
+    The network's outputs ``(n, ...)`` in the compute dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> network_outputs(lambda w, x: x @ w, jnp.ones(2), jnp.array([[1., 2.]])).tolist()
+    [3.0]
+  """
+  call, p, rest, x, _, _, _ = _blocked_inputs(apply_fn, params, x, dtype, "network_outputs")
+  return _forward(call, p, rest, x)
 
 
 def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] = None,
@@ -521,7 +597,9 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
   """The c×c diagonal blocks ``J_x J_xᵀ`` of the full empirical NTK, one per point.
 
   Per-point Jacobians (``vmap`` of ``jacrev`` over a block of points, memory
-  block·c·#params), contracted over parameters; a ``lax.map`` over blocks.
+  block·c·#params), each row pushed back through the point's JVP (``J_x (J_xᵀ e_j)``);
+  a ``lax.map`` over blocks (a Python loop over the jitted block for convolutions on the
+  CPU), the programs compiled once per network and block shape.
 
   Args:
     apply_fn, params: as in :func:`trainable_fn`.
@@ -539,31 +617,53 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
     ...                     jnp.array([[1., 2.]]))[0].tolist()   # ‖x‖² I_c
     [[5.0, 0.0], [0.0, 5.0]]
   """
-  fn, p, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, "ntk_diagonal_blocks")
+  call, p, rest, x, dt, n, c = _blocked_inputs(apply_fn, params, x, dtype,
+                                                "ntk_diagonal_blocks")
   if block_size is None:
     block_size = jacobian_block_size(p, c, n, memory_budget, jnp.dtype(dt).itemsize)
   bs = min(_k.check_block_size(block_size, required=True), n)
   nb = math.ceil(n / bs)
-  xb = _k.pad_rows(x, nb * bs).reshape((nb, bs) + x.shape[1:])
-
-  def one(xa, p):
-    ja = point_jacobians(fn, p, xa, c)
-    return functools.reduce(jnp.add, [jnp.einsum("acp,adp->acd", l.reshape(bs, c, -1),
-                                                 l.reshape(bs, c, -1))
-                                      for l in jax.tree.leaves(ja)])
-
-  concrete = all(_v.is_concrete(a) for a in jax.tree.leaves((p, xb)))
-  if concrete and _loops.python_loop_faster(fn, p, x[:1]):
+  bs = math.ceil(n / nb)      # the same number of blocks, the least padding
+  concrete = all(_v.is_concrete(a) for a in jax.tree.leaves((p, x)))
+  # blocks built on the host when concrete (eager device pads/reshapes compile per shape);
+  # the jitted programs are module-level, keyed on the network (a second call reuses them)
+  xp_ = np if concrete else jnp
+  x = np.asarray(x) if concrete else x
+  if nb * bs > n:
+    x = xp_.concatenate([x, xp_.repeat(x[-1:], nb * bs - n, axis=0)])   # _k.pad_rows
+  xb = x.reshape((nb, bs) + x.shape[1:])
+  x1 = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), dt)
+  if concrete and _loops.python_loop_faster(lambda q, xx: call(q, rest, xx), p, x1):
     # convolutions on the CPU: a Python loop over the jitted block (mskjax._loops)
-    one_jit = jax.jit(one)
-    out = jnp.concatenate([one_jit(xb[i], p) for i in range(nb)])
-    return out[:n]
+    out = np.concatenate([np.asarray(_diag_block(call, c, p, rest, xb[i])) for i in range(nb)])
+    return jax.device_put(out[:n])
+  return _diag_run(call, c, n, p, rest, xb)
 
-  @jax.jit
-  def run(xb, p):
-    return lax.map(lambda xa: one(xa, p), xb).reshape(nb * bs, c, c)[:n]
 
-  return run(xb, p)
+def _diag_of(call, c, p, rest, xa):
+  """``J_x J_xᵀ`` (bs, c, c) for the points of one block: the per-point Jacobian rows
+  ``J_xᵀ e_j`` pushed back through ``J_x`` by one JVP each (c JVPs of one point cost less
+  than contracting c×c inner products of #params-long rows: 2.7× faster on the MNIST-1D
+  MLP, ``benchmarks/README.md``, "The one-off cost of `msk_sgd`")."""
+  fn = lambda q, x: call(q, rest, x)
+  ja = point_jacobians(fn, p, xa, c)                 # leaves (bs, c, *leaf shape)
+
+  def one(xi, ji):
+    _, lin = jax.linearize(lambda q: fn(q, xi[None]).reshape(c), p)
+    return jax.vmap(lin)(ji)                         # row j: J_x J_xᵀ e_j (symmetric)
+  return jax.vmap(one)(xa, ja)
+
+
+@functools.partial(jax.jit, static_argnames=("call", "c"))
+def _diag_block(call, c, p, rest, xa):
+  return _diag_of(call, c, p, rest, xa)
+
+
+@functools.partial(jax.jit, static_argnames=("call", "c", "n"))
+def _diag_run(call, c, n, p, rest, xb):
+  """The blocks of ``xb`` (nb, bs, ...) in a ``lax.map``, the first n points' blocks."""
+  out = lax.map(lambda xa: _diag_of(call, c, p, rest, xa), xb)
+  return out.reshape((-1, c, c))[:n]
 
 
 def _ntk_block(fn, p, ja, xb, c, strategy, trace):

@@ -234,3 +234,21 @@ def test_bad_inputs_name_the_argument():
   step = {"w": jnp.ones((4, 1)), "count": jnp.asarray(3, jnp.int32)}
   with pytest.raises(TypeError, match=r"\['count'\].*int32"):
     optim.msk_directions(lambda p, xx: xx @ p["w"], step, x, g, 2)
+
+
+def test_seed_from_typed_and_raw_keys_and_subsample_depends_on_the_key():
+  """The subsample is drawn from the key's bits on the host: jax.random.key(s) and
+  PRNGKey(s) (the same bits) pick the same points, another key other points; a key of the
+  wrong kind is named."""
+  from mskjax import directions
+  assert directions.key_seed(jax.random.key(7)) == directions.key_seed(jax.random.PRNGKey(7))
+  x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+  fn = lambda w, xx: xx @ w
+  w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 2)), jnp.float32)
+  idx = [optim.msk_directions(fn, w, x, modifiers.flatten(), 2, subsample=10, key=key,
+                              compute_beta=False).indices
+         for key in (jax.random.PRNGKey(5), jax.random.key(5), jax.random.PRNGKey(6))]
+  np.testing.assert_array_equal(idx[0], idx[1])
+  assert not np.array_equal(idx[0], idx[2])
+  with pytest.raises(TypeError, match="key"):
+    optim.msk_directions(fn, w, x, modifiers.flatten(), 2, key=np.float32(1.0))
