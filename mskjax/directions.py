@@ -467,6 +467,25 @@ def _dense_top(A, m):
   return th, X, np.linalg.norm(K @ X - X * th, axis=0)
 
 
+def _refresh_block(ops, dirs, m, rng):
+  """Start block of a refresh: ``H^½ J [q_1..q_k, ω_1..ω_(m−k)]`` at the new parameters.
+
+  The previous parameter-space directions q_i and fresh Gaussian columns ω (the cold
+  build's range sample) pushed through the *current* operator in one product with A. Not
+  the stored function-space vectors: for a loss-weighted kernel they carry the old
+  ``H^½`` (the outputs, hence H, change most during training), and after 200
+  cross-entropy steps on MNIST-1D they were a worse start than random columns
+  (``benchmarks/README.md``, "Refreshing the directions").
+  """
+  leaves, treedef = jax.tree.flatten(dirs)
+  kp = int(np.shape(leaves[0])[0])
+  extra = max(int(m) - kp, 0)
+  block = [np.concatenate([np.asarray(l, np.float64),
+                           rng.standard_normal((extra,) + tuple(np.shape(l))[1:])], axis=0)
+           for l in leaves]
+  return ops.push(jax.tree.unflatten(treedef, block))
+
+
 def _check_previous(previous, p):
   want, got = jax.tree.structure(p), jax.tree.structure(previous.directions)
   if want != got:
@@ -709,15 +728,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       start = _weigh(Hh, np.einsum("pi,cj->pcij", init_vectors, np.eye(c)).reshape(N, m0 * c),
                      s, c)
     elif previous is not None:
-      pv = previous.vectors
-      same_points = (pv is not None and np.shape(pv)[0] == N and
-                     (previous.indices is None and idx is None and previous.n_points == s
-                      or previous.indices is not None and idx is not None
-                      and np.array_equal(np.asarray(previous.indices), idx)))
-      if same_points:   # function space is stable under training: reuse the eigenvectors
-        start = np.asarray(pv, np.float64)
-      else:             # other points: push the old directions through H^½ J
-        start = ops.push(previous.directions)
+      start = _refresh_block(ops, previous.directions, m, rng)
 
     converged, used = True, 0
     if method == "krylov":
@@ -740,7 +751,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       if start is None:
         Y0 = ops.range(m, rng)
       else:
-        Y0 = start if start.shape[1] >= m else np.concatenate(
+        Y0 = start if start.shape[1] >= m or previous is not None else np.concatenate(
             [start, ops.range(m - start.shape[1], rng)], axis=1)
       w, Y, resid, converged, used = _subspace_iteration(ops.gram, Y0, k + 1, tol, cycles)
       crit = f"every eigenvalue error bound ≤ tol·λ_i (tol = {tol:g}), i ≤ k+1"
@@ -748,8 +759,11 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       bound = _eigenvalue_error(w, resid, k + 1) / np.maximum(w[:k + 1], 1e-300)
       warnings.warn(f"msk_directions: the eigen-solve ({method}) did not converge in "
                     f"{cycles} products/cycles: {crit} fails (largest relative error "
-                    f"bound of λ₁..λ_(k+1): {float(np.max(bound)):.3g}), "
-                    "so the eigenvalues may be off by about that fraction; raise "
+                    f"bound of λ₁..λ_(k+1): {float(np.max(bound)):.3g}, each to the nearest "
+                    "eigenvalue). The values are Ritz values, never above the eigenvalues "
+                    "they stand for (θ_i ≤ λ_i), so `values`, `next_value` and `max_value` "
+                    "are too small if anything — by more than that bound where the block has "
+                    "not found an eigenvector yet — and a step from them too large; raise "
                     "`max_cycles` or `tol`, or check `residuals`.", stacklevel=2)
 
     # ---- checks on the spectrum and on g
