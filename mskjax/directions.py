@@ -584,7 +584,12 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     key: ``jax.random.PRNGKey`` for the subsample and the random start block.
     init_vectors: a warm start: ``(n, m)`` (or ``(s, m)``) eigenvectors on the points, e.g.
       of the analytic NTK, or an :class:`mskjax.MSKSpectrum` (each paired with every output,
-      ``v ⊗ e_j``); or the previous :class:`MSKDirections` of the same model (a refresh).
+      ``v ⊗ e_j``); or the previous :class:`MSKDirections` of the same model (a refresh:
+      the start block is ``H^½ J [q_1..q_k, ω...]`` at the new parameters, the previous
+      directions and fresh Gaussian columns; same stopping rule as a cold build, so about
+      its cost once training has moved the top-k subspace.
+      :func:`mskjax.optim.refresh_directions` refreshes on the same points and swaps the
+      result into an optimizer state).
     oversample: extra columns of the block (k+1+oversample in all).
     depth: Krylov blocks per cycle (``'krylov'`` only).
     tol: stopping tolerance (default 1e-2 for ``'sketch'``/``'explicit'``, 1e-6 for

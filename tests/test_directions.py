@@ -283,3 +283,28 @@ def test_one_product_refresh_warns_and_is_never_too_large():
   # 1e-9 relative: float64 round-off of a Rayleigh quotient
   assert float(d.next_value) <= lam[k] * (1 + 1e-9)
   assert np.all(np.asarray(d.values) <= lam[:k] * (1 + 1e-9))
+
+
+def test_refresh_directions_keeps_the_points_and_swaps_the_state():
+  # optim.refresh_directions on a subsample: the same points (previous.indices), the new
+  # directions in the optimizer state, eigenvalues of the oracle on those points at the
+  # new parameters (1 %: the solver's tol), and a loss other than the previous one refused.
+  model, variables, x, y = _setup(n=40)
+  k, g, ce = 5, modifiers.flatten(), "softmax_cross_entropy"
+  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, subsample=30,
+                            key=jax.random.PRNGKey(3))
+  tx = optim.msk_sgd(0.1, d0)
+  moved = _trained(model, variables, x)
+  st, d = optim.refresh_directions(tx.init(moved["params"]), model.apply, moved, x, d0, g,
+                                   loss=ce, key=jax.random.PRNGKey(4))
+  np.testing.assert_array_equal(d.indices, d0.indices)
+  idx = np.asarray(d0.indices)
+  lam = _oracle(model, moved, x[idx], y[idx], ce)[0]
+  np.testing.assert_allclose(d.values, lam[:k], rtol=1e-2)
+  np.testing.assert_allclose(d.next_value, lam[k], rtol=1e-2)
+  for a, b in zip(jax.tree.leaves(st[0].directions), jax.tree.leaves(d.directions)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="loss"):
+    optim.refresh_directions(st, model.apply, moved, x, d0, g)          # MSE vs CE
+  with pytest.raises(ValueError, match="subsample"):
+    optim.refresh_directions(st, model.apply, moved, x, d0, g, loss=ce, subsample=10)
