@@ -11,7 +11,8 @@ Commands::
 the MNIST-1D 1-D CNN at s = 250, k = 20; ``loss='softmax_cross_entropy'``, flatten, no β,
 the programs of ``mskjax/experiments/mnist1d.py``): the directions at init (first call:
 compilation included; then once more, compiled), PGD training (``msk_sgd(4·η, d₀,
-momentum=0)``, η the measured rule at init, b = 128, ``train.fit``) and, after 200 and
+momentum=0)``, η the measured rule at init, b = 128, ``train.fit``; 1 × η for the CNN,
+which diverged at 4 ×) and, after 200 and
 after 1000 steps, in the same process with every program compiled:
 
 * cold = ``msk_directions`` from scratch at the current parameters (default tol 1e-2);
@@ -101,13 +102,18 @@ def _measured_step(arch, d, params, batch, factor):
       d, batch[0].shape[0], loss_fn=M.rule_loss_fn(arch), params=params, batch=batch))
 
 
-def cost_case(arch, s, k, checkpoints, *, factor=4.0, oracle=False, log=print):
+#: factor × the measured step for the cost part's training (the CNN diverged at 4×)
+FACTORS = {"mlp": 4.0, "cnn": 1.0}
+
+
+def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, log=print):
   """One case of the cost part (see the module docstring); a JSON-able dict."""
   import jax
   import mskjax
   from mskjax import data as mdata
   from mskjax import train as T
   from mskjax.experiments import mnist1d as M
+  factor = FACTORS[arch] if factor is None else factor
   ds = mdata.load_mnist1d()
   x = np.asarray(M.inputs(arch, ds.x_train), np.float32)
   y = np.asarray(ds.y_train)
@@ -124,7 +130,11 @@ def cost_case(arch, s, k, checkpoints, *, factor=4.0, oracle=False, log=print):
   state, done = None, 0
   for ck in checkpoints:
     res = T.fit(M.loss_fn(arch), v0["params"] if state is None else None, tx, (x, y),
-                steps=ck - done, batch_size=128, seed=0, state=state)
+                steps=ck - done, batch_size=128, seed=0, state=state,
+                stop_above={"loss": 50.0})
+    if res.stopped is not None:
+      raise RuntimeError(f"{arch}: training at {factor}× the measured step diverged "
+                         f"({res.stopped}) before step {ck}; lower FACTORS[{arch!r}].")
     state, done = res.state, ck
     v = {"params": state.params}
     ref, ref_s, ref_w = _build(arch, v, x, k, s, tol=1e-4, max_cycles=60)

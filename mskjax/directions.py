@@ -222,6 +222,10 @@ def loss_hessian_sqrt(loss, outputs, targets=None):
   """
   F = np.asarray(outputs, np.float64)
   s, c = F.shape
+  if not np.all(np.isfinite(F)):
+    raise ValueError("msk_directions: the network's outputs at `params` are NaN or inf on "
+                     f"{int(np.sum(~np.all(np.isfinite(F), axis=1)))} of the {s} points (did "
+                     "training diverge?); the loss Hessian needs finite outputs.")
   if isinstance(loss, str) and loss == "mse":
     return None
   if isinstance(loss, str):

@@ -308,3 +308,12 @@ def test_refresh_directions_keeps_the_points_and_swaps_the_state():
     optim.refresh_directions(st, model.apply, moved, x, d0, g)          # MSE vs CE
   with pytest.raises(ValueError, match="subsample"):
     optim.refresh_directions(st, model.apply, moved, x, d0, g, loss=ce, subsample=10)
+
+
+def test_nonfinite_outputs_are_refused_with_the_cause_named():
+  # diverged training: the cross-entropy Hessian of NaN outputs used to fail inside LAPACK
+  model, variables, x, y = _setup()
+  bad = jax.tree.map(lambda a: a * np.nan, variables)
+  with pytest.raises(ValueError, match="NaN or inf"):
+    optim.msk_directions(model.apply, bad, x, modifiers.flatten(), 3,
+                         loss="softmax_cross_entropy")
