@@ -166,7 +166,7 @@ def refresh_run(arch, params, directions, x, y, x_test, y_test, *, lr, batch_siz
   tx = optim.msk_sgd(lr, directions, momentum=0.9) if tx is None else tx
   gfn = modifiers.flatten()
   state, t_off, refresh_s, refreshes = None, 0.0, [], 0
-  relearn_s, lrs, values, current = [], [], [], directions
+  relearn_s, lrs, values, current, diverged = [], [], [], directions, None
   curve_step, curve_time, curve_acc = [], [], []
   train_s = 0.0
   done = 0
@@ -174,7 +174,8 @@ def refresh_run(arch, params, directions, x, y, x_test, y_test, *, lr, batch_siz
     seg = min(every, steps - done)
     res = T.fit(loss, params if state is None else None, tx, (x, y), steps=seg,
                 batch_size=batch_size, seed=seed, state=state,
-                evaluate=lambda st: ev(st.params, x_test, y_test), eval_every=eval_every)
+                evaluate=lambda st: ev(st.params, x_test, y_test), eval_every=eval_every,
+                stop_above={"loss": 50.0})
     state = res.state
     h = res.history
     for s_, t_, a_ in zip(h["step"], h["time"], h["acc"]):
@@ -186,6 +187,9 @@ def refresh_run(arch, params, directions, x, y, x_test, y_test, *, lr, batch_siz
     train_s += res.train_s
     t_off += res.train_s
     done += seg
+    if res.stopped is not None:        # diverged (loss above 50 or not finite): stop here
+      diverged = int(state.step)
+      break
     if done < steps:
       t0 = time.perf_counter()
       if rebuild is None:
@@ -208,6 +212,7 @@ def refresh_run(arch, params, directions, x, y, x_test, y_test, *, lr, batch_siz
       t_off += time.perf_counter() - t0
       refreshes += 1
   return dict(every=every, refreshes=refreshes, refresh_s=refresh_s, relearn_s=relearn_s,
+              diverged_at=diverged,
               learning_rates=lrs, lambda1_next=values, train_s=train_s,
               final_acc=curve_acc[-1], max_acc=max(curve_acc), curve_step=curve_step,
               curve_time=curve_time, curve_acc=curve_acc, state=state)

@@ -17,6 +17,7 @@ after 1000 steps, in the same process with every program compiled:
 
 * cold = ``msk_directions`` from scratch at the current parameters (default tol 1e-2);
 * refresh = the same call with ``init_vectors=`` the directions in use (from init);
+  each timed 3 times, the minimum reported (single timings on a loaded machine vary ±40 %);
 * reference = a cold build at tol 1e-4 (max 60 products), against which the max relative
   error of λ₁..λ_{k+1} and next_value/λ_{k+1} are reported (the jacrev + eigh oracle
   checks the solver itself in ``tests/test_directions.py``; ``--oracle`` adds it here for
@@ -106,7 +107,7 @@ def _measured_step(arch, d, params, batch, factor):
 FACTORS = {"mlp": 4.0, "cnn": 1.0}
 
 
-def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, log=print):
+def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, repeat=3, log=print):
   """One case of the cost part (see the module docstring); a JSON-able dict."""
   import jax
   import mskjax
@@ -150,10 +151,13 @@ def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, log=print):
     for name, kw in (("cold", {}), ("refresh", dict(init_vectors=d0))):
       for cyc in (None,) + CYCLES:
         extra = {} if cyc is None else dict(max_cycles=cyc)
-        d, sec, w = _build(arch, v, x, k, s, **kw, **extra)
+        secs = []
+        for _ in range(repeat if cyc is None else 1):    # the headline pair: min of repeats
+          d, sec, w = _build(arch, v, x, k, s, **kw, **extra)
+          secs.append(sec)
         top = _top(d)
         row[f"{name}{'' if cyc is None else cyc}"] = dict(
-            s=sec, err=float(np.max(np.abs(top - lam) / lam)),
+            s=min(secs), all_s=secs, err=float(np.max(np.abs(top - lam) / lam)),
             next_ratio=float(top[-1] / lam[-1]), warned=bool(w), warning=w[:1])
     out["at"][ck] = row
     c, r = row["cold"], row["refresh"]
@@ -204,7 +208,8 @@ def schedule(*, s=500, k=30, steps=2000, every=(250, 1000), factor=4.0, eval_eve
     rr.pop("state")
     rr["one_off_s"] = one_off
     runs[name] = rr
-    log(f"  {name}: final acc {rr['final_acc']:.3f}, train {rr['train_s']:.1f} s, "
+    log(f"  {name}: final acc {rr['final_acc']:.3f}, diverged at {rr['diverged_at']}, "
+        f"train {rr['train_s']:.1f} s, "
         f"refreshes {sum(rr['refresh_s']):.1f} s, re-measure {sum(rr['relearn_s']):.1f} s, "
         f"η's {[round(v, 4) for v in rr['learning_rates']]}")
   # tracking: re-forms the directions from the current Jacobian when the parameters moved
