@@ -107,7 +107,8 @@ def _measured_step(arch, d, params, batch, factor):
 FACTORS = {"mlp": 4.0, "cnn": 1.0}
 
 
-def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, repeat=3, log=print):
+def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, repeat=3,
+              cycles=CYCLES, log=print):
   """One case of the cost part (see the module docstring); a JSON-able dict."""
   import jax
   import mskjax
@@ -149,7 +150,7 @@ def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, repeat=3, l
       row["oracle_s"] = time.perf_counter() - t
       row["ref_vs_oracle"] = float(np.max(np.abs(lam - lo) / lo))
     for name, kw in (("cold", {}), ("refresh", dict(init_vectors=d0))):
-      for cyc in (None,) + CYCLES:
+      for cyc in (None,) + tuple(cycles):
         extra = {} if cyc is None else dict(max_cycles=cyc)
         secs = []
         for _ in range(repeat if cyc is None else 1):    # the headline pair: min of repeats
@@ -165,7 +166,7 @@ def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, repeat=3, l
         f"(err {c['err']:.1e}), refresh {r['s']:.2f} s (err {r['err']:.1e}), ratio "
         f"{r['s'] / c['s']:.2f}; λ_(k+1) {lam[-1]:.4g} (init {row['lambda0'][-1]:.4g})"
         + (f"; ref vs oracle {row['ref_vs_oracle']:.1e}" if oracle else ""))
-    for cyc in CYCLES:
+    for cyc in cycles:
       c, r = row[f"cold{cyc}"], row[f"refresh{cyc}"]
       log(f"    max_cycles={cyc}: cold {c['s']:.2f} s err {c['err']:.2e} next× "
           f"{c['next_ratio']:.3f} warn {c['warned']} | refresh {r['s']:.2f} s err "
@@ -174,7 +175,7 @@ def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, repeat=3, l
 
 
 def schedule(*, s=500, k=30, steps=2000, every=(250, 1000), factor=4.0, eval_every=100,
-             tracking_cap_s=600.0, log=print):
+             tracking_cap_s=600.0, remeasure=True, tracking=True, log=print):
   """The schedule part (see the module docstring); a JSON-able dict."""
   import jax
   import optax
@@ -198,10 +199,10 @@ def schedule(*, s=500, k=30, steps=2000, every=(250, 1000), factor=4.0, eval_eve
   log(f"schedule: d₀ {build_s:.2f} s, η = {factor:g} × measured = {eta:.4g} ({step_s:.2f} s)")
   tx = optax.inject_hyperparams(optim.msk_sgd)(learning_rate=eta, directions=d0,
                                                momentum=0.0)
-  relearn = lambda p, d: _measured_step(arch, d, p, batch, factor)
+  relearn = (lambda p, d: _measured_step(arch, d, p, batch, factor)) if remeasure else None
   runs = {}
   for R in (steps,) + tuple(every):
-    name = "fixed" if R >= steps else f"R={R}"
+    name = "fixed" if R >= steps else f"R={R}" + ("" if remeasure else ", η kept")
     rr = S.refresh_run(arch, v0["params"], d0, x, y, xt, yt, lr=eta, batch_size=128,
                        steps=steps, every=R, eval_every=eval_every, k=k, subsample=s,
                        tx=tx, relearn=relearn)
@@ -212,6 +213,9 @@ def schedule(*, s=500, k=30, steps=2000, every=(250, 1000), factor=4.0, eval_eve
         f"train {rr['train_s']:.1f} s, "
         f"refreshes {sum(rr['refresh_s']):.1f} s, re-measure {sum(rr['relearn_s']):.1f} s, "
         f"η's {[round(v, 4) for v in rr['learning_rates']]}")
+  if not tracking:
+    return dict(s=s, k=k, steps=steps, lr=eta, factor=factor, build_s=build_s,
+                step_s=step_s, remeasure=remeasure, eval_every=eval_every, runs=runs)
   # tracking: re-forms the directions from the current Jacobian when the parameters moved
   xs = x[np.asarray(d0.indices)]
   apply = lambda p, xx: M.model(arch).apply({"params": p}, xx)
@@ -242,7 +246,14 @@ def schedule(*, s=500, k=30, steps=2000, every=(250, 1000), factor=4.0, eval_eve
   log(f"  tracking (moved=0.01): {rec['steps_run']} steps in {wall:.1f} s (compile "
       f"{compile_s:.1f} s), final acc {rec['final_acc']:.3f}")
   return dict(s=s, k=k, steps=steps, lr=eta, factor=factor, build_s=build_s, step_s=step_s,
-              runs=runs)
+              remeasure=remeasure, eval_every=eval_every, runs=runs)
+
+
+def _converged_at(row, name):
+  """The fewest products (max_cycles) of the sweep at which the solve did not warn."""
+  ok = sorted(int(key[len(name):]) for key, v in row.items()
+              if key.startswith(name) and key[len(name):].isdigit() and not v["warned"])
+  return ok[0] if ok else "> sweep"
 
 
 def _acc_at(rec, step):
@@ -257,8 +268,9 @@ def _tables(out):
   lines = []
   if "cost" in out:
     lines += ["| case | after | cold s | refresh s | refresh / cold | err cold | err refresh "
-              "| 1 product: err cold / refresh (next×) | 3 products: err cold / refresh |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| 1 product: err cold / refresh (next×) | 3 products: err cold / refresh "
+              "| converged at (products): cold / refresh |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in out["cost"]:
       for ck, r in c["at"].items():
         lines.append(
@@ -268,10 +280,12 @@ def _tables(out):
             f"{r['refresh']['err']:.1e} | {r['cold1']['err']:.2f} "
             f"({r['cold1']['next_ratio']:.2f}) / {r['refresh1']['err']:.2f} "
             f"({r['refresh1']['next_ratio']:.2f}) | {r['cold3']['err']:.3f} / "
-            f"{r['refresh3']['err']:.3f} |")
+            f"{r['refresh3']['err']:.3f} | {_converged_at(r, 'cold')} / "
+            f"{_converged_at(r, 'refresh')} |")
   if "schedule" in out:
     sc = out["schedule"]
-    marks = [sc["steps"] * q // 8 for q in (1, 2, 4, 6, 8)]
+    ev = sc.get("eval_every", 100)       # marks on the evaluation grid of every run
+    marks = [max(ev, sc["steps"] * q // 8 // ev * ev) for q in (1, 2, 4, 6, 8)]
     lines += ["", "| schedule | steps run | refresh s (total) | re-measure s | train s | "
               "total s (incl. one-off) | " + " | ".join(f"acc@{m}" for m in marks) + " |",
               "|---|---|---|---|---|---|" + "---|" * len(marks)]
@@ -290,8 +304,13 @@ def main(argv=None):
   ap.add_argument("--only", default="cost,schedule", help="comma list: cost, schedule")
   ap.add_argument("--cases", default="mlp:256:30,mlp:500:30,cnn:250:20",
                   help="arch:s:k list of the cost part")
+  ap.add_argument("--cycles", default="1,2,3,5",
+                  help="max_cycles (products) of the cost part's accuracy sweep")
   ap.add_argument("--oracle", action="store_true",
                   help="cost part: also the jacrev + eigh oracle for MLP cases with s ≤ 256")
+  ap.add_argument("--keep-step", action="store_true",
+                  help="schedule: refresh the directions but keep the initial step")
+  ap.add_argument("--no-tracking", action="store_true", help="schedule: skip tracking")
   ap.add_argument("--tracking-cap", type=float, default=600.0,
                   help="wall seconds after which the tracking run stops")
   args = ap.parse_args(argv)
@@ -304,13 +323,18 @@ def main(argv=None):
     if args.quick:
       cases = [("mlp", "64", "8"), ("cnn", "48", "6")]
     checkpoints = (20, 60) if args.quick else (200, 1000)
-    out["cost"] = [cost_case(a, int(s), int(k), checkpoints,
+    cyc = tuple(int(c) for c in args.cycles.split(","))
+    if 1 not in cyc or 3 not in cyc:
+      raise SystemExit("--cycles must contain 1 and 3 (the table's columns)")
+    out["cost"] = [cost_case(a, int(s), int(k), checkpoints, cycles=cyc,
                              oracle=args.oracle and a == "mlp" and int(s) <= 256)
                    for a, s, k in cases]
   if "schedule" in parts:
     out["schedule"] = (schedule(s=64, k=8, steps=120, every=(40,), eval_every=20,
                                 tracking_cap_s=60.0) if args.quick
-                       else schedule(tracking_cap_s=args.tracking_cap))
+                       else schedule(tracking_cap_s=args.tracking_cap,
+                                     remeasure=not args.keep_step,
+                                     tracking=not args.no_tracking))
   out["load_end"] = _uptime()
   out["wall_s"] = time.perf_counter() - t0
   os.makedirs(RESULTS, exist_ok=True)
