@@ -34,8 +34,8 @@ Measured:
    SGD and Adam learning rates rerun for as many steps as fit in PGD's total wall time
    (its directions included) at their own measured per-step cost;
 4. refresh schedule: PGD at its best learning rate with the directions rebuilt every R
-   steps (``optim.msk_directions`` at the current parameters, on the same subsample, then
-   ``optim.replace_directions`` into the optimizer state: no recompilation of the loop)
+   steps (``optim.refresh_directions``: ``msk_directions`` at the current parameters on
+   the same subsample, warm-started, swapped into the optimizer state: no recompilation)
    against never; accuracy vs steps and the refresh cost.
 
 Writes ``benchmarks/results/mnist1d_scale[_quick]_*.csv`` and ``..._curves.json`` and
@@ -57,6 +57,7 @@ import numpy as np
 
 from mskjax.experiments import mnist1d as B
 from mskjax import data, modifiers, optim
+from mskjax import steps as steps_mod
 from mskjax import train as T
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -136,23 +137,25 @@ def acc_at_step(rec, step):
 
 
 def refresh_run(arch, params, directions, x, y, x_test, y_test, *, lr, batch_size, steps,
-                every, eval_every, k, subsample, seed=0, rebuild=None, tx=None):
+                every, eval_every, k, subsample, seed=0, rebuild=None, tx=None, relearn=None):
   """PGD with the directions rebuilt every ``every`` steps from the current parameters.
 
   Runs ``fit`` in segments of ``every`` steps, resuming from the loop state; between
-  segments ``optim.msk_directions`` is called on the current parameters (same subsample
-  and key as the initial directions: a cold solve, the directions do not keep the output-
-  space eigenvectors needed for a warm start) and swapped in with
-  ``optim.replace_directions``. Times of the refreshes are reported separately and added
-  to the curve's wall times. ``rebuild(params) -> MSKDirections`` replaces that solve
-  (tests); ``tx`` the optimizer (default ``optim.msk_sgd(lr, directions, momentum=0.9)``).
-  Returns the record dict (with the final loop ``state``).
+  segments ``optim.refresh_directions`` rebuilds the directions at the current parameters
+  (same points, warm-started from the ones in use, the loss they were built for) and swaps
+  them in. ``relearn(params, directions) -> η`` (optional) re-measures the step, put in
+  with ``steps.set_learning_rate`` (``tx`` built with ``optax.inject_hyperparams``). Times
+  of the refreshes (and re-measurements) are reported separately and added to the curve's
+  wall times. ``rebuild(params) -> MSKDirections`` replaces the solve (tests); ``tx`` the
+  optimizer (default ``optim.msk_sgd(lr, directions, momentum=0.9)``). Returns the record
+  dict (with the final loop ``state``).
   """
   loss = B.loss_fn(arch)
   ev = eval_fn(arch)
   tx = optim.msk_sgd(lr, directions, momentum=0.9) if tx is None else tx
   gfn = modifiers.flatten()
   state, t_off, refresh_s, refreshes = None, 0.0, [], 0
+  relearn_s, lrs, values, current, diverged = [], [], [], directions, None
   curve_step, curve_time, curve_acc = [], [], []
   train_s = 0.0
   done = 0
@@ -160,7 +163,8 @@ def refresh_run(arch, params, directions, x, y, x_test, y_test, *, lr, batch_siz
     seg = min(every, steps - done)
     res = T.fit(loss, params if state is None else None, tx, (x, y), steps=seg,
                 batch_size=batch_size, seed=seed, state=state,
-                evaluate=lambda st: ev(st.params, x_test, y_test), eval_every=eval_every)
+                evaluate=lambda st: ev(st.params, x_test, y_test), eval_every=eval_every,
+                stop_above={"loss": 50.0})
     state = res.state
     h = res.history
     for s_, t_, a_ in zip(h["step"], h["time"], h["acc"]):
@@ -172,20 +176,33 @@ def refresh_run(arch, params, directions, x, y, x_test, y_test, *, lr, batch_siz
     train_s += res.train_s
     t_off += res.train_s
     done += seg
+    if res.stopped is not None:        # diverged (loss above 50 or not finite): stop here
+      diverged = int(state.step)
+      break
     if done < steps:
       t0 = time.perf_counter()
       if rebuild is None:
-        d = optim.msk_directions(B.model(arch).apply, {"params": state.params}, x, gfn,
-                                 int(k), subsample=subsample, key=jax.random.PRNGKey(seed),
-                                 float64=False, compute_beta=False)
+        loss_name = "mse" if current.hessian_sqrt is None else "softmax_cross_entropy"
+        ost, current = optim.refresh_directions(
+            state.opt_state, B.model(arch).apply, {"params": state.params}, x, current, gfn,
+            loss=loss_name, key=jax.random.PRNGKey(seed + done))
       else:
-        d = rebuild(state.params)
-      jax.block_until_ready(d.directions)
-      state = state._replace(opt_state=optim.replace_directions(state.opt_state, d))
+        current = rebuild(state.params)
+        ost = optim.replace_directions(state.opt_state, current)
+      jax.block_until_ready(current.directions)
       refresh_s.append(time.perf_counter() - t0)
-      t_off += refresh_s[-1]
+      if relearn is not None:
+        t1 = time.perf_counter()
+        lrs.append(float(relearn(state.params, current)))
+        ost = steps_mod.set_learning_rate(ost, lrs[-1])
+        relearn_s.append(time.perf_counter() - t1)
+      state = state._replace(opt_state=ost)
+      values.append([float(current.values[0]), float(current.next_value)])
+      t_off += time.perf_counter() - t0
       refreshes += 1
-  return dict(every=every, refreshes=refreshes, refresh_s=refresh_s, train_s=train_s,
+  return dict(every=every, refreshes=refreshes, refresh_s=refresh_s, relearn_s=relearn_s,
+              diverged_at=diverged,
+              learning_rates=lrs, lambda1_next=values, train_s=train_s,
               final_acc=curve_acc[-1], max_acc=max(curve_acc), curve_step=curve_step,
               curve_time=curve_time, curve_acc=curve_acc, state=state)
 

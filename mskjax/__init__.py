@@ -29,7 +29,7 @@ from mskjax.predict import gradient_descent_mse, predict_gd_mse, steps_to_tolera
 from mskjax.directions import MSKDirections, msk_directions
 from mskjax.steps import stable_learning_rate
 from mskjax.optim import (scale_by_msk, msk_sgd, scale_by_msk_tracking, msk_sgd_tracking,
-                          replace_directions, msk_mse_loss)
+                          replace_directions, refresh_directions, msk_mse_loss)
 from mskjax.train import fit
 from mskjax.recorder import record_kernel_training
 from mskjax.diagnostics import kernel_alignment, kernel_cosine
@@ -49,7 +49,8 @@ __all__ = [
     "gradient_descent_mse", "predict_gd_mse", "steps_to_tolerance",
     # the preconditioner for real training
     "MSKDirections", "msk_directions", "stable_learning_rate", "scale_by_msk", "msk_sgd",
-    "scale_by_msk_tracking", "msk_sgd_tracking", "replace_directions", "msk_mse_loss",
+    "scale_by_msk_tracking", "msk_sgd_tracking", "replace_directions", "refresh_directions",
+    "msk_mse_loss",
     # the loop and its diagnostics
     "fit", "record_kernel_training", "kernel_alignment", "kernel_cosine",
 ]

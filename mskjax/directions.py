@@ -202,7 +202,6 @@ def few_blas_threads(size):
   return threadpoolctl.threadpool_limits(1, "blas")
 
 
-_few_blas_threads = few_blas_threads    # the name this module's solvers use
 
 
 LOSSES = ("mse", "softmax_cross_entropy")
@@ -226,6 +225,10 @@ def loss_hessian_sqrt(loss, outputs, targets=None):
   """
   F = np.asarray(outputs, np.float64)
   s, c = F.shape
+  if not np.all(np.isfinite(F)):
+    raise ValueError("msk_directions: the network's outputs at `params` are NaN or inf on "
+                     f"{int(np.sum(~np.all(np.isfinite(F), axis=1)))} of the {s} points (did "
+                     "training diverge?); the loss Hessian needs finite outputs.")
   if isinstance(loss, str) and loss == "mse":
     return None
   if isinstance(loss, str):
@@ -372,20 +375,20 @@ def _subspace_iteration(gram, Y, k1, tol, max_iter):
   Returns (θ, X, r, converged, products).
   """
   m = Y.shape[1]
-  with _few_blas_threads(Y.size):   # small host algebra: one BLAS thread (see there)
+  with few_blas_threads(Y.size):   # small host algebra: one BLAS thread (see there)
     Q, _ = np.linalg.qr(Y)
   Z = gram(Q)
-  with _few_blas_threads(Y.size):
+  with few_blas_threads(Y.size):
     th, X, KX = _ritz(Q, Z)
   for it in range(int(max_iter)):
-    with _few_blas_threads(Y.size):
+    with few_blas_threads(Y.size):
       out = _davidson_update(X, KX, th, k1, tol)
     if out is None or it == int(max_iter) - 1:
       res = np.linalg.norm(KX - X * th, axis=0)
       return th, X, res, out is None, it + 1
     W = out
     KW = gram(W)
-    with _few_blas_threads(Y.size):
+    with few_blas_threads(Y.size):
       B = np.concatenate([X, W], axis=1)
       KB = np.concatenate([KX, KW], axis=1)
       T = B.T @ KB
@@ -497,6 +500,25 @@ def _dense_top(A, m):
   return th, X, np.linalg.norm(K @ X - X * th, axis=0)
 
 
+def _refresh_block(ops, dirs, m, rng):
+  """Start block of a refresh: ``H^½ J [q_1..q_k, ω_1..ω_(m−k)]`` at the new parameters.
+
+  The previous parameter-space directions q_i and fresh Gaussian columns ω (the cold
+  build's range sample) pushed through the *current* operator in one product with A. Not
+  the stored function-space vectors: for a loss-weighted kernel they carry the old
+  ``H^½`` (the outputs, hence H, change most during training), and after 200
+  cross-entropy steps on MNIST-1D they were a worse start than random columns
+  (``benchmarks/README.md``, "Refreshing the directions").
+  """
+  leaves, treedef = jax.tree.flatten(dirs)
+  kp = int(np.shape(leaves[0])[0])
+  extra = max(int(m) - kp, 0)
+  block = [np.concatenate([np.asarray(l, np.float64),
+                           rng.standard_normal((extra,) + tuple(np.shape(l))[1:])], axis=0)
+           for l in leaves]
+  return ops.push(jax.tree.unflatten(treedef, block))
+
+
 def _check_previous(previous, p):
   want, got = jax.tree.structure(p), jax.tree.structure(previous.directions)
   if want != got:
@@ -595,7 +617,12 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     key: ``jax.random.PRNGKey`` for the subsample and the random start block.
     init_vectors: a warm start: ``(n, m)`` (or ``(s, m)``) eigenvectors on the points, e.g.
       of the analytic NTK, or an :class:`mskjax.MSKSpectrum` (each paired with every output,
-      ``v ⊗ e_j``); or the previous :class:`MSKDirections` of the same model (a refresh).
+      ``v ⊗ e_j``); or the previous :class:`MSKDirections` of the same model (a refresh:
+      the start block is ``H^½ J [q_1..q_k, ω...]`` at the new parameters, the previous
+      directions and fresh Gaussian columns; same stopping rule as a cold build, so about
+      its cost once training has moved the top-k subspace.
+      :func:`mskjax.optim.refresh_directions` refreshes on the same points and swaps the
+      result into an optimizer state).
     oversample: extra columns of the block (k+1+oversample in all).
     depth: Krylov blocks per cycle (``'krylov'`` only).
     tol: stopping tolerance (default 1e-2 for ``'sketch'``/``'explicit'``, 1e-6 for
@@ -750,21 +777,13 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       start = _weigh(Hh, np.einsum("pi,cj->pcij", init_vectors, np.eye(c)).reshape(N, m0 * c),
                      s, c)
     elif previous is not None:
-      pv = previous.vectors
-      same_points = (pv is not None and np.shape(pv)[0] == N and
-                     (previous.indices is None and idx is None and previous.n_points == s
-                      or previous.indices is not None and idx is not None
-                      and np.array_equal(np.asarray(previous.indices), idx)))
-      if same_points:   # function space is stable under training: reuse the eigenvectors
-        start = np.asarray(pv, np.float64)
-      else:             # other points: push the old directions through H^½ J
-        start = ops.push(previous.directions)
+      start = _refresh_block(ops, previous.directions, m, rng)
 
     converged, used = True, 0
     if method == "krylov":
       kop = _kernels.KernelOperator(N, jnp.float64, lambda Vn: jnp.asarray(
           ops.gram(np.asarray(Vn, np.float64))))
-      with _few_blas_threads(N * m * (int(depth) + 1)), warnings.catch_warnings():
+      with few_blas_threads(N * m * (int(depth) + 1)), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # reported below in our own terms
         top, info = _spectrum.eigh_top(
             kop, k + 1, method="krylov", key=jax.random.PRNGKey(seed),
@@ -781,7 +800,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       if start is None:
         Y0 = ops.range(m, rng)
       else:
-        Y0 = start if start.shape[1] >= m else np.concatenate(
+        Y0 = start if start.shape[1] >= m or previous is not None else np.concatenate(
             [start, ops.range(m - start.shape[1], rng)], axis=1)
       w, Y, resid, converged, used = _subspace_iteration(ops.gram, Y0, k + 1, tol, cycles)
       crit = f"every eigenvalue error bound ≤ tol·λ_i (tol = {tol:g}), i ≤ k+1"
@@ -789,8 +808,11 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       bound = _eigenvalue_error(w, resid, k + 1) / np.maximum(w[:k + 1], 1e-300)
       warnings.warn(f"msk_directions: the eigen-solve ({method}) did not converge in "
                     f"{cycles} products/cycles: {crit} fails (largest relative error "
-                    f"bound of λ₁..λ_(k+1): {float(np.max(bound)):.3g}), "
-                    "so the eigenvalues may be off by about that fraction; raise "
+                    f"bound of λ₁..λ_(k+1): {float(np.max(bound)):.3g}, each to the nearest "
+                    "eigenvalue). The values are Ritz values, never above the eigenvalues "
+                    "they stand for (θ_i ≤ λ_i), so `values`, `next_value` and `max_value` "
+                    "are too small if anything — by more than that bound where the block has "
+                    "not found an eigenvector yet — and a step from them too large; raise "
                     "`max_cycles` or `tol`, or check `residuals`.", stacklevel=2)
 
     # ---- checks on the spectrum and on g

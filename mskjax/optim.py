@@ -127,6 +127,7 @@ from mskjax.steps import stable_learning_rate
 
 
 __all__ = ["ScaleByMSKState", "scale_by_msk", "msk_sgd", "replace_directions",
+           "refresh_directions",
            "ScaleByMSKTrackingState", "scale_by_msk_tracking", "msk_sgd_tracking",
            "reform_directions", "orthonormal_columns", "output_hessian_sqrt",
            "ScaleByMSKJvpState", "scale_by_msk_jvp", "msk_sgd_jvp", "msk_mse_loss",
@@ -389,6 +390,95 @@ def replace_directions(opt_state, directions: MSKDirections):
     raise ValueError("replace_directions: `opt_state` contains no ScaleByMSKState (was the "
                      "optimizer built with optim.scale_by_msk / optim.msk_sgd?).")
   return out
+
+
+def refresh_directions(opt_state, apply_fn: Callable, params, x, previous: MSKDirections,
+                       g: _modifiers.Modifier, *, loss="mse", targets=None, key=None,
+                       **kwargs):
+  """Rebuild the directions at the current parameters and swap them into ``opt_state``.
+
+  A refresh of the preconditioner during training: :func:`msk_directions` at ``params``
+  on the points ``previous`` was built on (``previous.indices`` into ``x``, or all of
+  ``x``), with the same k and β choice, warm-started from ``previous``
+  (``init_vectors=previous``: the start block is ``H^½ J [q_1..q_k, ω...]`` at the new
+  parameters), then :func:`replace_directions` (same structure: a compiled step or
+  :func:`mskjax.train.fit` chunk is reused, the momentum trace is kept). An unconverged
+  solve warns with its error bound, as :func:`msk_directions` does.
+
+  The step grows with training: re-measure it at the same time when the optimizer was
+  built with ``optax.inject_hyperparams`` (no recompilation)::
+
+    tx = optax.inject_hyperparams(optim.msk_sgd)(learning_rate=eta, directions=d)
+    res = train.fit(loss, params, tx, data, steps=R, batch_size=b)      # then, every R steps:
+    st, d = optim.refresh_directions(res.state.opt_state, apply_fn, res.state.params, x, d,
+                                     g, loss='softmax_cross_entropy')
+    eta = steps.stable_learning_rate(d, b, loss_fn=lambda p, bt: loss(p, bt, None),
+                                     params=res.state.params, batch=batch)
+    st = steps.set_learning_rate(st, eta)
+    res = train.fit(loss, None, tx, data, steps=R, batch_size=b,
+                    state=res.state._replace(opt_state=st))
+
+  In a user's own loop the same two calls go between steps (``opt_state`` is the loop's
+  optimizer state). Re-measure at the rule's own safety, not at a multiple of it tuned at
+  initialisation: near interpolation the cross-entropy curvature shrinks and the measured
+  step grows (6× by step 1000 on MNIST-1D, where 4 × it diverged). Cost: about a cold build
+  at the same points (the top-k subspace moves during training; ``benchmarks/README.md``,
+  "Refreshing the directions").
+
+  Args:
+    opt_state: the optimizer state (contains a :class:`ScaleByMSKState`).
+    apply_fn, params: as for :func:`msk_directions` (``params`` the current ones).
+    x: the inputs ``previous`` was built from (the full ``x`` when it was built with
+      ``subsample``; ``previous.indices`` picks the same points).
+    previous: the :class:`MSKDirections` in use.
+    g: the modifier.
+    loss, targets: as for :func:`msk_directions`; must be the loss ``previous`` was built
+      for (MSE or not).
+    key: ``jax.random.PRNGKey`` of the fresh random columns of the start block.
+    **kwargs: further :func:`msk_directions` arguments (``method``, ``tol``,
+      ``max_cycles``, ``oversample``, ``memory_budget``, ``float64``, ...).
+
+  Returns:
+    ``(opt_state, directions)``: the state with the new directions and the new
+    :class:`MSKDirections` (with ``previous.indices``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from mskjax import optim, modifiers
+    >>> f = lambda w, x: x @ w; x = jax.random.normal(jax.random.PRNGKey(0), (8, 5))
+    >>> d = optim.msk_directions(f, jnp.zeros(5), x, modifiers.flatten(), 2)
+    >>> tx = optim.msk_sgd(0.1, d); st = tx.init(jnp.zeros(5))
+    >>> st, d2 = optim.refresh_directions(st, f, jnp.ones(5), x, d, modifiers.flatten())
+    >>> bool(jnp.allclose(d2.values, d.values, rtol=1e-3))     # linear model: K fixed
+    True
+  """
+  if not isinstance(previous, MSKDirections):
+    raise TypeError("refresh_directions: `previous` must be the MSKDirections in use (from "
+                    f"msk_directions); got {type(previous).__name__}.")
+  for name in ("init_vectors", "subsample", "k", "compute_beta"):
+    if name in kwargs:
+      raise ValueError(f"refresh_directions: `{name}` is taken from `previous` (same points, "
+                       "k and β); call msk_directions directly for other choices.")
+  is_mse = isinstance(loss, str) and loss == "mse"
+  if (previous.hessian_sqrt is None) != is_mse:
+    raise ValueError("refresh_directions: `loss` must be the loss `previous` was built for: "
+                     f"previous has {'no ' if previous.hessian_sqrt is None else ''}output "
+                     f"Hessian (built for {'MSE' if previous.hessian_sqrt is None else 'a non-MSE loss'}"
+                     f"), got loss={loss!r}.")
+  idx = previous.indices
+  if idx is not None:
+    idx = np.asarray(idx)
+    n = int(np.shape(jax.tree.leaves(x)[0])[0]) if not hasattr(x, "shape") else int(x.shape[0])
+    if idx.size and int(idx.max()) >= n:
+      raise ValueError(f"refresh_directions: `previous.indices` point past `x` ({n} rows): "
+                       "pass the full `x` that `previous` was built from.")
+    x = np.asarray(x)[idx]
+    if targets is not None:
+      targets = jax.tree.map(lambda t: np.asarray(t)[idx], targets)
+  d = msk_directions(apply_fn, params, x, g, previous.k, loss=loss, targets=targets, key=key,
+                     init_vectors=previous, compute_beta=previous.beta is not None, **kwargs)
+  d = d._replace(indices=None if idx is None else idx)
+  return replace_directions(opt_state, d), d
 
 
 # ============================================================ tracking preconditioner

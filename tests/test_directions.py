@@ -252,3 +252,86 @@ def test_seed_from_typed_and_raw_keys_and_subsample_depends_on_the_key():
   assert not np.array_equal(idx[0], idx[2])
   with pytest.raises(TypeError, match="key"):
     optim.msk_directions(fn, w, x, modifiers.flatten(), 2, key=np.float32(1.0))
+
+
+def _trained(model, variables, x, steps=60, lr=2.0, seed=1):
+  """GD on softmax cross-entropy with random labels: the outputs (hence H_i) move a lot."""
+  labels = jax.nn.one_hot(jnp.asarray(np.random.default_rng(seed).integers(0, 3, x.shape[0])), 3)
+
+  def loss(v):
+    return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(model.apply(v, x)), -1))
+  grad = jax.jit(jax.grad(loss))
+  for _ in range(steps):
+    variables = jax.tree.map(lambda a, g: a - lr * g, variables, grad(variables))
+  return variables
+
+
+def test_refresh_after_training_matches_the_oracle_cross_entropy():
+  # A refresh (init_vectors = the directions before training) at parameters where the
+  # cross-entropy's H_i have changed: λ₁..λ_{k+1} of the jacrev + eigh oracle at the new
+  # parameters to the solver's tol (1 %, a bound on each Ritz value's error), no warning.
+  model, variables, x, y = _setup(n=40)
+  k, g, ce = 6, modifiers.flatten(), "softmax_cross_entropy"
+  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, method="sketch")
+  moved = _trained(model, variables, x)
+  lam = _oracle(model, moved, x, y, ce)[0]
+  lam0 = _oracle(model, variables, x, y, ce)[0]
+  assert abs(lam[k] / lam0[k] - 1) > 0.2            # the kernel did move
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="sketch",
+                             init_vectors=d0)
+  np.testing.assert_allclose(d.values, lam[:k], rtol=1e-2)
+  np.testing.assert_allclose(d.next_value, lam[k], rtol=1e-2)
+  np.testing.assert_allclose(d.max_value, lam[k], rtol=1e-2)   # flatten: max g = λ_{k+1}
+
+
+def test_one_product_refresh_warns_and_is_never_too_large():
+  # The old recipe (depth=0, max_cycles=1 from the previous directions) returned next_value
+  # 2.2× too small without a word on MNIST-1D; now it warns, and (Cauchy interlacing: Ritz
+  # values never exceed the eigenvalues) next_value and values are ≤ the oracle's.
+  model, variables, x, y = _setup(n=40)
+  k, g, ce = 6, modifiers.flatten(), "softmax_cross_entropy"
+  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, method="sketch")
+  moved = _trained(model, variables, x)
+  lam = _oracle(model, moved, x, y, ce)[0]
+  with pytest.warns(UserWarning, match=r"did not converge.*too small if anything"):
+    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="sketch",
+                             init_vectors=d0, depth=0, max_cycles=1)
+  # 1e-9 relative: float64 round-off of a Rayleigh quotient
+  assert float(d.next_value) <= lam[k] * (1 + 1e-9)
+  assert np.all(np.asarray(d.values) <= lam[:k] * (1 + 1e-9))
+
+
+def test_refresh_directions_keeps_the_points_and_swaps_the_state():
+  # optim.refresh_directions on a subsample: the same points (previous.indices), the new
+  # directions in the optimizer state, eigenvalues of the oracle on those points at the
+  # new parameters (1 %: the solver's tol), and a loss other than the previous one refused.
+  model, variables, x, y = _setup(n=40)
+  k, g, ce = 5, modifiers.flatten(), "softmax_cross_entropy"
+  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, subsample=30,
+                            key=jax.random.PRNGKey(3))
+  tx = optim.msk_sgd(0.1, d0)
+  moved = _trained(model, variables, x)
+  st, d = optim.refresh_directions(tx.init(moved["params"]), model.apply, moved, x, d0, g,
+                                   loss=ce, key=jax.random.PRNGKey(4))
+  np.testing.assert_array_equal(d.indices, d0.indices)
+  idx = np.asarray(d0.indices)
+  lam = _oracle(model, moved, x[idx], y[idx], ce)[0]
+  np.testing.assert_allclose(d.values, lam[:k], rtol=1e-2)
+  np.testing.assert_allclose(d.next_value, lam[k], rtol=1e-2)
+  for a, b in zip(jax.tree.leaves(st[0].directions), jax.tree.leaves(d.directions)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="loss"):
+    optim.refresh_directions(st, model.apply, moved, x, d0, g)          # MSE vs CE
+  with pytest.raises(ValueError, match="subsample"):
+    optim.refresh_directions(st, model.apply, moved, x, d0, g, loss=ce, subsample=10)
+
+
+def test_nonfinite_outputs_are_refused_with_the_cause_named():
+  # diverged training: the cross-entropy Hessian of NaN outputs used to fail inside LAPACK
+  model, variables, x, y = _setup()
+  bad = jax.tree.map(lambda a: a * np.nan, variables)
+  with pytest.raises(ValueError, match="NaN or inf"):
+    optim.msk_directions(model.apply, bad, x, modifiers.flatten(), 3,
+                         loss="softmax_cross_entropy")
