@@ -702,6 +702,9 @@ def main(argv=None):
                   help=f"points of the MNIST-1D rows' directions (default "
                        f"{MNIST_DIRECTIONS['subsample']})")
   ap.add_argument("--out", default=None, help="json path (default benchmarks/results/...)")
+  ap.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2,...",
+                  help="replace a method's grid in every selected row (lr, or factors of the "
+                       "rule for pgd); repeatable, e.g. --grid muon=0.02,0.03,0.05")
   ap.add_argument("--steprule", action="store_true",
                   help="the step-rule study instead: pgd at factors 0.5..8(..32) of the "
                        "measured rule on every seed, λ̂'s spread over batches; row 'track' "
@@ -726,6 +729,20 @@ def main(argv=None):
     print(steprule_markdown(rows))
     return rows
   names = [r.strip() for r in a.only.split(",") if r.strip()]
+  for spec in a.grid:
+    meth, _, vals = spec.partition("=")
+    try:
+      values = tuple(float(v) for v in vals.split(",") if v.strip())
+    except ValueError:
+      values = ()
+    if not values:
+      raise SystemExit(f"--grid: expected METHOD=V1,V2,... (numbers); got {spec!r}.")
+    for nm in names:
+      if nm in ROWS:
+        if meth not in ROWS[nm]["grids"]:
+          raise SystemExit(f"--grid: row {nm} has no method {meth!r}; its methods: "
+                           f"{sorted(ROWS[nm]['grids'])}.")
+        ROWS[nm]["grids"] = dict(ROWS[nm]["grids"], **{meth: values})
   bad = [r for r in names if r not in ROWS and not (a.steprule and r in ("track", "reuse"))]
   if bad:
     raise SystemExit(f"--only: unknown row(s) {bad}; choose from {list(ROWS)}.")
