@@ -249,7 +249,9 @@ def test_records_without_a_key_are_not_duplicated_by_reruns(tmp_path):
 
 def test_sigint_ends_with_one_line_and_the_resume_command(toy, tmp_path):
   runs = tmp_path / "runs"
-  proc = _popen([str(toy), "sleep=0.4", "--tag", "i", "--runs-dir", str(runs),
+  # 12 units of 0.4 s: ≥ 4 s of margin after the second one for the signal to land mid-run
+  # on a loaded CI machine (with 6 units a run once finished before SIGINT arrived: rc 0)
+  proc = _popen([str(toy), "sleep=0.4", "units=12", "--tag", "i", "--runs-dir", str(runs),
                  "--no-progress"], tmp_path)
   metrics = runs / "toy" / "i" / "metrics.jsonl"
   _wait_for(lambda: len(_lines(metrics)) >= 2)
@@ -259,7 +261,7 @@ def test_sigint_ends_with_one_line_and_the_resume_command(toy, tmp_path):
   msg = [l for l in err.splitlines() if l.strip()]
   assert len(msg) == 1 and "interrupted" in msg[0] and "--tag i" in msg[0]
   assert not (runs / "toy" / "i" / ".lock").exists()
-  resumed = _cli([str(toy), "sleep=0.4", "--tag", "i", "--runs-dir", str(runs),
+  resumed = _cli([str(toy), "sleep=0.4", "units=12", "--tag", "i", "--runs-dir", str(runs),
                   "--no-progress"], cwd=tmp_path)
   assert resumed.returncode == 0 and "resuming" in resumed.stdout
 
