@@ -149,7 +149,17 @@ import errno  # noqa: E402
 def _popen(args, cwd):
   env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
   return subprocess.Popen([sys.executable, "-m", "mskjax.run", *args], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+  """In the child before exec: SIGINT at its default disposition and unblocked. A child
+  inherits an ignored or blocked SIGINT from its parent (here a pytest-xdist worker, in
+  which the interrupt test once saw SIGINT ignored: the run completed with rc 0), and Python
+  installs its KeyboardInterrupt handler only over the default disposition."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
 def _wait_for(pred, timeout=90):
@@ -257,7 +267,9 @@ def test_sigint_ends_with_one_line_and_the_resume_command(toy, tmp_path):
   _wait_for(lambda: len(_lines(metrics)) >= 2)
   proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=60)
-  assert proc.returncode == 130 and "Traceback" not in err
+  assert proc.returncode == 130 and "Traceback" not in err, (
+      proc.returncode, err[-2000:], signal.getsignal(signal.SIGINT),
+      signal.pthread_sigmask(signal.SIG_BLOCK, []))
   msg = [l for l in err.splitlines() if l.strip()]
   assert len(msg) == 1 and "interrupted" in msg[0] and "--tag i" in msg[0]
   assert not (runs / "toy" / "i" / ".lock").exists()
