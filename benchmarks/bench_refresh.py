@@ -110,7 +110,6 @@ FACTORS = {"mlp": 4.0, "cnn": 1.0}
 def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, repeat=3,
               cycles=CYCLES, log=print):
   """One case of the cost part (see the module docstring); a JSON-able dict."""
-  import jax
   import mskjax
   from mskjax import data as mdata
   from mskjax import train as T
@@ -177,9 +176,7 @@ def cost_case(arch, s, k, checkpoints, *, factor=None, oracle=False, repeat=3,
 def schedule(*, s=500, k=30, steps=2000, every=(250, 1000), factor=4.0, eval_every=100,
              tracking_cap_s=600.0, remeasure=True, tracking=True, log=print):
   """The schedule part (see the module docstring); a JSON-able dict."""
-  import jax
   import optax
-  import mskjax
   from mskjax import data as mdata
   from mskjax import optim
   from mskjax import train as T
@@ -256,14 +253,6 @@ def _converged_at(row, name):
   return ok[0] if ok else "> sweep"
 
 
-def _acc_at(rec, step):
-  best = None
-  for s_, a in zip(rec["curve_step"], rec["curve_acc"]):
-    if s_ <= step:
-      best = a
-  return best
-
-
 def _tables(out):
   lines = []
   if "cost" in out:
@@ -283,6 +272,7 @@ def _tables(out):
             f"{r['refresh3']['err']:.3f} | {_converged_at(r, 'cold')} / "
             f"{_converged_at(r, 'refresh')} |")
   if "schedule" in out:
+    from benchmarks.bench_mnist1d_scale import acc_at_step
     sc = out["schedule"]
     ev = sc.get("eval_every", 100)       # marks on the evaluation grid of every run
     marks = [max(ev, sc["steps"] * q // 8 // ev * ev) for q in (1, 2, 4, 6, 8)]
@@ -291,8 +281,8 @@ def _tables(out):
               "|---|---|---|---|---|---|" + "---|" * len(marks)]
     for name, r in sc["runs"].items():
       tot = r["one_off_s"] + r["train_s"] + sum(r["refresh_s"]) + sum(r["relearn_s"])
-      accs = " | ".join("—" if _acc_at(r, m) is None or m > r["curve_step"][-1]
-                        else f"{_acc_at(r, m):.3f}" for m in marks)
+      accs = " | ".join("—" if acc_at_step(r, m) is None or m > r["curve_step"][-1]
+                        else f"{acc_at_step(r, m):.3f}" for m in marks)
       lines.append(f"| {name} | {r['curve_step'][-1]} | {sum(r['refresh_s']):.1f} | "
                    f"{sum(r['relearn_s']):.1f} | {r['train_s']:.1f} | {tot:.1f} | {accs} |")
   return "\n".join(lines)
