@@ -266,15 +266,22 @@ def _trained(model, variables, x, steps=60, lr=2.0, seed=1):
   return variables
 
 
-def test_refresh_after_training_matches_the_oracle_cross_entropy():
-  # A refresh (init_vectors = the directions before training) at parameters where the
-  # cross-entropy's H_i have changed: λ₁..λ_{k+1} of the jacrev + eigh oracle at the new
-  # parameters to the solver's tol (1 %, a bound on each Ritz value's error), no warning.
+def _refresh_case():
+  """Directions (cross-entropy, k = 6, sketch) at init, the parameters after `_trained`, and
+  the jacrev + eigh oracle's eigenvalues there: the set-up of the refresh tests."""
   model, variables, x, y = _setup(n=40)
   k, g, ce = 6, modifiers.flatten(), "softmax_cross_entropy"
   d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, method="sketch")
   moved = _trained(model, variables, x)
   lam = _oracle(model, moved, x, y, ce)[0]
+  return model, variables, x, y, k, g, ce, d0, moved, lam
+
+
+def test_refresh_after_training_matches_the_oracle_cross_entropy():
+  # A refresh (init_vectors = the directions before training) at parameters where the
+  # cross-entropy's H_i have changed: λ₁..λ_{k+1} of the jacrev + eigh oracle at the new
+  # parameters to the solver's tol (1 %, a bound on each Ritz value's error), no warning.
+  model, variables, x, y, k, g, ce, d0, moved, lam = _refresh_case()
   lam0 = _oracle(model, variables, x, y, ce)[0]
   assert abs(lam[k] / lam0[k] - 1) > 0.2            # the kernel did move
   with warnings.catch_warnings():
@@ -290,11 +297,7 @@ def test_one_product_refresh_warns_and_is_never_too_large():
   # The old recipe (depth=0, max_cycles=1 from the previous directions) returned next_value
   # 2.2× too small without a word on MNIST-1D; now it warns, and (Cauchy interlacing: Ritz
   # values never exceed the eigenvalues) next_value and values are ≤ the oracle's.
-  model, variables, x, y = _setup(n=40)
-  k, g, ce = 6, modifiers.flatten(), "softmax_cross_entropy"
-  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, method="sketch")
-  moved = _trained(model, variables, x)
-  lam = _oracle(model, moved, x, y, ce)[0]
+  model, variables, x, y, k, g, ce, d0, moved, lam = _refresh_case()
   with pytest.warns(UserWarning, match=r"did not converge.*too small if anything"):
     d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="sketch",
                              init_vectors=d0, depth=0, max_cycles=1)
