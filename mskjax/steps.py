@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 from mskjax import _validate as _v
 from mskjax.directions import MSKDirections, check_directions, few_blas_threads
-from mskjax.tangents import in_background
+from mskjax.tangents import check_float_params, in_background
 
 __all__ = ["stable_learning_rate", "curvature_estimator", "set_learning_rate"]
 
@@ -82,9 +82,8 @@ def _preconditioned_hessian(loss_fn, params, batch, Q, ch):
   ``Q`` (k, #params): the directions as flat rows (None: P = I), ``ch = √(g/λ) − 1``, so
   ``P^½ v = v + Qᵀ (ch ⊙ Q v)`` — two GEMVs (cheaper to compile than the pytree form).
   """
+  check_float_params(params, "curvature_estimator")
   flat, unravel = ravel_pytree(params)
-  if not jnp.issubdtype(flat.dtype, jnp.floating):
-    raise TypeError("curvature_estimator: parameters must be floating.")
   grad_flat = lambda v: ravel_pytree(jax.grad(loss_fn)(unravel(v), batch))[0]
   hvp = lambda v: jax.jvp(grad_flat, (flat,), (v,))[1]
   if Q is None:
@@ -245,10 +244,12 @@ def _measure_top(loss_fn, directions, params, batch, iters, seed):
   of `msk_sgd`")."""
   Q, ch = _flat_directions(directions, "stable_learning_rate")
   _check_layout(directions, params, "stable_learning_rate")
+  check_float_params(params, "stable_learning_rate")
   leaves = jax.tree.leaves(params)
-  dt = np.dtype(jnp.result_type(*[jnp.asarray(l).dtype for l in leaves])) if leaves else None
-  if dt is None or not jnp.issubdtype(dt, jnp.floating):
-    raise TypeError("stable_learning_rate: parameters must be floating.")
+  if not leaves:
+    raise TypeError("stable_learning_rate: `params` has no array leaves; pass the parameters "
+                    "`loss_fn` is differentiated against.")
+  dt = np.dtype(jnp.result_type(*[jnp.asarray(l).dtype for l in leaves]))
   dim = sum(int(np.prod(np.shape(l))) for l in leaves)      # ravel_pytree's length
   n = min(iters, dim)
   compiled = in_background(lambda: _flat_hvp(loss_fn, params, batch,
