@@ -333,7 +333,7 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int"
   result is cached as ``mnist1d_n{num_samples}_seed{seed}.npz`` under ``cache_dir``
   (default ``$MSKJAX_CACHE`` or ``~/.cache/mskjax``). The package seeds Python's and
   numpy's global generators; their states are restored afterwards. Reference accuracies
-  (the authors' and ours): ``experiments/README.md``, section mnist1d.
+  (the authors'): ``experiments/README.md``, section mnist1d; ours: ``docs/results.md``.
 
   Args:
     num_samples: total number of sequences (train + test), a multiple of 10, >= 10.

@@ -184,8 +184,8 @@ def pgd_base_lr(rule: str, directions, batch_size: int, *, arch: Optional[str] =
     training size; needs ``arch``, ``params``, ``batch``);
   * ``'stable'``: ``mskjax.stable_learning_rate(directions, batch_size)`` — the
     critical-batch step of the linearised MSK for the quadratic loss (the directions need
-    β: :func:`build_directions` with ``compute_beta=True``); ~16× too small for
-    cross-entropy (``benchmarks/README.md``, "Step rules and tracking").
+    β: :func:`build_directions` with ``compute_beta=True``); far too small for
+    cross-entropy (docs/pitfalls.md#linearised-step-rules-on-real-networks).
 
   Args:
     rule: one of :data:`STEP_RULES`.
