@@ -8,7 +8,7 @@
   :mod:`mskjax.spectrum` and :func:`mskjax.msk_spectrum` consume;
 * :func:`kernel_matvec` -- one product K(x, x) v of that operator (jittable).
 
-Blocking: inputs are padded (by repeating their last row, :func:`pad_rows`) to a multiple of
+Blocking (:mod:`mskjax._blocks`): inputs are padded (by repeating their last row) to a multiple of
 the block size, and one jitted block function of a fixed shape is called for every block, so
 there is a single compilation per (block shape, kernel) and device memory stays O(block^2)
 plus the output. Symmetric Gram matrices (:func:`gram`, :func:`empirical_ntk` with
@@ -32,19 +32,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mskjax import _blocks
 from mskjax import _loops
 from mskjax import _validate
+from mskjax._blocks import DEFAULT_MEMORY_BUDGET, block_size_for_budget  # public spellings
 
 __all__ = ["gram", "kernel_matvec", "KernelOperator", "kernel_operator",
-           "matrix_operator", "DEFAULT_MEMORY_BUDGET", "rows_for_budget", "block_size_for_budget",
-           "map_row_blocks", "sphere_mercer_eigenvalues", "pad_rows", "MLPKernel",
-           "mlp_kernel_fn"]
+           "matrix_operator", "DEFAULT_MEMORY_BUDGET", "block_size_for_budget",
+           "sphere_mercer_eigenvalues", "MLPKernel", "mlp_kernel_fn"]
 
 _GETS = ("ntk", "nngp")
 
 
-def _float_dtype():
-  return jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 iff jax_enable_x64
+_float_dtype = _blocks.float_dtype
 
 
 def as_inputs(x, name, where):
@@ -102,65 +102,6 @@ def _check_get(get, where):
     raise ValueError(f"{where}: get must be one of {_GETS}; got {get!r}.")
 
 
-def pad_rows(x, size):
-  """Pads ``x`` to ``size`` rows by repeating its last row (real inputs keep kernels finite).
-
-  The blocking primitive of every blocked kernel evaluation (``gram``, ``empirical_ntk``,
-  :func:`kernel_operator`, :func:`map_row_blocks`): padded rows are real points, so kernel values stay finite, and
-  callers drop them (or multiply them by zero rows of V).
-
-  Example:
-    >>> pad_rows(jnp.array([[1.0], [2.0]]), 3).tolist()
-    [[1.0], [2.0], [2.0]]
-  """
-  pad = size - x.shape[0]
-  return x if pad == 0 else jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge")
-
-
-def assemble_blocks(pair_fn, sym_fn, x1, x2, block_size):
-  """Assembles K from fixed-shape jitted blocks; upper triangle only when x2 is None."""
-  n1 = x1.shape[0]
-  n2 = n1 if x2 is None else x2.shape[0]
-  b1, b2 = min(block_size, n1), min(block_size, n2)
-  if x2 is None:
-    b2 = b1
-  n1p, n2p = b1 * math.ceil(n1 / b1), b2 * math.ceil(n2 / b2)
-  x1p = pad_rows(x1, n1p)
-  x2p = x1p if x2 is None else pad_rows(x2, n2p)
-  out = None
-  for i in range(0, n1p, b1):
-    for j in range(0, n2p, b2):
-      if x2 is None and j < i:
-        continue
-      diagonal = x2 is None and i == j
-      block = np.asarray(sym_fn(x1p[i:i + b1]) if diagonal else
-                         pair_fn(x1p[i:i + b1], x2p[j:j + b2]))
-      # Cheap checks on the host copy (a wrong shape would be broadcast into K below; an
-      # asymmetric kernel, checked on the first diagonal block, would be mirrored).
-      _validate.check_kernel_block(block, (b1, b2), symmetric=diagonal and i == 0)
-      if diagonal:                 # exactly symmetric (a no-op on a symmetric block)
-        block = 0.5 * (block + block.T)
-      if out is None:
-        out = np.empty((n1p, n2p), dtype=block.dtype)
-      out[i:i + b1, j:j + b2] = block
-      if x2 is None and j > i:
-        out[j:j + b2, i:i + b1] = block.T
-  return jnp.asarray(out[:n1, :n2])
-
-
-def cache_by_function(builder):
-  """lru_cache that falls back to building afresh for unhashable functions."""
-  cached = functools.lru_cache(maxsize=64)(builder)
-
-  def wrapper(fn, arg):
-    try:
-      hash(fn)
-    except TypeError:
-      return builder(fn, arg)
-    return cached(fn, arg)
-  return wrapper
-
-
 def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
          block_size: Optional[int] = None) -> jax.Array:
   """Analytic Gram matrix K_ij = k(x1_i, x2_j) of a neural-tangents ``kernel_fn``, blockwise.
@@ -200,91 +141,7 @@ def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
     _validate.check_kernel_block(K, (x1.shape[0], (x1 if x2 is None else x2).shape[0]),
                                  symmetric=x2 is None, inputs="x1")
     return K
-  return assemble_blocks(pair, sym, x1, x2, block_size)
-
-
-# ------------------------------------------------------------------ the kernel operator
-DEFAULT_MEMORY_BUDGET = 1 << 30
-"""Default per-device budget (bytes) for the kernel blocks of one product: 1 GiB."""
-
-_TEMPORARIES = 24
-"""Estimated ``b × b`` temporaries alive while a neural-tangents MLP kernel block is built
-(NNGP, NTK and the arc-cosine intermediates, plus XLA fusion buffers); measured on 2--3
-layer ReLU MLPs, kept generous."""
-
-
-def rows_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, per_row: int = 0,
-                    per_pair: int = 0, n: Optional[int] = None, multiple: int = 1) -> int:
-  r"""The one block-size rule: the largest block of ``b`` rows (points) whose memory fits.
-
-  .. math:: \text{per\_pair}\cdot b^2 + \text{per\_row}\cdot b \le \text{memory\_bytes}
-
-  rounded down to a multiple of ``multiple``, at least ``multiple`` (a block must hold
-  something), and at most ``n`` when given. Every blocked product states its costs in these
-  two numbers: kernel blocks (``b × b`` temporaries: :func:`block_size_for_budget`), per-point
-  Jacobian blocks (``per_row`` = c·#params·itemsize × copies, ``tangents``), NTK-vector
-  products (``per_pair``).
-
-  Args:
-    memory_bytes: budget in bytes (positive int).
-    per_row: bytes that grow linearly with the block's rows.
-    per_pair: bytes that grow with the square of the block's rows (pairs of points).
-    n: the number of rows there are (cap), or None.
-    multiple: round down to a multiple of this.
-
-  Returns:
-    The block's rows ``b`` (int).
-
-  Example:
-    >>> rows_for_budget(1000, per_row=10), rows_for_budget(1000, per_pair=10)
-    (100, 10)
-    >>> rows_for_budget(1000, per_row=10, n=30), rows_for_budget(10, per_row=100)
-    (30, 1)
-  """
-  memory_bytes = _validate.check_int(memory_bytes, "memory_bytes", lo=1)
-  a = _validate.check_int(per_pair, "per_pair", lo=0)
-  bq = _validate.check_int(per_row, "per_row", lo=0)
-  multiple = _validate.check_int(multiple, "multiple", lo=1)
-  if a == 0 and bq == 0:
-    raise ValueError("rows_for_budget: give the block's cost, `per_row` and/or `per_pair` > 0.")
-  if a == 0:
-    b = memory_bytes // bq
-  else:     # largest root of a b² + bq b − memory = 0, then corrected for rounding
-    b = int((-bq + math.sqrt(bq * bq + 4 * a * memory_bytes)) / (2 * a))
-    while b > 0 and a * b * b + bq * b > memory_bytes:
-      b -= 1
-  b = max(multiple, (b // multiple) * multiple)
-  return int(b if n is None else min(b, max(int(n), 1)))
-
-
-def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int = 0,
-                          itemsize: Optional[int] = None, temporaries: int = _TEMPORARIES,
-                          multiple: int = 64) -> int:
-  r"""The largest block edge ``b`` whose kernel blocks fit a memory budget.
-
-  .. math:: \text{itemsize}\cdot(\text{temporaries}\cdot b^2 + 2 b m) \le \text{memory\_bytes}
-
-  rounded down to a multiple of ``multiple`` (at least ``multiple``).
-
-  Args:
-    memory_bytes: budget in bytes for one device (positive int).
-    m: columns of the block ``V`` multiplied by each kernel block.
-    itemsize: bytes per float (default: 8 under ``jax_enable_x64``, else 4).
-    temporaries: ``b × b`` arrays alive while a kernel block is computed.
-    multiple: round ``b`` down to a multiple of this.
-
-  Returns:
-    The block edge ``b`` (int).
-
-  Example:
-    >>> block_size_for_budget(1 << 30, itemsize=8)
-    2304
-  """
-  m = _validate.check_int(m, "m", lo=0)
-  if itemsize is None:
-    itemsize = jnp.dtype(_float_dtype()).itemsize
-  return rows_for_budget(memory_bytes, per_pair=temporaries * itemsize, per_row=2 * m * itemsize,
-                         multiple=multiple)
+  return _blocks.assemble_blocks(pair, sym, x1, x2, block_size)
 
 
 def _kernel_call(kernel_fn, get):
@@ -293,28 +150,10 @@ def _kernel_call(kernel_fn, get):
   return lambda a, b, *args: kernel_fn(a, b, get, *args)
 
 
-def _row_block_products(call, bs, xr, xc, vc, args):
-  """Σ_J k(X_I, X_J) V_J for the row blocks I of ``xr`` (a multiple of ``bs`` points) and
-  the column blocks J of ``xc`` / ``vc`` (``lax.map`` over I, ``lax.scan`` over J): the one
-  blocked product behind :func:`kernel_matvec` and :class:`KernelOperator`."""
-  m = vc.shape[1]
-  xrb = xr.reshape((-1, bs) + xr.shape[1:])    # blocks of points; per-point shape kept
-  xcb = xc.reshape((-1, bs) + xc.shape[1:])
-  vcb = vc.reshape(-1, bs, m)
-
-  def row(xa):
-    def body(acc, blk):
-      xj, vj = blk
-      return acc + call(xa, xj, *args).astype(vc.dtype) @ vj, None
-    acc, _ = lax.scan(body, jnp.zeros((bs, m), vc.dtype), (xcb, vcb))
-    return acc
-
-  return lax.map(row, xrb).reshape(-1, m)
-
-
-@cache_by_function
+@_blocks.cache_by_function
 def _block_product_fn(kernel_fn, get):
-  """Jitted ``acc + k(x_I, x_J) V_J``: the body of :func:`_row_block_products` as one call."""
+  """Jitted ``acc + k(x_I, x_J) V_J``: the body of ``_blocks.row_block_products`` as one
+  call (for ``_blocks.row_block_products_python``)."""
   call = _kernel_call(kernel_fn, get)
 
   @jax.jit
@@ -323,25 +162,10 @@ def _block_product_fn(kernel_fn, get):
   return step
 
 
-def _row_block_products_python(kernel_fn, get, bs, xr, xc, vc, args):
-  """:func:`_row_block_products` as a Python loop over the jitted block product (the same
-  sums in the same order): for kernels with convolutions on the CPU, where XLA runs them
-  inside ``lax.map``/``lax.scan`` on a slow path (:mod:`mskjax._loops`)."""
-  step = _block_product_fn(kernel_fn, get)
-  m = vc.shape[1]
-  rows = []
-  for i in range(0, xr.shape[0], bs):
-    acc = jnp.zeros((bs, m), vc.dtype)
-    for j in range(0, xc.shape[0], bs):
-      acc = step(acc, xr[i:i + bs], xc[j:j + bs], vc[j:j + bs], args)
-    rows.append(acc)
-  return jnp.concatenate(rows)
-
-
 @functools.lru_cache(maxsize=64)
 def _product_fn(kernel_fn, get, bs, devices):
   """One jitted (and, for several devices, row-sharded) blocked product per configuration."""
-  local = functools.partial(_row_block_products, _kernel_call(kernel_fn, get), bs)
+  local = functools.partial(_blocks.row_block_products, _kernel_call(kernel_fn, get), bs)
   if len(devices) == 1:
     return jax.jit(local)
   from jax.sharding import Mesh, PartitionSpec as P
@@ -351,7 +175,7 @@ def _product_fn(kernel_fn, get, bs, devices):
   return jax.jit(sharded)
 
 
-@cache_by_function
+@_blocks.cache_by_function
 def _block_fns(kernel_fn, get):
   """Jitted ``k(a, b, *args)`` and ``k(a, None, *args)`` (symmetric diagonal blocks)."""
   call = _kernel_call(kernel_fn, get)
@@ -365,19 +189,6 @@ def _check_devices(devices):
   if not devices:
     raise ValueError("`devices` must be a non-empty sequence of jax devices (or None for all).")
   return devices
-
-
-def _resolve_block(block_size, memory_budget, n, m, n_dev):
-  if block_size is None:
-    block_size = block_size_for_budget(memory_budget, m=m)
-  else:
-    block_size = _validate.check_int(block_size, "block_size", lo=1)
-  # Same number of blocks per device, but the smallest edge that covers each device's
-  # rows: padding waste is then < 8 rows per block instead of up to a whole block.
-  share = math.ceil(n / n_dev)
-  nb = math.ceil(share / int(block_size))
-  b = math.ceil(share / nb)
-  return int(min(int(block_size), 8 * math.ceil(b / 8) if b > 8 else b))
 
 
 @jax.jit
@@ -499,7 +310,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
                      "(`x` is traced); use cache=False inside jit.")
   # With K cached the kernel blocks get what the budget leaves (at least an eighth of it).
   block_budget = max(memory_budget - k_bytes, memory_budget // 8) if cache else memory_budget
-  bs = _resolve_block(block_size, block_budget, n, m, nd)
+  bs = _blocks.resolve_block(block_size, block_budget, n, m, nd)
   args = tuple(kernel_args)
   pair, sym = _block_fns(kernel_fn, get)
   kernel = lambda a, b=None: pair(a, a if b is None else b, args)
@@ -510,7 +321,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     # from two copies carries ~1e-8 relative rounding there; assemble_blocks symmetrises them
     diag = ((lambda a: sym(a, args)) if get is not None
             else (lambda a: kernel(a, a)))
-    K = assemble_blocks(kernel, diag, x, None, bs).astype(dtype)
+    K = _blocks.assemble_blocks(kernel, diag, x, None, bs).astype(dtype)
     if not bool(jnp.all(jnp.isfinite(K))):
       raise ValueError("`kernel_fn` returned NaN/inf on `x` (the cached K is not finite): "
                        "check the kernel's parameters and the inputs' scale.")
@@ -522,7 +333,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
 
   nr = bs * nd * math.ceil(n / (bs * nd))
   nc = bs * math.ceil(n / bs)
-  xr, xc = pad_rows(x, nr), pad_rows(x, nc)
+  xr, xc = _blocks.pad_rows(x, nr), _blocks.pad_rows(x, nc)
   fn = _product_fn(kernel_fn, get, bs, devices)
   # The products never see a whole block on the host: check one diagonal block of the
   # kernel now (shape always; values when concrete), as the cached path does.
@@ -536,7 +347,8 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
       _validate.is_concrete(a) for a in jax.tree.leaves(args)) and _loops.python_loop_faster(
           lambda a, b, *r: _kernel_call(kernel_fn, get)(a, b, *r), x[:bs], x[:bs], *args):
     # convolutions on the CPU: the same blocked product as a Python loop (mskjax._loops)
-    fn = functools.partial(_row_block_products_python, kernel_fn, get, bs)
+    fn = functools.partial(_blocks.row_block_products_python,
+                           _block_product_fn(kernel_fn, get), bs)
 
   def matmul(v):
     v = _checked_columns(v, n, dtype)
@@ -610,22 +422,6 @@ def kernel_matvec(kernel_fn: Callable, x, v, *, block_size: Optional[int] = None
                        block_size=block_size, memory_budget=memory_budget, devices=devices,
                        cache=False)
   return op @ v
-
-
-def map_row_blocks(fn: Callable, x, block_size: Optional[int]) -> jax.Array:
-  """``fn`` applied to row blocks of ``x`` and concatenated (the last block padded by
-  repeating the last row, then trimmed): one compiled shape for every block.
-
-  Example:
-    >>> map_row_blocks(lambda a: 2 * a, jnp.arange(5.0)[:, None], 2).ravel().tolist()
-    [0.0, 2.0, 4.0, 6.0, 8.0]
-  """
-  n = x.shape[0]
-  if block_size is None or n <= block_size:
-    return fn(x)
-  xp = pad_rows(x, block_size * math.ceil(n / block_size))
-  out = [fn(xp[i:i + block_size]) for i in range(0, xp.shape[0], block_size)]
-  return jnp.concatenate(out, axis=0)[:n]
 
 
 def sphere_mercer_eigenvalues(kernel_fn: Callable, d: int, lmax: int, *, get: str = "ntk",
