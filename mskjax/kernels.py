@@ -339,6 +339,89 @@ def _symmetric_product(programs, xb, v, bs, nd, args, out_dtype):
   return acc.reshape(-1, m)[:n].astype(out_dtype)
 
 
+LANES = 8
+"""Independent accumulators of the compiled symmetric product: block pairs are dealt to
+``LANES`` lanes round-robin, each lane sums its pairs in order, and the lanes are added on
+the host in order — the same sums for any number of devices dividing ``LANES``."""
+
+
+def _lanes(nd, n_rows, m, memory_budget):
+  """Lanes for ``nd`` devices: a multiple of ``nd`` (``LANES`` rounded up) when their
+  ``(n, m)`` float64 accumulators take at most a quarter of the budget, else ``nd``."""
+  lanes = nd * math.ceil(LANES / nd)
+  return lanes if lanes * n_rows * m * 8 <= memory_budget // 4 else nd
+
+
+def _lane_schedule(nb, lanes):
+  """``(I, J, W)`` of shape ``(lanes, T)``: the upper block triangle (diagonal included)
+  dealt round-robin to the lanes, padded with weight-0 pairs (0, 0)."""
+  ii, jj = np.triu_indices(nb)
+  p = ii.size
+  T = math.ceil(p / lanes)
+  I = np.zeros(lanes * T, np.int32); J = np.zeros(lanes * T, np.int32)
+  W = np.zeros(lanes * T, np.float32)
+  I[:p], J[:p], W[:p] = ii, jj, 1.0
+  # pair q goes to lane q % lanes, step q // lanes
+  return (I.reshape(T, lanes).T.copy(), J.reshape(T, lanes).T.copy(),
+          W.reshape(T, lanes).T.copy())
+
+
+@functools.lru_cache(maxsize=64)
+def _symmetric_program(kernel_fn, get, devices, block_dtype):
+  r"""The compiled symmetric product: for each lane, ``lax.scan`` over its block pairs
+  ``(I, J)``, ``J >= I``, adding ``K_IJ V_J`` to rows I and ``K_IJᵀ V_I`` to rows J (not
+  twice on a diagonal block, which is ``k(X_I, None)``: exact diagonal angles) of a float64
+  accumulator; ``lax.map`` over the lanes of a device; lanes split over devices with
+  ``jax.shard_map``. One compilation per (kernel, block shape, lanes)."""
+  call = _kernel_call(kernel_fn, get)
+  dt = jnp.dtype(block_dtype)
+  acc_dt = jnp.promote_types(dt, jax.dtypes.canonicalize_dtype(jnp.float64))
+
+  def block(xi, xj, same, args):
+    if get is None:
+      return call(xi, xj, *args).astype(dt)
+    return lax.cond(same, lambda: call(xi, None, *args).astype(dt),
+                    lambda: call(xi, xj, *args).astype(dt))
+
+  def local(xb, vb, I, J, W, args):
+    nb, b, m = vb.shape
+
+    def lane(ijw):
+      def step(acc, t):
+        i, j, w = t
+        same = i == j
+        kb = block(xb[i], xb[j], same, args)
+        a = (kb @ vb[j]).astype(acc_dt) * w.astype(acc_dt)
+        bt = (kb.T @ vb[i]).astype(acc_dt) * jnp.where(same, 0.0, w).astype(acc_dt)
+        return acc.at[i].add(a).at[j].add(bt), None
+      acc, _ = lax.scan(step, jnp.zeros((nb, b, m), acc_dt), ijw)
+      return acc
+    return lax.map(lane, (I, J, W))
+
+  if len(devices) == 1:
+    return jax.jit(local)
+  from jax.sharding import Mesh, PartitionSpec as P
+  mesh = Mesh(np.asarray(devices), ("lanes",))
+  return jax.jit(jax.shard_map(local, mesh=mesh,
+                               in_specs=(P(), P(), P("lanes"), P("lanes"), P("lanes"), P()),
+                               out_specs=P("lanes"), check_vma=False))
+
+
+def _symmetric_product_compiled(program, schedule, xb, v, bs, args, out_dtype):
+  """``K V`` by :func:`_symmetric_program`; the lanes' float64 sums are added on the host
+  in lane order."""
+  n, m = v.shape
+  nb = xb.shape[0]
+  vh = np.zeros((nb * bs, m), xb.dtype)
+  vh[:n] = np.asarray(v, xb.dtype)
+  out = np.asarray(program(xb, jax.device_put(vh.reshape(nb, bs, m)), *schedule, args),
+                   np.float64)
+  acc = out[0].copy()
+  for lane in out[1:]:
+    acc += lane
+  return acc.reshape(-1, m)[:n].astype(out_dtype)
+
+
 @_blocks.cache_by_function
 def _cross_fn(kernel_fn, get):
   """Jitted ``k(a, b) V_b`` for the cross products ``k(x_new, X) V``."""
@@ -551,15 +634,28 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     return out
 
   if symmetric:
-    programs = _symmetric_programs(kernel_fn, get, devices, jnp.dtype(block_dtype).name)
     nb = math.ceil(n / bs)
     xb = jax.device_put(np.asarray(_blocks.pad_rows(x.astype(block_dtype), nb * bs))
                         .reshape((nb, bs) + x.shape[1:]))
+    host_loop = _loops.python_loop_faster(
+        lambda a, b, *r: _kernel_call(kernel_fn, get)(a, b, *r), x[:bs], x[:bs], *args)
+    bname = jnp.dtype(block_dtype).name
+    if host_loop:     # convolutions on the CPU: a Python loop over the blocks
+      programs = _symmetric_programs(kernel_fn, get, devices, bname)
+    else:
+      program = _symmetric_program(kernel_fn, get, devices, bname)
+      schedules = {}
 
     def matmul(v):
       v = _checked_columns(v, n, dtype)
-      out = _symmetric_product(programs, xb, np.asarray(v.reshape(n, -1)), bs, nd, args,
-                               dtype)
+      v2 = np.asarray(v.reshape(n, -1))
+      if host_loop:
+        out = _symmetric_product(programs, xb, v2, bs, nd, args, dtype)
+      else:
+        lanes = _lanes(nd, nb * bs, v2.shape[1], memory_budget)
+        if lanes not in schedules:
+          schedules[lanes] = tuple(jnp.asarray(a) for a in _lane_schedule(nb, lanes))
+        out = _symmetric_product_compiled(program, schedules[lanes], xb, v2, bs, args, dtype)
       return finite(jnp.asarray(out).reshape(v.shape))
     return KernelOperator(n, dtype, matmul, bs, devices, False, None, x, kernel, True,
                           block_dtype, cross)

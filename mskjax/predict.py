@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import time
 import warnings
 from typing import Callable, NamedTuple, Optional
@@ -547,8 +548,8 @@ class KernelSolveInfo(NamedTuple):
     method: ``'dense'`` or ``'matrix_free'`` (``'auto'`` resolved).
     solver: how t = ∞ was (or would be) solved: ``'cholesky'`` (dense), ``'eigh'`` (dense,
       K not numerically positive definite: pseudo-inverse), ``'pcg'`` (matrix-free).
-    preconditioner: the CG preconditioner, e.g. ``'nystrom(rank=1000, landmarks=4000)'``, or
-      ``'none'``.
+    preconditioner: the CG preconditioner, e.g.
+      ``'nystrom-rpcholesky(rank=1000, landmarks=1000)'``, or ``'none'``.
     iterations: CG iterations of the t = ∞ solve (0 before it ran, or dense).
     residuals: ``(c,)`` final relative residuals ``‖Y − (K + ridge·I) A‖/‖Y‖`` per output
       (CG's recurrence residual; dense: computed), or ``None`` before a t = ∞ solve.
@@ -590,40 +591,66 @@ def _kernel_identity(kernel_fn) -> str:
   return f"{getattr(kernel_fn, '__module__', '?')}.{getattr(kernel_fn, '__qualname__', '?')}#{h}"
 
 
-def _nystrom_pairs(op, rank, n_landmarks, key, x64_dtype):
-  r"""Top ``rank`` eigenpairs of the Nyström approximation from ``n_landmarks`` points,
-  truncated at W's top ``rank`` (K̂ = C Q_r w_r⁻¹ Q_rᵀ Cᵀ ≼ C W⁺ Cᵀ ≼ K), never holding
-  the ``(n, s)`` matrix C: B = C Q_r w_r^{-1/2} is built in row blocks (n·s kernel
-  evaluations), then the eigenpairs of K̂ = B Bᵀ come from the ``r × r`` matrix BᵀB.
-  O(n s r + n r²) time, O(n r) memory. Returns (values (r,), U (n, r) float64 numpy)."""
+def _kernel_diagonal(op):
+  """``k(x_i, x_i)`` for every point, from ``1 × 1`` kernel blocks (n evaluations)."""
+  fn = jax.jit(jax.vmap(lambda p: op.kernel(p[None])[0, 0]))
+  return np.asarray(_blocks.map_row_blocks(fn, op.x, op.block_size), np.float64)
+
+
+def _rpcholesky_pairs(op, rank, n_pivots, key):
+  r"""Top-``rank`` eigenpairs of a Nyström approximation ``K̂ = F Fᵀ`` of K from
+  ``n_pivots`` columns chosen by block randomly pivoted Cholesky.
+
+  Pivots are drawn in blocks with probability proportional to the diagonal of the
+  residual ``K − F Fᵀ`` (so well-represented points are not drawn again); each block's
+  columns ``G = k(X, X_S) − F F_Sᵀ`` are added as ``G Q w^{-1/2}`` (``H = G_S = Q w Qᵀ``,
+  numerically-zero w dropped), so ``K̂ = C W⁺ Cᵀ`` on the chosen landmarks and ``K − K̂`` is
+  PSD. The eigenpairs of ``F Fᵀ`` then come from the small ``FᵀF``. Never holds more than
+  ``(n, n_pivots)`` numbers; ``n · n_pivots`` kernel evaluations, O(n · n_pivots²) flops
+  (GEMMs), no eigendecomposition larger than ``n_pivots``.
+
+  Returns (values (rank',), U (n, rank') float64 numpy, pivots) with rank' <= rank.
+
+  Reference: Chen, Epperly, Tropp & Webber, *Randomly pivoted Cholesky: practical
+  approximation of a kernel matrix with few entry evaluations*, CPAM 2024 (block variant).
+  """
   import scipy.linalg
   n = op.n
-  s = n_landmarks
-  idx = np.sort(np.asarray(jax.random.choice(key, n, (s,), replace=False)))
   x = op.x
-  xl = x[idx]
-  W = np.asarray(_blocks.map_row_blocks(lambda a: op.kernel(a, xl), xl, op.block_size),
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key) if jnp.issubdtype(
+      key.dtype, jax.dtypes.prng_key) else key).astype(np.uint64).tolist())
+  d = np.maximum(_kernel_diagonal(op), 0.0)
+  trace0 = float(d.sum())
+  blk = max(1, math.ceil(n_pivots / 8))
+  F = np.zeros((n, 0))
+  pivots = []
+  while F.shape[1] < n_pivots and d.sum() > n * np.finfo(np.float64).eps * trace0:
+    b = min(blk, n_pivots - F.shape[1], int(np.count_nonzero(d)))
+    S = np.sort(rng.choice(n, size=b, replace=False, p=d / d.sum()))
+    xs = x[S]
+    G = np.array(_blocks.map_row_blocks(lambda a: op.kernel(a, xs), x, op.block_size),
                  np.float64)
-  W = 0.5 * (W + W.T)
-  r = min(rank, s)
-  w, Q = scipy.linalg.eigh(W, subset_by_index=(s - r, s - 1), driver="evr")
-  w, Q = w[::-1], Q[:, ::-1]
-  keep = w > s * np.finfo(np.float64).eps * max(w[0], 0.0)
-  w, Q = w[keep], Q[:, keep]
-  if w.size == 0:
-    raise ValueError("the kernel on the Nyström landmarks is numerically zero: no "
-                     "preconditioner can be built (check the kernel).")
-  M = jnp.asarray(Q / np.sqrt(w), x64_dtype)                    # (s, r)
-  xl_j = jnp.asarray(xl)
-  B = np.asarray(_blocks.map_row_blocks(
-      lambda a: op.kernel(a, xl_j).astype(x64_dtype) @ M, x, op.block_size), np.float64)
-  G = B.T @ B
-  s2, P = scipy.linalg.eigh(0.5 * (G + G.T))
+    if F.shape[1]:
+      G -= F @ F[S].T
+    H = 0.5 * (G[S] + G[S].T)
+    w, Q = scipy.linalg.eigh(H)
+    keep = w > max(w.max(), 0.0) * b * 1e-12
+    if not keep.any():
+      d[S] = 0.0
+      continue
+    Fn = G @ (Q[:, keep] / np.sqrt(w[keep]))
+    F = np.concatenate([F, Fn], axis=1)
+    d = np.maximum(d - np.sum(Fn * Fn, axis=1), 0.0)
+    d[S] = 0.0
+    pivots.extend(S.tolist())
+  if F.shape[1] == 0:
+    raise ValueError("the kernel is numerically zero on `x_train`: no preconditioner can be "
+                     "built (check the kernel).")
+  s2, P = scipy.linalg.eigh(F.T @ F)
   s2, P = np.maximum(s2[::-1], 0.0), P[:, ::-1]
-  pos = s2 > s2[0] * w.size * np.finfo(np.float64).eps
-  s2, P = s2[pos], P[:, pos]
-  B = B @ (P / np.sqrt(s2))              # U: orthonormal to round-off (BᵀB = P s² Pᵀ)
-  return s2, B, idx
+  r = min(rank, int(np.sum(s2 > s2[0] * F.shape[1] * np.finfo(np.float64).eps)))
+  U = F @ (P[:, :r] / np.sqrt(s2[:r]))         # orthonormal to round-off (FᵀF = P s² Pᵀ)
+  return s2[:r], U, np.asarray(pivots)
 
 
 def _shifted_spectrum(top, g, k, ridge, n, dtype):
@@ -674,9 +701,10 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
     t = ∞: preconditioned CG (``mskjax._solve.pcg``) on ``(K + ρI) A = Y``, all outputs
     sharing each product, to ``‖Y − (K + ρI) A‖ <= rtol·‖Y‖`` per output or ``max_iter``
     iterations. Its preconditioner is the MSK's own S with ``g = flatten``, built from
-    the top ``precond_rank`` eigenpairs of a Nyström approximation K̂ from
-    ``n_landmarks`` random points (EigenPro 2 / Nyström PCG): ``S = I + U diag((λ̂_r +
-    ρ)/(λ̂_i + ρ) − 1) Uᵀ``, applied at O(n·r) per iteration (:func:`mskjax.msk.apply_preconditioner`).
+    the top ``precond_rank`` eigenpairs (λ̂_i, u_i) of a Nyström approximation K̂ of K on
+    ``n_landmarks`` points chosen by randomly pivoted Cholesky (n·s kernel evaluations,
+    O(n s²) flops; Nyström PCG, EigenPro 2): ``S = I + Σ_{i<r} ((λ̂_r + ρ)/(λ̂_i + ρ) − 1)
+    u_i u_iᵀ``, applied at O(n·r) per iteration (:func:`mskjax.msk.apply_preconditioner`).
     The solver's rank is its own knob, independent of the modifier's k (a rank of a
     hundred is a weak CG preconditioner on large n). Finite t: the iteration above, one
     product per step, with the top-(k+1) eigenpairs of ``K`` from block Krylov
@@ -716,7 +744,8 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
       ``jnp.float32`` is about twice as fast, see Precision).
     precond_rank: rank r of the CG preconditioner (default ``min(1000, n // 4)``; 0: plain
       CG).
-    n_landmarks: Nyström landmarks s >= r (default ``min(n, 4·r)``).
+    n_landmarks: Nyström landmarks (pivots) s >= r (default r); the top r eigenpairs of
+      the rank-s approximation are used.
     rtol: CG's relative residual tolerance per output, in (0, 1).
     max_iter: CG iterations at most.
     eigensolver: one of :data:`EIGENSOLVERS` (matrix-free finite t).
@@ -786,7 +815,7 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
       precond_rank = min(1000, n // 4)
     precond_rank = _v.check_int(precond_rank, "precond_rank", lo=0, hi=n)
     if n_landmarks is None:
-      n_landmarks = min(n, 4 * max(precond_rank, 1))
+      n_landmarks = max(precond_rank, 1)
     n_landmarks = _v.check_int(n_landmarks, "n_landmarks", lo=max(precond_rank, 1), hi=n)
     key = jax.random.PRNGKey(0) if key is None else key
     key_data = np.asarray(jax.random.key_data(key) if jnp.issubdtype(
@@ -967,7 +996,8 @@ class _MatrixFree:
     self.alpha_inf = None
     self.gd = None          # (step, alpha, K alpha) of the finite-t iteration
     self.saved = {}         # step -> (alpha, K alpha)
-    pre = f"nystrom(rank={rank}, landmarks={n_landmarks})" if rank else "none"
+    pre = (f"nystrom-rpcholesky(rank={rank}, landmarks={n_landmarks})" if rank
+           else "none")
     self.info = KernelSolveInfo("matrix_free", "pcg", pre)
 
   def product(self, V):
@@ -977,7 +1007,7 @@ class _MatrixFree:
   def _preconditioner(self):
     if self.rank == 0:
       return None
-    vals, U, _ = _nystrom_pairs(self.op, self.rank, self.s, self.key, jnp.float64)
+    vals, U, _ = _rpcholesky_pairs(self.op, self.rank, self.s, self.key)
     # S of the MSK with g = flatten on K̂ + ρI: the top r−1 pairs flattened to λ̂_r + ρ
     kk = vals.size - 1
     if kk < 1:

@@ -159,7 +159,7 @@ def test_cg_iterations_within_the_condition_number_bound(kappa, rtol):
 
 def test_pcg_with_exact_msk_preconditioner_meets_the_preconditioned_bound():
   # Kernel with a prescribed spectrum: the linear kernel on x = Q diag(√λ) has K = Q Λ Qᵀ.
-  # With all points as Nyström landmarks the preconditioner is built from the exact top-r
+  # With all points as Nyström landmarks (K̂ = K) the preconditioner is built from the exact top-r
   # eigenpairs: S = I + Σ_{i<r} (λ_r/λ_i − 1) v_i v_iᵀ, so κ(S K) = λ_r/λ_n (20 here,
   # against 1e4 for K): a steep top of r eigenvalues above a flat bulk in [1, 10].
   n, r = 300, 30
@@ -181,7 +181,7 @@ def test_pcg_with_exact_msk_preconditioner_meets_the_preconditioned_bound():
   # without it, CG spends about one iteration per isolated top eigenvalue first
   assert plain.info.iterations > f.info.iterations + r // 2, (plain.info.iterations,
                                                               f.info.iterations)
-  assert f.info.preconditioner == f"nystrom(rank={r}, landmarks={n})"
+  assert f.info.preconditioner == f"nystrom-rpcholesky(rank={r}, landmarks={n})"
   # K α = y − r with ‖r_j‖ <= rtol ‖y_j‖
   res = np.linalg.norm(np.asarray(p.train) - y, axis=0) / np.linalg.norm(y, axis=0)
   assert np.all(res <= 1.01 * rtol), res
