@@ -559,8 +559,9 @@ class KernelSolveInfo(NamedTuple):
       (``'dense'``, ``'krylov'``, ``'nystrom'``), or ``None`` before they were needed.
     eig_residual: ``max_i ‖K v_i − λ_i v_i‖ / λ₁`` of those pairs (``None`` for Nyström).
     learning_rate: the step η of the finite-t dynamics (``None`` before it was needed).
-    setup_seconds: wall seconds of the set-up (kernel / preconditioner / eigenpairs).
-    solve_seconds: wall seconds of the solves so far.
+    setup_seconds: wall seconds of the set-up so far (operator and first compilation at
+      build; preconditioner and eigenpairs when first needed).
+    solve_seconds: wall seconds of the solves and predictions so far (set-up excluded).
     history: ``(iterations + 1, c)`` relative residuals of the CG iterations, or ``None``.
   """
   method: str
@@ -622,34 +623,43 @@ def _rpcholesky_pairs(op, rank, n_pivots, key):
   d = np.maximum(_kernel_diagonal(op), 0.0)
   trace0 = float(d.sum())
   blk = max(1, math.ceil(n_pivots / 8))
-  F = np.zeros((n, 0))
+  F = np.empty((n, n_pivots))       # filled column block by column block, never copied
+  cols = 0
   pivots = []
-  while F.shape[1] < n_pivots and d.sum() > n * np.finfo(np.float64).eps * trace0:
-    b = min(blk, n_pivots - F.shape[1], int(np.count_nonzero(d)))
+  while cols < n_pivots and d.sum() > n * np.finfo(np.float64).eps * trace0:
+    b = min(blk, n_pivots - cols, int(np.count_nonzero(d)))
     S = np.sort(rng.choice(n, size=b, replace=False, p=d / d.sum()))
     xs = x[S]
     G = np.array(_blocks.map_row_blocks(lambda a: op.kernel(a, xs), x, op.block_size),
                  np.float64)
-    if F.shape[1]:
-      G -= F @ F[S].T
+    if cols:
+      G -= F[:, :cols] @ F[S, :cols].T
     H = 0.5 * (G[S] + G[S].T)
     w, Q = scipy.linalg.eigh(H)
     keep = w > max(w.max(), 0.0) * b * 1e-12
     if not keep.any():
       d[S] = 0.0
       continue
-    Fn = G @ (Q[:, keep] / np.sqrt(w[keep]))
-    F = np.concatenate([F, Fn], axis=1)
-    d = np.maximum(d - np.sum(Fn * Fn, axis=1), 0.0)
+    kb = int(keep.sum())
+    F[:, cols:cols + kb] = G @ (Q[:, keep] / np.sqrt(w[keep]))
+    del G
+    d = np.maximum(d - np.sum(F[:, cols:cols + kb] ** 2, axis=1), 0.0)
     d[S] = 0.0
+    cols += kb
     pivots.extend(S.tolist())
-  if F.shape[1] == 0:
+  if cols == 0:
     raise ValueError("the kernel is numerically zero on `x_train`: no preconditioner can be "
                      "built (check the kernel).")
+  F = F[:, :cols]
   s2, P = scipy.linalg.eigh(F.T @ F)
   s2, P = np.maximum(s2[::-1], 0.0), P[:, ::-1]
-  r = min(rank, int(np.sum(s2 > s2[0] * F.shape[1] * np.finfo(np.float64).eps)))
-  U = F @ (P[:, :r] / np.sqrt(s2[:r]))         # orthonormal to round-off (FᵀF = P s² Pᵀ)
+  r = min(rank, int(np.sum(s2 > s2[0] * cols * np.finfo(np.float64).eps)))
+  M = P[:, :r] / np.sqrt(s2[:r])
+  U = np.empty((n, r))
+  step = max(1, (1 << 26) // (8 * max(cols, 1)))
+  for i in range(0, n, step):    # U = F M in row blocks: orthonormal to round-off
+    U[i:i + step] = F[i:i + step] @ M
+  del F
   return s2[:r], U, np.asarray(pivots)
 
 
@@ -723,7 +733,9 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
   every ``checkpoint_every`` iterations, at the end and on ``KeyboardInterrupt``; the same
   call again resumes from the saved iteration (the same iterates as an uninterrupted run);
   a checkpoint of another problem (n, shapes, dtypes, kernel, ridge, preconditioner
-  settings, key, data) is refused with the differing fields named.
+  settings, key, kernel block size, data) is refused with the differing fields named.
+  ``rtol`` and ``max_iter`` are not part of the problem: a rerun with a tighter ``rtol`` or a
+  larger ``max_iter`` continues the saved solve.
 
   Args:
     kernel_fn: ``kernel_fn(x1, x2, get)`` (neural-tangents style, e.g.
@@ -760,8 +772,9 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
     ``predict_fn(t=jnp.inf, x_test=None)`` → :class:`Predictions` ``(train, test)`` of
     shapes ``t.shape + y_train.shape`` and ``t.shape + (m,) + y_train.shape[1:]`` (``test``
     is None without ``x_test``); ``t``: scalar or 1-D, non-negative integers (discrete GD)
-    or ``jnp.inf``. ``predict_fn.info`` is a :class:`KernelSolveInfo`; finite-t iterates are
-    kept, so a later call with larger t continues from the last one.
+    or ``jnp.inf``. ``predict_fn.info`` is a :class:`KernelSolveInfo`;
+    ``predict_fn.coefficients(t)`` returns α_t. Finite-t iterates are kept, so a later call
+    with larger t continues from the last one.
 
   Raises:
     ValueError / TypeError: naming the argument: shapes (``x_train``/``y_train`` rows, a
@@ -862,7 +875,7 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
                                kernel=_kernel_identity(kernel_fn), get=get,
                                ridge=ridge, precond_rank=precond_rank,
                                n_landmarks=n_landmarks, key=key_data.tolist(),
-                               kernel_dtype=str(op.block_dtype), rtol_free=True,
+                               kernel_dtype=str(op.block_dtype), block_size=op.block_size,
                                data=_solve.fingerprint_arrays(np.asarray(x), y64)))
   state.info = state.info._replace(setup_seconds=time.perf_counter() - t_setup)
 
@@ -872,6 +885,7 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
       raise TypeError("`t` must be concrete (not traced under jit): kernel_gd_mse evaluates "
                       "on the host.")
     t0 = time.perf_counter()
+    setup_before = state.info.setup_seconds
     with jax.enable_x64(True):
       xt = None
       if x_test is not None:
@@ -888,15 +902,25 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
         kx = state.cross(xt, flat)                          # (m, T c)
         m = xt.shape[0]
         test = np.transpose(kx.reshape(m, T, c), (1, 0, 2))
+    # set-up done lazily in this call (preconditioner, eigenpairs) is counted as set-up
+    setup_here = state.info.setup_seconds - setup_before
     state.info = state.info._replace(solve_seconds=state.info.solve_seconds
-                                     + time.perf_counter() - t0)
+                                     + time.perf_counter() - t0 - setup_here)
     predict_fn.info = state.info
     tr = jnp.asarray(train.reshape(t_arr.shape + y64.shape), out_dtype)
     te = None if test is None else jnp.asarray(
         test.reshape(t_arr.shape + (xt.shape[0],) + y64.shape[1:]), out_dtype)
     return Predictions(tr, te)
 
+  def coefficients(t=jnp.inf) -> np.ndarray:
+    """``α_t`` (float64 numpy, shape ``t.shape + y_train.shape``) with ``f_t(x) = k(x, X) α_t``."""
+    _, t_host = _check_t(t, discrete=not flow)
+    with jax.enable_x64(True):
+      alphas, _ = state.coefficients(t_host.reshape(-1))
+    return alphas.reshape(np.shape(t_host) + y64.shape)
+
   predict_fn.info = state.info
+  predict_fn.coefficients = coefficients
   return predict_fn
 
 
@@ -1026,7 +1050,7 @@ class _MatrixFree:
     alpha, si = _solve.pcg(self.product, self.Y, precond=self.precond, rtol=self.rtol,
                            max_iter=self.max_iter, progress=self.progress,
                            checkpoint=self.checkpoint, checkpoint_every=self.every,
-                           fingerprint=dict(self.fingerprint, rtol=self.rtol))
+                           fingerprint=self.fingerprint)
     if not si.converged:
       warnings.warn(f"kernel_gd_mse: CG stopped after {si.iterations} iterations at relative "
                     f"residual {float(np.max(si.residuals)):.3g} > rtol = {self.rtol:g}; raise "
@@ -1065,7 +1089,10 @@ class _MatrixFree:
 
   def _advance(self, ts):
     if self.gd is None:
+      t0 = time.perf_counter()
       apply_s, eta = self._dynamics()
+      self.info = self.info._replace(setup_seconds=self.info.setup_seconds
+                                     + time.perf_counter() - t0)
       z = np.zeros_like(self.Y)
       self.gd = [0, z, z.copy(), apply_s, eta]
       self.saved[0] = (z, z.copy())

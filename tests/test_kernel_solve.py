@@ -210,6 +210,8 @@ def test_t_infinity_matches_scipy_solve(ridge):
     tol_free = 2 * rtol * np.linalg.norm(y[:, j]) / lam_min * kx
     assert np.abs(np.asarray(pd.test)[:, j] - ref_test[:, j]).max() <= tol_dense
     assert np.abs(np.asarray(pf.test)[:, j] - ref_test[:, j]).max() <= tol_free
+    a = free.coefficients(jnp.inf)[:, j]
+    assert np.linalg.norm(a - alpha[:, j]) <= 2 * rtol * np.linalg.norm(y[:, j]) / lam_min
     # train predictions K α: within the solver's residual of y − ρα*
     ref_train = K @ alpha[:, j]
     assert np.abs(np.asarray(pf.train)[:, j] - ref_train).max() <= \
