@@ -655,9 +655,10 @@ def _rpcholesky_pairs(op, rank, n_pivots, key):
   s2, P = np.maximum(s2[::-1], 0.0), P[:, ::-1]
   r = min(rank, int(np.sum(s2 > s2[0] * cols * np.finfo(np.float64).eps)))
   M = P[:, :r] / np.sqrt(s2[:r])
-  U = np.empty((n, r))
+  # U = F M in row blocks (orthonormal to round-off), written over F when r = s
+  U = F if r == cols else np.empty((n, r))
   step = max(1, (1 << 26) // (8 * max(cols, 1)))
-  for i in range(0, n, step):    # U = F M in row blocks: orthonormal to round-off
+  for i in range(0, n, step):
     U[i:i + step] = F[i:i + step] @ M
   del F
   return s2[:r], U, np.asarray(pivots)
