@@ -43,21 +43,65 @@ from mskjax.directions import MSKDirections, msk_directions, precondition
 from mskjax.steps import stable_learning_rate
 
 
-__all__ = ["ScaleByMSKState", "scale_by_msk", "msk_sgd", "replace_directions",
+__all__ = ["ScaleByMSKState", "HeldDirections", "scale_by_msk", "msk_sgd", "replace_directions",
            "refresh_directions"]
 
 
+class HeldDirections:
+  """The directions and coefficients a :class:`ScaleByMSKState` refers to (no array leaves).
+
+  A pytree node with no children: the arrays are *static* data of the optimizer state, so
+  a jitted step ``(params, opt_state, batch) → (params, opt_state, loss)`` takes them as
+  constants of the compiled program instead of as arguments it must return. Returning
+  them would make XLA write a fresh copy of the k parameter-sized arrays at every step
+  (an output may not alias an input that is not donated); as constants they are read in
+  place, and donating the step's arguments can never delete them. Equality is identity:
+  the same holder means the same compiled step; :func:`replace_directions` makes a new
+  holder, so a jitted step traces and compiles once for the new directions.
+
+  Pickling stores the arrays (as numpy); orbax and other leaf-based checkpointers see no
+  leaves here: restore into a state from ``tx.init`` built with the directions in use.
+  """
+  __slots__ = ("directions", "coef")
+
+  def __init__(self, directions, coef):
+    self.directions = jax.tree.map(jnp.asarray, directions)
+    self.coef = jnp.asarray(coef)
+
+  def __eq__(self, other):
+    return self is other
+
+  def __hash__(self):
+    return id(self)
+
+  def __repr__(self):
+    return f"HeldDirections(k={self.coef.shape[0]})"
+
+  def __reduce__(self):
+    return (HeldDirections, (jax.tree.map(np.asarray, self.directions), np.asarray(self.coef)))
+
+
+jax.tree_util.register_pytree_node(HeldDirections, lambda h: ((), h), lambda h, _: h)
+
+
 class ScaleByMSKState(NamedTuple):
-  """State of :func:`scale_by_msk`: the directions and their coefficients, no data.
+  """State of :func:`scale_by_msk`: a reference to the directions, no array leaves, no data.
 
   Attributes:
-    directions: pytree like the parameters, each leaf ``(k, *leaf.shape)``.
-    coef: ``(k,)`` g_i/λ_i − 1 (> −1).
+    held: :class:`HeldDirections` (static: constants of a jitted step, never copied).
+
+  Properties ``directions`` (pytree like the parameters, each leaf ``(k, *leaf.shape)``)
+  and ``coef`` (``(k,)`` g_i/λ_i − 1 > −1) read through to it.
   """
-  directions: Any
-  coef: jax.Array
+  held: HeldDirections
 
+  @property
+  def directions(self):
+    return self.held.directions
 
+  @property
+  def coef(self):
+    return self.held.coef
 
 
 def scale_by_msk(directions: MSKDirections) -> optax.GradientTransformation:
@@ -74,10 +118,14 @@ def scale_by_msk(directions: MSKDirections) -> optax.GradientTransformation:
   where it acts as the compression of P to the unmasked leaves).
 
   Cost: two passes over the k stored directions (one projection, one update), O(k·#params);
-  no data, no network evaluation. The state (:class:`ScaleByMSKState`) holds the
-  directions (k parameter-sized arrays) and the k coefficients; it contains no training
-  data. Swap in fresh directions with :func:`replace_directions` (no recompilation when
-  k is unchanged). Update dtypes are preserved (float32 stays float32).
+  no data, no network evaluation. The state (:class:`ScaleByMSKState`) has no array
+  leaves: it refers to the directions and the k coefficients (:class:`HeldDirections`),
+  which a jitted training step takes as constants, read in place. A step that returns
+  the optimizer state therefore writes no copy of the k parameter-sized arrays, and
+  donating the step's arguments (``donate_argnums``) never deletes the caller's
+  :class:`MSKDirections`. Swap in fresh directions with :func:`replace_directions` (a
+  jitted step compiles once more for them). Update dtypes are preserved (float32 stays
+  float32).
 
   Args:
     directions: :class:`MSKDirections` (from :func:`msk_directions`). Its ``directions``
@@ -105,12 +153,17 @@ def scale_by_msk(directions: MSKDirections) -> optax.GradientTransformation:
   coef = _directions.msk_coefficients(values, new_values, _directions.tree_dtype(dirs))
   _v.check_orthonormal_directions(dirs, coef, "scale_by_msk")
 
+  held = HeldDirections(dirs, coef)
+
   def init_fn(params):
     del params
-    return ScaleByMSKState(dirs, coef)
+    return ScaleByMSKState(held)
 
   def update_fn(updates, state, params=None):
     del params
+    # the directions come from the state's holder (static), not from this closure, so that
+    # replace_directions and optax.inject_hyperparams (which rebuilds the transform at
+    # every update) use the directions the state refers to
     _v.check_update_shapes(updates, state.directions, "scale_by_msk")
     return _directions.apply_directions(updates, state.directions, state.coef), state
 
@@ -175,8 +228,12 @@ def replace_directions(opt_state, directions: MSKDirections):
   """Put new directions into every :class:`ScaleByMSKState` inside an optimizer state.
 
   For refreshing the preconditioner during training (e.g. every few epochs, from
-  :func:`msk_directions` at the current parameters) without rebuilding or recompiling
-  the optimizer: the new directions must have the same k, structure and dtypes.
+  :func:`msk_directions` at the current parameters) without rebuilding the optimizer:
+  the new directions must have the same k, structure and dtypes. The returned state
+  refers to the new directions (a new :class:`HeldDirections`); a jitted step that takes
+  it compiles once more, since the directions are constants of the compiled step (this
+  is what keeps a step from copying them; the states of the other transforms, e.g. the
+  momentum, are kept).
 
   Example:
     >>> import jax.numpy as jnp
@@ -211,7 +268,8 @@ def replace_directions(opt_state, directions: MSKDirections):
       found.append(True)
       new_dirs = jax.tree.map(lambda old, new: jnp.asarray(new, old.dtype), s.directions,
                               directions.directions)
-      return ScaleByMSKState(new_dirs, _directions.msk_coefficients(values, new_values, s.coef.dtype))
+      return ScaleByMSKState(HeldDirections(
+          new_dirs, _directions.msk_coefficients(values, new_values, s.coef.dtype)))
     return s
 
   out = jax.tree.map(swap, opt_state, is_leaf=lambda s: isinstance(s, ScaleByMSKState))
@@ -230,8 +288,8 @@ def refresh_directions(opt_state, apply_fn: Callable, params, x, previous: MSKDi
   on the points ``previous`` was built on (``previous.indices`` into ``x``, or all of
   ``x``), with the same k and β choice, warm-started from ``previous``
   (``init_vectors=previous``: the start block is ``H^½ J [q_1..q_k, ω...]`` at the new
-  parameters), then :func:`replace_directions` (same structure: a compiled step or
-  :func:`mskjax.train.fit` chunk is reused, the momentum trace is kept). An unconverged
+  parameters), then :func:`replace_directions` (the momentum trace is kept; a jitted step
+  or :func:`mskjax.train.fit` chunk compiles once for the new directions). An unconverged
   solve warns with its error bound, as :func:`msk_directions` does.
 
   The step grows with training: re-measure it at the same time when the optimizer was

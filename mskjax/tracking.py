@@ -422,9 +422,12 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
   w0 = vec if rayleigh_ritz else vec / jnp.sqrt(values.astype(vec.dtype))[None, :]
 
   def init_fn(params):
-    anchor = jax.tree.map(jnp.asarray, params) if moved is not None else None
-    return ScaleByMSKTrackingState(jnp.zeros([], jnp.int32), dirs0, w0, coef0, anchor,
-                                   jnp.zeros([], jnp.int32))
+    # copies: the state is the step's to donate; it must never alias the caller's
+    # MSKDirections or parameters (a donated step would delete them)
+    own = lambda t: jax.tree.map(lambda a: jnp.array(a, copy=True), t)
+    anchor = own(params) if moved is not None else None
+    return ScaleByMSKTrackingState(jnp.zeros([], jnp.int32), own(dirs0), own(w0), own(coef0),
+                                   anchor, jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
