@@ -9,7 +9,7 @@ Spectrum*, arXiv:2307.14531 (TMLR 2024).
 The top level holds the user's main path (a network, its kernel, the MSK, predictions,
 the preconditioner and the loop); everything else is in its module, one per stage of the
 pipeline: ``nets → kernels → tangents → spectrum/modifiers → msk → predict/directions →
-steps → optim → train → recorder/diagnostics`` (README, "Layout").
+steps → optim/tracking → train → recorder/diagnostics`` (README, "Layout").
 
 Importing mskjax changes no JAX setting (in particular not ``jax_enable_x64``): a float32
 training pipeline stays float32. Functions whose accuracy needs float64 (kernel
@@ -19,7 +19,8 @@ the experiment runner (``python -m mskjax.run``) enables float64 explicitly.
 
 from mskjax import modifiers
 from mskjax import data, kernels, tangents, nets, spectrum, msk, predict
-from mskjax import directions, steps, optim, iga, train, recorder, diagnostics
+from mskjax import directions, steps, optim, tracking, function_space, iga, train, recorder
+from mskjax import diagnostics
 from mskjax.nets import MLPSpec, CNNSpec, make_network, FlaxMLP, FlaxCNN, init_zero_output
 from mskjax.kernels import gram, kernel_operator
 from mskjax.tangents import empirical_ntk
@@ -28,8 +29,9 @@ from mskjax.msk import (MSKSpectrum, msk_spectrum, msk_gram, preconditioner, msk
 from mskjax.predict import gradient_descent_mse, predict_gd_mse, steps_to_tolerance
 from mskjax.directions import MSKDirections, msk_directions
 from mskjax.steps import stable_learning_rate
-from mskjax.optim import (scale_by_msk, msk_sgd, scale_by_msk_tracking, msk_sgd_tracking,
-                          replace_directions, refresh_directions, msk_mse_loss)
+from mskjax.optim import scale_by_msk, msk_sgd, replace_directions, refresh_directions
+from mskjax.tracking import scale_by_msk_tracking, msk_sgd_tracking
+from mskjax.function_space import msk_mse_loss
 from mskjax.train import fit
 from mskjax.recorder import record_kernel_training
 from mskjax.diagnostics import kernel_alignment, kernel_cosine
@@ -39,7 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     # modules, one per stage of the pipeline
     "modifiers", "data", "kernels", "tangents", "nets", "spectrum", "msk", "predict",
-    "directions", "steps", "optim", "iga", "train", "recorder", "diagnostics",
+    "directions", "steps", "optim", "tracking", "function_space", "iga", "train", "recorder",
+    "diagnostics",
     # a network and its kernels
     "MLPSpec", "CNNSpec", "make_network", "FlaxMLP", "FlaxCNN", "init_zero_output",
     "gram", "kernel_operator", "empirical_ntk",

@@ -16,7 +16,7 @@ Minibatches come from a seeded shuffling iterator that lives in the state: each 
 fresh ``jax.random.permutation`` of the n training points cut into ``n // batch_size``
 batches of exactly ``batch_size`` points (the remainder of an epoch is dropped, so every
 step has the same shape). The loss receives the batch and its indices into the training
-set (:func:`mskjax.optim.msk_mse_loss` needs them); nothing in a step is O(n) except the
+set (:func:`mskjax.function_space.msk_mse_loss` needs them); nothing in a step is O(n) except the
 permutation drawn once per epoch.
 
 :func:`train` is the same loop for the common case ``apply_fn(params, x)`` with targets
@@ -25,7 +25,7 @@ convention of :func:`mskjax.predict_gd_mse`, so step η here is step η there):
 
 * ``'mse'``:      ½‖r‖²; on a batch B of b points, (n/b)·½‖r_B‖² (same scale as full batch);
 * ``'msk_mse'``:  ½ rᵀ S r (needs ``spectrum``); on a batch the consistent form of
-  :func:`mskjax.optim.msk_mse_loss` (module docstring of :mod:`mskjax.optim`);
+  :func:`mskjax.function_space.msk_mse_loss` (module docstring of :mod:`mskjax.function_space`);
 * a callable ``loss_fn(predictions, targets, batch_indices) -> scalar`` (``batch_indices``
   is None for the full batch).
 
@@ -52,7 +52,7 @@ import optax
 
 from mskjax import _loops
 from mskjax import _validate
-from mskjax import optim as _optim
+from mskjax import function_space as _function_space
 from mskjax.msk import MSKSpectrum
 
 __all__ = ["Sampler", "LoopState", "FitResult", "init_state", "fit", "TrainResult", "train",
@@ -631,7 +631,7 @@ def _resolve_loss(loss, spectrum, n):
     if not isinstance(spectrum, MSKSpectrum):
       raise ValueError("loss='msk_mse' needs `spectrum` (an mskjax.MSKSpectrum of the training "
                        f"Gram matrix); got {type(spectrum).__name__}.")
-    return lambda p, y, idx: _optim.msk_mse_loss(p, y, spectrum, batch_indices=idx)
+    return lambda p, y, idx: _function_space.msk_mse_loss(p, y, spectrum, batch_indices=idx)
   raise ValueError(f"`loss` must be 'mse', 'msk_mse' or a callable loss_fn(predictions, "
                    f"targets, batch_indices); got {loss!r}.")
 
@@ -655,7 +655,7 @@ def train(apply_fn: Callable, params, tx, x_train, y_train, *,
   r""":func:`fit` for a model ``apply_fn(params, x)``, targets ``y`` and a named loss.
 
   Each update is ``θ ← θ + tx.update(∇_θ L, opt_state, θ)`` (``tx`` receives ``params``, as
-  :func:`mskjax.optim.scale_by_msk_jvp` needs). With ``loss='mse'`` and ``optax.sgd(η)`` it
+  :func:`mskjax.function_space.scale_by_msk_jvp` needs). With ``loss='mse'`` and ``optax.sgd(η)`` it
   is GD on ½‖r‖², the setting of :func:`mskjax.predict_gd_mse` (same η and t).
 
   Args:

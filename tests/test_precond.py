@@ -3,6 +3,8 @@
 Oracles: the full Jacobian J (n·c × #params) formed with jacrev in float64 and numpy's
 eigh of K = J Jᵀ, never the code under test.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ import flax.linen as nn
 from flax import nnx
 from flax.training import train_state
 
-from mskjax import modifiers, optim
+from mskjax import function_space, modifiers, optim, tracking
 
 
 class MLP(nn.Module):
@@ -168,7 +170,9 @@ def test_optax_composition():
   st.hyperparams["learning_rate"] = jnp.asarray(0.25)
   up, _ = tx.update(_tree(u), st)
   np.testing.assert_allclose(_flat(up), -0.25 * P @ u, **tol)
-  assert sum(l.size for l in jax.tree.leaves(st)) == 2 * 6 + 2 + 2  # dirs, coef, lr, count
+  # only lr and count are array leaves: the directions and coefficients are held as static
+  # data of the state (constants of a jitted step, never copied by it)
+  assert sum(l.size for l in jax.tree.leaves(st)) == 2  # lr, count
   # MultiSteps: the mean of two micro-batch gradients, preconditioned
   tx = optax.MultiSteps(optim.msk_sgd(1.0, d), every_k_schedule=2)
   st = tx.init(params)
@@ -296,12 +300,12 @@ def test_msk_sgd_jvp_guard_against_kernel_drift():
   assert u @ Pu < 0                                         # indefinite along u
   w = jnp.zeros(8)
   for guard, want in ((False, Pu), (True, u)):
-    tx = optim.scale_by_msk_jvp(f_drift, X, spec, guard=guard)
+    tx = function_space.scale_by_msk_jvp(f_drift, X, spec, guard=guard)
     out, st = tx.update(jnp.asarray(u), tx.init(w), w)
     np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
     assert int(st.indefinite) == 1
   # without drift the map is PD: the same u is preconditioned and not counted
-  tx = optim.scale_by_msk_jvp(lambda w_, x: x @ w_, X, spec)
+  tx = function_space.scale_by_msk_jvp(lambda w_, x: x @ w_, X, spec)
   u0 = np.asarray(X).T @ U[:, -1]
   out, st = tx.update(jnp.asarray(u0), tx.init(w), w)
   assert int(st.indefinite) == 0 and float(jnp.dot(out, u0)) > 0
@@ -334,3 +338,78 @@ def test_warm_start_from_previous_directions():
   other = {"w": jnp.zeros((5, 2))}
   with pytest.raises(ValueError, match="init_vectors"):
     optim.msk_directions(apply_fn, params, x, g, k, init_vectors=d0._replace(directions=other))
+
+
+def _quadratic_step(tx, donate):
+  """A user's jitted step (params, opt_state, batch) → (params, opt_state, loss) with the
+  gradient of ½‖p − batch‖² (so the update of each step is known in closed form)."""
+  def step(params, st, batch):
+    loss, g = jax.value_and_grad(
+        lambda p: 0.5 * sum(jnp.sum((a - b) ** 2) for a, b in
+                            zip(jax.tree.leaves(p), jax.tree.leaves(batch))))(params)
+    up, st = tx.update(g, st, params)
+    return optax.apply_updates(params, up), st, loss
+  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+
+
+@pytest.mark.parametrize("donate", [False, True])
+def test_msk_sgd_state_holds_no_direction_arrays_and_donation_keeps_the_directions(donate):
+  # The state the step returns has only the momentum as an array (no k parameter-sized
+  # copies to write per step), and donating the step's arguments leaves the caller's
+  # MSKDirections alive and unchanged. Oracle: explicit P, SGD-momentum in numpy.
+  d, P = _linear_dirs()
+  before = [np.asarray(l).copy() for l in jax.tree.leaves(d.directions)]
+  lr, mom = 0.1, 0.9
+  tx = optim.msk_sgd(lr, d, momentum=mom)
+  params = _tree(np.zeros(6))
+  st = tx.init(params)
+  assert sum(l.size for l in jax.tree.leaves(st)) == 6       # the momentum trace only
+  step = _quadratic_step(tx, donate)
+  target = _tree(np.arange(1.0, 7.0))
+  p_np, m_np = np.zeros(6), np.zeros(6)
+  for _ in range(3):
+    params, st, _ = step(params, st, target)
+    m_np = mom * m_np + P @ (p_np - np.arange(1.0, 7.0))
+    p_np = p_np - lr * m_np
+  np.testing.assert_allclose(_flat(params), p_np, rtol=1e-5, atol=1e-5)   # float32 round-off
+  for a, b in zip(jax.tree.leaves(d.directions), before):
+    np.testing.assert_array_equal(np.asarray(a), b)       # raises if the array was deleted
+  # the same directions build a fresh optimizer after the donated run
+  optim.msk_sgd(lr, d).init(_tree(np.zeros(6)))
+
+
+def test_tracking_state_does_not_alias_the_callers_directions_under_donation():
+  X = jnp.array([[1.0, 0.0], [0.0, 2.0]]); f = lambda w, x: x @ w
+  d = optim.MSKDirections(jnp.array([[0.0, 1.0]]), jnp.array([4.0]), jnp.array([1.0]),
+                          jnp.array(1.0), vectors=jnp.array([[0.0], [1.0]]))
+  tx = tracking.msk_sgd_tracking(0.1, f, X, d, moved=0.5)
+  w = jnp.zeros(2)
+  st = tx.init(w)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(w, st):
+    g = jax.grad(lambda v: 0.5 * jnp.sum((X @ v - 1.0) ** 2))(w)
+    up, st = tx.update(g, st, w)
+    return optax.apply_updates(w, up), st
+  for _ in range(2):
+    w, st = step(w, st)
+  np.testing.assert_array_equal(np.asarray(d.directions), [[0.0, 1.0]])
+  np.testing.assert_array_equal(np.asarray(d.vectors), [[0.0], [1.0]])
+
+
+def test_replace_directions_is_seen_by_an_already_compiled_step_and_state_pickles():
+  # The directions are constants of the compiled step: a replaced state must not run the
+  # stale program (oracle: explicit P2), and a pickled state restores the same update.
+  import pickle
+  d, P = _linear_dirs()
+  d2, P2 = _linear_dirs(seed=5)
+  tx = optax.chain(optim.scale_by_msk(d), optax.sgd(1.0))
+  u = np.arange(1.0, 7.0)
+  upd = jax.jit(lambda g, s: tx.update(g, s)[0])
+  st = tx.init(_tree(np.zeros(6)))
+  np.testing.assert_allclose(_flat(upd(_tree(u), st)), -P @ u, rtol=1e-5, atol=1e-5)
+  st2 = optim.replace_directions(st, d2)
+  np.testing.assert_allclose(_flat(upd(_tree(u), st2)), -P2 @ u, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(_flat(upd(_tree(u), st)), -P @ u, rtol=1e-5, atol=1e-5)
+  back = pickle.loads(pickle.dumps(st2))
+  np.testing.assert_allclose(_flat(upd(_tree(u), back)), -P2 @ u, rtol=1e-5, atol=1e-5)

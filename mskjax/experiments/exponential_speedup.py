@@ -65,7 +65,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, tangents, nets, optim
+  from mskjax import data, kernels, tangents, nets, function_space
   from mskjax import train as T
 
   s = config
@@ -87,7 +87,7 @@ def run(config, ctx):
         # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
         # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
         # mskjax.msk_directions + mskjax.msk_sgd (see mskjax/experiments/mnist1d.py).
-        tx = optim.msk_sgd_jvp(eta, apply_fn, x, spec0)
+        tx = function_space.msk_sgd_jvp(eta, apply_fn, x, spec0)
       stop = 0.5 * (config.tol * float(jnp.linalg.norm(y))) ** 2   # ½‖r‖² < ½ tol²‖y‖²
       res = T.train(apply_fn, variables["params"], tx, x, y, steps=s["network_max_steps"],
                     progress=False, stop_below=stop)

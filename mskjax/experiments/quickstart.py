@@ -135,7 +135,7 @@ def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
   import numpy as np
   import optax
 
-  from mskjax import optim
+  from mskjax import function_space
   from mskjax import train as T
 
   apply_fn = finite["apply_fn"]
@@ -148,7 +148,7 @@ def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
     # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
     # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
     # mskjax.msk_directions + mskjax.msk_sgd (see mskjax/experiments/mnist1d.py).
-    tx = optim.msk_sgd_jvp(eta, apply_fn, x, finite["spec_pgd"])
+    tx = function_space.msk_sgd_jvp(eta, apply_fn, x, finite["spec_pgd"])
   amp = config.amplitude
   y_s, yt_s = amp * y, amp * y_test
   # Stop at ‖r‖ < tol‖y‖, i.e. loss ½‖r‖² < ½ tol²‖y‖².

@@ -57,7 +57,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, tangents, nets, optim
+  from mskjax import data, kernels, tangents, nets, function_space
   from mskjax import train as T
 
   s = config
@@ -113,7 +113,7 @@ def run(config, ctx):
             # at init: the paper-faithful exact PGD (Jᵀ S r) for this finite = infinite
             # width comparison (docs/theory.md#the-preconditioner-p-parameter-space).
             # Minibatch / real training: mskjax.msk_directions + mskjax.msk_sgd.
-            tx, loss = optim.msk_sgd_jvp(eta, apply_fn, x, spec0), "mse"
+            tx, loss = function_space.msk_sgd_jvp(eta, apply_fn, x, spec0), "mse"
           else:
             tx, loss = optax.sgd(eta), "msk_mse"
         pred = mskjax.steps_to_tolerance(K0, y, g, k if g is not None else None,

@@ -1,0 +1,245 @@
+"""Per-step cost of the MSK optimizers in a user's own loop, against SGD-momentum, one process.
+
+The loop is the README's, as a user writes it: a plain ``@jax.jit`` step
+``(params, opt_state, batch) → (params, opt_state, loss)`` called from Python, no donation,
+no flags. For each model (flax linen, float32) and batch size (b = 128 and the full
+training set), every optimizer's step is compiled, then ``--rounds`` rounds of ``--steps``
+steps run interleaved (each optimizer in turn, so the machine's load hits all of them
+alike); the table gives the minimum ms/step over rounds and its ratio to
+``optax.sgd(lr, momentum=0.9)`` measured in the same rounds.
+
+Optimizers: ``sgd-m`` (the baseline), ``msk_sgd`` (momentum 0.9), ``msk+adam``
+(``chain(scale_by_msk, adam)``) against ``adam``, ``tracking`` (``msk_sgd_tracking`` with
+``every`` so large that it re-forms only at the first update: the cost *between*
+re-formations) and ``state-held``: the previous layout of ``scale_by_msk`` (directions as
+arrays in the optimizer state, which the step must return and so copies every step),
+rebuilt here for the comparison. The per-step cost of P does not depend on the values of
+the directions, so they are random orthonormal rows of the right shapes (k = ``--k``);
+building real ones is the one-off, timed elsewhere.
+
+Command::
+
+  PYTHONPATH=. JAX_PLATFORMS=cpu python -m benchmarks.bench_step_tax [--quick]
+
+Writes ``benchmarks/results/step_tax_<UTC>.json`` (every timing, the load average before
+and after) and prints the markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import flax.linen as nn
+
+from mskjax import directions as D
+from mskjax import optim, tracking
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+class MLP(nn.Module):
+  widths: tuple
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    for w in self.widths[:-1]:
+      x = nn.relu(nn.Dense(w)(x))
+    return nn.Dense(self.widths[-1])(x)
+
+
+class CNN1D(nn.Module):
+  channels: int = 32
+  layers: int = 3
+  out: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(self.layers):
+      x = nn.relu(nn.Conv(self.channels, (5,))(x))
+    return nn.Dense(self.out)(x.reshape(x.shape[0], -1))
+
+
+# name: (model, input shape of one point, n (the full batch), outputs, loss)
+MODELS = {
+    "digits MLP 64-256-256-10": (MLP((256, 256, 10)), (64,), 1797, "ce"),
+    "MNIST-1D MLP 40-256-256-10": (MLP((256, 256, 10)), (40,), 4000, "ce"),
+    "MNIST-1D MLP 40-512-512-512-10": (MLP((512, 512, 512, 10)), (40,), 4000, "ce"),
+    "regression MLP 1-512-512-1": (MLP((512, 512, 1)), (1,), 1024, "mse"),
+    "MNIST-1D CNN 3x32": (CNN1D(), (40, 1), 4000, "ce"),
+    "INR MLP 2-256-256-256-3": (MLP((256, 256, 256, 3)), (2,), 4096, "mse"),
+}
+
+
+def random_directions(params, k, seed=0, s_points=None, c=None):
+  """Orthonormal rows q_i (k × #params, float32) as an MSKDirections pytree, g/λ in (0, 1]."""
+  leaves, treedef = jax.tree.flatten(params)
+  sizes = [l.size for l in leaves]
+  rng = np.random.default_rng(seed)
+  Q, _ = np.linalg.qr(rng.standard_normal((sum(sizes), k)))
+  Q = Q.T.astype(np.float32)
+  out, o = [], 0
+  for l, sz in zip(leaves, sizes):
+    out.append(jnp.asarray(Q[:, o:o + sz].reshape((k,) + l.shape)))
+    o += sz
+  values = jnp.asarray(np.geomspace(100.0, 1.0, k), jnp.float32)
+  vec = None
+  if s_points is not None:
+    V, _ = np.linalg.qr(rng.standard_normal((s_points * c, k)))
+    vec = jnp.asarray(V, jnp.float32)
+  return D.MSKDirections(jax.tree.unflatten(treedef, out), values,
+                         jnp.full((k,), 1.0, jnp.float32), jnp.asarray(1.0, jnp.float32),
+                         vectors=vec)
+
+
+class _HeldState(NamedTuple):
+  directions: Any
+  coef: jax.Array
+
+
+def state_held_scale_by_msk(d):
+  """The previous layout: the directions are array leaves of the state the step returns."""
+  coef = D.msk_coefficients(d.values, d.new_values, jnp.float32)
+
+  def init(params):
+    del params
+    return _HeldState(jax.tree.map(lambda a: jnp.array(a, copy=True), d.directions), coef)
+
+  def update(updates, state, params=None):
+    del params
+    return D.apply_directions(updates, state.directions, state.coef), state
+  return optax.GradientTransformation(init, update)
+
+
+def make_step(model, loss_kind, tx):
+  def loss_fn(p, batch):
+    xb, yb = batch
+    f = model.apply({"params": p}, xb)
+    if loss_kind == "ce":
+      return optax.softmax_cross_entropy_with_integer_labels(f, yb).mean()
+    return 0.5 * jnp.mean(jnp.sum((f - yb) ** 2, -1))
+
+  @jax.jit                                     # the README's step, as written
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return step
+
+
+def run_case(name, b, k, steps, rounds, log=print):
+  model, shape, n, loss_kind = MODELS[name]
+  rng = np.random.default_rng(0)
+  bsz = n if b == "full" else b
+  x = jnp.asarray(rng.standard_normal((bsz,) + shape), jnp.float32)
+  c = model.widths[-1] if isinstance(model, MLP) else model.out
+  y = (jnp.asarray(rng.integers(0, c, bsz)) if loss_kind == "ce"
+       else jnp.asarray(rng.standard_normal((bsz, c)), jnp.float32))
+  params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+  n_params = sum(l.size for l in jax.tree.leaves(params))
+  s = 64                                      # points the tracking directions are tied to
+  d = random_directions(params, k, s_points=s, c=c)
+  xs = x[:s] if bsz >= s else jnp.asarray(rng.standard_normal((s,) + shape), jnp.float32)
+  apply = lambda p, xx: model.apply({"params": p}, xx)
+  lr = 1e-3
+  txs = {
+      "sgd-m": optax.sgd(lr, momentum=0.9),
+      "msk_sgd": optim.msk_sgd(lr, d, momentum=0.9),
+      "state-held": optax.chain(state_held_scale_by_msk(d), optax.sgd(lr, momentum=0.9)),
+      "adam": optax.adam(lr),
+      "msk+adam": optax.chain(optim.scale_by_msk(d), optax.adam(lr)),
+      "tracking": tracking.msk_sgd_tracking(lr, apply, xs, d, every=2 ** 30, momentum=0.9),
+  }
+  batch = (x, y)
+  runs = {}
+  for key, tx in txs.items():
+    step = make_step(model, loss_kind, tx)
+    st = tx.init(params)
+    p = params
+    t0 = time.perf_counter()
+    p, st, l = step(p, st, batch)             # compile (+ the tracking re-formation at t = 0)
+    jax.block_until_ready(p)
+    runs[key] = dict(step=step, p=p, st=st, compile_s=time.perf_counter() - t0, ms=[])
+  for _ in range(rounds):
+    for key, r in runs.items():
+      p, st = r["p"], r["st"]
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        p, st, l = r["step"](p, st, batch)
+      jax.block_until_ready(p)
+      r["ms"].append((time.perf_counter() - t0) / steps * 1e3)
+      r["p"], r["st"] = p, st
+  best = {key: min(r["ms"]) for key, r in runs.items()}
+  row = dict(model=name, b=b, n_params=int(n_params), k=k,
+             ms={key: r["ms"] for key, r in runs.items()},
+             compile_s={key: r["compile_s"] for key, r in runs.items()},
+             best_ms=best,
+             ratio={"msk_sgd": best["msk_sgd"] / best["sgd-m"],
+                    "state-held": best["state-held"] / best["sgd-m"],
+                    "tracking": best["tracking"] / best["sgd-m"],
+                    "msk+adam / adam": best["msk+adam"] / best["adam"],
+                    "msk+adam / sgd-m": best["msk+adam"] / best["sgd-m"]})
+  log(f"{name} b={b}: " + " ".join(f"{kk}={v:.3f}" for kk, v in best.items())
+      + " | " + " ".join(f"{kk}={v:.2f}x" for kk, v in row["ratio"].items()))
+  return row
+
+
+def markdown(rows):
+  out = ["| model | #params | b | sgd-m ms | msk_sgd / sgd-m | msk+adam / adam | "
+         "tracking / sgd-m | previous layout / sgd-m |",
+         "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    q = r["ratio"]
+    out.append(f"| {r['model']} | {r['n_params']:,} | {r['b']} | {r['best_ms']['sgd-m']:.2f} | "
+               f"{q['msk_sgd']:.2f} | {q['msk+adam / adam']:.2f} | {q['tracking']:.2f} | "
+               f"{q['state-held']:.2f} |")
+  return "\n".join(out)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--quick", action="store_true", help="two models, few steps (a smoke run)")
+  ap.add_argument("--k", type=int, default=20)
+  ap.add_argument("--steps", type=int, default=None)
+  ap.add_argument("--rounds", type=int, default=None)
+  ap.add_argument("--models", default=None, help="comma-separated subset of the model names")
+  args = ap.parse_args(argv)
+  names = list(MODELS)
+  if args.models:
+    names = [m for m in names if any(s.strip() in m for s in args.models.split(","))]
+  if args.quick:
+    names = names[:1] + names[3:4]
+  steps = args.steps or (5 if args.quick else 10)
+  rounds = args.rounds or (2 if args.quick else 3)
+  load0 = os.getloadavg()
+  date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+  rows = []
+  for name in names:
+    for b in (128, "full"):
+      rows.append(run_case(name, b, args.k, steps, rounds))
+  load1 = os.getloadavg()
+  res = dict(date=date, machine=f"{os.cpu_count()}-core CPU", jax=jax.__version__,
+             load_before=load0, load_after=load1, steps=steps, rounds=rounds, k=args.k,
+             quick=args.quick, rows=rows)
+  if not args.quick:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"step_tax_{date}.json"
+    path.write_text(json.dumps(res, indent=1))
+    print(f"wrote {path}")
+  print(f"load average before {load0[0]:.1f}, after {load1[0]:.1f}; k = {args.k}; "
+        f"{rounds} rounds × {steps} steps, minimum ms/step")
+  print(markdown(rows))
+  return res
+
+
+if __name__ == "__main__":
+  main()
