@@ -16,18 +16,20 @@ Minibatches come from a seeded shuffling iterator that lives in the state: each 
 fresh ``jax.random.permutation`` of the n training points cut into ``n // batch_size``
 batches of exactly ``batch_size`` points (the remainder of an epoch is dropped, so every
 step has the same shape). The loss receives the batch and its indices into the training
-set (:func:`mskjax.optim.msk_mse_loss` needs them); nothing in a step is O(n) except the
-permutation drawn once per epoch.
+set (a loss that weights points by a Gram-matrix eigenbasis, such as
+``msk_mse_loss``, needs them); nothing in a step is O(n) except the permutation drawn
+once per epoch.
 
 :func:`train` is the same loop for the common case ``apply_fn(params, x)`` with targets
-``y`` and a named loss. Losses there (r = f(θ, X) − Y, summed over outputs, no 1/n — the
-convention of :func:`mskjax.predict_gd_mse`, so step η here is step η there):
+``y``. Its losses (r = f(θ, X) − Y, summed over outputs, no 1/n — the convention of
+:func:`mskjax.predict_gd_mse`, so step η here is step η there):
 
 * ``'mse'``:      ½‖r‖²; on a batch B of b points, (n/b)·½‖r_B‖² (same scale as full batch);
-* ``'msk_mse'``:  ½ rᵀ S r (needs ``spectrum``); on a batch the consistent form of
-  :func:`mskjax.optim.msk_mse_loss` (module docstring of :mod:`mskjax.optim`);
 * a callable ``loss_fn(predictions, targets, batch_indices) -> scalar`` (``batch_indices``
-  is None for the full batch).
+  is None for the full batch), e.g. ½ rᵀ S r with an MSK spectrum:
+  ``lambda p, y, idx: msk_mse_loss(p, y, spectrum, batch_indices=idx)``.
+
+The loop takes the loss and the transformation as callables and imports no optimizer.
 
 Compilation: the chunk is jitted with the loss and the transformation as *static*
 arguments, so the same loss function and the same ``tx`` object (and the same data shapes)
@@ -52,8 +54,6 @@ import optax
 
 from mskjax import _loops
 from mskjax import _validate
-from mskjax import optim as _optim
-from mskjax.msk import MSKSpectrum
 
 __all__ = ["Sampler", "LoopState", "FitResult", "init_state", "fit", "TrainResult", "train",
            "mse_loss"]
@@ -622,18 +622,15 @@ class _ModelLoss(NamedTuple):  # loss_fn(params, (x, y), idx) for fit, equal by 
     return self.loss(self.apply_fn(params, batch[0]), batch[1], idx)
 
 
-def _resolve_loss(loss, spectrum, n):
+def _resolve_loss(loss, n):
   if callable(loss):
     return loss
   if loss == "mse":
     return _MSE(n)
-  if loss == "msk_mse":
-    if not isinstance(spectrum, MSKSpectrum):
-      raise ValueError("loss='msk_mse' needs `spectrum` (an mskjax.MSKSpectrum of the training "
-                       f"Gram matrix); got {type(spectrum).__name__}.")
-    return lambda p, y, idx: _optim.msk_mse_loss(p, y, spectrum, batch_indices=idx)
-  raise ValueError(f"`loss` must be 'mse', 'msk_mse' or a callable loss_fn(predictions, "
-                   f"targets, batch_indices); got {loss!r}.")
+  raise ValueError(f"`loss` must be 'mse' or a callable loss_fn(predictions, targets, "
+                   "batch_indices); for the MSK loss ½ rᵀ S r pass loss=lambda p, y, idx: "
+                   "msk_mse_loss(p, y, spectrum, batch_indices=idx) with the MSK spectrum "
+                   f"of the training Gram matrix; got {loss!r}.")
 
 
 def _check_record_steps(steps, record_steps):
@@ -647,15 +644,14 @@ def _check_record_steps(steps, record_steps):
 
 
 def train(apply_fn: Callable, params, tx, x_train, y_train, *,
-          steps: int, loss: Union[str, Callable] = "mse",
-          spectrum: Optional[MSKSpectrum] = None, batch_size: Optional[int] = None,
+          steps: int, loss: Union[str, Callable] = "mse", batch_size: Optional[int] = None,
           seed: int = 0, record_steps: Optional[Sequence[int]] = None, x_test=None,
           progress: bool = False, desc: str = "train",
           stop_below: Optional[float] = None, chunk: int = 100) -> TrainResult:
   r""":func:`fit` for a model ``apply_fn(params, x)``, targets ``y`` and a named loss.
 
   Each update is ``θ ← θ + tx.update(∇_θ L, opt_state, θ)`` (``tx`` receives ``params``, as
-  :func:`mskjax.optim.scale_by_msk_jvp` needs). With ``loss='mse'`` and ``optax.sgd(η)`` it
+  function-space transformations need). With ``loss='mse'`` and ``optax.sgd(η)`` it
   is GD on ½‖r‖², the setting of :func:`mskjax.predict_gd_mse` (same η and t).
 
   Args:
@@ -666,8 +662,8 @@ def train(apply_fn: Callable, params, tx, x_train, y_train, *,
     x_train: ``(n, ...)`` training inputs.
     y_train: targets with the shape of ``apply_fn(params, x_train)``.
     steps: number of updates.
-    loss: ``'mse'``, ``'msk_mse'`` or a callable (module docstring).
-    spectrum: :class:`mskjax.MSKSpectrum`, required for ``loss='msk_mse'``.
+    loss: ``'mse'`` or a callable ``loss_fn(predictions, targets, batch_indices)``
+      (module docstring).
     batch_size: points per step, ``1 <= batch_size <= n``; None for full batch.
     seed: seed of the minibatch permutations.
     record_steps: steps (0..steps) after which to record predictions.
@@ -714,7 +710,7 @@ def train(apply_fn: Callable, params, tx, x_train, y_train, *,
     if x_test.shape[1:] != x_train.shape[1:]:
       raise ValueError(f"`x_test` has shape {tuple(x_test.shape)}; its feature shape must match "
                        f"`x_train` {tuple(x_train.shape)}.")
-  loss_fn = _ModelLoss(apply_fn, _resolve_loss(loss, spectrum, n))
+  loss_fn = _ModelLoss(apply_fn, _resolve_loss(loss, n))
   stop = None
   if stop_below is not None:
     stop_below = float(stop_below)

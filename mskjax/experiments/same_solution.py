@@ -22,7 +22,7 @@ Methods (each trained to convergence: 1.5 × the analytic ``steps_to_tolerance``
 tol = ``conv_tol`` on the empirical NTK, at least ``min_steps``, capped at ``max_steps``
 (``s2_max_steps`` for S²)): GD (``optax.sgd``, η = 1/λ_max of the
 empirical NTK at init) and PGD for each g in ``modifiers`` with ``msk_sgd_jvp``, plus flatten
-with ``msk_mse_loss`` (``loss='msk_mse'``). PGD's eigenpairs and η = 1/λ_max(K_g) come
+with ``msk_mse_loss`` (the loss ½ rᵀ S r). PGD's eigenpairs and η = 1/λ_max(K_g) come
 from the empirical NTK at initialisation (as in tests/test_train.py; the analytic
 eigenpairs are unstable for steps η ≫ 1/λ₁ at testable widths).
 
@@ -115,7 +115,8 @@ def run(config, ctx):
             # Minibatch / real training: mskjax.msk_directions + mskjax.msk_sgd.
             tx, loss = optim.msk_sgd_jvp(eta, apply_fn, x, spec0), "mse"
           else:
-            tx, loss = optax.sgd(eta), "msk_mse"
+            tx = optax.sgd(eta)
+            loss = lambda f, t, idx, sp=spec0: mskjax.msk_mse_loss(f, t, sp, batch_indices=idx)
         pred = mskjax.steps_to_tolerance(K0, y, g, k if g is not None else None,
                                          learning_rate=eta, tol=config.conv_tol,
                                          max_steps=10 * s["max_steps"])
@@ -124,7 +125,7 @@ def run(config, ctx):
         rec = np.unique(np.concatenate([[0], np.geomspace(1, steps, config.num_records)
                                         .astype(int), [steps]]))
         res = T.train(apply_fn, variables["params"], tx, x, y, steps=steps, loss=loss,
-                      spectrum=spec0, record_steps=rec, x_test=x_t, progress=False)
+                      record_steps=rec, x_test=x_t, progress=False)
         f_inf_g = np.asarray(mskjax.predict_gd_mse(K, y, g, k if g is not None else None,
                                                    jnp.inf, K_test_train=Kt).test)
         return dict(eta=eta, steps=steps, predicted_steps_to_conv_tol=int(pred),
