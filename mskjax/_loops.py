@@ -13,11 +13,12 @@ otherwise keep the compiled loop. Measured evidence for both halves of the rule 
 """
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Any
 
 import jax
 
-__all__ = ["LOOP_MODES", "has_convolution", "python_loop_faster", "on_cpu"]
+__all__ = ["LOOP_MODES", "has_convolution", "python_loop_faster", "on_cpu", "in_background"]
 
 LOOP_MODES = ("auto", "compiled", "python")
 
@@ -76,3 +77,27 @@ def python_loop_faster(fn, *args, **kwargs) -> bool:
   """The rule: a Python loop over jitted ``fn`` beats a ``lax`` loop of it iff the arrays
   live on the CPU and ``fn`` contains a convolution (module docstring)."""
   return on_cpu(args, kwargs) and has_convolution(fn, *args, **kwargs)
+
+
+def in_background(fn, *args):
+  """Start ``fn(*args)`` in a worker thread under the caller's ``jax_enable_x64`` setting
+  (``jax.enable_x64`` is a per-thread context: a bare thread would compute in float32);
+  returns its ``concurrent.futures.Future`` (``.result()`` re-raises its error). XLA
+  compilations release the GIL, so a compilation there overlaps the caller's work.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> with jax.enable_x64(True):
+    ...   in_background(lambda: jnp.zeros(1).dtype).result()   # the default float
+    dtype('float64')
+  """
+  x64 = bool(jax.config.jax_enable_x64)
+
+  def run():
+    with jax.enable_x64(x64):
+      return fn(*args)
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    return pool.submit(run)
+  finally:
+    pool.shutdown(wait=False)     # the thread ends with fn

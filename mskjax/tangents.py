@@ -17,7 +17,6 @@ block) and sized from a memory budget in bytes.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import math
 import sys
@@ -34,7 +33,7 @@ from mskjax import kernels as _k
 from mskjax._nt import empirical_ntk_fn
 
 __all__ = ["trainable_fn", "JacobianOperator", "jacobian_operator", "jacobian_matrix",
-           "empirical_ntk", "ntk_diagonal_blocks", "check_float_params", "point_jacobians",
+           "empirical_ntk", "ntk_diagonal_blocks", "point_jacobians", "network_outputs",
            "jacobian_block_size"]
 
 
@@ -208,30 +207,6 @@ def _split(apply_fn, params):
   return _Call("plain", apply_fn), params, None
 
 
-def in_background(fn, *args):
-  """Start ``fn(*args)`` in a worker thread under the caller's ``jax_enable_x64`` setting
-  (``jax.enable_x64`` is a per-thread context: a bare thread would compute in float32);
-  returns its ``concurrent.futures.Future`` (``.result()`` re-raises its error). XLA
-  compilations release the GIL, so a compilation there overlaps the caller's work.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> with jax.enable_x64(True):
-    ...   in_background(lambda: jnp.zeros(1).dtype).result()   # the default float
-    dtype('float64')
-  """
-  x64 = bool(jax.config.jax_enable_x64)
-
-  def run():
-    with jax.enable_x64(x64):
-      return fn(*args)
-  pool = concurrent.futures.ThreadPoolExecutor(1)
-  try:
-    return pool.submit(run)
-  finally:
-    pool.shutdown(wait=False)     # the thread ends with fn
-
-
 def trainable_fn(apply_fn, params=None):
   """``(f, p)`` with ``f(p, x) -> (n, ...)`` a function of the *trainable* parameters only.
 
@@ -325,22 +300,6 @@ def _network_inputs(apply_fn, params, x, dtype, where):
   return fn, p, x, dt, x.shape[0], int(np.prod(out.shape[1:]))
 
 
-def check_float_params(p, where):
-  """Every leaf of the trainable parameters must be floating (a Jacobian needs it).
-
-  An integer leaf (a step counter kept in the parameter pytree) has no tangent space; a
-  named error instead of a crash deep inside ``jax.vjp``.
-  """
-  for path, leaf in jax.tree_util.tree_leaves_with_path(p):
-    dt = jnp.asarray(leaf).dtype
-    if not jnp.issubdtype(dt, jnp.floating):
-      raise TypeError(f"{where}: parameter leaf {jax.tree_util.keystr(path)} has dtype {dt}; "
-                      "every trainable parameter must be floating (the Jacobian is taken "
-                      "against all of them). Keep counters and other integer state out of "
-                      "`params` (for flax linen: in another variable collection than "
-                      "'params'; for nnx: not an nnx.Param).")
-
-
 @functools.partial(jax.jit, static_argnames=("call", "c"))
 def _jvp_block(call, c, T, p, rest, xa):
   """``J_block T`` for one block of points: ``(bs, c, m)``."""
@@ -371,7 +330,7 @@ def _blocked_inputs(apply_fn, params, x, dtype, where):
   convolutions ~17x slower than the same jitted call from Python)."""
   _, _, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, where)
   call, p, rest = _split(apply_fn, params)
-  check_float_params(p, where)
+  _v.check_float_params(p, where)
   p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt), p)
   return call, p, rest, x, dt, n, c
 
@@ -432,9 +391,9 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     spec = lambda shape: jax.ShapeDtypeStruct(shape, dt)
     T0 = jax.tree.map(lambda a: spec((mc,) + a.shape), p)
     V0 = spec((bs, c, mc))
-    ready["jvp"] = in_background(
+    ready["jvp"] = _loops.in_background(
         lambda: _jvp_block.lower(call, c, T0, p, rest, blocks[0]).compile())
-    ready["vjp"] = in_background(
+    ready["vjp"] = _loops.in_background(
         lambda: _vjp_block.lower(call, c, T0, V0, p, rest, blocks[0]).compile())
 
   def wait(name):
