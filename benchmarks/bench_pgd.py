@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 import mskjax
-from mskjax import data, kernels, tangents, nets, optim
+from mskjax import data, kernels, tangents, nets, function_space
 from mskjax import train as T
 
 
@@ -51,11 +51,11 @@ def _n_params(params):
 def _step_fns(apply_fn, x, y, spec, lr):
   """name -> (loss_fn for train.fit, tx)."""
   mse = lambda p, b, idx: 0.5 * jnp.sum((apply_fn(p, b[0]) - b[1]) ** 2)
-  msk = lambda p, b, idx: optim.msk_mse_loss(apply_fn(p, b[0]), b[1], spec)
+  msk = lambda p, b, idx: function_space.msk_mse_loss(apply_fn(p, b[0]), b[1], spec)
   return {
       "sgd(mse)": (mse, optax.sgd(lr)),
       "sgd(msk_mse_loss)": (msk, optax.sgd(lr)),
-      "msk_sgd_jvp(mse)": (mse, optim.msk_sgd_jvp(lr, apply_fn, x, spec)),
+      "msk_sgd_jvp(mse)": (mse, function_space.msk_sgd_jvp(lr, apply_fn, x, spec)),
   }
 
 
@@ -113,7 +113,7 @@ def time_to_target(task, j, width, k, tol, max_steps, chunk, grids, empirical=Tr
     jax.block_until_ready(spec.vectors)
     setup = time.perf_counter() - t0
   lam1 = float(jnp.linalg.eigvalsh(K0)[-1])
-  msk = lambda p: optim.msk_mse_loss(apply_fn(p, x), y, spec)
+  msk = lambda p: function_space.msk_mse_loss(apply_fn(p, x), y, spec)
   methods = {
       "pgd": (msk, lambda lr: optax.sgd(lr), [c / float(spec.max_value) for c in grids["pgd"]]),
       "sgd": (mse, lambda lr: optax.sgd(lr), [c / lam1 for c in grids["sgd"]]),

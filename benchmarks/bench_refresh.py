@@ -178,7 +178,7 @@ def schedule(*, s=500, k=30, steps=2000, every=(250, 1000), factor=4.0, eval_eve
   """The schedule part (see the module docstring); a JSON-able dict."""
   import optax
   from mskjax import data as mdata
-  from mskjax import optim
+  from mskjax import optim, tracking
   from mskjax import train as T
   from mskjax.experiments import mnist1d as M
   from benchmarks import bench_mnist1d_scale as S
@@ -216,7 +216,7 @@ def schedule(*, s=500, k=30, steps=2000, every=(250, 1000), factor=4.0, eval_eve
   # tracking: re-forms the directions from the current Jacobian when the parameters moved
   xs = x[np.asarray(d0.indices)]
   apply = lambda p, xx: M.model(arch).apply({"params": p}, xx)
-  ttx = optim.msk_sgd_tracking(eta, apply, xs, d0, moved=0.01, loss="softmax_cross_entropy")
+  ttx = tracking.msk_sgd_tracking(eta, apply, xs, d0, moved=0.01, loss="softmax_cross_entropy")
   ev = M.eval_fn(arch)
   st, rec, wall = None, dict(curve_step=[], curve_time=[], curve_acc=[]), 0.0
   t_start = time.perf_counter()

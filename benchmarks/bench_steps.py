@@ -10,7 +10,7 @@ Three studies, each a ratio measured in one process (load cancels):
   init inside the 1/√2, a = ±1) and ``earlier`` (this project's earlier tables: b, a ~
   N(0, 1), b outside the 1/√2, θ ∈ [0, 2π)). Plain GD, the function-space form ½rᵀSr, the
   fixed directions (:func:`mskjax.optim.msk_sgd`), and the tracking preconditioner
-  (:func:`mskjax.optim.msk_sgd_tracking`), Löwdin ("tracking ...") and Rayleigh–Ritz
+  (:func:`mskjax.tracking.msk_sgd_tracking`), Löwdin ("tracking ...") and Rayleigh–Ritz
   ("tracking RR ..."), re-formed every step / every 10 steps / when the parameters moved
   by 1 % or 0.3 %; tuned Adam; for ``iga`` also IGA-INR's own optimiser (SGD lr 0.1 on the
   mean MSE, with and without its S). Records the time each method needs to reach tuned
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mskjax import modifiers, optim, steps as steps_mod
+from mskjax import function_space, modifiers, optim, tracking, steps as steps_mod
 from mskjax.msk import MSKSpectrum
 
 
@@ -97,7 +97,7 @@ def _run(apply_fn, params, x, y, tx, steps, spectrum=None, return_params=False):
   Returns ``(mse, seconds, compile_seconds, state)``: ``mse[t]`` the train MSE (mean r²)
   after t steps, t = 0..steps (recorded from the loss evaluation the step does anyway);
   ``seconds`` the execution time of the compiled run, compilation excluded.
-  ``spectrum``: train on the function-space form ½rᵀSr / n (``optim.msk_mse_loss``).
+  ``spectrum``: train on the function-space form ½rᵀSr / n (``function_space.msk_mse_loss``).
   ``return_params``: append the final parameters to the returned tuple.
   """
   n = x.shape[0]
@@ -107,7 +107,7 @@ def _run(apply_fn, params, x, y, tx, steps, spectrum=None, return_params=False):
     mse = jnp.mean(r ** 2)
     if spectrum is None:
       return 0.5 * mse, mse
-    return optim.msk_mse_loss(r, jnp.zeros_like(r), spectrum) / n, mse
+    return function_space.msk_mse_loss(r, jnp.zeros_like(r), spectrum) / n, mse
 
   def run(p, st):
     def step(c, _):
@@ -170,8 +170,8 @@ def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=
   init in one process.
 
   Methods: GD at η = n/λ₁, Adam (best of ``adam_lrs`` by final train MSE), the
-  function-space form ½rᵀSr (``optim.msk_mse_loss`` + ``optax.sgd``), fixed directions
-  (``optim.msk_sgd``) and the tracking preconditioner (``optim.msk_sgd_tracking``:
+  function-space form ½rᵀSr (``function_space.msk_mse_loss`` + ``optax.sgd``), fixed directions
+  (``optim.msk_sgd``) and the tracking preconditioner (``tracking.msk_sgd_tracking``:
   Rayleigh–Ritz every step, or when the parameters moved by 1 % / 0.3 %; the Löwdin
   variants under their old labels). One-off costs: the directions' build (shared by the
   preconditioned methods; for the function-space form it is its spectrum) and, for GD,
@@ -229,22 +229,22 @@ def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=
   runs.update({
       "function-space ½rᵀSr": (optax.sgd(eta), spec),
       "msk_sgd fixed": (optim.msk_sgd(eta, d), None),
-      "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, **ritz), None),
-      "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01, **ritz),
+      "tracking RR every=1": (tracking.msk_sgd_tracking(eta, apply_fn, x, d, **ritz), None),
+      "tracking RR moved=1%": (tracking.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01, **ritz),
                                None),
-      "tracking RR moved=0.3%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.003,
+      "tracking RR moved=0.3%": (tracking.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.003,
                                                         **ritz), None),
-      "tracking RR every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10, **ritz),
+      "tracking RR every=10": (tracking.msk_sgd_tracking(eta, apply_fn, x, d, every=10, **ritz),
                                None),
-      "tracking RR build-coef every=1": (optim.msk_sgd_tracking(
+      "tracking RR build-coef every=1": (tracking.msk_sgd_tracking(
           eta, apply_fn, x, d, coefficients="build"), None),
-      "tracking RR build-coef moved=1%": (optim.msk_sgd_tracking(
+      "tracking RR build-coef moved=1%": (tracking.msk_sgd_tracking(
           eta, apply_fn, x, d, moved=0.01, coefficients="build"), None),
-      "tracking every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d, rayleigh_ritz=False),
+      "tracking every=1": (tracking.msk_sgd_tracking(eta, apply_fn, x, d, rayleigh_ritz=False),
                            None),
-      "tracking every=10": (optim.msk_sgd_tracking(eta, apply_fn, x, d, every=10,
+      "tracking every=10": (tracking.msk_sgd_tracking(eta, apply_fn, x, d, every=10,
                                                    rayleigh_ritz=False), None),
-      "tracking moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01,
+      "tracking moved=1%": (tracking.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01,
                                                    rayleigh_ritz=False), None),
   })
   for name in runs:
@@ -264,8 +264,8 @@ def bench_tracking(quick=False, n=None, steps=None, only=None, seed=0, adam_lrs=
            "per_step_s": sec / steps, "compile_s": t_comp, "one_off_s": one_off.get(name, 0.0),
            "curve_every10": [float(v) for v in mse[::10]]}
     reforms = [s_.reforms for s_ in jax.tree.leaves(
-        st, is_leaf=lambda s_: isinstance(s_, optim.ScaleByMSKTrackingState))
-        if isinstance(s_, optim.ScaleByMSKTrackingState)]
+        st, is_leaf=lambda s_: isinstance(s_, tracking.ScaleByMSKTrackingState))
+        if isinstance(s_, tracking.ScaleByMSKTrackingState)]
     if reforms:
       rec["reforms"] = int(reforms[0])
     rec["_mse"] = mse
@@ -370,8 +370,8 @@ def bench_tracking_timing(n=1024, seed=0, steps=100, rounds=3, adam_lr=0.3, vari
            "adam": (optax.adam(adam_lr), None),
            "function-space ½rᵀSr": (optax.sgd(eta), spec),
            "msk_sgd fixed": (optim.msk_sgd(eta, d), None),
-           "tracking RR every=1": (optim.msk_sgd_tracking(eta, apply_fn, x, d), None),
-           "tracking RR moved=1%": (optim.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01),
+           "tracking RR every=1": (tracking.msk_sgd_tracking(eta, apply_fn, x, d), None),
+           "tracking RR moved=1%": (tracking.msk_sgd_tracking(eta, apply_fn, x, d, moved=0.01),
                                     None)}   # the cost does not depend on `coefficients`
   builds = {"directions_s": lambda: optim.msk_directions(apply_fn, params, x, g, 10,
                                                          compute_beta=False).directions,

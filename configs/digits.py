@@ -33,7 +33,7 @@ def get_config(arg=None):
   c.gd_factor = 1.0            # GD step gd_factor / λ₁ (a factor of the 1/λ rule)
   c.pgd_factors = (1.0, 0.5, 0.25)   # PGD steps factor / λ_{k+1}
   c.adam_lrs = (1e-3, 3e-3, 1e-2)
-  c.msk_sgd_jvp = True           # also run mskjax.optim.msk_sgd_jvp for the smallest k
+  c.msk_sgd_jvp = True           # also run mskjax.function_space.msk_sgd_jvp for the smallest k
   c.seed = 0
   if arg.quick:                # < 60 s: one value per grid (no grid runs)
     c.n_train, c.width = 200, 256

@@ -11,7 +11,9 @@ the spectrum and the MSK, infinite-width predictions, the directions, the step r
 optimizers, the loop and its diagnostics, plus :mod:`mskjax.modifiers` (the spectral
 modifiers g those functions take). Everything else is in its module, one per stage of
 the pipeline: ``nets → kernels → tangents → spectrum/modifiers → msk → predict/directions
-→ steps → optim → train → recorder/diagnostics → run`` (README, "Architecture").
+→ steps → optim/tracking → train → recorder/diagnostics → run`` (README, "Architecture");
+the function-space form of the preconditioner is the reference module
+:mod:`mskjax.function_space`.
 Shared internals live in underscore modules (``mskjax._validate``, ``mskjax._config``,
 ...) and are not part of the API.
 
@@ -23,7 +25,8 @@ the experiment runner (``python -m mskjax.run``) enables float64 explicitly.
 
 from mskjax import modifiers
 from mskjax import data, kernels, tangents, nets, spectrum, msk, predict
-from mskjax import directions, steps, optim, iga, train, recorder, diagnostics
+from mskjax import directions, steps, optim, tracking, function_space, iga, train, recorder
+from mskjax import diagnostics
 from mskjax.nets import MLPSpec, CNNSpec, make_network, init_zero_output
 from mskjax.kernels import gram, kernel_operator
 from mskjax.tangents import empirical_ntk
@@ -32,8 +35,9 @@ from mskjax.msk import MSKSpectrum, msk_spectrum, msk_gram, preconditioner, msk_
 from mskjax.predict import gradient_descent_mse, predict_gd_mse, steps_to_tolerance
 from mskjax.directions import MSKDirections, msk_directions
 from mskjax.steps import stable_learning_rate
-from mskjax.optim import (scale_by_msk, msk_sgd, scale_by_msk_tracking, msk_sgd_tracking,
-                          replace_directions, refresh_directions, msk_mse_loss)
+from mskjax.optim import scale_by_msk, msk_sgd, replace_directions, refresh_directions
+from mskjax.tracking import scale_by_msk_tracking, msk_sgd_tracking
+from mskjax.function_space import msk_mse_loss
 from mskjax.train import fit
 from mskjax.recorder import record_kernel_training
 from mskjax.diagnostics import kernel_alignment, kernel_cosine
@@ -53,7 +57,7 @@ __all__ = [
     "gradient_descent_mse", "predict_gd_mse", "steps_to_tolerance",
     # directions and the step rule
     "MSKDirections", "msk_directions", "stable_learning_rate",
-    # optimizers
+    # optimizers: fixed P, tracking, and the MSK loss ½ rᵀ S r
     "scale_by_msk", "msk_sgd", "scale_by_msk_tracking", "msk_sgd_tracking",
     "replace_directions", "refresh_directions", "msk_mse_loss",
     # the loop and its diagnostics

@@ -547,6 +547,106 @@ def roundoff_floor(scale: float, n: int, dtype) -> float:
   return n * float(np.finfo(np.dtype(dtype)).eps) * max(float(scale), np.finfo(float).tiny)
 
 
+# ---------------------------------------------------------------- optimizer checks
+# (shared by mskjax.optim and mskjax.tracking)
+def check_orthonormal_directions(dirs, coef, where):
+  """Named errors for hand-made directions whose P is not what the docs promise.
+
+  P = I + Q C Qᵀ is positive definite for C > −1 only when the rows of Q are orthonormal.
+  Where the directions are concrete, form the k×k Gram G = Q Qᵀ (k dot products of
+  parameter size, float64) and require ‖G − I‖_max ≤ tol; and, independently of that,
+  that P is positive definite: its eigenvalues off span(Q) are 1 and on span(Q) they are
+  1 + eig(G^½ C G^½).
+  """
+  leaves = jax.tree.leaves(dirs)
+  if not all(is_concrete(l) for l in leaves) or not is_concrete(coef):
+    return
+  k = int(np.shape(coef)[0])
+  G = np.zeros((k, k))
+  for leaf in leaves:
+    l2 = np.asarray(leaf, np.float64).reshape(k, -1)
+    G += l2 @ l2.T
+  if not np.all(np.isfinite(G)):
+    raise ValueError(f"{where}: `directions.directions` contain NaN or inf.")
+  eps = max(float(jnp.finfo(l.dtype).eps) for l in leaves)
+  tol = max(1e-6, 100.0 * np.sqrt(eps))        # float32: 3.5e-2, float64: 1.5e-6
+  c = np.asarray(coef, np.float64)
+  used = np.abs(c) > 0          # a direction with g/λ = 1 (coefficient 0) does not enter P
+  G, c, k = G[np.ix_(used, used)], c[used], int(used.sum())
+  if k == 0:
+    return
+  ev, U = np.linalg.eigh(0.5 * (G + G.T))
+  Gh = (U * np.sqrt(np.maximum(ev, 0.0))) @ U.T
+  pmin = 1.0 + np.linalg.eigvalsh(Gh @ np.diag(c) @ Gh).min()
+  if pmin <= 0:
+    raise ValueError(f"{where}: the preconditioner P = I + Σ (g_i/λ_i − 1) q_i q_iᵀ built from "
+                     f"these directions is indefinite (smallest eigenvalue {pmin:.3g}): the q_i "
+                     "are not orthonormal (max |QQᵀ − I| = "
+                     f"{np.abs(G - np.eye(k)).max():.3g}). Build them with optim.msk_directions, "
+                     "or orthonormalise hand-made ones (e.g. numpy.linalg.qr).")
+  err = np.abs(G - np.eye(k)).max()
+  if err > tol:
+    raise ValueError(f"{where}: the directions are not orthonormal (max |QQᵀ − I| = {err:.3g} > "
+                     f"{tol:.2g}), so P does not have the eigenvalues g_i/λ_i it is meant to. "
+                     "Build them with optim.msk_directions, or orthonormalise hand-made ones "
+                     "(e.g. numpy.linalg.qr on the flattened rows).")
+
+
+
+
+def check_update_shapes(updates, dirs, where):
+  """Named error when the updates do not match the directions leaf by leaf (static shapes)."""
+  import optax       # only the optimizers need it
+  is_m = lambda x: isinstance(x, optax.MaskedNode) or x is None
+  su = jax.tree.structure(updates, is_leaf=is_m)
+  sd = jax.tree.structure(dirs, is_leaf=is_m)
+  if su != sd:
+    raise ValueError(f"{where}: the updates and `directions.directions` have different pytree "
+                     "structures; build the directions from the same parameter pytree the "
+                     f"optimizer sees (for flax linen: variables['params']). ({su} vs {sd})")
+  for u, q in zip(jax.tree.leaves(updates, is_leaf=is_m), jax.tree.leaves(dirs, is_leaf=is_m)):
+    if is_m(u):
+      continue
+    if tuple(u.shape) != tuple(q.shape[1:]):
+      raise ValueError(f"{where}: an update leaf has shape {tuple(u.shape)} but the matching "
+                       f"direction leaf is (k, *shape) = {tuple(q.shape)}: the gradients are "
+                       "not for the parameters the directions were built for.")
+
+
+
+
+def check_learning_rate(learning_rate, where):
+  if learning_rate is None:
+    raise ValueError(f"{where}: `learning_rate` is None; optax.sgd(None) returns the gradient "
+                     "itself, which `params + update` would follow uphill (gradient ascent). "
+                     "Pass a positive step, e.g. steps.stable_learning_rate(...).")
+  if callable(learning_rate) or not is_concrete(learning_rate):
+    return
+  lr = np.asarray(learning_rate)
+  if lr.ndim != 0:
+    raise ValueError(f"{where}: `learning_rate` must be a scalar; got shape {lr.shape}.")
+  if not np.isfinite(float(lr)) or float(lr) < 0:
+    raise ValueError(f"{where}: `learning_rate` must be a finite number ≥ 0 (a negative step "
+                     f"is gradient ascent); got {float(lr)!r}.")
+
+
+
+
+def check_momentum(momentum, where):
+  if momentum is None or not is_concrete(momentum):
+    return
+  m = float(np.asarray(momentum))
+  if not (np.isfinite(m) and 0.0 <= m < 1.0):
+    raise ValueError(f"{where}: `momentum` must be in [0, 1) (≥ 1 makes the velocity grow "
+                     f"without bound); got {m!r}.")
+
+
+
+
+__all__ += ["check_orthonormal_directions", "check_update_shapes", "check_learning_rate",
+            "check_momentum"]
+
+
 def check_float_params(p, where):
   """Every leaf of the trainable parameters must be floating (a Jacobian needs it).
 

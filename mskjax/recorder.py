@@ -132,7 +132,7 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
   Each step: g = ∇_θ loss_fn(apply_fn(θ, X), Y); (u, s) = optimizer.update(g, s, θ);
   θ ← θ + u. At the recorded steps t (log-spaced, 0 and T = ``num_steps`` always included)
   the kernel K_t = Θ_t(X_probe, X_probe) is formed (with ``kernel_weights_fn``:
-  Θ_D = J D Jᵀ, e.g. :func:`mskjax.optim.adam_kernel_weights`), reduced to scalars (norm, alignment,
+  Θ_D = J D Jᵀ, e.g. :func:`mskjax.function_space.adam_kernel_weights`), reduced to scalars (norm, alignment,
   cos with K_0, effective ranks, target energy) and its top-k eigenpairs, then dropped.
   At the end cos(K_t, K_T) = Σ_i λ_i v_iᵀ K_T v_i / (‖K_t‖‖K_T‖) uses the stored eigenpairs.
   With ``x_test``, kernel regression (:func:`mskjax.diagnostics.kernel_regression`, f₀ = network at step 0,

@@ -96,7 +96,7 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   ``weights``: a pytree like the trainable parameters of non-negative per-parameter
   weights W (a diagonal parameter metric) gives ``J W Jᵀ`` instead of ``J Jᵀ`` (same trace
   / full conventions): with W the per-parameter step sizes of a diagonal optimiser (Adam:
-  η/(√v̂ + ε), :func:`mskjax.optim.adam_kernel_weights`) it is the kernel of that
+  η/(√v̂ + ε), :func:`mskjax.function_space.adam_kernel_weights`) it is the kernel of that
   optimiser's linearised function-space dynamics, df = −J W Jᵀ ∂ℓ/∂f. Computed on the same
   machinery as the Jacobian of f(θ + √W ⊙ δ) at δ = 0 (exact for W = 0 entries).
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mskjax
-from mskjax import kernels, tangents, nets, optim
+from mskjax import kernels, tangents, nets, function_space
 from mskjax.nets import CNNSpec, FlaxCNN, params_from_stax, stax_cnn
 
 
@@ -251,7 +251,7 @@ def _finite_vs_infinite(channels, mode, steps=(0, 5, 20, 60)):
     g, k = mskjax.modifiers.flatten(), 2
     spectrum = mskjax.msk_spectrum(K, g, k)
     eta = 1.0 / float(spectrum.max_value)
-    tx = optim.msk_sgd_jvp(eta, apply_fn, x, spectrum)
+    tx = function_space.msk_sgd_jvp(eta, apply_fn, x, spectrum)
 
   @jax.jit
   def step(params, state):

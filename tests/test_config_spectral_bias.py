@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mskjax
-from mskjax import data, kernels, nets, optim
+from mskjax import data, kernels, nets, function_space
 from mskjax import train as T
 
 from mskjax.experiments import spectral_bias as CFG
@@ -44,6 +44,6 @@ def test_scan_trainer_is_train_with_msk_sgd():
   eta = 0.5 / float(spec.max_value)
   steps = 6
   ours = CFG.make_trainer(apply_fn, x, y, steps)(variables["params"], eta, spec)
-  ref = T.train(apply_fn, variables["params"], optim.msk_sgd_jvp(eta, apply_fn, x, spec), x, y,
+  ref = T.train(apply_fn, variables["params"], function_space.msk_sgd_jvp(eta, apply_fn, x, spec), x, y,
                 steps=steps, record_steps=list(range(steps + 1)), progress=False)
   np.testing.assert_allclose(ours, ref.train_predictions, rtol=1e-10, atol=1e-14)

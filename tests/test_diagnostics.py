@@ -13,7 +13,7 @@ import pytest
 from conftest import random_psd
 from mskjax import data as D
 from mskjax import diagnostics as diag
-from mskjax import optim
+from mskjax import function_space
 from mskjax import train as T
 from mskjax import recorder
 from mskjax.tangents import empirical_ntk
@@ -159,7 +159,7 @@ def test_adam_weights_follow_second_moment():
   s = opt.init(p)
   g = {"w": jnp.array([1.0, 2.0, 4.0])}
   _, s = opt.update(g, s, p)            # count = 1, nu = (1 - b2) g^2, v_hat = g^2
-  w = optim.adam_kernel_weights(0.01, b2=0.9)(p, s, g)["w"]
+  w = function_space.adam_kernel_weights(0.01, b2=0.9)(p, s, g)["w"]
   np.testing.assert_allclose(np.asarray(w), 0.01 / (np.array([1.0, 2.0, 4.0]) + 1e-8),
                              rtol=1e-12)
 
@@ -271,7 +271,7 @@ def _small_problem():
 def test_recorder_with_optax(opt_name):
   ds, model, params, mse = _small_problem()
   opt = optax.sgd(0.5) if opt_name == "sgd" else optax.adam(1e-2)
-  wfn = optim.adam_kernel_weights(1e-2) if opt_name == "adam" else None
+  wfn = function_space.adam_kernel_weights(1e-2) if opt_name == "adam" else None
   rec = recorder.record_kernel_training(model.apply, params, opt, mse, ds.x_train, ds.y_train,
                                     num_steps=200, num_records=6, x_test=ds.x_test,
                                     kernel_weights_fn=wfn, top_k=5, energy_k=2)

@@ -13,7 +13,7 @@ import flax.linen as nn
 from flax import nnx
 from flax.training import train_state
 
-from mskjax import modifiers, optim
+from mskjax import function_space, modifiers, optim
 
 
 class MLP(nn.Module):
@@ -296,12 +296,12 @@ def test_msk_sgd_jvp_guard_against_kernel_drift():
   assert u @ Pu < 0                                         # indefinite along u
   w = jnp.zeros(8)
   for guard, want in ((False, Pu), (True, u)):
-    tx = optim.scale_by_msk_jvp(f_drift, X, spec, guard=guard)
+    tx = function_space.scale_by_msk_jvp(f_drift, X, spec, guard=guard)
     out, st = tx.update(jnp.asarray(u), tx.init(w), w)
     np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
     assert int(st.indefinite) == 1
   # without drift the map is PD: the same u is preconditioned and not counted
-  tx = optim.scale_by_msk_jvp(lambda w_, x: x @ w_, X, spec)
+  tx = function_space.scale_by_msk_jvp(lambda w_, x: x @ w_, X, spec)
   u0 = np.asarray(X).T @ U[:, -1]
   out, st = tx.update(jnp.asarray(u0), tx.init(w), w)
   assert int(st.indefinite) == 0 and float(jnp.dot(out, u0)) > 0

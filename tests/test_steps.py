@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from mskjax import optim, steps
+from mskjax import optim, steps, tracking
 
 
 def _orth_dirs(dim, k, values, new_values, seed=0, dtype=jnp.float64):
@@ -158,11 +158,11 @@ def test_wrong_leaf_shapes_are_named():
     optim.replace_directions(st, bad._replace(directions={"w": jnp.eye(5)[:2]}))
   f = lambda w, x: x @ w
   dt = d._replace(vectors=jnp.asarray(np.eye(3)[:, :2]))
-  tr = optim.scale_by_msk_tracking(f, jnp.ones((3, 4)), dt)
+  tr = tracking.scale_by_msk_tracking(f, jnp.ones((3, 4)), dt)
   with pytest.raises(ValueError, match="shape"):
     tr.update({"w": jnp.ones(5)}, tr.init({"w": jnp.zeros(4)}), {"w": jnp.zeros(4)})
   with pytest.raises(ValueError, match="vectors"):
-    optim.scale_by_msk_tracking(f, jnp.ones((3, 4)), d)
+    tracking.scale_by_msk_tracking(f, jnp.ones((3, 4)), d)
   with pytest.raises(ValueError, match="params"):
     tr.update({"w": jnp.ones(4)}, tr.init({"w": jnp.zeros(4)}))
 

@@ -54,6 +54,10 @@ PENDING_NOT_IN_ALL = {
     ("mskjax/optim.py", "mskjax.directions.check_directions"): "directions.__all__",
     ("mskjax/optim.py", "mskjax.directions.msk_coefficients"): "directions.__all__ or _linalg",
     ("mskjax/optim.py", "mskjax.directions.tree_dtype"): "_linalg",
+    ("mskjax/tracking.py", "mskjax.directions.apply_directions"): "directions.__all__ or _linalg",
+    ("mskjax/tracking.py", "mskjax.directions.check_directions"): "directions.__all__",
+    ("mskjax/tracking.py", "mskjax.directions.msk_coefficients"): "directions.__all__ or _linalg",
+    ("mskjax/tracking.py", "mskjax.directions.tree_dtype"): "_linalg",
     ("mskjax/steps.py", "mskjax.directions.check_directions"): "directions.__all__",
     ("mskjax/steps.py", "mskjax.directions.few_blas_threads"): "_loops",
 }
@@ -62,7 +66,7 @@ PENDING_INTERNAL = {
     ("mskjax.kernels", "block_size_for_budget"), ("mskjax.kernels", "map_row_blocks"),
     ("mskjax.kernels", "DEFAULT_MEMORY_BUDGET"), ("mskjax.tangents", "jacobian_block_size"),
     ("mskjax.directions", "choose_method"), ("mskjax.directions", "loss_hessian_sqrt"),
-    ("mskjax.optim", "orthonormal_columns"), ("mskjax.optim", "output_hessian_sqrt"),
+    ("mskjax.tracking", "orthonormal_columns"), ("mskjax.tracking", "output_hessian_sqrt"),
 }
 
 

@@ -1,11 +1,11 @@
-"""The tracking MSK preconditioner (optim.scale_by_msk_tracking) against independent
+"""The tracking MSK preconditioner (tracking.scale_by_msk_tracking) against independent
 computations: explicit jacrev Jacobians, numpy orthonormalisation and numpy P u, float64."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mskjax import modifiers, optim
+from mskjax import modifiers, optim, tracking
 
 
 def _net(width=8, d=3, c=2, seed=0):
@@ -70,7 +70,7 @@ def test_tracked_update_matches_explicit_jacobian(rayleigh_ritz, memory_budget, 
     p1 = _moved(p0, 0.3)
     u = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(7), a.shape, a.dtype), p0)
     kw = {} if memory_budget is None else {"memory_budget": memory_budget}
-    tx = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rayleigh_ritz,
+    tx = tracking.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rayleigh_ritz,
                                      coefficients=coefficients, **kw)
     out, st = tx.update(u, tx.init(p0), p1)
     # oracle: explicit J at p1, numpy orthonormalisation, numpy P u
@@ -131,7 +131,7 @@ def test_tracked_preconditioner_keeps_top_at_max_g_after_parameters_move():
     fixed = _lam_max_JPJ(f, p1, x, _Q(d.directions), coef)
     res = {}
     for rr in (False, True):
-      st = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rr, coefficients="ritz")
+      st = tracking.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rr, coefficients="ritz")
       _, s1 = st.update(jax.tree.map(jnp.zeros_like, p0), st.init(p0), p1)
       res[rr] = _lam_max_JPJ(f, p1, x, _Q(s1.directions), np.asarray(s1.coef))
     assert fixed > 3 * gmax, (fixed, gmax)
@@ -148,7 +148,7 @@ def test_tracking_refuses_gauss_newton_directions_without_their_loss():
                           hessian_sqrt=jnp.tile(jnp.eye(2), (2, 1, 1)) * 0.5)
   f, _ = _net()
   with pytest.raises(ValueError, match="hessian_sqrt"):
-    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d)
+    tracking.scale_by_msk_tracking(f, jnp.ones((2, 3)), d)
 
 
 def _quartic(fi, yi):
@@ -187,7 +187,7 @@ def test_gauss_newton_tracking_matches_jacrev_oracle(kind, rayleigh_ritz, memory
     p1 = _moved(p0, 0.3)
     u = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(7), a.shape, a.dtype), p0)
     kw = {} if memory_budget is None else {"memory_budget": memory_budget}
-    tx = optim.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rayleigh_ritz, loss=loss,
+    tx = tracking.scale_by_msk_tracking(f, x, d, rayleigh_ritz=rayleigh_ritz, loss=loss,
                                      targets=tgt, **kw)
     out, st = jax.jit(tx.update)(u, tx.init(p0), p1)
     F1 = np.asarray(f(p1, x))
@@ -210,11 +210,11 @@ def test_tracking_loss_must_match_the_directions():
                           vectors=jnp.ones((4, 1)) / 2.0)
   f, _ = _net()
   with pytest.raises(ValueError, match="hessian_sqrt is None"):
-    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, loss="softmax_cross_entropy")
+    tracking.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, loss="softmax_cross_entropy")
   with pytest.raises(ValueError, match="targets"):
-    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d._replace(
+    tracking.scale_by_msk_tracking(f, jnp.ones((2, 3)), d._replace(
         hessian_sqrt=jnp.tile(jnp.eye(2), (2, 1, 1))), loss=_quartic)
   with pytest.raises(ValueError, match="loss"):
-    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, loss="hinge")
+    tracking.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, loss="hinge")
   with pytest.raises(ValueError, match="coefficients"):
-    optim.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, coefficients="current")
+    tracking.scale_by_msk_tracking(f, jnp.ones((2, 3)), d, coefficients="current")

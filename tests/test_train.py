@@ -26,7 +26,7 @@ import optax
 import pytest
 
 import mskjax
-from mskjax import data, kernels, tangents, nets, optim
+from mskjax import data, kernels, tangents, nets, function_space
 from mskjax import train as T
 
 
@@ -292,7 +292,7 @@ def _rel_errors(width, ts):
   g, k = mskjax.modifiers.flatten(), 3          # j = 0, 1 flattened to λ(j=2): 3.9x step
   spec = mskjax.msk_spectrum(K, g, k)           # analytic eigenpairs, computed once
   eta = 1.0 / float(spec.max_value)
-  res = T.train(apply_fn, variables["params"], optim.msk_sgd_jvp(eta, apply_fn, x, spec), x, y,
+  res = T.train(apply_fn, variables["params"], function_space.msk_sgd_jvp(eta, apply_fn, x, spec), x, y,
                 steps=max(ts), record_steps=ts, x_test=xt, progress=False)
   pred = mskjax.predict_gd_mse(K, y, g, k, jnp.asarray(ts), learning_rate=eta,
                                K_test_train=Kt)
@@ -328,7 +328,7 @@ def test_pgd_and_gd_reach_the_same_solution():
   # Converged: GD needs ln(1e4)/(η λ(j=4)) ≈ 325 steps, PGD ≈ 84 for a 1e-4 residual on j=4.
   gd = T.train(apply_fn, variables["params"], optax.sgd(eta_gd), x, y, steps=400,
                record_steps=[400], x_test=xt, progress=False)
-  pgd = T.train(apply_fn, variables["params"], optim.msk_sgd_jvp(eta_pgd, apply_fn, x, spec), x, y,
+  pgd = T.train(apply_fn, variables["params"], function_space.msk_sgd_jvp(eta_pgd, apply_fn, x, spec), x, y,
                 steps=120, record_steps=[120], x_test=xt, progress=False)
   # Measured relative train residual: GD 0.73 %, PGD 0.65 % — what is left sits in the
   # empirical kernel's near-null directions (Θ has zero eigenvalues for odd j >= 3 here),
@@ -357,7 +357,7 @@ def _iteration_counts(width, js, b_std, k=21, amp=0.01, tol=0.1):
     y = amp * data.fourier_target(th, j)
     row = [j]
     for gg, eta, tx in ((None, eta_gd, optax.sgd(eta_gd)),
-                        (g, eta_pgd, optim.msk_sgd_jvp(eta_pgd, apply_fn, x, spec0))):
+                        (g, eta_pgd, function_space.msk_sgd_jvp(eta_pgd, apply_fn, x, spec0))):
       pred = mskjax.steps_to_tolerance(K, y, gg, k if gg is not None else None, tol=tol)
       res = T.train(apply_fn, variables["params"], tx, x, y, steps=int(1.6 * pred) + 2,
                     progress=False)

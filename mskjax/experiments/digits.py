@@ -21,7 +21,7 @@ Methods (full batch, same initial parameters):
 * **PGD k** — ``optax.sgd(η)`` on ``mskjax.msk_mse_loss`` (½ rᵀ S r, same cost as GD),
   η = factor/λ_max(K_g) = factor/λ_{k+1}, factor from ``pgd_factors`` (1/λ_{k+1} is the
   linearized optimum but a finite network can be unstable there);
-* **msk_sgd_jvp k** — ``mskjax.optim.msk_sgd_jvp`` (parameter-space preconditioner, one extra JVP +
+* **msk_sgd_jvp k** — ``mskjax.function_space.msk_sgd_jvp`` (parameter-space preconditioner, one extra JVP +
   VJP per step) on ½‖r‖² at the step chosen for PGD with the smallest k (``msk_sgd_jvp=True``).
 
 Learning-rate choice: every grid value runs ``grid_steps`` steps; the one that reaches the
@@ -139,7 +139,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, nets, optim
+  from mskjax import data, kernels, nets, function_space
 
   s = config
   tols = tuple(float(t) for t in s.tols)
@@ -200,7 +200,7 @@ def run(config, ctx):
   for k in s.ks:
     sp = spectra[k]
     methods[f"PGD k={k}"] = (
-        lambda f, yy, sp=sp: optim.msk_mse_loss(f, yy, sp), optax.sgd,
+        lambda f, yy, sp=sp: function_space.msk_mse_loss(f, yy, sp), optax.sgd,
         [fr / float(sp.max_value) for fr in s.pgd_factors], g, k, spec_time[k][0])
 
   def train_rec(name, loss, make_tx, lr, steps):
@@ -235,7 +235,7 @@ def run(config, ctx):
     # mskjax.msk_directions + mskjax.msk_sgd (mskjax/experiments/mnist1d.py); adding it
     # here would be a new arm with new results, not a rename.
     k0 = min(s.ks)
-    methods[f"msk_sgd_jvp k={k0}"] = (mse, lambda lr, sp=spectra[k0]: optim.msk_sgd_jvp(
+    methods[f"msk_sgd_jvp k={k0}"] = (mse, lambda lr, sp=spectra[k0]: function_space.msk_sgd_jvp(
         lr, apply_fn, x, sp), None, g, k0, spec_time[k0][0])
     best[f"msk_sgd_jvp k={k0}"] = best[f"PGD k={k0}"]
 

@@ -31,7 +31,7 @@ measured (``claim`` column of results.csv):
     ~1/σ² during training, so four variants are run:
 
     * ``GD`` — the σ-sweep run itself;
-    * ``PGD fixed K0`` — ``mskjax.optim.msk_sgd_jvp`` with the spectrum of the *initial
+    * ``PGD fixed K0`` — ``mskjax.function_space.msk_sgd_jvp`` with the spectrum of the *initial
       empirical* NTK K_0 (``mskjax.msk_spectrum(K_0, flatten, k)``), never refreshed. Its
       step P u = u + Jᵀ V diag((g/λ−1)/λ) Vᵀ J u equals Jᵀ S e only while K_t ≈ K_0;
       once K_t ≫ K_0 the correction is multiplied by ~‖K_t‖/‖K_0‖ and P turns indefinite
@@ -292,7 +292,7 @@ def run(config, ctx):
   def adam_unit():
     rec = train_linear(ds.x_train, ds.y_train, s_min, c.adam_steps, optax.adam(c.adam_lr),
                        range(0, c.adam_steps + 1, max(1, c.adam_steps // c.adam_records)),
-                       mskjax.optim.adam_kernel_weights(c.adam_lr))
+                       mskjax.function_space.adam_kernel_weights(c.adam_lr))
     t10, cos10 = at_norm_fraction(rec.steps, rec.norm, rec.cos_final, 0.1)
     row = dict(claim="e", setting="Adam kernel J diag(η/(√v̂+ε)) Jᵀ, linear whitened",
                sigma=s_min, t_loss=t_half(rec.loss_curve), t_norm10=round(t10, 1),
@@ -340,7 +340,7 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
 
   import mskjax
   from mskjax import modifiers as M
-  from mskjax import optim
+  from mskjax import function_space
 
   if c.pgd_sigma not in sweep:
     raise ValueError(f"pgd_sigma={c.pgd_sigma:g} must be one of sigmas={tuple(c.sigmas)} (the "
@@ -403,13 +403,13 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
     def fixed_unit():
       # guard=False: this row documents the failure mode of the unguarded stale map (the
       # default guard would pass the indefinite steps through as plain gradients).
-      tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), guard=False)
+      tx = function_space.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), guard=False)
       rec = mskjax.recorder.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       return dict(_curves(rec), lam1_over_lamk1=ratio(k))
 
     def refresh_unit():
-      tx = optim.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), refresh_every=c.pgd_refresh,
+      tx = function_space.msk_sgd_jvp(c.lr, model.apply, x, spectrum(k), refresh_every=c.pgd_refresh,
                          g=flat)
       rec = mskjax.recorder.record_kernel_training(model.apply, params, tx, _mse, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
@@ -417,7 +417,7 @@ def _pgd(c, ctx, ds, sweep, model, linear_params, sweep_records, a_oracle, timed
 
     def sloss_unit():
       spec = spectrum(k)
-      loss_fn = lambda f, t: optim.msk_mse_loss(f, t, spec) / n   # ½ rᵀ S r / n
+      loss_fn = lambda f, t: function_space.msk_mse_loss(f, t, spec) / n   # ½ rᵀ S r / n
       rec = mskjax.recorder.record_kernel_training(model.apply, params, optax.sgd(c.lr), loss_fn, x, y,
                                         num_steps=c.steps, record_steps=sweep_records)
       out = _curves(rec)

@@ -33,7 +33,7 @@ fastest directions take a few steps rather than exactly one). Measured per frequ
 the relative residual |⟨r_t, cos jθ⟩| / |⟨y, cos jθ⟩| of the train residual r_t = f_t(X) − y,
 
 * infinite width: ``mskjax.predict_gd_mse`` (the analytic MSK, every step 0..``steps``);
-* finite width (``width``): the network trained with ``mskjax.optim.msk_sgd_jvp`` (full batch, loss
+* finite width (``width``): the network trained with ``mskjax.function_space.msk_sgd_jvp`` (full batch, loss
   ½‖r‖², predictions recorded at every step by the one loop ``mskjax.train.fit``).
 
 **Finite-width spectrum.** The MSK preconditioner P u = u + Jᵀ V diag((g/λ − 1)/λ) Vᵀ J u
@@ -81,14 +81,14 @@ def _modifier(name, block_starts):
 def make_trainer(apply_fn, x, y, steps):
   """``train(params, eta, spectrum) -> predictions at steps 0..steps`` (one compilation).
 
-  Full-batch ``mskjax.optim.msk_sgd_jvp`` on ½‖f(X) − y‖² through the one loop
+  Full-batch ``mskjax.function_space.msk_sgd_jvp`` on ½‖f(X) − y‖² through the one loop
   :func:`mskjax.train.fit` (η and the spectrum are its traced ``hparams``, so the sweep
   compiles once; the predictions of every step are the loss's per-step ``aux``). With
   new_values = values the preconditioner is the identity (plain GD).
   """
   import jax
   import jax.numpy as jnp
-  from mskjax import optim
+  from mskjax import function_space
   from mskjax import train as T
   from mskjax.msk import MSKSpectrum
 
@@ -100,7 +100,7 @@ def make_trainer(apply_fn, x, y, steps):
   # the paper-faithful exact PGD for this finite = infinite width comparison
   # (docs/theory.md#analytic-or-empirical-eigenpairs); minibatch / real training uses
   # mskjax.msk_directions + mskjax.msk_sgd instead.
-  tx = lambda h: optim.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
+  tx = lambda h: function_space.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
   predict = jax.jit(lambda p: apply_fn(p, x))
 
   def train(params, eta, spectrum):

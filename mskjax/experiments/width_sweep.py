@@ -15,7 +15,7 @@ The analytic NTK Gram matrix K (and k(x_test, X)) gives the infinite-width predi
 * PGD — ``modifiers.flatten()`` on the top k = 3 (frequencies 0 and 1 flattened to λ₄ =
   λ(j=2)), η = 1/λ₄, preconditioner from the *analytic* eigenpairs (computed once).
 
-The finite network is trained full-batch with ``mskjax.optim.msk_sgd_jvp(η, apply_fn, X, spectrum)``
+The finite network is trained full-batch with ``mskjax.function_space.msk_sgd_jvp(η, apply_fn, X, spectrum)``
 on ½‖f(X) − y‖² (GD: the same optimiser with g/λ = 1, i.e. the identity preconditioner) in
 the one loop ``mskjax.train.fit`` (every step recorded). For every width and seed
 (the seed draws the initialisation) the table reports the relative distances
@@ -35,13 +35,13 @@ import numpy as np
 def make_trainer(apply_fn, x, y, x_test, steps):
   """``train(params, eta, spectrum) -> (train, test) predictions at steps 0..steps``.
 
-  Full-batch ``mskjax.optim.msk_sgd_jvp`` on ½‖f(X) − y‖² through the one loop
+  Full-batch ``mskjax.function_space.msk_sgd_jvp`` on ½‖f(X) − y‖² through the one loop
   :func:`mskjax.train.fit` (one compilation per width: η and the spectrum are traced
   ``hparams``; the predictions on train + test points are recorded at every step).
   """
   import jax
   import jax.numpy as jnp
-  from mskjax import optim
+  from mskjax import function_space
   from mskjax import train as T
   from mskjax.msk import MSKSpectrum
   n = x.shape[0]
@@ -54,7 +54,7 @@ def make_trainer(apply_fn, x, y, x_test, steps):
   # Full-batch msk_sgd_jvp: the paper-faithful exact PGD (Jᵀ S r) whose width → ∞ limit is
   # the analytic MSK prediction measured here (docs/theory.md#preconditioned-gradient-descent-pgd);
   # minibatch / real training uses mskjax.msk_directions + mskjax.msk_sgd instead.
-  tx = lambda h: optim.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
+  tx = lambda h: function_space.msk_sgd_jvp(h[0], apply_fn, x, MSKSpectrum(*h[1]))
   predict = jax.jit(lambda p: apply_fn(p, x_eval))
 
   def train(params, eta, spectrum):

@@ -1,4 +1,4 @@
-"""mskjax.optim: scale_by_msk_jvp / msk_sgd_jvp / msk_mse_loss against explicit matrices."""
+"""mskjax.function_space: scale_by_msk_jvp / msk_sgd_jvp / msk_mse_loss against explicit matrices."""
 import itertools
 
 import jax
@@ -9,7 +9,7 @@ import pytest
 from flax.training import train_state
 
 import mskjax
-from mskjax import data, kernels, tangents, nets, optim
+from mskjax import data, kernels, tangents, nets, function_space
 from conftest import random_psd
 
 
@@ -35,7 +35,7 @@ def test_scale_by_msk_linear_model_equals_JT_S_e():
   spec = mskjax.msk_spectrum(K, mskjax.modifiers.power(0.5), 2)
   e = f(W, X) - Y
   u = X.T @ e                                   # gradient of ½‖r‖²
-  tx = optim.scale_by_msk_jvp(f, X, spec)
+  tx = function_space.scale_by_msk_jvp(f, X, spec)
   Pu, state = tx.update(u, tx.init(W), W)
   S = _explicit_S(K, np.asarray(spec.new_values), 2)
   # float64, one JVP/VJP on a 6x8 problem: round-off only.
@@ -54,11 +54,11 @@ def test_scale_by_msk_and_msk_mse_loss_give_same_update_on_a_network():
   K_emp = tangents.empirical_ntk(net.model.apply, variables, x)
   spec = mskjax.msk_spectrum(K_emp, mskjax.modifiers.flatten(), 5)
   lr = 0.05
-  tx1 = optim.msk_sgd_jvp(lr, apply_fn, x, spec)
+  tx1 = function_space.msk_sgd_jvp(lr, apply_fn, x, spec)
   g1 = jax.grad(lambda p: 0.5 * jnp.sum((apply_fn(p, x) - y) ** 2))(params)
   up1, _ = tx1.update(g1, tx1.init(params), params)
   tx2 = optax.sgd(lr)
-  g2 = jax.grad(lambda p: optim.msk_mse_loss(apply_fn(p, x), y, spec))(params)
+  g2 = jax.grad(lambda p: function_space.msk_mse_loss(apply_fn(p, x), y, spec))(params)
   up2, _ = tx2.update(g2, tx2.init(params), params)
   scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(up2))
   diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
@@ -75,13 +75,13 @@ def test_msk_mse_loss_full_batch_explicit_and_batch_reduction():
   p, y = rng.standard_normal((8, 2)), rng.standard_normal((8, 2))
   r = p - y
   want = 0.5 * np.trace(r.T @ S @ r)
-  np.testing.assert_allclose(optim.msk_mse_loss(p, y, spec), want, rtol=1e-12)
+  np.testing.assert_allclose(function_space.msk_mse_loss(p, y, spec), want, rtol=1e-12)
   perm = rng.permutation(8)  # the batch form with B = all points (any order) is exact
   np.testing.assert_allclose(
-      optim.msk_mse_loss(p[perm], y[perm], spec, batch_indices=jnp.asarray(perm)), want,
+      function_space.msk_mse_loss(p[perm], y[perm], spec, batch_indices=jnp.asarray(perm)), want,
       rtol=1e-12)
   np.testing.assert_allclose(                     # gradient wrt predictions is S r
-      jax.grad(lambda q: optim.msk_mse_loss(q, y, spec))(jnp.asarray(p)), S @ r, rtol=1e-10,
+      jax.grad(lambda q: function_space.msk_mse_loss(q, y, spec))(jnp.asarray(p)), S @ r, rtol=1e-10,
       atol=1e-12)
 
 
@@ -96,7 +96,7 @@ def test_minibatch_expectation_matches_closed_form():
   subsets = list(itertools.combinations(range(n), b))
   for B in subsets:
     idx = np.asarray(B)
-    gB = jax.grad(lambda q: optim.msk_mse_loss(q, jnp.zeros(b), spec,
+    gB = jax.grad(lambda q: function_space.msk_mse_loss(q, jnp.zeros(b), spec,
                                                batch_indices=jnp.asarray(idx)))(
         jnp.asarray(r[idx]))
     acc[idx] += np.asarray(gB)
@@ -122,7 +122,7 @@ def test_msk_sgd_jit_chain_no_recompile_extra_args_and_dtype():
   X, W, Y, f = _linear_problem(n=6, p=5)
   spec = mskjax.msk_spectrum(X @ X.T, mskjax.modifiers.flatten(), 2)
   f_counted, calls = _count_traces(f)
-  tx = optax.chain(optax.clip_by_global_norm(1e3), optim.msk_sgd_jvp(0.01, f_counted, X, spec))
+  tx = optax.chain(optax.clip_by_global_norm(1e3), function_space.msk_sgd_jvp(0.01, f_counted, X, spec))
   state = tx.init(W)
 
   @jax.jit
@@ -140,7 +140,7 @@ def test_msk_sgd_jit_chain_no_recompile_extra_args_and_dtype():
   assert calls["n"] == traces  # no retracing after the first step
   # float32 updates stay float32 (params float32 too).
   W32 = W.astype(jnp.float32)
-  tx32 = optim.msk_sgd_jvp(0.01, f, X.astype(jnp.float32), spec)
+  tx32 = function_space.msk_sgd_jvp(0.01, f, X.astype(jnp.float32), spec)
   up, _ = tx32.update(jnp.ones_like(W32), tx32.init(W32), W32)
   assert up.dtype == jnp.float32
 
@@ -153,14 +153,14 @@ def test_scale_by_msk_wrappers_inject_multisteps_trainstate():
   loss = lambda w: 0.5 * jnp.sum((f(w, X) - Y) ** 2)
   want = np.asarray(W) - 0.02 * np.asarray(X).T @ S @ np.asarray(f(W, X) - Y)
 
-  inj = optax.inject_hyperparams(optim.msk_sgd_jvp, static_args=("apply_fn", "g"))(
+  inj = optax.inject_hyperparams(function_space.msk_sgd_jvp, static_args=("apply_fn", "g"))(
       learning_rate=0.02, apply_fn=f, x_train=X, spectrum=spec)
   st = inj.init(W)
   up, st = jax.jit(inj.update)(jax.grad(loss)(W), st, W)
   np.testing.assert_allclose(W + up, want, rtol=1e-10)
   assert float(st.hyperparams["learning_rate"]) == 0.02
 
-  ms = optax.MultiSteps(optim.msk_sgd_jvp(0.02, f, X, spec), every_k_schedule=2)
+  ms = optax.MultiSteps(function_space.msk_sgd_jvp(0.02, f, X, spec), every_k_schedule=2)
   st = ms.init(W)
   gr = jax.grad(loss)(W)
   up0, st = ms.update(gr, st, W)
@@ -172,7 +172,7 @@ def test_scale_by_msk_wrappers_inject_multisteps_trainstate():
   # flax's TrainState wants dict params (flax-style pytrees).
   fd = lambda p, x: f(p["w"], x)
   ts = train_state.TrainState.create(apply_fn=fd, params={"w": W},
-                                     tx=optim.msk_sgd_jvp(0.02, fd, X, spec))
+                                     tx=function_space.msk_sgd_jvp(0.02, fd, X, spec))
   ts = jax.jit(lambda s: s.apply_gradients(grads=jax.grad(lambda p: loss(p["w"]))(s.params)))(ts)
   np.testing.assert_allclose(ts.params["w"], want, rtol=1e-10)
 
@@ -183,7 +183,7 @@ def test_refresh_from_empirical_ntk_with_lax_cond():
   X, W, Y, f = _linear_problem(n=6, p=5)
   K = np.asarray(X @ X.T)
   wrong = mskjax.msk_spectrum(jnp.asarray(random_psd(6, seed=9)), mskjax.modifiers.flatten(), 2)
-  tx = optim.scale_by_msk_jvp(f, X, wrong, refresh_every=3, g=mskjax.modifiers.flatten())
+  tx = function_space.scale_by_msk_jvp(f, X, wrong, refresh_every=3, g=mskjax.modifiers.flatten())
   st = tx.init(W)
   upd = jax.jit(tx.update)
   for _ in range(3):
@@ -202,22 +202,22 @@ def test_errors_name_the_argument():
   X, W, Y, f = _linear_problem()
   spec = mskjax.msk_spectrum(X @ X.T, mskjax.modifiers.flatten(), 2)
   with pytest.raises(TypeError, match="spectrum"):
-    optim.scale_by_msk_jvp(f, X, (1, 2))
+    function_space.scale_by_msk_jvp(f, X, (1, 2))
   with pytest.raises(ValueError, match="x_train"):
-    optim.scale_by_msk_jvp(f, X[:4], spec)
+    function_space.scale_by_msk_jvp(f, X[:4], spec)
   with pytest.raises(TypeError, match="apply_fn"):
-    optim.scale_by_msk_jvp(3, X, spec)
+    function_space.scale_by_msk_jvp(3, X, spec)
   with pytest.raises(ValueError, match="refresh_every"):
-    optim.scale_by_msk_jvp(f, X, spec, refresh_every=0, g=mskjax.modifiers.flatten())
+    function_space.scale_by_msk_jvp(f, X, spec, refresh_every=0, g=mskjax.modifiers.flatten())
   with pytest.raises(TypeError, match="`g`"):
-    optim.scale_by_msk_jvp(f, X, spec, refresh_every=2)
-  tx = optim.scale_by_msk_jvp(f, X, spec)
+    function_space.scale_by_msk_jvp(f, X, spec, refresh_every=2)
+  tx = function_space.scale_by_msk_jvp(f, X, spec)
   with pytest.raises(ValueError, match="params"):
     tx.update(W, tx.init(W))
   with pytest.raises(ValueError, match="batch_indices"):
-    optim.msk_mse_loss(jnp.ones(4), jnp.zeros(4), spec)
+    function_space.msk_mse_loss(jnp.ones(4), jnp.zeros(4), spec)
   with pytest.raises(ValueError, match="same shape"):
-    optim.msk_mse_loss(jnp.ones(6), jnp.zeros(5), spec)
+    function_space.msk_mse_loss(jnp.ones(6), jnp.zeros(5), spec)
 
 
 def test_msk_mse_loss_rejects_out_of_range_indices_and_nan():
@@ -225,10 +225,10 @@ def test_msk_mse_loss_rejects_out_of_range_indices_and_nan():
   spec = mskjax.msk_spectrum(jnp.diag(jnp.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])),
                              mskjax.modifiers.flatten(), 2)
   with pytest.raises(IndexError, match="`batch_indices` holds index 99"):
-    optim.msk_mse_loss(jnp.ones(2), jnp.zeros(2), spec, batch_indices=jnp.array([0, 99]))
+    function_space.msk_mse_loss(jnp.ones(2), jnp.zeros(2), spec, batch_indices=jnp.array([0, 99]))
   with pytest.raises(IndexError, match="holds index -1"):
-    optim.msk_mse_loss(jnp.ones(2), jnp.zeros(2), spec, batch_indices=jnp.array([-1, 0]))
+    function_space.msk_mse_loss(jnp.ones(2), jnp.zeros(2), spec, batch_indices=jnp.array([-1, 0]))
   with pytest.raises(ValueError, match="`predictions` has 1 NaN"):
-    optim.msk_mse_loss(jnp.array([1.0, jnp.nan, 0, 0, 0, 0]), jnp.zeros(6), spec)
+    function_space.msk_mse_loss(jnp.array([1.0, jnp.nan, 0, 0, 0, 0]), jnp.zeros(6), spec)
   with pytest.raises(ValueError, match="`targets` has 1 NaN"):
-    optim.msk_mse_loss(jnp.zeros(6), jnp.array([1.0, jnp.nan, 0, 0, 0, 0]), spec)
+    function_space.msk_mse_loss(jnp.zeros(6), jnp.array([1.0, jnp.nan, 0, 0, 0, 0]), spec)
