@@ -1,15 +1,17 @@
 """Where a compiled ``lax`` loop is slower than a Python loop over the same jitted body.
 
 XLA:CPU executes convolutions inside ``lax.while_loop`` / ``lax.scan`` / ``lax.map`` bodies
-on a slow path: a 3-layer 1-D CNN training step runs ~20x slower as the body of a
-``while_loop`` than as a jitted function called from Python (``benchmarks/bench_loop.py``);
-a loop of dense GEMMs and elementwise ops does not (there the compiled loop wins: it saves
-the per-step dispatch). Accelerators (GPU/TPU) run convolutions inside loops at full speed.
+on a slow path: a 1-D CNN training step runs many times slower as the body of a
+``while_loop`` than as a jitted function called from Python; a loop of dense GEMMs and
+elementwise ops does not (there the compiled loop wins: it saves the per-step dispatch). Accelerators (GPU/TPU) run convolutions inside loops at full speed.
 
 The rule every blocked loop of mskjax uses (:func:`python_loop_faster`): loop on the host
 (Python) iff the computation runs on the CPU **and** its jaxpr contains a convolution;
-otherwise keep the compiled loop. Measured evidence for both halves of the rule is in
-``benchmarks/README.md`` (section "Compiled loops vs Python loops").
+otherwise keep the compiled loop. ``benchmarks/bench_loop.py`` measures both halves of
+the rule.
+
+The module also holds :func:`in_background`, the one way mskjax runs host work in a
+worker thread (compilations overlapped with the caller's work).
 """
 from __future__ import annotations
 

@@ -90,8 +90,7 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   * ``'jvp'``: the rows of block I's Jacobian pushed forward through the network on each
     column block (one ``jax.linearize`` per block, ``vmap`` over block·c tangents): about
     c/2 times fewer flops than contracting Jacobians when c is large;
-  * ``'auto'``: ``'jvp'`` for c ≥ 4 outputs, else ``'jacobian'`` (the crossover and its
-    timings: ``benchmarks/README.md``, "Optimizer", section 3).
+  * ``'auto'``: ``'jvp'`` for c ≥ 4 outputs, else ``'jacobian'`` (the measured crossover).
 
   ``weights``: a pytree like the trainable parameters of non-negative per-parameter
   weights W (a diagonal parameter metric) gives ``J W Jᵀ`` instead of ``J Jᵀ`` (same trace
@@ -327,7 +326,7 @@ def _blocked_inputs(apply_fn, params, x, dtype, where):
   """(call, p, rest, x, dt, n, c) with p and x in the compute dtype, for the per-block
   jitted functions above (``call`` hashable and static: one compile per network and block
   shape, each block called from a Python loop — never a ``lax`` loop, where XLA:CPU runs
-  convolutions ~17x slower than the same jitted call from Python)."""
+  convolutions on a slow path, :mod:`mskjax._loops`)."""
   _, _, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, where)
   call, p, rest = _split(apply_fn, params)
   _v.check_float_params(p, where)
@@ -343,7 +342,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
 
   ``J T`` is one JVP and ``Jᵀ V`` one VJP per block of points, vectorised over the m
   columns (``vmap``); each block is a jitted call from a Python loop (not a ``lax`` loop:
-  XLA:CPU runs convolutions inside ``lax.map``/``lax.scan`` ~17x slower), so memory is
+  XLA:CPU runs convolutions inside ``lax.map``/``lax.scan`` on a slow path), so memory is
   O(m·#params + block·m·A) (A: activations per point) and never O(n·#params).
   ``ntk_matvec`` applies the full (n·c)×(n·c) empirical NTK ``K = J Jᵀ`` (not the
   output-traced one) — what a matrix-free eigensolver needs.
@@ -361,7 +360,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
       arguments) now, in two worker threads (XLA compiles release the GIL), while the
       caller goes on; the first ``jvp``/``vjp`` call waits for its block. Cuts a cold
       start's wall time by overlapping the two compilations with each other and with the
-      caller's own setup (``benchmarks/README.md``, "The one-off cost of `msk_sgd`").
+      caller's own setup.
 
   Returns:
     :class:`JacobianOperator`.
@@ -458,8 +457,8 @@ def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] 
   ``empirical_ntk(..., full=True)``); columns are the trainable parameter leaves in
   ``jax.tree.leaves`` order, each flattened (C order), i.e. ``ravel_pytree``'s layout.
   Per-point Jacobians of a block of points (``vmap`` of ``jacrev``), each block one
-  jitted call from a Python loop (no ``lax`` loop: convolutions inside them are ~17x
-  slower on XLA:CPU), copied into one host array. ``J Jᵀ`` is then the full empirical
+  jitted call from a Python loop (no ``lax`` loop: XLA:CPU runs convolutions inside them
+  on a slow path), copied into one host array. ``J Jᵀ`` is then the full empirical
   NTK — one GEMM, the fast route while ``n·c·#params`` numbers fit in memory.
 
   Args:
@@ -602,8 +601,7 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
 def _diag_of(call, c, p, rest, xa):
   """``J_x J_xᵀ`` (bs, c, c) for the points of one block: the per-point Jacobian rows
   ``J_xᵀ e_j`` pushed back through ``J_x`` by one JVP each (c JVPs of one point cost less
-  than contracting c×c inner products of #params-long rows: 2.7× faster on the MNIST-1D
-  MLP, ``benchmarks/README.md``, "The one-off cost of `msk_sgd`")."""
+  than contracting c×c inner products of #params-long rows)."""
   fn = lambda q, x: call(q, rest, x)
   ja = point_jacobians(fn, p, xa, c)                 # leaves (bs, c, *leaf shape)
 

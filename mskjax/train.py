@@ -3,7 +3,7 @@ r"""The one training loop: any optax transformation, any loss, full batch or min
 :func:`fit` runs training in jitted chunks (a ``lax.while_loop`` of at most ``chunk`` steps,
 compiled once per shape and reused across calls, the chunk length itself is a traced
 argument) — or, for steps with convolutions on the CPU, where XLA runs them inside compiled
-loops ~20x slower, as a Python loop over the same jitted step (``loop='auto'``, bit-for-bit
+loops on a slow path, as a Python loop over the same jitted step (``loop='auto'``, bit-for-bit
 the same run), records per-step values (the loss and anything the loss returns as ``aux``),
 calls evaluation hooks at chosen steps between chunks (test accuracy, test loss, kernel
 snapshots, ...), stops early on a per-step value (inside the compiled loop, at the exact
@@ -382,9 +382,10 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
       steps between two reads of the records.
     loop: ``'compiled'`` runs each chunk as one ``lax.while_loop`` (no per-step dispatch:
       fastest for MLPs and on accelerators); ``'python'`` calls the jitted step from a
-      Python loop (XLA:CPU runs convolutions inside compiled loops ~20x slower);
+      Python loop (XLA:CPU runs convolutions inside compiled loops on a slow path);
       ``'auto'`` (default) picks ``'python'`` iff the arrays live on the CPU and the step
-      contains a convolution (:mod:`mskjax._loops`; measured in ``benchmarks/README.md``).
+      contains a convolution (the rule of :mod:`mskjax._loops`; ``benchmarks/bench_loop.py``
+      measures both modes).
       Both modes run the same step function: same records, stops and resumable states
       (bit for bit on the CPU, tested).
     progress: show a tqdm progress bar (off by default; the runner turns it on).
