@@ -199,6 +199,11 @@ class RunContext:
     self._records[key] = rec
     return rec
 
+  @property
+  def num_records(self) -> int:
+    """Records stored so far (by this run and the interrupted runs it resumes)."""
+    return len(self._records)
+
   def completed(self, key: str) -> dict | None:
     """The record stored under ``key`` by this or an interrupted earlier run, if any."""
     return self._records.get(key)
