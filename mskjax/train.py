@@ -435,30 +435,10 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   n = _num_points(data)
   _check_data_finite(data)
   batch_size = _check_int("batch_size", batch_size, 1, n, none_ok=True)
-  if state is None:
-    if params is None:
-      raise ValueError("pass `params` (a fresh run) or `state` (to resume); got neither.")
-    state = init_state(params, tx, n, batch_size=batch_size, seed=seed, hparams=hparams)
-  else:
-    if not isinstance(state, LoopState):
-      raise TypeError(f"`state` must be a LoopState from an earlier fit; got "
-                      f"{type(state).__name__}.")
-    if params is not None:
-      raise ValueError("pass either `params` (a fresh run) or `state` (to resume), not both.")
-    if (state.sampler is None) != (batch_size is None) or (
-        state.sampler is not None and state.sampler.perm.shape[0] != n):
-      raise ValueError("`state` was made for a different `batch_size` or data size; resume "
-                       "with the batch_size and data of the run that produced it.")
+  state = _start_state(params, state, tx, n, batch_size, seed, hparams)
   below_keys, below = _thresholds("stop_below", stop_below)
   above_keys, above = _thresholds("stop_above", stop_above)
-  sched = set()
-  if eval_every is not None:
-    eval_every = _check_int("eval_every", eval_every, 1)
-  if eval_steps is not None:
-    es = np.asarray(list(eval_steps), dtype=np.float64)
-    if es.ndim != 1 or np.any(es != np.round(es)) or np.any(es < 0):
-      raise ValueError(f"`eval_steps` must be non-negative integers; got {list(eval_steps)}.")
-    sched = set(int(v) for v in es)
+  eval_every, sched = _eval_schedule(eval_every, eval_steps)
   if stop_eval is not None and evaluate is None:
     raise ValueError("`stop_eval` needs an `evaluate` hook.")
 
@@ -477,28 +457,8 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
 
   start = int(state.step)
   end = start + steps
-  kw = dict(zip(_STATIC, static))
-  if mode == "compiled":
-    chunk_fn = functools.partial(_run_chunk, chunk=chunk, **kw)
-
-    def call(st, num):
-      st, bufs, ran, hit = chunk_fn(st, data, hp, jnp.asarray(num, jnp.int32), below, above)
-      bufs = jax.device_get(bufs)                   # waits for the chunk
-      ran = int(ran)
-      return st, {k: v[:ran] for k, v in bufs.items()}, ran, bool(hit)
-  else:
-    step_fn = functools.partial(_run_step, **kw)
-    watch = True                                    # the NaN check may always stop
-
-    def call(st, num):
-      return _python_chunk(step_fn, st, data, hp, num, below, above, watch)
-
-  t0 = time.perf_counter()
-  if mode == "compiled":   # a zero-step call: compilation (or a cache hit)
-    jax.block_until_ready(chunk_fn(state, data, hp, jnp.zeros((), jnp.int32), below, above))
-  else:                    # the step run once with halted=True: compiles, changes nothing
-    jax.block_until_ready(step_fn(state, jnp.ones((), bool), data, hp, below, above))
-  compile_s = time.perf_counter() - t0
+  call, compile_s = _chunk_runner(mode, dict(zip(_STATIC, static)), chunk, state, data, hp,
+                                  below, above)
 
   history, records = [], []
   train_s = eval_s = 0.0
@@ -542,15 +502,7 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
         bar.update(ran)
         bar.set_postfix(loss=f"{float(rec['loss'][-1]):.4g}" if ran else "")
       if hit:
-        last = {k: rec[k][-1] for k in ("loss",) + below_keys + above_keys}
-        stopped = (next((f"stop_below:{k}" for k in below_keys if last[k] < below[k]), None)
-                   or next((f"stop_above:{k}" for k in above_keys
-                            if not last[k] <= above[k]), None) or "nonfinite:loss")
-        if stopped == "nonfinite:loss":
-          warnings.warn(f"fit: the loss at step {t} is {last['loss']}; training stopped "
-                        "there (that update is not applied, FitResult.stopped = "
-                        "'nonfinite:loss', the records keep every finished step).",
-                        RuntimeWarning, stacklevel=2)
+        stopped = _stop_reason(rec, t, below_keys, below, above_keys, above)
       due = stopped is not None or t in sched or t == end or (
           eval_every is not None and t % eval_every == 0)
       if evaluate is not None and due and not (history and history[-1]["step"] == t):
@@ -560,16 +512,94 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   finally:
     if bar is not None:
       bar.close()
-  if records:
-    rec_out = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+  return FitResult(state, _stack_records(records, rec_shapes), _stack_history(history),
+                   stopped, compile_s, train_s, eval_s)
+
+
+def _start_state(params, state, tx, n, batch_size, seed, hparams) -> LoopState:
+  """A fresh state from ``params``, or the checked ``state`` of an earlier fit."""
+  if state is None:
+    if params is None:
+      raise ValueError("pass `params` (a fresh run) or `state` (to resume); got neither.")
+    return init_state(params, tx, n, batch_size=batch_size, seed=seed, hparams=hparams)
+  if not isinstance(state, LoopState):
+    raise TypeError(f"`state` must be a LoopState from an earlier fit; got "
+                    f"{type(state).__name__}.")
+  if params is not None:
+    raise ValueError("pass either `params` (a fresh run) or `state` (to resume), not both.")
+  if (state.sampler is None) != (batch_size is None) or (
+      state.sampler is not None and state.sampler.perm.shape[0] != n):
+    raise ValueError("`state` was made for a different `batch_size` or data size; resume "
+                     "with the batch_size and data of the run that produced it.")
+  return state
+
+
+def _eval_schedule(eval_every, eval_steps):
+  """``(eval_every, set of eval steps)``, checked."""
+  sched = set()
+  if eval_every is not None:
+    eval_every = _check_int("eval_every", eval_every, 1)
+  if eval_steps is not None:
+    es = np.asarray(list(eval_steps), dtype=np.float64)
+    if es.ndim != 1 or np.any(es != np.round(es)) or np.any(es < 0):
+      raise ValueError(f"`eval_steps` must be non-negative integers; got {list(eval_steps)}.")
+    sched = set(int(v) for v in es)
+  return eval_every, sched
+
+
+def _chunk_runner(mode, kw, chunk, state, data, hp, below, above):
+  """``(call, compile_s)``: ``call(state, num) -> (state, records, ran, hit)`` runs ``num``
+  steps as one compiled chunk or as a Python loop over the jitted step, compiled here."""
+  if mode == "compiled":
+    chunk_fn = functools.partial(_run_chunk, chunk=chunk, **kw)
+
+    def call(st, num):
+      st, bufs, ran, hit = chunk_fn(st, data, hp, jnp.asarray(num, jnp.int32), below, above)
+      bufs = jax.device_get(bufs)                   # waits for the chunk
+      ran = int(ran)
+      return st, {k: v[:ran] for k, v in bufs.items()}, ran, bool(hit)
   else:
-    rec_out = {k: np.zeros((0,) + tuple(shp), dt) for k, (shp, dt) in rec_shapes.items()}
-    rec_out["step"] = np.zeros((0,), np.int64)
-    rec_out["time"] = np.zeros((0,))
-  hist_out = {}
-  if history:
-    hist_out = {k: np.stack([np.asarray(h[k]) for h in history]) for k in history[0]}
-  return FitResult(state, rec_out, hist_out, stopped, compile_s, train_s, eval_s)
+    step_fn = functools.partial(_run_step, **kw)
+    watch = True                                    # the NaN check may always stop
+
+    def call(st, num):
+      return _python_chunk(step_fn, st, data, hp, num, below, above, watch)
+
+  t0 = time.perf_counter()
+  if mode == "compiled":   # a zero-step call: compilation (or a cache hit)
+    jax.block_until_ready(chunk_fn(state, data, hp, jnp.zeros((), jnp.int32), below, above))
+  else:                    # the step run once with halted=True: compiles, changes nothing
+    jax.block_until_ready(step_fn(state, jnp.ones((), bool), data, hp, below, above))
+  return call, time.perf_counter() - t0
+
+
+def _stop_reason(rec, t, below_keys, below, above_keys, above) -> str:
+  """Why the chunk that just ran stopped at step ``t`` (warns for a non-finite loss)."""
+  last = {k: rec[k][-1] for k in ("loss",) + below_keys + above_keys}
+  stopped = (next((f"stop_below:{k}" for k in below_keys if last[k] < below[k]), None)
+             or next((f"stop_above:{k}" for k in above_keys
+                      if not last[k] <= above[k]), None) or "nonfinite:loss")
+  if stopped == "nonfinite:loss":
+    warnings.warn(f"fit: the loss at step {t} is {last['loss']}; training stopped "
+                  "there (that update is not applied, FitResult.stopped = "
+                  "'nonfinite:loss', the records keep every finished step).",
+                  RuntimeWarning, stacklevel=3)
+  return stopped
+
+
+def _stack_records(records, rec_shapes) -> dict:
+  if records:
+    return {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+  out = {k: np.zeros((0,) + tuple(shp), dt) for k, (shp, dt) in rec_shapes.items()}
+  out["step"] = np.zeros((0,), np.int64)
+  out["time"] = np.zeros((0,))
+  return out
+
+
+def _stack_history(history) -> dict:
+  if not history:
+    return {}
+  return {k: np.stack([np.asarray(h[k]) for h in history]) for k in history[0]}
 
 
 # ------------------------------------------------------------------ apply_fn + targets
