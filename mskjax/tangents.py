@@ -187,7 +187,7 @@ class _Call(NamedTuple):
 def _split(apply_fn, params):
   """(call, p, rest): the trainable parameters p and everything else held fixed."""
   # an nnx Module / a linen apply exists only once its flax module was imported: look them
-  # up instead of importing (importing flax.nnx took ~0.2 s of a cold msk_directions)
+  # up instead of importing (importing flax.nnx is a sizeable part of a cold msk_directions)
   nnx, nn = sys.modules.get("flax.nnx"), sys.modules.get("flax.linen")
   if nnx is not None and isinstance(apply_fn, nnx.Module):
     filt = nnx.Param if params is None else params
