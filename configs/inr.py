@@ -56,7 +56,7 @@ seconds, mean of seeds).
 
 import ml_collections
 
-from mskjax.run import parse_arg
+from mskjax._config import parse_arg
 
 
 def get_config(arg=None):

@@ -63,7 +63,7 @@ vs wall time, all methods).
 """
 import ml_collections
 
-from mskjax.run import parse_arg
+from mskjax._config import parse_arg
 
 
 def get_config(arg=None):

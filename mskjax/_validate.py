@@ -23,7 +23,7 @@ __all__ = [
     "check_choice", "check_int", "check_real", "check_indices", "check_same_shape",
     "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
     "as_points", "check_kernel_block", "check_operator", "check_eigenpair_residuals",
-    "check_known_kwargs", "roundoff_floor",
+    "check_known_kwargs", "roundoff_floor", "check_float_params",
 ]
 
 
@@ -645,3 +645,19 @@ def check_momentum(momentum, where):
 
 __all__ += ["check_orthonormal_directions", "check_update_shapes", "check_learning_rate",
             "check_momentum"]
+
+
+def check_float_params(p, where):
+  """Every leaf of the trainable parameters must be floating (a Jacobian needs it).
+
+  An integer leaf (a step counter kept in the parameter pytree) has no tangent space; a
+  named error instead of a crash deep inside ``jax.vjp``.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(p):
+    dt = jnp.asarray(leaf).dtype
+    if not jnp.issubdtype(dt, jnp.floating):
+      raise TypeError(f"{where}: parameter leaf {jax.tree_util.keystr(path)} has dtype {dt}; "
+                      "every trainable parameter must be floating (the Jacobian is taken "
+                      "against all of them). Keep counters and other integer state out of "
+                      "`params` (for flax linen: in another variable collection than "
+                      "'params'; for nnx: not an nnx.Param).")

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mskjax import _loops
 from mskjax import _validate as _v
 from mskjax import kernels as _kernels
 from mskjax import modifiers as _modifiers
@@ -682,7 +683,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
                     "eigenvectors, an MSKSpectrum or the previous MSKDirections of this "
                     f"model; got {type(init_vectors).__name__}.")
   fn, p = _tangents.trainable_fn(apply_fn, params)
-  _tangents.check_float_params(p, "msk_directions")
+  _v.check_float_params(p, "msk_directions")
   if not hasattr(x, "shape"):
     x = np.asarray(x)
   if len(x.shape) < 2:
@@ -768,7 +769,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if compute_beta and method != "explicit":
       # β's per-point Jacobians depend on nothing the eigen-solve computes: they (and their
       # compilation) run in a worker thread alongside it
-      beta_blocks = _tangents.in_background(ops.diag_blocks, s, c)
+      beta_blocks = _loops.in_background(ops.diag_blocks, s, c)
 
     # ---- the start block
     start = None

@@ -117,6 +117,43 @@ def _probe_stats(k, K, K0, y):
               eff_rank_pr=D.effective_rank(w, "participation"), cos_final_err=tail)
 
 
+def _probe_set(x, y, x_probe, y_probe):
+  """``(x_probe, y_probe)`` checked, defaulting to the training set ``(x, y)``."""
+  xp = x if x_probe is None else _validate.as_float_array(x_probe, "x_probe", ndim=2)
+  if y_probe is None:
+    if x_probe is not None:
+      raise ValueError("`y_probe` is required when `x_probe` is given.")
+    return xp, y
+  yp = _validate.as_float_array(y_probe, "y_probe", ndim=(1, 2))
+  yp = yp[:, None] if yp.ndim == 1 else yp
+  _validate.check_rows(yp, xp.shape[0], "y_probe", "x_probe")
+  return xp, yp
+
+
+def _record_steps(T, record_steps, num_records):
+  """The recorded steps: log-spaced, or the given ones with 0 and T added."""
+  if record_steps is None:
+    return log_spaced_steps(T, num_records)
+  steps = np.asarray(list(record_steps), dtype=int)
+  if steps.ndim != 1 or np.any(steps < 0) or np.any(steps > T):
+    raise ValueError(f"`record_steps` must be integers in [0, num_steps = {T}].")
+  return np.unique(np.concatenate([[0], steps, [T]]))
+
+
+def _against_final(stacked, K_T, energy_k):
+  """Per record: the cosine of its kernel with the final kernel ``K_T`` (from its
+  eigenpairs) and the overlap of its top-``energy_k`` eigenspace with the final one."""
+  vals, vecs = stacked["values"], stacked["vectors"]
+  nT = float(jnp.linalg.norm(K_T))
+  K_T_np = np.asarray(K_T)
+  cos_final = np.array([np.sum(vals[i] * np.einsum("ni,nm,mi->i", vecs[i], K_T_np, vecs[i]))
+                        / (stacked["norm"][i] * nT) for i in range(len(vals))])
+  vT = vecs[-1][:, :energy_k]
+  overlap = np.array([float(np.sum((vecs[i][:, :energy_k].T @ vT) ** 2)) / energy_k
+                      for i in range(len(vals))])
+  return cos_final, overlap
+
+
 def record_kernel_training(apply_fn: Callable, params, optimizer: optax.GradientTransformation,
                            loss_fn: Callable, x, y, *, num_steps: int,
                            x_probe=None, y_probe=None, num_records: int = 30,
@@ -185,25 +222,11 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
                     f"{type(loss_fn).__name__}.")
   T = _validate.check_int(num_steps, "num_steps", lo=1)
   same_probe = x_probe is None
-  xp = x if same_probe else _validate.as_float_array(x_probe, "x_probe", ndim=2)
-  if y_probe is None:
-    if not same_probe:
-      raise ValueError("`y_probe` is required when `x_probe` is given.")
-    yp = y
-  else:
-    yp = _validate.as_float_array(y_probe, "y_probe", ndim=(1, 2))
-    yp = yp[:, None] if yp.ndim == 1 else yp
-    _validate.check_rows(yp, xp.shape[0], "y_probe", "x_probe")
+  xp, yp = _probe_set(x, y, x_probe, y_probe)
   n = xp.shape[0]
   k = n if top_k is None else _validate.check_int(top_k, "top_k", lo=1, hi=n)
   energy_k = _validate.check_int(energy_k, "energy_k", lo=1, hi=k)
-  if record_steps is None:
-    steps = log_spaced_steps(T, num_records)
-  else:
-    steps = np.asarray(list(record_steps), dtype=int)
-    if steps.ndim != 1 or np.any(steps < 0) or np.any(steps > T):
-      raise ValueError(f"`record_steps` must be integers in [0, num_steps = {T}].")
-    steps = np.unique(np.concatenate([[0], steps, [T]]))
+  steps = _record_steps(T, record_steps, num_records)
   xt = None if x_test is None else _validate.as_float_array(x_test, "x_test", ndim=2)
 
   objective = lambda p: loss_fn(apply_fn(p, x), y)
@@ -258,16 +281,9 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
     losses = np.concatenate([res.records["loss"], np.full(T + 1 - ran, np.nan)])
   else:
     losses = np.concatenate([res.records["loss"], [np.asarray(value_and_grad(p)[0])]])
-  K_T = K
   stacked = {key: np.stack([np.asarray(r[key]) for r in recs]) for key in recs[0]}
   vals, vecs = stacked["values"], stacked["vectors"]
-  nT = float(jnp.linalg.norm(K_T))
-  K_T_np = np.asarray(K_T)
-  cos_final = np.array([np.sum(vals[i] * np.einsum("ni,nm,mi->i", vecs[i], K_T_np, vecs[i]))
-                        / (stacked["norm"][i] * nT) for i in range(len(steps))])
-  vT = vecs[-1][:, :energy_k]
-  overlap = np.array([float(np.sum((vecs[i][:, :energy_k].T @ vT) ** 2)) / energy_k
-                      for i in range(len(steps))])
+  cos_final, overlap = _against_final(stacked, K, energy_k)
   f_test = kr_arr = kr_dist = None
   if xt is not None:
     f_test = np.asarray(apply_fn(p, xt))

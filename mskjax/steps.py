@@ -24,7 +24,8 @@ from jax.flatten_util import ravel_pytree
 
 from mskjax import _validate as _v
 from mskjax.directions import MSKDirections, check_directions, few_blas_threads
-from mskjax.tangents import check_float_params, in_background
+from mskjax._loops import in_background
+from mskjax._validate import check_float_params
 
 __all__ = ["stable_learning_rate", "curvature_estimator", "set_learning_rate"]
 

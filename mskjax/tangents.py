@@ -17,7 +17,6 @@ block) and sized from a memory budget in bytes.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import math
 import sys
@@ -35,7 +34,7 @@ from mskjax import kernels as _k
 from mskjax._nt import empirical_ntk_fn
 
 __all__ = ["trainable_fn", "JacobianOperator", "jacobian_operator", "jacobian_matrix",
-           "empirical_ntk", "ntk_diagonal_blocks", "check_float_params", "point_jacobians",
+           "empirical_ntk", "ntk_diagonal_blocks", "point_jacobians", "network_outputs",
            "jacobian_block_size"]
 
 
@@ -92,8 +91,7 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   * ``'jvp'``: the rows of block I's Jacobian pushed forward through the network on each
     column block (one ``jax.linearize`` per block, ``vmap`` over block·c tangents): about
     c/2 times fewer flops than contracting Jacobians when c is large;
-  * ``'auto'``: ``'jvp'`` for c ≥ 4 outputs, else ``'jacobian'`` (the crossover and its
-    timings: ``benchmarks/README.md``, "Optimizer", section 3).
+  * ``'auto'``: ``'jvp'`` for c ≥ 4 outputs, else ``'jacobian'`` (the measured crossover).
 
   ``weights``: a pytree like the trainable parameters of non-negative per-parameter
   weights W (a diagonal parameter metric) gives ``J W Jᵀ`` instead of ``J Jᵀ`` (same trace
@@ -190,7 +188,7 @@ class _Call(NamedTuple):
 def _split(apply_fn, params):
   """(call, p, rest): the trainable parameters p and everything else held fixed."""
   # an nnx Module / a linen apply exists only once its flax module was imported: look them
-  # up instead of importing (importing flax.nnx took ~0.2 s of a cold msk_directions)
+  # up instead of importing (importing flax.nnx is a sizeable part of a cold msk_directions)
   nnx, nn = sys.modules.get("flax.nnx"), sys.modules.get("flax.linen")
   if nnx is not None and isinstance(apply_fn, nnx.Module):
     filt = nnx.Param if params is None else params
@@ -207,30 +205,6 @@ def _split(apply_fn, params):
   if params is None:
     raise TypeError("`params` is None; pass the parameters apply_fn(params, x) takes.")
   return _Call("plain", apply_fn), params, None
-
-
-def in_background(fn, *args):
-  """Start ``fn(*args)`` in a worker thread under the caller's ``jax_enable_x64`` setting
-  (``jax.enable_x64`` is a per-thread context: a bare thread would compute in float32);
-  returns its ``concurrent.futures.Future`` (``.result()`` re-raises its error). XLA
-  compilations release the GIL, so a compilation there overlaps the caller's work.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> with jax.enable_x64(True):
-    ...   in_background(lambda: jnp.zeros(1).dtype).result()   # the default float
-    dtype('float64')
-  """
-  x64 = bool(jax.config.jax_enable_x64)
-
-  def run():
-    with jax.enable_x64(x64):
-      return fn(*args)
-  pool = concurrent.futures.ThreadPoolExecutor(1)
-  try:
-    return pool.submit(run)
-  finally:
-    pool.shutdown(wait=False)     # the thread ends with fn
 
 
 def trainable_fn(apply_fn, params=None):
@@ -326,22 +300,6 @@ def _network_inputs(apply_fn, params, x, dtype, where):
   return fn, p, x, dt, x.shape[0], int(np.prod(out.shape[1:]))
 
 
-def check_float_params(p, where):
-  """Every leaf of the trainable parameters must be floating (a Jacobian needs it).
-
-  An integer leaf (a step counter kept in the parameter pytree) has no tangent space; a
-  named error instead of a crash deep inside ``jax.vjp``.
-  """
-  for path, leaf in jax.tree_util.tree_leaves_with_path(p):
-    dt = jnp.asarray(leaf).dtype
-    if not jnp.issubdtype(dt, jnp.floating):
-      raise TypeError(f"{where}: parameter leaf {jax.tree_util.keystr(path)} has dtype {dt}; "
-                      "every trainable parameter must be floating (the Jacobian is taken "
-                      "against all of them). Keep counters and other integer state out of "
-                      "`params` (for flax linen: in another variable collection than "
-                      "'params'; for nnx: not an nnx.Param).")
-
-
 @functools.partial(jax.jit, static_argnames=("call", "c"))
 def _jvp_block(call, c, T, p, rest, xa):
   """``J_block T`` for one block of points: ``(bs, c, m)``."""
@@ -369,10 +327,10 @@ def _blocked_inputs(apply_fn, params, x, dtype, where):
   """(call, p, rest, x, dt, n, c) with p and x in the compute dtype, for the per-block
   jitted functions above (``call`` hashable and static: one compile per network and block
   shape, each block called from a Python loop — never a ``lax`` loop, where XLA:CPU runs
-  convolutions ~17x slower than the same jitted call from Python)."""
+  convolutions on a slow path, :mod:`mskjax._loops`)."""
   _, _, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, where)
   call, p, rest = _split(apply_fn, params)
-  check_float_params(p, where)
+  _v.check_float_params(p, where)
   p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt), p)
   return call, p, rest, x, dt, n, c
 
@@ -385,7 +343,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
 
   ``J T`` is one JVP and ``Jᵀ V`` one VJP per block of points, vectorised over the m
   columns (``vmap``); each block is a jitted call from a Python loop (not a ``lax`` loop:
-  XLA:CPU runs convolutions inside ``lax.map``/``lax.scan`` ~17x slower), so memory is
+  XLA:CPU runs convolutions inside ``lax.map``/``lax.scan`` on a slow path), so memory is
   O(m·#params + block·m·A) (A: activations per point) and never O(n·#params).
   ``ntk_matvec`` applies the full (n·c)×(n·c) empirical NTK ``K = J Jᵀ`` (not the
   output-traced one) — what a matrix-free eigensolver needs.
@@ -403,7 +361,7 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
       arguments) now, in two worker threads (XLA compiles release the GIL), while the
       caller goes on; the first ``jvp``/``vjp`` call waits for its block. Cuts a cold
       start's wall time by overlapping the two compilations with each other and with the
-      caller's own setup (``benchmarks/README.md``, "The one-off cost of `msk_sgd`").
+      caller's own setup.
 
   Returns:
     :class:`JacobianOperator`.
@@ -433,9 +391,9 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     spec = lambda shape: jax.ShapeDtypeStruct(shape, dt)
     T0 = jax.tree.map(lambda a: spec((mc,) + a.shape), p)
     V0 = spec((bs, c, mc))
-    ready["jvp"] = in_background(
+    ready["jvp"] = _loops.in_background(
         lambda: _jvp_block.lower(call, c, T0, p, rest, blocks[0]).compile())
-    ready["vjp"] = in_background(
+    ready["vjp"] = _loops.in_background(
         lambda: _vjp_block.lower(call, c, T0, V0, p, rest, blocks[0]).compile())
 
   def wait(name):
@@ -500,8 +458,8 @@ def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] 
   ``empirical_ntk(..., full=True)``); columns are the trainable parameter leaves in
   ``jax.tree.leaves`` order, each flattened (C order), i.e. ``ravel_pytree``'s layout.
   Per-point Jacobians of a block of points (``vmap`` of ``jacrev``), each block one
-  jitted call from a Python loop (no ``lax`` loop: convolutions inside them are ~17x
-  slower on XLA:CPU), copied into one host array. ``J Jᵀ`` is then the full empirical
+  jitted call from a Python loop (no ``lax`` loop: XLA:CPU runs convolutions inside them
+  on a slow path), copied into one host array. ``J Jᵀ`` is then the full empirical
   NTK — one GEMM, the fast route while ``n·c·#params`` numbers fit in memory.
 
   Args:
@@ -644,8 +602,7 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
 def _diag_of(call, c, p, rest, xa):
   """``J_x J_xᵀ`` (bs, c, c) for the points of one block: the per-point Jacobian rows
   ``J_xᵀ e_j`` pushed back through ``J_x`` by one JVP each (c JVPs of one point cost less
-  than contracting c×c inner products of #params-long rows: 2.7× faster on the MNIST-1D
-  MLP, ``benchmarks/README.md``, "The one-off cost of `msk_sgd`")."""
+  than contracting c×c inner products of #params-long rows)."""
   fn = lambda q, x: call(q, rest, x)
   ja = point_jacobians(fn, p, xa, c)                 # leaves (bs, c, *leaf shape)
 

@@ -3,7 +3,7 @@ r"""The one training loop: any optax transformation, any loss, full batch or min
 :func:`fit` runs training in jitted chunks (a ``lax.while_loop`` of at most ``chunk`` steps,
 compiled once per shape and reused across calls, the chunk length itself is a traced
 argument) — or, for steps with convolutions on the CPU, where XLA runs them inside compiled
-loops ~20x slower, as a Python loop over the same jitted step (``loop='auto'``, bit-for-bit
+loops on a slow path, as a Python loop over the same jitted step (``loop='auto'``, bit-for-bit
 the same run), records per-step values (the loss and anything the loss returns as ``aux``),
 calls evaluation hooks at chosen steps between chunks (test accuracy, test loss, kernel
 snapshots, ...), stops early on a per-step value (inside the compiled loop, at the exact
@@ -16,18 +16,20 @@ Minibatches come from a seeded shuffling iterator that lives in the state: each 
 fresh ``jax.random.permutation`` of the n training points cut into ``n // batch_size``
 batches of exactly ``batch_size`` points (the remainder of an epoch is dropped, so every
 step has the same shape). The loss receives the batch and its indices into the training
-set (:func:`mskjax.function_space.msk_mse_loss` needs them); nothing in a step is O(n) except the
-permutation drawn once per epoch.
+set (a loss that weights points by a Gram-matrix eigenbasis, such as
+``msk_mse_loss``, needs them); nothing in a step is O(n) except the permutation drawn
+once per epoch.
 
 :func:`train` is the same loop for the common case ``apply_fn(params, x)`` with targets
-``y`` and a named loss. Losses there (r = f(θ, X) − Y, summed over outputs, no 1/n — the
-convention of :func:`mskjax.predict_gd_mse`, so step η here is step η there):
+``y``. Its losses (r = f(θ, X) − Y, summed over outputs, no 1/n — the convention of
+:func:`mskjax.predict_gd_mse`, so step η here is step η there):
 
 * ``'mse'``:      ½‖r‖²; on a batch B of b points, (n/b)·½‖r_B‖² (same scale as full batch);
-* ``'msk_mse'``:  ½ rᵀ S r (needs ``spectrum``); on a batch the consistent form of
-  :func:`mskjax.function_space.msk_mse_loss` (module docstring of :mod:`mskjax.function_space`);
 * a callable ``loss_fn(predictions, targets, batch_indices) -> scalar`` (``batch_indices``
-  is None for the full batch).
+  is None for the full batch), e.g. ½ rᵀ S r with an MSK spectrum:
+  ``lambda p, y, idx: msk_mse_loss(p, y, spectrum, batch_indices=idx)``.
+
+The loop takes the loss and the transformation as callables and imports no optimizer.
 
 Compilation: the chunk is jitted with the loss and the transformation as *static*
 arguments, so the same loss function and the same ``tx`` object (and the same data shapes)
@@ -52,8 +54,6 @@ import optax
 
 from mskjax import _loops
 from mskjax import _validate
-from mskjax import function_space as _function_space
-from mskjax.msk import MSKSpectrum
 
 __all__ = ["Sampler", "LoopState", "FitResult", "init_state", "fit", "TrainResult", "train",
            "mse_loss"]
@@ -382,9 +382,10 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
       steps between two reads of the records.
     loop: ``'compiled'`` runs each chunk as one ``lax.while_loop`` (no per-step dispatch:
       fastest for MLPs and on accelerators); ``'python'`` calls the jitted step from a
-      Python loop (XLA:CPU runs convolutions inside compiled loops ~20x slower);
+      Python loop (XLA:CPU runs convolutions inside compiled loops on a slow path);
       ``'auto'`` (default) picks ``'python'`` iff the arrays live on the CPU and the step
-      contains a convolution (:mod:`mskjax._loops`; measured in ``benchmarks/README.md``).
+      contains a convolution (the rule of :mod:`mskjax._loops`; ``benchmarks/bench_loop.py``
+      measures both modes).
       Both modes run the same step function: same records, stops and resumable states
       (bit for bit on the CPU, tested).
     progress: show a tqdm progress bar (off by default; the runner turns it on).
@@ -434,30 +435,10 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   n = _num_points(data)
   _check_data_finite(data)
   batch_size = _check_int("batch_size", batch_size, 1, n, none_ok=True)
-  if state is None:
-    if params is None:
-      raise ValueError("pass `params` (a fresh run) or `state` (to resume); got neither.")
-    state = init_state(params, tx, n, batch_size=batch_size, seed=seed, hparams=hparams)
-  else:
-    if not isinstance(state, LoopState):
-      raise TypeError(f"`state` must be a LoopState from an earlier fit; got "
-                      f"{type(state).__name__}.")
-    if params is not None:
-      raise ValueError("pass either `params` (a fresh run) or `state` (to resume), not both.")
-    if (state.sampler is None) != (batch_size is None) or (
-        state.sampler is not None and state.sampler.perm.shape[0] != n):
-      raise ValueError("`state` was made for a different `batch_size` or data size; resume "
-                       "with the batch_size and data of the run that produced it.")
+  state = _start_state(params, state, tx, n, batch_size, seed, hparams)
   below_keys, below = _thresholds("stop_below", stop_below)
   above_keys, above = _thresholds("stop_above", stop_above)
-  sched = set()
-  if eval_every is not None:
-    eval_every = _check_int("eval_every", eval_every, 1)
-  if eval_steps is not None:
-    es = np.asarray(list(eval_steps), dtype=np.float64)
-    if es.ndim != 1 or np.any(es != np.round(es)) or np.any(es < 0):
-      raise ValueError(f"`eval_steps` must be non-negative integers; got {list(eval_steps)}.")
-    sched = set(int(v) for v in es)
+  eval_every, sched = _eval_schedule(eval_every, eval_steps)
   if stop_eval is not None and evaluate is None:
     raise ValueError("`stop_eval` needs an `evaluate` hook.")
 
@@ -476,28 +457,8 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
 
   start = int(state.step)
   end = start + steps
-  kw = dict(zip(_STATIC, static))
-  if mode == "compiled":
-    chunk_fn = functools.partial(_run_chunk, chunk=chunk, **kw)
-
-    def call(st, num):
-      st, bufs, ran, hit = chunk_fn(st, data, hp, jnp.asarray(num, jnp.int32), below, above)
-      bufs = jax.device_get(bufs)                   # waits for the chunk
-      ran = int(ran)
-      return st, {k: v[:ran] for k, v in bufs.items()}, ran, bool(hit)
-  else:
-    step_fn = functools.partial(_run_step, **kw)
-    watch = True                                    # the NaN check may always stop
-
-    def call(st, num):
-      return _python_chunk(step_fn, st, data, hp, num, below, above, watch)
-
-  t0 = time.perf_counter()
-  if mode == "compiled":   # a zero-step call: compilation (or a cache hit)
-    jax.block_until_ready(chunk_fn(state, data, hp, jnp.zeros((), jnp.int32), below, above))
-  else:                    # the step run once with halted=True: compiles, changes nothing
-    jax.block_until_ready(step_fn(state, jnp.ones((), bool), data, hp, below, above))
-  compile_s = time.perf_counter() - t0
+  call, compile_s = _chunk_runner(mode, dict(zip(_STATIC, static)), chunk, state, data, hp,
+                                  below, above)
 
   history, records = [], []
   train_s = eval_s = 0.0
@@ -541,15 +502,7 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
         bar.update(ran)
         bar.set_postfix(loss=f"{float(rec['loss'][-1]):.4g}" if ran else "")
       if hit:
-        last = {k: rec[k][-1] for k in ("loss",) + below_keys + above_keys}
-        stopped = (next((f"stop_below:{k}" for k in below_keys if last[k] < below[k]), None)
-                   or next((f"stop_above:{k}" for k in above_keys
-                            if not last[k] <= above[k]), None) or "nonfinite:loss")
-        if stopped == "nonfinite:loss":
-          warnings.warn(f"fit: the loss at step {t} is {last['loss']}; training stopped "
-                        "there (that update is not applied, FitResult.stopped = "
-                        "'nonfinite:loss', the records keep every finished step).",
-                        RuntimeWarning, stacklevel=2)
+        stopped = _stop_reason(rec, t, below_keys, below, above_keys, above)
       due = stopped is not None or t in sched or t == end or (
           eval_every is not None and t % eval_every == 0)
       if evaluate is not None and due and not (history and history[-1]["step"] == t):
@@ -559,16 +512,94 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   finally:
     if bar is not None:
       bar.close()
-  if records:
-    rec_out = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+  return FitResult(state, _stack_records(records, rec_shapes), _stack_history(history),
+                   stopped, compile_s, train_s, eval_s)
+
+
+def _start_state(params, state, tx, n, batch_size, seed, hparams) -> LoopState:
+  """A fresh state from ``params``, or the checked ``state`` of an earlier fit."""
+  if state is None:
+    if params is None:
+      raise ValueError("pass `params` (a fresh run) or `state` (to resume); got neither.")
+    return init_state(params, tx, n, batch_size=batch_size, seed=seed, hparams=hparams)
+  if not isinstance(state, LoopState):
+    raise TypeError(f"`state` must be a LoopState from an earlier fit; got "
+                    f"{type(state).__name__}.")
+  if params is not None:
+    raise ValueError("pass either `params` (a fresh run) or `state` (to resume), not both.")
+  if (state.sampler is None) != (batch_size is None) or (
+      state.sampler is not None and state.sampler.perm.shape[0] != n):
+    raise ValueError("`state` was made for a different `batch_size` or data size; resume "
+                     "with the batch_size and data of the run that produced it.")
+  return state
+
+
+def _eval_schedule(eval_every, eval_steps):
+  """``(eval_every, set of eval steps)``, checked."""
+  sched = set()
+  if eval_every is not None:
+    eval_every = _check_int("eval_every", eval_every, 1)
+  if eval_steps is not None:
+    es = np.asarray(list(eval_steps), dtype=np.float64)
+    if es.ndim != 1 or np.any(es != np.round(es)) or np.any(es < 0):
+      raise ValueError(f"`eval_steps` must be non-negative integers; got {list(eval_steps)}.")
+    sched = set(int(v) for v in es)
+  return eval_every, sched
+
+
+def _chunk_runner(mode, kw, chunk, state, data, hp, below, above):
+  """``(call, compile_s)``: ``call(state, num) -> (state, records, ran, hit)`` runs ``num``
+  steps as one compiled chunk or as a Python loop over the jitted step, compiled here."""
+  if mode == "compiled":
+    chunk_fn = functools.partial(_run_chunk, chunk=chunk, **kw)
+
+    def call(st, num):
+      st, bufs, ran, hit = chunk_fn(st, data, hp, jnp.asarray(num, jnp.int32), below, above)
+      bufs = jax.device_get(bufs)                   # waits for the chunk
+      ran = int(ran)
+      return st, {k: v[:ran] for k, v in bufs.items()}, ran, bool(hit)
   else:
-    rec_out = {k: np.zeros((0,) + tuple(shp), dt) for k, (shp, dt) in rec_shapes.items()}
-    rec_out["step"] = np.zeros((0,), np.int64)
-    rec_out["time"] = np.zeros((0,))
-  hist_out = {}
-  if history:
-    hist_out = {k: np.stack([np.asarray(h[k]) for h in history]) for k in history[0]}
-  return FitResult(state, rec_out, hist_out, stopped, compile_s, train_s, eval_s)
+    step_fn = functools.partial(_run_step, **kw)
+    watch = True                                    # the NaN check may always stop
+
+    def call(st, num):
+      return _python_chunk(step_fn, st, data, hp, num, below, above, watch)
+
+  t0 = time.perf_counter()
+  if mode == "compiled":   # a zero-step call: compilation (or a cache hit)
+    jax.block_until_ready(chunk_fn(state, data, hp, jnp.zeros((), jnp.int32), below, above))
+  else:                    # the step run once with halted=True: compiles, changes nothing
+    jax.block_until_ready(step_fn(state, jnp.ones((), bool), data, hp, below, above))
+  return call, time.perf_counter() - t0
+
+
+def _stop_reason(rec, t, below_keys, below, above_keys, above) -> str:
+  """Why the chunk that just ran stopped at step ``t`` (warns for a non-finite loss)."""
+  last = {k: rec[k][-1] for k in ("loss",) + below_keys + above_keys}
+  stopped = (next((f"stop_below:{k}" for k in below_keys if last[k] < below[k]), None)
+             or next((f"stop_above:{k}" for k in above_keys
+                      if not last[k] <= above[k]), None) or "nonfinite:loss")
+  if stopped == "nonfinite:loss":
+    warnings.warn(f"fit: the loss at step {t} is {last['loss']}; training stopped "
+                  "there (that update is not applied, FitResult.stopped = "
+                  "'nonfinite:loss', the records keep every finished step).",
+                  RuntimeWarning, stacklevel=3)
+  return stopped
+
+
+def _stack_records(records, rec_shapes) -> dict:
+  if records:
+    return {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+  out = {k: np.zeros((0,) + tuple(shp), dt) for k, (shp, dt) in rec_shapes.items()}
+  out["step"] = np.zeros((0,), np.int64)
+  out["time"] = np.zeros((0,))
+  return out
+
+
+def _stack_history(history) -> dict:
+  if not history:
+    return {}
+  return {k: np.stack([np.asarray(h[k]) for h in history]) for k in history[0]}
 
 
 # ------------------------------------------------------------------ apply_fn + targets
@@ -622,18 +653,15 @@ class _ModelLoss(NamedTuple):  # loss_fn(params, (x, y), idx) for fit, equal by 
     return self.loss(self.apply_fn(params, batch[0]), batch[1], idx)
 
 
-def _resolve_loss(loss, spectrum, n):
+def _resolve_loss(loss, n):
   if callable(loss):
     return loss
   if loss == "mse":
     return _MSE(n)
-  if loss == "msk_mse":
-    if not isinstance(spectrum, MSKSpectrum):
-      raise ValueError("loss='msk_mse' needs `spectrum` (an mskjax.MSKSpectrum of the training "
-                       f"Gram matrix); got {type(spectrum).__name__}.")
-    return lambda p, y, idx: _function_space.msk_mse_loss(p, y, spectrum, batch_indices=idx)
-  raise ValueError(f"`loss` must be 'mse', 'msk_mse' or a callable loss_fn(predictions, "
-                   f"targets, batch_indices); got {loss!r}.")
+  raise ValueError(f"`loss` must be 'mse' or a callable loss_fn(predictions, targets, "
+                   "batch_indices); for the MSK loss ½ rᵀ S r pass loss=lambda p, y, idx: "
+                   "msk_mse_loss(p, y, spectrum, batch_indices=idx) with the MSK spectrum "
+                   f"of the training Gram matrix; got {loss!r}.")
 
 
 def _check_record_steps(steps, record_steps):
@@ -647,15 +675,14 @@ def _check_record_steps(steps, record_steps):
 
 
 def train(apply_fn: Callable, params, tx, x_train, y_train, *,
-          steps: int, loss: Union[str, Callable] = "mse",
-          spectrum: Optional[MSKSpectrum] = None, batch_size: Optional[int] = None,
+          steps: int, loss: Union[str, Callable] = "mse", batch_size: Optional[int] = None,
           seed: int = 0, record_steps: Optional[Sequence[int]] = None, x_test=None,
           progress: bool = False, desc: str = "train",
           stop_below: Optional[float] = None, chunk: int = 100) -> TrainResult:
   r""":func:`fit` for a model ``apply_fn(params, x)``, targets ``y`` and a named loss.
 
   Each update is ``θ ← θ + tx.update(∇_θ L, opt_state, θ)`` (``tx`` receives ``params``, as
-  :func:`mskjax.function_space.scale_by_msk_jvp` needs). With ``loss='mse'`` and ``optax.sgd(η)`` it
+  function-space transformations need). With ``loss='mse'`` and ``optax.sgd(η)`` it
   is GD on ½‖r‖², the setting of :func:`mskjax.predict_gd_mse` (same η and t).
 
   Args:
@@ -666,8 +693,8 @@ def train(apply_fn: Callable, params, tx, x_train, y_train, *,
     x_train: ``(n, ...)`` training inputs.
     y_train: targets with the shape of ``apply_fn(params, x_train)``.
     steps: number of updates.
-    loss: ``'mse'``, ``'msk_mse'`` or a callable (module docstring).
-    spectrum: :class:`mskjax.MSKSpectrum`, required for ``loss='msk_mse'``.
+    loss: ``'mse'`` or a callable ``loss_fn(predictions, targets, batch_indices)``
+      (module docstring).
     batch_size: points per step, ``1 <= batch_size <= n``; None for full batch.
     seed: seed of the minibatch permutations.
     record_steps: steps (0..steps) after which to record predictions.
@@ -714,7 +741,7 @@ def train(apply_fn: Callable, params, tx, x_train, y_train, *,
     if x_test.shape[1:] != x_train.shape[1:]:
       raise ValueError(f"`x_test` has shape {tuple(x_test.shape)}; its feature shape must match "
                        f"`x_train` {tuple(x_train.shape)}.")
-  loss_fn = _ModelLoss(apply_fn, _resolve_loss(loss, spectrum, n))
+  loss_fn = _ModelLoss(apply_fn, _resolve_loss(loss, n))
   stop = None
   if stop_below is not None:
     stop_below = float(stop_below)

@@ -7,7 +7,7 @@ config that reproduces them, ``configs/NAME.py``: every key must be a key of
 ``get_config()`` (a renamed key fails here, not silently at rerun time), every value must
 have the type of the config's value (the types ``python -m mskjax.run`` accepts as
 overrides), and the result must pass the runner's validation (``RANGES`` and
-``validate(config)`` through :func:`mskjax.run.validate_config`).
+``validate(config)`` through :func:`mskjax._config.validate_config`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from mskjax import _config
 from mskjax import run as R
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,9 +79,9 @@ def _flatten(d, prefix=""):
 
 def config_from_json(name: str, data: dict):
   """The ConfigDict of ``configs/NAME.py`` with the stored values, validated by the runner."""
-  module = R.load_config_module(ROOT / "configs" / f"{name}.py")
+  module = _config.load_config_module(ROOT / "configs" / f"{name}.py")
   config = R.load_config(ROOT / "configs" / f"{name}.py")
-  valid = R._flat_keys(config)  # noqa: SLF001 -- the runner's own key list
+  valid = _config.flat_keys(config)   # the runner's own key list
   stored = _flatten(data)
   unknown = sorted(set(stored) - set(valid))
   if unknown:
@@ -96,7 +97,7 @@ def config_from_json(name: str, data: dict):
   if config.program != R.load_config(ROOT / "configs" / f"{name}.py").program:
     raise R.ConfigError(f"`program` is {config.program!r}, configs/{name}.py runs "
                         f"{R.load_config(ROOT / 'configs' / f'{name}.py').program!r}.")
-  return R.validate_config(config, module)
+  return _config.validate_config(config, module)
 
 
 PATHS = committed_run_configs()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mskjax import experiments
+from mskjax import _config
 from mskjax import run as runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +30,10 @@ def test_config_resolves_quick_inside_and_names_its_program(name):
   assert "quick" not in full, "`quick` is an argument of get_config, not a config value"
   assert full.program == quick.program
   assert callable(experiments.get(full.program).run)
-  module = runner.load_config_module(path)
+  module = _config.load_config_module(path)
   assert not callable(getattr(module, "run", None)), "a config only configures"
   for cfg in (full, quick):
-    runner.validate_config(cfg, module)
+    _config.validate_config(cfg, module)
 
 
 @pytest.mark.parametrize("program", experiments.names())

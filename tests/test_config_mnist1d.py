@@ -9,8 +9,8 @@ import pytest
 from mskjax import optim
 from mskjax import train as T
 from mskjax.experiments import mnist1d as B
-from mskjax.run import ConfigError, apply_overrides, load_config, load_config_module, \
-    validate_config
+from mskjax._config import apply_overrides, load_config_module, validate_config
+from mskjax.run import ConfigError, load_config
 
 
 @pytest.mark.parametrize("arch,n_params", [

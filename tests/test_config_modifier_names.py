@@ -3,6 +3,7 @@ unknown name is a named error at config validation time, before any work."""
 import numpy as np
 import pytest
 
+from mskjax import _config
 from mskjax import run as R
 from mskjax import modifiers
 
@@ -14,10 +15,10 @@ BAD = [("mnist1d", "g=flaten"),
 
 
 def _validated(name, overrides):
-  module = R.load_config_module(f"configs/{name}.py")
+  module = _config.load_config_module(f"configs/{name}.py")
   config = R.load_config(f"configs/{name}.py:quick")
-  R.apply_overrides(config, overrides)
-  return R.validate_config(config, module)
+  _config.apply_overrides(config, overrides)
+  return _config.validate_config(config, module)
 
 
 @pytest.mark.parametrize("name,override", BAD)

@@ -6,7 +6,7 @@ import pytest
 import flax.linen as nn
 import jax.flatten_util
 
-from mskjax import kernels, tangents
+from mskjax import _loops, kernels, tangents
 from mskjax.kernels import gram, kernel_matvec
 from mskjax.tangents import empirical_ntk
 from mskjax.nets import FlaxMLP, MLPSpec, stax_mlp
@@ -324,13 +324,13 @@ def test_in_background_keeps_the_callers_x64_setting():
   """Worker threads do not inherit a jax.enable_x64 context; in_background carries it (the
   test process runs with x64 on globally, so the float32 case is the caller's context)."""
   with jax.enable_x64(False):
-    assert tangents.in_background(lambda: jnp.zeros(1).dtype).result() \
+    assert _loops.in_background(lambda: jnp.zeros(1).dtype).result() \
         == jnp.float32
   with jax.enable_x64(True):
-    assert tangents.in_background(lambda: jnp.zeros(1).dtype).result() \
+    assert _loops.in_background(lambda: jnp.zeros(1).dtype).result() \
         == jnp.float64
   with pytest.raises(ZeroDivisionError):
-    tangents.in_background(lambda: 1 / 0).result()
+    _loops.in_background(lambda: 1 / 0).result()
 
 
 def test_network_outputs_match_apply_and_compile_once_per_network():

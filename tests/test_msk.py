@@ -240,34 +240,6 @@ def test_msk_spectrum_from_eigenpairs_is_public_and_equal_to_msk_spectrum():
     np.testing.assert_allclose(np.abs(np.asarray(x)), np.abs(np.asarray(y)), atol=1e-12)
 
 
-OWNED = sorted(p.stem for p in __import__("pathlib").Path(mskjax.__file__).parent.glob("*.py")
-               if p.stem != "__init__")
-
-
-@pytest.mark.parametrize("mod", OWNED)
-def test_no_private_name_crosses_a_module_boundary(mod):
-  # module._private used from another module (e.g. msk._msk_spectrum_from_eigenpairs in
-  # predict.py) couples modules through undocumented names. _validate is the one shared,
-  # explicitly internal layer, imported as `V`.
-  import ast
-  import pathlib
-  path = pathlib.Path(mskjax.__file__).parent / f"{mod}.py"
-  tree = ast.parse(path.read_text())
-  aliases = {}
-  for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module in ("mskjax", None):
-      for a in node.names:
-        aliases[a.asname or a.name] = a.name
-    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mskjax."):
-      for a in node.names:
-        assert not a.name.startswith("_"), f"{mod}.py imports private {node.module}.{a.name}"
-  bad = [f"{node.value.id}.{node.attr}" for node in ast.walk(tree)
-         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-         and node.value.id in aliases and aliases[node.value.id] != "_validate"
-         and node.attr.startswith("_") and not node.attr.startswith("__")]
-  assert not bad, f"{mod}.py uses private names of other modules: {bad}"
-
-
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
 def test_kernel_step_is_one_over_lambda_max_and_refuses_bad_values(bad):
   # η = factor / max(g(λ₁..λ_k), λ_{k+1}); the oracle is the numpy eigenvalue of K_g

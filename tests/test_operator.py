@@ -249,7 +249,8 @@ def test_minibatch_pgd_with_a_matrix_free_spectrum():
   eta = 1.0 / float(spec.max_value)
   w0 = jnp.zeros(p)
   # b = n: the batch loss is the full ½ rᵀ S r, so 20 steps = 20 steps of kernel GD with K_g.
-  full = T.train(apply_fn, w0, optax.sgd(eta), x, y, steps=20, loss="msk_mse", spectrum=spec,
+  msk_loss = lambda f, t, idx: mskjax.msk_mse_loss(f, t, spec, batch_indices=idx)
+  full = T.train(apply_fn, w0, optax.sgd(eta), x, y, steps=20, loss=msk_loss,
                  batch_size=n, record_steps=[20], progress=False)
   pred = mskjax.predict_gd_mse(jnp.asarray(Phi @ Phi.T), y, g, k, 20, learning_rate=eta)
   np.testing.assert_allclose(full.train_predictions[-1], pred.train, atol=1e-8)
@@ -258,8 +259,8 @@ def test_minibatch_pgd_with_a_matrix_free_spectrum():
   # Known limit (module docstring of mskjax.optim): the batch estimator is biased by
   # ~(tr C)/b, so for λ₁/λ_{k+1} ≫ b it diverges (1.7e5 with cos(xW) features: NaN).
   steps, b = 120, 100
-  pgd = T.train(apply_fn, w0, optax.sgd(0.5 * eta), x, y, steps=steps, loss="msk_mse",
-                spectrum=spec, batch_size=b, record_steps=[steps], progress=False)
+  pgd = T.train(apply_fn, w0, optax.sgd(0.5 * eta), x, y, steps=steps, loss=msk_loss,
+                batch_size=b, record_steps=[steps], progress=False)
   sgd = T.train(apply_fn, w0, optax.sgd(0.5 / float(evals[-1])), x, y, steps=steps,
                 batch_size=b, record_steps=[steps], progress=False)
   r_pgd = np.linalg.norm(pgd.train_predictions[-1] - y) / np.linalg.norm(y)

@@ -12,6 +12,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
+from mskjax import _config, _store
 from mskjax import run as runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ TOY_CONFIG = textwrap.dedent('''
     """Toy config: `units` pieces of deterministic work, each sleeping `sleep` seconds."""
     import ml_collections
 
-    from mskjax.run import parse_arg
+    from mskjax._config import parse_arg
 
     def get_config(arg=None):
       arg = parse_arg(arg, quick=False)
@@ -81,7 +82,7 @@ def _cli(args, cwd, timeout=120):
 def test_override_types(toy, override, expected):
   cfg = runner.load_config(toy)
   key = override.split("=")[0]
-  assert runner.apply_overrides(cfg, [override])[key] == expected
+  assert _config.apply_overrides(cfg, [override])[key] == expected
 
 
 @pytest.mark.parametrize("override,match", [
@@ -96,7 +97,7 @@ def test_override_types(toy, override, expected):
 def test_override_errors(toy, override, match):
   cfg = runner.load_config(toy)
   with pytest.raises(runner.ConfigError, match=match.replace("(", r"\(").replace("[", r"\[")):
-    runner.apply_overrides(cfg, [override])
+    _config.apply_overrides(cfg, [override])
 
 
 def test_cli_writes_outputs_and_rejects_bad_keys(toy, tmp_path):
@@ -179,13 +180,13 @@ def test_second_run_on_the_same_tag_is_refused(toy, tmp_path):
   # would), deterministically, whatever the machine's speed.
   runs = tmp_path / "runs"
   run_dir = runs / "toy" / "t"
-  with runner.RunLock(run_dir) as lock:
+  with _store.RunLock(run_dir) as lock:
     assert lock.held and (run_dir / ".lock").exists()
     second = _cli([str(toy), "units=4", "--tag", "t", "--runs-dir", str(runs)], cwd=tmp_path)
     assert second.returncode == 3 and "in use by another run" in second.stderr
     assert "Traceback" not in second.stderr and not (run_dir / "config.json").exists()
-    with pytest.raises(runner.RunLockedError):       # also within one process
-      runner.RunLock(run_dir).acquire()
+    with pytest.raises(_store.RunLockedError):       # also within one process
+      _store.RunLock(run_dir).acquire()
   assert not (run_dir / ".lock").exists()          # released on exit
   ok = _cli([str(toy), "--tag", "t", "--runs-dir", str(runs), "--no-progress"], cwd=tmp_path)
   assert ok.returncode == 0 and len(_lines(run_dir / "metrics.jsonl")) == 6
@@ -231,13 +232,13 @@ def test_config_is_validated_before_any_work(tmp_path, override, match, capsys):
 
 def test_torn_last_line_is_dropped_and_cut_on_resume(tmp_path):
   cfg = ml_collections.ConfigDict({"a": 1})
-  ctx = runner.RunContext(tmp_path, cfg, show_progress=False)
+  ctx = _store.RunContext(tmp_path, cfg, show_progress=False)
   ctx.log_metrics({"v": 1}, key="u1")
   ctx.log_metrics({"v": 2}, key="u2")
   path = tmp_path / "metrics.jsonl"
   with open(path, "a") as f:                       # a kill / full disk mid-write
     f.write('{"v": 3, "key": "u3", "ti')
-  ctx = runner.RunContext(tmp_path, cfg, show_progress=False)
+  ctx = _store.RunContext(tmp_path, cfg, show_progress=False)
   assert ctx.resumed == 2 and ctx.dropped_lines == 1 and ctx.completed("u3") is None
   assert path.read_text().endswith("\n")
   ctx.log_metrics({"v": 3}, key="u3")              # not glued onto the torn fragment
@@ -248,13 +249,13 @@ def test_torn_last_line_is_dropped_and_cut_on_resume(tmp_path):
 def test_records_without_a_key_are_not_duplicated_by_reruns(tmp_path):
   cfg = ml_collections.ConfigDict({"a": 1})
   for _ in range(3):
-    ctx = runner.RunContext(tmp_path, cfg, show_progress=False)
+    ctx = _store.RunContext(tmp_path, cfg, show_progress=False)
     rec = ctx.log_metrics({"summary": 1.5, "arr": [1, 2]})
     ctx.log_metrics({"v": 1}, key="same")
   assert rec["key"].startswith("auto:")
   assert len(_lines(tmp_path / "metrics.jsonl")) == 2
   ctx.log_metrics({"v": 2}, key="same")            # a changed record: appended, last wins
-  assert runner.RunContext(tmp_path, cfg).completed("same")["v"] == 2
+  assert _store.RunContext(tmp_path, cfg).completed("same")["v"] == 2
 
 
 def test_sigint_ends_with_one_line_and_the_resume_command(toy, tmp_path):
@@ -340,10 +341,10 @@ def test_bad_config_argument_or_program_is_refused_before_any_work(toy, tmp_path
 
 
 def test_load_config_path_argument_and_split():
-  assert runner.split_config_arg("configs/x.py:quick,n=3") == (Path("configs/x.py"),
+  assert _config.split_config_arg("configs/x.py:quick,n=3") == (Path("configs/x.py"),
                                                                "quick,n=3")
   with pytest.raises(runner.ConfigError, match="given twice"):
     runner.load_config("configs/quickstart.py:quick", "quick")
-  assert runner.parse_arg("quick,n=3", quick=False, n=1).to_dict() == {"quick": True, "n": 3}
+  assert _config.parse_arg("quick,n=3", quick=False, n=1).to_dict() == {"quick": True, "n": 3}
   with pytest.raises(runner.ConfigError, match="bad value for `n`"):
-    runner.parse_arg("n=x", n=1)
+    _config.parse_arg("n=x", n=1)

@@ -236,10 +236,11 @@ def test_minibatch_with_b_equal_n_is_full_batch_and_batches_have_fixed_size():
   X, Y, f = _linear(n=8)
   K = X @ X.T + 0.1 * jnp.eye(8)
   spec = mskjax.msk_spectrum(K, mskjax.modifiers.flatten(), 2)
-  for loss in ("mse", "msk_mse"):
-    full = T.train(f, jnp.zeros(3), optax.sgd(0.02), X, Y, steps=5, loss=loss, spectrum=spec,
+  msk_loss = lambda p, y, idx: mskjax.msk_mse_loss(p, y, spec, batch_indices=idx)
+  for loss in ("mse", msk_loss):
+    full = T.train(f, jnp.zeros(3), optax.sgd(0.02), X, Y, steps=5, loss=loss,
                    record_steps=[5], progress=False)
-    mb = T.train(f, jnp.zeros(3), optax.sgd(0.02), X, Y, steps=5, loss=loss, spectrum=spec,
+    mb = T.train(f, jnp.zeros(3), optax.sgd(0.02), X, Y, steps=5, loss=loss,
                  batch_size=8, record_steps=[5], progress=False)
     # Same sums in a permuted order: round-off only.
     np.testing.assert_allclose(mb.loss, full.loss, rtol=1e-12)

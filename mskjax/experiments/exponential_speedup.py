@@ -28,7 +28,7 @@ Set-up. 2-layer network (NTK parameterisation, b_std = 0.1) with activation ∈
 Table ``results.csv``: one row per sphere, activation, j: the Mercer eigenvalue ratio
 μ_j/μ_max, GD and PGD predicted steps, the speed-up, and (S¹, where GD needs at most
 ``network_max_steps``) the iterations of a width-``width`` network trained with GD and with
-``msk_sgd_jvp`` (spectrum of the empirical NTK at init) to the same tolerance.
+``mskjax.msk_sgd`` (directions of the empirical NTK at init) to the same tolerance.
 ``fits.csv``: for GD, separately for even and odd j (two interleaved curves: the odd and
 even parts of the kernel differ), least-squares fits over j ≥ ``fit_jmin`` of ln(steps) against j
 (exponential model: rate per frequency, ``growth_per_j`` = e^rate) and against ln j
@@ -65,7 +65,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, tangents, nets, function_space
+  from mskjax import data, kernels, tangents, nets
   from mskjax import train as T
 
   s = config
@@ -83,11 +83,13 @@ def run(config, ctx):
       else:
         spec0 = mskjax.msk_spectrum(K0, g, k)       # the network's own kernel at init
         eta = mskjax.msk.kernel_step(spec0)
-        # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK at init: the
-        # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
-        # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
-        # mskjax.msk_directions + mskjax.msk_sgd (see mskjax/experiments/mnist1d.py).
-        tx = function_space.msk_sgd_jvp(eta, apply_fn, x, spec0)
+        # The fixed preconditioner P of the network's own empirical NTK at init, from its
+        # exact top-k directions (tol < 1e-4: one dense eigh): P Jᵀ r = Jᵀ S r, the paper's
+        # PGD (docs/theory.md#the-preconditioner-p-parameter-space); the small target
+        # amplitude keeps J near its initial value, so P stays exact.
+        directions = mskjax.msk_directions(net.model.apply, variables, x, g, k,
+                                           method="explicit", tol=1e-6)
+        tx = mskjax.msk_sgd(eta, directions)
       stop = 0.5 * (config.tol * float(jnp.linalg.norm(y))) ** 2   # ½‖r‖² < ½ tol²‖y‖²
       res = T.train(apply_fn, variables["params"], tx, x, y, steps=s["network_max_steps"],
                     progress=False, stop_below=stop)

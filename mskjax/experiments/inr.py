@@ -12,13 +12,13 @@ every piece a small function:
 * methods — one function per method, ``method_<name>(setup, lr) -> Method`` (the optax
   transform, the loss it differentiates, the one-off cost in seconds), registered in
   :data:`METHODS`: ``adam``, ``sgd`` (momentum), ``gd``, ``muon`` (``optax.contrib.muon``),
-  ``iga`` (:func:`mskjax.iga.iga_loss` + Adam), ``msk`` (``optim.msk_sgd``: P-preconditioned
-  GD), ``msk_adam`` (``optax.chain(optim.scale_by_msk(d), optax.adam(lr))``). To add a
+  ``iga`` (:func:`mskjax.iga.iga_loss` + Adam), ``msk`` (``mskjax.msk_sgd``: P-preconditioned
+  GD), ``msk_adam`` (``optax.chain(mskjax.scale_by_msk(d), optax.adam(lr))``). To add a
   method: write ``method_<name>`` and add it to :data:`METHODS` and the config's
   ``methods``/``grids``;
 * :func:`learning_rates` — the grid of a method: ``grids[name]`` absolute steps, plus, for
   methods in :data:`RULE_METHODS`, factors ``rule_factors`` of the *measured* step
-  ``optim.stable_learning_rate(d, loss_fn=, params=, batch=)`` (0.75/λ̂, λ̂ the top
+  ``mskjax.stable_learning_rate(d, loss_fn=, params=, batch=)`` (0.75/λ̂, λ̂ the top
   eigenvalue of P^½ ∇²L P^½ at initialisation by Lanczos; labels ``meas×f``);
 * :func:`train` — a jitted step called from a Python loop, timed with
   ``block_until_ready`` (compilation and evaluations excluded), test/train PSNR every
@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mskjax import iga, modifiers, optim
+import mskjax
+from mskjax import iga, modifiers
 
 IMAGES = ("china", "flower")
 COLORS = ("gray", "rgb")
@@ -234,12 +235,12 @@ def method_msk(setup: Setup, lr: float) -> Method:
   # One-off: the directions and the measured step its grid is built on (learning_rates).
   d, secs = setup.directions()
   secs += setup.measured()[1] if setup.measured is not None else 0.0
-  return Method(optim.msk_sgd(lr, d), mse_half(setup.apply_fn), secs)
+  return Method(mskjax.msk_sgd(lr, d), mse_half(setup.apply_fn), secs)
 
 
 def method_msk_adam(setup: Setup, lr: float) -> Method:
   d, secs = setup.directions()
-  return Method(optax.chain(optim.scale_by_msk(d), optax.adam(lr)), mse_half(setup.apply_fn),
+  return Method(optax.chain(mskjax.scale_by_msk(d), optax.adam(lr)), mse_half(setup.apply_fn),
                 secs)
 
 
@@ -250,12 +251,12 @@ RULE_METHODS = ("msk",)
 
 
 def build_directions(setup_apply, variables, x, *, k: int, subsample: Optional[int], seed: int):
-  """``optim.msk_directions`` (flatten, top k) at initialisation, timed cold (compile included).
+  """``mskjax.msk_directions`` (flatten, top k) at initialisation, timed cold (compile included).
 
   Returns ``(MSKDirections, seconds)``.
   """
   t0 = time.perf_counter()
-  d = optim.msk_directions(setup_apply, variables, x, modifiers.flatten(), int(k),
+  d = mskjax.msk_directions(setup_apply, variables, x, modifiers.flatten(), int(k),
                            subsample=subsample, key=jax.random.PRNGKey(seed))
   jax.block_until_ready(d.directions)
   return d, time.perf_counter() - t0
@@ -264,13 +265,13 @@ def build_directions(setup_apply, variables, x, *, k: int, subsample: Optional[i
 def measure_step(apply_fn, directions, params, x, y):
   """The measured step of P-preconditioned full-batch GD at ``params``, timed cold.
 
-  ``optim.stable_learning_rate(d, loss_fn=½·MSE, params=, batch=(x, y))``: 0.75/λ̂ with λ̂
+  ``mskjax.stable_learning_rate(d, loss_fn=½·MSE, params=, batch=(x, y))``: 0.75/λ̂ with λ̂
   the top positive eigenvalue of ``P^½ ∇²L P^½`` (Lanczos on exact Hessian-vector
   products, compilation included in the seconds). Returns ``(η, seconds)``.
   """
   loss = mse_half(apply_fn)
   t0 = time.perf_counter()
-  eta = optim.stable_learning_rate(directions, loss_fn=lambda p, b: loss(p, *b),
+  eta = mskjax.stable_learning_rate(directions, loss_fn=lambda p, b: loss(p, *b),
                                    params=params, batch=(x, y))
   return float(eta), time.perf_counter() - t0
 
@@ -460,7 +461,7 @@ def run(config, ctx):
           if "d" not in cache:
             d, secs = build_directions(model.apply, variables, x, k=c.msk_k,
                                        subsample=c.msk_subsample or None, seed=seed)
-            rule = optim.stable_learning_rate(d, batch_size=int(x.shape[0]))
+            rule = mskjax.stable_learning_rate(d, batch_size=int(x.shape[0]))
             key = f"{setting_tag}/{label}/seed={seed}/directions"
             row = ctx.cached(key, lambda: dict(
                 kind="directions", setting=setting_tag, model=label, seed=seed, k=c.msk_k,

@@ -13,7 +13,8 @@ from the spectrum (infinite width) and measured on a finite network (width in th
 table), and the relative test error where each method stops (PGD stops after 1-4 steps
 with a smaller residual, hence its smaller error; trained to convergence both reach the
 same solution — configs/same_solution.py). The finite network uses targets of amplitude
-``amplitude`` and, for PGD, its own empirical NTK at init (see ``_finite_network``).
+``amplitude`` and, for PGD, the fixed preconditioner ``mskjax.msk_sgd`` with the top-k
+directions of its own empirical NTK at init (see ``_finite_network``).
 """
 import functools
 
@@ -105,9 +106,10 @@ def _finite_network(net, x, g, config):
   """The finite network's set-up, built once per run (lazily: a resumed run may skip it).
 
   Zero-output (antisymmetric) init, and the network's own empirical NTK K₀ at init: GD
-  steps at η = 1/λ₁(K₀); PGD uses the MSK spectrum of K₀ (flatten at k = 21 steps at
-  η = 1/λ₂₂ ≈ 90, stable only if the preconditioner matches the network's kernel to ≪ λ₂₂;
-  the analytic one is off by O(1/√width)).
+  steps at η = 1/λ₁(K₀); PGD uses the top-k parameter-space directions of K₀
+  (``mskjax.msk_directions``) and the MSK spectrum of K₀ for its step (flatten at k = 21
+  steps at η = 1/λ₂₂, stable only if the preconditioner matches the network's kernel to
+  ≪ λ₂₂; the analytic one is off by O(1/√width)).
   """
   import jax
 
@@ -117,14 +119,16 @@ def _finite_network(net, x, g, config):
   variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
   K0 = tangents.empirical_ntk(net.model.apply, variables, x)
   spec0 = mskjax.msk_spectrum(K0, g, config.k)
-  return dict(params=variables["params"],
+  directions = mskjax.msk_directions(net.model.apply, variables, x, g, config.k,
+                                     method="explicit")
+  return dict(params=variables["params"], directions=directions,
               apply_fn=lambda p, a: net.model.apply({"params": p}, a),
               eta_gd=mskjax.msk.kernel_step(mskjax.eigh_top(K0, 1).values[0]),
               spec_pgd=spec0, eta_pgd=mskjax.msk.kernel_step(spec0))
 
 
 def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
-  """Train the finite network (width ``config.width``) with optax.sgd (GD) or msk_sgd_jvp (PGD).
+  """Train the finite network (width ``config.width``) with optax.sgd (GD) or msk_sgd (PGD).
 
   Same set-up as the infinite-width rows, with the two measured finite-width caveats of
   tests/test_train.py: targets are scaled by ``config.amplitude`` (residual ratios, hence
@@ -135,7 +139,7 @@ def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
   import numpy as np
   import optax
 
-  from mskjax import function_space
+  import mskjax
   from mskjax import train as T
 
   apply_fn = finite["apply_fn"]
@@ -144,11 +148,11 @@ def _train_network(finite, x, y, x_test, y_test, g, config, ctx):
     tx = optax.sgd(eta)
   else:
     eta = finite["eta_pgd"]
-    # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK at init: the
-    # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
-    # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
-    # mskjax.msk_directions + mskjax.msk_sgd (see mskjax/experiments/mnist1d.py).
-    tx = function_space.msk_sgd_jvp(eta, apply_fn, x, finite["spec_pgd"])
+    # The fixed preconditioner P of the network's own empirical NTK at init: with its
+    # exact top-k directions P Jᵀ r = Jᵀ S r, the paper's PGD
+    # (docs/theory.md#the-preconditioner-p-parameter-space); the small target amplitude
+    # keeps the weights, hence J, near their initial values, so P stays exact.
+    tx = mskjax.msk_sgd(eta, finite["directions"])
   amp = config.amplitude
   y_s, yt_s = amp * y, amp * y_test
   # Stop at ‖r‖ < tol‖y‖, i.e. loss ½‖r‖² < ½ tol²‖y‖².

@@ -21,8 +21,8 @@ positive NTK eigenvalue), antisymmetric zero-output init, width ``width``.
 Methods (each trained to convergence: 1.5 × the analytic ``steps_to_tolerance`` at
 tol = ``conv_tol`` on the empirical NTK, at least ``min_steps``, capped at ``max_steps``
 (``s2_max_steps`` for S²)): GD (``optax.sgd``, η = 1/λ_max of the
-empirical NTK at init) and PGD for each g in ``modifiers`` with ``msk_sgd_jvp``, plus flatten
-with ``msk_mse_loss`` (``loss='msk_mse'``). PGD's eigenpairs and η = 1/λ_max(K_g) come
+empirical NTK at init) and PGD for each g in ``modifiers`` with ``msk_sgd_tracking``, plus flatten
+with ``msk_mse_loss`` (the loss ½ rᵀ S r). PGD's directions and η = 1/λ_max(K_g) come
 from the empirical NTK at initialisation (as in tests/test_train.py; the analytic
 eigenpairs are unstable for steps η ≫ 1/λ₁ at testable widths).
 
@@ -57,7 +57,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, tangents, nets, function_space
+  from mskjax import data, kernels, tangents, nets
   from mskjax import train as T
 
   s = config
@@ -94,7 +94,7 @@ def run(config, ctx):
               f"(width {s['width']})")
 
     methods = [("GD", None, "mse")]
-    methods += [(f"PGD-{m}", m, "msk_sgd_jvp") for m in s["modifiers"]]
+    methods += [(f"PGD-{m}", m, "tracking") for m in s["modifiers"]]
     if s["msk_mse_loss"] and "flatten" in s["modifiers"]:
       methods.append(("PGD-flatten (msk_mse_loss)", "flatten", "msk_mse"))
 
@@ -108,14 +108,17 @@ def run(config, ctx):
         else:
           spec0 = mskjax.msk_spectrum(K0, g, k)
           eta = mskjax.msk.kernel_step(spec0)
-          if how == "msk_sgd_jvp":
-            # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK
-            # at init: the paper-faithful exact PGD (Jᵀ S r) for this finite = infinite
-            # width comparison (docs/theory.md#the-preconditioner-p-parameter-space).
-            # Minibatch / real training: mskjax.msk_directions + mskjax.msk_sgd.
-            tx, loss = function_space.msk_sgd_jvp(eta, apply_fn, x, spec0), "mse"
+          if how == "tracking":
+            # The tracking preconditioner (full batch, re-formed at every step) from the
+            # exact top-k directions of the network's own empirical NTK at init: P_t Jᵀ r
+            # follows Jᵀ S r while J moves (docs/theory.md#the-preconditioner-p-parameter-space),
+            # the form for full-batch MSE at the large steps MSK allows.
+            d0 = mskjax.msk_directions(net.model.apply, variables, x, g, k,
+                                       method="explicit", tol=1e-6)
+            tx, loss = mskjax.msk_sgd_tracking(eta, apply_fn, x, d0), "mse"
           else:
-            tx, loss = optax.sgd(eta), "msk_mse"
+            tx = optax.sgd(eta)
+            loss = lambda f, t, idx, sp=spec0: mskjax.msk_mse_loss(f, t, sp, batch_indices=idx)
         pred = mskjax.steps_to_tolerance(K0, y, g, k if g is not None else None,
                                          learning_rate=eta, tol=config.conv_tol,
                                          max_steps=10 * s["max_steps"])
@@ -124,7 +127,7 @@ def run(config, ctx):
         rec = np.unique(np.concatenate([[0], np.geomspace(1, steps, config.num_records)
                                         .astype(int), [steps]]))
         res = T.train(apply_fn, variables["params"], tx, x, y, steps=steps, loss=loss,
-                      spectrum=spec0, record_steps=rec, x_test=x_t, progress=False)
+                      record_steps=rec, x_test=x_t, progress=False)
         f_inf_g = np.asarray(mskjax.predict_gd_mse(K, y, g, k if g is not None else None,
                                                    jnp.inf, K_test_train=Kt).test)
         return dict(eta=eta, steps=steps, predicted_steps_to_conv_tol=int(pred),

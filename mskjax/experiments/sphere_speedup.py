@@ -30,7 +30,7 @@ Measured (``results.csv``, one row per sphere, j, method, k):
   smallest t with ‖(I − η K_g)^t y‖ < tol‖y‖, η = 1/λ_max(K_g) (GD: g = identity);
 * ``network_steps``: a finite network (width in the table, targets of amplitude
   ``amp`` = 0.01 to stay in the linear regime) trained with ``T.train`` (GD: optax.sgd,
-  PGD: ``mskjax.function_space.msk_sgd_jvp``) until ‖r_t‖ < tol‖y‖. Its η and the PGD eigenpairs come from
+  PGD: ``mskjax.msk_sgd``) until ‖r_t‖ < tol‖y‖. Its η and the PGD directions come from
   the *empirical* NTK at initialisation (stable for large k; tests/test_train.py);
 * ``speedup`` = GD steps / PGD steps at the same j (predicted; ``network_speedup`` for the
   network); ``bound`` = λ₁/λ_{k+1}, the speed-up for j beyond the band.
@@ -61,7 +61,7 @@ def run(config, ctx):
   import optax
 
   import mskjax
-  from mskjax import data, kernels, tangents, nets, function_space
+  from mskjax import data, kernels, tangents, nets
   from mskjax import train as T
 
   s = config
@@ -80,11 +80,13 @@ def run(config, ctx):
       else:
         spec0 = mskjax.msk_spectrum(K0, g, k)          # empirical NTK at init (see docstring)
         eta = mskjax.msk.kernel_step(spec0)
-        # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK at init: the
-        # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
-        # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
-        # mskjax.msk_directions + mskjax.msk_sgd (see mskjax/experiments/mnist1d.py).
-        tx = function_space.msk_sgd_jvp(eta, apply_fn, x, spec0)
+        # The fixed preconditioner P of the network's own empirical NTK at init, from its
+        # exact top-k directions (tol < 1e-4: one dense eigh): P Jᵀ r = Jᵀ S r, the paper's
+        # PGD (docs/theory.md#the-preconditioner-p-parameter-space); the small target
+        # amplitude keeps J near its initial value, so P stays exact.
+        directions = mskjax.msk_directions(net.model.apply, variables, x, g, k,
+                                           method="explicit", tol=1e-6)
+        tx = mskjax.msk_sgd(eta, directions)
       budget = int(min(config.network_budget * pred + 10, config.max_steps))
       res = T.train(apply_fn, variables["params"], tx, x, y, steps=budget, progress=False)
       rel = np.sqrt(2 * np.asarray(res.loss)) / float(jnp.linalg.norm(y))
