@@ -46,8 +46,6 @@ PENDING_NOT_IN_ALL = {
     # (using file, module.name) -> where the helper goes
     ("mskjax/directions.py", "mskjax.kernels.as_inputs"): "_blocks",
     ("mskjax/tangents.py", "mskjax.kernels.as_inputs"): "_blocks",
-    ("mskjax/tangents.py", "mskjax.kernels.assemble_blocks"): "_blocks",
-    ("mskjax/tangents.py", "mskjax.kernels.cache_by_function"): "_blocks",
     ("mskjax/tangents.py", "mskjax.kernels.check_block_size"): "_blocks",
     ("mskjax/tangents.py", "mskjax.kernels.check_pair"): "_blocks",
     ("mskjax/optim.py", "mskjax.directions.apply_directions"): "directions.__all__ or _linalg",
@@ -62,8 +60,7 @@ PENDING_NOT_IN_ALL = {
     ("mskjax/steps.py", "mskjax.directions.few_blas_threads"): "_loops",
 }
 PENDING_INTERNAL = {
-    ("mskjax.kernels", "pad_rows"), ("mskjax.kernels", "rows_for_budget"),
-    ("mskjax.kernels", "block_size_for_budget"), ("mskjax.kernels", "map_row_blocks"),
+    ("mskjax.kernels", "block_size_for_budget"),
     ("mskjax.kernels", "DEFAULT_MEMORY_BUDGET"), ("mskjax.tangents", "jacobian_block_size"),
     ("mskjax.directions", "choose_method"), ("mskjax.directions", "loss_hessian_sqrt"),
     ("mskjax.tracking", "orthonormal_columns"), ("mskjax.tracking", "output_hessian_sqrt"),
