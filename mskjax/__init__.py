@@ -32,7 +32,8 @@ from mskjax.kernels import gram, kernel_operator
 from mskjax.tangents import empirical_ntk
 from mskjax.spectrum import Eigenpairs, eigh_desc, eigh_top
 from mskjax.msk import MSKSpectrum, msk_spectrum, msk_gram, preconditioner, msk_kernel_fn
-from mskjax.predict import gradient_descent_mse, predict_gd_mse, steps_to_tolerance
+from mskjax.predict import (gradient_descent_mse, predict_gd_mse, steps_to_tolerance,
+                            kernel_gd_mse)
 from mskjax.directions import MSKDirections, msk_directions
 from mskjax.steps import stable_learning_rate
 from mskjax.optim import scale_by_msk, msk_sgd, replace_directions, refresh_directions
@@ -53,8 +54,8 @@ __all__ = [
     # spectrum and the MSK
     "Eigenpairs", "eigh_desc", "eigh_top",
     "MSKSpectrum", "msk_spectrum", "msk_gram", "preconditioner", "msk_kernel_fn",
-    # infinite-width predictions
-    "gradient_descent_mse", "predict_gd_mse", "steps_to_tolerance",
+    # infinite-width predictions (from K; from the kernel function, K never formed at scale)
+    "gradient_descent_mse", "predict_gd_mse", "steps_to_tolerance", "kernel_gd_mse",
     # directions and the step rule
     "MSKDirections", "msk_directions", "stable_learning_rate",
     # optimizers: fixed P, tracking, and the MSK loss ½ rᵀ S r
