@@ -80,7 +80,7 @@ def _rows(d):
 LOSSES = ["mse", "softmax_cross_entropy", "callable"]
 
 
-@pytest.mark.parametrize("kind,method", [(kind, "explicit") for kind in LOSSES] + [
+@pytest.mark.parametrize("kind,method", [(kind, "dense") for kind in LOSSES] + [
     pytest.param("mse", "krylov", marks=pytest.mark.slow), ("softmax_cross_entropy", "krylov"),
     pytest.param("callable", "krylov", marks=pytest.mark.slow)])
 def test_gauss_newton_directions_match_the_jacrev_oracle(kind, method):
@@ -127,7 +127,7 @@ def test_sketch_default_accuracy_is_about_a_percent(kind):
   model, variables, x, y = _setup(n=12)
   k = 4
   d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), k, loss=kind,
-                           method="sketch")
+                           method="randomized", jacobian="matrix_free")
   lam = _oracle(model, variables, x, y, kind)[0]
   # the default promise: each of λ₁..λ_{k+1} within tol = 1 % (a bound, checked loosely)
   np.testing.assert_allclose(d.values, lam[:k], rtol=1e-2)
@@ -147,20 +147,20 @@ def test_cross_entropy_kernel_is_smaller_than_the_ntk():
 def test_refresh_is_one_product_and_its_next_value_is_right():
   model, variables, x, y = _setup(n=12)
   k, g = 3, modifiers.flatten()
-  d0 = optim.msk_directions(model.apply, variables, x, g, k, method="sketch", tol=1e-10,
+  d0 = optim.msk_directions(model.apply, variables, x, g, k, method="randomized", jacobian="matrix_free", tol=1e-10,
                             max_cycles=60)
   moved = jax.tree.map(lambda a: a * 1.02 + 0.01, variables)   # as after some training
   lam = _oracle(model, moved, x, y, "mse")[0]
   with warnings.catch_warnings():
     warnings.simplefilter("error")                             # converged: no warning
     warm = optim.msk_directions(model.apply, moved, x, g, k, init_vectors=d0,
-                                method="sketch", max_cycles=2)
+                                method="randomized", jacobian="matrix_free", max_cycles=2)
   # tol = 1e-2 default: eigenvalues and λ_{k+1} within ~1 %
   np.testing.assert_allclose(warm.values, lam[:k], rtol=1e-2)
   np.testing.assert_allclose(warm.next_value, lam[k], rtol=1e-2)
   # one product only, unconverged at a tight tol: it says so (no silent 18–43 % errors)
   with pytest.warns(UserWarning, match="did not converge"):
-    optim.msk_directions(model.apply, moved, x, g, k, method="sketch", max_cycles=1,
+    optim.msk_directions(model.apply, moved, x, g, k, method="randomized", jacobian="matrix_free", max_cycles=1,
                          tol=1e-9)
 
 
@@ -271,7 +271,7 @@ def _refresh_case():
   the jacrev + eigh oracle's eigenvalues there: the set-up of the refresh tests."""
   model, variables, x, y = _setup(n=40)
   k, g, ce = 6, modifiers.flatten(), "softmax_cross_entropy"
-  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, method="sketch")
+  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, method="randomized", jacobian="matrix_free")
   moved = _trained(model, variables, x)
   lam = _oracle(model, moved, x, y, ce)[0]
   return model, variables, x, y, k, g, ce, d0, moved, lam
@@ -286,7 +286,7 @@ def test_refresh_after_training_matches_the_oracle_cross_entropy():
   assert abs(lam[k] / lam0[k] - 1) > 0.2            # the kernel did move
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="sketch",
+    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="randomized", jacobian="matrix_free",
                              init_vectors=d0)
   np.testing.assert_allclose(d.values, lam[:k], rtol=1e-2)
   np.testing.assert_allclose(d.next_value, lam[k], rtol=1e-2)
@@ -299,7 +299,7 @@ def test_one_product_refresh_warns_and_is_never_too_large():
   # values never exceed the eigenvalues) next_value and values are ≤ the oracle's.
   model, variables, x, y, k, g, ce, d0, moved, lam = _refresh_case()
   with pytest.warns(UserWarning, match=r"did not converge.*too small if anything"):
-    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="sketch",
+    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="randomized", jacobian="matrix_free",
                              init_vectors=d0, depth=0, max_cycles=1)
   # 1e-9 relative: float64 round-off of a Rayleigh quotient
   assert float(d.next_value) <= lam[k] * (1 + 1e-9)
