@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mskjax import iga, modifiers, optim
+from mskjax import iga, modifiers, optim, steps
 
 IMAGES = ("china", "flower")
 COLORS = ("gray", "rgb")
@@ -460,7 +460,7 @@ def run(config, ctx):
           if "d" not in cache:
             d, secs = build_directions(model.apply, variables, x, k=c.msk_k,
                                        subsample=c.msk_subsample or None, seed=seed)
-            rule = optim.stable_learning_rate(d, batch_size=int(x.shape[0]))
+            rule = steps.critical_batch_learning_rate(d, batch_size=int(x.shape[0]))
             key = f"{setting_tag}/{label}/seed={seed}/directions"
             row = ctx.cached(key, lambda: dict(
                 kind="directions", setting=setting_tag, model=label, seed=seed, k=c.msk_k,

@@ -106,7 +106,7 @@ def run(config, ctx):
           # η = 1/λ_max(K_g) from the eigenvalues already computed (no second eigh).
           mu = lam if g is None else np.concatenate(
               [np.asarray(mskjax.modifiers.apply_modifier(g, jnp.asarray(lam), k)), lam[k:]])
-          eta = mskjax.msk.kernel_step(np.max(mu))
+          eta = mskjax.steps.kernel_step(np.max(mu))
           # One call per t (scalar t): a t-array together with a modifier gave wrong train
           # predictions on this kernel (0.82 max error against the explicit eigen formula,
           # n = 500); scalar calls match it to 1e-16 (see experiments/README.md).

@@ -103,11 +103,11 @@ def run(config, ctx):
 
       def compute():
         if g is None:
-          eta = mskjax.msk.kernel_step(jnp.linalg.eigvalsh(K0)[-1])
+          eta = mskjax.steps.kernel_step(jnp.linalg.eigvalsh(K0)[-1])
           tx, loss, spec0 = optax.sgd(eta), "mse", None
         else:
           spec0 = mskjax.msk_spectrum(K0, g, k)
-          eta = mskjax.msk.kernel_step(spec0)
+          eta = mskjax.steps.kernel_step(spec0)
           if how == "msk_sgd_jvp":
             # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK
             # at init: the paper-faithful exact PGD (Jᵀ S r) for this finite = infinite

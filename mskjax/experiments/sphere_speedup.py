@@ -75,11 +75,11 @@ def run(config, ctx):
     """Network iterations to ‖r‖ < tol‖y‖ (cached); None when the budget runs out."""
     def compute():
       if method == "GD":
-        eta = mskjax.msk.kernel_step(jnp.linalg.eigvalsh(K0)[-1])
+        eta = mskjax.steps.kernel_step(jnp.linalg.eigvalsh(K0)[-1])
         tx = optax.sgd(eta)
       else:
         spec0 = mskjax.msk_spectrum(K0, g, k)          # empirical NTK at init (see docstring)
-        eta = mskjax.msk.kernel_step(spec0)
+        eta = mskjax.steps.kernel_step(spec0)
         # Full-batch msk_sgd_jvp with the spectrum of the network's own empirical NTK at init: the
         # paper-faithful exact PGD (Jᵀ S r) for this finite = infinite width comparison
         # (docs/theory.md#the-preconditioner-p-parameter-space). Minibatch / real training: use
