@@ -74,12 +74,13 @@ def key_seed(key):
 
 
 # ------------------------------------------------------------------ PSD matrix functions
-def psd_power(G, power, floor=0.0, xp=np):
-  r"""``U diag(max(w, floor)^power) Uᵀ`` for symmetric ``G = U diag(w) Uᵀ`` (batched).
+def psd_power(G, power, floor=0.0, xp=np, rtol=0.0):
+  r"""``U diag(max(w, floor, rtol·max w)^power) Uᵀ`` for symmetric ``G = U diag(w) Uᵀ``
+  (batched over leading axes).
 
-  ``G`` is symmetrised first; ``floor`` (broadcast against the eigenvalues) keeps negative
-  powers finite. ``power=0.5, floor=0``: the PSD-clipped square root; ``power=-0.5``: the
-  Löwdin factor.
+  ``G`` is symmetrised first; ``floor`` (absolute) and ``rtol`` (relative to the largest
+  eigenvalue) keep negative powers finite. ``power=0.5, floor=0``: the PSD-clipped square
+  root; ``power=-0.5``: the Löwdin factor.
 
   Example:
     >>> import numpy as np
@@ -88,7 +89,10 @@ def psd_power(G, power, floor=0.0, xp=np):
   """
   G = 0.5 * (G + xp.swapaxes(G, -1, -2))
   w, U = xp.linalg.eigh(G)
-  return xp.einsum("...ij,...j,...kj->...ik", U, xp.maximum(w, floor) ** power, U)
+  w = xp.maximum(w, floor)
+  if rtol:
+    w = xp.maximum(w, rtol * w.max(axis=-1, keepdims=True))
+  return xp.einsum("...ij,...j,...kj->...ik", U, w ** power, U)
 
 
 # ------------------------------------------------------------------ orthonormalisation
