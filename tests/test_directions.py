@@ -193,6 +193,48 @@ def test_near_equal_warning_is_relative_to_lambda_k():
     optim.msk_directions(fn, w, X, modifiers.flatten(), 2, compute_beta=False)
 
 
+def _directions32(lams, k):
+  """msk_directions of `_linear(lams)` with float32 products (x64 off inside the call)."""
+  fn, w, X = _linear(lams)
+  with jax.enable_x64(False):
+    return optim.msk_directions(fn, np.asarray(w, np.float32), np.asarray(X, np.float32),
+                                modifiers.flatten(), k, compute_beta=False, method="dense")
+
+
+def test_smooth_spectrum_below_round_off_is_not_a_cluster():
+  # float32 products: round-off ~ max(100, 10√N)·eps·λ₁ = 1.2e-5. λ₃/λ₄ = 1.03 differ by
+  # 6e-6 < round-off, but by 3 % of λ₃ (> CLUSTER_RTOL = 0.1 %): a smooth spectrum, not a
+  # block — no warning (the old rule, gap ≤ round-off, warned here at every such k).
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    d = _directions32([1.0, 0.5, 2e-4, 1.94e-4, 1e-4, 5e-5], 3)
+  assert d.values.dtype == np.float32
+  # float32 products (eps 1.2e-7 of λ₁ = 1): λ₃ to ~1e-6 absolute; oracle = the design
+  np.testing.assert_allclose(d.values, [1.0, 0.5, 2e-4], rtol=1e-2)
+
+
+def test_real_cluster_in_float32_warns_and_names_the_block_edge():
+  # A double eigenvalue computed in float32 differs by round-off (≪ 0.1 % of λ₂): a block
+  # k = 2 splits; the message names k = 1 (below the block) as the fix.
+  with pytest.warns(UserWarning, match=r"block.*Use k = 1"):
+    _directions32([1.0, 0.5, 0.5, 0.1, 0.05, 0.01], 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rank_error_says_how_many_directions_are_usable(dtype):
+  lams = [3.0, 2.0, 1.0, 0.0, 0.0, 0.0]     # rank 3
+  with pytest.raises(ValueError, match="rank") as e:
+    if dtype == "float32":
+      _directions32(lams, 4)
+    else:
+      fn, w, X = _linear(lams)
+      optim.msk_directions(fn, w, X, modifiers.flatten(), 4, compute_beta=False,
+                           method="dense")
+  assert "3 eigenvalues are above round-off" in str(e.value)
+  # float64=True is offered only where the products ran in float32
+  assert ("float64=True" in str(e.value)) == (dtype == "float32")
+
+
 def test_k_at_the_numerical_rank_with_flatten_is_refused():
   fn, w, X = _linear([3.0, 2.0, 1.0, 0.0, 0.0, 0.0])   # rank 3; λ₄ is round-off
   with pytest.raises(ValueError, match="rank"):
