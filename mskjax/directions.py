@@ -143,7 +143,7 @@ def check_directions(directions, where, *, params=None, what="`params`",
       raise ValueError(f"{where}: `directions.new_values` g(λ) must be > 0 for a positive "
                        f"definite preconditioner; got min {nv.min():.3g}.")
   if params is not None:
-    _check_layout(directions.directions, params, where, what, label)
+    check_layout(directions.directions, params, where, what, label)
   if orthonormal:
     _check_orthonormal(directions.directions,
                        msk_coefficients(values, new_values, tree_dtype(directions.directions)),
@@ -151,9 +151,10 @@ def check_directions(directions, where, *, params=None, what="`params`",
   return values, new_values
 
 
-def _check_layout(dirs, tree, where, what, label):
-  """``dirs`` leaves ``(k, *leaf.shape)`` of ``tree``'s leaves, same pytree (masked leaves
-  skipped)."""
+def check_layout(dirs, tree, where, what="`params`", label="`directions.directions`"):
+  """``dirs`` (a pytree of ``(k, ...)`` direction leaves) matches ``tree`` (the parameters,
+  the updates, …): same pytree structure and leaves ``(k, *leaf.shape)``; masked leaves
+  (``optax.MaskedNode``/None) skipped. Static shapes only: also under ``jit``."""
   fix = ("build the directions from the same parameter pytree (for flax linen: "
          "variables['params']).")
   ds = jax.tree.structure(dirs, is_leaf=_is_masked)
@@ -701,7 +702,11 @@ def _solve(st, ops, method, start, seed, oversample, depth, tol, cycles):
   else:
     opts = dict(oversample=st.m - k1)
     crit = f"every eigenvalue error bound ≤ tol·λ_i (tol = {tol:g}), i ≤ k+1"
-  with _linalg.few_blas_threads(N * st.m * (int(depth) + 1)), warnings.catch_warnings():
+  # one BLAS thread for the Krylov basis algebra when the products are XLA's (matrix-free);
+  # the explicit Jacobian's GEMMs keep every thread (the Davidson step limits its own)
+  few = method == "krylov" and not isinstance(ops, _Explicit)
+  with (_linalg.few_blas_threads(N * st.m * (int(depth) + 1)) if few else
+        contextlib.nullcontext()), warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)   # reported by the caller in its own terms
     key = jax.random.PRNGKey(seed) if method == "krylov" else None
     top, info = _spectrum.eigh_top(kop, k1, method=method, key=key,
