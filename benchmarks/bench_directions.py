@@ -56,7 +56,7 @@ def d_method(model, xs, k):
   p = model.init(jax.random.PRNGKey(1), xs[:1])["params"]
   f = lambda q, xx: model.apply({"params": q}, xx)
   P = sum(int(np.prod(l.shape)) for l in jax.tree.leaves(p))
-  return directions.choose_method(xs.shape[0] * 10, P, 10, k + 11,
+  return directions.choose_jacobian(xs.shape[0] * 10, P, 10, k + 11,
                                   directions._forward_flops(f, p, xs[:1]), 4, 1 << 30)
 
 

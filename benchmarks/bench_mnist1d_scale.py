@@ -337,7 +337,7 @@ def main(argv=None):
       d, row = build_directions(arch, variables, x, k=S["k"], subsample=min(s, n),
                                 seed=args.seed)
       for b in S["batches"]:
-        row[f"eta_star_b{b}"] = optim.stable_learning_rate(d, b)
+        row[f"eta_star_b{b}"] = steps_mod.critical_batch_learning_rate(d, b)
       row["n"] = n
       dir_rows.append(row)
       dirs = dirs or (d, row)

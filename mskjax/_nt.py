@@ -18,7 +18,7 @@ What works after the patch (checked against jax 0.4.23 to ~1e-4 in float32, and 
 ``stax`` kernels, ``nt.predict``, ``nt.batch`` and ``empirical_ntk_fn`` with
 ``implementation=1`` or ``2``. What stays broken: ``implementation=3`` (structured
 derivatives use removed JAX internals) and ``predict.max_learning_rate`` (use
-:func:`mskjax.predict.max_learning_rate` instead).
+:func:`mskjax.steps.max_learning_rate` instead).
 
 Tested JAX range: see ``pyproject.toml`` (``jax>=0.4.23,<0.11``).
 """

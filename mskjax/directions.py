@@ -7,8 +7,10 @@ the directions ``q_i = Jᵀ v_i / √λ_i`` are orthonormal in parameter space, 
 
 satisfies ``P Jᵀ e = Jᵀ S e`` for every function-space gradient ``e``
 (``S = I + Σ (g_i/λ_i − 1) v_i v_iᵀ``). :func:`msk_directions` builds them;
-:func:`precondition` applies P; the optax transforms live in :mod:`mskjax.optim` and the
-step rules in :mod:`mskjax.steps`. The mathematics: ``docs/theory.md``.
+:func:`precondition` applies P; :func:`check_directions` holds every invariant of the record
+(the optimizers and step rules call it). The eigen-solve runs through
+:func:`mskjax.eigh_top`; the optax transforms live in :mod:`mskjax.optim` and the step rules
+in :mod:`mskjax.steps`. The mathematics: ``docs/theory.md``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mskjax import _linalg
 from mskjax import _loops
 from mskjax import _validate as _v
 from mskjax import kernels as _kernels
@@ -31,8 +34,9 @@ from mskjax import spectrum as _spectrum
 from mskjax import tangents as _tangents
 from mskjax.msk import MSKSpectrum, modified_max_value
 
-__all__ = ["MSKDirections", "msk_directions", "precondition", "loss_hessian_sqrt",
-           "choose_method"]
+key_seed = _linalg.key_seed
+
+__all__ = ["MSKDirections", "msk_directions", "precondition", "loss_hessian_sqrt"]
 
 
 class MSKDirections(NamedTuple):
@@ -87,7 +91,29 @@ def _is_masked(x):
   return isinstance(x, optax.MaskedNode) or x is None
 
 
-def check_directions(directions, where):
+def check_directions(directions, where, *, params=None, what="`params`",
+                     label="`directions.directions`", orthonormal=False):
+  """Every invariant of an :class:`MSKDirections`, checked in one place; ``(values,
+  new_values)``.
+
+  Always: the type; ``values``/``new_values`` both ``(k,)``; every direction leaf floating
+  with a leading axis of k; and, where concrete, finite values with λ > 0 and g(λ) > 0.
+  With ``params`` (a pytree: the parameters, the updates, …; ``optax.MaskedNode`` leaves
+  are skipped): the same pytree structure and direction leaves ``(k, *leaf.shape)``
+  (``what`` names that pytree in the error, ``label`` the directions). With
+  ``orthonormal=True`` and concrete directions: ``P = I + Σ (g_i/λ_i − 1) q_i q_iᵀ`` is
+  positive definite and the rows q_i that enter it are orthonormal (to
+  ``max(1e-6, 100·√eps)``). Errors name ``where``, the field and the fix.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> d = MSKDirections({'w': jnp.array([[1.0, 0.0]])}, jnp.array([4.0]), jnp.array([1.0]),
+    ...                   jnp.array(1.0))
+    >>> check_directions(d, "demo", params={'w': jnp.zeros(3)})
+    Traceback (most recent call last):
+    ...
+    ValueError: demo: `directions.directions` does not match `params`: a direction leaf has shape (1, 2) where `params` has (3,) (directions are (k, *leaf shape)); build the directions from the same parameter pytree (for flax linen: variables['params']).
+  """
   if not isinstance(directions, MSKDirections):
     raise TypeError(f"{where}: `directions` must be an optim.MSKDirections (from "
                     "optim.msk_directions(apply_fn, params, x, g, k)); got "
@@ -117,17 +143,98 @@ def check_directions(directions, where):
     if np.any(nv <= 0):
       raise ValueError(f"{where}: `directions.new_values` g(λ) must be > 0 for a positive "
                        f"definite preconditioner; got min {nv.min():.3g}.")
+  if params is not None:
+    check_layout(directions.directions, params, where, what, label)
+  if orthonormal:
+    _check_orthonormal(directions.directions,
+                       msk_coefficients(values, new_values, tree_dtype(directions.directions)),
+                       where)
   return values, new_values
 
 
+def check_layout(dirs, tree, where, what="`params`", label="`directions.directions`"):
+  """``dirs`` (a pytree of ``(k, ...)`` direction leaves) matches ``tree`` (the parameters,
+  the updates, …): same pytree structure and leaves ``(k, *leaf.shape)``; masked leaves
+  (``optax.MaskedNode``/None) skipped. Static shapes only: also under ``jit``."""
+  fix = ("build the directions from the same parameter pytree (for flax linen: "
+         "variables['params']).")
+  ds = jax.tree.structure(dirs, is_leaf=_is_masked)
+  ts = jax.tree.structure(tree, is_leaf=_is_masked)
+  if ds != ts:
+    raise ValueError(f"{where}: {label} does not match {what}: different pytree structures "
+                     f"({ds} vs {ts}); {fix}")
+  for q, a in zip(jax.tree.leaves(dirs, is_leaf=_is_masked),
+                  jax.tree.leaves(tree, is_leaf=_is_masked)):
+    if _is_masked(a) or _is_masked(q):
+      continue
+    if tuple(np.shape(q))[1:] != tuple(np.shape(a)):
+      raise ValueError(f"{where}: {label} does not match {what}: a direction leaf has shape "
+                       f"{tuple(np.shape(q))} where {what} has {tuple(np.shape(a))} "
+                       f"(directions are (k, *leaf shape)); {fix}")
+
+
+def _check_orthonormal(dirs, coef, where):
+  """Named errors for hand-made directions whose P is not what the docs promise.
+
+  P = I + Q C Qᵀ is positive definite for C > −1 only when the rows of Q are orthonormal.
+  Where the directions are concrete, form the k×k Gram G = Q Qᵀ (float64) and require
+  ‖G − I‖_max ≤ tol; and, independently of that, that P is positive definite: its
+  eigenvalues off span(Q) are 1 and on span(Q) they are 1 + eig(G^½ C G^½).
+  """
+  leaves = jax.tree.leaves(dirs)
+  if not all(_v.is_concrete(l) for l in leaves) or not _v.is_concrete(coef):
+    return
+  k = int(np.shape(coef)[0])
+  G = _linalg.row_gram(dirs, k)
+  if not np.all(np.isfinite(G)):
+    raise ValueError(f"{where}: `directions.directions` contain NaN or inf.")
+  eps = max(float(jnp.finfo(l.dtype).eps) for l in leaves)
+  tol = max(1e-6, 100.0 * np.sqrt(eps))        # float32: 3.5e-2, float64: 1.5e-6
+  c = np.asarray(coef, np.float64)
+  used = np.abs(c) > 0          # a direction with g/λ = 1 (coefficient 0) does not enter P
+  G, c, k = G[np.ix_(used, used)], c[used], int(used.sum())
+  if k == 0:
+    return
+  Gh = _linalg.psd_power(G, 0.5)
+  pmin = 1.0 + np.linalg.eigvalsh(Gh @ np.diag(c) @ Gh).min()
+  if pmin <= 0:
+    raise ValueError(f"{where}: the preconditioner P = I + Σ (g_i/λ_i − 1) q_i q_iᵀ built from "
+                     f"these directions is indefinite (smallest eigenvalue {pmin:.3g}): the q_i "
+                     "are not orthonormal (max |QQᵀ − I| = "
+                     f"{np.abs(G - np.eye(k)).max():.3g}). Build them with optim.msk_directions, "
+                     "or orthonormalise hand-made ones (e.g. numpy.linalg.qr).")
+  err = np.abs(G - np.eye(k)).max()
+  if err > tol:
+    raise ValueError(f"{where}: the directions are not orthonormal (max |QQᵀ − I| = {err:.3g} > "
+                     f"{tol:.2g}), so P does not have the eigenvalues g_i/λ_i it is meant to. "
+                     "Build them with optim.msk_directions, or orthonormalise hand-made ones "
+                     "(e.g. numpy.linalg.qr on the flattened rows).")
+
+
 def msk_coefficients(values, new_values, dtype):
-  # g/λ − 1, clipped so that g/λ >= tiny under tracing (concrete inputs are checked above).
+  """``g/λ − 1`` in ``dtype``, clipped so that g/λ ≥ tiny under tracing (concrete inputs
+  are checked by :func:`check_directions`)."""
   ratio = new_values.astype(dtype) / values.astype(dtype)
   return jnp.maximum(ratio, jnp.finfo(dtype).tiny) - 1.0
 
 
 def tree_dtype(tree):
   return jnp.result_type(*[l.dtype for l in jax.tree.leaves(tree)])
+
+
+def flat_rows(directions, where):
+  """``(Q, ch)``: the directions as host rows (k, #params) in ``ravel_pytree`` order and
+  ``√(g/λ) − 1`` (the coefficients of P^½) in the directions' dtype; (None, None) for None."""
+  if directions is None:
+    return None, None
+  values, new_values = check_directions(directions, where)
+  leaves = jax.tree.leaves(directions.directions)
+  k = int(np.shape(values)[0])
+  dt = np.result_type(*[np.asarray(l).dtype for l in leaves])
+  Q = np.concatenate([np.asarray(l, dt).reshape(k, -1) for l in leaves], axis=1)
+  ratio = np.asarray(new_values, np.float64) / np.asarray(values, np.float64)
+  ch = np.sqrt(np.maximum(ratio, np.finfo(np.float64).tiny)) - 1.0
+  return Q, ch.astype(dt)
 
 
 def _project(updates, directions):
@@ -184,29 +291,13 @@ def apply_directions(updates, dirs, coef):
   return _apply_dirs(updates, dirs, coef.astype(a.dtype) * a)
 
 
-
-def few_blas_threads(size):
-  """One BLAS thread for the host-side small dense algebra (QR, eigh of the Krylov basis,
-  the one-off Lanczos basis of :mod:`mskjax.steps`).
-
-  Multi-threaded OpenBLAS on tall-skinny QRs is orders of magnitude slower on a loaded
-  machine (``benchmarks/README.md``, "Notes moved from API docstrings"). A local context
-  (threadpoolctl, a scikit-learn dependency); nothing global changes. Large bases keep the
-  default.
-  """
-  try:
-    import threadpoolctl
-  except ImportError:  # pragma: no cover
-    return contextlib.nullcontext()
-  if size > 20_000_000:
-    return contextlib.nullcontext()
-  return threadpoolctl.threadpool_limits(1, "blas")
-
-
-
-
-LOSSES = ("mse", "softmax_cross_entropy")
-METHODS = ("auto", "explicit", "sketch", "krylov")
+# ============================================================ building the directions
+LOSSES = _linalg.LOSSES
+METHODS = ("auto", "dense", "randomized", "krylov")
+"""Eigensolvers of :func:`msk_directions`: the methods of :func:`mskjax.eigh_top` that run
+on products with the kernel."""
+JACOBIANS = ("auto", "explicit", "matrix_free")
+"""How :func:`msk_directions` forms the products with the kernel."""
 
 
 def loss_hessian_sqrt(loss, outputs, targets=None):
@@ -216,7 +307,8 @@ def loss_hessian_sqrt(loss, outputs, targets=None):
   for ``'mse'`` (½‖f − y‖²; returns None), ``diag(p_i) − p_i p_iᵀ`` with ``p_i =
   softmax(f_i)`` for ``'softmax_cross_entropy'`` (no targets needed), ``jax.hessian`` of a
   callable ``ℓ(f_i, y_i)`` (per point, f_i flattened to ``(c,)``) otherwise. Each ``H_i^½``
-  comes from a c×c eigh with negative eigenvalues clipped to 0.
+  comes from a c×c eigh with negative eigenvalues clipped to 0. Host (numpy, float64), with
+  the outputs and the loss checked; the traceable form is the same formula.
 
   Example:
     >>> import numpy as np
@@ -233,14 +325,12 @@ def loss_hessian_sqrt(loss, outputs, targets=None):
   if isinstance(loss, str) and loss == "mse":
     return None
   if isinstance(loss, str):
-    z = np.exp(F - F.max(axis=1, keepdims=True))
-    pr = z / z.sum(axis=1, keepdims=True)
-    H = pr[:, :, None] * np.eye(c) - pr[:, :, None] * pr[:, None, :]
+    H = _linalg.output_hessian(loss, F, xp=np)
   else:
     with jax.enable_x64(True):
       y = jax.tree.map(lambda a: jnp.asarray(a), targets)
       try:
-        H = np.asarray(jax.vmap(jax.hessian(loss))(jnp.asarray(F), y), np.float64)
+        H = _linalg.output_hessian(loss, F, y, xp=np)
       except Exception as e:  # noqa: BLE001 -- re-raised with the argument named
         raise ValueError("msk_directions: `loss` must be a per-point loss ℓ(f_i, y_i) -> "
                          f"scalar of the point's outputs f_i (shape ({c},)) and its target "
@@ -253,16 +343,7 @@ def loss_hessian_sqrt(loss, outputs, targets=None):
     if not np.all(np.isfinite(H)):
       raise ValueError("msk_directions: the Hessian of `loss` at the current outputs has NaN "
                        "or inf entries; check the loss and the `targets`.")
-  H = 0.5 * (H + np.swapaxes(H, 1, 2))
-  w, U = np.linalg.eigh(H)
-  return np.einsum("pij,pj,pkj->pik", U, np.sqrt(np.maximum(w, 0.0)), U)
-
-
-def _weigh(Hh, V, s, c):
-  """blockdiag(H_i^½) V for (s·c, m) V (identity when Hh is None)."""
-  if Hh is None:
-    return V
-  return np.einsum("pcd,pdm->pcm", Hh, V.reshape(s, c, -1)).reshape(s * c, -1)
+  return _linalg.psd_power(H, 0.5)
 
 
 class _Explicit:
@@ -278,6 +359,12 @@ class _Explicit:
     return np.concatenate([np.asarray(l, np.float64).reshape(l.shape[0], -1)
                            for l in jax.tree.leaves(tree)], axis=1)        # (m, P)
 
+  def weigh(self, Hh, s, c):
+    A3 = self.A.reshape(s, c, -1)
+    for lo in range(0, s, 256):   # in place, a few points at a time
+      A3[lo:lo + 256] = np.einsum("pcd,pdq->pcq", Hh[lo:lo + 256].astype(self.A.dtype),
+                                  A3[lo:lo + 256])
+
   def range(self, m, rng):
     return np.asarray(self.A @ rng.standard_normal((self.A.shape[1], m)).astype(self.A.dtype),
                       np.float64)
@@ -288,6 +375,10 @@ class _Explicit:
   def gram(self, Q):
     Q = Q.astype(self.A.dtype)
     return np.asarray(self.A @ (self.A.T @ Q), np.float64)
+
+  def matrix(self):
+    K = np.asarray(self.A @ self.A.T, np.float64)
+    return 0.5 * (K + K.T)
 
   def adjoint(self, V):
     M = np.asarray(self.A.T @ V.astype(self.A.dtype), np.float64).T          # (m, P)
@@ -311,6 +402,9 @@ class _MatrixFree:
     self.cdt = jax.tree.leaves(op.params)[0].dtype
     self.m = m      # blocks of fewer columns are zero-padded to m: one compilation each
 
+  def weigh(self, Hh, s, c):
+    self.Hh = Hh
+
   def _pad(self, a, axis):
     n = a.shape[axis]
     if n >= self.m:
@@ -325,7 +419,7 @@ class _MatrixFree:
     # or jnp.asarray of a host array compiles a small program per shape)
     T = jax.tree.map(lambda a: np.asarray(self._pad(a, 0)[0], self.cdt), tree)
     out = np.asarray(self.op.jvp(T), np.float64).reshape(self.s * self.c, -1)[:, :n]
-    return _weigh(self.Hh, out, self.s, self.c)
+    return _linalg.weigh_rows(self.Hh, out, self.s, self.c)
 
   def range(self, m, rng):
     T = jax.tree.map(lambda a: rng.standard_normal((m,) + a.shape), self.op.params)
@@ -336,7 +430,7 @@ class _MatrixFree:
 
   def adjoint(self, V):
     V, n = self._pad(V, 1)
-    W = _weigh(self.Hh, V, self.s, self.c).reshape(self.s, self.c, -1)
+    W = _linalg.weigh_rows(self.Hh, V, self.s, self.c).reshape(self.s, self.c, -1)
     return jax.tree.map(lambda a: np.asarray(a)[:n],
                         self.op.vjp(np.asarray(W, self.cdt)))
 
@@ -353,105 +447,6 @@ class _MatrixFree:
     return np.einsum("pab,pbc,pdc->pad", self.Hh, D, self.Hh)
 
 
-def _ritz(Q, Z):
-  """Rayleigh–Ritz of K on span(Q) given Z = K Q: (θ desc, X = Q U, K X)."""
-  T = Q.T @ Z
-  th, U = np.linalg.eigh(0.5 * (T + T.T))
-  th, U = th[::-1], U[:, ::-1]
-  return th, Q @ U, Z @ U
-
-
-def _subspace_iteration(gram, Y, k1, tol, max_iter):
-  """Randomised block iteration with Rayleigh–Ritz after every product with K.
-
-  Starts from the range block Y (N, m): Q = orth(Y), one product K Q and Rayleigh–Ritz.
-  Each further iteration costs one product with m columns: the residual block R = K X − X Θ
-  of the current Ritz vectors, orthogonalised against X, is added to the basis and
-  Rayleigh–Ritz runs on the 2m columns [X, R] (a block Davidson step: R is the gradient of
-  the Rayleigh quotients, so this converges much faster than the power step Q ← orth(K X)
-  on slowly decaying spectra). Ritz pairs come with exact residuals r_i; the error of θ_i is
-  at most min(r_i, r_i²/gap_i) (Weyl; Kato–Temple with gap_i the distance to the other Ritz
-  values); stop when that is ≤ tol·θ_i for every i ≤ k1.
-
-  Returns (θ, X, r, converged, products).
-  """
-  m = Y.shape[1]
-  with few_blas_threads(Y.size):   # small host algebra: one BLAS thread (see there)
-    Q, _ = np.linalg.qr(Y)
-  Z = gram(Q)
-  with few_blas_threads(Y.size):
-    th, X, KX = _ritz(Q, Z)
-  for it in range(int(max_iter)):
-    with few_blas_threads(Y.size):
-      out = _davidson_update(X, KX, th, k1, tol)
-    if out is None or it == int(max_iter) - 1:
-      res = np.linalg.norm(KX - X * th, axis=0)
-      return th, X, res, out is None, it + 1
-    W = out
-    KW = gram(W)
-    with few_blas_threads(Y.size):
-      B = np.concatenate([X, W], axis=1)
-      KB = np.concatenate([KX, KW], axis=1)
-      T = B.T @ KB
-      t, U = np.linalg.eigh(0.5 * (T + T.T))
-      U = U[:, ::-1][:, :m]
-      th, X, KX = t[::-1][:m], B @ U, KB @ U
-
-
-def _davidson_update(X, KX, th, k1, tol):
-  """None when every Ritz value i < k1 meets its error bound, else the new block W."""
-  res = np.linalg.norm(KX - X * th, axis=0)
-  err = _eigenvalue_error(th, res, k1)
-  if bool(np.all(err <= tol * np.maximum(th[:k1], np.finfo(float).tiny))):
-    return None
-  R = KX - X * th
-  R = R[:, res > 1e-13 * max(abs(th[0]), np.finfo(float).tiny)]   # drop exact pairs
-  # [X, W] must be orthonormal for Rayleigh–Ritz: project, QR, and keep only columns
-  # mostly outside span(X) (QR of a near rank-deficient R returns directions that are
-  # not orthogonal to X), then project and QR once more.
-  R -= X @ (X.T @ R)
-  R -= X @ (X.T @ R)
-  W, _ = np.linalg.qr(R)
-  W -= X @ (X.T @ W)
-  W = W[:, np.linalg.norm(W, axis=0) > 0.5]
-  if W.shape[1] == 0:
-    return None
-  W, _ = np.linalg.qr(W)
-  W -= X @ (X.T @ W)
-  W, _ = np.linalg.qr(W)
-  return W
-
-
-def _eigenvalue_error(th, res, k1):
-  """min(r_i, r_i²/gap_i) for i < k1: a bound on |θ_i − λ| for the nearest eigenvalue λ."""
-  m = th.shape[0]
-  gaps = np.array([np.min(np.abs(np.delete(th, i) - th[i])) if m > 1 else np.inf
-                   for i in range(min(k1, m))])
-  r = res[:k1]
-  return np.minimum(r, r * r / np.maximum(gaps, np.finfo(float).tiny))
-
-
-def key_seed(key):
-  """A host integer seed in [0, 2³¹−1) from a ``jax.random`` key (None: ``PRNGKey(0)``),
-  read from the key's bits on the host: nothing is computed or compiled on the device.
-
-  Example:
-    >>> import jax
-    >>> key_seed(jax.random.PRNGKey(3)) == key_seed(jax.random.PRNGKey(3)) != key_seed(None)
-    True
-  """
-  if key is None:
-    key = jax.random.PRNGKey(0)
-  if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
-    key = jax.random.key_data(key)
-  bits = np.asarray(key)
-  if not np.issubdtype(bits.dtype, np.integer) or bits.size == 0:
-    raise TypeError(f"msk_directions: `key` must be a jax.random key (PRNGKey(seed) or "
-                    f"jax.random.key(seed)); got {type(key).__name__} of dtype {bits.dtype}.")
-  words = [int(b) for b in bits.astype(np.uint64).ravel()]
-  return int(np.random.SeedSequence(words).generate_state(1)[0] % (2**31 - 1))
-
-
 def _forward_flops(fn, p, x1):
   """Flops of one forward pass on one point (XLA's cost analysis; 2·#params if none)."""
   P = sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(p))
@@ -465,8 +460,8 @@ def _forward_flops(fn, p, x1):
   return flops if flops > 0 else 2.0 * P
 
 
-def choose_method(n_rows, n_params, c, m, forward_flops, itemsize, memory_budget):
-  """``'explicit'`` or ``'sketch'`` for ``method='auto'``: a flop model per point.
+def choose_jacobian(n_rows, n_params, c, m, forward_flops, itemsize, memory_budget):
+  """``'explicit'`` or ``'matrix_free'`` for ``jacobian='auto'``: a flop model per point.
 
   Explicit: the Jacobian (c backward passes, ~3·c·F flops) plus, per product with K, two
   GEMMs that read the (N, P) matrix (4·c·P·m flops, weighted ×2: memory-bound).
@@ -475,30 +470,19 @@ def choose_method(n_rows, n_params, c, m, forward_flops, itemsize, memory_budget
   ~c; convolutions reuse each weight over positions, F ≫ P, so the explicit Jacobian wins.)
 
   Example:
-    >>> choose_method(2500, 23306, 10, 31, 8.4e5, 4, 1 << 30)    # 1-D CNN, 250 points
+    >>> choose_jacobian(2500, 23306, 10, 31, 8.4e5, 4, 1 << 30)    # 1-D CNN, 250 points
     'explicit'
-    >>> choose_method(5000, 78858, 10, 41, 1.6e5, 4, 1 << 30)    # MLP: 1.6 GB > budget
-    'sketch'
-    >>> choose_method(1000, 78858, 10, 41, 1.6e5, 4, 1 << 30)    # MLP: F ≈ 2P
-    'sketch'
+    >>> choose_jacobian(5000, 78858, 10, 41, 1.6e5, 4, 1 << 30)    # MLP: 1.6 GB > budget
+    'matrix_free'
+    >>> choose_jacobian(1000, 78858, 10, 41, 1.6e5, 4, 1 << 30)    # MLP: F ≈ 2P
+    'matrix_free'
   """
   if n_rows * n_params * itemsize > memory_budget:
-    return "sketch"
+    return "matrix_free"
   iters = 4
   explicit = 3 * c * forward_flops + iters * 8 * c * n_params * m
   free = iters * 5 * m * forward_flops + 2.5 * m * forward_flops
-  return "explicit" if explicit < free else "sketch"
-
-
-def _dense_top(A, m):
-  """Top-m eigenpairs of K = A Aᵀ from one GEMM and host LAPACK (subset eigh)."""
-  import scipy.linalg
-  K = np.asarray(A @ A.T, np.float64)
-  K = 0.5 * (K + K.T)
-  N = K.shape[0]
-  th, X = scipy.linalg.eigh(K, subset_by_index=[N - m, N - 1])
-  th, X = th[::-1], X[:, ::-1]
-  return th, X, np.linalg.norm(K @ X - X * th, axis=0)
+  return "explicit" if explicit < free else "matrix_free"
 
 
 def _refresh_block(ops, dirs, m, rng):
@@ -507,9 +491,7 @@ def _refresh_block(ops, dirs, m, rng):
   The previous parameter-space directions q_i and fresh Gaussian columns ω (the cold
   build's range sample) pushed through the *current* operator in one product with A. Not
   the stored function-space vectors: for a loss-weighted kernel they carry the old
-  ``H^½`` (the outputs, hence H, change most during training), and after 200
-  cross-entropy steps on MNIST-1D they were a worse start than random columns
-  (``benchmarks/README.md``, "Refreshing the directions").
+  ``H^½`` (the outputs, hence H, change most during training) and make a worse start.
   """
   leaves, treedef = jax.tree.flatten(dirs)
   kp = int(np.shape(leaves[0])[0])
@@ -520,22 +502,325 @@ def _refresh_block(ops, dirs, m, rng):
   return ops.push(jax.tree.unflatten(treedef, block))
 
 
-def _check_previous(previous, p):
-  want, got = jax.tree.structure(p), jax.tree.structure(previous.directions)
-  if want != got:
-    raise ValueError("msk_directions: `init_vectors` (MSKDirections) has a different pytree "
-                     "structure from `params`; pass directions built for this model (or "
-                     f"init_vectors=None for a cold build). Expected {want}, got {got}.")
-  for a, q in zip(jax.tree.leaves(p), jax.tree.leaves(previous.directions)):
-    if tuple(np.shape(q))[1:] != tuple(np.shape(a)):
-      raise ValueError("msk_directions: `init_vectors` (MSKDirections) has direction leaves "
-                       f"of shape {tuple(np.shape(q))[1:]} where `params` has "
-                       f"{tuple(np.shape(a))}: directions of another model; pass directions "
-                       "built for this model (or init_vectors=None for a cold build).")
+# ---------------------------------------------------------------- msk_directions' stages
+class _Setup(NamedTuple):
+  """What the stages share: the network, its points and the sizes of the problem."""
+  apply_fn: Callable
+  params: Any
+  fn: Callable          # fn(p, x) on the trainable leaves
+  p: Any                # the trainable leaves
+  x: Any                # the s points used
+  targets: Any
+  idx: Any              # indices of the subsample (None: all points)
+  n: int                # points given
+  s: int                # points used
+  c: int
+  k: int
+  m: int                # block size k + 1 + oversample (≤ s·c)
+  cdt: Any              # None (the inputs' dtype) or float64
+  cdtype: Any           # the compute dtype
+  pc: Any               # the trainable leaves in the compute dtype
+  x1: Any               # one abstract point
+
+
+def _check_arguments(g, k, method, jacobian, loss, targets, tol, memory_budget, oversample,
+                     depth, max_cycles, init_vectors):
+  """Cheap checks first, each naming the argument and the fix; returns the checked
+  ``(tol, memory_budget)``."""
+  if not callable(g):
+    raise TypeError(f"msk_directions: `g` must be a modifier g(evals, k); got "
+                    f"{type(g).__name__}.")
+  if not _v.is_int(k):
+    raise TypeError(f"msk_directions: `k` must be a Python int (the number of directions); "
+                    f"got {type(k).__name__}.")
+  _v.check_choice(method, "method", METHODS)
+  _v.check_choice(jacobian, "jacobian", JACOBIANS)
+  if method == "dense" and jacobian == "matrix_free":
+    raise ValueError("msk_directions: `method`='dense' needs the kernel as a matrix, formed "
+                     "from the explicit Jacobian; pass jacobian='explicit' or 'auto', or "
+                     "method='randomized' / 'krylov' for matrix-free products.")
+  if not (callable(loss) or (isinstance(loss, str) and loss in LOSSES)):
+    raise ValueError(f"msk_directions: `loss` must be one of {LOSSES} or a per-point loss "
+                     f"ℓ(f_i, y_i) -> scalar; got {loss!r}.")
+  if callable(loss) and targets is None:
+    raise ValueError("msk_directions: a callable `loss` needs `targets` (n, ...) (the y_i "
+                     "of ℓ(f_i, y_i)); pass targets=..., or loss='mse' / "
+                     "'softmax_cross_entropy'.")
+  if tol is not None:
+    tol = _v.check_real(tol, "tol", lo=0, lo_open=True, hi=1)
+  memory_budget = _v.check_int(memory_budget, "memory_budget", lo=1)
+  for name, val, lo in (("oversample", oversample, 0), ("depth", depth, 0)):
+    _v.check_int(val, name, lo=lo)
+  if max_cycles is not None:
+    _v.check_int(max_cycles, "max_cycles", lo=1)
+  if not (init_vectors is None or isinstance(init_vectors, (MSKDirections, MSKSpectrum))
+          or hasattr(init_vectors, "shape") or isinstance(init_vectors, (list, tuple))):
+    raise TypeError("msk_directions: `init_vectors` must be None, an (n, m) array of start "
+                    "eigenvectors, an MSKSpectrum or the previous MSKDirections of this "
+                    f"model; got {type(init_vectors).__name__}.")
+  return tol, memory_budget
+
+
+def _subsample(x, targets, subsample, rng):
+  """The points used: all of ``x`` or ``subsample`` random ones (sorted); ``(x, targets,
+  idx)``."""
+  n = int(x.shape[0])
+  if targets is not None:
+    if jax.tree.leaves(targets) and any(np.shape(t)[0] != n for t in jax.tree.leaves(targets)):
+      raise ValueError(f"msk_directions: `targets` must have one row per point of `x` ({n}); "
+                       f"got leading axes {[np.shape(t)[0] for t in jax.tree.leaves(targets)]}.")
+  if subsample is None:
+    return x, targets, None
+  subsample = _v.check_int(subsample, "subsample", lo=2, hi=n)
+  idx = np.sort(rng.choice(n, int(subsample), replace=False))
+  x = np.asarray(x)[idx]
+  if targets is not None:
+    targets = jax.tree.map(lambda t: np.asarray(t)[idx], targets)
+  return x, targets, idx
+
+
+def _start_vectors(init_vectors, p, n, s, idx):
+  """``(vectors, previous)``: function-space start vectors on the s points (or None) and
+  the previous :class:`MSKDirections` of a refresh (or None)."""
+  previous = None
+  if isinstance(init_vectors, MSKDirections):
+    previous, init_vectors = init_vectors, None
+    check_directions(previous, "msk_directions: `init_vectors`", params=p, label="the "
+                     "previous directions", what="`params` (directions of another model; pass "
+                     "directions built for this model, or init_vectors=None for a cold build)")
+  if isinstance(init_vectors, MSKSpectrum):
+    init_vectors = init_vectors.vectors
+  if init_vectors is not None:
+    init_vectors = np.asarray(init_vectors, np.float64)
+    if init_vectors.ndim != 2 or init_vectors.shape[0] not in (n, s):
+      raise ValueError(f"msk_directions: `init_vectors` must be (n, m) eigenvectors on the "
+                       f"{n} points; got shape {init_vectors.shape}.")
+    if init_vectors.shape[0] != s:
+      init_vectors = init_vectors[idx]
+  return init_vectors, previous
+
+
+def _setup(apply_fn, params, x, targets, k, oversample, subsample, rng, float64):
+  """The trainable function, the points, and the sizes (c outputs per point, N = s·c rows,
+  the block m); ``x`` checked."""
+  fn, p = _tangents.trainable_fn(apply_fn, params)
+  _v.check_float_params(p, "msk_directions")
+  if not hasattr(x, "shape"):
+    x = np.asarray(x)
+  if len(x.shape) < 2:
+    raise ValueError(f"msk_directions: `x` must be (n, ...) with at least one feature axis; "
+                     f"got shape {tuple(x.shape)}.")
+  n = int(x.shape[0])
+  x, targets, idx = _subsample(x, targets, subsample, rng)
+  s = int(x.shape[0])
+  cdt = jnp.float64 if float64 else None
+  xin = _kernels.as_inputs(x, "x", "msk_directions")
+  cdtype = jnp.dtype(cdt) if cdt is not None else xin.dtype
+  pc = jax.tree.map(lambda a: jnp.asarray(a, cdtype), p)
+  x1 = jax.ShapeDtypeStruct((1,) + tuple(xin.shape[1:]), cdtype)   # one point, abstract
+  out = jax.eval_shape(fn, pc, x1)
+  if not hasattr(out, "shape") or len(out.shape) < 1:
+    raise ValueError("msk_directions: apply_fn(params, x) must return an array (n, ...); "
+                     f"got {type(out).__name__}.")
+  c = int(np.prod(out.shape[1:]))
+  k = _v.check_k(k, s * c)
+  m = min(k + 1 + int(oversample), s * c)
+  return _Setup(apply_fn, params, fn, p, x, targets, idx, n, s, c, k, m, cdt, cdtype, pc, x1)
+
+
+def _operator(st, method, jacobian, block_size, memory_budget):
+  """The products with ``A = J`` (weighted by H^½ later): an explicit host Jacobian or
+  blocked JVP/VJP programs; ``jacobian='auto'`` by :func:`choose_jacobian` (``'dense'``
+  always needs the explicit Jacobian)."""
+  if method == "dense":
+    jacobian = "explicit"
+  if jacobian == "auto":
+    P = sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(st.p))
+    jacobian = choose_jacobian(st.s * st.c, P, st.c, st.m,
+                               _forward_flops(st.fn, st.pc, st.x1),
+                               jnp.dtype(st.cdtype).itemsize, memory_budget)
+  if jacobian == "explicit":
+    A = _tangents.jacobian_matrix(st.apply_fn, st.params, st.x, block_size=block_size,
+                                  memory_budget=memory_budget, dtype=st.cdt)
+    return _Explicit(A, st.pc)
+  # the JVP/VJP blocks compile in worker threads while this thread goes on (forward
+  # pass and H^½ below, β's program)
+  op = _tangents.jacobian_operator(st.apply_fn, st.params, st.x, columns=st.m,
+                                   block_size=block_size, memory_budget=memory_budget,
+                                   dtype=st.cdt, precompile=True)
+  return _MatrixFree(op, None, st.s, st.c, (st.apply_fn, st.params), st.x, st.cdt,
+                     memory_budget, st.m)
+
+
+def _hessian_weighting(st, ops, loss):
+  """``H^½`` of the loss at the current outputs, applied to the operator (A ← H^½ J); None
+  for MSE."""
+  if isinstance(loss, str) and loss == "mse":
+    return None
+  F = np.asarray(_tangents.network_outputs(st.apply_fn, st.params, st.x, dtype=st.cdt),
+                 np.float64).reshape(st.s, st.c)
+  Hh = loss_hessian_sqrt(loss, F, st.targets)
+  ops.weigh(Hh, st.s, st.c)
+  return Hh
+
+
+def _start_block(st, ops, Hh, init_vectors, previous, rng, method):
+  """The eigen-solve's start block: weighted ``v ⊗ e_j`` of given vectors, the pushed
+  previous directions (a refresh), or (``'randomized'``) a range sample ``H^½ J Ω`` topped
+  up to m columns; None: the solver's own Gaussian block."""
+  start = None
+  N = st.s * st.c
+  if init_vectors is not None:
+    m0 = init_vectors.shape[1]
+    start = _linalg.weigh_rows(
+        Hh, np.einsum("pi,cj->pcij", init_vectors, np.eye(st.c)).reshape(N, m0 * st.c),
+        st.s, st.c)
+  elif previous is not None:
+    start = _refresh_block(ops, previous.directions, st.m, rng)
+  if method != "randomized":
+    return start
+  if start is None:
+    return ops.range(st.m, rng)
+  if start.shape[1] >= st.m or previous is not None:
+    return start
+  return np.concatenate([start, ops.range(st.m - start.shape[1], rng)], axis=1)
+
+
+def _solve(st, ops, method, start, seed, oversample, depth, tol, cycles):
+  """The top k+1 eigenpairs of ``K_H = A Aᵀ`` through :func:`mskjax.eigh_top`: ``(w, Y,
+  resid, converged, criterion)`` on the host in float64."""
+  N, k1 = st.s * st.c, st.k + 1
+  if method == "dense":
+    with jax.enable_x64(True):
+      top, info = _spectrum.eigh_top(ops.matrix(), st.m, method="dense", return_info=True)
+    return (np.asarray(top.values, np.float64), np.asarray(top.vectors, np.float64),
+            np.asarray(info.residuals, np.float64), True, "")
+  kop = _kernels.KernelOperator(N, jnp.float64, ops.gram)
+  if method == "krylov":
+    kop = kop._replace(matmul=lambda Vn: jnp.asarray(ops.gram(np.asarray(Vn, np.float64))))
+    opts = dict(depth=int(depth), oversample=int(oversample))
+    crit = f"every residual ≤ tol·λ₁ (tol = {tol:g})"
+  else:
+    opts = dict(oversample=st.m - k1)
+    crit = f"every eigenvalue error bound ≤ tol·λ_i (tol = {tol:g}), i ≤ k+1"
+  # one BLAS thread for the Krylov basis algebra when the products are XLA's (matrix-free);
+  # the explicit Jacobian's GEMMs keep every thread (the Davidson step limits its own)
+  few = method == "krylov" and not isinstance(ops, _Explicit)
+  with (_linalg.few_blas_threads(N * st.m * (int(depth) + 1)) if few else
+        contextlib.nullcontext()), warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)   # reported by the caller in its own terms
+    key = jax.random.PRNGKey(seed) if method == "krylov" else None
+    top, info = _spectrum.eigh_top(kop, k1, method=method, key=key,
+                                   tol=float(tol), max_cycles=int(cycles), start=start,
+                                   return_info=True, **opts)
+  return (np.asarray(top.values, np.float64), np.asarray(top.vectors, np.float64),
+          np.asarray(info.residuals, np.float64), bool(info.converged), crit)
+
+
+def _warn_unconverged(w, resid, k, method, cycles, crit):
+  bound = _spectrum.eigenvalue_error(w, resid, k + 1) / np.maximum(w[:k + 1], 1e-300)
+  warnings.warn(f"msk_directions: the eigen-solve ({method}) did not converge in "
+                f"{cycles} products/cycles: {crit} fails (largest relative error "
+                f"bound of λ₁..λ_(k+1): {float(np.max(bound)):.3g}, each to the nearest "
+                "eigenvalue). The values are Ritz values, never above the eigenvalues "
+                "they stand for (θ_i ≤ λ_i), so `values`, `next_value` and `max_value` "
+                "are too small if anything — by more than that bound where the block has "
+                "not found an eigenvector yet — and a step from them too large; raise "
+                "`max_cycles` or `tol`, or check `residuals`.", stacklevel=3)
+
+
+#: Gaps λ_k − λ_{k+1} below this fraction of λ_k, and below round-off, count as a cluster
+#: that k splits (with the 1e-6 relative tie); larger gaps are a resolved, smooth spectrum.
+CLUSTER_RTOL = 1e-3
+
+
+def _check_spectrum(st, w, g, float64):
+  """Named errors for a kernel of numerical rank < k and for a bad ``g``; a warning when
+  k splits a cluster of near-equal eigenvalues. Returns ``g(λ₁..λ_{k+1})`` (k values)."""
+  k, N, s = st.k, st.s * st.c, st.s
+  eps = float(jnp.finfo(st.cdtype).eps)
+  round_off = max(100.0, 10.0 * np.sqrt(N)) * eps * w[0]
+  more = ("" if float64 or st.cdtype == jnp.float64 else
+          f" float64=True computes the products in float64 (round-off ~{1e-16 / eps:.0e} of "
+          "this one) and resolves more directions.")
+  if not w[0] > 0:
+    raise ValueError("msk_directions: the kernel is zero on these points (λ₁ = "
+                     f"{w[0]:.3g}): the network's outputs do not depend on `params` "
+                     "(or the loss Hessian vanishes); check the model and `loss`.")
+  usable = int(np.sum(w > round_off))
+  if not w[k - 1] > round_off:
+    raise ValueError(f"msk_directions: λ_{k} = {w[k - 1]:.3g} is round-off (≤ "
+                     f"{round_off:.2g} = scale-relative round-off of λ₁ = {w[0]:.3g}): the "
+                     f"kernel on these {s} points has numerical rank < {k}: {usable} "
+                     f"eigenvalues are above round-off, so lower `k` to at most {usable} "
+                     f"({max(usable - 1, 1)} for a modifier that uses λ_(k+1), e.g. "
+                     f"flatten).{more}")
+  gap = abs(w[k - 1] - w[k])
+  if gap <= max(1e-6 * w[k - 1], min(round_off, CLUSTER_RTOL * w[k - 1])):
+    lo = k - 1
+    while lo > 0 and abs(w[lo - 1] - w[lo]) <= max(1e-6 * w[lo], min(round_off,
+                                                                      CLUSTER_RTOL * w[lo])):
+      lo -= 1
+    warnings.warn(f"msk_directions: λ_{k} ≈ λ_{k + 1} ({w[k - 1]:.6g} vs {w[k]:.6g}): k cuts "
+                  f"through a block of near-equal eigenvalues (from λ_{lo + 1} on), so which "
+                  "directions of the block are modified is arbitrary (e.g. the c outputs of "
+                  f"a symmetric network at init). Use k = {lo} (below the block; 0 means the "
+                  "block starts at λ₁) or a k past its end (raise `oversample` to see it), or "
+                  "build the directions after a few training steps, when symmetric outputs "
+                  "have separated.", stacklevel=3)
+  try:
+    new = np.asarray(g(jnp.asarray(w[:k + 1]), k), np.float64)
+  except Exception as e:  # noqa: BLE001 -- re-raised with the argument named
+    raise ValueError(f"msk_directions: calling `g`(evals, k) on the {k + 1} top eigenvalues "
+                     f"failed: {e}") from e
+  if new.shape != (k,):
+    raise ValueError(f"msk_directions: `g`(evals, k) must return k={k} values; got shape "
+                     f"{new.shape}.")
+  if not np.all(np.isfinite(new)):
+    raise ValueError(f"msk_directions: `g` returned NaN or inf new values ({new}); the "
+                     "preconditioner needs finite g(λ) > 0.")
+  if np.any(new <= 0):
+    raise ValueError(f"msk_directions: `g` returned new values ≤ 0 (min {new.min():.3g}); "
+                     "the preconditioner needs g(λ) > 0 (choose a positive modifier).")
+  if w[k] <= round_off and new.min() <= 10 * round_off:
+    raise ValueError(f"msk_directions: k = {k} is the kernel's numerical rank on these {s} "
+                     f"points: λ_{k + 1} = {w[k]:.3g} is round-off (≤ {round_off:.2g}), and "
+                     f"g turned it into new values as small as {new.min():.3g}, which "
+                     f"would blow the preconditioner up; lower `k` to {max(k - 1, 1)}.{more}")
+  return new
+
+
+def _parameter_directions(ops, Y, w, k):
+  """``q_i = Aᵀ v_i / √λ_i``, re-orthonormalised (Löwdin) in float64 on the host."""
+  return _linalg.lowdin(ops.adjoint(Y[:, :k] / np.sqrt(w[:k])), k)
+
+
+def _beta(ops, beta_blocks, Y, w, new, s, c, k):
+  """β = max over the points of λ_max of the point's c×c block of the modified kernel
+  ``K_g = K_H + Σ (g_i − λ_i) v_i v_iᵀ``."""
+  D = ops.diag_blocks(s, c) if beta_blocks is None else beta_blocks.result()
+  Yk = Y[:, :k].reshape(s, c, k)
+  Dg = D + np.einsum("pci,i,pdi->pcd", Yk, new - w[:k], Yk)
+  return float(np.max(np.linalg.eigvalsh(0.5 * (Dg + np.swapaxes(Dg, 1, 2)))[:, -1]))
+
+
+def _record(st, dirs, w, new, res, beta, Y, Hh):
+  """The :class:`MSKDirections`: directions in each parameter's dtype, the numbers in the
+  default float dtype, cast on the host and ``device_put`` (an eager device cast, or
+  ``jnp.asarray`` of a host array, compiles a small program per shape)."""
+  k = st.k
+  fdt = jnp.result_type(float)
+  out_dtypes = jax.tree.map(lambda a: jnp.asarray(a).dtype, st.p)
+  dev = lambda a, dt: jax.device_put(np.asarray(a, np.dtype(dt)))
+  dirs = jax.tree.map(dev, dirs, out_dtypes)
+  return MSKDirections(dirs, dev(w[:k], fdt), dev(new, fdt), dev(w[k], fdt), dev(res[:k], fdt),
+                       None if beta is None else dev(beta, fdt), st.s, dev(Y[:, :k], fdt),
+                       None if st.idx is None else np.asarray(st.idx),
+                       None if Hh is None else dev(Hh, fdt))
 
 
 def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int, *,
-                   loss="mse", targets=None, method: str = "auto",
+                   loss="mse", targets=None, method: str = "auto", jacobian: str = "auto",
                    subsample: Optional[int] = None, key=None, init_vectors=None,
                    oversample: int = 10, depth: int = 6, tol: Optional[float] = None,
                    max_cycles: Optional[int] = None, block_size: Optional[int] = None,
@@ -561,27 +846,31 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
   the step rules need λ of K_H. ``g`` sees λ₁..λ_{k+1} (e.g. ``flatten`` needs λ_{k+1}).
   The mathematics: ``docs/theory.md``.
 
-  Algorithms (``method``; a preconditioner needs eigenvalues to about a percent, not 1e-9
-  residuals):
+  Eigensolvers (``method``, the vocabulary of :func:`mskjax.eigh_top`; a preconditioner
+  needs eigenvalues to about a percent, not 1e-9 residuals) on products with ``K_H``
+  formed as chosen by ``jacobian``:
 
-  * ``'explicit'``: the Jacobian as a host matrix
-    (:func:`mskjax.tangents.jacobian_matrix`, jitted per-block ``vmap(jacrev)`` called from
-    a Python loop), weighted by H^½; then, for s·c ≤ 8·(k+1+oversample) or tol < 1e-4,
-    one GEMM ``K_H`` + LAPACK subset eigh; otherwise subspace iteration on the matrix
-    (GEMMs only, as ``'sketch'``).
-  * ``'sketch'``: matrix-free randomised block iteration on blocked JVP/VJP products
-    (:func:`mskjax.tangents.jacobian_operator`, jitted blocks in a Python loop): start
-    from a range sample ``H^½ J Ω`` (Ω Gaussian in parameter space), Rayleigh–Ritz, then
-    per product a block Davidson step (the Ritz residuals join the basis) until every
+  * ``'dense'``: ``K_H`` as a matrix from the explicit Jacobian, one GEMM, then a dense
+    eigh (exact).
+  * ``'randomized'``: randomised block iteration (:func:`mskjax.eigh_top` on the products):
+    start from a range sample ``H^½ J Ω`` (Ω Gaussian in parameter space), Rayleigh–Ritz,
+    then per product a block Davidson step (the Ritz residuals join the basis) until every
     Ritz value i ≤ k+1 has the error bound ``min(r_i, r_i²/gap_i) ≤ tol·θ_i`` (r_i =
     ‖K_H x_i − θ_i x_i‖, gap_i to the other Ritz values; default tol 1e-2: eigenvalues to
     about 1 %), at most ``max_cycles`` products (default 10).
-  * ``'krylov'``: restarted block Krylov (:func:`mskjax.eigh_top`) on the same matrix-free
-    products, stopping at ``‖K_H v_i − λ_i v_i‖ ≤ tol·λ₁`` (default 1e-6), for tight solves.
-  * ``'auto'``: ``'explicit'`` when the s·c·#params matrix fits ``memory_budget`` bytes
-    and a flop model says it is cheaper (convolutions: each weight is reused over
-    positions, so the Jacobian is cheap next to m JVPs; MLPs: the reverse), else
-    ``'sketch'`` (:func:`choose_method`).
+  * ``'krylov'``: restarted block Krylov (:func:`mskjax.eigh_top`) on the same products,
+    stopping at ``‖K_H v_i − λ_i v_i‖ ≤ tol·λ₁`` (default 1e-6), for tight solves.
+  * ``'auto'``: ``'dense'`` when the Jacobian is explicit and s·c ≤ 8·(k+1+oversample) or
+    tol < 1e-4, else ``'randomized'``.
+
+  Products (``jacobian``): ``'explicit'``, the Jacobian as a host matrix
+  (:func:`mskjax.tangents.jacobian_matrix`, jitted per-block ``vmap(jacrev)`` called from a
+  Python loop) weighted by H^½, every product two GEMMs; ``'matrix_free'``, blocked JVP/VJP
+  products (:func:`mskjax.tangents.jacobian_operator`, jitted blocks in a Python loop);
+  ``'auto'``: explicit when the s·c·#params matrix fits ``memory_budget`` bytes and a flop
+  model says it is cheaper (convolutions: each weight is reused over positions, so the
+  Jacobian is cheap next to m JVPs; MLPs: the reverse), else matrix-free
+  (:func:`choose_jacobian`).
 
   A refresh (``init_vectors`` = the previous :class:`MSKDirections`): the start block is
   the previous function-space ``vectors`` (same points: function space is stable under
@@ -613,7 +902,8 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       p_i p_iᵀ, no targets needed) or a per-point loss ``ℓ(f_i, y_i) -> scalar`` of the
       point's flattened outputs ``(c,)`` and its target (needs ``targets``).
     targets: ``(n, ...)`` targets for a callable ``loss`` (rows follow ``x``).
-    method: ``'auto'``, ``'explicit'``, ``'sketch'`` or ``'krylov'`` (see above).
+    method: ``'auto'``, ``'dense'``, ``'randomized'`` or ``'krylov'`` (see above).
+    jacobian: ``'auto'``, ``'explicit'`` or ``'matrix_free'`` (see above).
     subsample: use s random points of x (None: all n).
     key: ``jax.random.PRNGKey`` for the subsample and the random start block.
     init_vectors: a warm start: ``(n, m)`` (or ``(s, m)``) eigenvectors on the points, e.g.
@@ -626,12 +916,11 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
       result into an optimizer state).
     oversample: extra columns of the block (k+1+oversample in all).
     depth: Krylov blocks per cycle (``'krylov'`` only).
-    tol: stopping tolerance (default 1e-2 for ``'sketch'``/``'explicit'``, 1e-6 for
-      ``'krylov'``).
-    max_cycles: most products with K_H (``'sketch'``/``'explicit'``, default 10) or restarts
+    tol: stopping tolerance (default 1e-2 for ``'randomized'``, 1e-6 for ``'krylov'``).
+    max_cycles: most products with K_H (``'randomized'``, default 10) or restarts
       (``'krylov'``, default 10).
     block_size, memory_budget: points per block of the Jacobian products (default: from
-      the budget in bytes); the budget also decides ``'auto'``.
+      the budget in bytes); the budget also decides ``jacobian='auto'``.
     float64: compute the Jacobian products in float64 (see above).
     compute_beta: also compute β = max_x λ_max of x's c×c block of the modified kernel
       (for :func:`mskjax.steps.stable_learning_rate`).
@@ -655,225 +944,35 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     >>> bool(dc.values[0] < d.values[0] / 2)    # H_i = diag(p) − ppᵀ has eigenvalues ≤ ½
     True
   """
-  # ---- arguments (cheap checks first, each naming the argument and the fix)
-  if not callable(g):
-    raise TypeError(f"msk_directions: `g` must be a modifier g(evals, k); got "
-                    f"{type(g).__name__}.")
-  if not _v.is_int(k):
-    raise TypeError(f"msk_directions: `k` must be a Python int (the number of directions); "
-                    f"got {type(k).__name__}.")
-  method = _v.check_choice(method, "method", METHODS)
-  if not (callable(loss) or (isinstance(loss, str) and loss in LOSSES)):
-    raise ValueError(f"msk_directions: `loss` must be one of {LOSSES} or a per-point loss "
-                     f"ℓ(f_i, y_i) -> scalar; got {loss!r}.")
-  if callable(loss) and targets is None:
-    raise ValueError("msk_directions: a callable `loss` needs `targets` (n, ...) (the y_i "
-                     "of ℓ(f_i, y_i)); pass targets=..., or loss='mse' / "
-                     "'softmax_cross_entropy'.")
-  if tol is not None:
-    tol = _v.check_real(tol, "tol", lo=0, lo_open=True, hi=1)
-  memory_budget = _v.check_int(memory_budget, "memory_budget", lo=1)
-  for name, val, lo in (("oversample", oversample, 0), ("depth", depth, 0)):
-    _v.check_int(val, name, lo=lo)
-  if max_cycles is not None:
-    _v.check_int(max_cycles, "max_cycles", lo=1)
-  if not (init_vectors is None or isinstance(init_vectors, (MSKDirections, MSKSpectrum))
-          or hasattr(init_vectors, "shape") or isinstance(init_vectors, (list, tuple))):
-    raise TypeError("msk_directions: `init_vectors` must be None, an (n, m) array of start "
-                    "eigenvectors, an MSKSpectrum or the previous MSKDirections of this "
-                    f"model; got {type(init_vectors).__name__}.")
-  fn, p = _tangents.trainable_fn(apply_fn, params)
-  _v.check_float_params(p, "msk_directions")
-  if not hasattr(x, "shape"):
-    x = np.asarray(x)
-  if len(x.shape) < 2:
-    raise ValueError(f"msk_directions: `x` must be (n, ...) with at least one feature axis; "
-                     f"got shape {tuple(x.shape)}.")
-  n = int(x.shape[0])
-  if targets is not None:
-    if jax.tree.leaves(targets) and any(np.shape(t)[0] != n for t in jax.tree.leaves(targets)):
-      raise ValueError(f"msk_directions: `targets` must have one row per point of `x` ({n}); "
-                       f"got leading axes {[np.shape(t)[0] for t in jax.tree.leaves(targets)]}.")
+  tol, memory_budget = _check_arguments(g, k, method, jacobian, loss, targets, tol,
+                                        memory_budget, oversample, depth, max_cycles,
+                                        init_vectors)
   seed = key_seed(key)
   rng = np.random.default_rng(seed)
-  idx = None
-  if subsample is not None:
-    subsample = _v.check_int(subsample, "subsample", lo=2, hi=n)
-    idx = np.sort(rng.choice(n, int(subsample), replace=False))
-    x = np.asarray(x)[idx]
-    if targets is not None:
-      targets = jax.tree.map(lambda t: np.asarray(t)[idx], targets)
-  s = int(x.shape[0])
-  previous = None
-  if isinstance(init_vectors, MSKDirections):
-    previous, init_vectors = init_vectors, None
-    _check_previous(previous, p)
-  if isinstance(init_vectors, MSKSpectrum):
-    init_vectors = init_vectors.vectors
-  if init_vectors is not None:
-    init_vectors = np.asarray(init_vectors, np.float64)
-    if init_vectors.ndim != 2 or init_vectors.shape[0] not in (n, s):
-      raise ValueError(f"msk_directions: `init_vectors` must be (n, m) eigenvectors on the "
-                       f"{n} points; got shape {init_vectors.shape}.")
-    if init_vectors.shape[0] != s:
-      init_vectors = init_vectors[idx]
-  out_dtypes = jax.tree.map(lambda a: jnp.asarray(a).dtype, p)
-  fdt = jnp.result_type(float)
-
   with (jax.enable_x64(True) if float64 else contextlib.nullcontext()):
-    cdt = jnp.float64 if float64 else None
-    xin = _kernels.as_inputs(x, "x", "msk_directions")
-    cdtype = jnp.dtype(cdt) if cdt is not None else xin.dtype
-    pc = jax.tree.map(lambda a: jnp.asarray(a, cdtype), p)
-    x1 = jax.ShapeDtypeStruct((1,) + tuple(xin.shape[1:]), cdtype)   # one point, abstract
-    out = jax.eval_shape(fn, pc, x1)
-    if not hasattr(out, "shape") or len(out.shape) < 1:
-      raise ValueError("msk_directions: apply_fn(params, x) must return an array (n, ...); "
-                       f"got {type(out).__name__}.")
-    c = int(np.prod(out.shape[1:]))
-    N = s * c
-    k = _v.check_k(k, N)
-    m = min(k + 1 + int(oversample), N)
-    P = sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(p))
+    st = _setup(apply_fn, params, x, targets, k, oversample, subsample, rng, float64)
+    init_vectors, previous = _start_vectors(init_vectors, st.p, st.n, st.s, st.idx)
+    ops = _operator(st, method, jacobian, block_size, memory_budget)
     if method == "auto":
-      method = choose_method(N, P, c, m, _forward_flops(fn, pc, x1),
-                             jnp.dtype(cdtype).itemsize, memory_budget)
+      explicit = isinstance(ops, _Explicit)
+      small = st.s * st.c <= 8 * st.m or (tol is not None and tol < 1e-4)
+      method = "dense" if explicit and small else "randomized"
     if tol is None:
       tol = 1e-6 if method == "krylov" else 1e-2
     cycles = max_cycles if max_cycles is not None else 10
-
-    if method == "explicit":
-      A = _tangents.jacobian_matrix(apply_fn, params, x, block_size=block_size,
-                                    memory_budget=memory_budget, dtype=cdt)
-      ops = _Explicit(A, pc)        # weighted by H^½ below
-    else:
-      # the JVP/VJP blocks compile in worker threads while this thread goes on (forward
-      # pass and H^½ below, β's program)
-      op = _tangents.jacobian_operator(apply_fn, params, x, columns=m, block_size=block_size,
-                                       memory_budget=memory_budget, dtype=cdt,
-                                       precompile=True)
-      ops = _MatrixFree(op, None, s, c, (apply_fn, params), x, cdt, memory_budget, m)
-    Hh = None
-    if not (isinstance(loss, str) and loss == "mse"):
-      F = np.asarray(_tangents.network_outputs(apply_fn, params, x, dtype=cdt),
-                     np.float64).reshape(s, c)
-      Hh = loss_hessian_sqrt(loss, F, targets)
-      if method == "explicit":
-        A3 = ops.A.reshape(s, c, P)
-        for lo in range(0, s, 256):   # in place, a few points at a time
-          A3[lo:lo + 256] = np.einsum("pcd,pdq->pcq", Hh[lo:lo + 256].astype(ops.A.dtype),
-                                      A3[lo:lo + 256])
-      else:
-        ops.Hh = Hh
+    Hh = _hessian_weighting(st, ops, loss)
     beta_blocks = None
-    if compute_beta and method != "explicit":
+    if compute_beta and not isinstance(ops, _Explicit):
       # β's per-point Jacobians depend on nothing the eigen-solve computes: they (and their
       # compilation) run in a worker thread alongside it
-      beta_blocks = _loops.in_background(ops.diag_blocks, s, c)
-
-    # ---- the start block
-    start = None
-    if init_vectors is not None:
-      m0 = init_vectors.shape[1]
-      start = _weigh(Hh, np.einsum("pi,cj->pcij", init_vectors, np.eye(c)).reshape(N, m0 * c),
-                     s, c)
-    elif previous is not None:
-      start = _refresh_block(ops, previous.directions, m, rng)
-
-    converged, used = True, 0
-    if method == "krylov":
-      kop = _kernels.KernelOperator(N, jnp.float64, lambda Vn: jnp.asarray(
-          ops.gram(np.asarray(Vn, np.float64))))
-      with few_blas_threads(N * m * (int(depth) + 1)), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # reported below in our own terms
-        top, info = _spectrum.eigh_top(
-            kop, k + 1, method="krylov", key=jax.random.PRNGKey(seed),
-            oversample=int(oversample), depth=int(depth), tol=float(tol),
-            max_cycles=int(cycles), start=start, return_info=True)
-      w, Y = np.asarray(top.values, np.float64), np.asarray(top.vectors, np.float64)
-      resid = np.asarray(info.residuals, np.float64)
-      converged = bool(info.converged)
-      crit = f"every residual ≤ tol·λ₁ (tol = {tol:g})"
-    elif method == "explicit" and (N <= 8 * m or tol < 1e-4):
-      w, Y, resid = _dense_top(ops.A, m)
-      crit = ""
-    else:
-      if start is None:
-        Y0 = ops.range(m, rng)
-      else:
-        Y0 = start if start.shape[1] >= m or previous is not None else np.concatenate(
-            [start, ops.range(m - start.shape[1], rng)], axis=1)
-      w, Y, resid, converged, used = _subspace_iteration(ops.gram, Y0, k + 1, tol, cycles)
-      crit = f"every eigenvalue error bound ≤ tol·λ_i (tol = {tol:g}), i ≤ k+1"
+      beta_blocks = _loops.in_background(ops.diag_blocks, st.s, st.c)
+    start = _start_block(st, ops, Hh, init_vectors, previous, rng, method)
+    w, Y, resid, converged, crit = _solve(st, ops, method, start, seed, oversample, depth,
+                                          tol, cycles)
     if not converged:
-      bound = _eigenvalue_error(w, resid, k + 1) / np.maximum(w[:k + 1], 1e-300)
-      warnings.warn(f"msk_directions: the eigen-solve ({method}) did not converge in "
-                    f"{cycles} products/cycles: {crit} fails (largest relative error "
-                    f"bound of λ₁..λ_(k+1): {float(np.max(bound)):.3g}, each to the nearest "
-                    "eigenvalue). The values are Ritz values, never above the eigenvalues "
-                    "they stand for (θ_i ≤ λ_i), so `values`, `next_value` and `max_value` "
-                    "are too small if anything — by more than that bound where the block has "
-                    "not found an eigenvector yet — and a step from them too large; raise "
-                    "`max_cycles` or `tol`, or check `residuals`.", stacklevel=2)
-
-    # ---- checks on the spectrum and on g
-    res = resid / max(w[0], np.finfo(float).tiny)
-    eps = float(jnp.finfo(cdtype).eps)
-    round_off = max(100.0, 10.0 * np.sqrt(N)) * eps * w[0]
-    if not w[0] > 0:
-      raise ValueError("msk_directions: the kernel is zero on these points (λ₁ = "
-                       f"{w[0]:.3g}): the network's outputs do not depend on `params` "
-                       "(or the loss Hessian vanishes); check the model and `loss`.")
-    if not w[k - 1] > round_off:
-      raise ValueError(f"msk_directions: λ_{k} = {w[k - 1]:.3g} is round-off (≤ "
-                       f"{round_off:.2g} = scale-relative round-off of λ₁ = {w[0]:.3g}): the "
-                       f"kernel on these {s} points has numerical rank < {k}; lower `k`.")
-    tie = max(1e-6 * w[k - 1], round_off)
-    if abs(w[k - 1] - w[k]) <= tie:
-      warnings.warn(f"msk_directions: λ_{k} ≈ λ_{k + 1} ({w[k - 1]:.6g} vs {w[k]:.6g}): k cuts "
-                    "through a block of (near-)equal eigenvalues, so which directions of "
-                    "the block are modified is arbitrary (e.g. the c outputs of a "
-                    "symmetric network at init); move k to the block edge.", stacklevel=2)
-    try:
-      new = np.asarray(g(jnp.asarray(w[:k + 1]), k), np.float64)
-    except Exception as e:  # noqa: BLE001 -- re-raised with the argument named
-      raise ValueError(f"msk_directions: calling `g`(evals, k) on the {k + 1} top eigenvalues "
-                       f"failed: {e}") from e
-    if new.shape != (k,):
-      raise ValueError(f"msk_directions: `g`(evals, k) must return k={k} values; got shape "
-                       f"{new.shape}.")
-    if not np.all(np.isfinite(new)):
-      raise ValueError(f"msk_directions: `g` returned NaN or inf new values ({new}); the "
-                       "preconditioner needs finite g(λ) > 0.")
-    if np.any(new <= 0):
-      raise ValueError(f"msk_directions: `g` returned new values ≤ 0 (min {new.min():.3g}); "
-                       "the preconditioner needs g(λ) > 0 (choose a positive modifier).")
-    if w[k] <= round_off and new.min() <= 10 * round_off:
-      raise ValueError(f"msk_directions: k = {k} is the kernel's numerical rank on these {s} "
-                       f"points: λ_{k + 1} = {w[k]:.3g} is round-off (≤ {round_off:.2g}), and "
-                       f"g turned it into new values as small as {new.min():.3g}, which "
-                       "would blow the preconditioner up; lower `k`.")
-
-    # ---- directions q_i = Aᵀ v_i / √λ_i, re-orthonormalised (Löwdin) in float64
-    Qt = ops.adjoint(Y[:, :k] / np.sqrt(w[:k]))
-    G = np.zeros((k, k))
-    for leaf in jax.tree.leaves(Qt):
-      l2 = np.asarray(leaf, np.float64).reshape(k, -1)
-      G += l2 @ l2.T
-    ev, U = np.linalg.eigh(0.5 * (G + G.T))
-    Ginv = (U / np.sqrt(np.maximum(ev, np.finfo(float).tiny))) @ U.T
-    dirs = jax.tree.map(lambda l: np.tensordot(Ginv, np.asarray(l, np.float64), axes=1), Qt)
-    beta = None
-    if compute_beta:
-      D = ops.diag_blocks(s, c) if beta_blocks is None else beta_blocks.result()
-      Yk = Y[:, :k].reshape(s, c, k)
-      Dg = D + np.einsum("pci,i,pdi->pcd", Yk, new - w[:k], Yk)
-      beta = float(np.max(np.linalg.eigvalsh(0.5 * (Dg + np.swapaxes(Dg, 1, 2)))[:, -1]))
-  # cast on the host and device_put (an eager device cast, or jnp.asarray of a host
-  # array, compiles a small program per shape)
-  dev = lambda a, dt: jax.device_put(np.asarray(a, np.dtype(dt)))
-  dirs = jax.tree.map(dev, dirs, out_dtypes)
-  return MSKDirections(dirs, dev(w[:k], fdt), dev(new, fdt), dev(w[k], fdt), dev(res[:k], fdt),
-                       None if beta is None else dev(beta, fdt), s, dev(Y[:, :k], fdt),
-                       None if idx is None else np.asarray(idx),
-                       None if Hh is None else dev(Hh, fdt))
+      _warn_unconverged(w, resid, st.k, method, cycles, crit)
+    new = _check_spectrum(st, w, g, float64)
+    dirs = _parameter_directions(ops, Y, w, st.k)
+    beta = _beta(ops, beta_blocks, Y, w, new, st.s, st.c, st.k) if compute_beta else None
+  res = resid / max(w[0], np.finfo(float).tiny)
+  return _record(st, dirs, w, new, res, beta, Y, Hh)

@@ -26,7 +26,7 @@ from mskjax import spectrum as _spectrum
 from mskjax._blocks import map_row_blocks
 from mskjax.kernels import KernelOperator
 
-__all__ = ["MSKSpectrum", "modified_max_value", "kernel_step", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram",
+__all__ = ["MSKSpectrum", "modified_max_value", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram",
            "preconditioner", "check_spectrum",
            "msk_gram_from_spectrum", "preconditioner_from_spectrum",
            "apply_preconditioner", "MSKKernel", "msk_kernel_fn", "transfer_msk_spectrum"]
@@ -52,48 +52,6 @@ def modified_max_value(new_values, next_value) -> jax.Array:
     0.5
   """
   return jnp.maximum(jnp.max(new_values), next_value)
-
-
-def kernel_step(top, factor: float = 1.0) -> float:
-  """The paper's full-batch step on the summed loss ½‖r‖², η = factor / λ_max.
-
-  For kernel GD (and the linearised network) with the Gram matrix K_g, every mode
-  contracts monotonically for η ≤ 1/λ_max(K_g) and the run diverges past 2/λ_max(K_g)
-  (``predict.max_learning_rate``). ``top`` is what carries λ_max: an
-  :class:`MSKSpectrum` or ``MSKDirections`` (its ``max_value`` = max(g(λ_i), λ_{k+1})), or
-  the number itself (λ₁ for plain GD). For a loss averaged over n points multiply by n
-  (docs/theory.md, "Loss normalisation"); for minibatches and real networks use
-  ``steps.stable_learning_rate``.
-
-  Args:
-    top: MSKSpectrum / MSKDirections (anything with ``max_value``) or a positive λ_max.
-    factor: multiplies the step (a config's ``*_factor``); positive.
-
-  Returns:
-    η as a Python float.
-
-  Raises:
-    ValueError: λ_max or ``factor`` not positive and finite.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> s = MSKSpectrum(jnp.array([4.0]), jnp.eye(2)[:, :1], jnp.array([1.0]), jnp.array(1.0))
-    >>> kernel_step(s), kernel_step(4.0), kernel_step(4.0, factor=0.5)
-    (1.0, 0.25, 0.125)
-  """
-  lam = getattr(top, "max_value", top)
-  try:
-    lam = float(lam)
-  except (TypeError, ValueError):
-    raise TypeError("kernel_step: `top` must be an MSKSpectrum / MSKDirections or a number "
-                    f"λ_max; got {type(top).__name__}.") from None
-  if not np.isfinite(lam) or lam <= 0:
-    raise ValueError(f"kernel_step: λ_max must be positive and finite; got {lam!r} (an "
-                     "indefinite or all-zero kernel has no stable step).")
-  factor = float(factor)
-  if not np.isfinite(factor) or factor <= 0:
-    raise ValueError(f"kernel_step: `factor` must be positive and finite; got {factor!r}.")
-  return factor / lam
 
 
 class MSKSpectrum(NamedTuple):

@@ -19,7 +19,7 @@ neural-tangents pattern); :func:`predict_gd_mse` is the one-shot form. All funct
 any number of targets, modifiers, steps and time grids. There is no hidden cache.
 
 **One meaning of ``learning_rate=None``:** η = 1/λ_max(K_g), half the stability bound
-:func:`max_learning_rate`, in :func:`gradient_descent_mse`, :func:`predict_gd_mse` and
+:func:`mskjax.steps.max_learning_rate`, in :func:`gradient_descent_mse`, :func:`predict_gd_mse` and
 :func:`steps_to_tolerance`. Gradient flow is ``flow=True`` (dθ/dt = −η∇L, t continuous).
 
 **Convention vs neural-tangents.** ``neural_tangents.predict.gradient_descent_mse`` uses
@@ -47,9 +47,8 @@ from mskjax import modifiers as _modifiers
 from mskjax import msk as _msk
 from mskjax import spectrum as _spectrum
 
-__all__ = ["Predictions", "gradient_descent_mse", "predict_gd_mse", "max_learning_rate",
-           "steps_to_tolerance", "EDGE_RTOL", "kernel_gd_mse", "KernelSolveInfo", "METHODS",
-           "EIGENSOLVERS"]
+__all__ = ["Predictions", "gradient_descent_mse", "predict_gd_mse", "steps_to_tolerance",
+           "EDGE_RTOL", "kernel_gd_mse", "KernelSolveInfo", "METHODS", "EIGENSOLVERS"]
 
 
 class Predictions(NamedTuple):
@@ -70,21 +69,7 @@ def _full_eigenpairs(K, eigenpairs):
   n = K.shape[0]
   concrete = _v.is_concrete(K) and not _v.tracing()
   if eigenpairs is not None:
-    if not isinstance(eigenpairs, tuple) or not hasattr(eigenpairs, "vectors"):
-      raise TypeError("`eigenpairs` must be an mskjax.Eigenpairs (values, vectors) of K, e.g. "
-                      f"mskjax.eigh_desc(K); got {type(eigenpairs).__name__}.")
-    vals = _v.finite_array(eigenpairs.values, "eigenpairs.values", ndim=1)
-    vecs = _v.finite_array(eigenpairs.vectors, "eigenpairs.vectors", ndim=2)
-    if vals.shape != (n,) or vecs.shape != (n, n):
-      raise ValueError(f"`eigenpairs` must be the full decomposition of the (n={n}) kernel: "
-                       f"values (n,) and vectors (n, n), got {tuple(vals.shape)} and "
-                       f"{tuple(vecs.shape)}. Use mskjax.eigh_desc(K) (all n pairs).")
-    if concrete and np.any(np.diff(np.asarray(vals)) > 0):
-      raise ValueError("`eigenpairs.values` must be in descending order (mskjax.eigh_desc).")
-    # Same n is not the same K: a cheap residual check on the top pairs (O(n²) each).
-    _v.check_eigenpair_residuals(K, vals, vecs, "eigenpairs")
-    dt = jnp.float64 if concrete else jnp.promote_types(vals.dtype, K.dtype)
-    return _spectrum.Eigenpairs(jnp.asarray(vals, dt), jnp.asarray(vecs, dt))
+    return _spectrum.check_eigenpairs(K, eigenpairs)
   if not concrete:
     return _spectrum.eigh_desc(K)
   # The PSD tolerance is that of the caller's dtype (float32 round-off stays round-off).
@@ -219,7 +204,7 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
   t = ∞ directions with μ <= n·eps·max μ are not learned (pseudo-inverse).
 
   **Step size.** ``learning_rate=None`` means η = 1/λ_max(K_g) — half of
-  :func:`max_learning_rate` — here, in :func:`predict_gd_mse` and in
+  :func:`mskjax.steps.max_learning_rate` — here, in :func:`predict_gd_mse` and in
   :func:`steps_to_tolerance` (the one meaning of None). With ``flow=True`` the flow is
   dθ/dt = −η ∇½‖r‖², so flow at time t is the continuous version of t steps of η;
   ``flow=True, learning_rate=1.0`` is the flow of ½‖r‖² in its own time unit.
@@ -246,7 +231,7 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
     flow: ``True`` for gradient flow (continuous t), ``False`` for discrete GD steps.
     eigenpairs: optional full descending :class:`mskjax.Eigenpairs` of ``K_train`` (e.g.
       ``mskjax.eigh_desc(K_train)``, computed once and shared with
-      :func:`steps_to_tolerance` and :func:`max_learning_rate`); no new eigh is done then.
+      :func:`steps_to_tolerance` and :func:`mskjax.steps.max_learning_rate`); no new eigh is done then.
       It is used in float64 (its accuracy is that of the dtype it was computed in). Checked
       cheaply against ``K_train`` (the top 3 pairs must satisfy ``‖K v − λ v‖ <=
       psd_tolerance · λ₁``): eigenpairs of another kernel with the same n raise.
@@ -341,7 +326,7 @@ def gradient_descent_mse(K_train, y_train, g: _modifiers.Modifier | None = None,
             f"`t` = inf with `learning_rate` = {float(eta):.6g} >= 2/λ_max(K_g) = "
             f"{2.0 / top:.6g}: gradient descent diverges (|1 − ηλ_max| = "
             f"{abs(1.0 - edge):.4g} >= 1), so it has no t = ∞ limit. Use a step below "
-            "mskjax.predict.max_learning_rate(...) (e.g. learning_rate=None: 1/λ_max) or finite t.")
+            "mskjax.steps.max_learning_rate(...) (e.g. learning_rate=None: 1/λ_max) or finite t.")
     arrays = (f0_tr, Kx, f0_te, t_arr)
     if host and not _v.tracing() and all(a is None or _v.is_concrete(a) for a in arrays):
       with jax.enable_x64(True):
@@ -425,45 +410,6 @@ def predict_gd_mse(K_train, y_train, g: _modifiers.Modifier | None, k: int | Non
   return predict_fn(t, f0_train, f0_test, K_test_train)
 
 
-def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = None, *,
-                      spectrum: _msk.MSKSpectrum | None = None,
-                      eigenpairs: _spectrum.Eigenpairs | None = None) -> float:
-  r"""Largest stable step of GD on ½‖r‖² with kernel K (or K_g): η < 2 / λ_max.
-
-  GD: ``2 / λ₁``; PGD with an MSK: ``2 / max(g(λ₁..λ_k), λ_{k+1})``. (neural-tangents'
-  ``predict.max_learning_rate`` is broken on current SciPy; this is the spectral form.)
-  ``learning_rate=None`` in :func:`gradient_descent_mse`, :func:`predict_gd_mse` and
-  :func:`steps_to_tolerance` means half this bound, η = 1/λ_max (the step the paper uses).
-  An indefinite K raises (no step is stable when an eigenvalue is negative).
-
-  Args:
-    K: ``(n, n)`` Gram matrix.
-    g, k: optional modifier and number of modified eigenvalues.
-    spectrum: a precomputed :class:`mskjax.MSKSpectrum` (then K, g, k are not used).
-    eigenpairs: a precomputed full descending :class:`mskjax.Eigenpairs` of K (no new eigh).
-
-  Returns:
-    The bound 2 / λ_max as a Python float.
-
-  Example:
-    >>> import jax.numpy as jnp, mskjax
-    >>> K = jnp.diag(jnp.array([4.0, 2.0, 1.0]))
-    >>> mskjax.predict.max_learning_rate(K), mskjax.predict.max_learning_rate(K, mskjax.modifiers.flatten(), 1)
-    (0.5, 1.0)
-  """
-  if spectrum is not None:
-    spectrum = _msk.check_spectrum(spectrum, name="spectrum")
-    return 2.0 / _lambda_max(spectrum.max_value, "`spectrum`")
-  if eigenpairs is not None:
-    K = _v.check_square_symmetric(K, "K")
-    with jax.enable_x64(True):
-      _, mu, _, _ = _modified_eigh(K, g, k, {}, eigenpairs)
-      return 2.0 / _lambda_max(mu, "`K`" if g is None else "`K_g`")
-  if g is None:
-    return 2.0 / _lambda_max(_spectrum.eigh_top(K, 1, method="dense").values, "`K`")
-  return 2.0 / _lambda_max(_msk.msk_spectrum(K, g, k, method="dense").max_value, "`K_g`")
-
-
 def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None = None, *,
                        learning_rate: float | None = None, tol: float = 0.1,
                        max_steps: int = 10**7,
@@ -510,7 +456,7 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
       raise ValueError(
           f"`learning_rate` = {eta:.6g} is unstable: it must be < 2/λ_max = {2.0 / top:.6g} "
           f"(|1 − ηλ_max| = {abs(1.0 - eta * top):.4g} >= 1, GD does not converge). Use "
-          "mskjax.predict.max_learning_rate(...) or learning_rate=None (η = 1/λ_max).")
+          "mskjax.steps.max_learning_rate(...) or learning_rate=None (η = 1/λ_max).")
     c2 = np.sum(np.asarray(U.T @ jnp.asarray(yv, jnp.float64).reshape(n, -1)) ** 2, axis=1)
   total = float(np.sum(c2))
   if not total > 0:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mskjax import _linalg
 from mskjax import _validate as _v
 from mskjax._blocks import map_row_blocks
 from mskjax.kernels import KernelOperator, matrix_operator
@@ -105,6 +106,31 @@ def eigh_desc(K, *, psd_rtol: float | None = None) -> Eigenpairs:
   if psd_rtol is not None:
     psd_rtol = _v.check_real(psd_rtol, "psd_rtol", lo=0)
   return _dense_eigh(K, "K", psd_rtol)
+
+
+def check_eigenpairs(K, eigenpairs) -> Eigenpairs:
+  """A precomputed full descending decomposition of the checked ``K``, checked and upcast.
+
+  Type, shapes (``values`` (n,), ``vectors`` (n, n)), finiteness, descending order and a
+  cheap residual check of the top pairs against K (same n is not the same K); float64 for
+  concrete K (call inside ``jax.enable_x64``), else the promoted dtype.
+  """
+  n = K.shape[0]
+  concrete = _v.is_concrete(K) and not _v.tracing()
+  if not isinstance(eigenpairs, tuple) or not hasattr(eigenpairs, "vectors"):
+    raise TypeError("`eigenpairs` must be an mskjax.Eigenpairs (values, vectors) of K, e.g. "
+                    f"mskjax.eigh_desc(K); got {type(eigenpairs).__name__}.")
+  vals = _v.finite_array(eigenpairs.values, "eigenpairs.values", ndim=1)
+  vecs = _v.finite_array(eigenpairs.vectors, "eigenpairs.vectors", ndim=2)
+  if vals.shape != (n,) or vecs.shape != (n, n):
+    raise ValueError(f"`eigenpairs` must be the full decomposition of the (n={n}) kernel: "
+                     f"values (n,) and vectors (n, n), got {tuple(vals.shape)} and "
+                     f"{tuple(vecs.shape)}. Use mskjax.eigh_desc(K) (all n pairs).")
+  if concrete and np.any(np.diff(np.asarray(vals)) > 0):
+    raise ValueError("`eigenpairs.values` must be in descending order (mskjax.eigh_desc).")
+  _v.check_eigenpair_residuals(K, vals, vecs, "eigenpairs")
+  dt = jnp.float64 if concrete else jnp.promote_types(vals.dtype, K.dtype)
+  return Eigenpairs(jnp.asarray(vals, dt), jnp.asarray(vecs, dt))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "oversample", "n_iter"))
@@ -281,8 +307,9 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
   """
   if method not in METHODS:
     raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
-  if start is not None and method != "krylov":
-    raise ValueError(f"`start` is used by method='krylov' only (got method={method!r}).")
+  if start is not None and method not in ("krylov", "randomized"):
+    raise ValueError(f"`start` is used by method='krylov' and by 'randomized' on an operator "
+                     f"only (got method={method!r}).")
   if isinstance(K, KernelOperator):
     pairs, info = _eigh_top_operator(K, k, method, key, oversample, n_iter, depth, tol,
                                      max_cycles, n_landmarks, landmarks, rcond, start)
@@ -291,6 +318,10 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
       raise ValueError("method='nystrom' needs the kernel, not a matrix: pass "
                        "mskjax.kernels.kernel_operator(kernel_fn, x) as `K`.")
     K = _v.check_square_symmetric(K, "K")
+    if start is not None and method != "krylov":
+      raise ValueError("`start` is used by method='krylov' on a matrix (and by 'randomized' "
+                       "on an operator without the matrix) only; got method="
+                       f"{method!r} on a matrix.")
     if method == "krylov":
       pairs, info = _eigh_top_operator(matrix_operator(K), k, method, key, oversample,
                                        n_iter, depth, tol, max_cycles, None, None, None, start)
@@ -336,11 +367,14 @@ def _eigh_top_operator(op, k, method, key, oversample, n_iter, depth, tol, max_c
   n = _v.check_operator(op, "K")
   if method == "auto":
     method = "dense" if op.matrix is not None and n <= AUTO_DENSE_MAX_N else "krylov"
-  if method in ("dense", "randomized"):
+  if method == "randomized" and op.matrix is None:
+    return _davidson(op, k, oversample=oversample, tol=tol, max_cycles=max_cycles, key=key,
+                     start=start)
+  if method == "dense" or method == "randomized":
     if op.matrix is None:
       raise ValueError(f"method={method!r} needs the matrix K, but this KernelOperator does "
-                       "not hold it (cache=False): use method='krylov' or 'nystrom', or "
-                       "build it with kernel_operator(..., cache=True).")
+                       "not hold it (cache=False): use method='krylov', 'randomized' or "
+                       "'nystrom', or build it with kernel_operator(..., cache=True).")
     return _eigh_top_matrix(op.matrix, k, method, key, oversample, n_iter, tol, True)
   if method == "nystrom":
     return _nystrom(op, k, n_landmarks, key, landmarks, rcond)
@@ -350,89 +384,6 @@ def _eigh_top_operator(op, k, method, key, oversample, n_iter, depth, tol, max_c
 
 
 # ------------------------------------------------------------------ block Krylov
-@jax.jit
-def _cholqr(w, shift):
-  """One shifted Cholesky-QR pass: w R⁻¹ with RᵀR = wᵀw + shift·tr(wᵀw)·I.
-
-  GEMM-based (much faster than Householder QR on CPU for tall w); the shift keeps the
-  Cholesky factorisation defined for ill-conditioned or rank-deficient w (Fukaya et al.,
-  SIAM J. Sci. Comput. 2020).
-  """
-  g = w.T @ w
-  g = 0.5 * (g + g.T)
-  s = shift * jnp.trace(g) + jnp.finfo(w.dtype).tiny
-  r = jnp.linalg.cholesky(g + s * jnp.eye(g.shape[0], dtype=w.dtype))
-  return jax.scipy.linalg.solve_triangular(r, w.T, lower=True).T
-
-
-def _cholqr3(w):
-  """Shifted CholeskyQR3: orthonormal columns to round-off, even for rank-deficient w."""
-  eps = jnp.finfo(w.dtype).eps
-  rows, cols = w.shape
-  w = _cholqr(w, 11.0 * (rows * cols + cols * (cols + 1)) * eps)
-  w = _cholqr(w, cols * eps)
-  return _cholqr(w, cols * eps)
-
-
-@jax.jit
-def _orth(w):
-  return _cholqr3(w)
-
-
-@jax.jit
-def _project_out(q, w):
-  return w - q @ (q.T @ w)
-
-
-def _orth_against(blocks, w):
-  """Orthonormal columns spanning w minus its part in the span of the orthonormal ``blocks``.
-
-  Block Gram–Schmidt against each earlier block, twice ("twice is enough"), shifted
-  Cholesky-QR, one more sweep and two plain Cholesky-QR passes: orthonormal and orthogonal
-  to the blocks to round-off even when w is (numerically) inside their span. Only GEMMs,
-  and every jitted piece has the shape of one block (one compilation per solve).
-  """
-  eps = jnp.finfo(w.dtype).eps
-  rows, cols = w.shape
-  for _ in range(2):
-    for q in blocks:
-      w = _project_out(q, w)
-  w = _cholqr(w, 11.0 * (rows * cols + cols * (cols + 1)) * eps)
-  for q in blocks:
-    w = _project_out(q, w)
-  w = _cholqr(w, cols * eps)
-  return _cholqr(w, cols * eps)
-
-
-@jax.jit
-def _projected(B, KB):
-  T = B.T @ KB
-  return 0.5 * (T + T.T)
-
-
-@jax.jit
-def _ritz_pairs(B, KB, w, u):
-  Y, KY = B @ u, KB @ u
-  return Y, KY, jnp.linalg.norm(KY - Y * w, axis=0)
-
-
-def _rayleigh_ritz(B, KB, nk):
-  """Top-nk Ritz pairs of K on span(B) (B orthonormal, KB = K B) and their residuals.
-
-  The small eigenproblem Bᵀ K B runs in LAPACK on the host (``scipy.linalg.eigh``, MRRR,
-  only the top nk pairs): on the clustered spectra of kernels XLA's CPU ``eigh`` is far
-  slower on the same matrix (timings: ``benchmarks/README.md``, eigensolver section).
-  """
-  import scipy.linalg
-  T = np.asarray(_projected(B, KB), np.float64)
-  m = T.shape[0]
-  w, u = scipy.linalg.eigh(T, subset_by_index=(m - nk, m - 1), driver="evr")
-  w, u = w[::-1].copy(), u[:, ::-1].copy()
-  w = jnp.asarray(w, B.dtype)
-  Y, KY, res = _ritz_pairs(B, KB, w, jnp.asarray(u, B.dtype))
-  return w, Y, KY, res
-
-
 def _checked_product(op, Q):
   """op @ Q with its shape and finiteness checked (a named error, not an XLA one)."""
   try:
@@ -473,7 +424,7 @@ def _krylov(op, k, *, oversample, depth, tol, max_cycles, key, start=None):
   if start is not None:
     m0 = min(start.shape[1], b)
     Q = Q.at[:, :m0].set(jnp.asarray(start[:, :m0], dtype))
-  Q = _orth(Q)
+  Q = _linalg.cholqr3(Q)
   n_mv = 0
   # Products are scaled by 1/s, s a power of two (exact) of the size of the first product:
   # the Gram matrices of the basis square the entries, which would overflow (entries
@@ -491,11 +442,11 @@ def _krylov(op, k, *, oversample, depth, tol, max_cycles, key, start=None):
       n_mv += 1
       kblocks.append(KQ)
       if j < depth:
-        blocks.append(_orth_against(blocks, KQ))
+        blocks.append(_linalg.orth_against(blocks, KQ))
     B = blocks[0] if depth == 0 else jnp.concatenate(blocks, axis=1)
     KB = kblocks[0] if depth == 0 else jnp.concatenate(kblocks, axis=1)
     del blocks, kblocks
-    w, Y, KY, res = _rayleigh_ritz(B, KB, b)
+    w, Y, KY, res = _linalg.rayleigh_ritz(B, KB, b)
     del B, KB
     lam1 = float(w[0])
     done = float(jnp.max(res[:k])) <= tol * max(lam1, np.finfo(float).tiny)
@@ -503,7 +454,7 @@ def _krylov(op, k, *, oversample, depth, tol, max_cycles, key, start=None):
       break
     # Thick restart from the best b Ritz vectors; with no room for a Krylov block
     # (2b > n) this is plain subspace iteration, Q <- orth(K Y).
-    Q = Y if depth else _orth(KY)
+    Q = Y if depth else _linalg.cholqr3(KY)
   _v.check_psd_eigenvalues(w, n, dtype, "K (the operator)")
   if not done:
     warnings.warn(f"eigh_top(method='krylov'): not converged after {max_cycles} cycles (max "
@@ -515,6 +466,114 @@ def _krylov(op, k, *, oversample, depth, tol, max_cycles, key, start=None):
   pairs = Eigenpairs(w.astype(out_dtype), Y[:, :k].astype(out_dtype))
   return pairs, EighInfo("krylov", (res[:k] * scale).astype(out_dtype), n_mv, cycle + 1,
                          bool(done))
+
+
+# ------------------------------------------------------------------ block Davidson
+def _host_product(op, Q):
+  """``K Q`` on the host (float64 numpy), shape and finiteness checked (named errors)."""
+  try:
+    out = op.matmul(Q)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"`K.matmul` failed on an (n, b) = {tuple(Q.shape)} block, n = `K.n` "
+                     f"({type(e).__name__}: {e}).") from e
+  out = np.asarray(out, np.float64)
+  if out.shape != Q.shape:
+    raise ValueError(f"the operator's `matmul` must map an (n, b) = {tuple(Q.shape)} block V "
+                     f"to K V of the same shape; it returned {out.shape}.")
+  if not np.all(np.isfinite(out)):
+    raise ValueError("the operator returned NaN/inf (NaN in the kernel, or overflow).")
+  return out
+
+
+def eigenvalue_error(th, res, k1):
+  """``min(r_i, r_i²/gap_i)`` for i < k1: a bound on ``|θ_i − λ|`` for the eigenvalue λ
+  nearest to the Ritz value θ_i (Weyl; Kato–Temple with gap_i the distance to the other
+  Ritz values)."""
+  m = th.shape[0]
+  gaps = np.array([np.min(np.abs(np.delete(th, i) - th[i])) if m > 1 else np.inf
+                   for i in range(min(k1, m))])
+  r = res[:k1]
+  return np.minimum(r, r * r / np.maximum(gaps, np.finfo(float).tiny))
+
+
+def _davidson_update(X, KX, th, k1, tol):
+  """None when every Ritz value i < k1 meets its error bound, else the new block W."""
+  res = np.linalg.norm(KX - X * th, axis=0)
+  err = eigenvalue_error(th, res, k1)
+  if bool(np.all(err <= tol * np.maximum(th[:k1], np.finfo(float).tiny))):
+    return None
+  R = KX - X * th
+  R = R[:, res > 1e-13 * max(abs(th[0]), np.finfo(float).tiny)]   # drop exact pairs
+  # [X, W] must be orthonormal for Rayleigh–Ritz: project, QR, and keep only columns
+  # mostly outside span(X) (QR of a near rank-deficient R returns directions that are
+  # not orthogonal to X), then project and QR once more.
+  R -= X @ (X.T @ R)
+  R -= X @ (X.T @ R)
+  W, _ = np.linalg.qr(R)
+  W -= X @ (X.T @ W)
+  W = W[:, np.linalg.norm(W, axis=0) > 0.5]
+  if W.shape[1] == 0:
+    return None
+  W, _ = np.linalg.qr(W)
+  W -= X @ (X.T @ W)
+  W, _ = np.linalg.qr(W)
+  return W
+
+
+def _davidson(op, k, *, oversample, tol, max_cycles, key, start=None):
+  r"""Randomised block iteration with Rayleigh–Ritz after every product (host, float64).
+
+  From the start block Y (n, b) (``start``, filled with Gaussian columns to
+  b = k + oversample): Q = orth(Y), one product K Q and Rayleigh–Ritz. Each further
+  product has b columns: the residual block R = K X − X Θ of the current Ritz vectors,
+  orthogonalised against X, joins the basis and Rayleigh–Ritz runs on [X, R] (a block
+  Davidson step: R is the gradient of the Rayleigh quotients, so this converges much faster
+  than the power step Q ← orth(K X) on slowly decaying spectra). Stops when the error bound
+  ``min(r_i, r_i²/gap_i) ≤ tol·θ_i`` (:func:`eigenvalue_error`) holds for every i ≤ k, at
+  most ``max_cycles`` products.
+  """
+  n = _v.check_int(op.n, "K.n", lo=1)
+  k = _v.check_int(k, "k", lo=1, hi=n)
+  oversample = _v.check_int(oversample, "oversample", lo=0)
+  max_cycles = _v.check_int(max_cycles, "max_cycles", lo=1)
+  tol = RANDOMIZED_RTOL if tol is None else _v.check_real(tol, "tol", lo=0, lo_open=True)
+  b = min(n, k + oversample)
+  if start is not None:
+    start = np.asarray(start, np.float64)
+    if start.ndim != 2 or start.shape[0] != n:
+      raise ValueError(f"`start` must be an (n, m) block with n = {n} rows; got shape "
+                       f"{tuple(start.shape)}.")
+    b = min(n, max(b, start.shape[1]))
+  if start is None or start.shape[1] < b:
+    seed = _linalg.key_seed(key)
+    fill = np.random.default_rng(seed).standard_normal((n, b - (0 if start is None else
+                                                                start.shape[1])))
+    start = fill if start is None else np.concatenate([start, fill], axis=1)
+  with _linalg.few_blas_threads(start.size):   # small host algebra: one BLAS thread
+    Q, _ = np.linalg.qr(start)
+  th, X, KX, _ = _linalg.rayleigh_ritz(Q, _host_product(op, Q))
+  n_mv = 1
+  for it in range(max_cycles):
+    with _linalg.few_blas_threads(start.size):
+      W = _davidson_update(X, KX, th, k, tol)
+    if W is None or it == max_cycles - 1:
+      break
+    KW = _host_product(op, W)
+    n_mv += 1
+    th, X, KX, _ = _linalg.rayleigh_ritz(np.concatenate([X, W], axis=1),
+                                         np.concatenate([KX, KW], axis=1), b)
+  res = np.linalg.norm(KX - X * th, axis=0)
+  converged = W is None
+  if not converged:
+    err = eigenvalue_error(th, res, k) / np.maximum(th[:k], np.finfo(float).tiny)
+    warnings.warn(f"eigh_top(method='randomized'): not converged after {max_cycles} products "
+                  f"(largest relative eigenvalue error bound {float(np.max(err)):.3g} > tol = "
+                  f"{tol:g}); raise max_cycles/oversample. info.converged is False.",
+                  UserWarning, stacklevel=4)
+  _v.check_psd_eigenvalues(th, n, np.float64, "K (the operator)")
+  dt = jnp.dtype(op.dtype)
+  pairs = Eigenpairs(jnp.asarray(np.maximum(th[:k], 0.0), dt), jnp.asarray(X[:, :k], dt))
+  return pairs, EighInfo("randomized", jnp.asarray(res[:k], dt), n_mv, n_mv, converged)
 
 
 # ------------------------------------------------------------------ Nyström

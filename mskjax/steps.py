@@ -1,19 +1,25 @@
-r"""Step rules for (preconditioned) gradient descent on real networks.
+r"""Step rules for (preconditioned) gradient descent: every rule in one module.
 
-* :func:`stable_learning_rate` -- with ``loss_fn``: ``safety/λ̂`` from the measured top
-  positive eigenvalue λ̂ of the preconditioned loss Hessian ``P^½ ∇²L P^½`` (Lanczos on
-  Hessian-vector products; any loss, residual term included); without it, the
-  critical-batch step of Ma, Bassily & Belkin (2018) for the linearised model (MSE).
+* :func:`kernel_step` -- the full-batch step ``factor/λ_max`` of kernel GD with K or K_g
+  (the paper's step; the linearised network).
+* :func:`max_learning_rate` -- the edge ``2/λ_max`` of that iteration.
+* :func:`stable_learning_rate` -- ``safety/λ̂`` from the measured top positive eigenvalue λ̂
+  of the preconditioned loss Hessian ``P^½ ∇²L P^½`` (Lanczos on Hessian-vector
+  products; any loss, residual term included).
+* :func:`critical_batch_learning_rate` -- the minibatch step of Ma, Bassily & Belkin
+  (2018) for the linearised model (MSE), from λ_max(K_g), β and the batch size.
 * :func:`curvature_estimator` -- a jitted ``estimate(params, batch) -> (η, λ̂)`` to
-  re-estimate the step during training (the curvature moves: on the MNIST-1D MLP it grew
-  4.5× early and fell below its initial value late).
+  re-estimate the step during training.
 * :func:`set_learning_rate` -- put a new step into an ``optax.inject_hyperparams`` state
   (no recompilation).
+
+Measured behaviour of these rules: ``docs/results.md``.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+import warnings
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -22,56 +28,137 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from mskjax import _linalg
 from mskjax import _validate as _v
-from mskjax.directions import MSKDirections, check_directions, few_blas_threads
+from mskjax import modifiers as _modifiers
+from mskjax import msk as _msk
+from mskjax import spectrum as _spectrum
+from mskjax.directions import MSKDirections, check_directions, flat_rows
 from mskjax._loops import in_background
 from mskjax._validate import check_float_params
 
-__all__ = ["stable_learning_rate", "curvature_estimator", "set_learning_rate"]
+__all__ = ["kernel_step", "max_learning_rate", "stable_learning_rate",
+           "critical_batch_learning_rate", "curvature_estimator", "set_learning_rate",
+           "StepInfo"]
 
-#: η = SAFETY/λ̂: 3/8 of the edge 2/λ̂ of GD on the local quadratic model at θ₀. Measured
-#: (``benchmarks/README.md``, "The measured step rule vs a factor-2 grid": msk_sgd without
-#: momentum, λ̂ at init on one batch of the training size, steps 0.25–6/λ̂ on every seed):
-#: 2/λ̂ diverges within 12 steps on the digits README example (3/3 seeds), the regression
-#: MLP, and one of three MNIST-1D MLP seeds at b = 512, and the CNN falls to 0.50 test
-#: accuracy; 1/λ̂ blew up the digits example on one seed of three (train CE back to chance
-#: at step 100) and the CNN on one of three (step 579); 0.75/λ̂ ran stably in all 27 runs
-#: (6–8 seeds per classification setting, the CNN for 2000 steps, the regression MLP's one
-#: initialisation for 2000; one CNN seed of six dipped and recovered three times), is the best step stable on every seed of digits
-#: and the CNN, and within 2× of the best step of its own factor-2 grid everywhere — but the
-#: MNIST-1D MLP's best of all steps tried, 2/λ̂ (where it trains past the quadratic edge as
-#: λ̂ grows 4.5×), is 2.67× it.
-#: The curvature at init bounds neither direction: it grows early and falls late.
+#: η = SAFETY/λ̂: 3/8 of the edge 2/λ̂ of GD on the local quadratic model at θ₀ (the
+#: curvature at init bounds neither direction: it grows early and falls late).
 SAFETY = 0.75
 
 
-def _lanczos_step(matvec, j, carry):
-  """Lanczos step ``j`` on the carry ``(V, α, β)`` (jittable; ``j`` may be traced).
+class StepInfo(NamedTuple):
+  """What :func:`stable_learning_rate` measured (``return_info=True``).
 
-  ``V`` (iters+1, dim) holds the basis rows, row 0 the normalised start vector. Full
-  re-orthogonalisation against the stored basis in the vector dtype; the top of the
-  tridiagonal's spectrum converges to the top *positive* eigenvalue of a symmetric operator
-  (plain power iteration converges to the largest |eigenvalue|, which for a loss Hessian
-  away from a minimum can be a negative one).
+  Attributes:
+    learning_rate: η (a Python float).
+    curvature: λ̂, the top positive Ritz value of ``P^½ ∇²L P^½`` (η = safety/λ̂).
+    residual: ``‖A y − λ̂ y‖`` of its unit Ritz vector y (A = P^½ ∇²L P^½), the Lanczos
+      residual: λ̂ is within it of an eigenvalue of A.
+    iters: Lanczos steps taken.
   """
-  V, alpha, beta = carry
-  w = matvec(V[j])
-  a = jnp.dot(w, V[j])
-  w = w - V.T @ (V @ w)          # full re-orthogonalisation (rows > j are zero)
-  w = w - V.T @ (V @ w)
-  b = jnp.linalg.norm(w)
-  safe = jnp.where(b > 0, b, 1.0)
-  V = V.at[j + 1].set(jnp.where(b > 0, w / safe, 0.0))
-  return V, alpha.at[j].set(a), beta.at[j].set(b)
+  learning_rate: float
+  curvature: float
+  residual: float
+  iters: int
 
 
-def _lanczos_top(alpha, beta, xp=jnp):
-  """Largest algebraic Ritz value: top eigenvalue of the tridiagonal T(α, β) (``xp``: jnp
-  inside jit, numpy on the host)."""
-  T = xp.diag(alpha) + xp.diag(beta[:-1], 1) + xp.diag(beta[:-1], -1)
-  return xp.linalg.eigvalsh(T)[-1]
+# ------------------------------------------------------------------ linearised (kernel) rules
+def kernel_step(top, factor: float = 1.0) -> float:
+  """The paper's full-batch step on the summed loss ½‖r‖², η = factor / λ_max.
+
+  For kernel GD (and the linearised network) with the Gram matrix K_g, every mode
+  contracts monotonically for η ≤ 1/λ_max(K_g) and the run diverges past 2/λ_max(K_g)
+  (:func:`max_learning_rate`). ``top`` is what carries λ_max: an
+  :class:`~mskjax.MSKSpectrum` or :class:`~mskjax.MSKDirections` (its ``max_value`` =
+  max(g(λ_i), λ_{k+1})), or the number itself (λ₁ for plain GD). For a loss averaged over
+  n points multiply by n (``docs/theory.md``, "Loss normalisation"); for minibatches and
+  real networks use :func:`stable_learning_rate`.
+
+  Args:
+    top: MSKSpectrum / MSKDirections (anything with ``max_value``) or a positive λ_max.
+    factor: multiplies the step (a config's ``*_factor``); positive.
+
+  Returns:
+    η as a Python float.
+
+  Raises:
+    ValueError: λ_max or ``factor`` not positive and finite.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mskjax.msk import MSKSpectrum
+    >>> s = MSKSpectrum(jnp.array([4.0]), jnp.eye(2)[:, :1], jnp.array([1.0]), jnp.array(1.0))
+    >>> kernel_step(s), kernel_step(4.0), kernel_step(4.0, factor=0.5)
+    (1.0, 0.25, 0.125)
+  """
+  lam = getattr(top, "max_value", top)
+  try:
+    lam = float(lam)
+  except (TypeError, ValueError):
+    raise TypeError("kernel_step: `top` must be an MSKSpectrum / MSKDirections or a number "
+                    f"λ_max; got {type(top).__name__}.") from None
+  if not np.isfinite(lam) or lam <= 0:
+    raise ValueError(f"kernel_step: λ_max must be positive and finite; got {lam!r} (an "
+                     "indefinite or all-zero kernel has no stable step).")
+  factor = float(factor)
+  if not np.isfinite(factor) or factor <= 0:
+    raise ValueError(f"kernel_step: `factor` must be positive and finite; got {factor!r}.")
+  return factor / lam
 
 
+def _lambda_max(mu, what: str) -> float:
+  top = float(np.max(np.asarray(mu)))
+  if not top > 0:
+    raise ValueError(f"{what} is zero (λ_max = 0): gradient descent never moves, so there is "
+                     "no step size or iteration count; check the kernel.")
+  return top
+
+
+def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = None, *,
+                      spectrum: _msk.MSKSpectrum | None = None,
+                      eigenpairs: _spectrum.Eigenpairs | None = None) -> float:
+  r"""Largest stable step of GD on ½‖r‖² with kernel K (or K_g): η < 2 / λ_max.
+
+  GD: ``2 / λ₁``; PGD with an MSK: ``2 / max(g(λ₁..λ_k), λ_{k+1})``. (neural-tangents'
+  ``predict.max_learning_rate`` is broken on current SciPy; this is the spectral form.)
+  ``learning_rate=None`` in :func:`mskjax.gradient_descent_mse`,
+  :func:`mskjax.predict_gd_mse` and :func:`mskjax.steps_to_tolerance` means half this
+  bound, η = 1/λ_max (:func:`kernel_step`, the step the paper uses). An indefinite K
+  raises (no step is stable when an eigenvalue is negative).
+
+  Args:
+    K: ``(n, n)`` Gram matrix.
+    g, k: optional modifier and number of modified eigenvalues.
+    spectrum: a precomputed :class:`mskjax.MSKSpectrum` (then K, g, k are not used).
+    eigenpairs: a precomputed full descending :class:`mskjax.Eigenpairs` of K (no new eigh).
+
+  Returns:
+    The bound 2 / λ_max as a Python float.
+
+  Example:
+    >>> import jax.numpy as jnp, mskjax
+    >>> K = jnp.diag(jnp.array([4.0, 2.0, 1.0]))
+    >>> max_learning_rate(K), max_learning_rate(K, mskjax.modifiers.flatten(), 1)
+    (0.5, 1.0)
+  """
+  if spectrum is not None:
+    spectrum = _msk.check_spectrum(spectrum, name="spectrum")
+    return 2.0 / _lambda_max(spectrum.max_value, "`spectrum`")
+  if eigenpairs is not None:
+    K = _v.check_square_symmetric(K, "K")
+    with jax.enable_x64(True):
+      full = _spectrum.check_eigenpairs(K, eigenpairs)
+      if g is None:
+        return 2.0 / _lambda_max(full.values, "`K`")
+      k = _v.check_k(k, K.shape[0])
+      spec = _msk.msk_spectrum_from_eigenpairs(full, g, k, dtype=K.dtype)
+      return 2.0 / _lambda_max(spec.max_value, "`K_g`")
+  if g is None:
+    return 2.0 / _lambda_max(_spectrum.eigh_top(K, 1, method="dense").values, "`K`")
+  return 2.0 / _lambda_max(_msk.msk_spectrum(K, g, k, method="dense").max_value, "`K_g`")
+
+
+# ------------------------------------------------------------------ measured curvature
 def _start_vector(seed, flat):
   v0 = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)
   return v0 / jnp.linalg.norm(v0)
@@ -84,45 +171,12 @@ def _preconditioned_hessian(loss_fn, params, batch, Q, ch):
   ``P^½ v = v + Qᵀ (ch ⊙ Q v)`` — two GEMVs (cheaper to compile than the pytree form).
   """
   check_float_params(params, "curvature_estimator")
-  flat, unravel = ravel_pytree(params)
-  grad_flat = lambda v: ravel_pytree(jax.grad(loss_fn)(unravel(v), batch))[0]
-  hvp = lambda v: jax.jvp(grad_flat, (flat,), (v,))[1]
-  if Q is None:
-    return hvp, flat
-  Q = Q.astype(flat.dtype)
-  ch = ch.astype(flat.dtype)
-  half = lambda v: v + Q.T @ (ch * (Q @ v))
+  flat, _ = ravel_pytree(params)
+  hvp = lambda v: _linalg.flat_hvp(loss_fn, params, batch, v)
+  if Q is not None:
+    Q, ch = Q.astype(flat.dtype), ch.astype(flat.dtype)
+  half = _linalg.half_preconditioner(Q, ch)
   return (lambda v: half(hvp(half(v)))), flat
-
-
-def _flat_directions(directions, where):
-  """``(Q, ch)``: the directions as host rows (k, #params) in ``ravel_pytree`` order and
-  ``√(g/λ) − 1`` (None, None without directions)."""
-  if directions is None:
-    return None, None
-  values, new_values = check_directions(directions, where)
-  leaves = jax.tree.leaves(directions.directions)
-  k = int(np.shape(values)[0])
-  dt = np.result_type(*[np.asarray(l).dtype for l in leaves])
-  Q = np.concatenate([np.asarray(l, dt).reshape(k, -1) for l in leaves], axis=1)
-  ratio = np.asarray(new_values, np.float64) / np.asarray(values, np.float64)
-  ch = np.sqrt(np.maximum(ratio, np.finfo(np.float64).tiny)) - 1.0
-  return Q, ch.astype(dt)
-
-
-def _check_layout(directions, params, where):
-  """The directions' leaves must be (k, *leaf shape) of ``params``' leaves, same pytree."""
-  if directions is None:
-    return
-  ds, ps = jax.tree.structure(directions.directions), jax.tree.structure(params)
-  k = int(np.shape(directions.values)[0])
-  shapes = [tuple(np.shape(l)) for l in jax.tree.leaves(directions.directions)]
-  want = [(k,) + tuple(np.shape(l)) for l in jax.tree.leaves(params)]
-  if ds != ps or shapes != want:
-    raise ValueError(f"{where}: `directions.directions` does not match `params` (pytrees "
-                     f"{ds} vs {ps}; leaf shapes {shapes} vs (k, *param shape) {want}); build "
-                     "the directions from the same parameter pytree (for flax linen: "
-                     "variables['params']).")
 
 
 def curvature_estimator(loss_fn: Callable, directions: Optional[MSKDirections] = None, *,
@@ -175,12 +229,13 @@ def curvature_estimator(loss_fn: Callable, directions: Optional[MSKDirections] =
   iters = _v.check_int(iters, "iters", lo=2)
   safety = _v.check_real(safety, "safety", lo=0, lo_open=True)
 
-  Q, ch = _flat_directions(directions, "curvature_estimator")
+  Q, ch = flat_rows(directions, "curvature_estimator")
   if Q is not None:
     Q, ch = jnp.asarray(Q), jnp.asarray(ch)
 
   def estimate(params, batch):
-    _check_layout(directions, params, "curvature_estimator")
+    if directions is not None:
+      check_directions(directions, "curvature_estimator", params=params)
     lam = _estimate_top(loss_fn, iters, seed, params, batch, Q, ch)
     return jnp.asarray(safety, lam.dtype) / lam, lam
 
@@ -195,56 +250,32 @@ def curvature_estimator(loss_fn: Callable, directions: Optional[MSKDirections] =
 def _estimate_top(loss_fn, iters, seed, params, batch, Q, ch):
   op, flat = _preconditioned_hessian(loss_fn, params, batch, Q, ch)
   n = min(iters, flat.shape[0])
-  V = jnp.zeros((n + 1, flat.shape[0]), flat.dtype).at[0].set(_start_vector(seed, flat))
-  carry = (V, jnp.zeros((n,), flat.dtype), jnp.zeros((n,), flat.dtype))
-  _, alpha, beta = jax.lax.fori_loop(0, n, lambda j, c: _lanczos_step(op, j, c), carry)
-  return _lanczos_top(alpha, beta)
+  alpha, beta = _linalg.lanczos_jit(op, _start_vector(seed, flat), n)
+  return _linalg.tridiagonal_top(alpha, beta)[0]
 
 
 #: XLA options of the one-off Hessian-vector product: LLVM at -O0. On XLA:CPU the HVP's
-#: time is in library GEMMs/convolutions, which -O0 does not slow; the compilation halves
-#: (MNIST-1D MLP, 78k parameters: 1.5–1.8 s → 0.8 s; ``benchmarks/README.md``, "The one-off
-#: cost of `msk_sgd`"). Local to this one program: no JAX setting changes.
+#: time is in library GEMMs/convolutions, which -O0 does not slow, and the compilation is
+#: shorter. Local to this one program: no JAX setting changes.
 ONE_OFF_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
-
-@functools.partial(jax.jit, static_argnums=(0,), compiler_options=ONE_OFF_COMPILER_OPTIONS)
-def _flat_hvp(loss_fn, params, batch, v):
-  """``∇²L(params; batch) v`` on a flat vector (``ravel_pytree`` order); compiled once per
-  (loss_fn, shapes): repeated one-off calls with the same ``loss_fn`` reuse it."""
-  flat, unravel = ravel_pytree(params)
-  grad_flat = lambda w: ravel_pytree(jax.grad(loss_fn)(unravel(w), batch))[0]
-  return jax.jvp(grad_flat, (flat,), (v,))[1]
-
-
-def _host_lanczos(matvec, v0, n):
-  """``n`` Lanczos steps of :func:`_lanczos_step` on the host (float64 basis, full
-  re-orthogonalisation twice), ``matvec`` a host map of float64 vectors; returns (α, β)."""
-  V = np.zeros((n + 1, v0.shape[0]))
-  V[0] = v0
-  alpha, beta = np.zeros(n), np.zeros(n)
-  for j in range(n):
-    w = np.array(matvec(V[j]), np.float64)    # a writable copy
-    alpha[j] = w @ V[j]
-    w -= V.T @ (V @ w)            # rows > j are zero
-    w -= V.T @ (V @ w)
-    beta[j] = np.linalg.norm(w)
-    if beta[j] > 0:
-      V[j + 1] = w / beta[j]
-  return alpha, beta
+#: :func:`mskjax._linalg.flat_hvp` compiled once per (loss_fn, shapes) for the one-off
+#: measurement: repeated calls with the same ``loss_fn`` reuse it.
+_flat_hvp = jax.jit(_linalg.flat_hvp, static_argnums=(0,),
+                    compiler_options=ONE_OFF_COMPILER_OPTIONS)
 
 
 def _measure_top(loss_fn, directions, params, batch, iters, seed):
-  """λ̂ of :func:`curvature_estimator` for a one-off call: the same Lanczos iteration from
-  the same start vector, with only the Hessian-vector product compiled
-  (:func:`_flat_hvp`, a small program compiled at LLVM -O0, reused by later calls with the
-  same ``loss_fn``); ``P^½ u = u + Qᵀ(ch ⊙ Q u)`` (two GEMVs in the parameters' dtype) and
-  the re-orthogonalisation run in numpy, the tridiagonal solved on the host. The
-  compilation starts in a worker thread (XLA releases the GIL) while the main thread draws
-  the start vector and flattens the directions (``benchmarks/README.md``, "The one-off cost
-  of `msk_sgd`")."""
-  Q, ch = _flat_directions(directions, "stable_learning_rate")
-  _check_layout(directions, params, "stable_learning_rate")
+  """``(λ̂, residual, steps)`` of :func:`curvature_estimator` for a one-off call: the same
+  Lanczos iteration from the same start vector, with only the Hessian-vector product
+  compiled (:data:`_flat_hvp`, at LLVM -O0, reused by later calls with the same
+  ``loss_fn``); ``P^½`` (two GEMVs in the parameters' dtype) and the re-orthogonalisation
+  run in numpy, the tridiagonal is solved on the host. The compilation starts in a worker
+  thread (XLA releases the GIL) while the main thread draws the start vector and flattens
+  the directions."""
+  Q, ch = flat_rows(directions, "stable_learning_rate")
+  if directions is not None:
+    check_directions(directions, "stable_learning_rate", params=params)
   check_float_params(params, "stable_learning_rate")
   leaves = jax.tree.leaves(params)
   if not leaves:
@@ -260,13 +291,11 @@ def _measure_top(loss_fn, directions, params, batch, iters, seed):
   compiled.result()
   if Q is not None:
     Q, ch = Q.astype(dt), ch.astype(dt)
-    half = lambda u: u + Q.T @ (ch * (Q @ u))
-  else:
-    half = lambda u: u
+  half = _linalg.half_preconditioner(Q, ch)
   matvec = lambda u: half(np.asarray(_flat_hvp(loss_fn, params, batch, half(u.astype(dt)))))
-  with few_blas_threads(v0.size * (n + 1)):   # GEMVs on (n+1, #params): one BLAS thread
-    alpha, beta = _host_lanczos(matvec, v0 / np.linalg.norm(v0), n)
-  return _lanczos_top(alpha, beta, xp=np)
+  alpha, beta = _linalg.lanczos(matvec, v0 / np.linalg.norm(v0), n)
+  lam, res = _linalg.tridiagonal_top(alpha, beta)
+  return float(lam), float(res), n
 
 
 def set_learning_rate(opt_state, learning_rate):
@@ -286,10 +315,7 @@ def set_learning_rate(opt_state, learning_rate):
       st = res.state._replace(opt_state=steps.set_learning_rate(res.state.opt_state, eta))
       res = fit(loss, None, tx, data, steps=500, batch_size=128, state=st)
 
-  In a user's own loop call ``est`` every N steps the same way. (Measured on the MNIST-1D
-  MLP, re-estimating did not beat the step fixed at initialisation, and a step raised
-  after λ̂ fell diverged: ``benchmarks/README.md``, "The measured step rule vs a factor-2
-  grid".)
+  In a user's own loop call ``est`` every N steps the same way.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -325,33 +351,93 @@ def set_learning_rate(opt_state, learning_rate):
 
 
 def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size: int = 1, *,
-                         lambda_max=None, beta=None, n_points=None,
-                         reduction: str = "mean", loss_fn: Optional[Callable] = None,
-                         params=None, batch=None, safety: float = SAFETY, iters: int = 20,
-                         critical_batch: bool = False, seed: int = 0) -> float:
-  r"""Largest useful step of (preconditioned) minibatch SGD.
+                         loss_fn: Optional[Callable] = None, params=None, batch=None,
+                         safety: float = SAFETY, iters: int = 20, critical_batch: bool = False,
+                         reduction: str = "mean", seed: int = 0, return_info: bool = False,
+                         lambda_max=None, beta=None, n_points=None):
+  r"""Largest useful step of (preconditioned) minibatch SGD from the measured curvature.
 
-  **Measured (recommended; give** ``loss_fn``, ``params``, ``batch``\ **).** η = safety/λ̂
-  with λ̂ the top positive eigenvalue of ``P^½ ∇²L(θ; batch) P^½`` (Lanczos on exact
-  Hessian-vector products, :func:`curvature_estimator`; ``directions=None``: plain SGD).
-  Any loss; the residual term of the Hessian is included. Pass a batch of the size you
-  train with. With ``critical_batch=True`` and directions that carry β, the result is the
-  min of that and the critical-batch rule below (sound for MSE, where the rule's
-  Gauss–Newton curvature is the loss's; for cross-entropy the rule is ~16× too small,
-  so it is off by default). Measured against a factor-2 grid on every seed (MNIST-1D MLP
-  b = 128 / 512 and CNN, the digits README example, a regression MLP; ``benchmarks/
-  README.md``, "The measured step rule vs a factor-2 grid"): the default never diverged
-  (27 runs), and the best step was 1–2× it (MLP: 2×; the best of every step tried there, 2/λ̂, is
-  2.7× it). The curvature moves during training (MNIST-1D MLP at 1/λ̂: λ̂ rose 4.5× in
-  500 steps, then fell to a quarter of its initial value by step 2000, the run stable
-  throughout); re-estimating the step from it (:func:`curvature_estimator`) did not pay
-  there: every 250 steps at 0.75/λ̂_t it cut the step 3–5.5× while λ̂ was high (final test
-  accuracy 0.654 vs 0.680 at the fixed step), and at 1.5/λ̂_t it raised the step 2.5× once
-  λ̂ fell and diverged at step 1026 (fixed: 0.723).
+  .. math:: \eta = \text{safety}/\hat\lambda,\qquad
+     \hat\lambda = \lambda_{\max}^{+}\big(P^{1/2}\,\nabla^2_\theta L(\theta; B)\,P^{1/2}\big)
 
-  **Linearised model (no** ``loss_fn``\ **).**
+  λ̂ the top positive eigenvalue of the preconditioned loss Hessian on ``batch`` (Lanczos
+  with full re-orthogonalisation on exact Hessian-vector products, the same iteration as
+  :func:`curvature_estimator`; ``directions=None``: plain SGD). Any loss; the residual term
+  of the Hessian is included. Pass a batch of the size you train with. With
+  ``critical_batch=True`` and directions that carry β, the result is the min of that and
+  :func:`critical_batch_learning_rate` (sound for MSE, where that rule's Gauss–Newton
+  curvature is the loss's; for cross-entropy it is far too small, so it is off by
+  default). The curvature moves during training: re-estimate it with
+  :func:`curvature_estimator`.
 
-  Ma, Bassily & Belkin (2018), applied to the MSK ``K_g``: with the operator eigenvalue
+  Without ``loss_fn`` (deprecated spelling) this is :func:`critical_batch_learning_rate`
+  (``batch_size``, ``lambda_max``, ``beta``, ``n_points``, ``reduction``).
+
+  Args:
+    directions: :class:`MSKDirections` of the preconditioner, or None (plain SGD).
+    batch_size: b ≥ 1 (used by ``critical_batch``).
+    loss_fn: ``loss_fn(params, batch) -> scalar`` (the loss the optimizer minimises).
+    params, batch: where to measure the curvature.
+    safety: η = safety/λ̂ (default :data:`SAFETY` = 0.75, 3/8 of the quadratic edge 2/λ̂).
+    iters: Lanczos steps (≥ 2).
+    critical_batch: also take the min with :func:`critical_batch_learning_rate` (needs β).
+    reduction: of the batch loss, for ``critical_batch`` (``'mean'`` or ``'sum'``).
+    seed: Lanczos start vector.
+    return_info: also return a :class:`StepInfo` (λ̂ and its Lanczos residual).
+    lambda_max, beta, n_points: the deprecated linearised spelling only.
+
+  Returns:
+    η as a Python float; ``(η, StepInfo)`` with ``return_info=True``.
+
+  Example:
+    >>> import jax.numpy as jnp                            # H = diag(b), λ̂ = 4
+    >>> eta, info = stable_learning_rate(loss_fn=lambda w, b: 0.5 * jnp.sum(b * w ** 2),
+    ...                                  params=jnp.ones(3), batch=jnp.array([4.0, 1.0, -9.0]),
+    ...                                  iters=3, return_info=True)
+    >>> round(eta, 4), round(info.curvature, 4), info.residual < 1e-6   # SAFETY / λ̂
+    (0.1875, 4.0, True)
+  """
+  batch_size = _v.check_int(batch_size, "batch_size", lo=1)
+  if loss_fn is None:
+    warnings.warn("stable_learning_rate without `loss_fn` is the linearised minibatch rule: "
+                  "call steps.critical_batch_learning_rate(directions, batch_size) instead.",
+                  DeprecationWarning, stacklevel=2)
+    if return_info:
+      raise ValueError("stable_learning_rate: `return_info` reports the measured curvature; "
+                       "pass `loss_fn`, `params` and `batch`.")
+    return critical_batch_learning_rate(directions, batch_size, lambda_max=lambda_max,
+                                        beta=beta, n_points=n_points, reduction=reduction)
+  if params is None or batch is None:
+    raise ValueError("stable_learning_rate: with `loss_fn` pass `params` and `batch` (where "
+                     "to measure the curvature).")
+  if not callable(loss_fn):
+    raise TypeError("stable_learning_rate: `loss_fn` must be callable loss_fn(params, "
+                    f"batch); got {type(loss_fn).__name__}.")
+  iters = _v.check_int(iters, "iters", lo=2)
+  safety = _v.check_real(safety, "safety", lo=0, lo_open=True)
+  lam, res, n = _measure_top(loss_fn, directions, params, batch, iters, seed)
+  if not np.isfinite(lam):
+    raise ValueError(f"stable_learning_rate: the measured curvature is {lam!r} (the loss or "
+                     "its gradient is not finite at `params`).")
+  if lam <= 0:
+    raise ValueError(f"stable_learning_rate: the preconditioned Hessian has no positive "
+                     f"eigenvalue (top {lam:.3g}) at `params`: no curvature limits the step "
+                     "here; measure at other parameters or a larger batch.")
+  eta = float(safety) / lam
+  if critical_batch:
+    if directions is None or directions.beta is None:
+      raise ValueError("stable_learning_rate: `critical_batch=True` needs directions with "
+                       "`beta` (optim.msk_directions(..., compute_beta=True)).")
+    eta = min(eta, critical_batch_learning_rate(directions, batch_size, reduction=reduction))
+  return (eta, StepInfo(eta, lam, res, n)) if return_info else eta
+
+
+def critical_batch_learning_rate(directions: Optional[MSKDirections] = None,
+                                 batch_size: int = 1, *, lambda_max=None, beta=None,
+                                 n_points=None, reduction: str = "mean") -> float:
+  r"""The minibatch step of the linearised model (MSE) with the MSK ``K_g``.
+
+  Ma, Bassily & Belkin (2018), applied to ``K_g``: with the operator eigenvalue
   ``λ = λ_max(K_g)/N`` (N points the kernel was built on) and ``β = max_x λ_max(K_g(x, x))``
   (the largest per-point c×c block), the step for the batch-mean loss
   ``(1/b) Σ_{j∈B} ½‖f(x_j) − y_j‖²`` is
@@ -361,88 +447,50 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
   It grows linearly in b up to the critical batch size ``b* ≈ β/λ`` and saturates at
   the full-batch value ≈ 1/λ (= N/λ_max(K_g) for the mean loss) beyond. In expectation
   the error on the stiffest direction contracts for η < 2η*(b) (exactly so when all
-  points have the same β), so η*(b) sits at half the mean-square divergence threshold;
-  tests/test_precond_step.py measures the threshold. For a summed batch loss
-  (``reduction='sum'``) the step is η*(b)/b. For cross-entropy the logit Hessian is at
-  most ½·I (Gauss–Newton), so the same rule is conservative by up to 2×.
+  points have the same β), so η*(b) sits at half the mean-square divergence threshold.
+  For a summed batch loss (``reduction='sum'``) the step is η*(b)/b. For cross-entropy the
+  logit Hessian is at most ½·I (Gauss–Newton), so the same rule is conservative by up to 2×.
 
   Args:
     directions: :class:`MSKDirections` with ``beta`` and ``n_points`` (from
-      :func:`msk_directions`); or None and give the three numbers below (or, with
-      ``loss_fn``, None for plain SGD).
+      :func:`msk_directions`); or None and give the three numbers below.
     batch_size: b ≥ 1.
     lambda_max: λ_max(K_g) of the Gram matrix (default ``directions.max_value``).
     beta: β (default ``directions.beta``).
     n_points: N, the size of that Gram matrix in points (default ``directions.n_points``).
     reduction: ``'mean'`` (loss averaged over the batch) or ``'sum'``.
-    loss_fn: ``loss_fn(params, batch) -> scalar``: measure the curvature (see above).
-    params, batch: where to measure it (required with ``loss_fn``).
-    safety: η = safety/λ̂ (default :data:`SAFETY` = 0.75, 3/8 of the quadratic edge 2/λ̂).
-    iters: Lanczos steps.
-    critical_batch: also take the min with the critical-batch rule (needs β).
-    seed: Lanczos start vector.
 
   Returns:
     η as a Python float.
 
   Example:
-    >>> from mskjax import optim
-    >>> optim.stable_learning_rate(batch_size=1, lambda_max=100.0, beta=2.0, n_points=100)
+    >>> critical_batch_learning_rate(batch_size=1, lambda_max=100.0, beta=2.0, n_points=100)
     0.5
-    >>> optim.stable_learning_rate(batch_size=100, lambda_max=100.0, beta=2.0, n_points=100)
+    >>> critical_batch_learning_rate(batch_size=100, lambda_max=100.0, beta=2.0, n_points=100)
     0.9900990099009901
-    >>> import jax.numpy as jnp                            # measured: H = diag(b), λ̂ = 4
-    >>> round(optim.stable_learning_rate(loss_fn=lambda w, b: 0.5 * jnp.sum(b * w ** 2),
-    ...                                  params=jnp.ones(3), batch=jnp.array([4.0, 1.0, -9.0]),
-    ...                                  iters=3), 4)              # SAFETY / λ̂ = 0.75 / 4
-    0.1875
 
   References:
     S. Ma, R. Bassily, M. Belkin, *The power of interpolation: understanding the
     effectiveness of SGD in modern over-parametrized learning*, ICML 2018.
   """
+  where = "critical_batch_learning_rate"
   batch_size = _v.check_int(batch_size, "batch_size", lo=1)
-  if loss_fn is not None:
-    if params is None or batch is None:
-      raise ValueError("stable_learning_rate: with `loss_fn` pass `params` and `batch` (where "
-                       "to measure the curvature).")
-    if not callable(loss_fn):
-      raise TypeError("stable_learning_rate: `loss_fn` must be callable loss_fn(params, "
-                      f"batch); got {type(loss_fn).__name__}.")
-    iters = _v.check_int(iters, "iters", lo=2)
-    safety = _v.check_real(safety, "safety", lo=0, lo_open=True)
-    lam = float(_measure_top(loss_fn, directions, params, batch, iters, seed))
-    if not np.isfinite(lam):
-      raise ValueError(f"stable_learning_rate: the measured curvature is {lam!r} (the loss or "
-                       "its gradient is not finite at `params`).")
-    if lam <= 0:
-      raise ValueError(f"stable_learning_rate: the preconditioned Hessian has no positive "
-                       f"eigenvalue (top {lam:.3g}) at `params`: no curvature limits the step "
-                       "here; measure at other parameters or a larger batch.")
-    eta = float(safety) / lam
-    if critical_batch:
-      if directions is None or directions.beta is None:
-        raise ValueError("stable_learning_rate: `critical_batch=True` needs directions with "
-                         "`beta` (optim.msk_directions(..., compute_beta=True)).")
-      eta = min(eta, stable_learning_rate(directions, batch_size, reduction=reduction))
-    return eta
   if reduction not in ("mean", "sum"):
-    raise ValueError(f"stable_learning_rate: `reduction` must be 'mean' or 'sum'; got "
-                     f"{reduction!r}.")
+    raise ValueError(f"{where}: `reduction` must be 'mean' or 'sum'; got {reduction!r}.")
   if directions is not None:
-    check_directions(directions, "stable_learning_rate")
+    check_directions(directions, where)
     lambda_max = directions.max_value if lambda_max is None else lambda_max
     beta = directions.beta if beta is None else beta
     n_points = directions.n_points if n_points is None else n_points
   for name, val in (("lambda_max", lambda_max), ("beta", beta), ("n_points", n_points)):
     if val is None:
-      raise ValueError(f"stable_learning_rate: `{name}` is unknown; pass it or build the "
-                       "directions with optim.msk_directions (which computes it).")
+      raise ValueError(f"{where}: `{name}` is unknown; pass it or build the directions with "
+                       "optim.msk_directions (which computes it).")
     if not _v.is_concrete(val):
-      raise TypeError(f"stable_learning_rate: `{name}` must be concrete (call it outside jit).")
+      raise TypeError(f"{where}: `{name}` must be concrete (call it outside jit).")
     if not np.isfinite(float(val)) or float(val) <= 0:
-      raise ValueError(f"stable_learning_rate: `{name}` must be a positive finite number; "
-                       f"got {float(val)!r}.")
+      raise ValueError(f"{where}: `{name}` must be a positive finite number; got "
+                       f"{float(val)!r}.")
   b = int(batch_size)
   lam = float(lambda_max) / float(n_points)
   eta = b / (float(beta) + (b - 1) * lam)

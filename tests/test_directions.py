@@ -80,7 +80,7 @@ def _rows(d):
 LOSSES = ["mse", "softmax_cross_entropy", "callable"]
 
 
-@pytest.mark.parametrize("kind,method", [(kind, "explicit") for kind in LOSSES] + [
+@pytest.mark.parametrize("kind,method", [(kind, "dense") for kind in LOSSES] + [
     pytest.param("mse", "krylov", marks=pytest.mark.slow), ("softmax_cross_entropy", "krylov"),
     pytest.param("callable", "krylov", marks=pytest.mark.slow)])
 def test_gauss_newton_directions_match_the_jacrev_oracle(kind, method):
@@ -127,7 +127,7 @@ def test_sketch_default_accuracy_is_about_a_percent(kind):
   model, variables, x, y = _setup(n=12)
   k = 4
   d = optim.msk_directions(model.apply, variables, x, modifiers.flatten(), k, loss=kind,
-                           method="sketch")
+                           method="randomized", jacobian="matrix_free")
   lam = _oracle(model, variables, x, y, kind)[0]
   # the default promise: each of λ₁..λ_{k+1} within tol = 1 % (a bound, checked loosely)
   np.testing.assert_allclose(d.values, lam[:k], rtol=1e-2)
@@ -147,20 +147,20 @@ def test_cross_entropy_kernel_is_smaller_than_the_ntk():
 def test_refresh_is_one_product_and_its_next_value_is_right():
   model, variables, x, y = _setup(n=12)
   k, g = 3, modifiers.flatten()
-  d0 = optim.msk_directions(model.apply, variables, x, g, k, method="sketch", tol=1e-10,
+  d0 = optim.msk_directions(model.apply, variables, x, g, k, method="randomized", jacobian="matrix_free", tol=1e-10,
                             max_cycles=60)
   moved = jax.tree.map(lambda a: a * 1.02 + 0.01, variables)   # as after some training
   lam = _oracle(model, moved, x, y, "mse")[0]
   with warnings.catch_warnings():
     warnings.simplefilter("error")                             # converged: no warning
     warm = optim.msk_directions(model.apply, moved, x, g, k, init_vectors=d0,
-                                method="sketch", max_cycles=2)
+                                method="randomized", jacobian="matrix_free", max_cycles=2)
   # tol = 1e-2 default: eigenvalues and λ_{k+1} within ~1 %
   np.testing.assert_allclose(warm.values, lam[:k], rtol=1e-2)
   np.testing.assert_allclose(warm.next_value, lam[k], rtol=1e-2)
   # one product only, unconverged at a tight tol: it says so (no silent 18–43 % errors)
   with pytest.warns(UserWarning, match="did not converge"):
-    optim.msk_directions(model.apply, moved, x, g, k, method="sketch", max_cycles=1,
+    optim.msk_directions(model.apply, moved, x, g, k, method="randomized", jacobian="matrix_free", max_cycles=1,
                          tol=1e-9)
 
 
@@ -191,6 +191,48 @@ def test_near_equal_warning_is_relative_to_lambda_k():
   fn, w, X = _linear([1e5, 0.4, 0.4, 0.2, 0.1, 0.05])
   with pytest.warns(UserWarning, match="block"):
     optim.msk_directions(fn, w, X, modifiers.flatten(), 2, compute_beta=False)
+
+
+def _directions32(lams, k):
+  """msk_directions of `_linear(lams)` with float32 products (x64 off inside the call)."""
+  fn, w, X = _linear(lams)
+  with jax.enable_x64(False):
+    return optim.msk_directions(fn, np.asarray(w, np.float32), np.asarray(X, np.float32),
+                                modifiers.flatten(), k, compute_beta=False, method="dense")
+
+
+def test_smooth_spectrum_below_round_off_is_not_a_cluster():
+  # float32 products: round-off ~ max(100, 10√N)·eps·λ₁ = 1.2e-5. λ₃/λ₄ = 1.03 differ by
+  # 6e-6 < round-off, but by 3 % of λ₃ (> CLUSTER_RTOL = 0.1 %): a smooth spectrum, not a
+  # block — no warning (the old rule, gap ≤ round-off, warned here at every such k).
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    d = _directions32([1.0, 0.5, 2e-4, 1.94e-4, 1e-4, 5e-5], 3)
+  assert d.values.dtype == np.float32
+  # float32 products (eps 1.2e-7 of λ₁ = 1): λ₃ to ~1e-6 absolute; oracle = the design
+  np.testing.assert_allclose(d.values, [1.0, 0.5, 2e-4], rtol=1e-2)
+
+
+def test_real_cluster_in_float32_warns_and_names_the_block_edge():
+  # A double eigenvalue computed in float32 differs by round-off (≪ 0.1 % of λ₂): a block
+  # k = 2 splits; the message names k = 1 (below the block) as the fix.
+  with pytest.warns(UserWarning, match=r"block.*Use k = 1"):
+    _directions32([1.0, 0.5, 0.5, 0.1, 0.05, 0.01], 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rank_error_says_how_many_directions_are_usable(dtype):
+  lams = [3.0, 2.0, 1.0, 0.0, 0.0, 0.0]     # rank 3
+  with pytest.raises(ValueError, match="rank") as e:
+    if dtype == "float32":
+      _directions32(lams, 4)
+    else:
+      fn, w, X = _linear(lams)
+      optim.msk_directions(fn, w, X, modifiers.flatten(), 4, compute_beta=False,
+                           method="dense")
+  assert "3 eigenvalues are above round-off" in str(e.value)
+  # float64=True is offered only where the products ran in float32
+  assert ("float64=True" in str(e.value)) == (dtype == "float32")
 
 
 def test_k_at_the_numerical_rank_with_flatten_is_refused():
@@ -271,7 +313,7 @@ def _refresh_case():
   the jacrev + eigh oracle's eigenvalues there: the set-up of the refresh tests."""
   model, variables, x, y = _setup(n=40)
   k, g, ce = 6, modifiers.flatten(), "softmax_cross_entropy"
-  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, method="sketch")
+  d0 = optim.msk_directions(model.apply, variables, x, g, k, loss=ce, method="randomized", jacobian="matrix_free")
   moved = _trained(model, variables, x)
   lam = _oracle(model, moved, x, y, ce)[0]
   return model, variables, x, y, k, g, ce, d0, moved, lam
@@ -286,7 +328,7 @@ def test_refresh_after_training_matches_the_oracle_cross_entropy():
   assert abs(lam[k] / lam0[k] - 1) > 0.2            # the kernel did move
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="sketch",
+    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="randomized", jacobian="matrix_free",
                              init_vectors=d0)
   np.testing.assert_allclose(d.values, lam[:k], rtol=1e-2)
   np.testing.assert_allclose(d.next_value, lam[k], rtol=1e-2)
@@ -299,7 +341,7 @@ def test_one_product_refresh_warns_and_is_never_too_large():
   # values never exceed the eigenvalues) next_value and values are ≤ the oracle's.
   model, variables, x, y, k, g, ce, d0, moved, lam = _refresh_case()
   with pytest.warns(UserWarning, match=r"did not converge.*too small if anything"):
-    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="sketch",
+    d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="randomized", jacobian="matrix_free",
                              init_vectors=d0, depth=0, max_cycles=1)
   # 1e-9 relative: float64 round-off of a Rayleigh quotient
   assert float(d.next_value) <= lam[k] * (1 + 1e-9)

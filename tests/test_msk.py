@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import mskjax
-from mskjax import modifiers, msk
+from mskjax import modifiers, msk, steps
 import oracles
 from conftest import random_psd
 
@@ -246,9 +246,9 @@ def test_kernel_step_is_one_over_lambda_max_and_refuses_bad_values(bad):
   K = np.diag([8.0, 4.0, 2.0, 1.0])
   s = msk.msk_spectrum(jnp.asarray(K), modifiers.flatten(), 2, method="dense")
   Kg = np.asarray(msk.msk_gram(jnp.asarray(K), modifiers.flatten(), 2))
-  assert msk.kernel_step(s, factor=0.5) == pytest.approx(0.5 / np.linalg.eigvalsh(Kg)[-1],
+  assert steps.kernel_step(s, factor=0.5) == pytest.approx(0.5 / np.linalg.eigvalsh(Kg)[-1],
                                                          rel=1e-12)
   with pytest.raises(ValueError, match="positive and finite"):
-    msk.kernel_step(bad)
+    steps.kernel_step(bad)
   with pytest.raises(ValueError, match="factor"):
-    msk.kernel_step(s, factor=bad)
+    steps.kernel_step(s, factor=bad)

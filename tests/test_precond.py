@@ -15,7 +15,7 @@ import flax.linen as nn
 from flax import nnx
 from flax.training import train_state
 
-from mskjax import function_space, modifiers, optim, tracking
+from mskjax import function_space, modifiers, optim, steps, tracking
 
 
 class MLP(nn.Module):
@@ -243,7 +243,7 @@ def test_float32_pipeline_stays_float32():
     # default: float32 products, a solve to what a preconditioner needs (tol 1e-2 on the
     # eigenvalue error bound): residuals / λ₁ of that order, not 1e-6
     assert float(d.residuals.max()) < 2e-2
-    tx = optim.msk_sgd(optim.stable_learning_rate(d, 8), d)
+    tx = optim.msk_sgd(steps.critical_batch_learning_rate(d, 8), d)
     params = variables["params"]
     st = tx.init(params)
 
@@ -272,9 +272,9 @@ def test_errors():
   with pytest.raises(ValueError, match="pytree structures"):
     tx.update({"a": jnp.zeros(4)}, tx.init(None))
   with pytest.raises(ValueError, match="beta"):
-    optim.stable_learning_rate(d, 32)
+    steps.critical_batch_learning_rate(d, 32)
   with pytest.raises(ValueError, match="batch_size"):
-    optim.stable_learning_rate(batch_size=0, lambda_max=1.0, beta=1.0, n_points=1)
+    steps.critical_batch_learning_rate(batch_size=0, lambda_max=1.0, beta=1.0, n_points=1)
   x = jnp.ones((4, 2))
   with pytest.raises(ValueError, match="rank"):   # one parameter: the NTK has rank 1
     optim.msk_directions(lambda w, xx: xx @ w[:, None] * 0 + xx[:, :1] * w[0],
@@ -327,7 +327,7 @@ def test_warm_start_from_previous_directions():
   J, _ = _full_jacobian(lambda q: f(q, x), params["params"])
   lam = np.linalg.eigvalsh(J @ J.T)[::-1]
   d0 = optim.msk_directions(apply_fn, params, x, g, k + 4, tol=1e-12, max_cycles=30)
-  once = dict(method="sketch", max_cycles=1, oversample=0)
+  once = dict(method="randomized", jacobian="matrix_free", max_cycles=1, oversample=0)
   warm = optim.msk_directions(apply_fn, params, x, g, k, init_vectors=d0, **once)
   with pytest.warns(UserWarning, match="did not converge"):   # and says so
     cold = optim.msk_directions(apply_fn, params, x, g, k, **once)

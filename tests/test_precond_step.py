@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mskjax import modifiers, optim
+from mskjax.steps import critical_batch_learning_rate
 
 
 @functools.partial(jax.jit, static_argnames=("b", "epochs"))
@@ -56,7 +57,7 @@ def test_rule_against_measured_divergence_threshold(b):
   X, Y = _sphere_data()
   n = X.shape[0]
   lam = np.linalg.eigvalsh(X @ X.T)[-1]
-  eta = optim.stable_learning_rate(batch_size=b, lambda_max=lam, beta=9.0, n_points=n)
+  eta = critical_batch_learning_rate(batch_size=b, lambda_max=lam, beta=9.0, n_points=n)
   diverged = lambda f: not (np.isfinite(L := _sgd_losses(X, Y, f * eta, b, 40, 0))[-1]
                             and L[-1] < 1e-3 * L[0])
   assert not diverged(1.0)          # at the rule: converges
@@ -106,7 +107,7 @@ def test_preconditioned_minibatch_follows_full_batch_prediction(ratio):
   c0 = U.T @ (-Y)
   L0 = 0.5 * np.mean(Y ** 2)
   for b in (32, 128, 512):
-    eta = optim.stable_learning_rate(d, b)
+    eta = critical_batch_learning_rate(d, b)
     L = _sgd_losses(X, Y, eta, b, epochs, 1, dirs=d)
     steps = n // b
     # full-batch prediction per epoch: r_e = U (1 − η g(λ)/n)^{e·n/b} Uᵀ r₀

@@ -88,7 +88,7 @@ def test_msk_flow_matches_neural_tangents_with_modified_kernels(name):
 def test_infinite_time_is_kernel_regression(name, discrete):
   g = GS[name]
   K, Kx, y = circle_problem(n=20, seed=4)
-  eta = 0.5 * mskjax.predict.max_learning_rate(K, g, 5) if discrete else 1.0
+  eta = 0.5 * mskjax.steps.max_learning_rate(K, g, 5) if discrete else 1.0
   p = mskjax.predict_gd_mse(K, y, g, 5, jnp.inf, learning_rate=eta, flow=not discrete,
                             K_test_train=Kx)
   ref = Kx @ np.linalg.solve(K, y)  # the plain-GD solution, the same for every g
@@ -113,8 +113,8 @@ def test_singular_kernel_uses_pseudo_inverse(flow):
 def test_max_learning_rate_and_steps():
   K, _, y = circle_problem()
   lam = np.linalg.eigvalsh(K)[::-1]
-  assert mskjax.predict.max_learning_rate(K) == pytest.approx(2 / lam[0], rel=1e-12)
-  assert mskjax.predict.max_learning_rate(K, modifiers.flatten(), 5) == pytest.approx(2 / lam[5], rel=1e-12)
+  assert mskjax.steps.max_learning_rate(K) == pytest.approx(2 / lam[0], rel=1e-12)
+  assert mskjax.steps.max_learning_rate(K, modifiers.flatten(), 5) == pytest.approx(2 / lam[5], rel=1e-12)
   # steps_to_tolerance against brute-force iteration of the explicit matrix.
   for g in (None, modifiers.flatten()):
     K_g = np.asarray(K if g is None else mskjax.msk_gram(K, g, 5))
@@ -142,8 +142,8 @@ def test_eigenpairs_are_computed_once_and_there_is_no_hidden_cache(monkeypatch):
   got = [mskjax.steps_to_tolerance(K, y[:, 0], g, 5, eigenpairs=E)
          for g in (None, modifiers.flatten())]
   assert got == fresh
-  assert mskjax.predict.max_learning_rate(K, modifiers.flatten(), 5, eigenpairs=E) == pytest.approx(
-      mskjax.predict.max_learning_rate(K, modifiers.flatten(), 5), rel=1e-12)
+  assert mskjax.steps.max_learning_rate(K, modifiers.flatten(), 5, eigenpairs=E) == pytest.approx(
+      mskjax.steps.max_learning_rate(K, modifiers.flatten(), 5), rel=1e-12)
   calls.clear()
   predict_fn = mskjax.gradient_descent_mse(K, y, modifiers.flatten(), 5)
   a, b = predict_fn(np.array([0, 3])), predict_fn(np.array([7, 100]), f0_train=0.1 * y)
@@ -184,7 +184,7 @@ def test_eigenpairs_argument_is_checked():
   with pytest.raises(ValueError, match="descending"):
     mskjax.steps_to_tolerance(K, y, eigenpairs=mskjax.Eigenpairs(E.values[::-1], E.vectors))
   with pytest.raises(TypeError, match="Eigenpairs"):
-    mskjax.predict.max_learning_rate(K, eigenpairs=np.eye(6))
+    mskjax.steps.max_learning_rate(K, eigenpairs=np.eye(6))
   with pytest.raises(TypeError, match="`flow`"):
     mskjax.gradient_descent_mse(K, y, flow="yes")
 
@@ -225,7 +225,7 @@ def test_indefinite_kernel_is_rejected():
   with pytest.raises(ValueError, match="not positive semi-definite"):
     mskjax.predict_gd_mse(K, y, None, None, 5, learning_rate=0.5)
   with pytest.raises(ValueError, match="not positive semi-definite"):
-    mskjax.predict.max_learning_rate(K)
+    mskjax.steps.max_learning_rate(K)
   with pytest.raises(ValueError, match="not positive semi-definite"):
     mskjax.steps_to_tolerance(K, y)
 
@@ -328,7 +328,7 @@ def test_zero_kernel_is_a_clear_error():
   with pytest.raises(ValueError, match="is zero"):
     mskjax.steps_to_tolerance(np.zeros((3, 3)), np.ones(3))
   with pytest.raises(ValueError, match="is zero"):
-    mskjax.predict.max_learning_rate(np.zeros((3, 3)))
+    mskjax.steps.max_learning_rate(np.zeros((3, 3)))
 
 
 def test_jitted_float32_pipeline_stays_float32_and_exact():

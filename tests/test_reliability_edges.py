@@ -60,7 +60,7 @@ ENTRY_POINTS = {
     "msk_kernel_fn": lambda g: mskjax.msk_kernel_fn(rbf, X, g, 3, get=None),
     "predict_gd_mse": lambda g: mskjax.predict_gd_mse(K, Y, g, 3, 10),
     "gradient_descent_mse": lambda g: mskjax.gradient_descent_mse(K, Y, g, 3),
-    "max_learning_rate": lambda g: mskjax.predict.max_learning_rate(K, g, 3),
+    "max_learning_rate": lambda g: mskjax.steps.max_learning_rate(K, g, 3),
     "steps_to_tolerance": lambda g: mskjax.steps_to_tolerance(K, Y, g, 3),
 }
 
@@ -276,7 +276,7 @@ def test_eigenpairs_of_another_kernel_are_named(seed, g):
   with pytest.raises(ValueError, match="`eigenpairs`"):
     mskjax.steps_to_tolerance(K, Y, mod, k, eigenpairs=other)
   with pytest.raises(ValueError, match="`eigenpairs`"):
-    mskjax.predict.max_learning_rate(K, mod, k, eigenpairs=other)
+    mskjax.steps.max_learning_rate(K, mod, k, eigenpairs=other)
 
 
 def test_eigenpairs_of_the_same_kernel_in_float32_are_accepted():

@@ -98,6 +98,29 @@ def test_measured_step_errors():
                                critical_batch=True)
 
 
+@pytest.mark.parametrize("iters", [4, 30])
+def test_return_info_gives_the_curvature_and_a_true_residual_bound(iters):
+  """λ̂ and its Lanczos residual r: an eigenvalue of A lies within r of λ̂ (numpy eigvalsh,
+  float64); with iters = dim Lanczos is exact and r is round-off."""
+  with jax.enable_x64(True):
+    dim = 30
+    rng = np.random.default_rng(2)
+    O, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    lam = np.linspace(0.1, 10.0, dim)
+    A = (O * lam) @ O.T
+    loss = lambda p, b: 0.5 * p @ (b @ p)
+    eta, info = steps.stable_learning_rate(loss_fn=loss, params=jnp.ones(dim),
+                                           batch=jnp.asarray(A), iters=iters, return_info=True)
+    assert eta == info.learning_rate == pytest.approx(steps.SAFETY / info.curvature, rel=1e-12)
+    assert info.iters == iters
+    # r bounds the distance of λ̂ to the spectrum (rounding of a 30×30 float64 problem)
+    assert np.min(np.abs(lam - info.curvature)) <= info.residual + 1e-12
+    if iters == dim:
+      assert info.residual < 1e-8 and info.curvature == pytest.approx(10.0, rel=1e-10)
+    else:
+      assert info.residual > 1e-6 and info.curvature < 10.0    # 4 steps: not converged
+
+
 @pytest.mark.parametrize("params", [{"v": jnp.ones(4)}, {"w": jnp.ones(5)}])
 def test_directions_that_do_not_match_params_are_named(params):
   """Directions of another pytree or other leaf shapes: a named error from both the

@@ -78,17 +78,17 @@ def run(config, ctx):
       variables = nets.init_zero_output(net.model, jax.random.PRNGKey(config.seed), x)
       K0 = tangents.empirical_ntk(net.model.apply, variables, x)
       if method == "GD":
-        eta = mskjax.msk.kernel_step(jnp.linalg.eigvalsh(K0)[-1])
+        eta = mskjax.steps.kernel_step(jnp.linalg.eigvalsh(K0)[-1])
         tx = optax.sgd(eta)
       else:
         spec0 = mskjax.msk_spectrum(K0, g, k)       # the network's own kernel at init
-        eta = mskjax.msk.kernel_step(spec0)
+        eta = mskjax.steps.kernel_step(spec0)
         # The fixed preconditioner P of the network's own empirical NTK at init, from its
         # exact top-k directions (tol < 1e-4: one dense eigh): P Jᵀ r = Jᵀ S r, the paper's
         # PGD (docs/theory.md#the-preconditioner-p-parameter-space); the small target
         # amplitude keeps J near its initial value, so P stays exact.
         directions = mskjax.msk_directions(net.model.apply, variables, x, g, k,
-                                           method="explicit", tol=1e-6)
+                                           method="dense", tol=1e-6)
         tx = mskjax.msk_sgd(eta, directions)
       stop = 0.5 * (config.tol * float(jnp.linalg.norm(y))) ** 2   # ½‖r‖² < ½ tol²‖y‖²
       res = T.train(apply_fn, variables["params"], tx, x, y, steps=s["network_max_steps"],

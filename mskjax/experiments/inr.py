@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 import mskjax
-from mskjax import iga, modifiers
+from mskjax import iga, modifiers, steps
 
 IMAGES = ("china", "flower")
 COLORS = ("gray", "rgb")
@@ -461,7 +461,7 @@ def run(config, ctx):
           if "d" not in cache:
             d, secs = build_directions(model.apply, variables, x, k=c.msk_k,
                                        subsample=c.msk_subsample or None, seed=seed)
-            rule = mskjax.stable_learning_rate(d, batch_size=int(x.shape[0]))
+            rule = steps.critical_batch_learning_rate(d, batch_size=int(x.shape[0]))
             key = f"{setting_tag}/{label}/seed={seed}/directions"
             row = ctx.cached(key, lambda: dict(
                 kind="directions", setting=setting_tag, model=label, seed=seed, k=c.msk_k,

@@ -182,7 +182,7 @@ def pgd_base_lr(rule: str, directions, batch_size: int, *, arch: Optional[str] =
     loss_fn=, params=, batch=)`` — SAFETY/λ̂ = 0.75/λ̂, λ̂ the top eigenvalue of the P-preconditioned
     cross-entropy Hessian measured by Lanczos at ``params`` on ``batch`` (one batch of the
     training size; needs ``arch``, ``params``, ``batch``);
-  * ``'stable'``: ``mskjax.stable_learning_rate(directions, batch_size)`` — the
+  * ``'stable'``: ``mskjax.steps.critical_batch_learning_rate(directions, batch_size)`` — the
     critical-batch step of the linearised MSK for the quadratic loss (the directions need
     β: :func:`build_directions` with ``compute_beta=True``); far too small for
     cross-entropy (docs/pitfalls.md#linearised-step-rules-on-real-networks).
@@ -197,7 +197,7 @@ def pgd_base_lr(rule: str, directions, batch_size: int, *, arch: Optional[str] =
   if rule == "absolute":
     return 1.0
   if rule == "stable":
-    return float(mskjax.stable_learning_rate(directions, int(batch_size)))
+    return float(mskjax.steps.critical_batch_learning_rate(directions, int(batch_size)))
   if rule == "measured":
     if arch is None or params is None or batch is None:
       raise ValueError("pgd_base_lr: the 'measured' rule needs `arch`, `params` and `batch` "

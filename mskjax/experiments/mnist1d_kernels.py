@@ -106,7 +106,7 @@ def run(config, ctx):
           # η = 1/λ_max(K_g) from the eigenvalues already computed (no second eigh).
           mu = lam if g is None else np.concatenate(
               [np.asarray(mskjax.modifiers.apply_modifier(g, jnp.asarray(lam), k)), lam[k:]])
-          eta = mskjax.msk.kernel_step(np.max(mu))
+          eta = mskjax.steps.kernel_step(np.max(mu))
           # One call per t (scalar t), as in the committed run: a t-array together with a
           # modifier once gave wrong train predictions on this kernel (η·g = 1 rounded in
           # two places); fixed since, a t-array call now matches per-t calls to 2e-16.

@@ -40,8 +40,8 @@ def run(config, ctx):
   eig = mskjax.eigh_desc(K)   # the one diagonalisation of K, shared by every call below
   spectrum = mskjax.msk.msk_spectrum_from_eigenpairs(eig, g, config.k)
   lam = np.asarray(eig.values)
-  eta_gd = mskjax.msk.kernel_step(lam[0])
-  eta_pgd = mskjax.msk.kernel_step(spectrum)
+  eta_gd = mskjax.steps.kernel_step(lam[0])
+  eta_pgd = mskjax.steps.kernel_step(spectrum)
   ctx.print(f"NTK spectrum: λ₁ = {lam[0]:.4g}, λ_(k+1) = {lam[config.k]:.4g}, "
             f"ratio = {lam[0] / lam[config.k]:.1f} (the largest possible speed-up)")
 
@@ -120,11 +120,11 @@ def _finite_network(net, x, g, config):
   K0 = tangents.empirical_ntk(net.model.apply, variables, x)
   spec0 = mskjax.msk_spectrum(K0, g, config.k)
   directions = mskjax.msk_directions(net.model.apply, variables, x, g, config.k,
-                                     method="explicit")
+                                     method="dense")
   return dict(params=variables["params"], directions=directions,
               apply_fn=lambda p, a: net.model.apply({"params": p}, a),
-              eta_gd=mskjax.msk.kernel_step(mskjax.eigh_top(K0, 1).values[0]),
-              spec_pgd=spec0, eta_pgd=mskjax.msk.kernel_step(spec0))
+              eta_gd=mskjax.steps.kernel_step(mskjax.eigh_top(K0, 1).values[0]),
+              spec_pgd=spec0, eta_pgd=mskjax.steps.kernel_step(spec0))
 
 
 def _train_network(finite, x, y, x_test, y_test, g, config, ctx):

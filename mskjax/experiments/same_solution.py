@@ -103,18 +103,18 @@ def run(config, ctx):
 
       def compute():
         if g is None:
-          eta = mskjax.msk.kernel_step(jnp.linalg.eigvalsh(K0)[-1])
+          eta = mskjax.steps.kernel_step(jnp.linalg.eigvalsh(K0)[-1])
           tx, loss, spec0 = optax.sgd(eta), "mse", None
         else:
           spec0 = mskjax.msk_spectrum(K0, g, k)
-          eta = mskjax.msk.kernel_step(spec0)
+          eta = mskjax.steps.kernel_step(spec0)
           if how == "tracking":
             # The tracking preconditioner (full batch, re-formed at every step) from the
             # exact top-k directions of the network's own empirical NTK at init: P_t Jᵀ r
             # follows Jᵀ S r while J moves (docs/theory.md#the-preconditioner-p-parameter-space),
             # the form for full-batch MSE at the large steps MSK allows.
             d0 = mskjax.msk_directions(net.model.apply, variables, x, g, k,
-                                       method="explicit", tol=1e-6)
+                                       method="dense", tol=1e-6)
             tx, loss = mskjax.msk_sgd_tracking(eta, apply_fn, x, d0), "mse"
           else:
             tx = optax.sgd(eta)

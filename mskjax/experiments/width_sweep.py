@@ -98,8 +98,8 @@ def run(config, ctx):
   # GD through the same optimiser: g/λ = 1 on the same eigenvectors (identity preconditioner).
   spec_gd = spec_pgd._replace(new_values=spec_pgd.values)
   methods = {
-      "GD": (None, None, mskjax.msk.kernel_step(lam[0]), spec_gd),
-      "PGD-flatten": (mskjax.modifiers.flatten(), config.k, mskjax.msk.kernel_step(spec_pgd),
+      "GD": (None, None, mskjax.steps.kernel_step(lam[0]), spec_gd),
+      "PGD-flatten": (mskjax.modifiers.flatten(), config.k, mskjax.steps.kernel_step(spec_pgd),
                       spec_pgd),
   }
   preds_inf = {}
