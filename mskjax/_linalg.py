@@ -397,3 +397,14 @@ def half_preconditioner(Q, ch):
   if Q is None:
     return lambda u: u
   return lambda u: u + Q.T @ (ch * (Q @ u))
+
+
+def eigenvalue_error(th, res, k1):
+  """``min(r_i, r_i²/gap_i)`` for i < k1: a bound on ``|θ_i − λ|`` for the eigenvalue λ
+  nearest to the Ritz value θ_i (Weyl; Kato–Temple with gap_i the distance to the other
+  Ritz values)."""
+  m = th.shape[0]
+  gaps = np.array([np.min(np.abs(np.delete(th, i) - th[i])) if m > 1 else np.inf
+                   for i in range(min(k1, m))])
+  r = res[:k1]
+  return np.minimum(r, r * r / np.maximum(gaps, np.finfo(float).tiny))

@@ -718,7 +718,7 @@ def _solve(st, ops, method, start, seed, oversample, depth, tol, cycles):
 
 
 def _warn_unconverged(w, resid, k, method, cycles, crit):
-  bound = _spectrum.eigenvalue_error(w, resid, k + 1) / np.maximum(w[:k + 1], 1e-300)
+  bound = _linalg.eigenvalue_error(w, resid, k + 1) / np.maximum(w[:k + 1], 1e-300)
   warnings.warn(f"msk_directions: the eigen-solve ({method}) did not converge in "
                 f"{cycles} products/cycles: {crit} fails (largest relative error "
                 f"bound of λ₁..λ_(k+1): {float(np.max(bound)):.3g}, each to the nearest "

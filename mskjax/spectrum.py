@@ -27,7 +27,7 @@ from mskjax import _validate as _v
 from mskjax._blocks import map_row_blocks
 from mskjax.kernels import KernelOperator, matrix_operator
 
-__all__ = ["Eigenpairs", "EighInfo", "eigh_desc", "eigh_top",
+__all__ = ["Eigenpairs", "EighInfo", "eigh_desc", "eigh_top", "check_eigenpairs",
            "METHODS", "RANDOMIZED_RTOL", "KRYLOV_RTOL", "AUTO_DENSE_MAX_N",
            "eigenvalue_blocks", "round_k_to_block", "warn_if_k_splits_block"]
 
@@ -485,21 +485,10 @@ def _host_product(op, Q):
   return out
 
 
-def eigenvalue_error(th, res, k1):
-  """``min(r_i, r_i²/gap_i)`` for i < k1: a bound on ``|θ_i − λ|`` for the eigenvalue λ
-  nearest to the Ritz value θ_i (Weyl; Kato–Temple with gap_i the distance to the other
-  Ritz values)."""
-  m = th.shape[0]
-  gaps = np.array([np.min(np.abs(np.delete(th, i) - th[i])) if m > 1 else np.inf
-                   for i in range(min(k1, m))])
-  r = res[:k1]
-  return np.minimum(r, r * r / np.maximum(gaps, np.finfo(float).tiny))
-
-
 def _davidson_update(X, KX, th, k1, tol):
   """None when every Ritz value i < k1 meets its error bound, else the new block W."""
   res = np.linalg.norm(KX - X * th, axis=0)
-  err = eigenvalue_error(th, res, k1)
+  err = _linalg.eigenvalue_error(th, res, k1)
   if bool(np.all(err <= tol * np.maximum(th[:k1], np.finfo(float).tiny))):
     return None
   R = KX - X * th
@@ -529,7 +518,7 @@ def _davidson(op, k, *, oversample, tol, max_cycles, key, start=None):
   orthogonalised against X, joins the basis and Rayleigh–Ritz runs on [X, R] (a block
   Davidson step: R is the gradient of the Rayleigh quotients, so this converges much faster
   than the power step Q ← orth(K X) on slowly decaying spectra). Stops when the error bound
-  ``min(r_i, r_i²/gap_i) ≤ tol·θ_i`` (:func:`eigenvalue_error`) holds for every i ≤ k, at
+  ``min(r_i, r_i²/gap_i) ≤ tol·θ_i`` (``_linalg.eigenvalue_error``) holds for every i ≤ k, at
   most ``max_cycles`` products.
   """
   n = _v.check_int(op.n, "K.n", lo=1)
@@ -565,7 +554,7 @@ def _davidson(op, k, *, oversample, tol, max_cycles, key, start=None):
   res = np.linalg.norm(KX - X * th, axis=0)
   converged = W is None
   if not converged:
-    err = eigenvalue_error(th, res, k) / np.maximum(th[:k], np.finfo(float).tiny)
+    err = _linalg.eigenvalue_error(th, res, k) / np.maximum(th[:k], np.finfo(float).tiny)
     warnings.warn(f"eigh_top(method='randomized'): not converged after {max_cycles} products "
                   f"(largest relative eigenvalue error bound {float(np.max(err)):.3g} > tol = "
                   f"{tol:g}); raise max_cycles/oversample. info.converged is False.",
