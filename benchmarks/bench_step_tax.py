@@ -73,10 +73,10 @@ class CNN1D(nn.Module):
 MODELS = {
     "digits MLP 64-256-256-10": (MLP((256, 256, 10)), (64,), 1797, "ce"),
     "MNIST-1D MLP 40-256-256-10": (MLP((256, 256, 10)), (40,), 4000, "ce"),
-    "MNIST-1D MLP 40-512-512-512-10": (MLP((512, 512, 512, 10)), (40,), 4000, "ce"),
     "regression MLP 1-512-512-1": (MLP((512, 512, 1)), (1,), 1024, "mse"),
     "MNIST-1D CNN 3x32": (CNN1D(), (40, 1), 4000, "ce"),
     "INR MLP 2-256-256-256-3": (MLP((256, 256, 256, 3)), (2,), 4096, "mse"),
+    "MNIST-1D MLP 40-512-512-512-10": (MLP((512, 512, 512, 10)), (40,), 4000, "ce"),
 }
 
 
@@ -217,23 +217,25 @@ def main(argv=None):
   if args.models:
     names = [m for m in names if any(s.strip() in m for s in args.models.split(","))]
   if args.quick:
-    names = names[:1] + names[3:4]
-  steps = args.steps or (5 if args.quick else 10)
-  rounds = args.rounds or (2 if args.quick else 3)
+    names = names[:1] + names[2:3]
+  steps = args.steps or (5 if args.quick else 10)      # per round at b = 128; a third of it
+  rounds = args.rounds or (2 if args.quick else 3)     # at full batch
   load0 = os.getloadavg()
   date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
   rows = []
+  path = RESULTS / f"step_tax_{date}.json"
   for name in names:
     for b in (128, "full"):
-      rows.append(run_case(name, b, args.k, steps, rounds))
+      rows.append(run_case(name, b, args.k, steps if b == 128 else max(1, steps // 3),
+                           rounds))
+      res = dict(date=date, machine=f"{os.cpu_count()}-core CPU", jax=jax.__version__,
+                 load_before=load0, load_after=os.getloadavg(), steps=steps, rounds=rounds,
+                 k=args.k, quick=args.quick, rows=rows)
+      if not args.quick:                      # after every row: a cut-short run keeps its rows
+        RESULTS.mkdir(exist_ok=True)
+        path.write_text(json.dumps(res, indent=1))
   load1 = os.getloadavg()
-  res = dict(date=date, machine=f"{os.cpu_count()}-core CPU", jax=jax.__version__,
-             load_before=load0, load_after=load1, steps=steps, rounds=rounds, k=args.k,
-             quick=args.quick, rows=rows)
   if not args.quick:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"step_tax_{date}.json"
-    path.write_text(json.dumps(res, indent=1))
     print(f"wrote {path}")
   print(f"load average before {load0[0]:.1f}, after {load1[0]:.1f}; k = {args.k}; "
         f"{rounds} rounds × {steps} steps, minimum ms/step")

@@ -13,7 +13,8 @@ r"""Optax transformations for MSK-preconditioned training of a finite network: f
   with ``S = I + Σ (g_i/λ_i − 1) v_i v_iᵀ``: it is PGD in the linearized model. P costs
   O(k·#params) per step, is positive definite when g > 0 (eigenvalues g_i/λ_i on the q_i
   and 1 elsewhere), is the same matrix for every batch (P u_B is an unbiased estimate of
-  P u), and its state holds k parameter-shaped directions, no training data. Build the
+  P u), and it keeps k parameter-shaped directions (constants of a jitted step, not state
+  arrays it copies), no training data. Build the
   directions with :func:`msk_directions` (matrix-free top-k of the empirical NTK, on all
   points or a subsample) and the step with :func:`stable_learning_rate` (it depends on the
   batch size). Refresh them with :func:`replace_directions` / :func:`refresh_directions`
