@@ -14,9 +14,8 @@ gradient steps of a one-layer net); otherwise 2k VJPs + k JVPs (~150). Any loss 
 directions :func:`mskjax.directions.msk_directions` built (``loss=``; H^½ re-evaluated at
 the current outputs). Measured in ``benchmarks/README.md`` ("Step rules and tracking").
 
-:func:`reform_directions` is the re-formation itself (jittable), with its helpers
-:func:`orthonormal_columns` (SVQB) and :func:`output_hessian_sqrt` (per-point H^½ of a
-loss's output Hessian, traced).
+:func:`reform_directions` is the re-formation itself (jittable; SVQB orthonormalisation and
+the per-point H^½ of the loss's output Hessian come from the shared ``_linalg``).
 """
 from __future__ import annotations
 
@@ -31,6 +30,7 @@ import optax
 from jax import lax
 
 from mskjax import kernels as _kernels
+from mskjax import _linalg
 from mskjax import _validate as _v
 from mskjax import directions as _directions
 from mskjax import tangents as _tangents
@@ -38,7 +38,7 @@ from mskjax.directions import MSKDirections
 
 
 __all__ = ["ScaleByMSKTrackingState", "scale_by_msk_tracking", "msk_sgd_tracking",
-           "reform_directions", "orthonormal_columns", "output_hessian_sqrt"]
+           "reform_directions"]
 
 
 class ScaleByMSKTrackingState(NamedTuple):
@@ -62,70 +62,6 @@ class ScaleByMSKTrackingState(NamedTuple):
   reforms: jax.Array
 
 
-def orthonormal_columns(Z, passes: int = 2):
-  r"""An orthonormal basis of the column span of a tall ``Z`` (s × k, s ≥ k), jittable.
-
-  SVQB (Stathopoulos & Wu, SIAM J. Sci. Comput. 23, 2002): with column scaling
-  ``D = diag(‖z_i‖)``, ``(Z D⁻¹)ᵀ(Z D⁻¹) = E Σ Eᵀ`` (k×k ``eigh``) and
-  ``Z ← Z D⁻¹ E Σ^{-1/2}``; repeated ``passes`` times (one pass leaves an orthogonality
-  error ~ eps·cond²; the second removes it). Costs two s×k×k GEMMs per pass — on XLA:CPU
-  ~10x cheaper than ``jnp.linalg.qr`` for s = 1024, k = 10. Directions of ``Z`` below
-  ``eps·‖Z‖`` are kept at that floor (not divided by zero).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> W = orthonormal_columns(jnp.array([[3.0, 1.0], [0.0, 1.0], [0.0, 0.0]]))
-    >>> [[round(v, 6) + 0.0 for v in r] for r in (W.T @ W).tolist()]
-    [[1.0, 0.0], [0.0, 1.0]]
-  """
-  for _ in range(passes):
-    d = jnp.sqrt(jnp.sum(Z * Z, 0))
-    Z = Z / jnp.maximum(d, jnp.finfo(Z.dtype).tiny)[None, :]
-    e, E = jnp.linalg.eigh(Z.T @ Z)
-    e = jnp.maximum(e, jnp.finfo(Z.dtype).eps * jnp.maximum(e[-1], jnp.finfo(Z.dtype).tiny))
-    Z = Z @ (E / jnp.sqrt(e)[None, :])
-  return Z
-
-
-def output_hessian_sqrt(loss, outputs, targets=None) -> jax.Array:
-  r"""Per-point ``H_i^½`` of a loss's output Hessian at ``outputs`` (jittable, traced).
-
-  ``H_i = ∂²ℓ(f_i, y_i)/∂f_i²``: ``diag(p_i) − p_i p_iᵀ`` with ``p_i = softmax(f_i)`` for
-  ``'softmax_cross_entropy'``, ``jax.hessian`` of a callable ``ℓ(f_i, y_i)`` otherwise; the
-  square root from a batched c×c ``eigh`` with negative eigenvalues clipped to 0 (the
-  in-graph counterpart of :func:`mskjax.directions.loss_hessian_sqrt`, in the outputs'
-  dtype). What the tracking transform needs to re-form Gauss–Newton directions at the
-  current outputs.
-
-  Args:
-    loss: ``'softmax_cross_entropy'`` or a per-point callable ``ℓ(f_i, y_i) -> scalar``.
-    outputs: ``(s, c)``.
-    targets: rows of targets for a callable loss (ignored otherwise).
-
-  Returns:
-    ``(s, c, c)``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> Hh = output_hessian_sqrt("softmax_cross_entropy", jnp.zeros((1, 2)))  # p = (½, ½)
-    >>> [[round(v, 6) for v in r] for r in (Hh[0] @ Hh[0]).tolist()]
-    [[0.25, -0.25], [-0.25, 0.25]]
-  """
-  F = jnp.asarray(outputs)
-  c = F.shape[1]
-  if isinstance(loss, str):
-    if loss != "softmax_cross_entropy":
-      raise ValueError(f"output_hessian_sqrt: `loss` must be 'softmax_cross_entropy' or a "
-                       f"callable ℓ(f_i, y_i); got {loss!r}.")
-    pr = jax.nn.softmax(F, axis=-1)
-    H = pr[:, :, None] * jnp.eye(c, dtype=F.dtype) - pr[:, :, None] * pr[:, None, :]
-  else:
-    H = jax.vmap(jax.hessian(loss))(F, targets).reshape(F.shape[0], c, c).astype(F.dtype)
-  H = 0.5 * (H + jnp.swapaxes(H, 1, 2))
-  w, U = jnp.linalg.eigh(H)
-  return jnp.einsum("pij,pj,pkj->pik", U, jnp.sqrt(jnp.maximum(w, 0.0)), U)
-
-
 def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
                       rayleigh_ritz: bool = False,
                       memory_budget: int = _kernels.DEFAULT_MEMORY_BUDGET,
@@ -134,7 +70,7 @@ def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
 
   ``W`` = ``vectors`` (s·c × k, rows point·c + output) and ``J = ∂f(θ, x_points)/∂θ``;
   for a loss other than MSE, ``J`` stands for ``H^½ J`` with ``H^½`` the per-point root of
-  the loss's output Hessian *at the current outputs* (:func:`output_hessian_sqrt`), so the
+  the loss's output Hessian *at the current outputs* (``_linalg.loss_hessian_sqrt``), so the
   kernel tracked is the Gauss–Newton kernel ``H^½ J Jᵀ H^½`` that :func:`msk_directions`
   built the vectors from (``q = Jᵀ H^½ v / √λ``).
 
@@ -191,7 +127,10 @@ def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
   gn = not (isinstance(loss, str) and loss == "mse")
   Hh = None
   if gn:
-    Hh = output_hessian_sqrt(loss, f(params), targets)       # (s, c, c), symmetric
+    if isinstance(loss, str) and loss != "softmax_cross_entropy":
+      raise ValueError(f"reform_directions: `loss` must be 'mse', 'softmax_cross_entropy' or "
+                       f"a callable ℓ(f_i, y_i); got {loss!r}.")
+    Hh = _linalg.loss_hessian_sqrt(loss, f(params), targets)  # (s, c, c), symmetric
     weigh = lambda M: jnp.einsum("pcd,pdm->pcm", Hh.astype(M.dtype),
                                  M.reshape(s, c, -1)).reshape(s * c, -1)
   leaves = jax.tree.leaves(params)
@@ -246,7 +185,7 @@ def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
 
   Q = jt_times(W)
   if rayleigh_ritz:
-    W = orthonormal_columns(j_times(Q))                    # orth(K W), (s·c, k)
+    W = _linalg.svqb(j_times(Q))                    # orth(K W), (s·c, k)
     Q = jt_times(W)
     theta, U = jnp.linalg.eigh(gram(Q))
     theta, U = theta[::-1], U[:, ::-1]
@@ -293,7 +232,7 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
   Cost per re-formation (:func:`reform_directions`): when ``3·s·c·#params·itemsize``
   fits ``memory_budget``, the explicit per-point Jacobian of the s points (one batched
   backward pass) and GEMMs with it, an (s·c)×k orthonormalisation
-  (:func:`orthonormal_columns`) and a k×k ``eigh``; otherwise a forward pass and 2k VJPs +
+  (SVQB, ``_linalg.svqb``) and a k×k ``eigh``; otherwise a forward pass and 2k VJPs +
   k JVPs (Löwdin: k VJPs) through ``jax.vmap``, which materialises k copies of every
   activation. The re-orthonormalisation is essential: without it the net collapses to
   f ≡ 0. Measured at s = width = 1024, k = 10 (``benchmarks/README.md``, "Step rules and
@@ -336,7 +275,7 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
     loss: the loss ``directions`` were built for (:func:`msk_directions`'s ``loss``):
       ``'mse'`` (default), ``'softmax_cross_entropy'`` or a per-point callable
       ``ℓ(f_i, y_i)``. For a loss other than MSE each re-formation evaluates ``H^½`` at the
-      current outputs (:func:`output_hessian_sqrt`) and tracks the Gauss–Newton kernel
+      current outputs (``_linalg.loss_hessian_sqrt``) and tracks the Gauss–Newton kernel
       ``H^½ J Jᵀ H^½`` (one extra forward pass on the s points).
     targets: the targets of ``x``'s points, for a callable ``loss`` only.
 

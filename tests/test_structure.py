@@ -63,7 +63,6 @@ PENDING_INTERNAL = {
     ("mskjax.kernels", "block_size_for_budget"),
     ("mskjax.kernels", "DEFAULT_MEMORY_BUDGET"), ("mskjax.tangents", "jacobian_block_size"),
     ("mskjax.directions", "loss_hessian_sqrt"),
-    ("mskjax.tracking", "orthonormal_columns"), ("mskjax.tracking", "output_hessian_sqrt"),
 }
 
 
