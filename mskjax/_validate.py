@@ -13,6 +13,8 @@ to NaN outputs (never to a finite wrong answer where the code can tell).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,9 @@ __all__ = [
     "check_choice", "check_int", "check_real", "check_indices", "check_same_shape",
     "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
     "as_points", "check_kernel_block", "check_operator", "check_eigenpair_residuals",
-    "check_known_kwargs", "roundoff_floor",
+    "check_known_kwargs", "roundoff_floor", "check_key", "check_finite_tree",
+    "check_finite_output", "check_scalar", "check_learning_rate", "check_float_updates",
+    "check_same_structure", "check_path", "check_numeric_tree",
 ]
 
 
@@ -545,3 +549,250 @@ def roundoff_floor(scale: float, n: int, dtype) -> float:
     2.220446049250313e-15
   """
   return n * float(np.finfo(np.dtype(dtype)).eps) * max(float(scale), np.finfo(float).tiny)
+
+
+# ------------------------------------------------------------------ keys, pytrees, paths
+# (issue 30: the held-out sweep's classes, each checked by one property test in
+# tests/test_validation_classes.py)
+
+@functools.lru_cache(maxsize=None)
+def _default_key_shape() -> tuple:
+  """Shape of a raw key of the default PRNG implementation ((2,) for threefry), by abstract
+  evaluation (nothing computed or compiled)."""
+  return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape)
+
+
+def check_key(key, name: str = "key", *, optional: bool = False):
+  """``key`` must be one JAX PRNG key: a typed key (``jax.random.key(seed)``, shape ``()``)
+  or a raw ``uint32`` key (``jax.random.PRNGKey(seed)``, the default implementation's
+  shape). A plain integer, a float/int array, a batch of keys or a key of another shape is
+  a named error (JAX would otherwise read the bits of whatever it is given, or fail deep
+  inside). ``optional=True`` admits None. Static facts only: works on tracers.
+
+  Example:
+    >>> check_key(3)
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `key` must be a JAX PRNG key, jax.random.key(seed) or jax.random.PRNGKey(seed); got int 3. Wrap the seed: jax.random.key(3).
+  """
+  fix = "jax.random.key(seed) or jax.random.PRNGKey(seed)"
+  if key is None:
+    if optional:
+      return None
+    raise ArgumentTypeError(f"`{name}` is None; pass a JAX PRNG key, {fix}.")
+  if isinstance(key, (bool, np.bool_)) or is_int(key) or isinstance(key, (float, str, bytes)):
+    hint = f" Wrap the seed: jax.random.key({key!r})." if is_int(key) else ""
+    raise ArgumentTypeError(f"`{name}` must be a JAX PRNG key, {fix}; got "
+                            f"{type(key).__name__} {key!r}.{hint}")
+  dtype = getattr(key, "dtype", None)
+  if dtype is None:
+    raise ArgumentTypeError(f"`{name}` must be a JAX PRNG key, {fix}; got "
+                            f"{type(key).__name__}.")
+  shape = tuple(getattr(key, "shape", ()))
+  if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    if shape != ():
+      raise ValueError(f"`{name}` must be one key, shape (); got a batch of keys of shape "
+                       f"{shape} (pass one of them, e.g. {name}[0]).")
+    return key
+  want = _default_key_shape()
+  if np.dtype(dtype) != np.uint32 or shape != want:
+    raise ValueError(f"`{name}` must be a JAX PRNG key, {fix} (a raw key is uint32 of shape "
+                     f"{want}); got an array of dtype {np.dtype(dtype)} and shape {shape}.")
+  return key
+
+
+def check_finite_tree(tree, name: str) -> None:
+  """Every concrete floating leaf of the pytree ``tree`` is finite, else a ``ValueError``
+  naming the leaf (``params['Dense_0']['kernel']``). Tracers (inside ``jit``) are skipped;
+  the check runs on the host in numpy (O(size), no compilation).
+
+  Example:
+    >>> check_finite_tree({'w': np.array([1.0, np.nan])}, "params")
+    Traceback (most recent call last):
+    ...
+    ValueError: `params['w']` has 1 NaN/inf entries; a network with non-finite parameters has non-finite outputs and kernels. Check where the parameters came from (a diverged training run?).
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if not hasattr(leaf, "dtype") or not is_concrete(leaf):
+      continue
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    a = np.asarray(leaf)
+    ok = np.isfinite(a)
+    if not ok.all():
+      raise ValueError(f"`{name}{jax.tree_util.keystr(path)}` has {int(ok.size - ok.sum())} "
+                       "NaN/inf entries; a network with non-finite parameters has non-finite "
+                       "outputs and kernels. Check where the parameters came from (a "
+                       "diverged training run?).")
+
+
+def check_finite_output(out, what: str, culprit: str, *, inputs=None,
+                        inputs_name: str = "") -> None:
+  """A concrete result ``out`` computed from finite inputs must be finite; else a
+  ``ValueError`` saying which rows are not and naming ``culprit`` (the argument that made
+  them, e.g. ``apply_fn``). Skipped inside a trace (the policy there: NaN propagates). With
+  ``inputs`` (a pytree the result was computed from), a non-finite input is named instead
+  (``inputs_name``); it is looked at only when the result is not finite.
+
+  Example:
+    >>> check_finite_output(np.array([[1.0, np.nan], [np.nan, np.nan]]), "the empirical NTK",
+    ...                     "apply_fn")
+    Traceback (most recent call last):
+    ...
+    ValueError: the empirical NTK has NaN/inf entries (first in row 0 of 2) although its inputs are finite: `apply_fn` produces non-finite outputs or derivatives on some points (e.g. a sqrt/log at 0, an overflow); fix the network or drop those points.
+  """
+  if not is_concrete(out) or tracing():
+    return
+  a = np.asarray(out)
+  if a.dtype.kind not in "fc":
+    return
+  ok = np.isfinite(a)
+  if not ok.all():
+    if inputs is not None:
+      check_finite_tree(inputs, inputs_name)
+    bad = np.nonzero(~ok.reshape(ok.shape[0], -1).all(axis=1))[0] if a.ndim else [0]
+    raise ValueError(f"{what} has NaN/inf entries (first in row {int(bad[0])} of "
+                     f"{a.shape[0] if a.ndim else 1}) although its inputs are finite: "
+                     f"`{culprit}` produces non-finite outputs or derivatives on some points "
+                     "(e.g. a sqrt/log at 0, an overflow); fix the network or drop those "
+                     "points.")
+
+
+def check_scalar(x, name: str, *, positive: bool = False) -> float:
+  """``x`` as a finite Python float from a number or a 0-d / size-1 real array (a numeric
+  string, a bool, an array of several values are named errors). ``positive``: > 0.
+
+  Example:
+    >>> check_scalar(np.ones(2), "lambda_max")
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `lambda_max` must be one number; got an array of shape (2,).
+  """
+  if isinstance(x, (str, bytes, bool, np.bool_)) or x is None:
+    raise ArgumentTypeError(f"`{name}` must be a number; got {type(x).__name__} {x!r}.")
+  if isinstance(x, jax.core.Tracer):
+    raise ArgumentTypeError(f"`{name}` must be concrete (call this outside jit).")
+  a = np.asarray(x)
+  if a.dtype.kind not in "iuf":
+    raise ArgumentTypeError(f"`{name}` must be a real number; got {type(x).__name__} of dtype "
+                            f"{a.dtype}.")
+  if a.size != 1:
+    raise ArgumentTypeError(f"`{name}` must be one number; got an array of shape {a.shape}.")
+  v = float(a.reshape(()))
+  if not np.isfinite(v) or (positive and v <= 0):
+    raise ValueError(f"`{name}` must be a {'positive ' if positive else ''}finite number; got "
+                     f"{v!r}.")
+  return v
+
+
+def check_learning_rate(lr, name: str = "learning_rate"):
+  """A step size: a schedule (callable), a traced value (inside ``jit``), or one finite
+  real number ≥ 0 (int/float or a 0-d real array); None, strings, bools, arrays of several
+  values, complex and negative/NaN values are named errors. Returns ``lr`` unchanged.
+
+  Example:
+    >>> check_learning_rate("0.1")
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `learning_rate` must be a number >= 0 or an optax schedule; got str '0.1'.
+  """
+  if lr is None:
+    raise ValueError(f"`{name}` is None; optax.sgd(None) returns the gradient itself, which "
+                     "`params + update` would follow uphill (gradient ascent). Pass a "
+                     "positive step, e.g. steps.stable_learning_rate(...).")
+  if callable(lr) or isinstance(lr, jax.core.Tracer):
+    return lr
+  if isinstance(lr, (str, bytes, bool, np.bool_)) or not hasattr(np.asarray(lr), "dtype") \
+     or np.asarray(lr).dtype.kind not in "iuf":
+    raise ArgumentTypeError(f"`{name}` must be a number >= 0 or an optax schedule; got "
+                            f"{type(lr).__name__} {lr!r}.")
+  a = np.asarray(lr)
+  if a.ndim != 0:
+    raise ValueError(f"`{name}` must be a scalar; got shape {a.shape}.")
+  if not np.isfinite(float(a)) or float(a) < 0:
+    raise ValueError(f"`{name}` must be a finite number ≥ 0 (a negative step is gradient "
+                     f"ascent); got {float(a)!r}.")
+  return lr
+
+
+def check_float_updates(updates, name: str = "updates") -> None:
+  """Every array leaf of ``updates`` (gradients) is floating: an integer or bool leaf cannot
+  be preconditioned (its dtype would be kept, truncating the update). Static: works in jit.
+
+  Example:
+    >>> check_float_updates({'w': np.zeros(2, np.int32)})
+    Traceback (most recent call last):
+    ...
+    TypeError: `updates['w']` has dtype int32; updates (gradients) must be floating arrays, e.g. jax.grad of a float loss with float parameters.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(updates):
+    dt = getattr(leaf, "dtype", None)
+    if dt is not None and not jnp.issubdtype(dt, jnp.inexact):
+      raise TypeError(f"`{name}{jax.tree_util.keystr(path)}` has dtype {np.dtype(dt)}; updates "
+                      "(gradients) must be floating arrays, e.g. jax.grad of a float loss with "
+                      "float parameters.")
+
+
+def check_same_structure(new, old, name: str, other: str) -> None:
+  """``new`` must have the pytree structure and leaf shapes of ``old`` (``other`` says what
+  ``old`` is); a named ``ValueError`` showing the first differing leaf otherwise.
+
+  Example:
+    >>> check_same_structure({'w': np.zeros(2)}, {'w': np.zeros(3)}, "directions",
+    ...                      "the ones in the state")
+    Traceback (most recent call last):
+    ...
+    ValueError: `directions['w']` has shape (2,) but the ones in the state have (3,) there; build it for the same parameters.
+  """
+  sn, so = jax.tree.structure(new), jax.tree.structure(old)
+  if sn != so:
+    kn = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(new)]
+    ko = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(old)]
+    raise ValueError(f"`{name}` has another pytree structure than {other}: leaves {kn[:4]}"
+                     f"{'...' if len(kn) > 4 else ''} vs {ko[:4]}{'...' if len(ko) > 4 else ''};"
+                     " build it for the same parameters.")
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(new), jax.tree.leaves(old)):
+    if tuple(np.shape(a)) != tuple(np.shape(b)):
+      raise ValueError(f"`{name}{jax.tree_util.keystr(path)}` has shape {tuple(np.shape(a))} "
+                       f"but {other} have {tuple(np.shape(b))} there; build it for the same "
+                       "parameters.")
+
+
+def check_path(p, name: str, *, optional: bool = True):
+  """A filesystem path: ``str`` or ``os.PathLike`` (None when ``optional``).
+
+  Example:
+    >>> check_path(123, "cache_dir")
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `cache_dir` must be a directory path (str or pathlib.Path) or None; got int 123.
+  """
+  import os
+  if p is None and optional:
+    return None
+  if not isinstance(p, (str, os.PathLike)) or (isinstance(p, str) and not p):
+    raise ArgumentTypeError(f"`{name}` must be a directory path (str or pathlib.Path)"
+                            f"{' or None' if optional else ''}; got {type(p).__name__} {p!r}.")
+  return p
+
+
+def check_numeric_tree(tree, name: str) -> None:
+  """Every array leaf of ``tree`` holds numbers (bool/int/float/complex): a string or
+  object leaf is a named ``TypeError`` (JAX would fail on it deep inside a jitted step).
+
+  Example:
+    >>> check_numeric_tree((np.zeros(2), np.array(['a', 'b'])), "data")
+    Traceback (most recent call last):
+    ...
+    TypeError: `data[1]` holds <U1 values; every leaf must be a numeric array.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if isinstance(leaf, (str, bytes)):
+      raise TypeError(f"`{name}{jax.tree_util.keystr(path)}` is a string; every leaf must be a "
+                      "numeric array.")
+    dt = getattr(leaf, "dtype", None)
+    if dt is None:
+      dt = np.asarray(leaf).dtype
+    if np.dtype(dt).kind not in "biufc" and not jnp.issubdtype(dt, jax.dtypes.prng_key):
+      raise TypeError(f"`{name}{jax.tree_util.keystr(path)}` holds {np.dtype(dt)} values; every "
+                      "leaf must be a numeric array.")
