@@ -28,6 +28,8 @@ __all__ = [
     "check_known_kwargs", "roundoff_floor", "check_key", "check_finite_tree",
     "check_finite_output", "check_scalar", "check_learning_rate", "check_float_updates",
     "check_same_structure", "check_path", "check_numeric_tree",
+    "SUBSAMPLE_ROWS_PER_DIRECTION", "check_subsample_supports_k", "check_solver_args",
+    "check_loss_output", "check_state_matches",
 ]
 
 
@@ -319,11 +321,12 @@ def finite_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None) -> 
   return x
 
 
-def check_kernel_fn(kernel_fn, get, n_extra: int = 0, name: str = "kernel_fn") -> None:
+def check_kernel_fn(kernel_fn, get, n_extra: int = 0, name: str = "kernel_fn",
+                    fix: str | None = None) -> None:
   """``kernel_fn`` must be callable as ``kernel_fn(x1, x2, get, *extra)`` (``get`` given)
   or ``kernel_fn(x1, x2, *extra)`` (``get=None``); checked on the signature, so a plain
   2-argument kernel with the default ``get='ntk'`` gets a named error, not a TypeError
-  from deep inside a jitted call.
+  from deep inside a jitted call. ``fix`` replaces the suggested fix in that error.
 
   Example:
     >>> check_kernel_fn(lambda a, b: a @ b.T, "ntk")
@@ -346,8 +349,8 @@ def check_kernel_fn(kernel_fn, get, n_extra: int = 0, name: str = "kernel_fn") -
   except TypeError:
     how = f"{name}(x1, x2" + (f", get={get!r}" if get is not None else "") + \
         ", *kernel_args" * bool(n_extra) + ")"
-    fix = ("for a plain kernel(x1, x2) pass get=None" if get is not None else
-           "pass get='ntk' or 'nngp' for a neural-tangents kernel_fn")
+    fix = fix or ("for a plain kernel(x1, x2) pass get=None" if get is not None else
+                  "pass get='ntk' or 'nngp' for a neural-tangents kernel_fn")
     raise TypeError(f"`{name}` cannot be called as {how} (its signature is {sig}); "
                     f"{fix}.") from None
 
@@ -658,7 +661,7 @@ def check_finite_output(out, what: str, culprit: str, *, inputs=None,
                      "points.")
 
 
-def check_scalar(x, name: str, *, positive: bool = False) -> float:
+def check_scalar(x, name: str, *, positive: bool = False, finite: bool = True) -> float:
   """``x`` as a finite Python float from a number or a 0-d / size-1 real array (a numeric
   string, a bool, an array of several values are named errors). ``positive``: > 0.
 
@@ -679,7 +682,7 @@ def check_scalar(x, name: str, *, positive: bool = False) -> float:
   if a.size != 1:
     raise ArgumentTypeError(f"`{name}` must be one number; got an array of shape {a.shape}.")
   v = float(a.reshape(()))
-  if not np.isfinite(v) or (positive and v <= 0):
+  if (finite and not np.isfinite(v)) or (positive and v <= 0):
     raise ValueError(f"`{name}` must be a {'positive ' if positive else ''}finite number; got "
                      f"{v!r}.")
   return v
@@ -796,3 +799,109 @@ def check_numeric_tree(tree, name: str) -> None:
     if np.dtype(dt).kind not in "biufc" and not jnp.issubdtype(dt, jax.dtypes.prng_key):
       raise TypeError(f"`{name}{jax.tree_util.keystr(path)}` holds {np.dtype(dt)} values; every "
                       "leaf must be a numeric array.")
+
+
+SUBSAMPLE_ROWS_PER_DIRECTION = 10
+"""A subsample of s points with c outputs supports k directions when s·c ≥ this × (k+1)
+(see :func:`check_subsample_supports_k`)."""
+
+
+def check_subsample_supports_k(subsample, s: int, n: int, c: int, k: int,
+                               where: str = "msk_directions") -> None:
+  """Warn (``UserWarning`` naming ``subsample`` and ``k``) when a subsample of s of the n
+  points is too small for k directions: s·c < ``SUBSAMPLE_ROWS_PER_DIRECTION``·(k+1).
+
+  The eigenvalues of the s-point kernel are computed to the solver's tolerance, but as
+  estimates of the n-point spectrum (times s/n) they carry a sampling error that grows
+  from λ₁ to λ_{k+1} and shrinks only like 1/√s; below that ratio the top k+1 are off by
+  tens of percent to several-fold (docs/results.md, "How large a subsample").
+
+  Example:
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...   warnings.simplefilter("always")
+    ...   check_subsample_supports_k(6, 6, 200, 1, 5)
+    >>> "`subsample`" in str(w[0].message)
+    True
+  """
+  import warnings
+  if subsample is None or s >= n or s * c >= SUBSAMPLE_ROWS_PER_DIRECTION * (k + 1):
+    return
+  need = -(-SUBSAMPLE_ROWS_PER_DIRECTION * (k + 1) // c)
+  warnings.warn(
+      f"{where}: `subsample`={s} points ({s * c} kernel rows with c={c} outputs) is too few "
+      f"for k={k} directions: the values are eigenvalues of the kernel on these {s} points, "
+      f"but as estimates of the spectrum on all {n} points (times s/n) λ₁..λ_(k+1) are off by "
+      f"tens of percent to several-fold below s·c = {SUBSAMPLE_ROWS_PER_DIRECTION}·(k+1). "
+      f"Use subsample >= {min(need, n)} (or None: all points), or lower `k`.", stacklevel=3)
+
+
+def check_solver_args(*, key=None, oversample=0, n_iter=1, depth=0, max_cycles=1) -> None:
+  """The shared options of the iterative eigensolvers, checked whichever method runs (an
+  option the chosen method does not use must still be of its documented type): ``key`` a
+  PRNG key or None, ``oversample``/``depth`` ints ≥ 0, ``n_iter``/``max_cycles`` ints ≥ 1.
+
+  Example:
+    >>> check_solver_args(max_cycles=None)
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `max_cycles` must be an int >= 1, got NoneType None.
+  """
+  check_key(key, "key", optional=True)
+  for name, val, lo in (("oversample", oversample, 0), ("n_iter", n_iter, 1),
+                        ("depth", depth, 0), ("max_cycles", max_cycles, 1)):
+    check_int(val, name, lo=lo)
+
+
+def check_loss_output(loss_fn, params, batch, has_aux) -> None:
+  """``loss_fn(params, batch, None)`` must return a scalar (``has_aux=False``) or a pair
+  ``(scalar, dict)`` (``has_aux=True``), checked by abstract evaluation (nothing runs); a
+  named error instead of JAX's from inside ``value_and_grad``. A loss that fails to trace
+  here is left to the caller's own call (its error is the loss's own).
+
+  Example:
+    >>> check_loss_output(lambda p, b, i: (p * b).sum(), np.ones(2), np.ones(2), True)
+    Traceback (most recent call last):
+    ...
+    ValueError: `has_aux=True` but `loss_fn` returns one array of shape (), not a pair (loss, aux): pass has_aux=False, or return (loss, {name: value}).
+  """
+  has_aux = check_bool(has_aux, "has_aux")
+  try:
+    out = jax.eval_shape(lambda p: loss_fn(p, batch, None), params)
+  except Exception:   # noqa: BLE001 -- the real call reports the loss's own error
+    return
+  pair = isinstance(out, (tuple, list)) and len(out) == 2
+  if has_aux and not pair:
+    what = (f"one array of shape {tuple(out.shape)}" if hasattr(out, "shape")
+            else f"{type(out).__name__}")
+    raise ValueError(f"`has_aux=True` but `loss_fn` returns {what}, not a pair (loss, aux): "
+                     "pass has_aux=False, or return (loss, {name: value}).")
+  loss = out[0] if has_aux else out
+  if not has_aux and pair:
+    raise ValueError("`loss_fn` returns a pair; if it is (loss, aux) pass has_aux=True.")
+  if not hasattr(loss, "shape") or tuple(loss.shape) != ():
+    raise ValueError(f"`loss_fn` must return a scalar loss{' (first of the pair)' * has_aux}; "
+                     f"got {getattr(loss, 'shape', type(loss).__name__)}.")
+  if has_aux and not isinstance(out[1], dict):
+    raise ValueError(f"with `has_aux=True`, `loss_fn`'s aux must be a dict {{name: value}}; "
+                     f"got {type(out[1]).__name__}.")
+
+
+def check_state_matches(tx, where: str):
+  """``tx`` with an ``update`` that first checks the momentum (``trace``) of the optimizer
+  state against the updates' pytree structure and leaf shapes (static: fine in ``jit``),
+  naming ``state``: a state made by ``init`` on other parameters fails with JAX's tree
+  errors otherwise. Returns an ``optax.GradientTransformation`` with the same state.
+  """
+  import optax
+
+  def update_fn(updates, state, params=None):
+    for path, sub in jax.tree_util.tree_leaves_with_path(
+        state, is_leaf=lambda s: isinstance(s, optax.TraceState)):
+      if isinstance(sub, optax.TraceState):
+        check_same_structure(sub.trace, updates, f"state{jax.tree_util.keystr(path)}.trace",
+                             f"the updates (made by {where}'s init on other parameters? "
+                             "call init with the parameters whose gradients you pass)")
+    return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(tx.init, update_fn)

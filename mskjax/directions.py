@@ -591,7 +591,14 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
 
   EigenPro-style subsampling (Ma & Belkin 2017): with ``subsample=s`` the kernel is built
   on s random points; ``values`` are of the s-point Gram matrix (about s/n times those on
-  n points; the step rule uses λ/s, see :func:`mskjax.steps.stable_learning_rate`).
+  n points; the step rule uses λ/s, see :func:`mskjax.steps.stable_learning_rate`). ``tol``
+  bounds the error against the s-point kernel; as estimates of the n-point spectrum the
+  values also carry a sampling error that shrinks only like 1/√s and grows from λ₁ to
+  λ_{k+1}: for s·c < 10·(k+1) rows it is tens of percent or more, and a ``UserWarning``
+  names ``subsample`` (``docs/results.md``, "How large a subsample").
+
+  Non-finite ``params``, ``x`` or ``init_vectors`` are a ``ValueError`` naming them, and a
+  network whose Jacobian is not finite on some points one naming ``apply_fn``.
 
   Precision: products run in the inputs' dtype (float32 for a float32 model) and the small
   host algebra in float64; ``float64=True`` runs them in float64 inside
@@ -693,7 +700,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     if jax.tree.leaves(targets) and any(np.shape(t)[0] != n for t in jax.tree.leaves(targets)):
       raise ValueError(f"msk_directions: `targets` must have one row per point of `x` ({n}); "
                        f"got leading axes {[np.shape(t)[0] for t in jax.tree.leaves(targets)]}.")
-  seed = key_seed(key)
+  seed = key_seed(_v.check_key(key, "key", optional=True))
   rng = np.random.default_rng(seed)
   idx = None
   if subsample is not None:
@@ -711,6 +718,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     init_vectors = init_vectors.vectors
   if init_vectors is not None:
     init_vectors = np.asarray(init_vectors, np.float64)
+    _v.check_finite(init_vectors, "init_vectors")
     if init_vectors.ndim != 2 or init_vectors.shape[0] not in (n, s):
       raise ValueError(f"msk_directions: `init_vectors` must be (n, m) eigenvectors on the "
                        f"{n} points; got shape {init_vectors.shape}.")
@@ -732,6 +740,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
     c = int(np.prod(out.shape[1:]))
     N = s * c
     k = _v.check_k(k, N)
+    _v.check_subsample_supports_k(subsample, s, n, c, k)
     m = min(k + 1 + int(oversample), N)
     P = sum(int(np.prod(np.shape(l))) for l in jax.tree.leaves(p))
     if method == "auto":

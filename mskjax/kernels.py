@@ -191,6 +191,8 @@ def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
      [0.275 0.366 0.5  ]]
   """
   _check_get(get, "gram")
+  _validate.check_kernel_fn(kernel_fn, get, fix="gram needs kernel_fn(x1, x2, get): wrap a "
+                            "plain kernel k(x1, x2) as lambda a, b, get: k(a, b)")
   x1, x2 = check_pair(x1, x2, "gram")
   block_size = check_block_size(block_size)
   pair2, sym2 = _block_fns(kernel_fn, get)
@@ -281,8 +283,10 @@ def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int =
     2304
   """
   m = _validate.check_int(m, "m", lo=0)
+  _validate.check_int(temporaries, "temporaries", lo=1)
   if itemsize is None:
     itemsize = jnp.dtype(_float_dtype()).itemsize
+  _validate.check_int(itemsize, "itemsize", lo=1)
   return rows_for_budget(memory_bytes, per_pair=temporaries * itemsize, per_row=2 * m * itemsize,
                          multiple=multiple)
 

@@ -191,6 +191,7 @@ def _check_orthonormal(dirs, coef, where):
 
 def check_update_shapes(updates, dirs, where):
   """Named error when the updates do not match the directions leaf by leaf (static shapes)."""
+  _v.check_float_updates(updates)
   is_m = lambda x: isinstance(x, optax.MaskedNode) or x is None
   su = jax.tree.structure(updates, is_leaf=is_m)
   sd = jax.tree.structure(dirs, is_leaf=is_m)
@@ -208,6 +209,7 @@ def check_update_shapes(updates, dirs, where):
 
 
 def _check_learning_rate(learning_rate, where):
+  _v.check_learning_rate(learning_rate)
   if learning_rate is None:
     raise ValueError(f"{where}: `learning_rate` is None; optax.sgd(None) returns the gradient "
                      "itself, which `params + update` would follow uphill (gradient ascent). "
@@ -338,8 +340,8 @@ def msk_sgd(learning_rate: optax.ScalarOrSchedule, directions: MSKDirections, *,
   """
   _check_learning_rate(learning_rate, "msk_sgd")
   _check_momentum(momentum, "msk_sgd")
-  return optax.chain(scale_by_msk(directions),
-                     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+  return _v.check_state_matches(optax.chain(scale_by_msk(directions), optax.sgd(
+      learning_rate, momentum=momentum, nesterov=nesterov)), "msk_sgd")
 
 
 def replace_directions(opt_state, directions: MSKDirections):
@@ -367,6 +369,8 @@ def replace_directions(opt_state, directions: MSKDirections):
 
   def swap(s):
     if isinstance(s, ScaleByMSKState):
+      _v.check_same_structure(directions.directions, s.directions, "directions.directions",
+                              "the directions in `opt_state`")
       if jax.tree.structure(s.directions) != jax.tree.structure(directions.directions):
         raise ValueError("replace_directions: the new directions have a different pytree "
                          "structure from the ones in the state.")

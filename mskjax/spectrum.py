@@ -282,6 +282,8 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
     raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
   if start is not None and method != "krylov":
     raise ValueError(f"`start` is used by method='krylov' only (got method={method!r}).")
+  _v.check_solver_args(key=key, oversample=oversample, n_iter=n_iter, depth=depth,
+                       max_cycles=max_cycles)
   if isinstance(K, KernelOperator):
     pairs, info = _eigh_top_operator(K, k, method, key, oversample, n_iter, depth, tol,
                                      max_cycles, n_landmarks, landmarks, rcond, start)

@@ -437,6 +437,7 @@ def stable_learning_rate(directions: Optional[MSKDirections] = None, batch_size:
     if val is None:
       raise ValueError(f"stable_learning_rate: `{name}` is unknown; pass it or build the "
                        "directions with optim.msk_directions (which computes it).")
+    _v.check_scalar(val, name, positive=True)
     if not _v.is_concrete(val):
       raise TypeError(f"stable_learning_rate: `{name}` must be concrete (call it outside jit).")
     if not np.isfinite(float(val)) or float(val) <= 0:
