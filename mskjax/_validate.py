@@ -652,7 +652,16 @@ def check_finite_output(out, what: str, culprit: str, *, inputs=None,
   ok = np.isfinite(a)
   if not ok.all():
     if inputs is not None:
-      check_finite_tree(inputs, inputs_name)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+          raise ValueError(
+              f"{what} has NaN/inf entries because `{inputs_name}"
+              f"{jax.tree_util.keystr(path)}` has "
+              f"{int(arr.size - np.isfinite(arr).sum())} such entries; "
+              f"if `{inputs_name}` came from another product with the same network (e.g. "
+              f"Jᵀ V of a finite V), `{culprit}` is not finite on some points (e.g. a "
+              "sqrt/log at 0, an overflow): fix the network or drop those points.")
     bad = np.nonzero(~ok.reshape(ok.shape[0], -1).all(axis=1))[0] if a.ndim else [0]
     raise ValueError(f"{what} has NaN/inf entries (first in row {int(bad[0])} of "
                      f"{a.shape[0] if a.ndim else 1}) although its inputs are finite: "

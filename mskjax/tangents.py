@@ -455,9 +455,13 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     if name in ready:
       ready.pop(name).result()    # re-raises a failed compilation here
 
-  def jvp(T):
+  def products(T):
     wait("jvp")
-    out = jnp.concatenate([_jvp_block(call, c, T, p, rest, xa) for xa in blocks], axis=0)[:n]
+    return jnp.concatenate([_jvp_block(call, c, T, p, rest, xa) for xa in blocks],
+                           axis=0)[:n]
+
+  def jvp(T):
+    out = products(T)
     _v.check_finite_output(out, "jacobian_operator: the product J T", "apply_fn", inputs=T,
                            inputs_name="T")
     return out
@@ -476,7 +480,10 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
 
   def ntk_matvec(Vf):
     m = Vf.shape[-1]
-    return jvp(vjp(jnp.asarray(Vf).reshape(n, c, m))).reshape(n * c, m)
+    out = products(vjp(jnp.asarray(Vf).reshape(n, c, m))).reshape(n * c, m)
+    _v.check_finite_output(out, "jacobian_operator: the product J Jᵀ V", "apply_fn",
+                           inputs=Vf, inputs_name="V")
+    return out
 
   return JacobianOperator(jvp, vjp, ntk_matvec, n, c, p, bs)
 

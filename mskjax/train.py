@@ -465,8 +465,11 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   hp = hparams if factory else None
   static = (loss_fn, tx, factory, batch_size, has_aux, below_keys, above_keys)
   cpu = _loops.on_cpu(state, data)
-  _validate.check_loss_output(loss_fn, state.params, data, has_aux)
-  rec_shapes, conv = _step_info(static[:5], _avals(state), _avals(data), _avals(hp), cpu)
+  try:
+    rec_shapes, conv = _step_info(static[:5], _avals(state), _avals(data), _avals(hp), cpu)
+  except Exception:   # name `has_aux`/`loss_fn` if the loss's output is the cause
+    _validate.check_loss_output(loss_fn, state.params, data, has_aux)
+    raise
   known = sorted(rec_shapes)
   for name, keys in (("stop_below", below_keys), ("stop_above", above_keys)):
     for k in keys:
