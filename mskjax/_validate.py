@@ -569,8 +569,9 @@ def check_key(key, name: str = "key", *, optional: bool = False):
   """``key`` must be one JAX PRNG key: a typed key (``jax.random.key(seed)``, shape ``()``)
   or a raw ``uint32`` key (``jax.random.PRNGKey(seed)``, the default implementation's
   shape). A plain integer, a float/int array, a batch of keys or a key of another shape is
-  a named error (JAX would otherwise read the bits of whatever it is given, or fail deep
-  inside). ``optional=True`` admits None. Static facts only: works on tracers.
+  a named :class:`ArgumentTypeError` (both a ``TypeError`` and a ``ValueError``); JAX would
+  otherwise read the bits of whatever it is given, or fail deep inside. ``optional=True``
+  admits None. Static facts only: works on tracers.
 
   Example:
     >>> check_key(3)
@@ -594,13 +595,14 @@ def check_key(key, name: str = "key", *, optional: bool = False):
   shape = tuple(getattr(key, "shape", ()))
   if jnp.issubdtype(dtype, jax.dtypes.prng_key):
     if shape != ():
-      raise ValueError(f"`{name}` must be one key, shape (); got a batch of keys of shape "
-                       f"{shape} (pass one of them, e.g. {name}[0]).")
+      raise ArgumentTypeError(f"`{name}` must be one key, shape (); got a batch of keys of "
+                              f"shape {shape} (pass one of them, e.g. {name}[0]).")
     return key
   want = _default_key_shape()
   if np.dtype(dtype) != np.uint32 or shape != want:
-    raise ValueError(f"`{name}` must be a JAX PRNG key, {fix} (a raw key is uint32 of shape "
-                     f"{want}); got an array of dtype {np.dtype(dtype)} and shape {shape}.")
+    raise ArgumentTypeError(f"`{name}` must be a JAX PRNG key, {fix} (a raw key is uint32 of "
+                            f"shape {want}); got an array of dtype {np.dtype(dtype)} and shape "
+                            f"{shape}.")
   return key
 
 

@@ -122,8 +122,10 @@ def test_anything_but_one_prng_key_is_refused_by_name(entry, bad):
 
 @pytest.mark.parametrize("entry", sorted(KEY_ENTRIES))
 def test_both_key_spellings_are_accepted(entry):
-  for key in (jax.random.PRNGKey(1), jax.random.key(1)):
-    KEY_ENTRIES[entry](key)
+  with warnings.catch_warnings():   # msk_directions' 11 of 12 points are too few for k = 2
+    warnings.filterwarnings("ignore", message=".*`subsample`", category=UserWarning)
+    for key in (jax.random.PRNGKey(1), jax.random.key(1)):
+      KEY_ENTRIES[entry](key)
 
 
 BAD_INTS = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=2),
