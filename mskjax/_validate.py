@@ -615,7 +615,7 @@ def check_finite_tree(tree, name: str) -> None:
     >>> check_finite_tree({'w': np.array([1.0, np.nan])}, "params")
     Traceback (most recent call last):
     ...
-    ValueError: `params['w']` has 1 NaN/inf entries; a network with non-finite parameters has non-finite outputs and kernels. Check where the parameters came from (a diverged training run?).
+    ValueError: `params['w']` has 1 NaN or inf entries; a network with non-finite parameters has non-finite outputs and kernels. Check where the parameters came from (a diverged training run?).
   """
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     if not hasattr(leaf, "dtype") or not is_concrete(leaf):
@@ -626,7 +626,7 @@ def check_finite_tree(tree, name: str) -> None:
     ok = np.isfinite(a)
     if not ok.all():
       raise ValueError(f"`{name}{jax.tree_util.keystr(path)}` has {int(ok.size - ok.sum())} "
-                       "NaN/inf entries; a network with non-finite parameters has non-finite "
+                       "NaN or inf entries; a network with non-finite parameters has non-finite "
                        "outputs and kernels. Check where the parameters came from (a "
                        "diverged training run?).")
 

@@ -177,7 +177,7 @@ def test_non_finite_params_are_named_outside_jit(entry, leaf, where, value):
     PARAM_ENTRIES[entry](bad)
   leaf_path = jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(VARS)[i][0][-2:])
   msg = str(info.value)
-  assert "`params" in msg and leaf_path in msg and "NaN/inf" in msg, (leaf_path, msg)
+  assert "`params" in msg and leaf_path in msg and "NaN or inf" in msg, (leaf_path, msg)
 
 
 @SETTINGS
