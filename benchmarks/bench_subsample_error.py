@@ -8,7 +8,7 @@ oracle), for λ₁ and for the worst of λ₁..λ_{k+1}, over 8 subsample keys, 
 relative to k. MNIST-1D inputs, c = 1 output, MSE (K_H = the empirical NTK), float64.
 
     PYTHONPATH=. JAX_PLATFORMS=cpu python -m benchmarks.bench_subsample_error
-    PYTHONPATH=. JAX_PLATFORMS=cpu python -m benchmarks.bench_subsample_error --nets cnn --n 300
+    PYTHONPATH=. JAX_PLATFORMS=cpu python -m benchmarks.bench_subsample_error --nets mlp_erf --n 400
 """
 import argparse
 import warnings
@@ -21,7 +21,7 @@ import numpy as np
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--n", type=int, default=800)
-  ap.add_argument("--nets", default="mlp,cnn")
+  ap.add_argument("--nets", default="mlp,mlp_erf,cnn")
   ap.add_argument("--ks", default="1,5")
   ap.add_argument("--ratios", default="1.2,2,5,10,20,50,100")
   ap.add_argument("--seeds", type=int, default=8)
@@ -34,6 +34,8 @@ def main(argv=None):
     n = args.n
     x = np.asarray(data.load_mnist1d(num_samples=5000).x_train[:n], np.float64)
     specs = {"mlp": (MLPSpec(depth=2, width=128, out_dim=1, b_std=0.1), x),
+             "mlp_erf": (MLPSpec(depth=3, width=256, activation="erf", W_std=1.5, out_dim=1,
+                                 b_std=0.2), x),
              "cnn": (CNNSpec(channels=(16, 16), kernel_sizes=5, out_dim=1, spatial_dims=1),
                      x[..., None])}
     print("| net | n | k | s | s/(k+1) | λ₁ rel. err. median (max) | max_{i≤k+1} rel. err. "
