@@ -115,8 +115,10 @@ def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int =
     2304
   """
   m = _v.check_int(m, "m", lo=0)
+  _v.check_int(temporaries, "temporaries", lo=1)
   if itemsize is None:
     itemsize = jnp.dtype(float_dtype()).itemsize
+  _v.check_int(itemsize, "itemsize", lo=1)
   return rows_for_budget(memory_bytes, per_pair=temporaries * itemsize, per_row=2 * m * itemsize,
                          multiple=multiple)
 

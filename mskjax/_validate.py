@@ -13,6 +13,8 @@ to NaN outputs (never to a finite wrong answer where the code can tell).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,11 @@ __all__ = [
     "check_choice", "check_int", "check_real", "check_indices", "check_same_shape",
     "finite_array", "check_kernel_fn", "PSD_RTOL", "psd_tolerance", "check_psd_eigenvalues",
     "as_points", "check_kernel_block", "check_operator", "check_eigenpair_residuals",
-    "check_known_kwargs", "roundoff_floor", "check_float_params",
+    "check_known_kwargs", "roundoff_floor", "check_float_params", "check_key", "check_finite_tree",
+    "check_finite_output", "check_scalar", "check_learning_rate", "check_float_updates",
+    "check_same_structure", "check_path", "check_numeric_tree",
+    "SUBSAMPLE_ROWS_PER_DIRECTION", "check_subsample_supports_k", "check_solver_args",
+    "check_loss_output", "check_state_matches",
 ]
 
 
@@ -315,11 +321,12 @@ def finite_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None) -> 
   return x
 
 
-def check_kernel_fn(kernel_fn, get, n_extra: int = 0, name: str = "kernel_fn") -> None:
+def check_kernel_fn(kernel_fn, get, n_extra: int = 0, name: str = "kernel_fn",
+                    fix: str | None = None) -> None:
   """``kernel_fn`` must be callable as ``kernel_fn(x1, x2, get, *extra)`` (``get`` given)
   or ``kernel_fn(x1, x2, *extra)`` (``get=None``); checked on the signature, so a plain
   2-argument kernel with the default ``get='ntk'`` gets a named error, not a TypeError
-  from deep inside a jitted call.
+  from deep inside a jitted call. ``fix`` replaces the suggested fix in that error.
 
   Example:
     >>> check_kernel_fn(lambda a, b: a @ b.T, "ntk")
@@ -342,8 +349,8 @@ def check_kernel_fn(kernel_fn, get, n_extra: int = 0, name: str = "kernel_fn") -
   except TypeError:
     how = f"{name}(x1, x2" + (f", get={get!r}" if get is not None else "") + \
         ", *kernel_args" * bool(n_extra) + ")"
-    fix = ("for a plain kernel(x1, x2) pass get=None" if get is not None else
-           "pass get='ntk' or 'nngp' for a neural-tangents kernel_fn")
+    fix = fix or ("for a plain kernel(x1, x2) pass get=None" if get is not None else
+                  "pass get='ntk' or 'nngp' for a neural-tangents kernel_fn")
     raise TypeError(f"`{name}` cannot be called as {how} (its signature is {sig}); "
                     f"{fix}.") from None
 
@@ -597,6 +604,7 @@ def check_orthonormal_directions(dirs, coef, where):
 def check_update_shapes(updates, dirs, where):
   """Named error when the updates do not match the directions leaf by leaf (static shapes)."""
   import optax       # only the optimizers need it
+  check_float_updates(updates)
   is_m = lambda x: isinstance(x, optax.MaskedNode) or x is None
   su = jax.tree.structure(updates, is_leaf=is_m)
   sd = jax.tree.structure(dirs, is_leaf=is_m)
@@ -615,23 +623,6 @@ def check_update_shapes(updates, dirs, where):
 
 
 
-def check_learning_rate(learning_rate, where):
-  if learning_rate is None:
-    raise ValueError(f"{where}: `learning_rate` is None; optax.sgd(None) returns the gradient "
-                     "itself, which `params + update` would follow uphill (gradient ascent). "
-                     "Pass a positive step, e.g. steps.stable_learning_rate(...).")
-  if callable(learning_rate) or not is_concrete(learning_rate):
-    return
-  lr = np.asarray(learning_rate)
-  if lr.ndim != 0:
-    raise ValueError(f"{where}: `learning_rate` must be a scalar; got shape {lr.shape}.")
-  if not np.isfinite(float(lr)) or float(lr) < 0:
-    raise ValueError(f"{where}: `learning_rate` must be a finite number ≥ 0 (a negative step "
-                     f"is gradient ascent); got {float(lr)!r}.")
-
-
-
-
 def check_momentum(momentum, where):
   if momentum is None or not is_concrete(momentum):
     return
@@ -643,8 +634,7 @@ def check_momentum(momentum, where):
 
 
 
-__all__ += ["check_orthonormal_directions", "check_update_shapes", "check_learning_rate",
-            "check_momentum"]
+__all__ += ["check_orthonormal_directions", "check_update_shapes", "check_momentum"]
 
 
 def check_float_params(p, where):
@@ -661,3 +651,367 @@ def check_float_params(p, where):
                       "against all of them). Keep counters and other integer state out of "
                       "`params` (for flax linen: in another variable collection than "
                       "'params'; for nnx: not an nnx.Param).")
+# ------------------------------------------------------------------ keys, pytrees, paths
+# (issue 30: the held-out sweep's classes, each checked by one property test in
+# tests/test_validation_classes.py)
+
+@functools.lru_cache(maxsize=None)
+def _default_key_shape() -> tuple:
+  """Shape of a raw key of the default PRNG implementation ((2,) for threefry), by abstract
+  evaluation (nothing computed or compiled)."""
+  return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape)
+
+
+def check_key(key, name: str = "key", *, optional: bool = False):
+  """``key`` must be one JAX PRNG key: a typed key (``jax.random.key(seed)``, shape ``()``)
+  or a raw ``uint32`` key (``jax.random.PRNGKey(seed)``, the default implementation's
+  shape). A plain integer, a float/int array, a batch of keys or a key of another shape is
+  a named :class:`ArgumentTypeError` (both a ``TypeError`` and a ``ValueError``); JAX would
+  otherwise read the bits of whatever it is given, or fail deep inside. ``optional=True``
+  admits None. Static facts only: works on tracers.
+
+  Example:
+    >>> check_key(3)
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `key` must be a JAX PRNG key, jax.random.key(seed) or jax.random.PRNGKey(seed); got int 3. Wrap the seed: jax.random.key(3).
+  """
+  fix = "jax.random.key(seed) or jax.random.PRNGKey(seed)"
+  if key is None:
+    if optional:
+      return None
+    raise ArgumentTypeError(f"`{name}` is None; pass a JAX PRNG key, {fix}.")
+  if isinstance(key, (bool, np.bool_)) or is_int(key) or isinstance(key, (float, str, bytes)):
+    hint = f" Wrap the seed: jax.random.key({key!r})." if is_int(key) else ""
+    raise ArgumentTypeError(f"`{name}` must be a JAX PRNG key, {fix}; got "
+                            f"{type(key).__name__} {key!r}.{hint}")
+  dtype = getattr(key, "dtype", None)
+  if dtype is None:
+    raise ArgumentTypeError(f"`{name}` must be a JAX PRNG key, {fix}; got "
+                            f"{type(key).__name__}.")
+  shape = tuple(getattr(key, "shape", ()))
+  if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    if shape != ():
+      raise ArgumentTypeError(f"`{name}` must be one key, shape (); got a batch of keys of "
+                              f"shape {shape} (pass one of them, e.g. {name}[0]).")
+    return key
+  want = _default_key_shape()
+  if np.dtype(dtype) != np.uint32 or shape != want:
+    raise ArgumentTypeError(f"`{name}` must be a JAX PRNG key, {fix} (a raw key is uint32 of "
+                            f"shape {want}); got an array of dtype {np.dtype(dtype)} and shape "
+                            f"{shape}.")
+  return key
+
+
+def check_finite_tree(tree, name: str) -> None:
+  """Every concrete floating leaf of the pytree ``tree`` is finite, else a ``ValueError``
+  naming the leaf (``params['Dense_0']['kernel']``). Tracers (inside ``jit``) are skipped;
+  the check runs on the host in numpy (O(size), no compilation).
+
+  Example:
+    >>> check_finite_tree({'w': np.array([1.0, np.nan])}, "params")
+    Traceback (most recent call last):
+    ...
+    ValueError: `params['w']` has 1 NaN or inf entries; a network with non-finite parameters has non-finite outputs and kernels. Check where the parameters came from (a diverged training run?).
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if not hasattr(leaf, "dtype") or not is_concrete(leaf):
+      continue
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    a = np.asarray(leaf)
+    ok = np.isfinite(a)
+    if not ok.all():
+      raise ValueError(f"`{name}{jax.tree_util.keystr(path)}` has {int(ok.size - ok.sum())} "
+                       "NaN or inf entries; a network with non-finite parameters has non-finite "
+                       "outputs and kernels. Check where the parameters came from (a "
+                       "diverged training run?).")
+
+
+def check_finite_output(out, what: str, culprit: str, *, inputs=None,
+                        inputs_name: str = "") -> None:
+  """A concrete result ``out`` computed from finite inputs must be finite; else a
+  ``ValueError`` saying which rows are not and naming ``culprit`` (the argument that made
+  them, e.g. ``apply_fn``). Skipped inside a trace (the policy there: NaN propagates). With
+  ``inputs`` (a pytree the result was computed from), a non-finite input is named instead
+  (``inputs_name``); it is looked at only when the result is not finite.
+
+  Example:
+    >>> check_finite_output(np.array([[1.0, np.nan], [np.nan, np.nan]]), "the empirical NTK",
+    ...                     "apply_fn")
+    Traceback (most recent call last):
+    ...
+    ValueError: the empirical NTK has NaN/inf entries (first in row 0 of 2) although its inputs are finite: `apply_fn` produces non-finite outputs or derivatives on some points (e.g. a sqrt/log at 0, an overflow); fix the network or drop those points.
+  """
+  if not is_concrete(out) or tracing():
+    return
+  a = np.asarray(out)
+  if a.dtype.kind not in "fc":
+    return
+  ok = np.isfinite(a)
+  if not ok.all():
+    if inputs is not None:
+      for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+          raise ValueError(
+              f"{what} has NaN/inf entries because `{inputs_name}"
+              f"{jax.tree_util.keystr(path)}` has "
+              f"{int(arr.size - np.isfinite(arr).sum())} such entries; "
+              f"if `{inputs_name}` came from another product with the same network (e.g. "
+              f"Jᵀ V of a finite V), `{culprit}` is not finite on some points (e.g. a "
+              "sqrt/log at 0, an overflow): fix the network or drop those points.")
+    bad = np.nonzero(~ok.reshape(ok.shape[0], -1).all(axis=1))[0] if a.ndim else [0]
+    raise ValueError(f"{what} has NaN/inf entries (first in row {int(bad[0])} of "
+                     f"{a.shape[0] if a.ndim else 1}) although its inputs are finite: "
+                     f"`{culprit}` produces non-finite outputs or derivatives on some points "
+                     "(e.g. a sqrt/log at 0, an overflow); fix the network or drop those "
+                     "points.")
+
+
+def check_scalar(x, name: str, *, positive: bool = False, finite: bool = True) -> float:
+  """``x`` as a finite Python float from a number or a 0-d / size-1 real array (a numeric
+  string, a bool, an array of several values are named errors). ``positive``: > 0.
+
+  Example:
+    >>> check_scalar(np.ones(2), "lambda_max")
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `lambda_max` must be one number; got an array of shape (2,).
+  """
+  if isinstance(x, (str, bytes, bool, np.bool_)) or x is None:
+    raise ArgumentTypeError(f"`{name}` must be a number; got {type(x).__name__} {x!r}.")
+  if isinstance(x, jax.core.Tracer):
+    raise ArgumentTypeError(f"`{name}` must be concrete (call this outside jit).")
+  a = np.asarray(x)
+  if a.dtype.kind not in "iuf":
+    raise ArgumentTypeError(f"`{name}` must be a real number; got {type(x).__name__} of dtype "
+                            f"{a.dtype}.")
+  if a.size != 1:
+    raise ArgumentTypeError(f"`{name}` must be one number; got an array of shape {a.shape}.")
+  v = float(a.reshape(()))
+  if (finite and not np.isfinite(v)) or (positive and v <= 0):
+    raise ValueError(f"`{name}` must be a {'positive ' if positive else ''}finite number; got "
+                     f"{v!r}.")
+  return v
+
+
+def check_learning_rate(lr, where: str | None = None, name: str = "learning_rate"):
+  """A step size: a schedule (callable), a traced value (inside ``jit``), or one finite
+  real number ≥ 0 (int/float or a 0-d real array); None, strings, bools, arrays of several
+  values, complex and negative/NaN values are named errors (prefixed with ``where``, the
+  calling function, when given). Returns ``lr`` unchanged.
+
+  Example:
+    >>> check_learning_rate("0.1")
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `learning_rate` must be a number >= 0 or an optax schedule; got str '0.1'.
+  """
+  pre = f"{where}: " if where else ""
+  if lr is None:
+    raise ValueError(f"{pre}`{name}` is None; optax.sgd(None) returns the gradient itself, which "
+                     "`params + update` would follow uphill (gradient ascent). Pass a "
+                     "positive step, e.g. steps.stable_learning_rate(...).")
+  if callable(lr) or isinstance(lr, jax.core.Tracer):
+    return lr
+  if isinstance(lr, (str, bytes, bool, np.bool_)) or not hasattr(np.asarray(lr), "dtype") \
+     or np.asarray(lr).dtype.kind not in "iuf":
+    raise ArgumentTypeError(f"{pre}`{name}` must be a number >= 0 or an optax schedule; got "
+                            f"{type(lr).__name__} {lr!r}.")
+  a = np.asarray(lr)
+  if a.ndim != 0:
+    raise ValueError(f"{pre}`{name}` must be a scalar; got shape {a.shape}.")
+  if not np.isfinite(float(a)) or float(a) < 0:
+    raise ValueError(f"{pre}`{name}` must be a finite number ≥ 0 (a negative step is gradient "
+                     f"ascent); got {float(a)!r}.")
+  return lr
+
+
+def check_float_updates(updates, name: str = "updates") -> None:
+  """Every array leaf of ``updates`` (gradients) is floating: an integer or bool leaf cannot
+  be preconditioned (its dtype would be kept, truncating the update). Static: works in jit.
+
+  Example:
+    >>> check_float_updates({'w': np.zeros(2, np.int32)})
+    Traceback (most recent call last):
+    ...
+    TypeError: `updates['w']` has dtype int32; updates (gradients) must be floating arrays, e.g. jax.grad of a float loss with float parameters.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(updates):
+    dt = getattr(leaf, "dtype", None)
+    if dt is not None and not jnp.issubdtype(dt, jnp.inexact):
+      raise TypeError(f"`{name}{jax.tree_util.keystr(path)}` has dtype {np.dtype(dt)}; updates "
+                      "(gradients) must be floating arrays, e.g. jax.grad of a float loss with "
+                      "float parameters.")
+
+
+def check_same_structure(new, old, name: str, other: str) -> None:
+  """``new`` must have the pytree structure and leaf shapes of ``old`` (``other`` says what
+  ``old`` is); a named ``ValueError`` showing the first differing leaf otherwise.
+
+  Example:
+    >>> check_same_structure({'w': np.zeros(2)}, {'w': np.zeros(3)}, "directions",
+    ...                      "the ones in the state")
+    Traceback (most recent call last):
+    ...
+    ValueError: `directions['w']` has shape (2,) but the ones in the state have (3,) there; build it for the same parameters.
+  """
+  sn, so = jax.tree.structure(new), jax.tree.structure(old)
+  if sn != so:
+    kn = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(new)]
+    ko = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(old)]
+    raise ValueError(f"`{name}` has another pytree structure than {other}: leaves {kn[:4]}"
+                     f"{'...' if len(kn) > 4 else ''} vs {ko[:4]}{'...' if len(ko) > 4 else ''};"
+                     " build it for the same parameters.")
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(new), jax.tree.leaves(old)):
+    if tuple(np.shape(a)) != tuple(np.shape(b)):
+      raise ValueError(f"`{name}{jax.tree_util.keystr(path)}` has shape {tuple(np.shape(a))} "
+                       f"but {other} have {tuple(np.shape(b))} there; build it for the same "
+                       "parameters.")
+
+
+def check_path(p, name: str, *, optional: bool = True):
+  """A filesystem path: ``str`` or ``os.PathLike`` (None when ``optional``).
+
+  Example:
+    >>> check_path(123, "cache_dir")
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `cache_dir` must be a directory path (str or pathlib.Path) or None; got int 123.
+  """
+  import os
+  if p is None and optional:
+    return None
+  if not isinstance(p, (str, os.PathLike)) or (isinstance(p, str) and not p):
+    raise ArgumentTypeError(f"`{name}` must be a directory path (str or pathlib.Path)"
+                            f"{' or None' if optional else ''}; got {type(p).__name__} {p!r}.")
+  return p
+
+
+def check_numeric_tree(tree, name: str) -> None:
+  """Every array leaf of ``tree`` holds numbers (bool/int/float/complex): a string or
+  object leaf is a named ``TypeError`` (JAX would fail on it deep inside a jitted step).
+
+  Example:
+    >>> check_numeric_tree((np.zeros(2), np.array(['a', 'b'])), "data")
+    Traceback (most recent call last):
+    ...
+    TypeError: `data[1]` holds <U1 values; every leaf must be a numeric array.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if isinstance(leaf, (str, bytes)):
+      raise TypeError(f"`{name}{jax.tree_util.keystr(path)}` is a string; every leaf must be a "
+                      "numeric array.")
+    dt = getattr(leaf, "dtype", None)
+    if dt is None:
+      dt = np.asarray(leaf).dtype
+    if np.dtype(dt).kind not in "biufc" and not jnp.issubdtype(dt, jax.dtypes.prng_key):
+      raise TypeError(f"`{name}{jax.tree_util.keystr(path)}` holds {np.dtype(dt)} values; every "
+                      "leaf must be a numeric array.")
+
+
+SUBSAMPLE_ROWS_PER_DIRECTION = 10
+"""A subsample of s points with c outputs supports k directions when s·c ≥ this × (k+1)
+(see :func:`check_subsample_supports_k`)."""
+
+
+def check_subsample_supports_k(subsample, s: int, n: int, c: int, k: int,
+                               where: str = "msk_directions") -> None:
+  """Warn (``UserWarning`` naming ``subsample`` and ``k``) when a subsample of s of the n
+  points is too small for k directions: s·c < ``SUBSAMPLE_ROWS_PER_DIRECTION``·(k+1).
+
+  The eigenvalues of the s-point kernel are computed to the solver's tolerance, but as
+  estimates of the n-point spectrum (times s/n) they carry a sampling error that grows
+  from λ₁ to λ_{k+1} and shrinks only like 1/√s; below that ratio the top k+1 are off by
+  tens of percent to several-fold (docs/results.md, "How large a subsample").
+
+  Example:
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...   warnings.simplefilter("always")
+    ...   check_subsample_supports_k(6, 6, 200, 1, 5)
+    >>> "`subsample`" in str(w[0].message)
+    True
+  """
+  import warnings
+  if subsample is None or s >= n or s * c >= SUBSAMPLE_ROWS_PER_DIRECTION * (k + 1):
+    return
+  need = -(-SUBSAMPLE_ROWS_PER_DIRECTION * (k + 1) // c)
+  warnings.warn(
+      f"{where}: `subsample`={s} points ({s * c} kernel rows with c={c} outputs) is too few "
+      f"for k={k} directions: the values are eigenvalues of the kernel on these {s} points, "
+      f"but as estimates of the spectrum on all {n} points (times s/n) λ₁..λ_(k+1) are off by "
+      f"tens of percent to several-fold below s·c = {SUBSAMPLE_ROWS_PER_DIRECTION}·(k+1). "
+      f"Use subsample >= {min(need, n)} (or None: all points), or lower `k`.", stacklevel=3)
+
+
+def check_solver_args(*, key=None, oversample=0, n_iter=1, depth=0, max_cycles=1) -> None:
+  """The shared options of the iterative eigensolvers, checked whichever method runs (an
+  option the chosen method does not use must still be of its documented type): ``key`` a
+  PRNG key or None, ``oversample``/``depth`` ints ≥ 0, ``n_iter``/``max_cycles`` ints ≥ 1.
+
+  Example:
+    >>> check_solver_args(max_cycles=None)
+    Traceback (most recent call last):
+    ...
+    mskjax._validate.ArgumentTypeError: `max_cycles` must be an int >= 1, got NoneType None.
+  """
+  check_key(key, "key", optional=True)
+  for name, val, lo in (("oversample", oversample, 0), ("n_iter", n_iter, 1),
+                        ("depth", depth, 0), ("max_cycles", max_cycles, 1)):
+    check_int(val, name, lo=lo)
+
+
+def check_loss_output(loss_fn, params, batch, has_aux) -> None:
+  """``loss_fn(params, batch, None)`` must return a scalar (``has_aux=False``) or a pair
+  ``(scalar, dict)`` (``has_aux=True``), checked by abstract evaluation (nothing runs); a
+  named error instead of JAX's from inside ``value_and_grad``. A loss that fails to trace
+  here is left to the caller's own call (its error is the loss's own).
+
+  Example:
+    >>> check_loss_output(lambda p, b, i: (p * b).sum(), np.ones(2), np.ones(2), True)
+    Traceback (most recent call last):
+    ...
+    ValueError: `has_aux=True` but `loss_fn` returns one array of shape (), not a pair (loss, aux): pass has_aux=False, or return (loss, {name: value}).
+  """
+  has_aux = check_bool(has_aux, "has_aux")
+  try:
+    out = jax.eval_shape(lambda p: loss_fn(p, batch, None), params)
+  except Exception:   # noqa: BLE001 -- the real call reports the loss's own error
+    return
+  pair = isinstance(out, (tuple, list)) and len(out) == 2
+  if has_aux and not pair:
+    what = (f"one array of shape {tuple(out.shape)}" if hasattr(out, "shape")
+            else f"{type(out).__name__}")
+    raise ValueError(f"`has_aux=True` but `loss_fn` returns {what}, not a pair (loss, aux): "
+                     "pass has_aux=False, or return (loss, {name: value}).")
+  loss = out[0] if has_aux else out
+  if not has_aux and pair:
+    raise ValueError("`loss_fn` returns a pair; if it is (loss, aux) pass has_aux=True.")
+  if not hasattr(loss, "shape") or tuple(loss.shape) != ():
+    raise ValueError(f"`loss_fn` must return a scalar loss{' (first of the pair)' * has_aux}; "
+                     f"got {getattr(loss, 'shape', type(loss).__name__)}.")
+  if has_aux and not isinstance(out[1], dict):
+    raise ValueError(f"with `has_aux=True`, `loss_fn`'s aux must be a dict {{name: value}}; "
+                     f"got {type(out[1]).__name__}.")
+
+
+def check_state_matches(tx, where: str):
+  """``tx`` with an ``update`` that first checks the momentum (``trace``) of the optimizer
+  state against the updates' pytree structure and leaf shapes (static: fine in ``jit``),
+  naming ``state``: a state made by ``init`` on other parameters fails with JAX's tree
+  errors otherwise. Returns an ``optax.GradientTransformation`` with the same state.
+  """
+  import optax
+
+  def update_fn(updates, state, params=None):
+    for path, sub in jax.tree_util.tree_leaves_with_path(
+        state, is_leaf=lambda s: isinstance(s, optax.TraceState)):
+      if isinstance(sub, optax.TraceState):
+        check_same_structure(sub.trace, updates, f"state{jax.tree_util.keystr(path)}.trace",
+                             f"the updates (made by {where}'s init on other parameters? "
+                             "call init with the parameters whose gradients you pass)")
+    return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(tx.init, update_fn)

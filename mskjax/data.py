@@ -63,7 +63,7 @@ def circle(n: int, *, equispaced: bool = True, key: Optional[jax.Array] = None):
     if key is None:
       raise ValueError("circle: equispaced=False needs a PRNG key, e.g. "
                        "key=jax.random.PRNGKey(0).")
-    theta = jax.random.uniform(key, (n,), dtype, 0.0, 2 * jnp.pi)
+    theta = jax.random.uniform(_validate.check_key(key), (n,), dtype, 0.0, 2 * jnp.pi)
   return jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=1), theta
 
 
@@ -88,7 +88,7 @@ def sphere(n: int, d: int, key: jax.Array) -> jax.Array:
   d = _validate.check_int(d, "d", lo=2)
   if key is None:
     raise ValueError("sphere: key must be a PRNG key, e.g. jax.random.PRNGKey(0).")
-  g = jax.random.normal(key, (n, d), _float_dtype())
+  g = jax.random.normal(_validate.check_key(key), (n, d), _float_dtype())
   return g / jnp.linalg.norm(g, axis=1, keepdims=True)
 
 
@@ -362,8 +362,8 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, labels: str = "int"
     raise ValueError(f"load_mnist1d: num_samples must be a multiple of 10 (one share per "
                      f"class), >= 10; got {num_samples!r}.")
   seed = _validate.check_int(seed, "seed")
-  if labels not in ("int", "onehot"):
-    raise ValueError(f"load_mnist1d: labels must be 'int' or 'onehot'; got {labels!r}.")
+  _validate.check_choice(labels, "labels", ("int", "onehot"))
+  cache_dir, cache = _validate.check_path(cache_dir, "cache_dir"), _validate.check_bool(cache, "cache")
   from pathlib import Path
   path = Path(cache_dir if cache_dir is not None else _default_cache_dir()) / \
       f"mnist1d_n{int(num_samples)}_seed{int(seed)}.npz"
@@ -536,7 +536,7 @@ def whitened_linear_teacher(n: int, d: int, rank: Optional[int] = None, *, key,
   n_test = _validate.check_int(n_test, "n_test", lo=0)
   if key is None:
     raise ValueError("whitened_linear_teacher: key must be a PRNG key.")
-  k1, k2, k3, k4 = jax.random.split(key, 4)
+  k1, k2, k3, k4 = jax.random.split(_validate.check_key(key), 4)
   dtype = _float_dtype()
   Q, _ = jnp.linalg.qr(jax.random.normal(k1, (n, r), dtype))
   R, _ = jnp.linalg.qr(jax.random.normal(k2, (d, r), dtype))
@@ -580,7 +580,7 @@ def power_law_gaussian(n: int, d: int, alpha: float, *, key, n_test: int = 0):
   dtype = _float_dtype()
   lam = jnp.arange(1, d + 1, dtype=dtype) ** (-float(alpha))
   lam = lam * d / jnp.sum(lam)
-  k1, k2, k3 = jax.random.split(key, 3)
+  k1, k2, k3 = jax.random.split(_validate.check_key(key), 3)
   beta = jax.random.normal(k3, (d,), dtype)
   beta = beta / jnp.linalg.norm(beta)
   x = jax.random.normal(k1, (n, d), dtype) * jnp.sqrt(lam)

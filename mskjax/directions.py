@@ -592,6 +592,7 @@ def _start_vectors(init_vectors, p, n, s, idx):
     init_vectors = init_vectors.vectors
   if init_vectors is not None:
     init_vectors = np.asarray(init_vectors, np.float64)
+    _v.check_finite(init_vectors, "init_vectors")
     if init_vectors.ndim != 2 or init_vectors.shape[0] not in (n, s):
       raise ValueError(f"msk_directions: `init_vectors` must be (n, m) eigenvectors on the "
                        f"{n} points; got shape {init_vectors.shape}.")
@@ -624,6 +625,7 @@ def _setup(apply_fn, params, x, targets, k, oversample, subsample, rng, float64)
                      f"got {type(out).__name__}.")
   c = int(np.prod(out.shape[1:]))
   k = _v.check_k(k, s * c)
+  _v.check_subsample_supports_k(subsample, s, n, c, k)
   m = min(k + 1 + int(oversample), s * c)
   return _Setup(apply_fn, params, fn, p, x, targets, idx, n, s, c, k, m, cdt, cdtype, pc, x1)
 
@@ -881,7 +883,14 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
 
   EigenPro-style subsampling (Ma & Belkin 2017): with ``subsample=s`` the kernel is built
   on s random points; ``values`` are of the s-point Gram matrix (about s/n times those on
-  n points; the step rule uses λ/s, see :func:`mskjax.steps.stable_learning_rate`).
+  n points; the step rule uses λ/s, see :func:`mskjax.steps.stable_learning_rate`). ``tol``
+  bounds the error against the s-point kernel; as estimates of the n-point spectrum the
+  values also carry a sampling error that shrinks only like 1/√s and grows from λ₁ to
+  λ_{k+1}: for s·c < 10·(k+1) rows it is tens of percent or more, and a ``UserWarning``
+  names ``subsample`` (``docs/results.md``, "How large a subsample").
+
+  Non-finite ``params``, ``x`` or ``init_vectors`` are a ``ValueError`` naming them, and a
+  network whose Jacobian is not finite on some points one naming ``apply_fn``.
 
   Precision: products run in the inputs' dtype (float32 for a float32 model) and the small
   host algebra in float64; ``float64=True`` runs them in float64 inside
@@ -947,7 +956,7 @@ def msk_directions(apply_fn: Callable, params, x, g: _modifiers.Modifier, k: int
   tol, memory_budget = _check_arguments(g, k, method, jacobian, loss, targets, tol,
                                         memory_budget, oversample, depth, max_cycles,
                                         init_vectors)
-  seed = key_seed(key)
+  seed = key_seed(_v.check_key(key, "key", optional=True))
   rng = np.random.default_rng(seed)
   with (jax.enable_x64(True) if float64 else contextlib.nullcontext()):
     st = _setup(apply_fn, params, x, targets, k, oversample, subsample, rng, float64)

@@ -132,6 +132,8 @@ def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
      [0.275 0.366 0.5  ]]
   """
   _check_get(get, "gram")
+  _validate.check_kernel_fn(kernel_fn, get, fix="gram needs kernel_fn(x1, x2, get): wrap a "
+                            "plain kernel k(x1, x2) as lambda a, b, get: k(a, b)")
   x1, x2 = check_pair(x1, x2, "gram")
   block_size = check_block_size(block_size)
   pair2, sym2 = _block_fns(kernel_fn, get)

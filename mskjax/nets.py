@@ -727,7 +727,7 @@ def init_zero_output(model, key: jax.Array, x_example: jax.Array):
     raise ValueError(f"init_zero_output: model must be antisymmetric; build it with "
                      f"{cls}(spec, antisymmetric=True) or make_network(spec, "
                      "antisymmetric=True).")
-  variables = model.init(key, x_example)
+  variables = model.init(_validate.check_key(key), x_example)
   params = dict(variables["params"])
   params["neg"] = params["pos"]
   return {**variables, "params": params}

@@ -221,8 +221,8 @@ def msk_sgd(learning_rate: optax.ScalarOrSchedule, directions: MSKDirections, *,
   """
   _v.check_learning_rate(learning_rate, "msk_sgd")
   _v.check_momentum(momentum, "msk_sgd")
-  return optax.chain(scale_by_msk(directions),
-                     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+  return _v.check_state_matches(optax.chain(scale_by_msk(directions), optax.sgd(
+      learning_rate, momentum=momentum, nesterov=nesterov)), "msk_sgd")
 
 
 def replace_directions(opt_state, directions: MSKDirections):
@@ -254,6 +254,8 @@ def replace_directions(opt_state, directions: MSKDirections):
 
   def swap(s):
     if isinstance(s, ScaleByMSKState):
+      _v.check_same_structure(directions.directions, s.directions, "directions.directions",
+                              "the directions in `opt_state`")
       if jax.tree.structure(s.directions) != jax.tree.structure(directions.directions):
         raise ValueError("replace_directions: the new directions have a different pytree "
                          "structure from the ones in the state.")

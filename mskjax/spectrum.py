@@ -310,6 +310,8 @@ def eigh_top(K, k: int, *, method: str = "auto", key=None, oversample: int = 20,
   if start is not None and method not in ("krylov", "randomized"):
     raise ValueError(f"`start` is used by method='krylov' and by 'randomized' on an operator "
                      f"only (got method={method!r}).")
+  _v.check_solver_args(key=key, oversample=oversample, n_iter=n_iter, depth=depth,
+                       max_cycles=max_cycles)
   if isinstance(K, KernelOperator):
     pairs, info = _eigh_top_operator(K, k, method, key, oversample, n_iter, depth, tol,
                                      max_cycles, n_landmarks, landmarks, rcond, start)

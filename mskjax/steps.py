@@ -486,6 +486,7 @@ def critical_batch_learning_rate(directions: Optional[MSKDirections] = None,
     if val is None:
       raise ValueError(f"{where}: `{name}` is unknown; pass it or build the directions with "
                        "optim.msk_directions (which computes it).")
+    _v.check_scalar(val, name, positive=True)
     if not _v.is_concrete(val):
       raise TypeError(f"{where}: `{name}` must be concrete (call it outside jit).")
     if not np.isfinite(float(val)) or float(val) <= 0:

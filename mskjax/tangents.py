@@ -100,6 +100,11 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   optimiser's linearised function-space dynamics, df = −J W Jᵀ ∂ℓ/∂f. Computed on the same
   machinery as the Jacobian of f(θ + √W ⊙ δ) at δ = 0 (exact for W = 0 entries).
 
+  NaN policy: outside ``jit``, non-finite ``params`` or inputs are a ``ValueError`` naming
+  them, and a kernel that comes out non-finite from finite ones names ``apply_fn`` (its
+  outputs or derivatives are not finite on some points). Inside ``jit`` nothing is checked
+  by value: NaN in gives NaN out.
+
   neural-tangents' implementations 1 and 2 stay available (``implementation=1|2``;
   host-side blocks, inputs ``(n, d)``, outputs ``(n, c)``, traced only); 3 is broken on
   current JAX.
@@ -140,10 +145,13 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   _v.check_choice(implementation, "implementation", ("auto", "jacobian", "jvp", 1, 2))
   memory_budget = _v.check_int(memory_budget, "memory_budget", lo=1)
   block_size = _k.check_block_size(block_size)
+  _v.check_finite_tree(params, "params")
   if implementation not in (1, 2):
     x1, x2 = _k.check_pair(x1, x2, "empirical_ntk")
-    return _empirical_own(apply_fn, params, x1, x2, bool(full), block_size, memory_budget,
-                          implementation, weights)
+    K = _empirical_own(apply_fn, params, x1, x2, bool(full), block_size, memory_budget,
+                       implementation, weights)
+    _v.check_finite_output(K, "empirical_ntk: the kernel", "apply_fn")
+    return K
   if weights is not None:
     raise ValueError("empirical_ntk: weights= needs implementation 'auto', 'jacobian' or "
                      "'jvp' (neural-tangents' implementations have no parameter metric).")
@@ -164,8 +172,12 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
     block_size = _empirical_block_edge(params, int(out.shape[1]), n_max, int(implementation),
                                        int(memory_budget))
     if block_size >= n_max:
-      return sym_p(x1) if x2 is None else pair_p(x1, x2)
-  return _blocks.assemble_blocks(pair_p, sym_p, x1, x2, block_size)
+      K = sym_p(x1) if x2 is None else pair_p(x1, x2)
+      _v.check_finite_output(K, "empirical_ntk: the kernel", "apply_fn")
+      return K
+  K = _blocks.assemble_blocks(pair_p, sym_p, x1, x2, block_size)
+  _v.check_finite_output(K, "empirical_ntk: the kernel", "apply_fn")
+  return K
 
 
 
@@ -331,6 +343,7 @@ def _blocked_inputs(apply_fn, params, x, dtype, where):
   _, _, x, dt, n, c = _network_inputs(apply_fn, params, x, dtype, where)
   call, p, rest = _split(apply_fn, params)
   _v.check_float_params(p, where)
+  _v.check_finite_tree(p, "params")
   p = jax.tree.map(lambda a: jnp.asarray(a).astype(dt), p)
   return call, p, rest, x, dt, n, c
 
@@ -346,7 +359,9 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
   XLA:CPU runs convolutions inside ``lax.map``/``lax.scan`` on a slow path), so memory is
   O(m·#params + block·m·A) (A: activations per point) and never O(n·#params).
   ``ntk_matvec`` applies the full (n·c)×(n·c) empirical NTK ``K = J Jᵀ`` (not the
-  output-traced one) — what a matrix-free eigensolver needs.
+  output-traced one) — what a matrix-free eigensolver needs. Non-finite ``params`` are a
+  named ``ValueError``; a product ``J T`` that comes out non-finite names ``apply_fn`` (or
+  ``T`` when the tangents are not finite); inside ``jit``, NaN propagates.
 
   Args:
     apply_fn, params: the network, as accepted by :func:`trainable_fn` (a plain
@@ -400,10 +415,16 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
     if name in ready:
       ready.pop(name).result()    # re-raises a failed compilation here
 
-  def jvp(T):
+  def products(T):
     wait("jvp")
     return jnp.concatenate([_jvp_block(call, c, T, p, rest, xa) for xa in blocks],
                            axis=0)[:n]
+
+  def jvp(T):
+    out = products(T)
+    _v.check_finite_output(out, "jacobian_operator: the product J T", "apply_fn", inputs=T,
+                           inputs_name="T")
+    return out
 
   def vjp(Vc):
     wait("vjp")
@@ -419,7 +440,10 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
 
   def ntk_matvec(Vf):
     m = Vf.shape[-1]
-    return jvp(vjp(jnp.asarray(Vf).reshape(n, c, m))).reshape(n * c, m)
+    out = products(vjp(jnp.asarray(Vf).reshape(n, c, m))).reshape(n * c, m)
+    _v.check_finite_output(out, "jacobian_operator: the product J Jᵀ V", "apply_fn",
+                           inputs=Vf, inputs_name="V")
+    return out
 
   return JacobianOperator(jvp, vjp, ntk_matvec, n, c, p, bs)
 
@@ -492,6 +516,7 @@ def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] 
     lo, hi = i * bs, min((i + 1) * bs, n)
     Jb = np.asarray(_jac_block(call, c, p, rest, xp[i * bs:(i + 1) * bs]))
     J[lo * c:hi * c] = Jb[:hi - lo].reshape(-1, P)
+  _v.check_finite_output(J, "jacobian_matrix: the Jacobian", "apply_fn")
   return J
 
 

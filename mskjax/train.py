@@ -324,7 +324,7 @@ def _thresholds(name, spec):
   keys = tuple(sorted(spec))
   out = {}
   for k in keys:
-    v = float(spec[k])
+    v = _validate.check_scalar(spec[k], f"{name}[{k!r}]", finite=False)
     if np.isnan(v):
       raise ValueError(f"`{name}[{k!r}]` is NaN: a NaN threshold never triggers; pass a number "
                        "(or drop the key).")
@@ -431,6 +431,7 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   _check_loss_arity(loss_fn)
   steps = _check_int("steps", steps, 0)
   chunk = _check_int("chunk", chunk, 1)
+  _validate.check_numeric_tree(data, "data")
   data = jax.tree.map(jnp.asarray, data)
   n = _num_points(data)
   _check_data_finite(data)
@@ -445,7 +446,11 @@ def fit(loss_fn: Callable, params, tx, data, *, steps: int,
   hp = hparams if factory else None
   static = (loss_fn, tx, factory, batch_size, has_aux, below_keys, above_keys)
   cpu = _loops.on_cpu(state, data)
-  rec_shapes, conv = _step_info(static[:5], _avals(state), _avals(data), _avals(hp), cpu)
+  try:
+    rec_shapes, conv = _step_info(static[:5], _avals(state), _avals(data), _avals(hp), cpu)
+  except Exception:   # name `has_aux`/`loss_fn` if the loss's output is the cause
+    _validate.check_loss_output(loss_fn, state.params, data, has_aux)
+    raise
   known = sorted(rec_shapes)
   for name, keys in (("stop_below", below_keys), ("stop_above", above_keys)):
     for k in keys:
@@ -744,7 +749,7 @@ def train(apply_fn: Callable, params, tx, x_train, y_train, *,
   loss_fn = _ModelLoss(apply_fn, _resolve_loss(loss, n))
   stop = None
   if stop_below is not None:
-    stop_below = float(stop_below)
+    stop_below = _validate.check_scalar(stop_below, "stop_below", finite=False)
     if not np.isfinite(stop_below) or stop_below <= 0:
       raise ValueError(f"`stop_below` must be a positive finite loss value or None; got "
                        f"{stop_below!r}.")

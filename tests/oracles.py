@@ -37,3 +37,31 @@ def matrix_power_residual(K_g, r0, eta, t):
   """(I − η K_g)^t r0 by explicit repeated multiplication."""
   A = np.eye(K_g.shape[0]) - eta * K_g
   return np.linalg.matrix_power(A, int(t)) @ r0
+
+
+def mlp_kernel_diagonal(x, activation, depth, W_std, b_std, get="ntk"):
+  """k(x_i, x_i) of a depth-``depth`` MLP in the NTK parameterisation, from the scalar
+  recursion on the variance alone (the angle is 0 on the diagonal, so no arccos appears):
+  q ← σ_W²‖x‖²/d + σ_b², Θ ← q; per hidden layer q, q̇ ← E[φ(u)²], E[φ'(u)²] for
+  u ~ N(0, q), then q ← σ_W² q + σ_b², Θ ← q + σ_W² q̇ Θ.
+
+  The Gaussian expectations are the textbook ones: ReLU q/2 and 1/2 (Cho & Saul 2009),
+  erf (2/π) arcsin(2q/(1+2q)) and (4/π)/√(1+4q) (Williams 1997), linear q and 1.
+  ``x`` is an (n, d) numpy array; returns the (n,) diagonal in float64.
+  """
+  x = np.asarray(x, np.float64)
+  w2, b2 = float(W_std) ** 2, float(b_std or 0.0) ** 2
+  q = w2 * np.einsum("ij,ij->i", x, x) / x.shape[1] + b2
+  ntk = q.copy()
+  for _ in range(depth):
+    if activation == "relu":
+      q, qdot = q / 2, np.full_like(q, 0.5)
+    elif activation == "erf":
+      q, qdot = (2 / np.pi) * np.arcsin(2 * q / (1 + 2 * q)), (4 / np.pi) / np.sqrt(1 + 4 * q)
+    elif activation == "linear":
+      qdot = np.ones_like(q)
+    else:
+      raise ValueError(activation)
+    q = w2 * q + b2
+    ntk = q + w2 * qdot * ntk
+  return ntk if get == "ntk" else q

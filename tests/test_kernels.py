@@ -186,10 +186,18 @@ def test_kernel_matvec_errors(kernel_fn, xs):
 @pytest.mark.parametrize("depth,W_std,b_std", [(1, 1.0, 0.0), (3, 1.7, 0.3), (2, 0.8, None)])
 def test_mlp_kernel_matches_neural_tangents_to_1e12_in_float64(activation, depth, W_std,
                                                                b_std):
-  # Oracle: neural-tangents' stax kernel_fn of the same MLPSpec (independent code, libm
-  # arctan2); 1e-12 relative to the largest entry allows float64 rounding of a few dozen
-  # operations (measured ~1e-16).
+  # Oracles. Off the diagonal: neural-tangents' stax kernel_fn of the same MLPSpec
+  # (independent code, libm arctan2); 1e-12 relative to the largest entry allows float64
+  # rounding of a few dozen operations (measured ~1e-16). On the diagonal of k(x, x):
+  # the variance-only recursion of tests/oracles.py (the angle is exactly 0 there, no
+  # arccos), to the same 1e-12. neural-tangents is no oracle on that diagonal: it forms
+  # cos θ = q₁₂/√(q q') ≈ 1 − δ with δ a few ulp whose size depends on how XLA rounds the
+  # GEMM and the norms (the instruction set it compiles for: exact 1 under AVX2, 1 − 4e-16
+  # under AVX-512/SSE4.2), and arccos turns δ into θ ≈ √(2δ) ~ 3e-8, i.e. ~1e-8 relative in
+  # the ReLU NTK's (π − θ)/π per layer. Its diagonal is still checked against the oracle,
+  # to depth · √(2 · 16 ε)/π (δ ≤ 16 ε), which also validates the oracle.
   from mskjax.nets import MLPSpec, stax_mlp
+  from oracles import mlp_kernel_diagonal
   rng = np.random.default_rng(3)
   x1 = jnp.asarray(rng.standard_normal((23, 5)), jnp.float64)
   x2 = jnp.asarray(rng.standard_normal((11, 5)), jnp.float64)
@@ -201,16 +209,29 @@ def test_mlp_kernel_matches_neural_tangents_to_1e12_in_float64(activation, depth
   nt = stax_mlp(spec)[2]
   mk = kernels.mlp_kernel_fn(spec)
   assert isinstance(mk, kernels.MLPKernel)
+  off = ~np.eye(x1.shape[0], dtype=bool)
+  eps = np.finfo(np.float64).eps
+  nt_diag_rtol = depth * np.sqrt(2 * 16 * eps) / np.pi
   for get in ("ntk", "nngp"):
+    diag = mlp_kernel_diagonal(np.asarray(x1), activation, depth, W_std, b_std, get)
     for other in (None, x2):
       A = np.asarray(nt(x1, other, get))
       B = np.asarray(mk(x1, other, get))
       assert B.shape == A.shape and B.dtype == np.float64
-      np.testing.assert_allclose(B, A, rtol=0, atol=1e-12 * np.abs(A).max())
-  # through the blocked drivers
-  np.testing.assert_allclose(np.asarray(kernels.gram(mk, x1, block_size=8)),
-                             np.asarray(nt(x1, None, "ntk")), rtol=0,
-                             atol=1e-12 * np.abs(A).max())
+      scale = np.abs(A).max()
+      if other is not None:
+        np.testing.assert_allclose(B, A, rtol=0, atol=1e-12 * scale)
+        continue
+      np.testing.assert_allclose(B[off], A[off], rtol=0, atol=1e-12 * scale)
+      np.testing.assert_allclose(np.diag(B), diag, rtol=0, atol=1e-12 * scale)
+      np.testing.assert_allclose(np.diag(A), diag, rtol=0, atol=nt_diag_rtol * scale)
+  # through the blocked drivers (the diagonal blocks carry the exact-cosine branch)
+  G = np.asarray(kernels.gram(mk, x1, block_size=8))
+  A = np.asarray(nt(x1, None, "ntk"))
+  np.testing.assert_allclose(G[off], A[off], rtol=0, atol=1e-12 * np.abs(A).max())
+  np.testing.assert_allclose(np.diag(G), mlp_kernel_diagonal(np.asarray(x1), activation, depth,
+                                                             W_std, b_std, "ntk"),
+                             rtol=0, atol=1e-12 * np.abs(A).max())
 
 
 def test_mlp_kernel_fn_falls_back_or_names_the_fix():

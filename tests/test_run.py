@@ -147,20 +147,22 @@ def test_resume_after_kill_matches_uninterrupted_run(toy, tmp_path):
 import errno  # noqa: E402
 
 
+# `python -m mskjax.run ARGS`, preceded in the child itself by SIGINT at Python's own
+# KeyboardInterrupt handler and unblocked. A child inherits an ignored or blocked SIGINT from
+# its parent (here a pytest-xdist worker, in which the interrupt test once saw SIGINT ignored:
+# the run completed with rc 0), and Python installs its handler only over the default
+# disposition. Done by the launcher after exec, not by a preexec_fn: that would run Python in
+# a fork of the multithreaded test process (JAX warns it may deadlock), and without one
+# subprocess starts the child with vfork/posix_spawn.
+_LAUNCHER = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+             "runpy.run_module('mskjax.run', run_name='__main__', alter_sys=True)")
+
+
 def _popen(args, cwd):
   env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-  return subprocess.Popen([sys.executable, "-m", "mskjax.run", *args], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=_default_sigint)
-
-
-def _default_sigint():
-  """In the child before exec: SIGINT at its default disposition and unblocked. A child
-  inherits an ignored or blocked SIGINT from its parent (here a pytest-xdist worker, in
-  which the interrupt test once saw SIGINT ignored: the run completed with rc 0), and Python
-  installs its KeyboardInterrupt handler only over the default disposition."""
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
-  signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+  return subprocess.Popen([sys.executable, "-c", _LAUNCHER, *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(pred, timeout=90):
