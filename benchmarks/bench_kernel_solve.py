@@ -1,0 +1,613 @@
+"""Infinite-width predictions at scale: MNIST-1D kernel regression, every method side by side.
+
+Run::
+
+  python -m benchmarks.bench_kernel_solve                 # full sweep (resumable, ~1 h)
+  python -m benchmarks.bench_kernel_solve --quick         # smoke run (< 2 min, n = 1000)
+  python -m benchmarks.bench_kernel_solve --only solver_inf,cho_solve --ns 10000,100000
+  python -m benchmarks.bench_kernel_solve --table         # print/write the table only
+
+Task. ``mskjax.data.load_mnist1d(num_samples=125000)``: the first n of the 100k training
+sequences, the 25k test sequences (``--quick``: the standard 5000-sample set, n = 1000,
+1000 test points); targets one-hot (10 outputs, f₀ = 0), accuracy = argmax. Kernel: the
+closed-form NTK of a depth-2 ReLU MLP (``kernels.mlp_kernel_fn(MLPSpec(depth=2,
+b_std=0.1))``, NTK parameterisation); the CNN row uses the analytic kernel of the 1-D CNN
+of ``mskjax/experiments/mnist1d_kernels.py`` (``nets.stax_cnn``, NTK parameterisation).
+
+Methods (every (method, n) runs in its own subprocess, so wall time is cold — imports and
+data loading excluded, kernel evaluation, compilation and set-up included — and peak
+memory is that method's alone: ``ru_maxrss`` of the child from ``os.wait4``):
+
+* ``solver_inf`` — ``mskjax.predict.kernel_gd_mse(kernel_fn, X, Y, method='matrix_free',
+  rtol=1e-3)`` at t = ∞: block CG preconditioned by a Nyström approximation, K never formed;
+* ``solver_t`` — the same builder at finite t (MSK kernel GD, g = flatten on the solver's
+  top eigenpairs: EigenPro's iteration): test accuracy at a grid of t, where it settles;
+* ``dense_mskjax`` — ``mskjax.gradient_descent_mse`` on the float64 Gram (full ``eigh``);
+* ``nt`` — neural-tangents ``predict.gradient_descent_mse_ensemble`` with its own stax
+  kernel (``nt.batch``), t = ∞ (its Cholesky path), float64;
+* ``cho_solve`` — ``scipy.linalg.cho_factor``/``cho_solve`` on the float64 Gram;
+* ``cg`` — unpreconditioned ``jax.scipy.sparse.linalg.cg`` on the same matrix-free float32
+  operator (``kernels.kernel_operator(cache=False)``), all 10 outputs sharing each product,
+  to rtol 1e-3 or a bounded number of iterations (then the residual reached is reported);
+* ``kernel_gd`` — plain kernel GD α ← α + η (Y − K α), η = 1/λ_max (power iteration), the
+  same operator, a bounded number of iterations (accuracy along the way);
+* ``nystrom`` — scikit-learn ``Nystroem(kernel='precomputed')`` features from m random
+  landmarks (kernel blocks from the same kernel function) + ``Ridge``: the approximate
+  method users pick. (m, α) tuned on a grid on a 10 % validation split of the n training
+  points (the chosen pair is reported, and whether it lies inside the grid); the final
+  model is refitted on all n; tuning time is reported separately from the fit.
+* ``solver_cnn`` — ``kernel_gd_mse(method='auto')`` with the CNN kernel at ``--cnn-n``.
+
+Columns: test accuracy, wall s (the method in the child, cold), process wall s, CPU s
+(user + system of the child: the machine is shared, read wall times against the load),
+peak RSS MiB, iterations, final relative residual ‖Y − K α‖_F / ‖Y‖_F, load (1-min average
+before → after the child). Raw rows: ``benchmarks/results/kernel_solve.jsonl`` (quick:
+``kernel_solve_quick.jsonl``), one JSON object per (method, n), appended as each finishes;
+a rerun skips the (method, n) rows already there *with the same settings* (rows of other
+settings are kept in the file and ignored; ``--redo`` recomputes). The table replaces the
+section "Infinite-width predictions at scale" at the end of ``docs/results.md``
+(``--no-doc`` leaves the document alone).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "results.md"
+SECTION = "## Infinite-width predictions at scale"
+
+METHODS = ("solver_inf", "solver_t", "cho_solve", "dense_mskjax", "nt", "cg", "kernel_gd",
+           "nystrom", "solver_cnn")
+
+
+def settings(args) -> dict:
+  """Everything a row's numbers depend on (stored with every row; reruns never mix)."""
+  if args.quick:
+    s = dict(num_samples=5000, ns=(1000,), n_test=1000, cnn_n=500, cnn_test=500,
+             max_n=dict(dense_mskjax=1000, nt=1000, cho_solve=1000),
+             cg_max_iter=300, cg_max_iter_large=300, gd_iters=30, solver_ts=(1, 3, 10, 30),
+             nystrom_ms=(100, 200, 400), nystrom_alphas=(1e-7, 1e-5, 1e-3, 1e-1),
+             precond_rank=200, n_landmarks=400)
+  else:
+    s = dict(num_samples=125000, ns=(2000, 5000, 10000, 20000, 50000, 100000), n_test=25000,
+             cnn_n=args.cnn_n, cnn_test=args.cnn_test,
+             max_n=dict(dense_mskjax=args.dense_max_n, nt=10000, cho_solve=20000,
+                        cg=50000, kernel_gd=20000, solver_t=100000),
+             cg_max_iter=args.cg_max_iter, cg_max_iter_large=args.cg_max_iter_large,
+             gd_iters=args.gd_iters,
+             solver_ts=(1, 2, 5, 10, 20, 50, 100),
+             nystrom_ms=(1000, 2000, 4000, 8000),
+             nystrom_alphas=(1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+             precond_rank=args.precond_rank, n_landmarks=args.n_landmarks)
+  s.update(rtol=1e-3, depth=2, b_std=0.1, seed=0)
+  return s
+
+
+def settings_key(s: dict) -> str:
+  return hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------
+# The child: one (method, n) in this process.
+# ---------------------------------------------------------------------------------------
+
+def _peak_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _mlp_kernel(s):
+  from mskjax import kernels, nets
+  return kernels.mlp_kernel_fn(nets.MLPSpec(depth=s["depth"], width=8, b_std=s["b_std"]))
+
+
+def _cnn_spec():
+  from mskjax import nets
+  return nets.CNNSpec(channels=(32, 32, 32), kernel_sizes=(5, 3, 3), strides=2,
+                      padding="SAME", readout="flatten", out_dim=10, b_std=0.0,
+                      parameterization="ntk")
+
+
+def _load(s, n, n_test, float64):
+  import numpy as np
+  from mskjax import data
+  ds = data.load_mnist1d(num_samples=s["num_samples"])
+  dt = np.float64 if float64 else np.float32
+  if n > ds.x_train.shape[0]:
+    raise ValueError(f"n = {n} > {ds.x_train.shape[0]} training points (num_samples "
+                     f"{s['num_samples']}).")
+  x = np.asarray(ds.x_train[:n], dt)
+  y = np.asarray(ds.y_train[:n])
+  xt = np.asarray(ds.x_test[:n_test], dt)
+  yt = np.asarray(ds.y_test[:n_test])
+  return x, np.eye(10, dtype=dt)[y], y, xt, yt
+
+
+def _acc(pred, labels) -> float:
+  import numpy as np
+  return float(np.mean(np.argmax(np.asarray(pred), -1) == np.asarray(labels)))
+
+
+def _rel_res(op_or_K, alpha, Y) -> float:
+  import numpy as np
+  R = np.asarray(Y, np.float64) - np.asarray(op_or_K @ alpha, np.float64)
+  return float(np.linalg.norm(R) / np.linalg.norm(np.asarray(Y, np.float64)))
+
+
+def _test_kernel_product(kernel_fn, xt, x, alpha, block=2000):
+  """k(x_test, X) α in row blocks of the test set (K_test never held whole)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from mskjax import kernels
+  f = jax.jit(lambda a, c, v: kernel_fn(a, c, "ntk") @ v)
+  out = []
+  for i in range(0, xt.shape[0], block):
+    rows = xt[i:i + block]
+    pad = block - rows.shape[0]
+    rows_p = np.concatenate([rows, np.repeat(rows[-1:], pad, 0)]) if pad else rows
+    # columns in blocks too (b x n temporaries), summed
+    acc = 0.0
+    cb = 8192
+    for j in range(0, x.shape[0], cb):
+      acc = acc + f(jnp.asarray(rows_p), jnp.asarray(x[j:j + cb]), jnp.asarray(alpha[j:j + cb]))
+    out.append(np.asarray(acc)[:rows.shape[0]])
+  del kernels
+  return np.concatenate(out)
+
+
+def _solver_info(obj) -> dict:
+  """Iterations / residual / preconditioner reported by the solver, whatever it names them."""
+  out = {}
+  for holder in (obj, getattr(obj, "info", None)):
+    if holder is None:
+      continue
+    for name in ("iterations", "n_iter", "num_iterations", "iters"):
+      v = getattr(holder, name, None)
+      if v is not None:
+        out.setdefault("iterations", int(v))
+    for name in ("residual", "rel_residual", "relative_residual", "final_residual"):
+      v = getattr(holder, name, None)
+      if v is not None:
+        try:
+          out.setdefault("solver_residual", float(v))
+        except (TypeError, ValueError):
+          pass
+    for name in ("method", "preconditioner", "precond_rank", "n_landmarks"):
+      v = getattr(holder, name, None)
+      if v is not None and isinstance(v, (str, int, float)):
+        out.setdefault(name, v)
+  return out
+
+
+def run_worker(method: str, n: int, s: dict) -> dict:
+  """One (method, n): returns the row (accuracy, timings, iterations, residual, ...)."""
+  import numpy as np
+  float64 = method in ("cho_solve", "dense_mskjax", "nt")
+  import jax
+  if float64:     # this process only (a benchmark child): the dense baselines in float64
+    jax.config.update("jax_enable_x64", True)
+  import jax.numpy as jnp
+  import mskjax
+  from mskjax import kernels
+
+  n_test = s["cnn_test"] if method == "solver_cnn" else s["n_test"]
+  x, Y, y, xt, yt = _load(s, n, n_test, float64)
+  row = dict(n_test=int(xt.shape[0]))
+  kf = _mlp_kernel(s)
+  t0 = time.perf_counter()
+
+  if method in ("solver_inf", "solver_t", "solver_cnn"):
+    from mskjax import predict
+    if method == "solver_cnn":
+      from mskjax import nets
+      kf = nets.stax_cnn(_cnn_spec())[2]
+      x, xt = x[..., None], xt[..., None]
+    kw = dict(rtol=s["rtol"])
+    if method != "solver_cnn":
+      kw.update(method="matrix_free", precond_rank=s["precond_rank"],
+                n_landmarks=s["n_landmarks"])
+    g = None
+    if method == "solver_t":
+      g = mskjax.modifiers.flatten()
+      kw["k"] = s["precond_rank"]
+    predict_fn = predict.kernel_gd_mse(kf, x, Y, g, **kw)
+    row.update(_solver_info(predict_fn))
+    if method == "solver_t":
+      curve = []
+      for t in s["solver_ts"]:
+        p = predict_fn(int(t), x_test=xt)
+        jax.block_until_ready(p.test)
+        curve.append(dict(t=int(t), test_acc=_acc(p.test, yt), train_acc=_acc(p.train, y),
+                          train_res=float(np.linalg.norm(np.asarray(Y) - np.asarray(p.train))
+                                          / np.linalg.norm(Y)),
+                          s=time.perf_counter() - t0))
+        print(f"  solver_t n={n} t={t}: test acc {curve[-1]['test_acc']:.4f}, train res "
+              f"{curve[-1]['train_res']:.3g}, {curve[-1]['s']:.1f} s", file=sys.stderr,
+              flush=True)
+      row["curve"] = curve
+      best = max(curve, key=lambda c: c["test_acc"])
+      row.update(test_acc=curve[-1]["test_acc"], best_t=best["t"], best_acc=best["test_acc"],
+                 iterations=curve[-1]["t"], rel_residual=curve[-1]["train_res"])
+    else:
+      p = predict_fn(jnp.inf, x_test=xt)
+      jax.block_until_ready(p.test)
+      row.update(test_acc=_acc(p.test, yt), train_acc=_acc(p.train, y),
+                 rel_residual=float(np.linalg.norm(np.asarray(Y) - np.asarray(p.train))
+                                    / np.linalg.norm(Y)))
+      row.update(_solver_info(p))
+      row.update(_solver_info(predict_fn))
+
+  elif method in ("cho_solve", "dense_mskjax"):
+    import scipy.linalg
+    K = mskjax.gram(kf, x, block_size=min(n, 2000))
+    jax.block_until_ready(K)
+    row["gram_s"] = time.perf_counter() - t0
+    if method == "cho_solve":
+      Kn = np.asarray(K)
+      del K
+      c = scipy.linalg.cho_factor(Kn, lower=True, check_finite=False, overwrite_a=False)
+      alpha = scipy.linalg.cho_solve(c, Y, check_finite=False)
+      row.update(rel_residual=_rel_res(Kn, alpha, Y))
+      del c, Kn
+      pred = _test_kernel_product(kf, xt, x, alpha)     # k(x_test, X) α in blocks
+    else:
+      Kt = mskjax.gram(kf, xt, x, block_size=min(n, 2000))
+      predict_fn = mskjax.gradient_descent_mse(K, Y)
+      p = predict_fn(jnp.inf, K_test_train=Kt)
+      pred = np.asarray(p.test)
+      row.update(rel_residual=float(np.linalg.norm(Y - np.asarray(p.train))
+                                    / np.linalg.norm(Y)))
+    row.update(test_acc=_acc(pred, yt))
+
+  elif method == "nt":
+    from mskjax import nets
+    from mskjax._nt import nt
+    kf_nt = nets.stax_mlp(nets.MLPSpec(depth=s["depth"], width=8, b_std=s["b_std"]))[2]
+    kf_b = nt.batch(kf_nt, batch_size=min(n, 1000))
+    predict_fn = nt.predict.gradient_descent_mse_ensemble(kf_b, x, Y)
+    pred = predict_fn(t=None, x_test=xt, get="ntk")
+    row.update(test_acc=_acc(pred, yt))
+
+  elif method in ("cg", "kernel_gd"):
+    op = kernels.kernel_operator(kf, jnp.asarray(x), m=10, cache=False)
+    Yj = jnp.asarray(Y)
+    count = [0]
+
+    def matvec(v):
+      out = op.matmul(v)
+      jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1))
+      return out
+
+    if method == "cg":
+      maxiter = int(s["cg_max_iter"] if n < 50000 else s["cg_max_iter_large"])
+      alpha, _ = jax.scipy.sparse.linalg.cg(matvec, Yj, tol=s["rtol"], maxiter=maxiter)
+      alpha = np.asarray(alpha)
+      row.update(iterations=count[0], max_iter=maxiter)
+    else:
+      # λ_max by 30 power iterations (a lower bound: η = 1/λ̂ is then just above 1/λ_max,
+      # well inside the stable 2/λ_max)
+      v = jnp.asarray(np.random.default_rng(0).standard_normal(n), jnp.float32)
+      for _ in range(30):
+        w = op @ v
+        lam = float(jnp.linalg.norm(w) / jnp.linalg.norm(v))
+        v = w / jnp.linalg.norm(w)
+      eta = 1.0 / lam
+      row.update(lambda_max=lam, eta=eta, setup_s=time.perf_counter() - t0)
+      alpha = jnp.zeros_like(Yj)
+      R = Yj
+      curve = []
+      marks = sorted({1, 2, 5, 10, 20, 50, 100, 200, 500, 1000} & set(range(1, s["gd_iters"]))
+                     | {int(s["gd_iters"])})
+      step = jax.jit(lambda a, r: a + eta * r)
+      for it in range(1, int(s["gd_iters"]) + 1):
+        alpha = step(alpha, R)
+        R = Yj - op @ alpha
+        if it in marks:
+          te = _test_kernel_product(kf, xt, x, np.asarray(alpha))
+          curve.append(dict(t=it, test_acc=_acc(te, yt),
+                            train_res=float(jnp.linalg.norm(R) / jnp.linalg.norm(Yj)),
+                            s=time.perf_counter() - t0))
+          print(f"  kernel_gd n={n} t={it}: test acc {curve[-1]['test_acc']:.4f}, train res "
+                f"{curve[-1]['train_res']:.3g}, {curve[-1]['s']:.1f} s", file=sys.stderr,
+                flush=True)
+      row.update(curve=curve, iterations=int(s["gd_iters"]))
+      alpha = np.asarray(alpha)
+    pred = _test_kernel_product(kf, xt, x, alpha)
+    row.update(test_acc=_acc(pred, yt), rel_residual=_rel_res(op, jnp.asarray(alpha), Yj))
+
+  elif method == "nystrom":
+    row.update(_nystrom(kf, x, Y, y, xt, yt, s, t0))
+  else:
+    raise ValueError(f"unknown method {method!r}; one of {METHODS}")
+  row["wall_s"] = time.perf_counter() - t0
+  row["peak_rss_mib_self"] = _peak_mib()
+  return row
+
+
+def _nystrom(kf, x, Y, y, xt, yt, s, t0):
+  """Nyström features (scikit-learn, precomputed kernel blocks) + ridge; tuned on a split."""
+  import numpy as np
+  import jax.numpy as jnp
+  from sklearn.kernel_approximation import Nystroem
+  from sklearn.linear_model import Ridge
+  import mskjax
+
+  n = x.shape[0]
+  rng = np.random.default_rng(s["seed"])
+  ms = [m for m in s["nystrom_ms"] if m <= n // 2]
+  lm_idx = rng.permutation(n)[:max(ms)]             # landmarks: nested random subsets
+  L = x[lm_idx]
+
+  def gram(a, b):
+    return np.asarray(mskjax.gram(kf, jnp.asarray(a), jnp.asarray(b), block_size=2000),
+                      np.float64)
+
+  def features(K_mm, K_xm):
+    ny = Nystroem(kernel="precomputed", n_components=K_mm.shape[0], random_state=0)
+    ny.fit(K_mm)
+    return ny.transform(K_xm)
+
+  # --- tuning: 90/10 split of the n training points -----------------------------------
+  t_tune = time.perf_counter()
+  perm = rng.permutation(n)
+  nv = max(n // 10, 1)
+  va, tr = perm[:nv], perm[nv:]
+  K_xL = gram(x, L)                                 # (n, m_max), reused by the final fit
+  K_LL = gram(L, L)
+  grid = []
+  for m in ms:
+    Phi = features(K_LL[:m, :m], K_xL[:, :m])
+    for a in s["nystrom_alphas"]:
+      r = Ridge(alpha=a * n, solver="cholesky").fit(Phi[tr], Y[tr])
+      grid.append(dict(m=m, alpha=a, val_acc=_acc(r.predict(Phi[va]), y[va])))
+  best = max(grid, key=lambda r: (r["val_acc"], -r["m"]))
+  tune_s = time.perf_counter() - t_tune
+  inside = dict(m_inside=best["m"] not in (min(ms), max(ms)) or len(ms) == 1,
+                alpha_inside=best["alpha"] not in (min(s["nystrom_alphas"]),
+                                                   max(s["nystrom_alphas"])))
+  # --- the final fit with the chosen (m, α), timed on its own ----------------------------
+  t_fit = time.perf_counter()
+  m = best["m"]
+  K_xm = gram(x, L[:m])
+  K_mm = gram(L[:m], L[:m])
+  ny = Nystroem(kernel="precomputed", n_components=m, random_state=0).fit(K_mm)
+  r = Ridge(alpha=best["alpha"] * n, solver="cholesky").fit(ny.transform(K_xm), Y)
+  K_tm = gram(xt, L[:m])
+  pred = r.predict(ny.transform(K_tm))
+  fit_s = time.perf_counter() - t_fit
+  print(f"  nystrom n={n}: best m={m} alpha={best['alpha']:g}·n (val acc "
+        f"{best['val_acc']:.4f}), test acc {_acc(pred, yt):.4f}", file=sys.stderr, flush=True)
+  return dict(test_acc=_acc(pred, yt), m=m, alpha=best["alpha"], tune_s=tune_s, fit_s=fit_s,
+              grid=grid, **inside)
+
+
+# ---------------------------------------------------------------------------------------
+# The parent: one subprocess per (method, n), rows appended as they finish.
+# ---------------------------------------------------------------------------------------
+
+def _load1() -> float:
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return float("nan")
+
+
+def run_child(method, n, s, timeout) -> dict:
+  """Runs one (method, n) in a fresh interpreter; adds wall/CPU/peak memory from wait4."""
+  spec = json.dumps(dict(method=method, n=n, settings=s))
+  out_path = RESULTS / f".kernel_solve_child_{os.getpid()}.json"
+  if out_path.exists():
+    out_path.unlink()
+  cmd = [sys.executable, "-m", "benchmarks.bench_kernel_solve", "--worker", spec,
+         "--worker-out", str(out_path)]
+  load0 = _load1()
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(cmd, cwd=ROOT)
+  status, ru, timed_out = None, None, False
+  deadline = None if not timeout else time.monotonic() + timeout
+  while True:
+    pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+    if pid:
+      break
+    if deadline is not None and time.monotonic() > deadline:
+      proc.kill()
+      _, status, ru = os.wait4(proc.pid, 0)
+      timed_out = True
+      break
+    time.sleep(0.2)
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  wall = time.perf_counter() - t0
+  row = dict(method=method, n=n, load_start=round(load0, 2), load_end=round(_load1(), 2),
+             process_wall_s=wall, cpu_s=ru.ru_utime + ru.ru_stime,
+             peak_rss_mib=ru.ru_maxrss / 1024.0, rc=proc.returncode)
+  if timed_out:
+    row["status"] = f"timeout after {timeout} s"
+  elif proc.returncode != 0 or not out_path.exists():
+    row["status"] = f"failed (rc {proc.returncode})"
+  else:
+    row.update(json.loads(out_path.read_text()))
+    row["status"] = "ok"
+    out_path.unlink()
+  return row
+
+
+def read_rows(path: Path, key: str) -> list[dict]:
+  rows = []
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:
+        continue                      # a line cut by a kill: that row is recomputed
+      if r.get("settings_key") == key:
+        rows.append(r)
+  return rows
+
+
+def plan(s, only) -> list[tuple[str, int]]:
+  todo = []
+  for n in s["ns"]:
+    for m in METHODS:
+      if m == "solver_cnn" or (only and m not in only):
+        continue
+      if n > s["max_n"].get(m, 10 ** 9):
+        continue
+      todo.append((m, n))
+  if not only or "solver_cnn" in only:
+    todo.append(("solver_cnn", s["cnn_n"]))
+  # cheapest first: a long sweep has its small rows early
+  return sorted(todo, key=lambda mn: (mn[1], METHODS.index(mn[0])))
+
+
+def _f(v, nd=3):
+  if v is None or v == "":
+    return "—"
+  if isinstance(v, bool):
+    return "yes" if v else "no"
+  if isinstance(v, float):
+    if v != v:
+      return "—"
+    return f"{v:.{nd}g}" if abs(v) < 1e4 else f"{v:.0f}"
+  return str(v)
+
+
+def table(rows: list[dict]) -> str:
+  cols = ["n", "method", "test_acc", "wall_s", "process_wall_s", "cpu_s", "peak_rss_mib",
+          "iterations", "rel_residual", "load", "note"]
+  out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in sorted(rows, key=lambda r: (r["method"] == "solver_cnn", r["n"],
+                                       METHODS.index(r["method"]))):
+    note = r.get("status", "")
+    if note == "ok":
+      note = ""
+      if r["method"] == "nystrom":
+        note = (f"m={r['m']}, α={r['alpha']:g}·n (grid: m "
+                f"{'inside' if r.get('m_inside') else 'at edge'}, α "
+                f"{'inside' if r.get('alpha_inside') else 'at edge'}); tune "
+                f"{r['tune_s']:.0f} s + fit {r['fit_s']:.0f} s")
+      elif r["method"] in ("solver_t", "kernel_gd") and r.get("curve"):
+        c = r["curve"]
+        note = "acc@t: " + ", ".join(f"{p['t']}:{p['test_acc']:.3f}" for p in c)
+      elif r["method"] == "cg" and r.get("iterations", 0) >= r.get("max_iter", 1 << 30):
+        note = f"stopped at max_iter {r['max_iter']}"
+      elif r["method"] == "solver_cnn":
+        note = f"CNN kernel, {r.get('n_test')} test points"
+      if "gram_s" in r:
+        note = (note + "; " if note else "") + f"Gram {r['gram_s']:.0f} s"
+    vals = dict(r, load=f"{r['load_start']:.1f}→{r['load_end']:.1f}", note=note)
+    out.append("| " + " | ".join(_f(vals.get(c), 4 if c == "test_acc" else 3)
+                                  for c in cols) + " |")
+  return "\n".join(out) + "\n"
+
+
+def write_doc(text: str):
+  DOC.parent.mkdir(parents=True, exist_ok=True)
+  old = DOC.read_text() if DOC.exists() else "# Results\n"
+  i = old.find(SECTION)
+  if i >= 0:   # replace the section (up to the next "## " heading or the end)
+    j = old.find("\n## ", i + len(SECTION))
+    old = old[:i].rstrip("\n") + ("\n\n" + old[j + 1:] if j >= 0 else "")
+  DOC.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+def doc_section(rows, s, args, path) -> str:
+  loads = [r["load_start"] for r in rows] + [r["load_end"] for r in rows]
+  dates = sorted(r.get("date", "") for r in rows if r.get("date"))
+  cmd = "python -m benchmarks.bench_kernel_solve" + (" --quick" if args.quick else "")
+  return (f"{SECTION}\n\n"
+          f"Command: `{cmd}` (rows resumable; one subprocess per (method, n)). Dates (UTC): "
+          f"{dates[0] if dates else '?'} – {dates[-1] if dates else '?'}. Machine: "
+          f"{platform.machine()} CPU, {os.cpu_count()} cores, shared (1-minute load "
+          f"{min(loads):.1f}–{max(loads):.1f} over the rows; read wall times against it, "
+          f"CPU s are less sensitive). Raw rows: `benchmarks/results/{path.name}` (settings "
+          f"key `{settings_key(s)}`). MNIST-1D, first n of 100k training sequences, "
+          f"{s['n_test']} test sequences, closed-form depth-2 ReLU MLP NTK, 10 one-hot "
+          "outputs; t = ∞ rows to a 1e-3 relative residual. wall s: the method in its own "
+          "fresh process (kernel evaluation, compilation and set-up included; imports and "
+          "data loading excluded: process wall s has them); peak RSS of that process.\n\n"
+          + table(rows))
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="smoke run (< 2 min)")
+  ap.add_argument("--only", default="", help=f"comma list of methods among {METHODS}")
+  ap.add_argument("--ns", default="", help="comma list of n (default: the settings' n's)")
+  ap.add_argument("--redo", action="store_true", help="recompute rows already recorded")
+  ap.add_argument("--table", action="store_true", help="only print/write the table")
+  ap.add_argument("--no-doc", action="store_true", help="leave docs/results.md alone")
+  ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per child")
+  ap.add_argument("--dense-max-n", type=int, default=10000)
+  ap.add_argument("--cg-max-iter", type=int, default=3000, help="CG iterations, n < 50k")
+  ap.add_argument("--cg-max-iter-large", type=int, default=100, help="CG iterations, n >= 50k")
+  ap.add_argument("--gd-iters", type=int, default=100)
+  ap.add_argument("--precond-rank", type=int, default=1000)
+  ap.add_argument("--n-landmarks", type=int, default=4000)
+  ap.add_argument("--cnn-n", type=int, default=10000)
+  ap.add_argument("--cnn-test", type=int, default=5000)
+  ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+
+  if args.worker:
+    spec = json.loads(args.worker)
+    row = run_worker(spec["method"], int(spec["n"]), spec["settings"])
+    Path(args.worker_out).write_text(json.dumps(row))
+    return 0
+
+  s = settings(args)
+  if args.ns:
+    s = dict(s, ns=tuple(int(v) for v in args.ns.split(",")))
+  key = settings_key({k: v for k, v in s.items() if k != "ns"})
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  path = RESULTS / ("kernel_solve_quick.jsonl" if args.quick else "kernel_solve.jsonl")
+  only = tuple(m for m in args.only.split(",") if m)
+  for m in only:
+    if m not in METHODS:
+      raise SystemExit(f"--only: unknown method {m!r}; choose from {METHODS}")
+  done = {(r["method"], r["n"]) for r in read_rows(path, key)}
+  if not args.table:
+    print(f"settings {key}: {json.dumps(s)}", flush=True)
+    for method, n in plan(s, only):
+      if (method, n) in done and not args.redo:
+        continue
+      print(f"-- {method} n={n} (load {_load1():.2f})", flush=True)
+      row = run_child(method, n, s, args.timeout)
+      row.update(settings_key=key, date=_dt.datetime.now(_dt.timezone.utc)
+                 .strftime("%Y-%m-%d %H:%MZ"), machine=f"{platform.machine()} CPU, {os.cpu_count()} cores")
+      with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+      print(f"   {row['status']}: acc {_f(row.get('test_acc'), 4)}, wall "
+            f"{_f(row.get('wall_s'))} s, cpu {row['cpu_s']:.1f} s, peak "
+            f"{row['peak_rss_mib']:.0f} MiB, iters {_f(row.get('iterations'))}, res "
+            f"{_f(row.get('rel_residual'))}", flush=True)
+  # later rows of the same (method, n) win (a --redo)
+  latest = {}
+  for r in read_rows(path, key):
+    latest[(r["method"], r["n"])] = r
+  rows = list(latest.values())
+  if not rows:
+    print("no rows yet")
+    return 0
+  print("\n" + table(rows))
+  if not args.no_doc and not args.quick:
+    write_doc(doc_section(rows, s, args, path))
+    print(f"wrote the section '{SECTION[3:]}' of {DOC.relative_to(ROOT)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
