@@ -91,6 +91,8 @@ def settings(args) -> dict:
              nystrom_alphas=(1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
              precond_rank=args.precond_rank, n_landmarks=args.n_landmarks)
   s.update(rtol=1e-3, depth=2, b_std=0.1, seed=0)
+  if args.augment > 1:
+    s.update(augment=args.augment, aug_noise=0.1)
   return s
 
 
@@ -123,11 +125,17 @@ def _load(s, n, n_test, float64):
   from mskjax import data
   ds = data.load_mnist1d(num_samples=s["num_samples"])
   dt = np.float64 if float64 else np.float32
-  if n > ds.x_train.shape[0]:
-    raise ValueError(f"n = {n} > {ds.x_train.shape[0]} training points (num_samples "
-                     f"{s['num_samples']}).")
-  x = np.asarray(ds.x_train[:n], dt)
-  y = np.asarray(ds.y_train[:n])
+  x, y = np.asarray(ds.x_train), np.asarray(ds.y_train)
+  reps = int(s.get("augment", 1))
+  if reps > 1:     # R jittered copies of the training pool: a large-n timing set (--augment)
+    rng = np.random.default_rng(s["seed"])
+    x = np.concatenate([x] + [x + s["aug_noise"] * rng.standard_normal(x.shape)
+                              for _ in range(reps - 1)])
+    y = np.tile(y, reps)
+  if n > x.shape[0]:
+    raise ValueError(f"n = {n} > {x.shape[0]} training points (num_samples "
+                     f"{s['num_samples']}, augment {reps}).")
+  x, y = np.asarray(x[:n], dt), y[:n]
   xt = np.asarray(ds.x_test[:n_test], dt)
   yt = np.asarray(ds.y_test[:n_test])
   return x, np.eye(10, dtype=dt)[y], y, xt, yt
@@ -203,7 +211,8 @@ def run_worker(method: str, n: int, s: dict) -> dict:
 
   n_test = s["cnn_test"] if method == "solver_cnn" else s["n_test"]
   x, Y, y, xt, yt = _load(s, n, n_test, float64)
-  row = dict(n_test=int(xt.shape[0]))
+  row = dict(n_test=int(xt.shape[0]), device=str(jax.devices()[0].device_kind),
+             backend=jax.default_backend())
   kf = _mlp_kernel(s)
   t0 = time.perf_counter()
 
@@ -556,6 +565,11 @@ def main(argv=None):
   ap.add_argument("--n-landmarks", type=int, default=4000)
   ap.add_argument("--cnn-n", type=int, default=10000)
   ap.add_argument("--cnn-test", type=int, default=5000)
+  ap.add_argument("--augment", type=int, default=1,
+                  help="R > 1: the training pool is R jittered copies (noise 0.1) of the 100k "
+                       "sequences, for timings at n > 100k (accuracy then means little)")
+  ap.add_argument("--results-tag", default="",
+                  help="suffix of the raw file (e.g. 'device': kernel_solve_device.jsonl)")
   ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
@@ -571,7 +585,8 @@ def main(argv=None):
     s = dict(s, ns=tuple(int(v) for v in args.ns.split(",")))
   key = settings_key({k: v for k, v in s.items() if k != "ns"})
   RESULTS.mkdir(parents=True, exist_ok=True)
-  path = RESULTS / ("kernel_solve_quick.jsonl" if args.quick else "kernel_solve.jsonl")
+  tag = ("_quick" if args.quick else "") + (f"_{args.results_tag}" if args.results_tag else "")
+  path = RESULTS / f"kernel_solve{tag}.jsonl"
   only = tuple(m for m in args.only.split(",") if m)
   for m in only:
     if m not in METHODS:

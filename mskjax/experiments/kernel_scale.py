@@ -14,8 +14,10 @@ ReLU MLP (NTK parameterisation, ``b_std``), :func:`mskjax.kernels.mlp_kernel_fn`
 Method. Kernel gradient descent with the MSK K_g (g on the top ``k`` Gram eigenvalues, the
 rest unchanged), η = 1/λ_max(K_g), predictions on validation and test points after t
 steps for t in ``times`` and t = ∞ (the interpolant, the same for every g): through
-``mskjax.gradient_descent_mse`` on the float64 Gram (exact eigendecomposition) for n ≤
-``dense_max_n``, through the matrix-free ``mskjax.predict.kernel_gd_mse`` (no Gram) above.
+``mskjax.gradient_descent_mse`` on the float64 Gram (exact eigendecomposition, one per n,
+shared by every g) for n ≤ ``dense_max_n``; above it through the matrix-free
+``mskjax.predict.kernel_gd_mse`` (no Gram, float32 kernel blocks, one kernel pass per
+step: only t ≤ ``mf_max_t`` and t = ∞ are evaluated there).
 
 Modifiers (``modifiers``, ``'NAME@k'`` items of :func:`mskjax.modifiers.from_spec`) chosen
 to change the inductive bias, not the speed alone: ``relpow<p>`` is g(λ_i) = λ_{k+1}
@@ -66,8 +68,8 @@ def _accuracies(pred, labels_v, labels_t, n_val):
   return (float(np.mean(hit[:n_val] == labels_v)), float(np.mean(hit[n_val:] == labels_t)))
 
 
-def _path_dense(kernel_fn, x, Y, x_eval, g, k, times, block):
-  """(eval predictions per t, η) from the exact float64 eigendecomposition."""
+def _dense_setup(kernel_fn, x, x_eval, block):
+  """(K, K_eval, eigenpairs) in float64: one Gram and one eigh per n, shared by every g."""
   import jax
   import jax.numpy as jnp
   import mskjax
@@ -75,23 +77,40 @@ def _path_dense(kernel_fn, x, Y, x_eval, g, k, times, block):
     xj, xe = jnp.asarray(x, jnp.float64), jnp.asarray(x_eval, jnp.float64)
     K = mskjax.gram(kernel_fn, xj, block_size=block)
     Ke = mskjax.gram(kernel_fn, xe, xj, block_size=block)
+    return K, Ke, mskjax.eigh_desc(K)
+
+
+def _path_dense(kernel_fn, x, Y, x_eval, g, k, times, block, setup=None):
+  """Eval predictions per t from the exact float64 eigendecomposition
+  (``mskjax.gradient_descent_mse``, η = 1/λ_max(K_g))."""
+  import jax
+  import jax.numpy as jnp
+  import mskjax
+  K, Ke, eig = _dense_setup(kernel_fn, x, x_eval, block) if setup is None else setup
+  with jax.enable_x64(True):
     kw = {} if g is None else {"tie_rtol": 0.0}
-    predict_fn = mskjax.gradient_descent_mse(K, jnp.asarray(Y), g, k, **kw)
+    predict_fn = mskjax.gradient_descent_mse(K, jnp.asarray(Y), g, k, eigenpairs=eig, **kw)
     # one call per t (scalar t): see mnist1d_kernels for why no t-array with a modifier
-    preds = [np.asarray(predict_fn(jnp.asarray(t), K_test_train=Ke).test) for t in times]
-  return preds
+    return [np.asarray(predict_fn(jnp.asarray(t), K_test_train=Ke).test) for t in times]
 
 
 def _path_matrix_free(kernel_fn, x, Y, x_eval, g, k, times, config):
-  """Eval predictions per t from the matrix-free solver (K never formed)."""
+  """Eval predictions per t from the matrix-free solver (K never formed; one kernel pass
+  per step, so only t <= ``mf_max_t`` and t = ∞ are evaluated, the others are NaN)."""
   import jax.numpy as jnp
   from mskjax import predict
-  predict_fn = predict.kernel_gd_mse(kernel_fn, jnp.asarray(x, jnp.float32),
-                                     jnp.asarray(Y, jnp.float32), g, k,
-                                     method="matrix_free", rtol=config.rtol)
-  xe = jnp.asarray(x_eval, jnp.float32)
-  return [np.asarray(predict_fn(jnp.inf if math.isinf(t) else int(t), x_test=xe).test)
-          for t in times]
+  predict_fn = predict.kernel_gd_mse(kernel_fn, np.asarray(x, np.float32),
+                                     np.asarray(Y, np.float32), g, k,
+                                     method="matrix_free", rtol=config.rtol,
+                                     kernel_dtype=jnp.float32)
+  xe = np.asarray(x_eval, np.float32)
+  out = []
+  for t in times:              # increasing t: the solver continues from its last iterate
+    if math.isinf(t) or t <= config.mf_max_t:
+      out.append(np.asarray(predict_fn(jnp.inf if math.isinf(t) else int(t), x_test=xe).test))
+    else:
+      out.append(None)
+  return out
 
 
 def run(config, ctx):
@@ -111,6 +130,7 @@ def run(config, ctx):
   rows, curves = [], []
   for n in config.ns:
     Y = np.eye(10)[y[:n]]
+    setup = {}                 # the dense Gram/eigh of this n, built by the first g needing it
     for item in config.modifiers:
       g, k = mskjax.modifiers.from_spec(item)
       dense = n <= config.dense_max_n
@@ -118,17 +138,24 @@ def run(config, ctx):
       def compute():
         t0 = time.perf_counter()
         if dense:
-          preds = _path_dense(kernel_fn, x[:n], Y, x_eval, g, k, times, config.block_size)
+          if not setup:
+            setup["s"] = _dense_setup(kernel_fn, x[:n], x_eval, config.block_size)
+            setup["seconds"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+          preds = _path_dense(kernel_fn, x[:n], Y, x_eval, g, k, times, config.block_size,
+                              setup["s"])
         else:
           preds = _path_matrix_free(kernel_fn, x[:n], Y, x_eval, g, k, times, config)
-        acc = [_accuracies(p, yv, yt, config.n_val) for p in preds]
+        acc = [(float("nan"),) * 2 if p is None else _accuracies(p, yv, yt, config.n_val)
+               for p in preds]
         return dict(n=n, modifier=item, path="dense" if dense else "matrix_free",
                     val_acc=[a[0] for a in acc], test_acc=[a[1] for a in acc],
-                    seconds=time.perf_counter() - t0)
+                    seconds=time.perf_counter() - t0, setup_s=setup.pop("seconds", 0.0))
 
       rec = ctx.cached(f"n={n}/{item}/{'dense' if dense else 'mf'}", compute)
-      val, test = np.asarray(rec["val_acc"]), np.asarray(rec["test_acc"])
-      best = int(np.argmax(val))                 # first (smallest) t at the best val acc
+      val = np.asarray([float(v) for v in rec["val_acc"]])
+      test = np.asarray([float(v) for v in rec["test_acc"]])
+      best = int(np.nanargmax(val))              # first (smallest) t at the best val acc
       ib = times.index(config.budget)
       rows.append(dict(n=n, modifier=item, path=rec["path"],
                        t_val="inf" if math.isinf(times[best]) else int(times[best]),
