@@ -8,7 +8,7 @@
   :mod:`mskjax.spectrum` and :func:`mskjax.msk_spectrum` consume;
 * :func:`kernel_matvec` -- one product K(x, x) v of that operator (jittable).
 
-Blocking: inputs are padded (by repeating their last row, :func:`pad_rows`) to a multiple of
+Blocking (:mod:`mskjax._blocks`): inputs are padded (by repeating their last row) to a multiple of
 the block size, and one jitted block function of a fixed shape is called for every block, so
 there is a single compilation per (block shape, kernel) and device memory stays O(block^2)
 plus the output. Symmetric Gram matrices (:func:`gram`, :func:`empirical_ntk` with
@@ -32,19 +32,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mskjax import _blocks
 from mskjax import _loops
 from mskjax import _validate
+from mskjax._blocks import DEFAULT_MEMORY_BUDGET, block_size_for_budget  # public spellings
 
 __all__ = ["gram", "kernel_matvec", "KernelOperator", "kernel_operator",
-           "matrix_operator", "DEFAULT_MEMORY_BUDGET", "rows_for_budget", "block_size_for_budget",
-           "map_row_blocks", "sphere_mercer_eigenvalues", "pad_rows", "MLPKernel",
-           "mlp_kernel_fn"]
+           "matrix_operator", "DEFAULT_MEMORY_BUDGET", "block_size_for_budget",
+           "sphere_mercer_eigenvalues", "MLPKernel", "mlp_kernel_fn"]
 
 _GETS = ("ntk", "nngp")
 
 
-def _float_dtype():
-  return jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 iff jax_enable_x64
+_float_dtype = _blocks.float_dtype
 
 
 def as_inputs(x, name, where):
@@ -102,65 +102,6 @@ def _check_get(get, where):
     raise ValueError(f"{where}: get must be one of {_GETS}; got {get!r}.")
 
 
-def pad_rows(x, size):
-  """Pads ``x`` to ``size`` rows by repeating its last row (real inputs keep kernels finite).
-
-  The blocking primitive of every blocked kernel evaluation (``gram``, ``empirical_ntk``,
-  :func:`kernel_operator`, :func:`map_row_blocks`): padded rows are real points, so kernel values stay finite, and
-  callers drop them (or multiply them by zero rows of V).
-
-  Example:
-    >>> pad_rows(jnp.array([[1.0], [2.0]]), 3).tolist()
-    [[1.0], [2.0], [2.0]]
-  """
-  pad = size - x.shape[0]
-  return x if pad == 0 else jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge")
-
-
-def assemble_blocks(pair_fn, sym_fn, x1, x2, block_size):
-  """Assembles K from fixed-shape jitted blocks; upper triangle only when x2 is None."""
-  n1 = x1.shape[0]
-  n2 = n1 if x2 is None else x2.shape[0]
-  b1, b2 = min(block_size, n1), min(block_size, n2)
-  if x2 is None:
-    b2 = b1
-  n1p, n2p = b1 * math.ceil(n1 / b1), b2 * math.ceil(n2 / b2)
-  x1p = pad_rows(x1, n1p)
-  x2p = x1p if x2 is None else pad_rows(x2, n2p)
-  out = None
-  for i in range(0, n1p, b1):
-    for j in range(0, n2p, b2):
-      if x2 is None and j < i:
-        continue
-      diagonal = x2 is None and i == j
-      block = np.asarray(sym_fn(x1p[i:i + b1]) if diagonal else
-                         pair_fn(x1p[i:i + b1], x2p[j:j + b2]))
-      # Cheap checks on the host copy (a wrong shape would be broadcast into K below; an
-      # asymmetric kernel, checked on the first diagonal block, would be mirrored).
-      _validate.check_kernel_block(block, (b1, b2), symmetric=diagonal and i == 0)
-      if diagonal:                 # exactly symmetric (a no-op on a symmetric block)
-        block = 0.5 * (block + block.T)
-      if out is None:
-        out = np.empty((n1p, n2p), dtype=block.dtype)
-      out[i:i + b1, j:j + b2] = block
-      if x2 is None and j > i:
-        out[j:j + b2, i:i + b1] = block.T
-  return jnp.asarray(out[:n1, :n2])
-
-
-def cache_by_function(builder):
-  """lru_cache that falls back to building afresh for unhashable functions."""
-  cached = functools.lru_cache(maxsize=64)(builder)
-
-  def wrapper(fn, arg):
-    try:
-      hash(fn)
-    except TypeError:
-      return builder(fn, arg)
-    return cached(fn, arg)
-  return wrapper
-
-
 def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
          block_size: Optional[int] = None) -> jax.Array:
   """Analytic Gram matrix K_ij = k(x1_i, x2_j) of a neural-tangents ``kernel_fn``, blockwise.
@@ -200,91 +141,7 @@ def gram(kernel_fn: Callable, x1, x2=None, *, get: str = "ntk",
     _validate.check_kernel_block(K, (x1.shape[0], (x1 if x2 is None else x2).shape[0]),
                                  symmetric=x2 is None, inputs="x1")
     return K
-  return assemble_blocks(pair, sym, x1, x2, block_size)
-
-
-# ------------------------------------------------------------------ the kernel operator
-DEFAULT_MEMORY_BUDGET = 1 << 30
-"""Default per-device budget (bytes) for the kernel blocks of one product: 1 GiB."""
-
-_TEMPORARIES = 24
-"""Estimated ``b × b`` temporaries alive while a neural-tangents MLP kernel block is built
-(NNGP, NTK and the arc-cosine intermediates, plus XLA fusion buffers); measured on 2--3
-layer ReLU MLPs, kept generous."""
-
-
-def rows_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, per_row: int = 0,
-                    per_pair: int = 0, n: Optional[int] = None, multiple: int = 1) -> int:
-  r"""The one block-size rule: the largest block of ``b`` rows (points) whose memory fits.
-
-  .. math:: \text{per\_pair}\cdot b^2 + \text{per\_row}\cdot b \le \text{memory\_bytes}
-
-  rounded down to a multiple of ``multiple``, at least ``multiple`` (a block must hold
-  something), and at most ``n`` when given. Every blocked product states its costs in these
-  two numbers: kernel blocks (``b × b`` temporaries: :func:`block_size_for_budget`), per-point
-  Jacobian blocks (``per_row`` = c·#params·itemsize × copies, ``tangents``), NTK-vector
-  products (``per_pair``).
-
-  Args:
-    memory_bytes: budget in bytes (positive int).
-    per_row: bytes that grow linearly with the block's rows.
-    per_pair: bytes that grow with the square of the block's rows (pairs of points).
-    n: the number of rows there are (cap), or None.
-    multiple: round down to a multiple of this.
-
-  Returns:
-    The block's rows ``b`` (int).
-
-  Example:
-    >>> rows_for_budget(1000, per_row=10), rows_for_budget(1000, per_pair=10)
-    (100, 10)
-    >>> rows_for_budget(1000, per_row=10, n=30), rows_for_budget(10, per_row=100)
-    (30, 1)
-  """
-  memory_bytes = _validate.check_int(memory_bytes, "memory_bytes", lo=1)
-  a = _validate.check_int(per_pair, "per_pair", lo=0)
-  bq = _validate.check_int(per_row, "per_row", lo=0)
-  multiple = _validate.check_int(multiple, "multiple", lo=1)
-  if a == 0 and bq == 0:
-    raise ValueError("rows_for_budget: give the block's cost, `per_row` and/or `per_pair` > 0.")
-  if a == 0:
-    b = memory_bytes // bq
-  else:     # largest root of a b² + bq b − memory = 0, then corrected for rounding
-    b = int((-bq + math.sqrt(bq * bq + 4 * a * memory_bytes)) / (2 * a))
-    while b > 0 and a * b * b + bq * b > memory_bytes:
-      b -= 1
-  b = max(multiple, (b // multiple) * multiple)
-  return int(b if n is None else min(b, max(int(n), 1)))
-
-
-def block_size_for_budget(memory_bytes: int = DEFAULT_MEMORY_BUDGET, *, m: int = 0,
-                          itemsize: Optional[int] = None, temporaries: int = _TEMPORARIES,
-                          multiple: int = 64) -> int:
-  r"""The largest block edge ``b`` whose kernel blocks fit a memory budget.
-
-  .. math:: \text{itemsize}\cdot(\text{temporaries}\cdot b^2 + 2 b m) \le \text{memory\_bytes}
-
-  rounded down to a multiple of ``multiple`` (at least ``multiple``).
-
-  Args:
-    memory_bytes: budget in bytes for one device (positive int).
-    m: columns of the block ``V`` multiplied by each kernel block.
-    itemsize: bytes per float (default: 8 under ``jax_enable_x64``, else 4).
-    temporaries: ``b × b`` arrays alive while a kernel block is computed.
-    multiple: round ``b`` down to a multiple of this.
-
-  Returns:
-    The block edge ``b`` (int).
-
-  Example:
-    >>> block_size_for_budget(1 << 30, itemsize=8)
-    2304
-  """
-  m = _validate.check_int(m, "m", lo=0)
-  if itemsize is None:
-    itemsize = jnp.dtype(_float_dtype()).itemsize
-  return rows_for_budget(memory_bytes, per_pair=temporaries * itemsize, per_row=2 * m * itemsize,
-                         multiple=multiple)
+  return _blocks.assemble_blocks(pair, sym, x1, x2, block_size)
 
 
 def _kernel_call(kernel_fn, get):
@@ -293,28 +150,10 @@ def _kernel_call(kernel_fn, get):
   return lambda a, b, *args: kernel_fn(a, b, get, *args)
 
 
-def _row_block_products(call, bs, xr, xc, vc, args):
-  """Σ_J k(X_I, X_J) V_J for the row blocks I of ``xr`` (a multiple of ``bs`` points) and
-  the column blocks J of ``xc`` / ``vc`` (``lax.map`` over I, ``lax.scan`` over J): the one
-  blocked product behind :func:`kernel_matvec` and :class:`KernelOperator`."""
-  m = vc.shape[1]
-  xrb = xr.reshape((-1, bs) + xr.shape[1:])    # blocks of points; per-point shape kept
-  xcb = xc.reshape((-1, bs) + xc.shape[1:])
-  vcb = vc.reshape(-1, bs, m)
-
-  def row(xa):
-    def body(acc, blk):
-      xj, vj = blk
-      return acc + call(xa, xj, *args).astype(vc.dtype) @ vj, None
-    acc, _ = lax.scan(body, jnp.zeros((bs, m), vc.dtype), (xcb, vcb))
-    return acc
-
-  return lax.map(row, xrb).reshape(-1, m)
-
-
-@cache_by_function
+@_blocks.cache_by_function
 def _block_product_fn(kernel_fn, get):
-  """Jitted ``acc + k(x_I, x_J) V_J``: the body of :func:`_row_block_products` as one call."""
+  """Jitted ``acc + k(x_I, x_J) V_J``: the body of ``_blocks.row_block_products`` as one
+  call (for ``_blocks.row_block_products_python``)."""
   call = _kernel_call(kernel_fn, get)
 
   @jax.jit
@@ -323,25 +162,10 @@ def _block_product_fn(kernel_fn, get):
   return step
 
 
-def _row_block_products_python(kernel_fn, get, bs, xr, xc, vc, args):
-  """:func:`_row_block_products` as a Python loop over the jitted block product (the same
-  sums in the same order): for kernels with convolutions on the CPU, where XLA runs them
-  inside ``lax.map``/``lax.scan`` on a slow path (:mod:`mskjax._loops`)."""
-  step = _block_product_fn(kernel_fn, get)
-  m = vc.shape[1]
-  rows = []
-  for i in range(0, xr.shape[0], bs):
-    acc = jnp.zeros((bs, m), vc.dtype)
-    for j in range(0, xc.shape[0], bs):
-      acc = step(acc, xr[i:i + bs], xc[j:j + bs], vc[j:j + bs], args)
-    rows.append(acc)
-  return jnp.concatenate(rows)
-
-
 @functools.lru_cache(maxsize=64)
 def _product_fn(kernel_fn, get, bs, devices):
   """One jitted (and, for several devices, row-sharded) blocked product per configuration."""
-  local = functools.partial(_row_block_products, _kernel_call(kernel_fn, get), bs)
+  local = functools.partial(_blocks.row_block_products, _kernel_call(kernel_fn, get), bs)
   if len(devices) == 1:
     return jax.jit(local)
   from jax.sharding import Mesh, PartitionSpec as P
@@ -351,7 +175,7 @@ def _product_fn(kernel_fn, get, bs, devices):
   return jax.jit(sharded)
 
 
-@cache_by_function
+@_blocks.cache_by_function
 def _block_fns(kernel_fn, get):
   """Jitted ``k(a, b, *args)`` and ``k(a, None, *args)`` (symmetric diagonal blocks)."""
   call = _kernel_call(kernel_fn, get)
@@ -365,19 +189,6 @@ def _check_devices(devices):
   if not devices:
     raise ValueError("`devices` must be a non-empty sequence of jax devices (or None for all).")
   return devices
-
-
-def _resolve_block(block_size, memory_budget, n, m, n_dev):
-  if block_size is None:
-    block_size = block_size_for_budget(memory_budget, m=m)
-  else:
-    block_size = _validate.check_int(block_size, "block_size", lo=1)
-  # Same number of blocks per device, but the smallest edge that covers each device's
-  # rows: padding waste is then < 8 rows per block instead of up to a whole block.
-  share = math.ceil(n / n_dev)
-  nb = math.ceil(share / int(block_size))
-  b = math.ceil(share / nb)
-  return int(min(int(block_size), 8 * math.ceil(b / 8) if b > 8 else b))
 
 
 @jax.jit
@@ -405,6 +216,12 @@ class KernelOperator(NamedTuple):
     x: the points X (``None`` for :func:`matrix_operator`).
     kernel: ``(a, b) ↦ k(a, b)`` for point blocks a, b (``b=None``: k(a, a)), or ``None``;
       what Nyström needs.
+    symmetric: whether products evaluate only the blocks ``(I, J)``, ``J >= I``, each used
+      for both ``K_IJ V_J`` and ``K_JI V_I`` (half the kernel evaluations).
+    block_dtype: dtype the kernel blocks are evaluated and multiplied in (``dtype`` unless
+      asked otherwise); sums over blocks are float64 in the symmetric product.
+    cross: ``(x_new, V) ↦ k(x_new, X) V`` in row blocks of the same budget (never the whole
+      ``(m, n)`` matrix), or ``None``; what test predictions need.
   """
   n: int
   dtype: Any
@@ -415,6 +232,9 @@ class KernelOperator(NamedTuple):
   matrix: Any = None
   x: Any = None
   kernel: Optional[Callable] = None
+  symmetric: bool = False
+  block_dtype: Any = None
+  cross: Optional[Callable] = None
 
   def __matmul__(self, v):
     return self.matmul(v)
@@ -428,20 +248,180 @@ def _checked_columns(v, n, dtype):
   return v
 
 
+# ------------------------------------------------------------------ the symmetric product
+def _block_pairs(nb):
+  """The upper block triangle (I, J), J > I, in a fixed order (row-major)."""
+  ii, jj = np.triu_indices(nb, k=1)
+  return ii.astype(np.int32), jj.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def _symmetric_programs(kernel_fn, get, devices, block_dtype):
+  """The two jitted block programs of the symmetric product, one per shape:
+
+  * ``diag(xb, vb, I, args)`` → ``k(X_I, X_I) V_I`` (``k(a, None)``: exact diagonal angles
+    for neural-tangents style kernels);
+  * ``pair(xb, vb, I, J, args)`` → ``(K_IJ V_J, K_IJᵀ V_I)`` with ``K_IJ = k(X_I, X_J)``.
+
+  ``xb`` ``(nb, b, ...)`` and ``vb`` ``(nb, b, m)`` hold all blocks (replicated); ``I``, ``J``
+  are ``(n_devices,)`` block indices, one pair per device (``jax.shard_map`` over a 1-D mesh
+  for several devices): every pair is the same computation on one device or many."""
+  call = _kernel_call(kernel_fn, get)
+  dt = jnp.dtype(block_dtype)
+
+  def diag_local(xb, vb, I, args):
+    xi, vi = xb[I[0]], vb[I[0]]
+    kb = (call(xi, None, *args) if get is not None else call(xi, xi, *args)).astype(dt)
+    return (kb @ vi)[None]
+
+  def pair_local(xb, vb, I, J, args):
+    xi, xj = xb[I[0]], xb[J[0]]
+    kb = call(xi, xj, *args).astype(dt)
+    return (kb @ vb[J[0]])[None], (kb.T @ vb[I[0]])[None]
+
+  if len(devices) == 1:
+    return jax.jit(diag_local), jax.jit(pair_local)
+  from jax.sharding import Mesh, PartitionSpec as P
+  mesh = Mesh(np.asarray(devices), ("pairs",))
+  diag = jax.shard_map(diag_local, mesh=mesh, in_specs=(P(), P(), P("pairs"), P()),
+                       out_specs=P("pairs"), check_vma=False)
+  pair = jax.shard_map(pair_local, mesh=mesh, in_specs=(P(), P(), P("pairs"), P("pairs"), P()),
+                       out_specs=(P("pairs"), P("pairs")), check_vma=False)
+  return jax.jit(diag), jax.jit(pair)
+
+
+def _symmetric_product(programs, xb, v, bs, nd, args, out_dtype):
+  r"""``K V`` from the upper block triangle: ``(K V)_I = Σ_{J>=I} K_IJ V_J + Σ_{J<I} K_JIᵀ V_J``.
+
+  A Python loop over batches of ``nd`` block pairs (one per device), each batch one call of
+  a jitted program of fixed shape; the next batch is dispatched before the previous one's
+  two ``(b, m)`` results are added, in float64 on the host, in the same order whatever the
+  number of devices. The blocks and their GEMMs run in ``block_dtype``."""
+  diag, pair = programs
+  n, m = v.shape
+  nb = xb.shape[0]
+  dt = xb.dtype
+  vh = np.zeros((nb * bs, m), dt)
+  vh[:n] = np.asarray(v, dt)
+  vb = jax.device_put(vh.reshape(nb, bs, m))
+  acc = np.zeros((nb, bs, m), np.float64)
+  ii, jj = _block_pairs(nb)
+  dsteps = [np.arange(s, s + nd) % nb for s in range(0, nb, nd)]
+  psteps = [(np.arange(s, s + nd) % max(len(ii), 1), s) for s in range(0, len(ii), nd)]
+
+  def diag_add(out, idx):
+    out = np.asarray(out, np.float64)
+    for t, i in enumerate(idx):
+      acc[i] += out[t]
+
+  pending = None
+  for s, idx in enumerate(dsteps):
+    out = diag(xb, vb, jnp.asarray(idx), args)
+    if pending is not None:
+      pending()
+    cnt = min(nd, nb - s * nd)
+    pending = (lambda o=out, ix=idx[:cnt]: diag_add(o, ix))
+  for sel, start in psteps:
+    I, J = ii[sel], jj[sel]
+    a, b = pair(xb, vb, jnp.asarray(I), jnp.asarray(J), args)
+    if pending is not None:
+      pending()
+    cnt = min(nd, len(ii) - start)
+
+    def pair_add(a=a, b=b, I=I[:cnt], J=J[:cnt]):
+      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+      for t in range(len(I)):
+        acc[I[t]] += a[t]
+        acc[J[t]] += b[t]
+    pending = pair_add
+  if pending is not None:
+    pending()
+  return acc.reshape(-1, m)[:n].astype(out_dtype)
+
+
+@_blocks.cache_by_function
+def _cross_fn(kernel_fn, get):
+  """Jitted ``k(a, b) V_b`` for the cross products ``k(x_new, X) V``."""
+  call = _kernel_call(kernel_fn, get)
+
+  @jax.jit
+  def step(xa, xb, vb, args):
+    kb = call(xa, xb, *args)
+    return kb.astype(vb.dtype) @ vb
+  return step
+
+
+def _cross_product(kernel_fn, get, x, bs, block_dtype, args, out_dtype, x_new, v):
+  r"""``k(x_new, X) V`` from ``b × b`` blocks: Python loop over (new, train) block pairs of
+  one jitted program, float64 sums over train blocks on the host."""
+  x_new = _validate.as_points(x_new, "x_test", nonempty=True)
+  if x_new.shape[1:] != x.shape[1:]:
+    raise ValueError(f"`x_test` must have the per-point shape of the training points "
+                     f"{tuple(x.shape[1:])}; got shape {tuple(x_new.shape)}.")
+  n = x.shape[0]
+  v = np.asarray(v)
+  if v.ndim not in (1, 2) or v.shape[0] != n:
+    raise ValueError(f"`V` must have shape (n,) or (n, m) with n = {n}; got {v.shape}.")
+  if not np.all(np.isfinite(v)):
+    raise ValueError("`V` contains NaN or inf.")
+  v2 = v.reshape(n, -1)
+  m = v2.shape[1]
+  dt = jnp.dtype(block_dtype)
+  step = _cross_fn(kernel_fn, get)
+  nx = x_new.shape[0]
+  nbx, nbt = math.ceil(nx / bs), math.ceil(n / bs)
+  xa = np.asarray(_blocks.pad_rows(jnp.asarray(x_new, dt), nbx * bs))
+  xt = np.asarray(_blocks.pad_rows(jnp.asarray(x, dt), nbt * bs))
+  vh = np.zeros((nbt * bs, m), dt)
+  vh[:n] = v2
+  out = np.zeros((nbx * bs, m), np.float64)
+  for i in range(nbx):
+    ai = jax.device_put(xa[i * bs:(i + 1) * bs])
+    parts = [step(ai, xt[j * bs:(j + 1) * bs], vh[j * bs:(j + 1) * bs], args)
+             for j in range(nbt)]
+    for p in parts:
+      out[i * bs:(i + 1) * bs] += np.asarray(p, np.float64)
+  res = out[:nx].astype(out_dtype)
+  return res.reshape((nx,) + v.shape[1:])
+
+
 def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
                     kernel_args: tuple = (), m: int = 128, block_size: Optional[int] = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                    devices: Optional[Sequence] = None, cache="auto") -> KernelOperator:
-  r"""``V ↦ K V`` with ``K = k(X, X)``: blocked, memory-budgeted and row-sharded over devices.
+                    devices: Optional[Sequence] = None, cache="auto", symmetric="auto",
+                    block_dtype=None) -> KernelOperator:
+  r"""``V ↦ K V`` with ``K = k(X, X)``: blocked, memory-budgeted and sharded over devices.
 
-  .. math:: (K V)_I = \sum_J k(X_I, X_J)\, V_J \qquad (\text{row blocks } I,\ \text{column blocks } J)
+  .. math:: (K V)_I = \sum_{J \ge I} K_{IJ} V_J + \sum_{J < I} K_{JI}^\top V_J,
+     \qquad K_{IJ} = k(X_I, X_J)
 
-  Rows of X are padded (repeating the last row) to a multiple of ``b · n_devices`` and split
-  over a 1-D device mesh (``jax.shard_map``); columns are padded to a multiple of ``b``
-  with zero rows of V, so every output row is the same sum in the same order on one or many
-  devices. Per device: O(b² · temporaries + n m) memory, n²/n_devices kernel evaluations
-  per product. With ``cache`` K is instead evaluated once, exactly as :func:`gram` does
-  (upper-triangle blocks, mirrored), and every product is one GEMM.
+  **Symmetric product** (``symmetric=True``; the default for concrete ``x``): only the
+  blocks ``J >= I`` of the upper block triangle are evaluated, each used for both
+  ``K_IJ V_J`` and ``K_IJᵀ V_I`` — half the kernel evaluations of the plain product. One
+  jitted program of a fixed block shape per kind of block (diagonal / off-diagonal), called
+  from a Python loop over the blocks (each block is ~b² kernel entries, so the loop's
+  overhead is that of one dispatch per block); the ``(b, m)`` results are summed in float64
+  on the host in a fixed order. With several devices each call evaluates one block pair per
+  device (``jax.shard_map`` over a 1-D mesh): every block is the same computation on one
+  device or many and the sums run in the same order, so the result does not depend on the
+  number of devices. Not jittable (a host loop).
+
+  **Plain product** (``symmetric=False``, or ``x`` traced under ``jax.jit``): rows of X are
+  padded (repeating the last row) to a multiple of ``b · n_devices`` and split over a 1-D
+  device mesh (``jax.shard_map``); columns are padded with zero rows of V; ``lax.map`` over
+  row blocks and ``lax.scan`` over column blocks (a Python loop of the jitted block product
+  for convolutional kernels on the CPU, :mod:`mskjax._loops`). n²/n_devices kernel
+  evaluations per device and product, sums in the operator's dtype.
+
+  With ``cache`` K is instead evaluated once, exactly as :func:`gram` does (upper-triangle
+  blocks, mirrored), and every product is one GEMM.
+
+  **Precision.** ``block_dtype=jnp.float32`` evaluates the kernel blocks and their GEMMs in
+  float32 (half the memory per block, so larger blocks, and about twice the throughput of
+  float64 on CPUs) while the symmetric product still sums the blocks in float64: each
+  entry then carries float32 rounding (relative ~1e-7, more for nearly parallel inputs
+  under arc-cosine kernels, see :class:`MLPKernel`) and each block GEMM a float32
+  accumulation over b terms.
 
   Args:
     kernel_fn: ``kernel_fn(x1, x2, get, *kernel_args)`` (neural-tangents style), or
@@ -454,24 +434,30 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     kernel_args: extra (traced, replicated) arguments of ``kernel_fn``.
     m: typical number of columns of V, used only to size blocks from the budget.
     block_size: block edge b; ``None`` derives it from ``memory_budget``.
-    memory_budget: bytes per device for kernel blocks (see :func:`block_size_for_budget`)
-      and, with ``cache='auto'``, for the cached K.
-    devices: devices to shard rows over; ``None`` means ``jax.devices()``.
+    memory_budget: bytes per device for kernel blocks (see :func:`block_size_for_budget`,
+      with the itemsize of ``block_dtype``) and, with ``cache='auto'``, for the cached K.
+    devices: devices to shard over; ``None`` means ``jax.devices()``.
     cache: ``True`` evaluates K once and every product is then a dense ``K @ V``
       (2n²m flops instead of n² kernel evaluations: an analytic NTK entry costs as much as
       a GEMM pass with tens of columns, see ``benchmarks/README.md``); ``False`` never
       stores K; ``'auto'`` (default) caches when one device is used, ``x`` is concrete (not
       under ``jit``) and ``2·n²·itemsize`` (K plus its host copy while it is assembled) fits
       ``memory_budget``.
+    symmetric: ``True``, ``False`` or ``'auto'`` (default: ``True`` whenever ``x`` and
+      ``kernel_args`` are concrete, i.e. outside ``jit``).
+    block_dtype: dtype of the kernel blocks and their GEMMs (default: that of ``x``, float64
+      under ``jax_enable_x64``); products come back in ``x``'s dtype.
 
   Returns:
-    :class:`KernelOperator` (``op @ V`` or ``op.matmul(V)``).
+    :class:`KernelOperator` (``op @ V`` or ``op.matmul(V)``; ``op.cross(x_new, V)`` for
+    ``k(x_new, X) V``).
 
   Raises:
     ValueError: ``x`` with no points; a ``kernel_fn`` whose block ``k(a, b)`` does not have
       shape ``(len(a), len(b))``, that is not symmetric on a diagonal block (to 1e-5
       relative), or that returns NaN/inf (on the first block; uncached, also on any
       product with a finite V). Checked once on one block (cheap), not on every entry.
+      ``symmetric=True`` under ``jit``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -480,6 +466,9 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     >>> op = kernel_operator(lin, X, get=None, block_size=2)
     >>> (op @ jnp.ones(3)).tolist(), op.n, op.cached
     ([9.0, 39.0, 69.0], 3, True)
+    >>> op = kernel_operator(lin, X, get=None, block_size=2, cache=False)
+    >>> (op @ jnp.ones(3)).tolist(), op.symmetric
+    ([9.0, 39.0, 69.0], True)
   """
   x = _validate.as_points(x, "x", nonempty=True)
   _validate.check_kernel_fn(kernel_fn, get, len(tuple(kernel_args)))
@@ -490,27 +479,51 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
   nd = len(devices)
   if cache not in (True, False, "auto"):
     raise ValueError(f"`cache` must be True, False or 'auto', got {cache!r}.")
+  if symmetric not in (True, False, "auto"):
+    raise ValueError(f"`symmetric` must be True, False or 'auto', got {symmetric!r}.")
+  dtype = x.dtype
+  if block_dtype is None:
+    block_dtype = dtype
+  else:
+    try:
+      block_dtype = jnp.dtype(block_dtype)
+    except TypeError:
+      raise TypeError(f"`block_dtype` must be a float dtype (e.g. jnp.float32), got "
+                      f"{block_dtype!r}.") from None
+    if not jnp.issubdtype(block_dtype, jnp.floating):
+      raise TypeError(f"`block_dtype` must be a float dtype (e.g. jnp.float32), got "
+                      f"{block_dtype}.")
+    block_dtype = jax.dtypes.canonicalize_dtype(block_dtype)
   k_bytes = 2 * n * n * x.dtype.itemsize        # K, and a host copy while it is assembled
-  traced = not _validate.is_concrete(x)
+  args = tuple(kernel_args)
+  traced = not _validate.is_concrete(x) or _validate.tracing() or not all(
+      _validate.is_concrete(a) for a in jax.tree.leaves(args))
   if cache == "auto":
     cache = nd == 1 and k_bytes <= memory_budget and not traced
   elif cache and traced:
     raise ValueError("`cache=True` assembles K on the host and cannot run under jax.jit "
                      "(`x` is traced); use cache=False inside jit.")
+  if symmetric == "auto":
+    symmetric = not traced and not cache
+  elif symmetric and traced:
+    raise ValueError("`symmetric=True` loops over blocks on the host and cannot run under "
+                     "jax.jit (`x` or `kernel_args` is traced); use symmetric=False inside jit.")
   # With K cached the kernel blocks get what the budget leaves (at least an eighth of it).
   block_budget = max(memory_budget - k_bytes, memory_budget // 8) if cache else memory_budget
-  bs = _resolve_block(block_size, block_budget, n, m, nd)
-  args = tuple(kernel_args)
+  if block_size is None:
+    block_size = _blocks.block_size_for_budget(block_budget, m=m,
+                                               itemsize=jnp.dtype(block_dtype).itemsize)
+  bs = _blocks.resolve_block(block_size, block_budget, n, m, 1 if symmetric else nd)
   pair, sym = _block_fns(kernel_fn, get)
   kernel = lambda a, b=None: pair(a, a if b is None else b, args)
-  dtype = x.dtype
+  cross = functools.partial(_cross_product, kernel_fn, get, x, bs, block_dtype, args, dtype)
   if cache:
     # diagonal blocks through k(a, None) where the convention has it (neural-tangents style
     # kernels): k(x, x) from one input has its angles exactly 0 on the diagonal, k(a, a)
     # from two copies carries ~1e-8 relative rounding there; assemble_blocks symmetrises them
     diag = ((lambda a: sym(a, args)) if get is not None
             else (lambda a: kernel(a, a)))
-    K = assemble_blocks(kernel, diag, x, None, bs).astype(dtype)
+    K = _blocks.assemble_blocks(kernel, diag, x, None, bs).astype(dtype)
     if not bool(jnp.all(jnp.isfinite(K))):
       raise ValueError("`kernel_fn` returned NaN/inf on `x` (the cached K is not finite): "
                        "check the kernel's parameters and the inputs' scale.")
@@ -518,36 +531,57 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     def matmul(v):
       v = _checked_columns(v, n, dtype)
       return _dense_product(K, v.reshape(n, -1)).reshape(v.shape)
-    return KernelOperator(n, dtype, matmul, bs, devices, True, K, x, kernel)
+    return KernelOperator(n, dtype, matmul, bs, devices, True, K, x, kernel, False, dtype,
+                          cross)
 
-  nr = bs * nd * math.ceil(n / (bs * nd))
-  nc = bs * math.ceil(n / bs)
-  xr, xc = pad_rows(x, nr), pad_rows(x, nc)
-  fn = _product_fn(kernel_fn, get, bs, devices)
   # The products never see a whole block on the host: check one diagonal block of the
   # kernel now (shape always; values when concrete), as the cached path does.
   x0 = x[:min(n, bs)]
-  if traced or _validate.tracing():
+  if traced:
     probe = jax.eval_shape(lambda a: pair(a, a, args), x0)
   else:
     probe = kernel(x0, x0)
   _validate.check_kernel_block(probe, (x0.shape[0],) * 2, symmetric=True)
-  if nd == 1 and not traced and all(
-      _validate.is_concrete(a) for a in jax.tree.leaves(args)) and _loops.python_loop_faster(
-          lambda a, b, *r: _kernel_call(kernel_fn, get)(a, b, *r), x[:bs], x[:bs], *args):
-    # convolutions on the CPU: the same blocked product as a Python loop (mskjax._loops)
-    fn = functools.partial(_row_block_products_python, kernel_fn, get, bs)
 
-  def matmul(v):
-    v = _checked_columns(v, n, dtype)
-    vc = jnp.pad(v.reshape(n, -1), ((0, nc - n), (0, 0)))  # zero rows: padding adds nothing
-    out = fn(xr, xc, vc, args)[:n].reshape(v.shape)
+  def finite(out):
     if _validate.is_concrete(out) and not _validate.tracing() and \
         not bool(jnp.all(jnp.isfinite(out))):
       raise ValueError("`kernel_fn` returned NaN/inf on `x` (the product K V is not finite, V "
                        "is): check the kernel's parameters and the inputs' scale.")
     return out
-  return KernelOperator(n, dtype, matmul, bs, devices, False, None, x, kernel)
+
+  if symmetric:
+    programs = _symmetric_programs(kernel_fn, get, devices, jnp.dtype(block_dtype).name)
+    nb = math.ceil(n / bs)
+    xb = jax.device_put(np.asarray(_blocks.pad_rows(x.astype(block_dtype), nb * bs))
+                        .reshape((nb, bs) + x.shape[1:]))
+
+    def matmul(v):
+      v = _checked_columns(v, n, dtype)
+      out = _symmetric_product(programs, xb, np.asarray(v.reshape(n, -1)), bs, nd, args,
+                               dtype)
+      return finite(jnp.asarray(out).reshape(v.shape))
+    return KernelOperator(n, dtype, matmul, bs, devices, False, None, x, kernel, True,
+                          block_dtype, cross)
+
+  nr = bs * nd * math.ceil(n / (bs * nd))
+  nc = bs * math.ceil(n / bs)
+  xr = _blocks.pad_rows(x, nr).astype(block_dtype)
+  xc = _blocks.pad_rows(x, nc).astype(block_dtype)
+  fn = _product_fn(kernel_fn, get, bs, devices)
+  if nd == 1 and not traced and _loops.python_loop_faster(
+      lambda a, b, *r: _kernel_call(kernel_fn, get)(a, b, *r), x[:bs], x[:bs], *args):
+    # convolutions on the CPU: the same blocked product as a Python loop (mskjax._loops)
+    fn = functools.partial(_blocks.row_block_products_python,
+                           _block_product_fn(kernel_fn, get), bs)
+
+  def matmul(v):
+    v = _checked_columns(v, n, dtype)
+    vc = jnp.pad(v.reshape(n, -1), ((0, nc - n), (0, 0))).astype(block_dtype)
+    out = fn(xr, xc, vc, args)[:n].reshape(v.shape).astype(dtype)
+    return finite(out)
+  return KernelOperator(n, dtype, matmul, bs, devices, False, None, x, kernel, False,
+                        block_dtype, cross)
 
 
 def matrix_operator(K) -> KernelOperator:
@@ -610,22 +644,6 @@ def kernel_matvec(kernel_fn: Callable, x, v, *, block_size: Optional[int] = None
                        block_size=block_size, memory_budget=memory_budget, devices=devices,
                        cache=False)
   return op @ v
-
-
-def map_row_blocks(fn: Callable, x, block_size: Optional[int]) -> jax.Array:
-  """``fn`` applied to row blocks of ``x`` and concatenated (the last block padded by
-  repeating the last row, then trimmed): one compiled shape for every block.
-
-  Example:
-    >>> map_row_blocks(lambda a: 2 * a, jnp.arange(5.0)[:, None], 2).ravel().tolist()
-    [0.0, 2.0, 4.0, 6.0, 8.0]
-  """
-  n = x.shape[0]
-  if block_size is None or n <= block_size:
-    return fn(x)
-  xp = pad_rows(x, block_size * math.ceil(n / block_size))
-  out = [fn(xp[i:i + block_size]) for i in range(0, xp.shape[0], block_size)]
-  return jnp.concatenate(out, axis=0)[:n]
 
 
 def sphere_mercer_eigenvalues(kernel_fn: Callable, d: int, lmax: int, *, get: str = "ntk",

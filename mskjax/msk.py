@@ -23,7 +23,8 @@ from mskjax import _validate as _v
 from mskjax import modifiers as _modifiers
 from mskjax import kernels as _kernels
 from mskjax import spectrum as _spectrum
-from mskjax.kernels import KernelOperator, map_row_blocks
+from mskjax._blocks import map_row_blocks
+from mskjax.kernels import KernelOperator
 
 __all__ = ["MSKSpectrum", "modified_max_value", "kernel_step", "msk_spectrum", "msk_spectrum_from_eigenpairs", "msk_gram",
            "preconditioner", "check_spectrum",

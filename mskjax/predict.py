@@ -29,19 +29,26 @@ the loss ½·(1/N)‖r‖² (N = ``y_train.size``): its dynamics at ``learning_r
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+import hashlib
+import time
+import warnings
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mskjax import _blocks
+from mskjax import _solve
 from mskjax import _validate as _v
+from mskjax import kernels as _kernels
 from mskjax import modifiers as _modifiers
 from mskjax import msk as _msk
 from mskjax import spectrum as _spectrum
 
 __all__ = ["Predictions", "gradient_descent_mse", "predict_gd_mse", "max_learning_rate",
-           "steps_to_tolerance", "EDGE_RTOL"]
+           "steps_to_tolerance", "EDGE_RTOL", "kernel_gd_mse", "KernelSolveInfo", "METHODS",
+           "EIGENSOLVERS"]
 
 
 class Predictions(NamedTuple):
@@ -523,3 +530,544 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
     else:
       lo = mid + 1
   return lo
+
+
+# ------------------------------------------------------------------ from the kernel function
+METHODS = ("auto", "dense", "matrix_free")
+"""The paths of :func:`kernel_gd_mse`."""
+
+EIGENSOLVERS = ("krylov", "nystrom")
+"""How :func:`kernel_gd_mse` finds the top-k eigenpairs for finite t (matrix-free)."""
+
+
+class KernelSolveInfo(NamedTuple):
+  """What :func:`kernel_gd_mse` did (``predict_fn.info``, updated by every call).
+
+  Attributes:
+    method: ``'dense'`` or ``'matrix_free'`` (``'auto'`` resolved).
+    solver: how t = ∞ was (or would be) solved: ``'cholesky'`` (dense), ``'eigh'`` (dense,
+      K not numerically positive definite: pseudo-inverse), ``'pcg'`` (matrix-free).
+    preconditioner: the CG preconditioner, e.g. ``'nystrom(rank=1000, landmarks=4000)'``, or
+      ``'none'``.
+    iterations: CG iterations of the t = ∞ solve (0 before it ran, or dense).
+    residuals: ``(c,)`` final relative residuals ``‖Y − (K + ridge·I) A‖/‖Y‖`` per output
+      (CG's recurrence residual; dense: computed), or ``None`` before a t = ∞ solve.
+    converged: whether every output reached ``rtol`` (True for dense).
+    gd_steps: matrix-free kernel-GD steps done so far for finite t (each one product).
+    eigensolver: how the top-k eigenpairs of the finite-t dynamics were found
+      (``'dense'``, ``'krylov'``, ``'nystrom'``), or ``None`` before they were needed.
+    eig_residual: ``max_i ‖K v_i − λ_i v_i‖ / λ₁`` of those pairs (``None`` for Nyström).
+    learning_rate: the step η of the finite-t dynamics (``None`` before it was needed).
+    setup_seconds: wall seconds of the set-up (kernel / preconditioner / eigenpairs).
+    solve_seconds: wall seconds of the solves so far.
+    history: ``(iterations + 1, c)`` relative residuals of the CG iterations, or ``None``.
+  """
+  method: str
+  solver: str
+  preconditioner: str
+  iterations: int = 0
+  residuals: Optional[np.ndarray] = None
+  converged: bool = False
+  gd_steps: int = 0
+  eigensolver: Optional[str] = None
+  eig_residual: Optional[float] = None
+  learning_rate: Optional[float] = None
+  setup_seconds: float = 0.0
+  solve_seconds: float = 0.0
+  history: Optional[np.ndarray] = None
+
+
+def _kernel_identity(kernel_fn) -> str:
+  """A description of a kernel that is the same in every process for the same kernel:
+  the ``repr`` of a kernel object (e.g. :class:`mskjax.kernels.MLPKernel`, a NamedTuple of
+  its hyper-parameters), or module, qualified name and a hash of the bytecode of a
+  function. Kernels built by one closure (e.g. neural-tangents' ``stax``) with different
+  hyper-parameters are not told apart: use one checkpoint path per kernel."""
+  code = getattr(kernel_fn, "__code__", None)
+  if code is None:
+    return repr(kernel_fn)
+  h = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+  return f"{getattr(kernel_fn, '__module__', '?')}.{getattr(kernel_fn, '__qualname__', '?')}#{h}"
+
+
+def _nystrom_pairs(op, rank, n_landmarks, key, x64_dtype):
+  r"""Top ``rank`` eigenpairs of the Nyström approximation from ``n_landmarks`` points,
+  truncated at W's top ``rank`` (K̂ = C Q_r w_r⁻¹ Q_rᵀ Cᵀ ≼ C W⁺ Cᵀ ≼ K), never holding
+  the ``(n, s)`` matrix C: B = C Q_r w_r^{-1/2} is built in row blocks (n·s kernel
+  evaluations), then the eigenpairs of K̂ = B Bᵀ come from the ``r × r`` matrix BᵀB.
+  O(n s r + n r²) time, O(n r) memory. Returns (values (r,), U (n, r) float64 numpy)."""
+  import scipy.linalg
+  n = op.n
+  s = n_landmarks
+  idx = np.sort(np.asarray(jax.random.choice(key, n, (s,), replace=False)))
+  x = op.x
+  xl = x[idx]
+  W = np.asarray(_blocks.map_row_blocks(lambda a: op.kernel(a, xl), xl, op.block_size),
+                 np.float64)
+  W = 0.5 * (W + W.T)
+  r = min(rank, s)
+  w, Q = scipy.linalg.eigh(W, subset_by_index=(s - r, s - 1), driver="evr")
+  w, Q = w[::-1], Q[:, ::-1]
+  keep = w > s * np.finfo(np.float64).eps * max(w[0], 0.0)
+  w, Q = w[keep], Q[:, keep]
+  if w.size == 0:
+    raise ValueError("the kernel on the Nyström landmarks is numerically zero: no "
+                     "preconditioner can be built (check the kernel).")
+  M = jnp.asarray(Q / np.sqrt(w), x64_dtype)                    # (s, r)
+  xl_j = jnp.asarray(xl)
+  B = np.asarray(_blocks.map_row_blocks(
+      lambda a: op.kernel(a, xl_j).astype(x64_dtype) @ M, x, op.block_size), np.float64)
+  G = B.T @ B
+  s2, P = scipy.linalg.eigh(0.5 * (G + G.T))
+  s2, P = np.maximum(s2[::-1], 0.0), P[:, ::-1]
+  pos = s2 > s2[0] * w.size * np.finfo(np.float64).eps
+  s2, P = s2[pos], P[:, pos]
+  B = B @ (P / np.sqrt(s2))              # U: orthonormal to round-off (BᵀB = P s² Pᵀ)
+  return s2, B, idx
+
+
+def _shifted_spectrum(top, g, k, ridge, n, dtype):
+  """The MSK spectrum of K + ridge·I from the top-(k+1) eigenpairs of K (``g=None``: no
+  modification, returns None)."""
+  shifted = _spectrum.Eigenpairs(top.values + ridge, top.vectors)
+  if g is None:
+    return None
+  return _msk.msk_spectrum_from_eigenpairs(shifted, g, k, dtype=dtype)
+
+
+def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier | None = None,
+                  k: int | None = None, *, get: str | None = "ntk", ridge: float = 0.0,
+                  learning_rate: float | None = None, flow: bool = False,
+                  method: str = "auto", memory_budget: int | None = None,
+                  kernel_dtype=None, precond_rank: int | None = None,
+                  n_landmarks: int | None = None, rtol: float = 1e-3, max_iter: int = 200,
+                  eigensolver: str = "krylov", key=None, progress=False,
+                  checkpoint: str | None = None, checkpoint_every: int = 5,
+                  devices=None, block_size: int | None = None):
+  r"""Kernel GD / kernel regression predictions from ``(kernel_fn, x_train, y_train)``,
+  with or without forming K: build once, evaluate at any t.
+
+  The predictions of :func:`gradient_descent_mse` (MSE loss ½‖f(X) − Y‖², kernel GD with
+  the MSK ``K_g`` of modifier ``g`` on the top-k eigenvalues, step η) written in the
+  coefficients ``f(x) = k(x, X) α``:
+
+  .. math::
+    \alpha_{t+1} = \alpha_t + \eta\, S_g\, \big(Y - (K + \rho I)\,\alpha_t\big),\qquad
+    S_g = I + V_k \operatorname{diag}\!\Big(\frac{g(\lambda_i)}{\lambda_i} - 1\Big) V_k^\top,
+    \qquad \alpha_\infty = (K + \rho I)^{-1} Y,
+
+  with ``ρ = ridge`` (``ρ = 0``: plain kernel GD, interpolation at t = ∞; the eigenpairs
+  λ, V are those of ``K + ρI``), train predictions ``K α_t`` and test predictions
+  ``k(x_test, X) α_t`` (no network output at initialisation: f₀ = 0). ``t = ∞`` is the same
+  for every g.
+
+  **Paths** (``method``; ``'auto'``: dense when K in float64 fits ``memory_budget``, else
+  matrix-free):
+
+  * ``'dense'``: K is formed (:func:`mskjax.kernels.gram`, float64). t = ∞: a Cholesky
+    solve (scipy, float64) — no eigendecomposition; if K + ρI is not numerically positive
+    definite, the pseudo-inverse of :func:`gradient_descent_mse`. Finite t: the closed form
+    of :func:`gradient_descent_mse` (one float64 ``eigh``).
+  * ``'matrix_free'``: K is never formed; every product ``K V`` is a pass over kernel blocks
+    (:func:`mskjax.kernels.kernel_operator`, symmetric: half the evaluations, blocks sized by
+    ``memory_budget``, optionally ``kernel_dtype=jnp.float32``, sharded over ``devices``).
+    t = ∞: preconditioned CG (``mskjax._solve.pcg``) on ``(K + ρI) A = Y``, all outputs
+    sharing each product, to ``‖Y − (K + ρI) A‖ <= rtol·‖Y‖`` per output or ``max_iter``
+    iterations. Its preconditioner is the MSK's own S with ``g = flatten``, built from
+    the top ``precond_rank`` eigenpairs of a Nyström approximation K̂ from
+    ``n_landmarks`` random points (EigenPro 2 / Nyström PCG): ``S = I + U diag((λ̂_r +
+    ρ)/(λ̂_i + ρ) − 1) Uᵀ``, applied at O(n·r) per iteration (:func:`mskjax.msk.apply_preconditioner`).
+    The solver's rank is its own knob, independent of the modifier's k (a rank of a
+    hundred is a weak CG preconditioner on large n). Finite t: the iteration above, one
+    product per step, with the top-(k+1) eigenpairs of ``K`` from block Krylov
+    (``eigensolver='krylov'``, converged to residual ``KRYLOV_RTOL·λ₁``: exactly the dense
+    dynamics up to that accuracy) or from Nyström (``eigensolver='nystrom'``, EigenPro's
+    approximation: S is then built from approximate eigenvectors, so the dynamics are
+    those of a slightly different preconditioner and the step 1/λ_max(K_g) is estimated).
+    ``flow=True`` needs the dense path.
+
+  **Precision.** Everything is computed in float64 inside a local ``jax.enable_x64``
+  context (no global setting changes) except the kernel blocks of the matrix-free product
+  when ``kernel_dtype=jnp.float32`` (their sums are float64); predictions come back in
+  JAX's default float dtype.
+
+  **Checkpoints** (matrix-free t = ∞). ``checkpoint=PATH`` saves the CG state atomically
+  every ``checkpoint_every`` iterations, at the end and on ``KeyboardInterrupt``; the same
+  call again resumes from the saved iteration (the same iterates as an uninterrupted run);
+  a checkpoint of another problem (n, shapes, dtypes, kernel, ridge, preconditioner
+  settings, key, data) is refused with the differing fields named.
+
+  Args:
+    kernel_fn: ``kernel_fn(x1, x2, get)`` (neural-tangents style, e.g.
+      ``mskjax.kernels.mlp_kernel_fn(spec)``), or ``kernel_fn(x1, x2)`` with ``get=None``.
+    x_train: ``(n, d)`` (or ``(n, ...)``) training inputs.
+    y_train: ``(n,)`` or ``(n, c)`` targets.
+    g, k: modifier and number of modified eigenvalues for finite t (``g=None``: plain
+      kernel GD); ignored at t = ∞.
+    get: ``'ntk'``, ``'nngp'`` or ``None``.
+    ridge: ρ >= 0 added to the diagonal of K (kernel ridge regression at t = ∞).
+    learning_rate: η > 0, or ``None`` for η = 1/λ_max(K_g + ρI) (as
+      :func:`gradient_descent_mse`).
+    flow: gradient flow (continuous t), dense path only.
+    method: one of :data:`METHODS`.
+    memory_budget: bytes for K (dense) / the kernel blocks of one product (matrix-free);
+      default :data:`mskjax.kernels.DEFAULT_MEMORY_BUDGET`.
+    kernel_dtype: dtype of the matrix-free kernel blocks (default float64;
+      ``jnp.float32`` is about twice as fast, see Precision).
+    precond_rank: rank r of the CG preconditioner (default ``min(1000, n // 4)``; 0: plain
+      CG).
+    n_landmarks: Nyström landmarks s >= r (default ``min(n, 4·r)``).
+    rtol: CG's relative residual tolerance per output, in (0, 1).
+    max_iter: CG iterations at most.
+    eigensolver: one of :data:`EIGENSOLVERS` (matrix-free finite t).
+    key: PRNG key for the landmarks and the Krylov start (default ``PRNGKey(0)``).
+    progress: ``True`` prints CG progress to stderr; a callable receives each
+      ``mskjax._solve.SolveProgress``.
+    checkpoint, checkpoint_every: see Checkpoints.
+    devices: devices to shard the kernel blocks over (default ``jax.devices()``).
+    block_size: kernel block edge (default: from ``memory_budget``).
+
+  Returns:
+    ``predict_fn(t=jnp.inf, x_test=None)`` → :class:`Predictions` ``(train, test)`` of
+    shapes ``t.shape + y_train.shape`` and ``t.shape + (m,) + y_train.shape[1:]`` (``test``
+    is None without ``x_test``); ``t``: scalar or 1-D, non-negative integers (discrete GD)
+    or ``jnp.inf``. ``predict_fn.info`` is a :class:`KernelSolveInfo`; finite-t iterates are
+    kept, so a later call with larger t continues from the last one.
+
+  Raises:
+    ValueError / TypeError: naming the argument: shapes (``x_train``/``y_train`` rows, a
+      ``x_test`` of another per-point shape), NaN/inf or non-numeric data, empty inputs,
+      ``k`` outside ``1..n − 1``, ``ridge < 0``, a ``memory_budget`` below one kernel row
+      block, ``method='dense'`` with K larger than the budget, a mismatched ``checkpoint``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np, mskjax
+    >>> from mskjax.kernels import mlp_kernel_fn
+    >>> kf = mlp_kernel_fn(mskjax.MLPSpec(depth=2, width=8))
+    >>> x = jax.random.normal(jax.random.PRNGKey(0), (300, 5)); y = jnp.sin(x[:, 0])
+    >>> dense = kernel_gd_mse(kf, x, y, method="dense")
+    >>> free = kernel_gd_mse(kf, x, y, method="matrix_free", rtol=1e-8, precond_rank=50)
+    >>> a, b = dense().train, free().train
+    >>> bool(jnp.max(jnp.abs(a - b)) < 1e-5), free.info.solver, free.info.converged
+    (True, 'pcg', True)
+
+  References: Ma & Belkin, *Kernel machines that adapt to GPUs for effective large batch
+  training* (EigenPro 2), MLSys 2019; Frangella, Tropp & Udell, *Randomized Nyström
+  preconditioning*, SIAM J. Matrix Anal. Appl. 2023; Rudi, Carratino & Rosasco, *FALKON*,
+  NeurIPS 2017; Geifman et al., arXiv:2307.14531 (the MSK).
+  """
+  t_setup = time.perf_counter()
+  method = _v.check_choice(method, "method", METHODS)
+  eigensolver = _v.check_choice(eigensolver, "eigensolver", EIGENSOLVERS)
+  flow = _v.check_bool(flow, "flow")
+  ridge = _v.check_real(ridge, "ridge", lo=0)
+  if learning_rate is not None:
+    learning_rate = _v.check_real(learning_rate, "learning_rate", lo=0, lo_open=True)
+  memory_budget = (_kernels.DEFAULT_MEMORY_BUDGET if memory_budget is None
+                   else _v.check_int(memory_budget, "memory_budget", lo=1))
+  rtol = _v.check_real(rtol, "rtol", lo=0, lo_open=True, hi=1, hi_open=True)
+  max_iter = _v.check_int(max_iter, "max_iter", lo=0)
+  out_dtype = jax.dtypes.canonicalize_dtype(jnp.float64)    # the caller's default float
+  with jax.enable_x64(True):
+    x = _v.as_points(x_train, "x_train", nonempty=True)
+    _v.check_kernel_fn(kernel_fn, get)
+    n = x.shape[0]
+    y = _v.finite_array(y_train, "y_train", ndim=(1, 2))
+    _v.check_rows(y, n, "y_train", "x_train")
+    if y.size == 0:
+      raise ValueError(f"`y_train` has no outputs (shape {tuple(y.shape)}); pass at least one "
+                       "target column.")
+    y64 = np.asarray(y, np.float64)
+    Y = y64.reshape(n, -1)
+    c = Y.shape[1]
+    if g is not None:
+      k = _v.check_k(k, n)
+    if precond_rank is None:
+      precond_rank = min(1000, n // 4)
+    precond_rank = _v.check_int(precond_rank, "precond_rank", lo=0, hi=n)
+    if n_landmarks is None:
+      n_landmarks = min(n, 4 * max(precond_rank, 1))
+    n_landmarks = _v.check_int(n_landmarks, "n_landmarks", lo=max(precond_rank, 1), hi=n)
+    key = jax.random.PRNGKey(0) if key is None else key
+    key_data = np.asarray(jax.random.key_data(key) if jnp.issubdtype(
+        getattr(key, "dtype", np.float64), jax.dtypes.prng_key) else key)
+    if key_data.shape != (2,) or not np.issubdtype(key_data.dtype, np.integer):
+      raise TypeError(f"`key` must be a jax.random.PRNGKey (shape (2,) uint32), got "
+                      f"{type(key).__name__} of shape {key_data.shape}.")
+    k_bytes = 8 * n * n
+    if method == "auto":
+      method = "dense" if k_bytes <= memory_budget else "matrix_free"
+    elif method == "dense" and k_bytes > memory_budget:
+      raise ValueError(f"method='dense' needs K in float64, {k_bytes / 2**30:.2f} GiB, above "
+                       f"`memory_budget` = {memory_budget / 2**30:.2f} GiB; raise the budget or "
+                       "use method='matrix_free' (or 'auto').")
+    if flow and method == "matrix_free":
+      raise ValueError("flow=True (gradient flow) is available on the dense path only; use "
+                       "discrete steps (flow=False) or method='dense'.")
+    if kernel_dtype is not None:
+      try:
+        kernel_dtype = jnp.dtype(kernel_dtype)
+      except TypeError:
+        raise TypeError(f"`kernel_dtype` must be a float dtype, got {kernel_dtype!r}.") from None
+      if not jnp.issubdtype(kernel_dtype, jnp.floating):
+        raise TypeError(f"`kernel_dtype` must be a float dtype, got {kernel_dtype}.")
+    if method == "dense":
+      state = _dense_setup(kernel_fn, x, Y, g, k, get, ridge, learning_rate, flow,
+                           block_size, memory_budget)
+    else:
+      per_row = 8 * (x[0].size + c)
+      min_bytes = _blocks.TEMPORARIES * 8 * 8 * 8 + per_row * 8
+      if memory_budget < min_bytes:
+        raise ValueError(f"`memory_budget` = {memory_budget} bytes is below one 8 × 8 kernel "
+                         f"block ({min_bytes} bytes); give at least that (default "
+                         f"{_kernels.DEFAULT_MEMORY_BUDGET}).")
+      op = _kernels.kernel_operator(kernel_fn, x, get=get, m=max(c, 1), cache=False,
+                                    memory_budget=memory_budget, devices=devices,
+                                    block_size=block_size, block_dtype=kernel_dtype)
+      state = _MatrixFree(op, Y, g, k, ridge, learning_rate, precond_rank, n_landmarks,
+                          rtol, max_iter, eigensolver, key, progress, checkpoint,
+                          checkpoint_every,
+                          dict(n=n, x_shape=list(x.shape), y_shape=list(y64.shape),
+                               x_dtype=str(np.asarray(x_train).dtype) if not hasattr(
+                                   x_train, "dtype") else str(x_train.dtype),
+                               kernel=_kernel_identity(kernel_fn), get=get,
+                               ridge=ridge, precond_rank=precond_rank,
+                               n_landmarks=n_landmarks, key=key_data.tolist(),
+                               kernel_dtype=str(op.block_dtype), rtol_free=True,
+                               data=_solve.fingerprint_arrays(np.asarray(x), y64)))
+  state.info = state.info._replace(setup_seconds=time.perf_counter() - t_setup)
+
+  def predict_fn(t=jnp.inf, x_test=None) -> Predictions:
+    t_arr, t_host = _check_t(t, discrete=not flow)
+    if t_host is None:
+      raise TypeError("`t` must be concrete (not traced under jit): kernel_gd_mse evaluates "
+                      "on the host.")
+    t0 = time.perf_counter()
+    with jax.enable_x64(True):
+      xt = None
+      if x_test is not None:
+        xt = _v.as_points(x_test, "x_test", nonempty=True)
+        if xt.shape[1:] != x.shape[1:]:
+          raise ValueError(f"`x_test` must have the per-point shape of `x_train` "
+                           f"{tuple(x.shape[1:])}; got shape {tuple(xt.shape)}.")
+      ts = t_host.reshape(-1)
+      alphas, train = state.coefficients(ts)               # (T, n, c) each
+      test = None
+      if xt is not None:
+        T = ts.size
+        flat = np.transpose(alphas, (1, 0, 2)).reshape(n, T * c)
+        kx = state.cross(xt, flat)                          # (m, T c)
+        m = xt.shape[0]
+        test = np.transpose(kx.reshape(m, T, c), (1, 0, 2))
+    state.info = state.info._replace(solve_seconds=state.info.solve_seconds
+                                     + time.perf_counter() - t0)
+    predict_fn.info = state.info
+    tr = jnp.asarray(train.reshape(t_arr.shape + y64.shape), out_dtype)
+    te = None if test is None else jnp.asarray(
+        test.reshape(t_arr.shape + (xt.shape[0],) + y64.shape[1:]), out_dtype)
+    return Predictions(tr, te)
+
+  predict_fn.info = state.info
+  return predict_fn
+
+
+class _Dense:
+  """Dense path state: K (float64), the Cholesky factor (lazy) and the closed form."""
+
+  def __init__(self, kernel_fn, x, Y, g, k, get, ridge, learning_rate, flow, block_size):
+    self.kernel_fn, self.x, self.Y, self.g, self.k, self.get = kernel_fn, x, Y, g, k, get
+    self.ridge, self.learning_rate, self.flow = ridge, learning_rate, flow
+    self.block_size = block_size
+    self.fn = kernel_fn if get is not None else _PlainKernel(kernel_fn)
+    self.K = np.asarray(_kernels.gram(self.fn, x, get=get or "ntk", block_size=block_size),
+                        np.float64)
+    self.alpha_inf = None
+    self.closed = None
+    self.info = KernelSolveInfo("dense", "cholesky", "none", converged=True)
+
+  def _solve_inf(self):
+    import scipy.linalg
+    n = self.K.shape[0]
+    A = self.K + self.ridge * np.eye(n)
+    try:
+      cf = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
+      alpha = scipy.linalg.cho_solve(cf, self.Y, check_finite=False)
+      solver = "cholesky"
+    except np.linalg.LinAlgError:
+      alpha = self._closed_form(np.array([np.inf]))[0]
+      solver = "eigh"
+    res = np.linalg.norm(self.Y - A @ alpha, axis=0) / np.maximum(
+        np.linalg.norm(self.Y, axis=0), np.finfo(float).tiny)
+    self.info = self.info._replace(solver=solver, residuals=res)
+    return alpha
+
+  def _closed_form(self, ts):
+    n = self.K.shape[0]
+    if self.closed is None:
+      A = self.K + self.ridge * np.eye(n)
+      self.closed = gradient_descent_mse(jnp.asarray(A), jnp.asarray(self.Y), self.g,
+                                         self.k, learning_rate=self.learning_rate,
+                                         flow=self.flow)
+      self.info = self.info._replace(eigensolver="dense")
+    # test predictions with k(x, X) = I are the coefficients α_t (S applied)
+    p = self.closed(jnp.asarray(ts), K_test_train=jnp.eye(n))
+    return np.asarray(p.test, np.float64)
+
+  def coefficients(self, ts):
+    ts = np.asarray(ts, np.float64)
+    out = np.empty((ts.size,) + self.Y.shape)
+    fin = np.isfinite(ts)
+    if (~fin).any():
+      if self.alpha_inf is None:
+        self.alpha_inf = self._solve_inf()
+      out[~fin] = self.alpha_inf
+    if fin.any():
+      out[fin] = self._closed_form(ts[fin])
+    return out, np.einsum("ij,tjc->tic", self.K, out)
+
+  def cross(self, xt, V):
+    out = np.zeros((xt.shape[0], V.shape[1]))
+    n = self.K.shape[0]
+    rows = self.block_size or _blocks.rows_for_budget(1 << 26, per_row=8 * n, multiple=8)
+    for i in range(0, xt.shape[0], rows):
+      kx = np.asarray(_kernels.gram(self.fn, xt[i:i + rows], self.x, get=self.get or "ntk",
+                                    block_size=self.block_size), np.float64)
+      out[i:i + rows] = kx @ V
+    return out
+
+
+class _PlainKernel(NamedTuple):
+  """``kernel_fn(x1, x2)`` as ``kernel_fn(x1, x2, get)`` (hashable, for :func:`gram`)."""
+  fn: Callable
+
+  def __call__(self, a, b, get=None):
+    return self.fn(a, a if b is None else b)
+
+
+def _dense_setup(kernel_fn, x, Y, g, k, get, ridge, learning_rate, flow, block_size,
+                 memory_budget):
+  n = x.shape[0]
+  if block_size is None:
+    left = max(memory_budget - 8 * n * n, memory_budget // 8)
+    block_size = _blocks.block_size_for_budget(left, itemsize=8)
+  return _Dense(kernel_fn, x, Y, g, k, get, ridge, learning_rate, flow, block_size)
+
+class _MatrixFree:
+  """Matrix-free state: the operator, the preconditioner / eigenpairs (lazy), α∞ and the
+  finite-t iterates."""
+
+  def __init__(self, op, Y, g, k, ridge, learning_rate, rank, n_landmarks, rtol, max_iter,
+               eigensolver, key, progress, checkpoint, checkpoint_every, fingerprint):
+    self.op, self.Y, self.g, self.k, self.ridge = op, Y, g, k, ridge
+    self.learning_rate, self.rank, self.s = learning_rate, rank, n_landmarks
+    self.rtol, self.max_iter, self.eigensolver, self.key = rtol, max_iter, eigensolver, key
+    self.progress, self.checkpoint, self.every = progress, checkpoint, checkpoint_every
+    self.fingerprint = fingerprint
+    self.precond = None
+    self.alpha_inf = None
+    self.gd = None          # (step, alpha, K alpha) of the finite-t iteration
+    self.saved = {}         # step -> (alpha, K alpha)
+    pre = f"nystrom(rank={rank}, landmarks={n_landmarks})" if rank else "none"
+    self.info = KernelSolveInfo("matrix_free", "pcg", pre)
+
+  def product(self, V):
+    out = np.asarray(self.op @ jnp.asarray(V), np.float64)
+    return out + self.ridge * V if self.ridge else out
+
+  def _preconditioner(self):
+    if self.rank == 0:
+      return None
+    vals, U, _ = _nystrom_pairs(self.op, self.rank, self.s, self.key, jnp.float64)
+    # S of the MSK with g = flatten on K̂ + ρI: the top r−1 pairs flattened to λ̂_r + ρ
+    kk = vals.size - 1
+    if kk < 1:
+      return None
+    top = _spectrum.Eigenpairs(jnp.asarray(vals + self.ridge), jnp.asarray(U))
+    spec = _msk.MSKSpectrum(top.values[:kk], top.vectors[:, :kk],
+                            jnp.full((kk,), top.values[kk]), top.values[kk])
+    return lambda R: np.asarray(_msk.apply_preconditioner(spec, jnp.asarray(R)), np.float64)
+
+  def _solve_inf(self):
+    if self.precond is None:
+      t0 = time.perf_counter()
+      self.precond = self._preconditioner() or (lambda r: r)
+      self.info = self.info._replace(setup_seconds=self.info.setup_seconds
+                                     + time.perf_counter() - t0)
+    alpha, si = _solve.pcg(self.product, self.Y, precond=self.precond, rtol=self.rtol,
+                           max_iter=self.max_iter, progress=self.progress,
+                           checkpoint=self.checkpoint, checkpoint_every=self.every,
+                           fingerprint=dict(self.fingerprint, rtol=self.rtol))
+    if not si.converged:
+      warnings.warn(f"kernel_gd_mse: CG stopped after {si.iterations} iterations at relative "
+                    f"residual {float(np.max(si.residuals)):.3g} > rtol = {self.rtol:g}; raise "
+                    "max_iter or precond_rank (predict_fn.info has the history).",
+                    UserWarning, stacklevel=3)
+    self.info = self.info._replace(iterations=si.iterations, residuals=si.residuals,
+                                   converged=si.converged, history=si.history)
+    # K α = Y − ρ α − r with r CG's final residual: the train predictions, no extra product
+    return alpha, self.Y - self.ridge * alpha - si.residual.reshape(self.Y.shape)
+
+  def _dynamics(self):
+    """S_g (as a function) and η for the finite-t iteration."""
+    kk = 1 if self.g is None else self.k + 1
+    if self.eigensolver == "krylov":
+      top, ei = _spectrum.eigh_top(self.op, kk, method="krylov", key=self.key,
+                                   return_info=True)
+      res = float(np.max(np.asarray(ei.residuals)) / max(float(top.values[0]), 1e-300))
+    else:
+      top = _spectrum.eigh_top(self.op, kk, method="nystrom", key=self.key,
+                               n_landmarks=max(self.s, kk))
+      res = None
+    top = _spectrum.Eigenpairs(jnp.asarray(top.values, jnp.float64),
+                               jnp.asarray(top.vectors, jnp.float64))
+    spec = _shifted_spectrum(top, self.g, self.k, self.ridge, self.op.n, self.op.dtype)
+    lam_max = (float(top.values[0]) + self.ridge if spec is None
+               else float(spec.max_value))
+    eta = self.learning_rate if self.learning_rate is not None else 1.0 / lam_max
+    if spec is None:
+      apply_s = lambda R: R
+    else:
+      apply_s = lambda R: np.asarray(_msk.apply_preconditioner(spec, jnp.asarray(R)),
+                                     np.float64)
+    self.info = self.info._replace(eigensolver=self.eigensolver, eig_residual=res,
+                                   learning_rate=float(eta))
+    return apply_s, eta
+
+  def _advance(self, ts):
+    if self.gd is None:
+      apply_s, eta = self._dynamics()
+      z = np.zeros_like(self.Y)
+      self.gd = [0, z, z.copy(), apply_s, eta]
+      self.saved[0] = (z, z.copy())
+    want = sorted({int(t) for t in ts if int(t) not in self.saved})
+    step, alpha, Ka, apply_s, eta = self.gd
+    for target in want:
+      if target < step:    # earlier than the iterate kept: restart from 0
+        step, alpha, Ka = 0, np.zeros_like(self.Y), np.zeros_like(self.Y)
+      while step < target:
+        alpha = alpha + eta * apply_s(self.Y - Ka - self.ridge * alpha)
+        Ka = np.asarray(self.op @ jnp.asarray(alpha), np.float64)
+        step += 1
+        self.info = self.info._replace(gd_steps=self.info.gd_steps + 1)
+      self.saved[target] = (alpha, Ka)
+    self.gd[:3] = [step, alpha, Ka]
+
+  def coefficients(self, ts):
+    ts = np.asarray(ts, np.float64)
+    T = ts.size
+    alphas = np.empty((T,) + self.Y.shape)
+    train = np.empty_like(alphas)
+    fin = np.isfinite(ts)
+    if (~fin).any():
+      if self.alpha_inf is None:
+        self.alpha_inf = self._solve_inf()
+      alphas[~fin] = self.alpha_inf[0]
+      train[~fin] = self.alpha_inf[1]
+    if fin.any():
+      self._advance(ts[fin])
+      for i in np.flatnonzero(fin):
+        alphas[i], train[i] = self.saved[int(ts[i])]
+    return alphas, train
+
+  def cross(self, xt, V):
+    return np.asarray(self.op.cross(xt, V), np.float64)

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mskjax import _validate as _v
-from mskjax.kernels import KernelOperator, map_row_blocks, matrix_operator
+from mskjax._blocks import map_row_blocks
+from mskjax.kernels import KernelOperator, matrix_operator
 
 __all__ = ["Eigenpairs", "EighInfo", "eigh_desc", "eigh_top",
            "METHODS", "RANDOMIZED_RTOL", "KRYLOV_RTOL", "AUTO_DENSE_MAX_N",

@@ -12,7 +12,7 @@ The finite-network side of the pipeline (the analytic kernels live in :mod:`mskj
 * :func:`empirical_ntk` -- the empirical NTK Gram matrix, traced over outputs or full;
 * :func:`ntk_diagonal_blocks` -- the c×c per-point blocks ``J_x J_xᵀ``.
 
-Blocks of points are padded with :func:`mskjax.kernels.pad_rows` (one compiled shape per
+Blocks of points are padded with :func:`mskjax._blocks.pad_rows` (one compiled shape per
 block) and sized from a memory budget in bytes.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mskjax import _blocks
 from mskjax import _loops
 from mskjax import _validate as _v
 from mskjax import kernels as _k
@@ -38,7 +39,7 @@ __all__ = ["trainable_fn", "JacobianOperator", "jacobian_operator", "jacobian_ma
            "jacobian_block_size"]
 
 
-@_k.cache_by_function
+@_blocks.cache_by_function
 def _empirical_block_fns(apply_fn, implementation):
   fn = empirical_ntk_fn(apply_fn, trace_axes=(-1,), implementation=implementation)
   pair = jax.jit(lambda a, b, params: fn(a, b, params))
@@ -59,8 +60,8 @@ def _empirical_block_edge(params, c, n_max, implementation, memory_budget):
   itemsize = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)).itemsize
   per = c * max(P, 1) * itemsize
   if implementation == 1:
-    return _k.rows_for_budget(memory_budget, per_row=4 * per, n=n_max)
-  return _k.rows_for_budget(memory_budget, per_pair=per, n=n_max)
+    return _blocks.rows_for_budget(memory_budget, per_row=4 * per, n=n_max)
+  return _blocks.rows_for_budget(memory_budget, per_pair=per, n=n_max)
 
 
 def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False,
@@ -166,7 +167,7 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
                                        int(memory_budget))
     if block_size >= n_max:
       return sym_p(x1) if x2 is None else pair_p(x1, x2)
-  return _k.assemble_blocks(pair_p, sym_p, x1, x2, block_size)
+  return _blocks.assemble_blocks(pair_p, sym_p, x1, x2, block_size)
 
 
 
@@ -420,11 +421,11 @@ def jacobian_operator(apply_fn: Callable, params, x, *, columns: int = 32,
   if block_size is None:
     x1 = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)   # abstract: no slice op
     per = _activation_size(fn, p, x1) * max(int(columns), 1) * jnp.dtype(dt).itemsize * 3
-    block_size = _k.rows_for_budget(memory_budget, per_row=max(per, 1), n=n)
+    block_size = _blocks.rows_for_budget(memory_budget, per_row=max(per, 1), n=n)
   block_size = _k.check_block_size(block_size, required=True)
   bs = min(block_size, n)
   nb = math.ceil(n / bs)
-  xp = _k.pad_rows(x, nb * bs)
+  xp = _blocks.pad_rows(x, nb * bs)
   blocks = [xp[i * bs:(i + 1) * bs] for i in range(nb)]
   ready = {}
   if precompile:
@@ -527,7 +528,7 @@ def jacobian_matrix(apply_fn: Callable, params, x, *, block_size: Optional[int] 
     block_size = jacobian_block_size(p, c, n, memory_budget, jnp.dtype(dt).itemsize)
   bs = min(_k.check_block_size(block_size, required=True), n)
   nb = math.ceil(n / bs)
-  xp = _k.pad_rows(x, nb * bs)
+  xp = _blocks.pad_rows(x, nb * bs)
   J = np.empty((n * c, P), np.dtype(dt))
   for i in range(nb):
     lo, hi = i * bs, min((i + 1) * bs, n)
@@ -580,7 +581,7 @@ def jacobian_block_size(params, c: int, n: int, memory_budget: int, itemsize: in
   """
   P = max(_tree_size(params), 1)
   per = 3 * int(c) * P * int(itemsize)
-  return _k.rows_for_budget(_v.check_int(memory_budget, "memory_budget", lo=1), per_row=per,
+  return _blocks.rows_for_budget(_v.check_int(memory_budget, "memory_budget", lo=1), per_row=per,
                            n=int(n))
 
 
@@ -630,7 +631,7 @@ def ntk_diagonal_blocks(apply_fn: Callable, params, x, *, block_size: Optional[i
   xp_ = np if concrete else jnp
   x = np.asarray(x) if concrete else x
   if nb * bs > n:
-    x = xp_.concatenate([x, xp_.repeat(x[-1:], nb * bs - n, axis=0)])   # _k.pad_rows
+    x = xp_.concatenate([x, xp_.repeat(x[-1:], nb * bs - n, axis=0)])   # _blocks.pad_rows
   xb = x.reshape((nb, bs) + x.shape[1:])
   x1 = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), dt)
   if concrete and _loops.python_loop_faster(lambda q, xx: call(q, rest, xx), p, x1):
@@ -778,14 +779,14 @@ def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, st
     # activations times the b·c tangents for 'jvp' (b²·c·A), ×2 for temporaries
     A = _activation_size(fn, p, x1[:1])
     per_row = (2 if strategy == "jacobian" else 1) * c * P * item * 2
-    bsz = _k.rows_for_budget(memory_budget, per_row=per_row)
+    bsz = _blocks.rows_for_budget(memory_budget, per_row=per_row)
     if strategy == "jvp":
-      bsz = min(bsz, _k.rows_for_budget(memory_budget, per_pair=2 * c * A * item))
+      bsz = min(bsz, _blocks.rows_for_budget(memory_budget, per_pair=2 * c * A * item))
     block_size = bsz
   bs1, bs2 = min(block_size, n1), min(block_size, n2)
   nb1, nb2 = math.ceil(n1 / bs1), math.ceil(n2 / bs2)
-  x1b = _k.pad_rows(x1, nb1 * bs1).reshape((nb1, bs1) + x1.shape[1:])
-  x2b = _k.pad_rows(xb2, nb2 * bs2).reshape((nb2, bs2) + xb2.shape[1:])
+  x1b = _blocks.pad_rows(x1, nb1 * bs1).reshape((nb1, bs1) + x1.shape[1:])
+  x2b = _blocks.pad_rows(xb2, nb2 * bs2).reshape((nb2, bs2) + xb2.shape[1:])
   concrete = all(_v.is_concrete(a) for a in jax.tree.leaves((p, rest, x1b, x2b)))
   run = (_ntk_run_python if concrete and _loops.python_loop_faster(fn, p, x1[:1])
          else _ntk_run)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mskjax
-from mskjax import kernels, modifiers
+from mskjax import _blocks, kernels, modifiers
 from mskjax.tangents import empirical_ntk
 from mskjax.nets import FlaxMLP, MLPSpec, stax_mlp
 
@@ -41,7 +41,7 @@ def _dense(kernel_fn, x, block_size=None, get="ntk"):
   """
   x = jnp.asarray(x)
   n = x.shape[0]
-  bs = n if block_size is None else kernels._resolve_block(block_size, None, n, 0, 1)
+  bs = n if block_size is None else _blocks.resolve_block(block_size, None, n, 0, 1)
   nb = -(-n // bs)
   xp = jnp.concatenate([x, jnp.repeat(x[-1:], nb * bs - n, axis=0)])
   f = jax.jit(lambda a, b: kernel_fn(a, b, get))
@@ -84,7 +84,7 @@ def test_block_size_from_budget(ntk2):
   b_big = kernels.block_size_for_budget(1 << 30, m=10, itemsize=8)
   assert 64 <= b_small < b_big and b_big % 64 == 0
   # The chosen block honours the budget formula.
-  assert 8 * (kernels._TEMPORARIES * b_big ** 2 + 2 * b_big * 10) <= 1 << 30
+  assert 8 * (_blocks.TEMPORARIES * b_big ** 2 + 2 * b_big * 10) <= 1 << 30
   x = _sphere(200, seed=3)
   mv = kernels.kernel_operator(ntk2, x, memory_budget=1 << 21, m=4, cache=False)
   assert mv.block_size == 56  # 4 blocks of <= 64 rows, edge trimmed to cover 200 rows
