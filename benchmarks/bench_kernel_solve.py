@@ -18,16 +18,23 @@ Methods (every (method, n) runs in its own subprocess, so wall time is cold — 
 data loading excluded, kernel evaluation, compilation and set-up included — and peak
 memory is that method's alone: ``ru_maxrss`` of the child from ``os.wait4``):
 
-* ``solver_inf`` — ``mskjax.predict.kernel_gd_mse(kernel_fn, X, Y, method='matrix_free',
-  rtol=1e-3)`` at t = ∞: block CG preconditioned by a Nyström approximation, K never formed;
-* ``solver_t`` — the same builder at finite t (MSK kernel GD, g = flatten on the solver's
-  top eigenpairs: EigenPro's iteration): test accuracy at a grid of t, where it settles;
+* ``solver_auto`` — ``mskjax.predict.kernel_gd_mse(kernel_fn, X, Y, rtol=1e-3)`` at t = ∞
+  with its defaults (``method='auto'``: dense Cholesky where K fits the memory budget,
+  matrix-free above) and float32 kernel blocks: what a user gets;
+* ``solver_inf`` — the same with ``method='matrix_free'`` at every n: CG preconditioned by
+  a rank-``precond_rank`` Nyström approximation from ``n_landmarks`` points, K never formed;
+* ``solver_t`` — the same builder at finite t: MSK kernel GD with g = flatten on the top
+  k = ``n_landmarks``/16 eigenpairs of the Nyström estimate (EigenPro's iteration,
+  ``eigensolver='nystrom'``), test accuracy at a grid of t: where it settles;
+* ``solver_noprec`` — ``kernel_gd_mse(precond_rank=0)``: the solver's own CG, same symmetric
+  operator, no preconditioner (the iteration count the preconditioner saves);
 * ``dense_mskjax`` — ``mskjax.gradient_descent_mse`` on the float64 Gram (full ``eigh``);
 * ``nt`` — neural-tangents ``predict.gradient_descent_mse_ensemble`` with its own stax
   kernel (``nt.batch``), t = ∞ (its Cholesky path), float64;
 * ``cho_solve`` — ``scipy.linalg.cho_factor``/``cho_solve`` on the float64 Gram;
-* ``cg`` — unpreconditioned ``jax.scipy.sparse.linalg.cg`` on the same matrix-free float32
-  operator (``kernels.kernel_operator(cache=False)``), all 10 outputs sharing each product,
+* ``cg`` — unpreconditioned ``jax.scipy.sparse.linalg.cg`` on a matrix-free float32
+  operator (``kernels.kernel_operator(cache=False, symmetric=False)``: jax's CG traces its
+  operator, so the plain product, n² entries per pass), all 10 outputs sharing each product,
   to rtol 1e-3 or a bounded number of iterations (then the residual reached is reported);
 * ``kernel_gd`` — plain kernel GD α ← α + η (Y − K α), η = 1/λ_max (power iteration), the
   same operator, a bounded number of iterations (accuracy along the way);
@@ -67,8 +74,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
 SECTION = "## Infinite-width predictions at scale"
 
-METHODS = ("solver_inf", "solver_t", "cho_solve", "dense_mskjax", "nt", "cg", "kernel_gd",
-           "nystrom", "solver_cnn")
+METHODS = ("solver_auto", "solver_inf", "solver_t", "cho_solve", "dense_mskjax", "nt",
+           "solver_noprec", "cg", "kernel_gd", "nystrom", "solver_cnn")
+SOLVER_METHODS = ("solver_auto", "solver_inf", "solver_t", "solver_noprec", "solver_cnn")
 
 
 def settings(args) -> dict:
@@ -83,10 +91,11 @@ def settings(args) -> dict:
     s = dict(num_samples=125000, ns=(2000, 5000, 10000, 20000, 50000, 100000), n_test=25000,
              cnn_n=args.cnn_n, cnn_test=args.cnn_test,
              max_n=dict(dense_mskjax=args.dense_max_n, nt=10000, cho_solve=20000,
-                        cg=50000, kernel_gd=20000, solver_t=100000),
+                        cg=20000, solver_noprec=50000, kernel_gd=20000,
+                        solver_t=100000),
              cg_max_iter=args.cg_max_iter, cg_max_iter_large=args.cg_max_iter_large,
              gd_iters=args.gd_iters,
-             solver_ts=(1, 2, 5, 10, 20, 50, 100),
+             solver_ts=(1, 2, 5, 10, 20, 50),
              nystrom_ms=(1000, 2000, 4000, 8000),
              nystrom_alphas=(1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
              precond_rank=args.precond_rank, n_landmarks=args.n_landmarks)
@@ -97,6 +106,8 @@ def settings(args) -> dict:
 
 
 def settings_key(s: dict) -> str:
+  """A hash of the settings a row's numbers depend on (not of which rows are planned)."""
+  s = {k: v for k, v in s.items() if k not in ("ns", "max_n")}
   return hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -174,30 +185,6 @@ def _test_kernel_product(kernel_fn, xt, x, alpha, block=2000):
   return np.concatenate(out)
 
 
-def _solver_info(obj) -> dict:
-  """Iterations / residual / preconditioner reported by the solver, whatever it names them."""
-  out = {}
-  for holder in (obj, getattr(obj, "info", None)):
-    if holder is None:
-      continue
-    for name in ("iterations", "n_iter", "num_iterations", "iters"):
-      v = getattr(holder, name, None)
-      if v is not None:
-        out.setdefault("iterations", int(v))
-    for name in ("residual", "rel_residual", "relative_residual", "final_residual"):
-      v = getattr(holder, name, None)
-      if v is not None:
-        try:
-          out.setdefault("solver_residual", float(v))
-        except (TypeError, ValueError):
-          pass
-    for name in ("method", "preconditioner", "precond_rank", "n_landmarks"):
-      v = getattr(holder, name, None)
-      if v is not None and isinstance(v, (str, int, float)):
-        out.setdefault(name, v)
-  return out
-
-
 def run_worker(method: str, n: int, s: dict) -> dict:
   """One (method, n): returns the row (accuracy, timings, iterations, residual, ...)."""
   import numpy as np
@@ -216,29 +203,46 @@ def run_worker(method: str, n: int, s: dict) -> dict:
   kf = _mlp_kernel(s)
   t0 = time.perf_counter()
 
-  if method in ("solver_inf", "solver_t", "solver_cnn"):
+  if method in SOLVER_METHODS:
     from mskjax import predict
+    x32, Y32 = np.asarray(x, np.float32), np.asarray(Y, np.float32)
+    kw = dict(rtol=s["rtol"], kernel_dtype=jnp.float32)
     if method == "solver_cnn":
       from mskjax import nets
       kf = nets.stax_cnn(_cnn_spec())[2]
-      x, xt = x[..., None], xt[..., None]
-    kw = dict(rtol=s["rtol"])
-    if method != "solver_cnn":
+      x32, xt = x32[..., None], xt[..., None]
+      kw.update(method="auto")
+    elif method == "solver_auto":
+      kw.update(method="auto")
+    else:
       kw.update(method="matrix_free", precond_rank=s["precond_rank"],
-                n_landmarks=s["n_landmarks"])
-    g = None
+                n_landmarks=min(s["n_landmarks"], n))
+    g, k = None, None
+    if method == "solver_noprec":
+      kw.update(precond_rank=0,
+                max_iter=int(s["cg_max_iter"] if n < 50000 else s["cg_max_iter_large"]))
+      row["max_iter"] = kw["max_iter"]
     if method == "solver_t":
-      g = mskjax.modifiers.flatten()
-      kw["k"] = s["precond_rank"]
-    predict_fn = predict.kernel_gd_mse(kf, x, Y, g, **kw)
-    row.update(_solver_info(predict_fn))
+      # EigenPro's iteration: flatten on the top k of a Nyström estimate, η = 1/λ̂_{k+1}
+      # k well below the landmarks: with k = 200 of 400 landmarks (n = 1000) the estimated
+      # step 1/λ̂_{k+1} was too large and the iteration diverged; k = s/16 did not
+      g, k = mskjax.modifiers.flatten(), max(1, min(s["n_landmarks"] // 16, n // 4))
+      kw.update(eigensolver="nystrom")
+      row["k"] = k
+    if method in ("solver_inf", "solver_noprec") and n >= 50000:
+      # long solves checkpoint their CG state: a killed row resumes where it stopped (its
+      # wall time then counts only this process; `resumed` says so)
+      ck = RESULTS / f".ckpt_{method}_{n}_{s['_key']}.npz"
+      row["resumed"] = ck.exists()
+      kw.update(checkpoint=str(ck), progress=True)
+    predict_fn = predict.kernel_gd_mse(kf, x32, Y32, g, k, **kw)
     if method == "solver_t":
       curve = []
-      for t in s["solver_ts"]:
+      for t in s["solver_ts"]:            # increasing t: each call continues the iteration
         p = predict_fn(int(t), x_test=xt)
         jax.block_until_ready(p.test)
         curve.append(dict(t=int(t), test_acc=_acc(p.test, yt), train_acc=_acc(p.train, y),
-                          train_res=float(np.linalg.norm(np.asarray(Y) - np.asarray(p.train))
+                          train_res=float(np.linalg.norm(Y - np.asarray(p.train, np.float64))
                                           / np.linalg.norm(Y)),
                           s=time.perf_counter() - t0))
         print(f"  solver_t n={n} t={t}: test acc {curve[-1]['test_acc']:.4f}, train res "
@@ -251,11 +255,20 @@ def run_worker(method: str, n: int, s: dict) -> dict:
     else:
       p = predict_fn(jnp.inf, x_test=xt)
       jax.block_until_ready(p.test)
+      info = predict_fn.info
       row.update(test_acc=_acc(p.test, yt), train_acc=_acc(p.train, y),
-                 rel_residual=float(np.linalg.norm(np.asarray(Y) - np.asarray(p.train))
-                                    / np.linalg.norm(Y)))
-      row.update(_solver_info(p))
-      row.update(_solver_info(predict_fn))
+                 rel_residual=float(np.linalg.norm(Y - np.asarray(p.train, np.float64))
+                                    / np.linalg.norm(Y)),
+                 iterations=int(info.iterations), converged=bool(info.converged),
+                 solver_residual=(None if info.residuals is None
+                                  else float(np.max(info.residuals))))
+      if info.history is not None:
+        row["history"] = np.asarray(info.history, float).max(axis=1).tolist()
+    info = predict_fn.info
+    row.update(path=info.method, solver=info.solver, preconditioner=info.preconditioner,
+               eigensolver=info.eigensolver, learning_rate=info.learning_rate,
+               setup_s=float(info.setup_seconds), solve_s=float(info.solve_seconds),
+               gd_steps=int(info.gd_steps))
 
   elif method in ("cho_solve", "dense_mskjax"):
     import scipy.linalg
@@ -289,7 +302,10 @@ def run_worker(method: str, n: int, s: dict) -> dict:
     row.update(test_acc=_acc(pred, yt))
 
   elif method in ("cg", "kernel_gd"):
-    op = kernels.kernel_operator(kf, jnp.asarray(x), m=10, cache=False)
+    # cg: jax's CG traces its operator: the plain (jittable) product, all n² entries per
+    # pass; kernel_gd: a Python loop, the solver's symmetric product (half the entries)
+    op = kernels.kernel_operator(kf, jnp.asarray(x), m=10, cache=False,
+                                 symmetric=method == "kernel_gd")
     Yj = jnp.asarray(Y)
     count = [0]
 
@@ -414,7 +430,7 @@ def _load1() -> float:
 
 def run_child(method, n, s, timeout) -> dict:
   """Runs one (method, n) in a fresh interpreter; adds wall/CPU/peak memory from wait4."""
-  spec = json.dumps(dict(method=method, n=n, settings=s))
+  spec = json.dumps(dict(method=method, n=n, settings=dict(s, _key=settings_key(s))))
   out_path = RESULTS / f".kernel_solve_child_{os.getpid()}.json"
   if out_path.exists():
     out_path.unlink()
@@ -583,7 +599,7 @@ def main(argv=None):
   s = settings(args)
   if args.ns:
     s = dict(s, ns=tuple(int(v) for v in args.ns.split(",")))
-  key = settings_key({k: v for k, v in s.items() if k != "ns"})
+  key = settings_key(s)
   RESULTS.mkdir(parents=True, exist_ok=True)
   tag = ("_quick" if args.quick else "") + (f"_{args.results_tag}" if args.results_tag else "")
   path = RESULTS / f"kernel_solve{tag}.jsonl"
