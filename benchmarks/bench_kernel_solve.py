@@ -528,6 +528,14 @@ def table(rows: list[dict]) -> str:
         note = f"stopped at max_iter {r['max_iter']}"
       elif r["method"] == "solver_cnn":
         note = f"CNN kernel, {r.get('n_test')} test points"
+      if r["method"] in SOLVER_METHODS and "setup_s" in r:
+        note = (note + "; " if note else "") + (
+            f"{r.get('path')}/{r.get('solver')}, set-up {r['setup_s']:.0f} s, calls "
+            f"{r['solve_s']:.0f} s" + (f", {r['preconditioner']}"
+                                      if r.get("path") == "matrix_free" else "")
+            + (", resumed" if r.get("resumed") else "")
+            + ("" if r.get("converged", True) or r["method"] == "solver_t"
+               else ", not converged"))
       if "gram_s" in r:
         note = (note + "; " if note else "") + f"Gram {r['gram_s']:.0f} s"
     vals = dict(r, load=f"{r['load_start']:.1f}→{r['load_end']:.1f}", note=note)
@@ -536,22 +544,28 @@ def table(rows: list[dict]) -> str:
   return "\n".join(out) + "\n"
 
 
+BEGIN, END = "<!-- bench_kernel_solve: begin -->", "<!-- bench_kernel_solve: end -->"
+
+
 def write_doc(text: str):
+  """Put ``text`` between the markers of the section (a rerun replaces only that part: the
+  hand-written reading after the table stays); append the section if it is missing."""
   DOC.parent.mkdir(parents=True, exist_ok=True)
   old = DOC.read_text() if DOC.exists() else "# Results\n"
-  i = old.find(SECTION)
-  if i >= 0:   # replace the section (up to the next "## " heading or the end)
-    j = old.find("\n## ", i + len(SECTION))
-    old = old[:i].rstrip("\n") + ("\n\n" + old[j + 1:] if j >= 0 else "")
-  DOC.write_text(old.rstrip("\n") + "\n\n" + text)
+  block = f"{BEGIN}\n{text.rstrip()}\n{END}"
+  i, j = old.find(BEGIN), old.find(END)
+  if i >= 0 and j > i:
+    new = old[:i] + block + old[j + len(END):]
+  else:
+    new = old.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+  DOC.write_text(new)
 
 
 def doc_section(rows, s, args, path) -> str:
   loads = [r["load_start"] for r in rows] + [r["load_end"] for r in rows]
   dates = sorted(r.get("date", "") for r in rows if r.get("date"))
   cmd = "python -m benchmarks.bench_kernel_solve" + (" --quick" if args.quick else "")
-  return (f"{SECTION}\n\n"
-          f"Command: `{cmd}` (rows resumable; one subprocess per (method, n)). Dates (UTC): "
+  return (f"Command: `{cmd}` (rows resumable; one subprocess per (method, n)). Dates (UTC): "
           f"{dates[0] if dates else '?'} – {dates[-1] if dates else '?'}. Machine: "
           f"{platform.machine()} CPU, {os.cpu_count()} cores, shared (1-minute load "
           f"{min(loads):.1f}–{max(loads):.1f} over the rows; read wall times against it, "
@@ -560,7 +574,12 @@ def doc_section(rows, s, args, path) -> str:
           f"{s['n_test']} test sequences, closed-form depth-2 ReLU MLP NTK, 10 one-hot "
           "outputs; t = ∞ rows to a 1e-3 relative residual. wall s: the method in its own "
           "fresh process (kernel evaluation, compilation and set-up included; imports and "
-          "data loading excluded: process wall s has them); peak RSS of that process.\n\n"
+          "data loading excluded: process wall s has them); peak RSS of that process. "
+          "Solver notes: path/solver, set-up s (kernel and preconditioner build), calls s "
+          "(the predict_fn calls; the matrix-free preconditioner is built lazily inside the "
+          "first call, so its time is in both). Key rows on a quieter machine: `python -m "
+          "benchmarks.bench_kernel_solve --only solver_auto,solver_inf,cho_solve "
+          "--ns 10000,100000 --redo`.\n\n"
           + table(rows))
 
 
