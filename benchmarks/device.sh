@@ -7,7 +7,12 @@
 #     product against a training step (benchmarks/bench_loop.py) — is `loop='auto'` within
 #     1.2x of the faster loop on this device?
 #   * the analytic kernel evaluation and top-k end to end (benchmarks/bench_kernel_eval.py);
-#   * the directions build (benchmarks/bench_directions.py), when present.
+#   * the directions build (benchmarks/bench_directions.py), when present;
+#   * infinite-width predictions at scale (benchmarks/bench_kernel_solve.py): the
+#     matrix-free solver (t = inf to a 1e-3 residual, and early-stopped finite t) and
+#     unpreconditioned CG at n = 100k MNIST-1D and n = 10^6 (ten jittered copies of the 100k
+#     training sequences: a timing set), raw rows in
+#     benchmarks/results/kernel_solve_device.jsonl (--quick: n = 1000 on the small set).
 #   benchmarks/device.sh                 # full run on the first accelerator jax sees
 #   benchmarks/device.sh --quick         # smoke run (minutes on a CPU)
 #   PY=.venv/bin/python benchmarks/device.sh --runs-dir /tmp/dev
@@ -25,4 +30,12 @@ echo; echo "## analytic kernel evaluation (benchmarks/bench_kernel_eval.py)"
 if [[ -f benchmarks/bench_directions.py ]]; then
   echo; echo "## directions build (benchmarks/bench_directions.py)"
   "$PY" -m benchmarks.bench_directions "${QUICK[@]}"
+fi
+echo; echo "## infinite-width predictions at scale (benchmarks/bench_kernel_solve.py)"
+if [[ ${#QUICK[@]} -gt 0 ]]; then
+  "$PY" -m benchmarks.bench_kernel_solve --quick --only solver_inf,solver_t,cg \
+      --results-tag device --no-doc
+else
+  "$PY" -m benchmarks.bench_kernel_solve --only solver_inf,solver_t,cg --ns 100000,1000000 \
+      --augment 10 --results-tag device --no-doc
 fi

@@ -22,10 +22,12 @@ Families (λ_i = ``evals[i-1]``, i = 1..k):
 ``reverse(blocks)``    g(λ_i) = λ_{k+1−i}       (reverse the top-k ordering)
 ``reverse_blocks(s)``  reverse the blocks starting at the indices ``s`` as units
 ``geometric_mean()``   g(λ_i) = √(λ_i λ_{k+1})        (halve the log-gap to λ_{k+1})
+``relative_power(p)``  g(λ_i) = λ_{k+1} (λ_i/λ_{k+1})^p    (p < 1 flattens, p > 1 sharpens)
 =====================  ====================================================
 
 By name (configs, command lines): :func:`from_name` parses ``"flatten"``, ``"power0.5"``,
-``"exp0.5"``, ``"scale0.3"``, ``"geomean"``, ``"reverse"``, ``"identity"``; :func:`register`
+``"exp0.5"``, ``"scale0.3"``, ``"geomean"``, ``"relpow2"``, ``"reverse"``, ``"identity"``;
+:func:`register`
 adds a family.
 
 Example:
@@ -46,7 +48,7 @@ import numpy as np
 from mskjax import _validate as _v
 
 __all__ = ["Modifier", "identity", "flatten", "power", "exponential", "scale", "values",
-           "reverse", "reverse_blocks", "geometric_mean", "apply_modifier", "from_name",
+           "reverse", "reverse_blocks", "geometric_mean", "relative_power", "apply_modifier", "from_name",
            "from_spec", "register", "names"]
 
 Modifier = Callable[[jax.Array, int], jax.Array]
@@ -245,6 +247,25 @@ def geometric_mean() -> Modifier:
   return _named(lambda evals, k: jnp.sqrt(evals[:k] * evals[k]), "geometric_mean()")
 
 
+def relative_power(p: float) -> Modifier:
+  """g(λ_i) = λ_{k+1} · (λ_i / λ_{k+1})^p: a power law of the top k anchored at λ_{k+1}.
+
+  Scales each top eigenvalue's log-distance to λ_{k+1} by p, so the modified spectrum joins
+  the untouched tail continuously: p = 0 is :func:`flatten`, p = ½ :func:`geometric_mean`,
+  p = 1 the identity; p > 1 *raises* the top of the spectrum (a stronger spectral bias: the
+  top directions are learned relatively earlier), 0 < p < 1 lowers it. 1-homogeneous, so it
+  acts the same on Gram (≈ n·μ) and operator eigenvalues.
+
+  Example:
+    >>> import jax.numpy as jnp; from mskjax import modifiers
+    >>> modifiers.relative_power(2.0)(jnp.array([16.0, 4.0, 2.0]), 2).tolist()
+    [128.0, 8.0]
+  """
+  p = _v.check_real(p, "p (modifiers.relative_power)")
+  return _named(lambda evals, k: evals[k] * (evals[:k] / evals[k]) ** p,
+                f"relative_power({p})")
+
+
 _REGISTRY: dict = {}
 
 
@@ -339,6 +360,7 @@ def from_spec(item: str):
 for _n, _f, _num in (("identity", identity, False), ("flatten", flatten, False),
                      ("geomean", geometric_mean, False), ("reverse", reverse, False),
                      ("power", power, True), ("exp", exponential, True),
+                     ("relpow", relative_power, True),
                      ("scale", scale, True)):
   register(_n, _f, takes_number=_num)
 

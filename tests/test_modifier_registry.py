@@ -17,6 +17,9 @@ EV = np.array([16.0, 9.0, 4.0, 2.0, 1.0, 0.5])
     ("exp0.5", 3, EV[3] * np.exp(0.5 * (4 - np.arange(1, 4)))),   # λ_{k+1} e^{r(k+1−i)}
     ("exp1e-1", 2, EV[2] * np.exp(0.1 * (3 - np.arange(1, 3)))),
     ("geomean", 3, np.sqrt(EV[:3] * EV[3])),
+    ("relpow2", 3, EV[3] * (EV[:3] / EV[3]) ** 2),               # λ_{k+1} (λ_i/λ_{k+1})^p
+    ("relpow0", 3, np.full(3, EV[3])),                            # p = 0: flatten
+    ("relpow0.5", 2, np.sqrt(EV[:2] * EV[2])),                     # p = ½: geomean
     ("reverse", 3, EV[:3][::-1]),
 ])
 def test_from_name_matches_closed_form(name, k, expected):
