@@ -13,7 +13,7 @@ paper's dynamics (same solution, width sweeps, silent alignment). For training u
   minibatches.
 * :func:`scale_by_msk_jvp` / :func:`msk_sgd_jvp` — the older data-dependent form: one
   JVP and one VJP of the network on the *whole* training set per step (full-batch
-  gradients only; cost: ``benchmarks/README.md``, "Notes moved from API docstrings").
+  gradients only; several times a plain step: ``docs/results.md#measured-notes-without-a-table``).
   Kept for exact full-batch studies where the spectrum is refreshed from the current
   empirical NTK (``refresh_every``). With a stored spectrum and a drifting kernel its map
   ``u + Jᵀ V C Λ⁻¹ Vᵀ J u`` can become indefinite
