@@ -36,7 +36,7 @@ every seed of ``seeds``. ``pgd_step``: ``'measured'`` (default; ``pgd_factors`` 
 preconditioned cross-entropy Hessian at initialisation on one random batch of b points,
 per seed), ``'absolute'`` (``pgd_lrs`` are learning rates) or ``'stable'``
 (``pgd_factors`` multiply the linearised critical-batch rule
-``mskjax.stable_learning_rate(directions, b)``); ``pgd_adam`` is always absolute (Adam's
+``mskjax.steps.critical_batch_learning_rate(directions, b)``); ``pgd_adam`` is always absolute (Adam's
 step does not scale with the gradient).
 
 Training loop (``loop``): ``'fit'`` (``mskjax.train.fit``), ``'python'`` (one jitted step
