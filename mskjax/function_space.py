@@ -263,7 +263,7 @@ def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_tra
 
   ``θ ← θ − η P ∇_θ ℓ``; for ℓ = ½‖f(X) − Y‖² this is ``θ ← θ − η Jᵀ S r``, which in the
   linearized regime is kernel GD with K_g (:func:`mskjax.predict_gd_mse` with the same g,
-  k and ``learning_rate=η``). Stable steps: ``η < mskjax.predict.max_learning_rate(K, g, k)``
+  k and ``learning_rate=η``). Stable steps: ``η < mskjax.steps.max_learning_rate(K, g, k)``
   (= 2/λ_max(K_g)); 1/λ_max(K_g) is a safe default.
 
   When the fixed spectrum is valid (experiments/README.md, silent_alignment):
