@@ -1,7 +1,8 @@
 """Kernel matrices: analytic NTK/NNGP and empirical NTK Gram blocks, and the kernel operator.
 
 * :func:`gram` -- K_ij = Theta(x1_i, x2_j) from a neural-tangents ``kernel_fn``;
-* :func:`mskjax.tangents.empirical_ntk` (lives in :mod:`mskjax.tangents`) -- Theta_hat(x, x') = (1/c) sum_k <df_k(x)/dtheta, df_k(x')/dtheta>;
+* :func:`mskjax.tangents.empirical_ntk` (its home is :mod:`mskjax.tangents`) --
+  Theta_hat(x, x') = (1/c) sum_k <df_k(x)/dtheta, df_k(x')/dtheta>;
 * :func:`kernel_operator` -- K = k(X, X) as a :class:`KernelOperator` ``V -> K V``: blocked,
   memory-budgeted (:func:`block_size_for_budget`), row-sharded over devices, optionally
   with K cached (then every product is a GEMM); what the eigensolvers of
