@@ -36,7 +36,7 @@ every seed of ``seeds``. ``pgd_step``: ``'measured'`` (default; ``pgd_factors`` 
 preconditioned cross-entropy Hessian at initialisation on one random batch of b points,
 per seed), ``'absolute'`` (``pgd_lrs`` are learning rates) or ``'stable'``
 (``pgd_factors`` multiply the linearised critical-batch rule
-``mskjax.stable_learning_rate(directions, b)``); ``pgd_adam`` is always absolute (Adam's
+``mskjax.steps.critical_batch_learning_rate(directions, b)``); ``pgd_adam`` is always absolute (Adam's
 step does not scale with the gradient).
 
 Training loop (``loop``): ``'fit'`` (``mskjax.train.fit``), ``'python'`` (one jitted step
@@ -91,7 +91,7 @@ def get_config(arg=None):
   # curvature); "absolute": pgd_lrs; "stable": pgd_factors × the linearised critical-batch
   # rule. The factors are the steps 0.25, 0.5, 1, 2 /λ̂ of the earlier grid (0.5–4 × the
   # 0.5/λ̂ rule of then): 2/λ̂ was the best MLP step without momentum, 4/λ̂ diverged
-  # (benchmarks/README.md, "The measured step rule vs a factor-2 grid").
+  # (docs/results.md#the-measured-step-rule-against-a-factor-2-grid).
   c.pgd_step = "measured"
   c.pgd_factors = (0.33, 0.67, 1.33, 2.67)
   c.momentum = 0.9            # sgd and pgd

@@ -33,7 +33,7 @@ def get_config(arg=None):
   c.s2_k = 4                  # degrees {0, 1}
   # g families: flatten, powerP (g = λ^P), expR (exponential decay with rate R)
   c.modifiers = ("flatten", "power0.5", "exp0.5")
-  c.msk_mse_loss = True       # also PGD-flatten through loss='msk_mse'
+  c.msk_mse_loss = True       # also PGD-flatten through msk_mse_loss (½ rᵀSr)
   c.amp = 1.0                 # target amplitude
   c.conv_tol = 1e-3           # train for 1.5x the steps to reach this predicted residual
   c.min_steps = 200

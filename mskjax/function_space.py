@@ -13,7 +13,7 @@ paper's dynamics (same solution, width sweeps, silent alignment). For training u
   minibatches.
 * :func:`scale_by_msk_jvp` / :func:`msk_sgd_jvp` — the older data-dependent form: one
   JVP and one VJP of the network on the *whole* training set per step (full-batch
-  gradients only; cost: ``benchmarks/README.md``, "Notes moved from API docstrings").
+  gradients only; several times a plain step: ``docs/results.md#measured-notes-without-a-table``).
   Kept for exact full-batch studies where the spectrum is refreshed from the current
   empirical NTK (``refresh_every``). With a stored spectrum and a drifting kernel its map
   ``u + Jᵀ V C Λ⁻¹ Vᵀ J u`` can become indefinite
@@ -263,7 +263,7 @@ def msk_sgd_jvp(learning_rate: optax.ScalarOrSchedule, apply_fn: Callable, x_tra
 
   ``θ ← θ − η P ∇_θ ℓ``; for ℓ = ½‖f(X) − Y‖² this is ``θ ← θ − η Jᵀ S r``, which in the
   linearized regime is kernel GD with K_g (:func:`mskjax.predict_gd_mse` with the same g,
-  k and ``learning_rate=η``). Stable steps: ``η < mskjax.predict.max_learning_rate(K, g, k)``
+  k and ``learning_rate=η``). Stable steps: ``η < mskjax.steps.max_learning_rate(K, g, k)``
   (= 2/λ_max(K_g)); 1/λ_max(K_g) is a safe default.
 
   When the fixed spectrum is valid (experiments/README.md, silent_alignment):

@@ -1,7 +1,8 @@
 """Kernel matrices: analytic NTK/NNGP and empirical NTK Gram blocks, and the kernel operator.
 
 * :func:`gram` -- K_ij = Theta(x1_i, x2_j) from a neural-tangents ``kernel_fn``;
-* :func:`empirical_ntk` -- Theta_hat(x, x') = (1/c) sum_k <df_k(x)/dtheta, df_k(x')/dtheta>;
+* :func:`mskjax.tangents.empirical_ntk` (its home is :mod:`mskjax.tangents`) --
+  Theta_hat(x, x') = (1/c) sum_k <df_k(x)/dtheta, df_k(x')/dtheta>;
 * :func:`kernel_operator` -- K = k(X, X) as a :class:`KernelOperator` ``V -> K V``: blocked,
   memory-budgeted (:func:`block_size_for_budget`), row-sharded over devices, optionally
   with K cached (then every product is a GEMM); what the eigensolvers of
@@ -524,7 +525,7 @@ def kernel_operator(kernel_fn: Callable, x, *, get: Optional[str] = "ntk",
     devices: devices to shard over; ``None`` means ``jax.devices()``.
     cache: ``True`` evaluates K once and every product is then a dense ``K @ V``
       (2n²m flops instead of n² kernel evaluations: an analytic NTK entry costs as much as
-      a GEMM pass with tens of columns, see ``benchmarks/README.md``); ``False`` never
+      a GEMM pass with tens of columns, ``docs/results.md#analytic-mlp-kernel-evaluation``); ``False`` never
       stores K; ``'auto'`` (default) caches when one device is used, ``x`` is concrete (not
       under ``jit``) and ``2·n²·itemsize`` (K plus its host copy while it is assembled) fits
       ``memory_budget``.
@@ -825,8 +826,8 @@ def _asin_reduced(a):
   Written so that every expensive op (the one ``sqrt``, the one divide) has a single
   consumer: XLA:CPU then fuses a whole kernel layer — and the whole depth — into one
   elementwise loop. (A multi-consumer ``sqrt``/divide is materialised as an n × n buffer and
-  the cheap ops around it recomputed in every consumer: that made the earlier
-  ``atan2`` form 4–7× slower per entry, ``benchmarks/README.md``.)"""
+  the cheap ops around it recomputed in every consumer, which made an ``atan2`` form
+  several times slower per entry.)"""
   big = a > 0.5
   z = jnp.where(big, 0.5 - 0.5 * a, a * a)        # y², computed without y
   y = jnp.where(big, jnp.sqrt(z), a)

@@ -195,11 +195,9 @@ def msk_sgd(learning_rate: optax.ScalarOrSchedule, directions: MSKDirections, *,
 
   Composition: P is a fixed linear map, so it chains with any optax optimizer
   (``optax.chain(scale_by_msk(d), optax.adam(lr))``). Put P *first*, on the raw gradient
-  (Adam's per-coordinate scaling then acts on the preconditioned gradient). Measured on
-  MNIST-1D (MLP, b = 128, 300 steps, tuned lrs): P before Adam lowered the train loss
-  20 % vs tuned Adam at the same lr; before SGD-momentum the gain was within noise, like
-  plain ``msk_sgd``; at equal wall time including the directions' build the tuned
-  baselines won (``benchmarks/README.md``, "Step rules and tracking").
+  (Adam's per-coordinate scaling then acts on the preconditioned gradient). Against tuned
+  baselines at equal wall time, the directions' build included:
+  ``docs/results.md#the-optimizer-table-msk_sgd-against-tuned-sgd-momentum-adam-and-muon``.
 
   Args:
     learning_rate: η (float or optax schedule).
@@ -311,9 +309,9 @@ def refresh_directions(opt_state, apply_fn: Callable, params, x, previous: MSKDi
   In a user's own loop the same two calls go between steps (``opt_state`` is the loop's
   optimizer state). Re-measure at the rule's own safety, not at a multiple of it tuned at
   initialisation: near interpolation the cross-entropy curvature shrinks and the measured
-  step grows (6× by step 1000 on MNIST-1D, where 4 × it diverged). Cost: about a cold build
-  at the same points (the top-k subspace moves during training; ``benchmarks/README.md``,
-  "Refreshing the directions").
+  step grows, so a multiple of the initial rule can diverge. Cost: about a cold build at
+  the same points (the top-k subspace moves during training;
+  ``docs/results.md#refreshing-the-directions``).
 
   Args:
     opt_state: the optimizer state (contains a :class:`ScaleByMSKState`).

@@ -91,7 +91,8 @@ def empirical_ntk(apply_fn: Callable, params, x1, x2=None, *, full: bool = False
   * ``'jvp'``: the rows of block I's Jacobian pushed forward through the network on each
     column block (one ``jax.linearize`` per block, ``vmap`` over block·c tangents): about
     c/2 times fewer flops than contracting Jacobians when c is large;
-  * ``'auto'``: ``'jvp'`` for c ≥ 4 outputs, else ``'jacobian'`` (the measured crossover).
+  * ``'auto'``: ``'jvp'`` for c ≥ 4 outputs, else ``'jacobian'`` (the crossover on XLA:CPU,
+    ``docs/results.md#empirical_ntk-strategies``).
 
   ``weights``: a pytree like the trainable parameters of non-negative per-parameter
   weights W (a diagonal parameter metric) gives ``J W Jᵀ`` instead of ``J Jᵀ`` (same trace
@@ -754,7 +755,7 @@ def _empirical_own(apply_fn, params, x1, x2, full, block_size, memory_budget, st
   n2 = xb2.shape[0]
   P = max(_tree_size(p), 1)
   if strategy == "auto":
-    strategy = "jvp" if c >= 4 else "jacobian"   # the crossover: benchmarks/README.md
+    strategy = "jvp" if c >= 4 else "jacobian"   # the crossover: docs/results.md
   item = jnp.dtype(dt).itemsize
   if block_size is None:
     # per-point Jacobians of a block (b·c·P, ×2 blocks for 'jacobian') plus the block's

@@ -6,13 +6,12 @@ MSK allows): the fixed directions of :func:`mskjax.optim.msk_sgd` stop cancellin
 stiff function-space directions and training diverges. The tracking form re-forms the
 directions from the current Jacobian at every update (one warm-started subspace step
 + Rayleigh–Ritz with ``rayleigh_ritz=True``, keeping the build's g/λ coefficients, the
-measured robust choice; or Löwdin on the fixed function-space vectors), or only when
-the parameters moved by a set fraction (``moved=0.01``: ~4 % of the steps in the
-measured lazy run, same quality). When the explicit Jacobian of the s points fits the
-memory budget it is formed once per update and the re-formation is GEMMs on it (~15
-gradient steps of a one-layer net); otherwise 2k VJPs + k JVPs (~150). Any loss whose
-directions :func:`mskjax.directions.msk_directions` built (``loss=``; H^½ re-evaluated at
-the current outputs). Measured in ``benchmarks/README.md`` ("Step rules and tracking").
+default; or Löwdin on the fixed function-space vectors), or only when the parameters
+moved by a set fraction (``moved=0.01``). When the explicit Jacobian of the s points fits
+the memory budget it is formed once per update and the re-formation is GEMMs on it;
+otherwise 2k VJPs + k JVPs. Any loss whose directions
+:func:`mskjax.directions.msk_directions` built (``loss=``; H^½ re-evaluated at the current
+outputs). Results: ``docs/results.md#iga-inrs-experiment-1-function-space-tracking-and-tuned-adam``.
 
 :func:`reform_directions` is the re-formation itself (jittable; SVQB orthonormalisation and
 the per-point H^½ of the loss's output Hessian come from the shared ``_linalg``).
@@ -86,10 +85,8 @@ def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
   of the s points fits ``memory_budget`` (:func:`mskjax.tangents.jacobian_block_size`
   returns s: ``3·s·c·#params·itemsize ≤ memory_budget``), it is formed once per call
   (:func:`mskjax.tangents.point_jacobians`: one batched backward pass per output) and
-  every product ``Jᵀ W`` / ``J Q`` is a GEMM — measured ~15 gradient steps of a one-layer
-  net at s = width = 1024, k = 10, against ~150 matrix-free (``benchmarks/README.md``,
-  "Step rules and tracking"). Otherwise
-  matrix-free: one forward pass, then k batched VJPs (Löwdin) or 2k VJPs + k JVPs
+  every product ``Jᵀ W`` / ``J Q`` is a GEMM (far cheaper than the matrix-free route when
+  the Jacobian fits). Otherwise matrix-free: one forward pass, then k batched VJPs (Löwdin) or 2k VJPs + k JVPs
   (Rayleigh–Ritz) through ``jax.vmap``, which holds k copies of every activation.
 
   Args:
@@ -139,7 +136,7 @@ def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
   if explicit:
     Jt = _tangents.point_jacobians(apply_fn, params, x_points, c)   # leaves (s, c, *shape)
     # materialise J once: without the barrier XLA fuses the Jacobian's producer into each
-    # GEMM and recomputes it (measured 2x slower at s = width = 1024)
+    # GEMM and recomputes it (slower by a multiple for wide nets)
     Jl = [l.reshape(s, c, -1) for l in jax.tree.leaves(Jt)]
     if gn:                    # H^½ J, per point
       Jl = [jnp.einsum("pcd,pdq->pcq", Hh.astype(j.dtype), j) for j in Jl]
@@ -147,7 +144,7 @@ def reform_directions(apply_fn: Callable, params, x_points, vectors, *,
     treedef = jax.tree.structure(Jt)
     shapes = [l.shape for l in leaves]
     # Q kept as one (k, #leaf) row block per leaf: every product is a GEMM in J's row-major
-    # layout (Mᵀ J and J Qᵀ; XLA:CPU ran Jᵀ M 4x slower than Mᵀ J here).
+    # layout (Mᵀ J and J Qᵀ; XLA:CPU runs Jᵀ M several times slower than Mᵀ J).
 
     def jt_times(M):          # (Jᵀ M)ᵀ per leaf: (k, #leaf)
       return [M.T.astype(j.dtype) @ j for j in Jl]
@@ -235,16 +232,12 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
   (SVQB, ``_linalg.svqb``) and a k×k ``eigh``; otherwise a forward pass and 2k VJPs +
   k JVPs (Löwdin: k VJPs) through ``jax.vmap``, which materialises k copies of every
   activation. The re-orthonormalisation is essential: without it the net collapses to
-  f ≡ 0. Measured at s = width = 1024, k = 10 (``benchmarks/README.md``, "Step rules and
-  tracking"): the explicit route ~15 gradient steps of that one-layer net, the
-  matrix-free one ~150; with ``moved=0.01`` ~220 of 5000 steps re-formed (about 2
-  gradient steps per update on average) at the quality of every-step re-formation.
-  Between re-formations an update costs what :func:`scale_by_msk` costs (O(k·#params)).
+  f ≡ 0. With ``moved`` only the steps where the parameters moved by that fraction pay a
+  re-formation. Between re-formations an update costs what :func:`scale_by_msk` costs (O(k·#params)).
   Everything is traced: no recompilation per step (``lax.cond`` chooses whether to
-  re-form). Measured against the alternatives in ``benchmarks/README.md``
-  ("Step rules and tracking"): in a lazy one-layer network, Rayleigh–Ritz re-formed at
-  every step follows the function-space form ½rᵀSr; every 10 steps diverges, and so does
-  the fixed :func:`msk_sgd`.
+  re-form). Rayleigh–Ritz re-formed at every step (or with ``moved``) follows the
+  function-space form ½rᵀSr in a lazy one-layer network, where the fixed :func:`msk_sgd`
+  diverges (``docs/results.md#iga-inrs-experiment-1-function-space-tracking-and-tuned-adam``).
 
   Args:
     apply_fn: ``apply_fn(params, x) -> (s,)`` or ``(s, c)`` with ``params`` the pytree the
@@ -257,15 +250,13 @@ def scale_by_msk_tracking(apply_fn: Callable, x, directions: MSKDirections, *,
       Rayleigh–Ritz on the current empirical NTK (:func:`reform_directions`): the span
       follows the rotating eigenvectors (coefficients: see ``coefficients``). False: Löwdin ``orth(J_tᵀ V_k Λ^{-1/2})`` with the
       fixed function-space vectors (k VJPs); its span does not rotate with the kernel's
-      eigenvectors and it lets ``λ_max(J_t P_t J_tᵀ)`` drift above max g (measured:
-      ``benchmarks/README.md``).
+      eigenvectors, so ``λ_max(J_t P_t J_tᵀ)`` can drift above max g.
     coefficients: with ``rayleigh_ritz``, the coefficients of the re-formed directions:
       ``'build'`` (default): ``g_i/λ_i − 1`` from the build, kept fixed while the span
       follows the kernel (the parameter-space analogue of the fixed S of ½rᵀSr); or
       ``'ritz'``: ``g_i/θ_i − 1`` with θ_i the current Ritz values (``J_t P_t J_tᵀ`` has
-      eigenvalues g_i on the span). Measured in the lazy one-layer network at widths 256
-      and 1024 (``benchmarks/README.md``, "Step rules and tracking"): ``'ritz'`` has a
-      transient in the first ~100 steps and ends 3–5× higher than ``'build'``.
+      eigenvalues g_i on the span). ``'build'`` is the recommended setting (``'ritz'``
+      ended higher in the lazy one-layer network).
     moved: alternatively, re-form when ``‖θ − θ_last‖/‖θ_last‖ > moved`` (θ_last: the
       parameters at the last re-formation; costs one parameter copy in the state).
       Re-formation also happens at the first update.

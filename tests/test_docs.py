@@ -129,3 +129,38 @@ def test_every_docs_anchor_cited_in_the_repository_exists():
         broken.append(f"{rel}: docs/{name}#{anchor} is not a heading of docs/{name} "
                       f"(headings: {', '.join(sorted(cache[name]))})")
   assert not broken, "broken documentation anchors:\n" + "\n".join(broken)
+
+
+MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_every_relative_markdown_link_resolves():
+  """Every relative ``[text](path#anchor)`` in a tracked .md file (outside code) names an
+  existing file, and an existing heading when it carries an anchor into a .md file."""
+  cache: dict[Path, set[str]] = {}
+  broken = []
+  for rel in tracked_files():
+    if not rel.endswith(".md") or read_text(rel) is None:
+      continue
+    md = ROOT / rel
+    in_code = False
+    for i, line in enumerate(read_text(rel).splitlines(), 1):
+      if line.lstrip().startswith("```"):
+        in_code = not in_code
+        continue
+      if in_code:
+        continue
+      for m in MD_LINK.finditer(re.sub(r"`[^`]*`", "", line)):
+        target = m.group(1)
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", target):      # http:, https:, mailto:
+          continue
+        path, _, anchor = target.partition("#")
+        dest = (md.parent / path).resolve() if path else md
+        if not dest.exists():
+          broken.append(f"{rel}:{i}: {target} (no such file)")
+        elif anchor and dest.suffix == ".md":
+          if dest not in cache:
+            cache[dest] = anchors(dest)
+          if anchor not in cache[dest]:
+            broken.append(f"{rel}:{i}: {target} (no heading with that anchor)")
+  assert not broken, "broken relative links in the markdown files:\n" + "\n".join(broken)
