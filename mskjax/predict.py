@@ -668,7 +668,8 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
     (``eigensolver='krylov'``, converged to residual ``KRYLOV_RTOL·λ₁``: exactly the dense
     dynamics up to that accuracy) or from Nyström (``eigensolver='nystrom'``, EigenPro's
     approximation: S is then built from approximate eigenvectors, so the dynamics are
-    those of a slightly different preconditioner and the step 1/λ_max(K_g) is estimated).
+    those of a slightly different preconditioner and the step 1/λ_max(K_g) is estimated;
+    the difference to the exact dynamics is measured in ``docs/results.md``).
     ``flow=True`` needs the dense path.
 
   **Precision.** Everything is computed in float64 inside a local ``jax.enable_x64``
