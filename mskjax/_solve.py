@@ -146,6 +146,27 @@ class _State(NamedTuple):
   breakdown: np.ndarray
 
 
+def checkpoint_path(checkpoint) -> str:
+  """The checkpoint path as a string, its directory created (checked before any long work,
+  so that a solve never runs for minutes and then fails to save)."""
+  if not isinstance(checkpoint, (str, os.PathLike)):
+    raise TypeError(f"`checkpoint` must be a file path (str), got {type(checkpoint).__name__}.")
+  checkpoint = os.fspath(checkpoint)
+  d = os.path.dirname(os.path.abspath(checkpoint))
+  if os.path.isdir(checkpoint):
+    raise ValueError(f"`checkpoint` {checkpoint!r} is a directory; pass a file path, e.g. "
+                     f"{os.path.join(checkpoint, 'solve.npz')!r}.")
+  try:
+    os.makedirs(d, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"`checkpoint` {checkpoint!r}: its directory {d!r} cannot be created "
+                     f"({e.strerror}); pass a path in a writable directory.") from None
+  if not os.access(d, os.W_OK):
+    raise ValueError(f"`checkpoint` {checkpoint!r}: its directory {d!r} is not writable; "
+                     "pass a path in a writable directory.")
+  return checkpoint
+
+
 def _save(path: str, state: _State, fingerprint: dict) -> None:
   """Writes the state atomically: a temporary file in the same directory, then a rename."""
   d = os.path.dirname(os.path.abspath(path)) or "."
@@ -238,9 +259,7 @@ def pcg(matmul: Callable, b, *, precond: Optional[Callable] = None, rtol: float 
   checkpoint_every = _v.check_int(checkpoint_every, "checkpoint_every", lo=1)
   report = _check_progress(progress)
   if checkpoint is not None:
-    if not isinstance(checkpoint, (str, os.PathLike)):
-      raise TypeError(f"`checkpoint` must be a file path (str), got {type(checkpoint).__name__}.")
-    checkpoint = os.fspath(checkpoint)
+    checkpoint = checkpoint_path(checkpoint)
     if fingerprint is None:
       raise ValueError("`checkpoint` needs a `fingerprint` of the problem (what a resumed "
                        "run is checked against).")

@@ -757,6 +757,8 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
                    else _v.check_int(memory_budget, "memory_budget", lo=1))
   rtol = _v.check_real(rtol, "rtol", lo=0, lo_open=True, hi=1, hi_open=True)
   max_iter = _v.check_int(max_iter, "max_iter", lo=0)
+  if checkpoint is not None:          # before the set-up: never fail to save after minutes
+    checkpoint = _solve.checkpoint_path(checkpoint)
   out_dtype = jax.dtypes.canonicalize_dtype(jnp.float64)    # the caller's default float
   with jax.enable_x64(True):
     x = _v.as_points(x_train, "x_train", nonempty=True)

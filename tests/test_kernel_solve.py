@@ -351,6 +351,21 @@ def test_checkpoint_of_another_problem_is_refused(tmp_path):
     kernel_gd_mse(KF, x, y, **kw)(jnp.inf)
 
 
+def test_checkpoint_directory_is_made_or_refused_before_the_setup(tmp_path):
+  n = 120
+  x, y, _ = _data(n, seed=5)
+  kw = dict(method="matrix_free", precond_rank=10, rtol=1e-6)
+  path = tmp_path / "new" / "deeper" / "cg.npz"           # a directory that does not exist
+  kernel_gd_mse(KF, x, y, checkpoint=str(path), **kw)(jnp.inf)
+  assert path.is_file()
+  blocker = tmp_path / "file"
+  blocker.write_text("x")                                    # a file where a directory goes
+  with pytest.raises(ValueError, match="`checkpoint`.*cannot be created"):
+    kernel_gd_mse(KF, x, y, checkpoint=str(blocker / "cg.npz"), **kw)
+  with pytest.raises(ValueError, match="`checkpoint`.*is a directory"):
+    kernel_gd_mse(KF, x, y, checkpoint=str(tmp_path), **kw)
+
+
 # ------------------------------------------------------------------ bad inputs
 def _bad_cases():
   x, y, _ = _data(30)
