@@ -193,7 +193,11 @@ def test_inside_jit_non_finite_params_give_non_finite_kernels(leaf, where, value
 @given(rows=st.lists(st.integers(0, N - 1), min_size=1, max_size=4, unique=True),
        value=NONFINITE, poison=st.sampled_from(["outputs", "derivative"]),
        entry=st.sampled_from(["empirical_ntk", "msk_directions", "jacobian_matrix"]),
-       method=st.sampled_from(["explicit", "sketch", "krylov"]))
+       # the three solver paths in msk_directions' vocabulary: explicit Jacobian + dense eigh,
+       # matrix-free randomized, Krylov
+       method=st.sampled_from([dict(method="dense", jacobian="explicit"),
+                               dict(method="randomized", jacobian="matrix_free"),
+                               dict(method="krylov")]))
 def test_a_jacobian_with_non_finite_rows_names_apply_fn(rows, value, poison, entry, method):
   # The chosen points are recognised by their first coordinate (so any block of points
   # works). "outputs": f and its Jacobian are non-finite on them; "derivative": f is finite
@@ -209,7 +213,7 @@ def test_a_jacobian_with_non_finite_rows_names_apply_fn(rows, value, poison, ent
 
   call = {"empirical_ntk": lambda: mskjax.empirical_ntk(fn, w0, jnp.asarray(X)),
           "msk_directions": lambda: mskjax.msk_directions(fn, w0, X, modifiers.flatten(), 2,
-                                                          method=method),
+                                                          **method),
           "jacobian_matrix": lambda: tangents.jacobian_matrix(fn, w0, jnp.asarray(X))}[entry]
   _raises_naming(call, "apply_fn", ValueError)
 
