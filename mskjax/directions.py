@@ -146,9 +146,9 @@ def check_directions(directions, where, *, params=None, what="`params`",
   if params is not None:
     check_layout(directions.directions, params, where, what, label)
   if orthonormal:
-    _check_orthonormal(directions.directions,
-                       msk_coefficients(values, new_values, tree_dtype(directions.directions)),
-                       where)
+    _v.check_orthonormal_directions(
+        directions.directions,
+        msk_coefficients(values, new_values, tree_dtype(directions.directions)), where)
   return values, new_values
 
 
@@ -171,44 +171,6 @@ def check_layout(dirs, tree, where, what="`params`", label="`directions.directio
       raise ValueError(f"{where}: {label} does not match {what}: a direction leaf has shape "
                        f"{tuple(np.shape(q))} where {what} has {tuple(np.shape(a))} "
                        f"(directions are (k, *leaf shape)); {fix}")
-
-
-def _check_orthonormal(dirs, coef, where):
-  """Named errors for hand-made directions whose P is not what the docs promise.
-
-  P = I + Q C Qᵀ is positive definite for C > −1 only when the rows of Q are orthonormal.
-  Where the directions are concrete, form the k×k Gram G = Q Qᵀ (float64) and require
-  ‖G − I‖_max ≤ tol; and, independently of that, that P is positive definite: its
-  eigenvalues off span(Q) are 1 and on span(Q) they are 1 + eig(G^½ C G^½).
-  """
-  leaves = jax.tree.leaves(dirs)
-  if not all(_v.is_concrete(l) for l in leaves) or not _v.is_concrete(coef):
-    return
-  k = int(np.shape(coef)[0])
-  G = _linalg.row_gram(dirs, k)
-  if not np.all(np.isfinite(G)):
-    raise ValueError(f"{where}: `directions.directions` contain NaN or inf.")
-  eps = max(float(jnp.finfo(l.dtype).eps) for l in leaves)
-  tol = max(1e-6, 100.0 * np.sqrt(eps))        # float32: 3.5e-2, float64: 1.5e-6
-  c = np.asarray(coef, np.float64)
-  used = np.abs(c) > 0          # a direction with g/λ = 1 (coefficient 0) does not enter P
-  G, c, k = G[np.ix_(used, used)], c[used], int(used.sum())
-  if k == 0:
-    return
-  Gh = _linalg.psd_power(G, 0.5)
-  pmin = 1.0 + np.linalg.eigvalsh(Gh @ np.diag(c) @ Gh).min()
-  if pmin <= 0:
-    raise ValueError(f"{where}: the preconditioner P = I + Σ (g_i/λ_i − 1) q_i q_iᵀ built from "
-                     f"these directions is indefinite (smallest eigenvalue {pmin:.3g}): the q_i "
-                     "are not orthonormal (max |QQᵀ − I| = "
-                     f"{np.abs(G - np.eye(k)).max():.3g}). Build them with optim.msk_directions, "
-                     "or orthonormalise hand-made ones (e.g. numpy.linalg.qr).")
-  err = np.abs(G - np.eye(k)).max()
-  if err > tol:
-    raise ValueError(f"{where}: the directions are not orthonormal (max |QQᵀ − I| = {err:.3g} > "
-                     f"{tol:.2g}), so P does not have the eigenvalues g_i/λ_i it is meant to. "
-                     "Build them with optim.msk_directions, or orthonormalise hand-made ones "
-                     "(e.g. numpy.linalg.qr on the flattened rows).")
 
 
 def msk_coefficients(values, new_values, dtype):
