@@ -10,7 +10,7 @@ this file only configures it: ``config.json`` of a run is exactly this config, r
 """
 import ml_collections
 
-from mskjax.run import parse_arg
+from mskjax._config import parse_arg
 
 
 def get_config(arg=None):
