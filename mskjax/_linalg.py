@@ -408,3 +408,14 @@ def eigenvalue_error(th, res, k1):
                    for i in range(min(k1, m))])
   r = res[:k1]
   return np.minimum(r, r * r / np.maximum(gaps, np.finfo(float).tiny))
+
+
+def lambda_max(mu, what: str) -> float:
+  """The largest of the (modified) eigenvalues ``mu`` as a float; a named error when it is
+  not positive (a zero kernel: no step size or iteration count exists). ``what`` names the
+  kernel in the message, e.g. ``"`K_g`"``."""
+  top = float(np.max(np.asarray(mu)))
+  if not top > 0:
+    raise ValueError(f"{what} is zero (λ_max = 0): gradient descent never moves, so there is "
+                     "no step size or iteration count; check the kernel.")
+  return top

@@ -41,6 +41,7 @@ import numpy as np
 
 from mskjax import _blocks
 from mskjax import _solve
+from mskjax import _linalg
 from mskjax import _validate as _v
 from mskjax import kernels as _kernels
 from mskjax import modifiers as _modifiers
@@ -136,20 +137,12 @@ def _gain(mu, t, eta, flow):
   return jnp.where(pos, gain, jnp.where(inf, 0.0, zero_gain))
 
 
-def _lambda_max(mu, what: str) -> float:
-  top = float(np.max(np.asarray(mu)))
-  if not top > 0:
-    raise ValueError(f"{what} is zero (λ_max = 0): gradient descent never moves, so there is "
-                     "no step size or iteration count; check the kernel.")
-  return top
-
-
 def _default_step(mu, learning_rate, what):
   """η: ``learning_rate``, or 1/λ_max(K_g) when it is None (the one meaning of None)."""
   if learning_rate is not None:
     return learning_rate
   if _v.is_concrete(mu):
-    return 1.0 / _lambda_max(mu, what)
+    return 1.0 / _linalg.lambda_max(mu, what)
   return 1.0 / jnp.max(mu)
 
 
@@ -450,7 +443,7 @@ def steps_to_tolerance(K, y, g: _modifiers.Modifier | None = None, k: int | None
   with jax.enable_x64(True):
     _, mu, U, _ = _modified_eigh(K, g, k, {}, eigenpairs)
     mu = np.asarray(mu, dtype=np.float64)
-    top = _lambda_max(mu, "`K`" if g is None else "`K_g`")
+    top = _linalg.lambda_max(mu, "`K`" if g is None else "`K_g`")
     eta = _default_step(mu, learning_rate, "`K`")
     if eta * top >= 2.0 * (1.0 - EDGE_RTOL):
       raise ValueError(

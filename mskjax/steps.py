@@ -106,14 +106,6 @@ def kernel_step(top, factor: float = 1.0) -> float:
   return factor / lam
 
 
-def _lambda_max(mu, what: str) -> float:
-  top = float(np.max(np.asarray(mu)))
-  if not top > 0:
-    raise ValueError(f"{what} is zero (λ_max = 0): gradient descent never moves, so there is "
-                     "no step size or iteration count; check the kernel.")
-  return top
-
-
 def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = None, *,
                       spectrum: _msk.MSKSpectrum | None = None,
                       eigenpairs: _spectrum.Eigenpairs | None = None) -> float:
@@ -143,19 +135,21 @@ def max_learning_rate(K, g: _modifiers.Modifier | None = None, k: int | None = N
   """
   if spectrum is not None:
     spectrum = _msk.check_spectrum(spectrum, name="spectrum")
-    return 2.0 / _lambda_max(spectrum.max_value, "`spectrum`")
+    return 2.0 / _linalg.lambda_max(spectrum.max_value, "`spectrum`")
   if eigenpairs is not None:
     K = _v.check_square_symmetric(K, "K")
     with jax.enable_x64(True):
       full = _spectrum.check_eigenpairs(K, eigenpairs)
       if g is None:
-        return 2.0 / _lambda_max(full.values, "`K`")
+        return 2.0 / _linalg.lambda_max(full.values, "`K`")
       k = _v.check_k(k, K.shape[0])
       spec = _msk.msk_spectrum_from_eigenpairs(full, g, k, dtype=K.dtype)
-      return 2.0 / _lambda_max(spec.max_value, "`K_g`")
+      return 2.0 / _linalg.lambda_max(spec.max_value, "`K_g`")
   if g is None:
-    return 2.0 / _lambda_max(_spectrum.eigh_top(K, 1, method="dense").values, "`K`")
-  return 2.0 / _lambda_max(_msk.msk_spectrum(K, g, k, method="dense").max_value, "`K_g`")
+    top = _spectrum.eigh_top(K, 1, method="dense").values
+    return 2.0 / _linalg.lambda_max(top, "`K`")
+  top = _msk.msk_spectrum(K, g, k, method="dense").max_value
+  return 2.0 / _linalg.lambda_max(top, "`K_g`")
 
 
 # ------------------------------------------------------------------ measured curvature
