@@ -29,7 +29,7 @@ __all__ = [
     "check_finite_output", "check_scalar", "check_learning_rate", "check_float_updates",
     "check_same_structure", "check_path", "check_numeric_tree",
     "SUBSAMPLE_ROWS_PER_DIRECTION", "check_subsample_supports_k", "check_solver_args",
-    "check_loss_output", "check_state_matches",
+    "check_loss_output", "check_state_matches", "NonFiniteOutputError",
 ]
 
 
@@ -728,6 +728,13 @@ def check_finite_tree(tree, name: str) -> None:
                        "diverged training run?).")
 
 
+class NonFiniteOutputError(ValueError):
+  """A result computed from finite inputs is not finite (raised by
+  :func:`check_finite_output`); a ``ValueError``, distinct so that a caller for which a
+  diverged computation is a result (the kernel recorder during a diverging run) can tell it
+  from an argument error."""
+
+
 def check_finite_output(out, what: str, culprit: str, *, inputs=None,
                         inputs_name: str = "") -> None:
   """A concrete result ``out`` computed from finite inputs must be finite; else a
@@ -741,7 +748,7 @@ def check_finite_output(out, what: str, culprit: str, *, inputs=None,
     ...                     "apply_fn")
     Traceback (most recent call last):
     ...
-    ValueError: the empirical NTK has NaN/inf entries (first in row 0 of 2) although its inputs are finite: `apply_fn` produces non-finite outputs or derivatives on some points (e.g. a sqrt/log at 0, an overflow); fix the network or drop those points.
+    mskjax._validate.NonFiniteOutputError: the empirical NTK has NaN/inf entries (first in row 0 of 2) although its inputs are finite: `apply_fn` produces non-finite outputs or derivatives on some points (e.g. a sqrt/log at 0, an overflow); fix the network or drop those points.
   """
   if not is_concrete(out) or tracing():
     return
@@ -754,7 +761,7 @@ def check_finite_output(out, what: str, culprit: str, *, inputs=None,
       for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
         arr = np.asarray(leaf)
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-          raise ValueError(
+          raise NonFiniteOutputError(
               f"{what} has NaN/inf entries because `{inputs_name}"
               f"{jax.tree_util.keystr(path)}` has "
               f"{int(arr.size - np.isfinite(arr).sum())} such entries; "
@@ -762,7 +769,7 @@ def check_finite_output(out, what: str, culprit: str, *, inputs=None,
               f"Jᵀ V of a finite V), `{culprit}` is not finite on some points (e.g. a "
               "sqrt/log at 0, an overflow): fix the network or drop those points.")
     bad = np.nonzero(~ok.reshape(ok.shape[0], -1).all(axis=1))[0] if a.ndim else [0]
-    raise ValueError(f"{what} has NaN/inf entries (first in row {int(bad[0])} of "
+    raise NonFiniteOutputError(f"{what} has NaN/inf entries (first in row {int(bad[0])} of "
                      f"{a.shape[0] if a.ndim else 1}) although its inputs are finite: "
                      f"`{culprit}` produces non-finite outputs or derivatives on some points "
                      "(e.g. a sqrt/log at 0, an overflow); fix the network or drop those "

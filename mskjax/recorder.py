@@ -236,7 +236,13 @@ def record_kernel_training(apply_fn: Callable, params, optimizer: optax.Gradient
     w = None
     if kernel_weights_fn is not None:
       w = kernel_weights_fn(p, s, value_and_grad(p)[1])
-    return _tangents.empirical_ntk(apply_fn, p, a, b, weights=w)
+    shape = (a.shape[0], (a if b is None else b).shape[0])
+    if not all(np.all(np.isfinite(np.asarray(l))) for l in jax.tree.leaves(p)):
+      return jnp.full(shape, jnp.nan)          # diverged training: recorded as NaN below
+    try:
+      return _tangents.empirical_ntk(apply_fn, p, a, b, weights=w)
+    except _validate.NonFiniteOutputError:     # overflowing parameters: likewise a result
+      return jnp.full(shape, jnp.nan)
 
   f0_train = apply_fn(params, x)
   f0_test = None if xt is None else apply_fn(params, xt)
