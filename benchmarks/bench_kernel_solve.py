@@ -185,6 +185,39 @@ def _test_kernel_product(kernel_fn, xt, x, alpha, block=2000):
   return np.concatenate(out)
 
 
+SNAPSHOT_ITERATIONS = frozenset((1, 2, 3, 5, 8, 10, 12, 15, 18, 20, 25, 30, 35, 40, 50, 60,
+                                 80, 100, 150, 200))
+SETTLED = 0.002
+"""Test accuracy counts as settled from the first snapshot after which it stays within this
+of the final accuracy (50 of 25k test points)."""
+
+
+def _accuracy_along_solve(kernel_fn, x, xt, yt, snaps, final_acc) -> dict:
+  """Test accuracy of the CG iterates kept at SNAPSHOT_ITERATIONS: one pass over
+  k(x_test, X) for all of them (their columns side by side), float32 blocks as the solve."""
+  import jax.numpy as jnp
+  import numpy as np
+  from mskjax import kernels
+  its = sorted(snaps)
+  A = np.concatenate([snaps[i][0] for i in its], axis=1)
+  t = time.perf_counter()
+  op = kernels.kernel_operator(kernel_fn, jnp.asarray(x), cache=False,
+                               block_dtype=jnp.float32)
+  P = np.asarray(op.cross(jnp.asarray(xt), jnp.asarray(A)))
+  c = snaps[its[0]][0].shape[1]
+  accs = [_acc(P[:, c * j:c * (j + 1)], yt) for j in range(len(its))]
+  curve = [dict(iteration=i, s=round(snaps[i][1], 2), residual=snaps[i][2], test_acc=a)
+           for i, a in zip(its, accs)]
+  settled = None
+  for j in range(len(curve)):
+    if all(abs(cv["test_acc"] - final_acc) <= SETTLED for cv in curve[j:]):
+      settled = curve[j]
+      break
+  return dict(curve=curve, curve_eval_s=time.perf_counter() - t,
+              settled_iteration=None if settled is None else settled["iteration"],
+              settled_s=None if settled is None else settled["s"])
+
+
 def run_worker(method: str, n: int, s: dict) -> dict:
   """One (method, n): returns the row (accuracy, timings, iterations, residual, ...)."""
   import numpy as np
@@ -229,12 +262,22 @@ def run_worker(method: str, n: int, s: dict) -> dict:
       g, k = mskjax.modifiers.flatten(), max(1, min(s["n_landmarks"] // 16, n // 4))
       kw.update(eigensolver="nystrom")
       row["k"] = k
-    if method in ("solver_inf", "solver_noprec") and n >= 50000:
+    if method in ("solver_inf", "solver_noprec", "solver_auto") and n >= 50000:
       # long solves checkpoint their CG state: a killed row resumes where it stopped (its
       # wall time then counts only this process; `resumed` says so)
       ck = RESULTS / f".ckpt_{method}_{n}_{s['_key']}.npz"
       row["resumed"] = ck.exists()
-      kw.update(checkpoint=str(ck), progress=True)
+      kw.update(checkpoint=str(ck))
+    snaps = {}
+    if method in ("solver_inf", "solver_noprec", "solver_auto"):
+      # the CG iterate at a few iterations (test accuracy along the solve, computed after it
+      # in one pass over k(x_test, X)), and a progress line per iteration
+      def on_iteration(p):
+        if p.iteration in SNAPSHOT_ITERATIONS:
+          snaps[p.iteration] = (p.solution.copy(), time.perf_counter() - t0, p.residual)
+        print(f"  {method} n={n} iteration {p.iteration}: residual {p.residual:.3g}, "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+      kw.update(progress=on_iteration)
     predict_fn = predict.kernel_gd_mse(kf, x32, Y32, g, k, **kw)
     if method == "solver_t":
       curve = []
@@ -264,6 +307,8 @@ def run_worker(method: str, n: int, s: dict) -> dict:
                                   else float(np.max(info.residuals))))
       if info.history is not None:
         row["history"] = np.asarray(info.history, float).max(axis=1).tolist()
+      if snaps:
+        row.update(_accuracy_along_solve(kf, x32, xt, yt, snaps, row["test_acc"]))
     info = predict_fn.info
     row.update(path=info.method, solver=info.solver, preconditioner=info.preconditioner,
                eigensolver=info.eigensolver, learning_rate=info.learning_rate,

@@ -67,12 +67,16 @@ class SolveProgress(NamedTuple):
     residuals: ``(c,)`` relative residual per column.
     elapsed: seconds of solving so far (including the runs before a resume).
     converged: columns at or below ``rtol``.
+    solution: the iterate ``X`` after this iteration, ``(n, c)`` float64 (the solver's own
+      array: copy it to keep it; e.g. to follow a validation metric or stop early by raising
+      ``KeyboardInterrupt``).
   """
   iteration: int
   residual: float
   residuals: np.ndarray
   elapsed: float
   converged: int
+  solution: Optional[np.ndarray] = None
 
 
 class SolveInfo(NamedTuple):
@@ -324,7 +328,7 @@ def pcg(matmul: Callable, b, *, precond: Optional[Callable] = None, rtol: float 
         save(state)
       if report is not None:
         report(SolveProgress(it + 1, float(rel.max()), rel, state.elapsed,
-                             int(np.sum(rel <= rtol))))
+                             int(np.sum(rel <= rtol)), x))
   except KeyboardInterrupt:
     save(state)
     raise

@@ -290,16 +290,21 @@ def preconditioner_from_spectrum(spec: MSKSpectrum) -> jax.Array:
 
 @jax.jit
 def _apply_preconditioner(spec, r):
+  # the low-rank correction in the eigenvectors' dtype (float32 vectors: float32 GEMMs, no
+  # float64 copy of V_k), added to r in r's dtype
   Vk = spec.vectors
-  coef = spec.new_values / spec.values - 1.0
-  proj = Vk.T @ r
-  return r + Vk @ (coef.reshape((-1,) + (1,) * (r.ndim - 1)) * proj)
+  coef = (spec.new_values / spec.values - 1.0).astype(Vk.dtype)
+  proj = Vk.T @ r.astype(Vk.dtype)
+  corr = Vk @ (coef.reshape((-1,) + (1,) * (r.ndim - 1)) * proj)
+  return r + corr.astype(r.dtype)
 
 
 def apply_preconditioner(spec: MSKSpectrum, r) -> jax.Array:
   """S r = r + V_k diag(g/λ − 1) V_kᵀ r without forming S (r is (n,) or (n, c)); O(nk).
 
-  Shapes are checked always (also under ``jit``), values (NaN/inf) when concrete.
+  Shapes are checked always (also under ``jit``), values (NaN/inf) when concrete. The
+  low-rank correction is computed in the dtype of ``spec.vectors`` (float32 vectors: float32
+  GEMMs) and added to ``r`` in the wider of the two dtypes.
 
   Example:
     >>> import jax.numpy as jnp, mskjax

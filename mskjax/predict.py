@@ -479,6 +479,30 @@ METHODS = ("auto", "dense", "matrix_free")
 EIGENSOLVERS = ("krylov", "nystrom")
 """How :func:`kernel_gd_mse` finds the top-k eigenpairs for finite t (matrix-free)."""
 
+MAX_PRECOND_RANK = 3000
+"""Largest default rank of the matrix-free CG preconditioner (``precond_rank=None``)."""
+
+PRECOND_MEMORY = 3 << 30
+"""Bytes the default preconditioner rank is sized for: the float64 Nyström factor
+``(n, n_landmarks)`` while it is built plus the ``(n, r)`` vectors kept (float32 with float32
+kernel blocks)."""
+
+
+def default_precond_rank(n: int, vector_itemsize: int = 8) -> int:
+  """The matrix-free preconditioner's default rank r: ``min(n // 4, MAX_PRECOND_RANK)``, lowered
+  so that the Nyström factor (float64, ``n × r`` while it is built) and the kept vectors
+  (``n × r`` of ``vector_itemsize`` bytes) fit :data:`PRECOND_MEMORY`. CG's iterations fall
+  as r grows (the preconditioned condition number is about ``λ̂_r / λ_min``) while the set-up
+  grows as n·r²: a few thousand balances them on 10⁴–10⁵ points.
+
+  Example:
+    >>> default_precond_rank(1000), default_precond_rank(100_000, 4), default_precond_rank(10**6, 4)
+    (250, 2684, 268)
+  """
+  by_memory = PRECOND_MEMORY // (max(n, 1) * (8 + vector_itemsize))
+  return int(max(0, min(n // 4, MAX_PRECOND_RANK, by_memory)))
+
+
 
 class KernelSolveInfo(NamedTuple):
   """What :func:`kernel_gd_mse` did (``predict_fn.info``, updated by every call).
@@ -537,7 +561,7 @@ def _kernel_diagonal(op):
   return np.asarray(_blocks.map_row_blocks(fn, op.x, op.block_size), np.float64)
 
 
-def _rpcholesky_pairs(op, rank, n_pivots, key):
+def _rpcholesky_pairs(op, rank, n_pivots, key, dtype=np.float64):
   r"""Top-``rank`` eigenpairs of a Nyström approximation ``K̂ = F Fᵀ`` of K from
   ``n_pivots`` columns chosen by block randomly pivoted Cholesky.
 
@@ -549,7 +573,9 @@ def _rpcholesky_pairs(op, rank, n_pivots, key):
   ``(n, n_pivots)`` numbers; ``n · n_pivots`` kernel evaluations, O(n · n_pivots²) flops
   (GEMMs), no eigendecomposition larger than ``n_pivots``.
 
-  Returns (values (rank',), U (n, rank') float64 numpy, pivots) with rank' <= rank.
+  Returns (values (rank',) float64, U (n, rank') numpy in ``dtype``, pivots) with
+  rank' <= rank. The pivoting and F are float64 whatever ``dtype``; U in float32 halves the
+  memory of the vectors a preconditioner keeps (and of its O(n·r) GEMMs).
 
   Reference: Chen, Epperly, Tropp & Webber, *Randomly pivoted Cholesky: practical
   approximation of a kernel matrix with few entry evaluations*, CPAM 2024 (block variant).
@@ -594,8 +620,9 @@ def _rpcholesky_pairs(op, rank, n_pivots, key):
   s2, P = np.maximum(s2[::-1], 0.0), P[:, ::-1]
   r = min(rank, int(np.sum(s2 > s2[0] * cols * np.finfo(np.float64).eps)))
   M = P[:, :r] / np.sqrt(s2[:r])
-  # U = F M in row blocks (orthonormal to round-off), written over F when r = s
-  U = F if r == cols else np.empty((n, r))
+  # U = F M in row blocks (orthonormal to round-off), written over F when r = s in float64
+  dtype = np.dtype(dtype)
+  U = F if (r == cols and dtype == F.dtype) else np.empty((n, r), dtype)
   step = max(1, (1 << 26) // (8 * max(cols, 1)))
   for i in range(0, n, step):
     U[i:i + step] = F[i:i + step] @ M
@@ -695,8 +722,9 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
       default :data:`mskjax.kernels.DEFAULT_MEMORY_BUDGET`.
     kernel_dtype: dtype of the matrix-free kernel blocks (default float64;
       ``jnp.float32`` is about twice as fast, see Precision).
-    precond_rank: rank r of the CG preconditioner (default ``min(1000, n // 4)``; 0: plain
-      CG).
+    precond_rank: rank r of the CG preconditioner (default :func:`default_precond_rank`:
+      ``min(n // 4, 3000)`` within :data:`PRECOND_MEMORY`; 0: plain CG). Its vectors are
+      float32 when ``kernel_dtype`` is float32.
     n_landmarks: Nyström landmarks (pivots) s >= r (default r); the top r eigenpairs of
       the rank-s approximation are used.
     rtol: CG's relative residual tolerance per output, in (0, 1).
@@ -767,8 +795,16 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
     c = Y.shape[1]
     if g is not None:
       k = _v.check_k(k, n)
+    if kernel_dtype is not None:
+      try:
+        kernel_dtype = jnp.dtype(kernel_dtype)
+      except TypeError:
+        raise TypeError(f"`kernel_dtype` must be a float dtype, got {kernel_dtype!r}.") from None
+      if not jnp.issubdtype(kernel_dtype, jnp.floating):
+        raise TypeError(f"`kernel_dtype` must be a float dtype, got {kernel_dtype}.")
     if precond_rank is None:
-      precond_rank = min(1000, n // 4)
+      vec_bytes = 4 if (kernel_dtype is not None and jnp.dtype(kernel_dtype).itemsize <= 4) else 8
+      precond_rank = default_precond_rank(n, vec_bytes)
     precond_rank = _v.check_int(precond_rank, "precond_rank", lo=0, hi=n)
     if n_landmarks is None:
       n_landmarks = max(precond_rank, 1)
@@ -789,13 +825,6 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
     if flow and method == "matrix_free":
       raise ValueError("flow=True (gradient flow) is available on the dense path only; use "
                        "discrete steps (flow=False) or method='dense'.")
-    if kernel_dtype is not None:
-      try:
-        kernel_dtype = jnp.dtype(kernel_dtype)
-      except TypeError:
-        raise TypeError(f"`kernel_dtype` must be a float dtype, got {kernel_dtype!r}.") from None
-      if not jnp.issubdtype(kernel_dtype, jnp.floating):
-        raise TypeError(f"`kernel_dtype` must be a float dtype, got {kernel_dtype}.")
     if method == "dense":
       state = _dense_setup(kernel_fn, x, Y, g, k, get, ridge, learning_rate, flow,
                            block_size, memory_budget)
@@ -858,8 +887,14 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
   def coefficients(t=jnp.inf) -> np.ndarray:
     """``α_t`` (float64 numpy, shape ``t.shape + y_train.shape``) with ``f_t(x) = k(x, X) α_t``."""
     _, t_host = _check_t(t, discrete=not flow)
+    t0 = time.perf_counter()
+    setup_before = state.info.setup_seconds
     with jax.enable_x64(True):
       alphas, _ = state.coefficients(t_host.reshape(-1))
+    setup_here = state.info.setup_seconds - setup_before
+    state.info = state.info._replace(solve_seconds=state.info.solve_seconds
+                                     + time.perf_counter() - t0 - setup_here)
+    predict_fn.info = state.info
     return alphas.reshape(np.shape(t_host) + y64.shape)
 
   predict_fn.info = state.info
@@ -974,15 +1009,20 @@ class _MatrixFree:
   def _preconditioner(self):
     if self.rank == 0:
       return None
-    vals, U, _ = _rpcholesky_pairs(self.op, self.rank, self.s, self.key)
+    # the preconditioner's vectors in the kernel blocks' dtype: float32 blocks already carry
+    # float32 rounding in every product, and float32 vectors halve the O(n·r) memory and GEMMs
+    vdt = np.float32 if jnp.dtype(self.op.block_dtype).itemsize <= 4 else np.float64
+    vals, U, _ = _rpcholesky_pairs(self.op, self.rank, self.s, self.key, dtype=vdt)
     # S of the MSK with g = flatten on K̂ + ρI: the top r−1 pairs flattened to λ̂_r + ρ
     kk = vals.size - 1
     if kk < 1:
       return None
-    top = _spectrum.Eigenpairs(jnp.asarray(vals + self.ridge), jnp.asarray(U))
-    spec = _msk.MSKSpectrum(top.values[:kk], top.vectors[:, :kk],
-                            jnp.full((kk,), top.values[kk]), top.values[kk])
-    return lambda R: np.asarray(_msk.apply_preconditioner(spec, jnp.asarray(R)), np.float64)
+    lam = jnp.asarray(vals + self.ridge, jnp.float64)
+    spec = _msk.check_spectrum(_msk.MSKSpectrum(lam[:kk], jnp.asarray(U[:, :kk]),
+                                                jnp.full((kk,), lam[kk]), lam[kk]))
+    del U
+    # validated once here; each CG iteration applies S without re-checking its n·r entries
+    return lambda R: np.asarray(_msk._apply_preconditioner(spec, jnp.asarray(R)), np.float64)
 
   def _solve_inf(self):
     if self.precond is None:

@@ -454,3 +454,54 @@ def test_auto_picks_dense_below_the_budget_and_matrix_free_above():
   assert kernel_gd_mse(KF, x, y).info.method == "dense"
   f = kernel_gd_mse(KF, x, y, memory_budget=8 * 100 * 100 - 1, precond_rank=10)
   assert f.info.method == "matrix_free"
+
+
+# ------------------------------------------------------------------ the default preconditioner
+@pytest.mark.parametrize("n", [8, 1000, 20_000, 100_000, 10**6, 10**7])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_default_precond_rank_fits_its_memory(n, itemsize):
+  from mskjax.predict import MAX_PRECOND_RANK, PRECOND_MEMORY, default_precond_rank
+  r = default_precond_rank(n, itemsize)
+  assert 0 <= r <= min(n // 4, MAX_PRECOND_RANK)
+  assert n * r * (8 + itemsize) <= PRECOND_MEMORY           # factor (float64) + vectors
+  # and it is the largest such rank
+  assert r == min(n // 4, MAX_PRECOND_RANK) or n * (r + 1) * (8 + itemsize) > PRECOND_MEMORY
+
+
+def test_float32_blocks_solve_with_float32_preconditioner_vectors_to_float32_accuracy():
+  # float32 kernel blocks: the preconditioner's vectors are float32 too (half the memory);
+  # oracle: scipy's float64 solve. CG to rtol 1e-5 on a problem whose K has float32 entry
+  # errors ~1e-7 relative: ‖α − α*‖ <= (rtol + ε_32·κ-ish) ‖y‖/λ_min, bounded here by
+  # 2·rtol‖y‖/λ_min + the float32 perturbation ‖δK‖‖α*‖/λ_min with ‖δK‖ <= 1e-6·‖K‖.
+  n = 500
+  x, y, _ = _data(n, seed=3)
+  K = _K(x)
+  alpha = scipy.linalg.solve(K, y, assume_a="pos")
+  lam_min = np.linalg.eigvalsh(K)[0]
+  free = kernel_gd_mse(KF, x, y, method="matrix_free", kernel_dtype=jnp.float32,
+                       precond_rank=80, rtol=1e-5, max_iter=400)
+  a = free.coefficients(jnp.inf)
+  info = free.info                     # coefficients() updates info as predict_fn() does
+  assert info.converged and info.iterations > 0 and info.solve_seconds > 0
+  for j in range(y.shape[1]):
+    tol = (2e-5 * np.linalg.norm(y[:, j]) + 1e-6 * np.linalg.norm(K, 2)
+           * np.linalg.norm(alpha[:, j])) / lam_min
+    assert np.linalg.norm(a[:, j] - alpha[:, j]) <= tol
+
+
+def test_progress_receives_each_iterate():
+  # the iterate handed to a progress callable is the CG iterate after that iteration:
+  # oracle, an explicit numpy PCG (Saad Alg. 9.1) with the same A, B, M.
+  A, _ = _spd(60, np.linspace(1.0, 40.0, 60))
+  M = np.diag(1.0 / np.diag(A))
+  B = np.random.default_rng(4).standard_normal((60, 2))
+  seen = {}
+  _solve.pcg(lambda v: A @ v, B, precond=lambda r: M @ r, rtol=1e-8, max_iter=6,
+             progress=lambda p: seen.__setitem__(p.iteration, p.solution.copy()))
+  assert sorted(seen) == list(range(1, 7))
+  for j in range(2):
+    x = np.zeros(60); r = B[:, j].copy(); z = M @ r; p = z.copy(); rz = r @ z
+    for t in range(1, 7):
+      q = A @ p; a = rz / (p @ q); x = x + a * p; r = r - a * q
+      z = M @ r; rz_new = r @ z; p = z + (rz_new / rz) * p; rz = rz_new
+      np.testing.assert_allclose(seen[t][:, j], x, rtol=0, atol=1e-12 * np.abs(x).max())

@@ -257,6 +257,21 @@ def test_polynomial_arccos_arcsin_match_numpy_on_the_whole_interval():
   np.testing.assert_allclose(asin, np.arcsin(c), rtol=0, atol=4 * np.pi * 2.0 ** -52)
 
 
+def test_float32_arccos_arcsin_polynomial_match_numpy_to_float32_rounding():
+  # The float32 path (Cephes asinf: a polynomial, no divide). Oracle: numpy's float64 libm
+  # on the float32 grid points; 8 float32 ulp of π absolute (asinf's own ~2.5e-7 relative
+  # error plus the reduction's rounding), and exactly float32 results.
+  c32 = np.concatenate([np.linspace(-1.0, 1.0, 20001), [0.5, -0.5, 1 - 2e-7, -1 + 2e-7,
+                                                        0.0]]).astype(np.float32)
+  acos = jax.jit(kernels._arccos)(jnp.asarray(c32))
+  asin = jax.jit(kernels._arcsin)(jnp.asarray(c32))
+  assert acos.dtype == asin.dtype == jnp.float32
+  c = c32.astype(np.float64)
+  tol = 8 * np.pi * 2.0 ** -23
+  np.testing.assert_allclose(np.asarray(acos, np.float64), np.arccos(c), rtol=0, atol=tol)
+  np.testing.assert_allclose(np.asarray(asin, np.float64), np.arcsin(c), rtol=0, atol=tol)
+
+
 @pytest.mark.parametrize("activation", ["relu", "erf"])
 def test_mlp_kernel_in_float32_within_3e6_of_neural_tangents_float64(activation):
   # Float32 inputs compute in float32. Oracle: neural-tangents' kernel in float64. Points
