@@ -52,7 +52,8 @@ import numpy as np
 
 from mskjax import _validate as _v
 
-__all__ = ["SolveProgress", "SolveInfo", "pcg", "fingerprint_arrays", "CHECKPOINT_VERSION"]
+__all__ = ["SolveProgress", "SolveInfo", "pcg", "fingerprint_arrays", "CHECKPOINT_VERSION",
+           "checkpoint_path", "check_progress", "save_arrays", "load_arrays"]
 
 CHECKPOINT_VERSION = 1
 """Format version stored in every checkpoint (a checkpoint of another version is refused)."""
@@ -122,17 +123,19 @@ def fingerprint_arrays(*arrays) -> str:
   return h.hexdigest()
 
 
-def _print_progress(p: SolveProgress) -> None:
-  print(f"pcg: iteration {p.iteration:4d}  relative residual {p.residual:.3e}  "
+def _print_progress(p: SolveProgress, label: str = "pcg") -> None:
+  print(f"{label}: iteration {p.iteration:4d}  relative residual {p.residual:.3e}  "
         f"({p.converged} of {p.residuals.size} outputs converged)  {p.elapsed:8.1f} s",
         file=sys.stderr, flush=True)
 
 
-def _check_progress(progress):
+def check_progress(progress, label: str = "pcg"):
+  """``progress`` as a callable receiving :class:`SolveProgress` (``True``: lines on stderr
+  headed ``label``), or ``None``; anything else raises ``TypeError`` naming it."""
   if progress is None or progress is False:
     return None
   if progress is True:
-    return _print_progress
+    return lambda p: _print_progress(p, label)
   if callable(progress):
     return progress
   raise TypeError("`progress` must be True (lines on stderr), False, or a callable receiving "
@@ -171,17 +174,15 @@ def checkpoint_path(checkpoint) -> str:
   return checkpoint
 
 
-def _save(path: str, state: _State, fingerprint: dict) -> None:
-  """Writes the state atomically: a temporary file in the same directory, then a rename."""
+def save_arrays(path: str, arrays: dict, fingerprint: dict) -> None:
+  """Writes named arrays and the problem's fingerprint atomically: a temporary file in the
+  same directory, then a rename (a crash mid-write leaves the previous file intact)."""
   d = os.path.dirname(os.path.abspath(path)) or "."
-  fd, tmp = tempfile.mkstemp(prefix=".pcg-", suffix=".npz", dir=d)
+  fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".npz", dir=d)
   try:
     with os.fdopen(fd, "wb") as f:
-      np.savez(f, x=state.x, r=state.r, p=state.p, rz=state.rz,
-               iteration=np.int64(state.iteration), history=state.history,
-               elapsed=np.float64(state.elapsed), breakdown=state.breakdown,
-               version=np.int64(CHECKPOINT_VERSION),
-               fingerprint=np.asarray(json.dumps(fingerprint, sort_keys=True)))
+      np.savez(f, version=np.int64(CHECKPOINT_VERSION),
+               fingerprint=np.asarray(json.dumps(fingerprint, sort_keys=True)), **arrays)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -189,21 +190,24 @@ def _save(path: str, state: _State, fingerprint: dict) -> None:
     raise
 
 
-def _load(path: str, fingerprint: dict, shape) -> Optional[_State]:
+def load_arrays(path: str, fingerprint: dict, names) -> Optional[dict]:
+  """The arrays ``names`` saved by :func:`save_arrays` at ``path`` (``None`` if there is no
+  file); a file of another format version or another fingerprint is refused with
+  ``ValueError`` naming the fields that differ."""
   if not os.path.exists(path):
     return None
   try:
     with np.load(path, allow_pickle=False) as z:
       saved = json.loads(str(z["fingerprint"]))
       version = int(z["version"])
-      state = _State(z["x"], z["r"], z["p"], z["rz"], int(z["iteration"]), z["history"],
-                     float(z["elapsed"]), z["breakdown"])
+      out = {k: z[k] for k in names}
   except Exception as e:  # noqa: BLE001 - any unreadable file is refused by name
     raise ValueError(f"`checkpoint` {path!r} exists but is not a readable solver checkpoint "
                      f"({type(e).__name__}: {e}); delete it or pass another path.") from None
   if version != CHECKPOINT_VERSION:
     raise ValueError(f"`checkpoint` {path!r} has format version {version}, this solver "
                      f"writes {CHECKPOINT_VERSION}; delete it or pass another path.")
+  fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
   if saved != fingerprint:
     keys = sorted(set(saved) | set(fingerprint))
     diff = [f"{k} (saved {saved.get(k)!r}, now {fingerprint.get(k)!r})" for k in keys
@@ -211,6 +215,25 @@ def _load(path: str, fingerprint: dict, shape) -> Optional[_State]:
     raise ValueError(f"`checkpoint` {path!r} was written for a different problem: "
                      f"{'; '.join(diff)}. Resume only the same problem; delete the file or "
                      "pass another path to start afresh.")
+  return out
+
+
+_STATE_NAMES = ("x", "r", "p", "rz", "iteration", "history", "elapsed", "breakdown")
+
+
+def _save(path: str, state: _State, fingerprint: dict) -> None:
+  save_arrays(path, dict(x=state.x, r=state.r, p=state.p, rz=state.rz,
+                         iteration=np.int64(state.iteration), history=state.history,
+                         elapsed=np.float64(state.elapsed), breakdown=state.breakdown),
+              fingerprint)
+
+
+def _load(path: str, fingerprint: dict, shape) -> Optional[_State]:
+  z = load_arrays(path, fingerprint, _STATE_NAMES)
+  if z is None:
+    return None
+  state = _State(z["x"], z["r"], z["p"], z["rz"], int(z["iteration"]), z["history"],
+                 float(z["elapsed"]), z["breakdown"])
   if state.x.shape != tuple(shape):
     raise ValueError(f"`checkpoint` {path!r} holds an iterate of shape {state.x.shape}, the "
                      f"problem has {tuple(shape)}; delete it or pass another path.")
@@ -261,7 +284,7 @@ def pcg(matmul: Callable, b, *, precond: Optional[Callable] = None, rtol: float 
   rtol = _v.check_real(rtol, "rtol", lo=0, lo_open=True, hi=1, hi_open=True)
   max_iter = _v.check_int(max_iter, "max_iter", lo=0)
   checkpoint_every = _v.check_int(checkpoint_every, "checkpoint_every", lo=1)
-  report = _check_progress(progress)
+  report = check_progress(progress)
   if checkpoint is not None:
     checkpoint = checkpoint_path(checkpoint)
     if fingerprint is None:

@@ -697,13 +697,22 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
   when ``kernel_dtype=jnp.float32`` (their sums are float64); predictions come back in
   JAX's default float dtype.
 
-  **Checkpoints** (matrix-free t = ∞). ``checkpoint=PATH`` saves the CG state atomically
+  **Checkpoints** (matrix-free). ``checkpoint=PATH`` saves the CG state of t = ∞ atomically
   every ``checkpoint_every`` iterations, at the end and on ``KeyboardInterrupt``; the same
   call again resumes from the saved iteration (the same iterates as an uninterrupted run);
   a checkpoint of another problem (n, shapes, dtypes, kernel, ridge, preconditioner
   settings, key, kernel block size, data) is refused with the differing fields named.
   ``rtol`` and ``max_iter`` are not part of the problem: a rerun with a tighter ``rtol`` or a
-  larger ``max_iter`` continues the saved solve.
+  larger ``max_iter`` continues the saved solve. Finite t keeps its own state in
+  ``PATH + '.gd.npz'`` the same way (every ``checkpoint_every`` steps: the iterate, the
+  iterates of the t's asked for, S_g and η, so a resumed run continues the same dynamics;
+  also refused for another g, k or learning rate).
+
+  **Progress.** ``progress=True`` prints a line per CG iteration / kernel-GD step (relative
+  residual ``‖Y − (K + ρI)α‖/‖Y‖``, seconds); a callable receives each
+  ``mskjax._solve.SolveProgress``, whose ``solution`` is the iterate α (e.g. to follow a
+  validation metric; raising ``KeyboardInterrupt`` there stops the run as Ctrl-C does, with
+  the state saved).
 
   Args:
     kernel_fn: ``kernel_fn(x1, x2, get)`` (neural-tangents style, e.g.
@@ -731,8 +740,8 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
     max_iter: CG iterations at most.
     eigensolver: one of :data:`EIGENSOLVERS` (matrix-free finite t).
     key: PRNG key for the landmarks and the Krylov start (default ``PRNGKey(0)``).
-    progress: ``True`` prints CG progress to stderr; a callable receives each
-      ``mskjax._solve.SolveProgress``.
+    progress: ``True`` prints CG / kernel-GD progress to stderr; a callable receives each
+      ``mskjax._solve.SolveProgress`` (see Progress).
     checkpoint, checkpoint_every: see Checkpoints.
     devices: devices to shard the kernel blocks over (default ``jax.devices()``).
     block_size: kernel block edge (default: from ``memory_budget``).
@@ -1045,7 +1054,8 @@ class _MatrixFree:
     return alpha, self.Y - self.ridge * alpha - si.residual.reshape(self.Y.shape)
 
   def _dynamics(self):
-    """S_g (as a function) and η for the finite-t iteration."""
+    """The MSK spectrum of S_g (None: S = I), η and the eigensolver's relative residual for
+    the finite-t iteration."""
     kk = 1 if self.g is None else self.k + 1
     if self.eigensolver == "krylov":
       top, ei = _spectrum.eigh_top(self.op, kk, method="krylov", key=self.key,
@@ -1061,36 +1071,111 @@ class _MatrixFree:
     lam_max = (float(top.values[0]) + self.ridge if spec is None
                else float(spec.max_value))
     eta = self.learning_rate if self.learning_rate is not None else 1.0 / lam_max
-    if spec is None:
-      apply_s = lambda R: R
-    else:
-      apply_s = lambda R: np.asarray(_msk.apply_preconditioner(spec, jnp.asarray(R)),
-                                     np.float64)
-    self.info = self.info._replace(eigensolver=self.eigensolver, eig_residual=res,
-                                   learning_rate=float(eta))
-    return apply_s, eta
+    return spec, float(eta), res
+
+  # -- the finite-t iteration's checkpoint: PATH + '.gd.npz' beside the CG one ----------
+  _GD_NAMES = ("step", "alpha", "Ka", "eta", "eig_residual", "has_spec", "values", "vectors",
+               "new_values", "next_value", "saved_t", "saved_alpha", "saved_Ka", "elapsed")
+
+  def _gd_path(self):
+    return None if self.checkpoint is None else self.checkpoint + ".gd.npz"
+
+  def _gd_fingerprint(self):
+    return dict(self.fingerprint, kind="kernel-gd", g=repr(self.g), k=self.k,
+                learning_rate=self.learning_rate, eigensolver=self.eigensolver)
+
+  def _save_gd(self, elapsed):
+    step, alpha, Ka, spec, eta, res = self.gd
+    ts = sorted(self.saved)
+    z = np.zeros(0)
+    _solve.save_arrays(self._gd_path(), dict(
+        step=np.int64(step), alpha=alpha, Ka=Ka, eta=np.float64(eta),
+        eig_residual=np.float64(np.nan if res is None else res),
+        has_spec=np.bool_(spec is not None),
+        values=z if spec is None else np.asarray(spec.values),
+        vectors=z if spec is None else np.asarray(spec.vectors),
+        new_values=z if spec is None else np.asarray(spec.new_values),
+        next_value=z if spec is None else np.asarray(spec.next_value),
+        saved_t=np.asarray(ts, np.int64),
+        saved_alpha=np.stack([self.saved[t][0] for t in ts]),
+        saved_Ka=np.stack([self.saved[t][1] for t in ts]),
+        elapsed=np.float64(elapsed)), self._gd_fingerprint())
+
+  def _load_gd(self):
+    z = _solve.load_arrays(self._gd_path(), self._gd_fingerprint(), self._GD_NAMES)
+    if z is None:
+      return None
+    if z["alpha"].shape != self.Y.shape:
+      raise ValueError(f"`checkpoint` {self._gd_path()!r} holds iterates of shape "
+                       f"{z['alpha'].shape}, the problem has {self.Y.shape}; delete it or "
+                       "pass another path.")
+    spec = (_msk.MSKSpectrum(jnp.asarray(z["values"]), jnp.asarray(z["vectors"]),
+                             jnp.asarray(z["new_values"]), jnp.asarray(z["next_value"]))
+            if bool(z["has_spec"]) else None)
+    res = float(z["eig_residual"])
+    self.saved = {int(t): (a, b) for t, a, b in zip(z["saved_t"], z["saved_alpha"],
+                                                     z["saved_Ka"])}
+    return (int(z["step"]), z["alpha"], z["Ka"], spec, float(z["eta"]),
+            None if np.isnan(res) else res), float(z["elapsed"])
 
   def _advance(self, ts):
+    """Runs α ← α + η S_g (Y − (K + ρI) α) to every requested t, one product per step, with
+    progress (``progress``) and, with ``checkpoint``, a saved state every
+    ``checkpoint_every`` steps, at the end and on ``KeyboardInterrupt``; a later call with
+    the same checkpoint resumes from its last step."""
+    elapsed0 = 0.0
     if self.gd is None:
       t0 = time.perf_counter()
-      apply_s, eta = self._dynamics()
-      self.info = self.info._replace(setup_seconds=self.info.setup_seconds
-                                     + time.perf_counter() - t0)
-      z = np.zeros_like(self.Y)
-      self.gd = [0, z, z.copy(), apply_s, eta]
-      self.saved[0] = (z, z.copy())
+      loaded = self._load_gd() if self.checkpoint is not None else None
+      if loaded is not None:
+        self.gd, elapsed0 = list(loaded[0]), loaded[1]
+      else:
+        spec, eta, res = self._dynamics()
+        z = np.zeros_like(self.Y)
+        self.gd = [0, z, z.copy(), spec, eta, res]
+        self.saved[0] = (z, z.copy())
+      self.info = self.info._replace(
+          setup_seconds=self.info.setup_seconds + time.perf_counter() - t0,
+          eigensolver=self.eigensolver, eig_residual=self.gd[5], learning_rate=self.gd[4])
+    step, alpha, Ka, spec, eta, _ = self.gd
+    apply_s = ((lambda R: R) if spec is None else
+               (lambda R: np.asarray(_msk._apply_preconditioner(spec, jnp.asarray(R)),
+                                     np.float64)))
+    report = _solve.check_progress(self.progress, "kernel GD")
+    ynorm = np.linalg.norm(self.Y, axis=0)
+    ynorm = np.where(ynorm > 0, ynorm, 1.0)
     want = sorted({int(t) for t in ts if int(t) not in self.saved})
-    step, alpha, Ka, apply_s, eta = self.gd
-    for target in want:
-      if target < step:    # earlier than the iterate kept: restart from 0
-        step, alpha, Ka = 0, np.zeros_like(self.Y), np.zeros_like(self.Y)
-      while step < target:
-        alpha = alpha + eta * apply_s(self.Y - Ka - self.ridge * alpha)
-        Ka = np.asarray(self.op @ jnp.asarray(alpha), np.float64)
-        step += 1
-        self.info = self.info._replace(gd_steps=self.info.gd_steps + 1)
-      self.saved[target] = (alpha, Ka)
-    self.gd[:3] = [step, alpha, Ka]
+    t_run = time.perf_counter()
+    last_saved = step
+
+    def save():
+      nonlocal last_saved
+      self.gd[:3] = [step, alpha, Ka]
+      if self.checkpoint is not None and last_saved != step:
+        self._save_gd(elapsed0 + time.perf_counter() - t_run)
+        last_saved = step
+
+    try:
+      for target in want:
+        if target < step:    # earlier than the iterate kept: restart from 0
+          step, alpha, Ka = 0, np.zeros_like(self.Y), np.zeros_like(self.Y)
+        while step < target:
+          # (α, Kα, step) change together: an interrupt inside the product saves the last step
+          new_alpha = alpha + eta * apply_s(self.Y - Ka - self.ridge * alpha)
+          new_Ka = np.asarray(self.op @ jnp.asarray(new_alpha), np.float64)
+          alpha, Ka, step = new_alpha, new_Ka, step + 1
+          self.info = self.info._replace(gd_steps=self.info.gd_steps + 1)
+          if report is not None:
+            rel = np.linalg.norm(self.Y - Ka - self.ridge * alpha, axis=0) / ynorm
+            report(_solve.SolveProgress(step, float(rel.max()), rel,
+                                        elapsed0 + time.perf_counter() - t_run, 0, alpha))
+          if self.checkpoint is not None and step % self.every == 0:
+            save()
+        self.saved[target] = (alpha, Ka)
+    except KeyboardInterrupt:
+      save()
+      raise
+    save()
 
   def coefficients(self, ts):
     ts = np.asarray(ts, np.float64)

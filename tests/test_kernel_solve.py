@@ -505,3 +505,41 @@ def test_progress_receives_each_iterate():
       q = A @ p; a = rz / (p @ q); x = x + a * p; r = r - a * q
       z = M @ r; rz_new = r @ z; p = z + (rz_new / rz) * p; rz = rz_new
       np.testing.assert_allclose(seen[t][:, j], x, rtol=0, atol=1e-12 * np.abs(x).max())
+
+
+# ------------------------------------------------------------------ finite t: progress, resume
+@pytest.mark.parametrize("g_name,k", [(None, None), ("flatten", 6)])
+def test_interrupted_finite_t_resumes_the_same_dynamics(tmp_path, g_name, k):
+  # interrupted at step 7 (checkpoints every 3 steps and on the interrupt), the same call
+  # again continues from step 7 (nothing lost, nothing redone) to the iterates of an
+  # uninterrupted run; oracle for the dynamics themselves: the explicit numpy iteration
+  # of test_finite_t_matches_explicit_iteration_and_dense, at its tolerance.
+  n = 240
+  x, y, xt = _data(n, seed=6)
+  g = None if g_name is None else getattr(modifiers, g_name)()
+  kw = dict(method="matrix_free", checkpoint_every=3)
+  full = kernel_gd_mse(KF, x, y, g, k, **kw)
+  ref = full(jnp.asarray([4, 12]), x_test=xt)
+
+  def interrupt(p):
+    if p.iteration == 7:
+      raise KeyboardInterrupt
+  path = str(tmp_path / "run.npz")
+  first = kernel_gd_mse(KF, x, y, g, k, checkpoint=path, progress=interrupt, **kw)
+  with pytest.raises(KeyboardInterrupt):
+    first(jnp.asarray([4, 12]))
+  assert os.path.isfile(path + ".gd.npz")
+  seen = []
+  again = kernel_gd_mse(KF, x, y, g, k, checkpoint=path, progress=seen.append, **kw)
+  out = again(jnp.asarray([4, 12]), x_test=xt)
+  assert [p.iteration for p in seen] == list(range(8, 13))   # resumed after step 7
+  np.testing.assert_array_equal(np.asarray(out.test), np.asarray(ref.test))
+  np.testing.assert_array_equal(np.asarray(out.train), np.asarray(ref.train))
+  # progress lines carry the train residual of the iterate they hand over
+  K = _K(x)
+  p = seen[-1]
+  want = np.linalg.norm(y - K @ p.solution, axis=0) / np.linalg.norm(y, axis=0)
+  np.testing.assert_allclose(p.residuals, want, rtol=1e-9)
+  # another modifier / learning rate is another run: refused by name
+  with pytest.raises(ValueError, match="learning_rate"):
+    kernel_gd_mse(KF, x, y, g, k, checkpoint=path, learning_rate=1e-3, **kw)(3)
