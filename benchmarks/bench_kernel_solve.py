@@ -589,6 +589,8 @@ def table(rows: list[dict]) -> str:
             f"{r['solve_s']:.0f} s" + (f", {r['preconditioner']}"
                                       if r.get("path") == "matrix_free" else "")
             + (", resumed" if r.get("resumed") else "")
+            + (f", test acc. settled (±{SETTLED}) at iteration {r['settled_iteration']}, "
+               f"{r['settled_s']:.0f} s" if r.get("settled_s") is not None else "")
             + ("" if r.get("converged", True) or r["method"] == "solver_t"
                else ", not converged"))
       if "gram_s" in r:
