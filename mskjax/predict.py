@@ -561,6 +561,13 @@ def _kernel_diagonal(op):
   return np.asarray(_blocks.map_row_blocks(fn, op.x, op.block_size), np.float64)
 
 
+WIDE_RATIO = 1e-3
+"""Preconditioner vectors whose eigenvalue ratio ``λ̂_r / λ̂_i`` is below this are kept in
+float64 even when the others are float32: S shrinks those directions to that ratio, and a
+float32 vector's rounding (~1e-7 off orthonormal) must stay far below it for S to remain
+positive definite (λ̂_1 grows like n: the ratio of the top direction falls with n)."""
+
+
 def _rpcholesky_pairs(op, rank, n_pivots, key, dtype=np.float64):
   r"""Top-``rank`` eigenpairs of a Nyström approximation ``K̂ = F Fᵀ`` of K from
   ``n_pivots`` columns chosen by block randomly pivoted Cholesky.
@@ -573,9 +580,11 @@ def _rpcholesky_pairs(op, rank, n_pivots, key, dtype=np.float64):
   ``(n, n_pivots)`` numbers; ``n · n_pivots`` kernel evaluations, O(n · n_pivots²) flops
   (GEMMs), no eigendecomposition larger than ``n_pivots``.
 
-  Returns (values (rank',) float64, U (n, rank') numpy in ``dtype``, pivots) with
-  rank' <= rank. The pivoting and F are float64 whatever ``dtype``; U in float32 halves the
-  memory of the vectors a preconditioner keeps (and of its O(n·r) GEMMs).
+  Returns (values (rank',) float64, U (n, rank') numpy in ``dtype``, U_wide, pivots) with
+  rank' <= rank and U_wide the leading columns of U with ``λ̂_rank' / λ̂_i < WIDE_RATIO`` in
+  float64 (``None`` when ``dtype`` is float64). The pivoting and F are float64 whatever
+  ``dtype``; U in float32 halves the memory of the vectors a preconditioner keeps (and of its
+  O(n·r) GEMMs).
 
   Reference: Chen, Epperly, Tropp & Webber, *Randomly pivoted Cholesky: practical
   approximation of a kernel matrix with few entry evaluations*, CPAM 2024 (block variant).
@@ -622,12 +631,19 @@ def _rpcholesky_pairs(op, rank, n_pivots, key, dtype=np.float64):
   M = P[:, :r] / np.sqrt(s2[:r])
   # U = F M in row blocks (orthonormal to round-off), written over F when r = s in float64
   dtype = np.dtype(dtype)
+  wide = None
+  if dtype != np.float64:
+    t = int(np.sum(s2[r - 1] < WIDE_RATIO * s2[:r]))
+    wide = np.empty((n, t))
   U = F if (r == cols and dtype == F.dtype) else np.empty((n, r), dtype)
   step = max(1, (1 << 26) // (8 * max(cols, 1)))
   for i in range(0, n, step):
-    U[i:i + step] = F[i:i + step] @ M
+    blk = F[i:i + step] @ M
+    if wide is not None:
+      wide[i:i + step] = blk[:, :wide.shape[1]]
+    U[i:i + step] = blk
   del F
-  return s2[:r], U, np.asarray(pivots)
+  return s2[:r], U, wide, np.asarray(pivots)
 
 
 def _shifted_spectrum(top, g, k, ridge, n, dtype):
@@ -1021,17 +1037,30 @@ class _MatrixFree:
     # the preconditioner's vectors in the kernel blocks' dtype: float32 blocks already carry
     # float32 rounding in every product, and float32 vectors halve the O(n·r) memory and GEMMs
     vdt = np.float32 if jnp.dtype(self.op.block_dtype).itemsize <= 4 else np.float64
-    vals, U, _ = _rpcholesky_pairs(self.op, self.rank, self.s, self.key, dtype=vdt)
+    vals, U, wide, _ = _rpcholesky_pairs(self.op, self.rank, self.s, self.key, dtype=vdt)
     # S of the MSK with g = flatten on K̂ + ρI: the top r−1 pairs flattened to λ̂_r + ρ
     kk = vals.size - 1
     if kk < 1:
       return None
     lam = jnp.asarray(vals + self.ridge, jnp.float64)
-    spec = _msk.check_spectrum(_msk.MSKSpectrum(lam[:kk], jnp.asarray(U[:, :kk]),
-                                                jnp.full((kk,), lam[kk]), lam[kk]))
-    del U
+    t = 0 if wide is None else min(wide.shape[1], kk)
+
+    def spec(lo, hi, vecs):      # the pairs lo..hi−1 (S is a sum over pairs)
+      return _msk.check_spectrum(_msk.MSKSpectrum(lam[lo:hi], jnp.asarray(vecs),
+                                                  jnp.full((hi - lo,), lam[kk]), lam[kk]))
     # validated once here; each CG iteration applies S without re-checking its n·r entries
-    return lambda R: np.asarray(_msk._apply_preconditioner(spec, jnp.asarray(R)), np.float64)
+    parts = [spec(0, t, wide[:, :t])] if t else []
+    if t < kk:
+      parts.append(spec(t, kk, U[:, t:kk]))
+    del U, wide
+
+    def apply(R):
+      R = jnp.asarray(R)
+      out = R
+      for sp in parts:        # S R = R + Σ_parts V D Vᵀ R
+        out = out + (_msk._apply_preconditioner(sp, R) - R)
+      return np.asarray(out, np.float64)
+    return apply
 
   def _solve_inf(self):
     if self.precond is None:

@@ -543,3 +543,29 @@ def test_interrupted_finite_t_resumes_the_same_dynamics(tmp_path, g_name, k):
   # another modifier / learning rate is another run: refused by name
   with pytest.raises(ValueError, match="learning_rate"):
     kernel_gd_mse(KF, x, y, g, k, checkpoint=path, learning_rate=1e-3, **kw)(3)
+
+
+@pytest.mark.parametrize("C", [1e3, 1e5])
+def test_float32_preconditioner_stays_positive_definite_under_a_dominant_eigenvalue(C):
+  # S = I + Σ (λ̂_r/λ̂_i − 1) u_i u_iᵀ shrinks the top direction to λ̂_r/λ̂_1 (here ~1e-7 to
+  # 1e-9: a constant C added to an RBF kernel gives λ̂_1 ≈ C·n). Float32 vectors are ~1e-7 off
+  # orthonormal, which alone made S indefinite at C = 1e5 (min eigenvalue −1e-8, measured);
+  # the leading vectors with λ̂_r/λ̂_i < WIDE_RATIO are kept in float64. Oracle: numpy's
+  # eigvalsh of S applied to the identity; exact S has λ_min = λ̂_r/λ̂_1.
+  from mskjax import predict
+  n, r = 400, 60
+  x = np.random.default_rng(0).standard_normal((n, 3))
+  kf = lambda a, b: C + jnp.exp(-0.5 * jnp.sum((a[:, None] - b[None]) ** 2, -1))
+  with jax.enable_x64(True):
+    op = kernels.kernel_operator(kf, jnp.asarray(x), get=None, cache=False,
+                                 block_dtype=jnp.float32)
+    vals, _, wide, _ = predict._rpcholesky_pairs(op, r, r, jax.random.PRNGKey(0),
+                                                 dtype=np.float32)
+    st = predict._MatrixFree(op, np.zeros((n, 1)), None, None, 0.0, None, r, r, 1e-3, 10,
+                             "krylov", jax.random.PRNGKey(0), False, None, 5, {})
+    S = st._preconditioner()(np.eye(n))
+  assert wide.shape[1] >= 1                       # the top direction is kept in float64
+  w = np.linalg.eigvalsh(0.5 * (S + S.T))
+  exact_min = vals[r - 1] / vals[0]
+  assert 0.5 * exact_min <= w[0] <= 2 * exact_min
+  assert abs(w[-1] - 1.0) <= 1e-6                 # directions outside U are left alone
