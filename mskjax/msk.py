@@ -299,12 +299,14 @@ def _apply_preconditioner(spec, r):
   return r + corr.astype(r.dtype)
 
 
-def apply_preconditioner(spec: MSKSpectrum, r) -> jax.Array:
+def apply_preconditioner(spec: MSKSpectrum, r, *, check_spec: bool = True) -> jax.Array:
   """S r = r + V_k diag(g/λ − 1) V_kᵀ r without forming S (r is (n,) or (n, c)); O(nk).
 
   Shapes are checked always (also under ``jit``), values (NaN/inf) when concrete. The
   low-rank correction is computed in the dtype of ``spec.vectors`` (float32 vectors: float32
-  GEMMs) and added to ``r`` in the wider of the two dtypes.
+  GEMMs) and added to ``r`` in the wider of the two dtypes. ``check_spec=False`` skips the
+  checks of ``spec``'s n·k entries (for a caller that applies one validated spectrum many
+  times, e.g. in every iteration of a solver); ``r`` is checked either way.
 
   Example:
     >>> import jax.numpy as jnp, mskjax
@@ -312,7 +314,8 @@ def apply_preconditioner(spec: MSKSpectrum, r) -> jax.Array:
     >>> mskjax.msk.apply_preconditioner(s, jnp.ones(3)).tolist()
     [0.5, 1.0, 1.0]
   """
-  spec = check_spectrum(spec)
+  if check_spec:
+    spec = check_spectrum(spec)
   r = _v.finite_array(r, "r", ndim=(1, 2))
   n = spec.vectors.shape[0]
   if r.shape[0] != n:

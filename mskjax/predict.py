@@ -1058,7 +1058,7 @@ class _MatrixFree:
       R = jnp.asarray(R)
       out = R
       for sp in parts:        # S R = R + Σ_parts V D Vᵀ R
-        out = out + (_msk._apply_preconditioner(sp, R) - R)
+        out = out + (_msk.apply_preconditioner(sp, R, check_spec=False) - R)
       return np.asarray(out, np.float64)
     return apply
 
@@ -1168,8 +1168,8 @@ class _MatrixFree:
           eigensolver=self.eigensolver, eig_residual=self.gd[5], learning_rate=self.gd[4])
     step, alpha, Ka, spec, eta, _ = self.gd
     apply_s = ((lambda R: R) if spec is None else
-               (lambda R: np.asarray(_msk._apply_preconditioner(spec, jnp.asarray(R)),
-                                     np.float64)))
+               (lambda R: np.asarray(_msk.apply_preconditioner(spec, jnp.asarray(R),
+                                                               check_spec=False), np.float64)))
     report = _solve.check_progress(self.progress, "kernel GD")
     ynorm = np.linalg.norm(self.Y, axis=0)
     ynorm = np.where(ynorm > 0, ynorm, 1.0)
