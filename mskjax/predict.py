@@ -1096,7 +1096,22 @@ class _MatrixFree:
       res = None
     top = _spectrum.Eigenpairs(jnp.asarray(top.values, jnp.float64),
                                jnp.asarray(top.vectors, jnp.float64))
-    spec = _shifted_spectrum(top, self.g, self.k, self.ridge, self.op.n, self.op.dtype)
+    if self.g is not None:
+      # Round-off of the eigenvalues: the products sum in float64 (the n·eps·λ₁ floor of
+      # msk_spectrum_from_eigenpairs, in float64); each kernel entry carries the relative
+      # rounding ε of the blocks' dtype, which moves an eigenvalue by at most ε·‖|K|‖₂
+      # (= ε·λ₁ for a kernel with non-negative entries): λ_k must clear that, with margin.
+      eps_b = float(np.finfo(np.dtype(self.op.block_dtype)).eps)
+      lam = np.asarray(top.values)
+      floor = 64 * eps_b * float(lam[0])
+      if lam[self.k - 1] <= floor:
+        usable = int(np.sum(lam > floor))
+        raise ValueError(
+            f"`k`={self.k}: λ_k = {lam[self.k - 1]:.3g} is within the rounding of the "
+            f"{np.dtype(self.op.block_dtype).name} kernel blocks (64·eps·λ₁ = {floor:.3g}); "
+            f"{usable} eigenvalues clear it. Lower `k` to at most {max(usable - 1, 0)} or pass "
+            "kernel_dtype=jnp.float64.")
+    spec = _shifted_spectrum(top, self.g, self.k, self.ridge, self.op.n, np.float64)
     lam_max = (float(top.values[0]) + self.ridge if spec is None
                else float(spec.max_value))
     eta = self.learning_rate if self.learning_rate is not None else 1.0 / lam_max

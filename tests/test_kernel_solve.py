@@ -569,3 +569,40 @@ def test_float32_preconditioner_stays_positive_definite_under_a_dominant_eigenva
   exact_min = vals[r - 1] / vals[0]
   assert 0.5 * exact_min <= w[0] <= 2 * exact_min
   assert abs(w[-1] - 1.0) <= 1e-6                 # directions outside U are left alone
+
+
+def test_float32_blocks_allow_k_down_to_their_own_rounding():
+  # Float32 kernel blocks summed in float64: an eigenvalue is round-off only below ~ε_32·λ₁
+  # (entrywise rounding moves eigenvalues by at most ε‖|K|‖₂), not n·ε_32·λ₁ (which refused
+  # k = 250 on 20k MNIST-1D points although λ_250 ≈ 6e-4·λ₁). Oracle: the explicit numpy
+  # iteration with float64 K and eigh (_numpy_gd); a k whose λ_k is below 64·ε_32·λ₁ is
+  # refused by name, pointing at kernel_dtype.
+  n, ell = 1500, 1.5
+  # float32 points, as a user's float32 data set (the refused k came from x's dtype)
+  x = np.random.default_rng(0).standard_normal((n, 2)).astype(np.float32)
+  y = (np.sin(x[:, :1]) + 0.1 * x[:, 1:]).astype(np.float64)
+  kf = lambda a, b: jnp.exp(-0.5 * jnp.sum((a[:, None] - b[None]) ** 2, -1) / ell ** 2)
+  with jax.enable_x64(True):
+    x64 = jnp.asarray(x, jnp.float64)
+    K = np.asarray(kf(x64, x64))
+  w, U = np.linalg.eigh(K)
+  w, U = w[::-1], U[:, ::-1]
+  eps = float(np.finfo(np.float32).eps)
+  r = w / w[0]
+  band = [k for k in range(2, 200) if 4 * 64 * eps < r[k - 1] < n * eps / 2
+          and w[k - 1] > 1.05 * w[k]]
+  assert band, "no k between the two floors for this data (test set-up)"
+  k = band[-1]
+  g = modifiers.flatten()
+  new = np.asarray(g(jnp.asarray(w), k))
+  ref = _numpy_gd(K, y, new / w[:k] - 1.0, U[:, :k], 1.0 / max(new.max(), w[k]), [5])
+  free = kernel_gd_mse(kf, x, y, g, k, get=None, method="matrix_free",
+                       kernel_dtype=jnp.float32)
+  out = np.asarray(free(5).train)
+  # float32 entries (~1e-7 relative) through 5 steps with η λ ≈ 1 and S of norm ≤ λ₁/λ_k:
+  # 1e-3 of the target scale is far above that and far below the predictions' own motion
+  np.testing.assert_allclose(out, K @ ref[5], rtol=0, atol=1e-3 * np.abs(y).max())
+  deep = next(k for k in range(2, n) if r[k - 1] < 64 * eps / 4)
+  with pytest.raises(ValueError, match="kernel_dtype"):
+    kernel_gd_mse(kf, x, y, g, deep, get=None, method="matrix_free",
+                  kernel_dtype=jnp.float32)(3)
