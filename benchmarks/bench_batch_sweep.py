@@ -73,7 +73,7 @@ START = {"sgd": lambda b, n: -2 + (1 if (b or n) >= 512 else 0) + (1 if (b or n)
 MAX_WIDEN = 3
 ACC_MARGIN = 0.02
 EVAL_RATIO = 1.06
-FULL = dict(num_samples=5000, k=30, subsample=500, steps=2000, batches=BATCHES)
+FULL = dict(num_samples=5000, k=30, subsample=500, steps=1000, batches=BATCHES)
 QUICK = dict(num_samples=1000, k=8, subsample=64, steps=40, batches=(64, None))
 
 
