@@ -32,7 +32,10 @@ Methods:
   ``steps.stable_learning_rate(d, b, loss_fn=, params=, batch=)`` measured on one random
   batch of b points → ``msk_sgd(η, d)`` (no momentum), at η = 1× and 2× the rule; no grid.
   Its one-off (cold directions build + the rule measurement at that b) is added to its wall
-  times.
+  times;
+* ``pgd_m`` — the same directions in ``msk_sgd(lr, d, momentum=0.9)``, lr tuned per batch
+  size exactly like ``sgd`` (P in front of the tuned baseline: the fair test of whether P
+  moves the baseline's curve); one-off = the directions build.
 
 Targets (:func:`targets`): from seed 0's full-batch baselines — the best baseline's final
 test accuracy minus :data:`ACC_MARGIN`, and its train cross-entropy (on all 4000 points) at
@@ -65,11 +68,13 @@ SECTION = "## Steps to a target against the batch size"
 
 BATCHES = (128, 256, 512, 1024, 2048, 4096, None)     # None = full batch
 BASELINES = ("sgd", "adam")
+TUNED = BASELINES + ("pgd_m",)        # the methods whose lr is tuned per batch size
 PGD_FACTORS = (1.0, 2.0)
 #: Grid start (lattice index, see :func:`lattice`) of each baseline: sgd 0.1 at b = 128
 #: rising ≈ √b (snapped), adam 0.01 everywhere (the optimizer table's best values).
 START = {"sgd": lambda b, n: -2 + (1 if (b or n) >= 512 else 0) + (1 if (b or n) >= 4000 else 0),
          "adam": lambda b, n: -4}
+START["pgd_m"] = START["sgd"]
 MAX_WIDEN = 3
 ACC_MARGIN = 0.02
 EVAL_RATIO = 1.06
@@ -188,6 +193,7 @@ class Sweep:
         "sgd": lambda lr: optax.sgd(lr, momentum=0.9),
         "adam": lambda lr: optax.adam(lr),
         "pgd": {},     # per seed: lambda lr: mskjax.msk_sgd(lr, d) (README recipe)
+        "pgd_m": {},   # per seed: lambda lr: mskjax.msk_sgd(lr, d, momentum=0.9)
     }
     self.mskjax = mskjax
 
@@ -228,6 +234,7 @@ class Sweep:
                                   loss="softmax_cross_entropy")
       self._dirs[seed] = (d, sec)
       self.factories["pgd"][seed] = lambda lr, d=d: self.mskjax.msk_sgd(lr, d)
+      self.factories["pgd_m"][seed] = lambda lr, d=d: self.mskjax.msk_sgd(lr, d, momentum=0.9)
       self.log(f"  seed {seed}: directions {sec:.1f} s (cold), λ₁ = {float(d.values[0]):.4g}")
     return self._dirs[seed]
 
@@ -260,6 +267,10 @@ class Sweep:
       lr, tx = value * eta, self.factories["pgd"][seed]
       one_off = dsec + rsec
       extra = dict(eta_rule=eta, directions_s=dsec, rule_s=rsec)
+    elif method == "pgd_m":
+      d, dsec = self.directions(seed)
+      lr, tx, one_off = value, self.factories["pgd_m"][seed], dsec
+      extra = dict(directions_s=dsec)
     else:
       lr, tx = value, self.factories[method]
     stop = None
@@ -291,7 +302,7 @@ class Sweep:
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     what = f"×{value:g} (lr {lr:.4g})" if method == "pgd" else f"lr {lr:g}"
-    self.log(f"  {method:4s} b = {label:5d} seed {seed} {what}: acc {acc[-1]:.4f}, train CE "
+    self.log(f"  {method:5s} b = {label:5d} seed {seed} {what}: acc {acc[-1]:.4f}, train CE "
              f"{tl[-1]:.4g} at step {ran}, {row['per_step_ms']:.2f} ms/step, load "
              f"{load0:.1f}" + (" DIVERGED" if row["diverged"] else "")
              + (" (stopped at target)" if row["stopped"] and not row["diverged"] else ""))
@@ -342,13 +353,13 @@ class Sweep:
     tg = targets(self.rows, s0)
     self.log(f"  targets: {tg}")
     for b in full + rest:
-      for m in BASELINES:
+      for m in TUNED:
         self.tune(m, b, s0, tg)
       for f in PGD_FACTORS:
         self.run("pgd", b, f, s0, tg)
     for sd in seeds[1:]:                      # other seeds: seed 0's best values only
       for b in full + rest:
-        for m in BASELINES:
+        for m in TUNED:
           rs = [r for r in self.rows if r["method"] == m and r["batch"] == (self.bsize(b) or
                 self.n) and r["seed"] == s0]
           vals = {best_row(rs, tg)["value"]}
@@ -377,8 +388,8 @@ def summary(rows, seed0=0):
   out = {}
   for key, (ck, hi) in (("acc", ("curve_acc", True)), ("loss", ("curve_train_loss", False))):
     for b in sorted({r["batch"] for r in rows}):
-      for m in BASELINES + tuple(f"pgd×{f:g}" for f in PGD_FACTORS):
-        if m.startswith("pgd"):
+      for m in TUNED + tuple(f"pgd×{f:g}" for f in PGD_FACTORS):
+        if m.startswith("pgd×"):
           f = float(m[4:])
           cand = [r for r in rows if r["method"] == "pgd" and r["batch"] == b
                   and r["value"] == f and r["seed"] == seed0]
@@ -390,7 +401,7 @@ def summary(rows, seed0=0):
         br = best_row(cand, tg, key)
         grid = sorted(r["value"] for r in cand)
         if br is None:
-          out[(key, m, b)] = dict(reached=f"0/{len(cand) if m.startswith('pgd') else 1}",
+          out[(key, m, b)] = dict(reached=f"0/{len(cand) if m.startswith('pgd×') else 1}",
                                   value=None, grid=grid, edge=False, steps=None, wall=None,
                                   per_step_ms=float(np.median([r["per_step_ms"]
                                                                for r in cand])))
@@ -400,7 +411,7 @@ def summary(rows, seed0=0):
                  and abs(r["value"] - v) <= 1e-9 * v]
         hits = [first_reach(r, ck, tg[key], hi) for r in seeds]
         ok = [(s, t + r["one_off_s"], r) for (s, t), r in zip(hits, seeds) if s is not None]
-        edge = (not m.startswith("pgd")) and len(grid) > 1 and v in (grid[0], grid[-1])
+        edge = (not m.startswith("pgd×")) and len(grid) > 1 and v in (grid[0], grid[-1])
         out[(key, m, b)] = dict(
             reached=f"{len(ok)}/{len(seeds)}", value=v, lr=br["lr"], grid=grid, edge=edge,
             steps=float(np.mean([s for s, _, _ in ok])) if ok else None,
@@ -427,7 +438,7 @@ def markdown(rows, seed0=0):
   tg, S = summary(rows, seed0)
   if tg is None:
     return "(no full-batch baseline rows yet)"
-  methods = BASELINES + tuple(f"pgd×{f:g}" for f in PGD_FACTORS)
+  methods = TUNED + tuple(f"pgd×{f:g}" for f in PGD_FACTORS)
   batches = sorted({b for (_, _, b) in S})
   lines = []
   for key, name in (("acc", f"test accuracy ≥ {tg['acc']:.4g}"),
@@ -445,7 +456,7 @@ def markdown(rows, seed0=0):
         elif c["steps"] is None:
           cells.append(f"not reached ({c['reached']})")
         else:
-          v = (f"×{c['value']:g} = {c['lr']:.3g}" if m.startswith("pgd")
+          v = (f"×{c['value']:g} = {c['lr']:.3g}" if m.startswith("pgd×")
                else f"{c['value']:g}{' edge' if c['edge'] else ''}")
           cells.append(f"{c['steps']:.0f} ({c['reached']}) · {c['wall']:.1f} s · {v}")
       lines.append(f"| {b} | " + " | ".join(cells) + " |")
