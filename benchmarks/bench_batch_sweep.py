@@ -473,7 +473,14 @@ def markdown(rows, seed0=0):
       pts = [(b, S[(key, m, b)]["steps"]) for b in batches if (key, m, b) in S]
       smin, bc = critical_batch(pts)
       fits.append("–" if smin is None else f"S_min {smin:.0f}, B_crit {bc:.0f}")
-    lines += [f"| fit S(b) = S_min(1 + B_crit/b) | " + " | ".join(fits) + " |", ""]
+    ratios = []
+    for m in methods:
+      lo, hi = S.get((key, m, batches[0]), {}), S.get((key, m, batches[-1]), {})
+      ok = lo.get("steps") and hi.get("steps")
+      ratios.append(f"{lo['steps'] / hi['steps']:.1f}×" if ok else "–")
+    lines += [f"| fit S(b) = S_min(1 + B_crit/b) | " + " | ".join(fits) + " |",
+              f"| steps at b = {batches[0]} ÷ at b = {batches[-1]} (perfect scaling: "
+              f"{batches[-1] / batches[0]:.0f}×) | " + " | ".join(ratios) + " |", ""]
   per = ["| b | " + " | ".join(f"{m} ms/step" for m in methods) + " |",
          "|---|" + "---|" * len(methods)]
   for b in batches:
