@@ -12,7 +12,10 @@
 #     matrix-free solver (t = inf to a 1e-3 residual, and early-stopped finite t) and
 #     unpreconditioned CG at n = 100k MNIST-1D and n = 10^6 (ten jittered copies of the 100k
 #     training sequences: a timing set), raw rows in
-#     benchmarks/results/kernel_solve_device.jsonl (--quick: n = 1000 on the small set).
+#     benchmarks/results/kernel_solve_device.jsonl (--quick: n = 1000 on the small set);
+#   * steps to a target against the batch size (benchmarks/bench_batch_sweep.py): msk_sgd
+#     against SGD-m / Adam tuned per batch size, b = 128 → full, seeds 0-2, rows in
+#     benchmarks/results/batch_sweep_device.jsonl (resumable; --quick: its smoke run).
 #   benchmarks/device.sh                 # full run on the first accelerator jax sees
 #   benchmarks/device.sh --quick         # smoke run (minutes on a CPU)
 #   PY=.venv/bin/python benchmarks/device.sh --runs-dir /tmp/dev
@@ -38,4 +41,11 @@ if [[ ${#QUICK[@]} -gt 0 ]]; then
 else
   "$PY" -m benchmarks.bench_kernel_solve --only solver_inf,solver_t,cg --ns 100000,1000000 \
       --augment 10 --results-tag device --no-doc
+fi
+echo; echo "## steps to a target against the batch size (benchmarks/bench_batch_sweep.py)"
+if [[ ${#QUICK[@]} -gt 0 ]]; then
+  "$PY" -m benchmarks.bench_batch_sweep --quick
+else
+  "$PY" -m benchmarks.bench_batch_sweep --seeds 0,1,2 \
+      --out benchmarks/results/batch_sweep_device.jsonl
 fi

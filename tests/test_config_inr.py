@@ -161,10 +161,31 @@ def test_summary_target_and_time_to_target():
   by = {r["method"]: r for r in rows}
   assert by["msk"]["best_baseline"] == "adam"
   assert by["msk"]["time_to_target_s"] == pytest.approx(2.5)     # 2.0 (seed 0), 3.0 (seed 1)
-  assert by["msk"]["vs_baseline_time"] == pytest.approx(2.5 / 9.0)  # adam's mean total 9 s
+  # adam's seed 0 ends at 20 < 21: no baseline reaches the target on every seed, so there
+  # is no fastest baseline and no speed-up to claim
+  assert by["msk"]["fastest_baseline"] is None and math.isnan(by["msk"]["speedup_vs_fastest"])
   assert by["sgd"]["seeds_reaching_target"] == 0 and math.isnan(by["sgd"]["time_to_target_s"])
   assert by["adam"]["psnr_at_budget"] == pytest.approx(5.0)       # nothing evaluated by 3 s
   assert len(seed_rows) == 6 and {r["seed"] for r in seed_rows} == {0, 1}
+
+
+@pytest.mark.parametrize("times,fastest,speedup", [
+    # (adam, sgd, muon, msk) mean times to target; NaN = not reached on every seed
+    ((9.0, 6.0, float("nan"), 2.0), "sgd", 3.0),     # the fastest, not the best, baseline
+    ((9.0, float("nan"), float("nan"), 12.0), "adam", 0.75),
+    ((float("nan"),) * 3 + (2.0,), None, float("nan")),
+])
+def test_speedup_is_against_the_fastest_baseline(times, fastest, speedup):
+  rows = [dict(method=m, time_to_target_s=t) for m, t in zip(("adam", "sgd", "muon", "msk"),
+                                                             times)]
+  by = {r["method"]: r for r in E.speedups_vs_fastest(rows)}
+  assert by["msk"]["fastest_baseline"] == fastest
+  if fastest is None:
+    assert math.isnan(by["msk"]["speedup_vs_fastest"])
+  else:
+    assert by["msk"]["speedup_vs_fastest"] == pytest.approx(speedup)
+    assert by[fastest]["speedup_vs_fastest"] == pytest.approx(1.0)
+  assert math.isnan(by["muon"]["speedup_vs_fastest"])
 
 
 def test_at_time_reads_the_curve():
