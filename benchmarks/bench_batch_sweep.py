@@ -63,9 +63,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import _results_doc
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "results.md"
-BEGIN, END = "<!-- bench_batch_sweep: begin -->", "<!-- bench_batch_sweep: end -->"
 SECTION = "## Steps to a target against the batch size"
 
 BATCHES = (128, 256, 512, 1024, 2048, 4096, None)     # None = full batch
@@ -499,16 +500,9 @@ def markdown(rows, seed0=0):
 
 
 def write_doc(text: str):
-  """Put ``text`` between this benchmark's markers in docs/results.md (a rerun replaces
-  only that part); append the section at the end if missing."""
-  old = DOC.read_text()
-  block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-  i, j = old.find(BEGIN), old.find(END)
-  if i >= 0 and j > i:
-    new = old[:i] + block + old[j + len(END):]
-  else:
-    new = old.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-  DOC.write_text(new)
+  """Replace this benchmark's block of docs/results.md (appended with its section if
+  missing)."""
+  _results_doc.write_block(DOC, SECTION, "bench_batch_sweep", text)
 
 
 def main(argv=None):

@@ -69,6 +69,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import _results_doc
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
@@ -601,21 +603,12 @@ def table(rows: list[dict]) -> str:
   return "\n".join(out) + "\n"
 
 
-BEGIN, END = "<!-- bench_kernel_solve: begin -->", "<!-- bench_kernel_solve: end -->"
 
 
 def write_doc(text: str):
-  """Put ``text`` between the markers of the section (a rerun replaces only that part: the
-  hand-written reading after the table stays); append the section if it is missing."""
-  DOC.parent.mkdir(parents=True, exist_ok=True)
-  old = DOC.read_text() if DOC.exists() else "# Results\n"
-  block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-  i, j = old.find(BEGIN), old.find(END)
-  if i >= 0 and j > i:
-    new = old[:i] + block + old[j + len(END):]
-  else:
-    new = old.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-  DOC.write_text(new)
+  """Replace this benchmark's block of docs/results.md (appended with its section if
+  missing)."""
+  _results_doc.write_block(DOC, SECTION, "bench_kernel_solve", text)
 
 
 def doc_section(rows, s, args, path) -> str:
