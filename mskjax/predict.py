@@ -28,6 +28,7 @@ the loss ½·(1/N)‖r‖² (N = ``y_train.size``): its dynamics at ``learning_r
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -561,6 +562,12 @@ def _kernel_diagonal(op):
   return np.asarray(_blocks.map_row_blocks(fn, op.x, op.block_size), np.float64)
 
 
+def _precond_vector_dtype(block_dtype) -> np.dtype:
+  """The CG preconditioner's vectors follow the kernel blocks: float32 blocks already carry
+  float32 rounding in every product, and float32 vectors halve the O(n·r) memory and GEMMs."""
+  return np.dtype(np.float32 if jnp.dtype(block_dtype).itemsize <= 4 else np.float64)
+
+
 WIDE_RATIO = 1e-3
 """Preconditioner vectors whose eigenvalue ratio ``λ̂_r / λ̂_i`` is below this are kept in
 float64 even when the others are float32: S shrinks those directions to that ratio, and a
@@ -827,9 +834,9 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
         raise TypeError(f"`kernel_dtype` must be a float dtype, got {kernel_dtype!r}.") from None
       if not jnp.issubdtype(kernel_dtype, jnp.floating):
         raise TypeError(f"`kernel_dtype` must be a float dtype, got {kernel_dtype}.")
-    if precond_rank is None:
-      vec_bytes = 4 if (kernel_dtype is not None and jnp.dtype(kernel_dtype).itemsize <= 4) else 8
-      precond_rank = default_precond_rank(n, vec_bytes)
+    if precond_rank is None:     # the blocks' dtype: kernel_dtype, else x's (kernel_operator)
+      block_dtype = kernel_dtype if kernel_dtype is not None else x.dtype
+      precond_rank = default_precond_rank(n, _precond_vector_dtype(block_dtype).itemsize)
     precond_rank = _v.check_int(precond_rank, "precond_rank", lo=0, hi=n)
     if n_landmarks is None:
       n_landmarks = max(precond_rank, 1)
@@ -876,14 +883,25 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
                                data=_solve.fingerprint_arrays(np.asarray(x), y64)))
   state.info = state.info._replace(setup_seconds=time.perf_counter() - t_setup)
 
+  @contextlib.contextmanager
+  def counted():
+    """A call's seconds into ``info.solve_seconds`` (set-up done lazily inside it — the
+    preconditioner, the eigenpairs — is already counted as set-up) and ``predict_fn.info``
+    brought up to date."""
+    t0 = time.perf_counter()
+    setup_before = state.info.setup_seconds
+    yield
+    setup_here = state.info.setup_seconds - setup_before
+    state.info = state.info._replace(solve_seconds=state.info.solve_seconds
+                                     + time.perf_counter() - t0 - setup_here)
+    predict_fn.info = state.info
+
   def predict_fn(t=jnp.inf, x_test=None) -> Predictions:
     t_arr, t_host = _check_t(t, discrete=not flow)
     if t_host is None:
       raise TypeError("`t` must be concrete (not traced under jit): kernel_gd_mse evaluates "
                       "on the host.")
-    t0 = time.perf_counter()
-    setup_before = state.info.setup_seconds
-    with jax.enable_x64(True):
+    with counted(), jax.enable_x64(True):
       xt = None
       if x_test is not None:
         xt = _v.as_points(x_test, "x_test", nonempty=True)
@@ -899,11 +917,6 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
         kx = state.cross(xt, flat)                          # (m, T c)
         m = xt.shape[0]
         test = np.transpose(kx.reshape(m, T, c), (1, 0, 2))
-    # set-up done lazily in this call (preconditioner, eigenpairs) is counted as set-up
-    setup_here = state.info.setup_seconds - setup_before
-    state.info = state.info._replace(solve_seconds=state.info.solve_seconds
-                                     + time.perf_counter() - t0 - setup_here)
-    predict_fn.info = state.info
     tr = jnp.asarray(train.reshape(t_arr.shape + y64.shape), out_dtype)
     te = None if test is None else jnp.asarray(
         test.reshape(t_arr.shape + (xt.shape[0],) + y64.shape[1:]), out_dtype)
@@ -912,14 +925,8 @@ def kernel_gd_mse(kernel_fn: Callable, x_train, y_train, g: _modifiers.Modifier 
   def coefficients(t=jnp.inf) -> np.ndarray:
     """``α_t`` (float64 numpy, shape ``t.shape + y_train.shape``) with ``f_t(x) = k(x, X) α_t``."""
     _, t_host = _check_t(t, discrete=not flow)
-    t0 = time.perf_counter()
-    setup_before = state.info.setup_seconds
-    with jax.enable_x64(True):
+    with counted(), jax.enable_x64(True):
       alphas, _ = state.coefficients(t_host.reshape(-1))
-    setup_here = state.info.setup_seconds - setup_before
-    state.info = state.info._replace(solve_seconds=state.info.solve_seconds
-                                     + time.perf_counter() - t0 - setup_here)
-    predict_fn.info = state.info
     return alphas.reshape(np.shape(t_host) + y64.shape)
 
   predict_fn.info = state.info
@@ -1034,10 +1041,8 @@ class _MatrixFree:
   def _preconditioner(self):
     if self.rank == 0:
       return None
-    # the preconditioner's vectors in the kernel blocks' dtype: float32 blocks already carry
-    # float32 rounding in every product, and float32 vectors halve the O(n·r) memory and GEMMs
-    vdt = np.float32 if jnp.dtype(self.op.block_dtype).itemsize <= 4 else np.float64
-    vals, U, wide, _ = _rpcholesky_pairs(self.op, self.rank, self.s, self.key, dtype=vdt)
+    vals, U, wide, _ = _rpcholesky_pairs(self.op, self.rank, self.s, self.key,
+                                         dtype=_precond_vector_dtype(self.op.block_dtype))
     # S of the MSK with g = flatten on K̂ + ρI: the top r−1 pairs flattened to λ̂_r + ρ
     kk = vals.size - 1
     if kk < 1:
