@@ -19,8 +19,10 @@ seed starts from the same parameters.
 Methods (``methods``; the registry ``METHODS`` of the program, whose docstring says what
 each does — Muon's treatment of biases and conv kernels included): ``sgd``
 (``optax.sgd(lr, momentum)``), ``adam``, ``muon`` (``optax.contrib.muon``), ``pgd``
-(``mskjax.msk_sgd(lr, directions, momentum=momentum)``) and ``pgd_adam`` (``optax.chain(
-mskjax.scale_by_msk(directions), optax.adam(lr))``). The directions: g = ``g`` on the top
+(``mskjax.msk_sgd(lr, directions, momentum=momentum)``), ``pgd_m`` (the same optimiser on
+the absolute grid ``pgd_m_lrs``, tuned like ``sgd``'s: P added to the tuned baseline; not in
+the default ``methods``) and ``pgd_adam`` (``optax.chain(mskjax.scale_by_msk(directions),
+optax.adam(lr))``). The directions: g = ``g`` on the top
 ``k`` eigenvalues of the full (n·10)×(n·10) empirical NTK at initialisation
 (``mskjax.msk_directions``) on ``subsample`` random training points, fixed during training.
 ``directions_loss`` (default ``'softmax_cross_entropy'``: the loss's Gauss–Newton kernel
@@ -87,6 +89,7 @@ def get_config(arg=None):
   c.muon_lrs = (3e-3, 1e-2, 3e-2, 0.1)
   c.pgd_lrs = (0.03, 0.1, 0.3, 1.0)
   c.pgd_adam_lrs = (3e-4, 1e-3, 3e-3, 1e-2)
+  c.pgd_m_lrs = c.sgd_lrs     # pgd_m (when listed in methods): SGD-momentum's own grid
   # "measured" (recommended): the pgd grid is pgd_factors × SAFETY/λ̂ = 0.75/λ̂ (measured
   # curvature); "absolute": pgd_lrs; "stable": pgd_factors × the linearised critical-batch
   # rule. The factors are the steps 0.25, 0.5, 1, 2 /λ̂ of the earlier grid (0.5–4 × the
@@ -94,7 +97,7 @@ def get_config(arg=None):
   # (docs/results.md#the-measured-step-rule-against-a-factor-2-grid).
   c.pgd_step = "measured"
   c.pgd_factors = (0.33, 0.67, 1.33, 2.67)
-  c.momentum = 0.9            # sgd and pgd
+  c.momentum = 0.9            # sgd, pgd and pgd_m
   c.muon_conv = "matrix"      # muon on conv kernels as (width·in) × out matrices, or "adam"
   c.loop = "auto"             # "fit", "python" or "auto" (python for the CNN)
   # Flattened eigenvalues of the empirical NTK (n·10 outputs). Its spectrum comes in groups
@@ -125,13 +128,14 @@ def get_config(arg=None):
 RANGES = {"num_samples": {"min": 100}, "k": {"min": 1}, "subsample": {"min": 2},
           "momentum": {"min": 0, "lt": 1}, "sgd_lrs": {"gt": 0}, "adam_lrs": {"gt": 0},
           "muon_lrs": {"gt": 0}, "pgd_lrs": {"gt": 0}, "pgd_adam_lrs": {"gt": 0},
-          "pgd_factors": {"gt": 0}, "seeds": {"min": 0}, "tune_seeds": {"min": 0},
+          "pgd_m_lrs": {"gt": 0}, "pgd_factors": {"gt": 0}, "seeds": {"min": 0}, "tune_seeds": {"min": 0},
           "seed": {"min": 0}, "goal_speedup": {"gt": 0}, "acc_tolerance": {"min": 0},
           "pgd_step": {"choices": ("absolute", "stable", "measured")},
           "directions_loss": {"choices": ("", "mse", "softmax_cross_entropy")},
           "muon_conv": {"choices": ("matrix", "adam")},
           "loop": {"choices": ("fit", "python", "auto")},
-          "methods": {"choices": ("sgd", "adam", "muon", "pgd", "pgd_adam"), "min_len": 1}}
+          "methods": {"choices": ("sgd", "adam", "muon", "pgd", "pgd_m", "pgd_adam"),
+                      "min_len": 1}}
 
 
 def validate(c):

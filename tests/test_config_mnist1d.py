@@ -61,7 +61,8 @@ def test_every_registered_method_makes_a_finite_first_update(method):
 
 def test_first_updates_match_their_closed_forms():
   """First step: SGD (momentum buffer empty) −lr·g; Adam −lr·sign(g) (bias-corrected, up to
-  eps); PGD −lr·P g with P = I − ¾ q qᵀ (numpy); PGD+Adam −lr·sign(P g); Muon's AdamW
+  eps); PGD −lr·P g with P = I − ¾ q qᵀ (numpy); PGD with momentum: −lr·P g, then
+  −1.9·lr·P g; PGD+Adam −lr·sign(P g); Muon's AdamW
   branch (the bias; the conv kernel with muon_conv='adam') Nesterov Adam's first step, and its
   matrices orthogonalised (the update of w has all singular values alike, unlike g's)."""
   params, grads, q, d = _toy()
@@ -77,6 +78,12 @@ def test_first_updates_match_their_closed_forms():
   np.testing.assert_allclose(_flat(first("adam")), -lr * np.sign(g), **tol)
   np.testing.assert_allclose(_flat(first("pgd")), -lr * pg, rtol=1e-10)
   np.testing.assert_allclose(_flat(first("pgd_adam")), -lr * np.sign(pg), **tol)
+  # pgd_m: P before SGD-momentum (0.9): −lr·P g, then −lr·(0.9 + 1)·P g on the same gradient
+  tx = B.make_tx("pgd_m", lr, directions=d)
+  u1, st = tx.update(grads, tx.init(params), params)
+  u2, _ = tx.update(grads, st, params)
+  np.testing.assert_allclose(_flat(u1), -lr * pg, rtol=1e-10)
+  np.testing.assert_allclose(_flat(u2), -lr * 1.9 * pg, rtol=1e-10)
   # Muon's AdamW branch is Nesterov Adam (muon's nesterov=True, b1 = 0.9): its first step is
   # (b1 m̂₁ + (1 − b1) g/(1 − b1)) / √v̂₁ = (1 + b1/(1 + b1)) sign(g).
   nadam = 1 + 0.9 / 1.9
@@ -98,6 +105,8 @@ def test_registry_errors_name_the_argument():
     B.make_tx("pgd", 0.1)
   with pytest.raises(ValueError, match="directions"):
     B.make_tx("pgd_adam", 0.1)
+  with pytest.raises(ValueError, match="directions"):
+    B.make_tx("pgd_m", 0.1)
   with pytest.raises(ValueError, match="method"):
     B.make_tx("lbfgs", 0.1)
   with pytest.raises(ValueError, match="muon_conv"):
@@ -213,10 +222,12 @@ def test_summary_targets_equal_time_and_seed_statistics():
 def test_quick_config_is_resolved_inside_and_small():
   s = load_config("configs/mnist1d.py:quick")
   assert all(steps <= 200 for _, _, steps, _ in s.settings)
-  assert len(s.seeds) == 1 and set(s.methods) == set(B.METHODS)
+  full = load_config("configs/mnist1d.py")
+  # quick runs every default method; pgd_m is opt-in (its closed form is tested above)
+  assert len(s.seeds) == 1 and set(s.methods) == set(full.methods)
+  assert set(B.METHODS) == set(full.methods) | {"pgd_m"}
   for m in s.methods:
     assert len(B.grid(s, m)) == 1
-  full = load_config("configs/mnist1d.py")
   assert tuple(full.seeds) == (0, 1, 2)
   assert full.pgd_step == "measured" and full.directions_loss == "softmax_cross_entropy"
   assert B.grid(apply_overrides(full, ["pgd_step=stable"]), "pgd") == tuple(full.pgd_factors)

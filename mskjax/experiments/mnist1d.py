@@ -40,6 +40,9 @@ Methods (:data:`METHODS`):
   mskjax.scale_by_msk(directions), optax.sgd(lr, momentum))``): the parameter-space
   preconditioner P = I + Σ_{i≤k}(g_i/λ_i − 1) q_i q_iᵀ
   (docs/theory.md#the-preconditioner-p-parameter-space) before the baseline's momentum SGD;
+* ``pgd_m``    — the same ``mskjax.msk_sgd(lr, directions, momentum=momentum)`` with an
+  absolute learning-rate grid, tuned like ``sgd``'s: P added to the tuned SGD-momentum
+  baseline, with nothing else changed;
 * ``pgd_adam`` — ``optax.chain(mskjax.scale_by_msk(directions), optax.adam(lr))``: P
   applied to the gradient Adam sees. Adam divides by the gradient's running RMS, so a step
   rule in units of the preconditioned gradient does not apply: its grid is always absolute.
@@ -221,7 +224,7 @@ def rule_batch(x, y, batch_size: int, seed: int = 0):
 
 class Options(NamedTuple):
   """Hyper-parameters every method may read besides its learning rate."""
-  momentum: float = 0.9        # sgd, pgd
+  momentum: float = 0.9        # sgd, pgd, pgd_m
   muon_conv: str = "matrix"    # muon: 'matrix' or 'adam' for 3-D conv kernels
 
 
@@ -281,6 +284,10 @@ def _pgd(lr, directions, o: Options):
   return mskjax.msk_sgd(lr, _need(directions, "pgd"), momentum=o.momentum)
 
 
+def _pgd_m(lr, directions, o: Options):
+  return mskjax.msk_sgd(lr, _need(directions, "pgd_m"), momentum=o.momentum)
+
+
 def _pgd_adam(lr, directions, o: Options):
   return optax.chain(mskjax.scale_by_msk(_need(directions, "pgd_adam")), optax.adam(lr))
 
@@ -290,6 +297,7 @@ METHODS = {
     "adam": Method(_adam),
     "muon": Method(_muon),
     "pgd": Method(_pgd, uses_directions=True, step_rule=True),
+    "pgd_m": Method(_pgd_m, uses_directions=True),
     "pgd_adam": Method(_pgd_adam, uses_directions=True),
 }
 BASELINES = ("sgd", "adam", "muon")   # the methods that need no directions
