@@ -13,9 +13,16 @@ Optimizers: ``sgd-m`` (the baseline), ``msk_sgd`` (momentum 0.9), ``msk+adam``
 ``every`` so large that it re-forms only at the first update: the cost *between*
 re-formations) and ``state-held``: the previous layout of ``scale_by_msk`` (directions as
 arrays in the optimizer state, which the step must return and so copies every step),
-rebuilt here for the comparison. The per-step cost of P does not depend on the values of
-the directions, so they are random orthonormal rows of the right shapes (k = ``--k``);
+rebuilt here for the comparison. ``sgd-m donated`` / ``tracking donated``: the same two
+with ``jax.jit(step, donate_argnums=(0, 1))`` (safe for the tracking state, which holds its
+own copy of the directions). The per-step cost of P does not depend on the values of the
+directions, so they are random orthonormal rows of the right shapes (k = ``--k``);
 building real ones is the one-off, timed elsewhere.
+
+``P alone``: ``precondition(d, g)`` jitted on its own, in the same rounds, and the bandwidth
+it reaches reading the k directions twice (2·k·#params·4 bytes). At b = 128 also P alone in
+other layouts (:func:`p_layouts`: k/4 directions, one flat (k, #params) matrix, bfloat16
+storage) and the largest k at which ``msk_sgd`` would stay ≤ 1.2× SGD-m (P is linear in k).
 
 Command::
 
@@ -35,6 +42,7 @@ import time
 from typing import Any, NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -120,7 +128,39 @@ def state_held_scale_by_msk(d):
   return optax.GradientTransformation(init, update)
 
 
-def make_step(model, loss_kind, tx):
+def p_layouts(params, d, k):
+  """P alone in other layouts, jitted (name → (fn, ms list)): the library's at k/4 (P is
+  linear in k), one flat (k, #params) matrix (a ravel/unravel copy around two GEMVs) and
+  the library's per-leaf layout with bfloat16 directions (half the bytes, float32
+  accumulation)."""
+  k4 = max(1, k // 4)
+  d4 = random_directions(params, k4)
+  coef = D.msk_coefficients(d.values, d.new_values, jnp.float32)
+  Q = jnp.concatenate([q.reshape(k, -1) for q in jax.tree.leaves(d.directions)], 1)
+  _, unravel = jax.flatten_util.ravel_pytree(params)
+
+  def flat(g):
+    v, _ = jax.flatten_util.ravel_pytree(g)
+    return unravel(v + (coef * (Q @ v)) @ Q)
+  bf = jax.tree.map(lambda q: q.astype(jnp.bfloat16), d.directions)
+
+  def bf16(g):
+    a = sum(jnp.tensordot(q, u.astype(jnp.bfloat16), axes=u.ndim,
+                          preferred_element_type=jnp.float32)
+            for q, u in zip(jax.tree.leaves(bf), jax.tree.leaves(g)))
+    w = (coef * a).astype(jnp.bfloat16)
+    return jax.tree.map(lambda u, q: u + jnp.tensordot(w, q, axes=1,
+                                                       preferred_element_type=jnp.float32),
+                        g, bf)
+  out = {f"k = {k4}": jax.jit(lambda g: optim.precondition(d4, g)),
+         "flat (k, P)": jax.jit(flat), "bfloat16": jax.jit(bf16)}
+  g0 = jax.tree.map(jnp.ones_like, params)
+  for fn in out.values():
+    jax.block_until_ready(fn(g0))
+  return {key: (fn, []) for key, fn in out.items()}
+
+
+def make_step(model, loss_kind, tx, donate=False):
   def loss_fn(p, batch):
     xb, yb = batch
     f = model.apply({"params": p}, xb)
@@ -128,12 +168,13 @@ def make_step(model, loss_kind, tx):
       return optax.softmax_cross_entropy_with_integer_labels(f, yb).mean()
     return 0.5 * jnp.mean(jnp.sum((f - yb) ** 2, -1))
 
-  @jax.jit                                     # the README's step, as written
   def step(params, opt_state, batch):
     loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
-  return step
+  # the README's step, as written; ``donate``: the same step with its parameters and
+  # optimizer state donated (XLA may then write the new state over the old)
+  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
 def run_case(name, b, k, steps, rounds, log=print):
@@ -159,16 +200,32 @@ def run_case(name, b, k, steps, rounds, log=print):
       "msk+adam": optax.chain(optim.scale_by_msk(d), optax.adam(lr)),
       "tracking": tracking.msk_sgd_tracking(lr, apply, xs, d, every=2 ** 30, momentum=0.9),
   }
+  # the same tracking transform and baseline with donated arguments (safe: the tracking
+  # state holds its own copy of the directions, never the caller's arrays)
+  txs["sgd-m donated"] = txs["sgd-m"]
+  txs["tracking donated"] = tracking.msk_sgd_tracking(lr, apply, xs, d, every=2 ** 30,
+                                                      momentum=0.9)
   batch = (x, y)
+  # P alone (``precondition`` on a gradient, jitted): its time and the bandwidth it reaches
+  # reading the k stored directions twice (2·k·#params·4 bytes)
+  grads = jax.tree.map(lambda a: jnp.ones_like(a), params)
+  p_alone = jax.jit(lambda g: optim.precondition(d, g))
+  jax.block_until_ready(p_alone(grads))
+  layouts = p_layouts(params, d, k) if b == 128 else {}
   runs = {}
   for key, tx in txs.items():
-    step = make_step(model, loss_kind, tx)
+    step = make_step(model, loss_kind, tx, donate=key.endswith("donated"))
     st = tx.init(params)
-    p = params
+    if key.endswith("donated"):               # donation consumes the arrays passed in
+      params_in = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
+      p, st = params_in, st
+    else:
+      p = params
     t0 = time.perf_counter()
     p, st, l = step(p, st, batch)             # compile (+ the tracking re-formation at t = 0)
     jax.block_until_ready(p)
     runs[key] = dict(step=step, p=p, st=st, compile_s=time.perf_counter() - t0, ms=[])
+  p_ms = []
   for _ in range(rounds):
     for key, r in runs.items():
       p, st = r["p"], r["st"]
@@ -178,7 +235,20 @@ def run_case(name, b, k, steps, rounds, log=print):
       jax.block_until_ready(p)
       r["ms"].append((time.perf_counter() - t0) / steps * 1e3)
       r["p"], r["st"] = p, st
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      g = p_alone(grads)
+    jax.block_until_ready(g)
+    p_ms.append((time.perf_counter() - t0) / steps * 1e3)
+    for name_, (fn, ms) in layouts.items():
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        g = fn(grads)
+      jax.block_until_ready(g)
+      ms.append((time.perf_counter() - t0) / steps * 1e3)
   best = {key: min(r["ms"]) for key, r in runs.items()}
+  best["P alone"] = min(p_ms)
+  p_bytes = 2 * k * n_params * 4
   row = dict(model=name, b=b, n_params=int(n_params), k=k,
              ms={key: r["ms"] for key, r in runs.items()},
              compile_s={key: r["compile_s"] for key, r in runs.items()},
@@ -187,7 +257,13 @@ def run_case(name, b, k, steps, rounds, log=print):
                     "state-held": best["state-held"] / best["sgd-m"],
                     "tracking": best["tracking"] / best["sgd-m"],
                     "msk+adam / adam": best["msk+adam"] / best["adam"],
-                    "msk+adam / sgd-m": best["msk+adam"] / best["sgd-m"]})
+                    "msk+adam / sgd-m": best["msk+adam"] / best["sgd-m"],
+                    "tracking donated": best["tracking donated"] / best["sgd-m donated"],
+                    "P alone / sgd-m": best["P alone"] / best["sgd-m"]},
+             p_bytes=p_bytes, p_gb_per_s=p_bytes / best["P alone"] / 1e6,
+             p_layouts_ms={key: min(ms) for key, (_, ms) in layouts.items()},
+             # P is linear in k (memory-bound): the largest k with msk_sgd ≤ 1.2× sgd-m
+             k_for_1_2=int(0.2 * best["sgd-m"] / (best["P alone"] / k)))
   log(f"{name} b={b}: " + " ".join(f"{kk}={v:.3f}" for kk, v in best.items())
       + " | " + " ".join(f"{kk}={v:.2f}x" for kk, v in row["ratio"].items()))
   return row
@@ -195,13 +271,29 @@ def run_case(name, b, k, steps, rounds, log=print):
 
 def markdown(rows):
   out = ["| model | #params | b | sgd-m ms | msk_sgd / sgd-m | msk+adam / adam | "
-         "tracking / sgd-m | previous layout / sgd-m |",
-         "|---|---|---|---|---|---|---|---|"]
+         "tracking / sgd-m | tracking / sgd-m, both donated | previous layout / sgd-m | "
+         "P alone ms (GB/s) | 1 + P alone / sgd-m |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     q = r["ratio"]
     out.append(f"| {r['model']} | {r['n_params']:,} | {r['b']} | {r['best_ms']['sgd-m']:.2f} | "
                f"{q['msk_sgd']:.2f} | {q['msk+adam / adam']:.2f} | {q['tracking']:.2f} | "
-               f"{q['state-held']:.2f} |")
+               f"{q['tracking donated']:.2f} | {q['state-held']:.2f} | "
+               f"{r['best_ms']['P alone']:.2f} ({r['p_gb_per_s']:.0f}) | "
+               f"{1 + q['P alone / sgd-m']:.2f} |")
+  k = rows[0]["k"] if rows else 0
+  out += ["", f"| model | #params | sgd-m ms (b = 128) | P alone ms, k = {k} (GB/s) | P alone, "
+          "k/4 | flat (k, P) matrix | bfloat16 directions | largest k with msk_sgd ≤ 1.2× "
+          "sgd-m |",
+          "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if not r.get("p_layouts_ms"):
+      continue
+    lay = r["p_layouts_ms"]
+    k4 = next(key for key in lay if key.startswith("k = "))
+    out.append(f"| {r['model']} | {r['n_params']:,} | {r['best_ms']['sgd-m']:.2f} | "
+               f"{r['best_ms']['P alone']:.2f} ({r['p_gb_per_s']:.0f}) | {lay[k4]:.2f} ({k4}) | "
+               f"{lay['flat (k, P)']:.2f} | {lay['bfloat16']:.2f} | {r['k_for_1_2']} |")
   return "\n".join(out)
 
 
