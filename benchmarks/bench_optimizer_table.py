@@ -18,6 +18,9 @@ Each row is one setting, every method side by side in this process (float32, CPU
   ``build_directions``, ``pgd_base_lr``, ``make_tx``, ``train_run``, the latter through
   ``mskjax.train.fit`` with ``loop='auto'``: a Python loop of the jitted step for the CNN on
   the CPU). Metric: test accuracy (higher is better).
+* ``mlp128_100k`` — the same MLP at b = 128 on 100,000 training / 25,000 test sequences
+  (3000 steps), directions on the same s points: does the step advantage survive when data,
+  not optimisation, limits accuracy?
 * ``regression`` — standard-parameterised ReLU MLP 1-512-512-1, biases N(0, 1), 256 points
   of Σ sin(2πkx), k ∈ {1, 4, 16, 32}, mean MSE, full batch (``regression_problem`` of
   ``benchmarks/bench_steps.py``); directions: flatten k = 16 of J Jᵀ on all points. Metric:
@@ -30,7 +33,9 @@ Each row is one setting, every method side by side in this process (float32, CPU
 Methods (the registry ``METHODS`` of the MNIST-1D program): ``sgd`` (momentum 0.9),
 ``adam``, ``muon`` (``optax.contrib.muon``), ``pgd`` (``msk_sgd(η, d,
 momentum=0)``, η = factor × the measured rule ``stable_learning_rate(d, b, loss_fn=,
-params=, batch=)`` at initialisation on one random batch of b points) and ``pgd_adam``
+params=, batch=)`` at initialisation on one random batch of b points), ``pgd_m``
+(``msk_sgd(lr, d, momentum=0.9)`` on SGD-momentum's own learning-rate grid: P added to the
+tuned baseline) and ``pgd_adam``
 (``chain(scale_by_msk(d), adam(lr))``). Each grid value runs on the first seed, and a grid
 whose best value is at an end grows past it (:func:`grid_neighbour`, at most :data:`WIDEN`
 values per end; not past a diverged value); the best (final metric; diverged runs last)
@@ -73,6 +78,8 @@ MNIST_GRIDS = {
                    pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(3e-3, 1e-2)),
     "mlp512": dict(sgd=(0.1, 0.3, 1.0), adam=(1e-2, 3e-2, 0.1), muon=(3e-2, 0.1, 0.3),
                    pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(3e-3, 1e-2)),
+    "mlp128_100k": dict(sgd=(0.03, 0.1, 0.3), adam=(1e-3, 3e-3, 1e-2), muon=(1e-2, 3e-2, 0.1),
+                        pgd=(0.5, 1.0, 2.0, 4.0), pgd_adam=(1e-3, 3e-3)),
     "mlpfull": dict(sgd=(0.3, 1.0, 3.0), adam=(3e-3, 1e-2, 3e-2), muon=(1e-2, 3e-2, 0.1),
                     pgd=(0.5, 1.0, 2.0, 4.0)),
     "cnn128": dict(sgd=(0.03, 0.1, 0.3), adam=(3e-3, 1e-2, 3e-2), muon=(1e-2, 3e-2, 0.1),
@@ -84,6 +91,10 @@ ROWS = {
     "mlp128": dict(kind="mnist1d", arch="mlp", b=128, steps=2000, every=100, seeds=3),
     "mlp512": dict(kind="mnist1d", arch="mlp", b=512, steps=800, every=50, seeds=3),
     "mlpfull": dict(kind="mnist1d", arch="mlp", b=None, steps=200, every=10, seeds=3),
+    # n = 100k (load_mnist1d(num_samples=125000): 100k train / 25k test; the first call
+    # generates and caches the set, ~1 min): same model, directions on the same s points
+    "mlp128_100k": dict(kind="mnist1d", arch="mlp", b=128, steps=3000, every=250, seeds=3,
+                        num_samples=125000),
     "cnn128": dict(kind="mnist1d", arch="cnn", b=128, steps=1000, every=50, seeds=3),
     "cnn512": dict(kind="mnist1d", arch="cnn", b=512, steps=500, every=25, seeds=1),
     "regression": dict(kind="regression", b=None, steps=1000, every=50, seeds=1,
@@ -96,6 +107,8 @@ ROWS = {
 }
 for _name, _g in MNIST_GRIDS.items():
   ROWS[_name]["grids"] = _g
+for _spec in ROWS.values():           # P on top of the tuned baseline: SGD-m's own grid
+  _spec["grids"]["pgd_m"] = _spec["grids"]["sgd"]
 BASELINES = ("sgd", "adam", "muon")
 #: msk_sgd without momentum: the measured rule is the step of preconditioned GD (with
 #: heavy-ball momentum 0.9 the effective step is 10× larger).
@@ -119,10 +132,10 @@ def _timed(fn, *args, **kwargs):
   return out, time.perf_counter() - t0
 
 
-def mnist1d_setting(arch, b, steps, every, quick):
+def mnist1d_setting(arch, b, steps, every, quick, num_samples=5000):
   from mskjax import data
   from mskjax.experiments import mnist1d as M
-  ds = data.load_mnist1d(num_samples=1000 if quick else 5000)
+  ds = data.load_mnist1d(num_samples=1000 if quick else num_samples)
   x = M.inputs(arch, jnp.asarray(ds.x_train, jnp.float32))
   xt = M.inputs(arch, jnp.asarray(ds.x_test, jnp.float32))
   y, yt = jnp.asarray(ds.y_train), jnp.asarray(ds.y_test)
@@ -284,7 +297,8 @@ def make_setting(spec, steps, every, quick):
   """The row's :class:`Setting` (its problem at this step budget)."""
   kind = spec["kind"]
   if kind == "mnist1d":
-    return mnist1d_setting(spec["arch"], spec["b"], steps, every, quick)
+    return mnist1d_setting(spec["arch"], spec["b"], steps, every, quick,
+                           spec.get("num_samples", 5000))
   if kind == "regression":
     return regression_setting(spec["b"], steps, every, quick)
   return digits_setting(spec["b"], steps, every, quick)
@@ -341,7 +355,7 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
 
   def pgd_parts(seed):
     if seed not in dirs:
-      ck = (st.name, seed, quick)          # the MLP rows share the directions at init
+      ck = (st.name, st.n, seed, quick)    # the MLP rows share the directions at init
       if ck not in _DIRECTIONS:
         _DIRECTIONS[ck] = st.directions(seed)
       d, dsec = _DIRECTIONS[ck]           # each row still pays the build time
@@ -720,7 +734,7 @@ def markdown_goal(results):
     fb = res["fastest_baseline"]
     base = (f"{fb} {by[fb]['wall_s_to_target']:.1f}" if fb else "none reaches it on "
             "every seed")
-    for m in ("pgd", "pgd_adam"):
+    for m in ("pgd", "pgd_m", "pgd_adam"):
       if m not in by:
         continue
       r = by[m]
@@ -759,6 +773,9 @@ def main(argv=None):
   ap.add_argument("--first-seed", type=int, default=0, help="--steprule: first seed")
   ap.add_argument("--steprule-table", nargs="+", default=None, metavar="JSON",
                   help="print the merged step-rule table of these --steprule result files")
+  ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
+                  help="print both tables of these result files merged (a row of a later "
+                       "file replaces the same row of an earlier one: a rerun of one row)")
   ap.add_argument("--track-factor", type=float, default=2.0,
                   help="--steprule track: the factor of the rule both runs train at")
   a = ap.parse_args(argv)
@@ -766,6 +783,16 @@ def main(argv=None):
     if a.subsample < 1:
       raise SystemExit(f"--subsample: must be ≥ 1; got {a.subsample}.")
     MNIST_DIRECTIONS["subsample"] = int(a.subsample)
+  if a.table:
+    merged = {}
+    for f in a.table:
+      for r in json.load(open(f))["rows"]:
+        merged[r["row"]] = r
+    rows = list(merged.values())
+    print(markdown(rows))
+    print()
+    print(markdown_goal(rows))
+    return rows
   if a.steprule_table:
     rows = [r for f in a.steprule_table for r in json.load(open(f))["rows"]]
     print(steprule_markdown(rows))
