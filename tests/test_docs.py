@@ -164,3 +164,17 @@ def test_every_relative_markdown_link_resolves():
           if anchor not in cache[dest]:
             broken.append(f"{rel}:{i}: {target} (no heading with that anchor)")
   assert not broken, "broken relative links in the markdown files:\n" + "\n".join(broken)
+
+
+def test_results_index_lists_every_kept_raw_file_and_only_those():
+  """benchmarks/results/INDEX.md maps each kept raw file to the table it backs: a rerun that
+  replaces a table must also replace its files and rows (no orphan, no dangling row)."""
+  d = ROOT / "benchmarks" / "results"
+  tracked = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=ROOT,
+                           capture_output=True, text=True)
+  if tracked.returncode != 0 or not tracked.stdout.strip():
+    pytest.skip("not a git checkout")
+  files = {Path(p).name for p in tracked.stdout.split()} - {"INDEX.md"}
+  listed = set(re.findall(r"^\| `([^`]+)` \|", (d / "INDEX.md").read_text(), re.M))
+  assert not files - listed, f"raw files missing from INDEX.md: {sorted(files - listed)}"
+  assert not listed - files, f"INDEX.md rows without a file: {sorted(listed - files)}"
