@@ -1,4 +1,4 @@
-"""Digits: GD vs Adam vs MSK-preconditioned GD (flatten the top k) on a real data set.
+"""Digits: GD, tuned SGD-momentum, Adam and Muon vs MSK-preconditioned GD (flatten the top k).
 
 Command::
 
@@ -32,7 +32,10 @@ def get_config(arg=None):
   c.chunk = 100              # steps per compiled chunk of mskjax.train.fit
   c.gd_factor = 1.0            # GD step gd_factor / λ₁ (a factor of the 1/λ rule)
   c.pgd_factors = (1.0, 0.5, 0.25)   # PGD steps factor / λ_{k+1}
-  c.adam_lrs = (1e-3, 3e-3, 1e-2)
+  c.sgdm_factors = (0.3, 1.0, 3.0)   # SGD-momentum (0.9) steps factor / λ₁
+  c.adam_lrs = (3e-3, 1e-2, 3e-2)
+  c.muon_lrs = (1e-2, 3e-2, 0.1)    # optax.contrib.muon
+  c.widen = 3                # tuned grids grow ≤ widen values past an end holding the best
   c.msk_sgd_jvp = True           # also run mskjax.function_space.msk_sgd_jvp for the smallest k
   c.seed = 0
   if arg.quick:                # < 60 s: one value per grid (no grid runs)
@@ -41,6 +44,8 @@ def get_config(arg=None):
     c.steps, c.grid_steps, c.chunk = 400, 100, 50
     c.pgd_factors = (0.5,)
     c.adam_lrs = (1e-2,)
+    c.sgdm_factors = (1.0,)
+    c.muon_lrs = (1e-2,)
     c.msk_sgd_jvp = False
   return c
 
@@ -49,7 +54,8 @@ def get_config(arg=None):
 RANGES = {"n_train": {"min": 16}, "width": {"min": 1}, "depth": {"min": 1},
           "ks": {"min": 1}, "steps": {"min": 1}, "grid_steps": {"min": 1}, "chunk": {"min": 1},
           "tols": {"gt": 0, "lt": 1}, "pgd_factors": {"gt": 0}, "gd_factor": {"gt": 0},
-          "adam_lrs": {"gt": 0}, "target_scale": {"gt": 0},
+          "adam_lrs": {"gt": 0}, "sgdm_factors": {"gt": 0}, "muon_lrs": {"gt": 0},
+          "widen": {"min": 0}, "target_scale": {"gt": 0},
           "labels": {"choices": ("onehot", "pm1")}}
 
 

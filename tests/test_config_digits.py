@@ -9,6 +9,7 @@ are the right ones (including a budget that is not a multiple of the chunk).
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mskjax.experiments import digits as cfg
 from mskjax.run import RunContext
@@ -45,3 +46,34 @@ def test_train_helper_matches_closed_form_gd(tmp_path):
   acc, mse = cfg.class_metrics(Xt @ w, Yt)
   assert rec["acc_final"] == acc
   assert np.all(np.diff(rec["curve_time"]) >= 0)
+
+
+@pytest.mark.parametrize("grid,target,widen,best,tried", [
+    ((0.01, 0.03, 0.1), 0.03, 2, 0.03, (0.01, 0.03, 0.1)),          # best inside: as given
+    ((0.01, 0.03, 0.1), 0.9, 2, 0.9, (0.01, 0.03, 0.1, 0.3, 0.9)),   # grown up to the best
+    ((0.01, 0.03, 0.1), 1e-4, 2, 0.00111111, (0.00111111, 0.00333333, 0.01, 0.03, 0.1)),
+    ((0.01, 0.03, 0.1), 0.9, 0, 0.1, (0.01, 0.03, 0.1)),             # widen=0: the grid
+    ((0.01, 0.03, 0.1), 0.9, 1, 0.3, (0.01, 0.03, 0.1, 0.3)),        # stops after `widen`
+])
+def test_tune_grid_grows_past_the_end_holding_the_best(grid, target, widen, best, tried):
+  from mskjax.experiments.digits import tune_grid
+  seen = []
+
+  def try_lr(lr):                      # a unimodal score with its minimum at `target`
+    seen.append(lr)
+    return abs(np.log(lr / target)), False
+  assert tune_grid(try_lr, grid, widen, log=lambda s: None) == pytest.approx(best, rel=1e-5)
+  np.testing.assert_allclose(sorted(seen), tried, rtol=1e-5)
+
+
+def test_tune_grid_never_grows_past_a_diverged_value():
+  from mskjax.experiments.digits import tune_grid
+  # all but the smallest diverge: the best is that smallest value; widening goes down only
+  scores = {0.01: ((1, 5.0), False), 0.03: ((2, np.inf), True), 0.1: ((2, np.inf), True)}
+  seen = []
+
+  def try_lr(lr):
+    seen.append(lr)
+    return scores.get(round(lr, 8), ((1, lr), False))      # smaller: better
+  assert tune_grid(try_lr, (0.01, 0.03, 0.1), 2, log=lambda s: None) < 0.01
+  assert max(seen) == 0.1 and len(seen) == 5

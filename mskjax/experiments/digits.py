@@ -1,9 +1,9 @@
-"""Digits: GD vs Adam vs MSK-preconditioned GD (flatten the top k) on a real data set.
+"""Digits: GD, tuned SGD-momentum, Adam and Muon vs MSK-preconditioned GD (flatten the top k).
 
 Command::
 
   python -m mskjax.run configs/digits.py:quick     # < 60 s on a 2-core CPU
-  python -m mskjax.run configs/digits.py              # full, ~10 min on a loaded 2-core CPU
+  python -m mskjax.run configs/digits.py              # full, ~4 min on an idle 2-core CPU
   python -m mskjax.run configs/digits.py target_scale=0.01 --tag linear  # near-linear regime
 
 Set-up. sklearn's 8x8 digits (``mskjax.data.load_digits``: each image scaled to unit norm,
@@ -17,7 +17,10 @@ NTK Gram matrix K on the training inputs gives λ₁ ≥ λ₂ ≥ … and the M
 Methods (full batch, same initial parameters):
 
 * **GD** — ``optax.sgd(η)`` on ½‖r‖², η = ``gd_factor``/λ₁;
+* **SGD-m** — ``optax.sgd(lr, momentum=0.9)`` on ½‖r‖², lr = factor/λ₁, factor from
+  ``sgdm_factors``;
 * **Adam** — ``optax.adam(lr)``, lr from ``adam_lrs``;
+* **Muon** — ``optax.contrib.muon(lr)``, lr from ``muon_lrs``;
 * **PGD k** — ``optax.sgd(η)`` on ``mskjax.msk_mse_loss`` (½ rᵀ S r, same cost as GD),
   η = factor/λ_max(K_g) = factor/λ_{k+1}, factor from ``pgd_factors`` (1/λ_{k+1} is the
   linearized optimum but a finite network can be unstable there);
@@ -26,7 +29,10 @@ Methods (full batch, same initial parameters):
 
 Learning-rate choice: every grid value runs ``grid_steps`` steps; the one that reaches the
 selection target ``tols[-1]`` in the fewest steps is kept (if none does: the lowest
-residual at ``grid_steps``); the kept one then runs the full ``steps`` budget.
+residual at ``grid_steps``); the kept one then runs the full ``steps`` budget. The tuned
+baselines' grids (SGD-m, Adam, Muon; ×≈3 apart) grow past an end while the best value is
+at it (at most ``widen`` values per end, not past a diverged value), so that the best is
+inside; ``lr_grid.csv`` lists every value tried.
 
 Measured (``results.csv``, one row per method): steps to a relative train residual
 ‖f(X) − Y‖/‖Y‖ < tol for each tol in ``tols`` (measured, and predicted at infinite width
@@ -132,6 +138,43 @@ def train_with_tols(apply_fn, params, x, y, x_test, y_test, loss_fn, tx, steps, 
   return rec
 
 
+def tune_grid(try_lr, grid, widen, ratio=3.0, log=print, name=""):
+  """The best value of a learning-rate grid, the grid grown past an end that holds the best.
+
+  Every value of ``grid`` is tried; while the best (lowest score) is the smallest or the
+  largest value tried, the next value past it (×``ratio`` or ÷``ratio``) is tried, at most
+  ``widen`` per end, and never above a value that diverged.
+
+  Args:
+    try_lr: ``lr -> (score, diverged)``; scores compare with ``<`` (lower is better).
+    grid: the starting values.
+    widen: most values added past each end (0: the grid as given).
+    ratio: spacing of the added values.
+    log: progress printer.
+    name: the method, for the log.
+
+  Returns:
+    The best value tried.
+
+  >>> tune_grid(lambda lr: (abs(lr - 0.9), False), (0.01, 0.03), 3, log=lambda s: None)
+  0.81
+  """
+  recs = {float(lr): try_lr(float(lr)) for lr in grid}
+  added = {-1: 0, 1: 0}
+  while True:
+    lo, hi = min(recs), max(recs)
+    top = min(recs, key=lambda v: recs[v][0])
+    side = -1 if top == lo else (1 if top == hi else 0)
+    if (len(recs) < 2 or side == 0 or added[side] >= widen
+        or (side == 1 and recs[hi][1])):
+      return top
+    added[side] += 1
+    nxt = float(f"{top * ratio ** side:.6g}")
+    log(f"{name}: best lr {top:.3g} at the grid's {'low' if side < 0 else 'high'} end: "
+        f"trying {nxt:.3g}")
+    recs[nxt] = try_lr(nxt)
+
+
 def run(config, ctx):
   import jax
   import jax.numpy as jnp
@@ -196,7 +239,11 @@ def run(config, ctx):
   mse = lambda f, yy: 0.5 * jnp.sum((f - yy) ** 2)
   methods = {}   # name -> (loss, make_tx(lr), lr grid, g, k, spectrum seconds)
   methods["GD"] = (mse, optax.sgd, [s.gd_factor / lam1], None, None, 0.0)
+  methods["SGD-m"] = (mse, lambda lr: optax.sgd(lr, momentum=0.9),
+                      [fr / lam1 for fr in s.sgdm_factors], None, None, 0.0)
   methods["Adam"] = (mse, optax.adam, list(s.adam_lrs), None, None, 0.0)
+  methods["Muon"] = (mse, optax.contrib.muon, list(s.muon_lrs), None, None, 0.0)
+  tuned = ("SGD-m", "Adam", "Muon")     # grids widened until the best is inside
   for k in s.ks:
     sp = spectra[k]
     methods[f"PGD k={k}"] = (
@@ -217,15 +264,16 @@ def run(config, ctx):
     if len(lrs) == 1:
       best[name] = lrs[0]
       continue
-    recs = []
-    for lr in lrs:
+
+    def try_lr(lr, name=name, loss=loss, make_tx=make_tx):
       rec = ctx.cached(f"grid/{name}/lr={lr:.6g}",
                        lambda: train_rec(name, loss, make_tx, lr, s.grid_steps))
-      recs.append((score(rec), lr))
       grid_rows.append({"method": name, "lr": lr, "grid_steps": s.grid_steps,
                         **{f"steps@{t}": rec.get(f"steps@{t}") for t in tols},
                         "res@grid_end": rec["final_res"], "diverged": rec["diverged"]})
-    best[name] = min(recs)[1]
+      return score(rec), rec["diverged"]
+    best[name] = tune_grid(try_lr, lrs, s.widen if name in tuned else 0, log=ctx.print,
+                           name=name)
   if grid_rows:
     ctx.write_table(grid_rows, name="lr_grid")
   if s.msk_sgd_jvp:
@@ -247,7 +295,7 @@ def run(config, ctx):
                      lambda: train_rec(name, loss, make_tx, lr, s.steps))
     row = dict(method=name, lr=lr, width=s.width)
     pred = None
-    if name != "Adam":
+    if name not in tuned:
       def compute_pred():
         out = {}
         for t in tols:
