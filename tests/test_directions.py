@@ -5,6 +5,7 @@ the per-point output Hessians H_i in closed form in numpy (never jax.hessian), H
 eigh, and numpy eigh of the Gauss–Newton kernel H^½ J Jᵀ H^½ (explicit, not the code under
 test).
 """
+import re
 import warnings
 
 import numpy as np
@@ -340,9 +341,13 @@ def test_one_product_refresh_warns_and_is_never_too_large():
   # 2.2× too small without a word on MNIST-1D; now it warns, and (Cauchy interlacing: Ritz
   # values never exceed the eigenvalues) next_value and values are ≤ the oracle's.
   model, variables, x, y, k, g, ce, d0, moved, lam = _refresh_case()
-  with pytest.warns(UserWarning, match=r"did not converge.*too small if anything"):
+  with pytest.warns(UserWarning, match=r"did not converge.*too small if anything") as rec:
     d = optim.msk_directions(model.apply, moved, x, g, k, loss=ce, method="randomized", jacobian="matrix_free",
                              init_vectors=d0, depth=0, max_cycles=1)
+  # the bound it prints is one the criterion fails: above tol (0.01), never below it
+  msg = next(str(r.message) for r in rec if "did not converge" in str(r.message))
+  printed = float(re.search(r"λ_\(k\+1\): ([0-9.e+-]+)", msg).group(1))
+  assert printed > 0.01, msg
   # 1e-9 relative: float64 round-off of a Rayleigh quotient
   assert float(d.next_value) <= lam[k] * (1 + 1e-9)
   assert np.all(np.asarray(d.values) <= lam[:k] * (1 + 1e-9))
