@@ -109,7 +109,6 @@ def _time_to_tol(apply_fn, params, x, y, loss, tx, tol, max_steps, chunk):
   return res.train_s, int(res.state.step), final
 
 
-#: Time-to-tolerance methods: (objective, optimiser of lr, starting grid, unit of the grid).
 _COLD = {}   # (task, width, empirical) -> the cold one-off of the first task with these shapes
 
 #: Grids are widened at an edge until the best value is inside (at most WIDEN per side).
