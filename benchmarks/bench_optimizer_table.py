@@ -37,9 +37,9 @@ params=, batch=)`` at initialisation on one random batch of b points), ``pgd_m``
 (``msk_sgd(lr, d, momentum=0.9)`` on SGD-momentum's own learning-rate grid: P added to the
 tuned baseline) and ``pgd_adam``
 (``chain(scale_by_msk(d), adam(lr))``). Each grid value runs on the first seed, and a grid
-whose best value is at an end grows past it (:func:`grid_neighbour`, at most :data:`WIDEN`
-values per end; not past a diverged value); the best (final metric; diverged runs last)
-runs on the other seeds. PGD's one-off cost = the cold
+whose best value is at an end grows past it (``mskjax.experiments._grid.tune_grid``, at
+most :data:`WIDEN` values per end; not past a diverged value); the best (final metric;
+diverged runs last) runs on the other seeds. PGD's one-off cost = the cold
 directions build (compilation included) + the step measurement of the row's first seed; it
 is added to every seed's PGD wall time (later seeds reuse the compilations in this process,
 which a user's fresh process would not; their own measured one-off is kept as
@@ -68,6 +68,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import optax
+
+from mskjax.experiments._grid import tune_grid
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -309,23 +311,6 @@ def make_setting(spec, steps, every, quick):
 WIDEN = 2
 
 
-def grid_neighbour(edge: float, inner: float, direction: int) -> float:
-  """The next grid value past ``edge`` (``direction`` −1: below, +1: above), continuing the
-  grid's spacing: the 1-3-10 lattice where the two end values are ≈3 apart (0.03 → 0.01,
-  0.3 → 1), else the same ratio (factors of 2 of the rule: 4 → 8), 3 significant digits."""
-  ratio = max(edge, inner) / min(edge, inner)
-  if 2.5 <= ratio <= 3.5:
-    e = np.floor(np.log10(edge) + 1e-9)
-    lead = edge / 10 ** e                     # 1 or 3 on the lattice
-    if direction < 0:
-      v = (1.0 if lead > 2 else 0.3) * 10 ** e
-    else:
-      v = (10.0 if lead > 2 else 3.0) * 10 ** e
-  else:
-    v = edge * ratio ** direction
-  return float(f"{v:.3g}")
-
-
 def run_row(name, spec, *, quick=False, seeds=None, log=print):
   from mskjax.experiments import mnist1d as M
   steps, every = spec["steps"], spec["every"]
@@ -389,24 +374,15 @@ def run_row(name, spec, *, quick=False, seeds=None, log=print):
   methods = list(grids)
   grid_runs, best = {}, {}
   for m in methods:
-    by_value = {v: one(m, v, seed_list[0]) for v in grids[m]}
-    if not quick:                   # widen at an edge until the best is inside
-      added = {"lo": 0, "hi": 0}
-      while True:
-        vs = sorted(by_value)
-        top = max(vs, key=lambda v: _score(by_value[v], st.higher))
-        if len(vs) < 2:
-          break
-        if top == vs[0] and added["lo"] < WIDEN:
-          side, v = "lo", grid_neighbour(vs[0], vs[1], -1)
-        elif top == vs[-1] and added["hi"] < WIDEN and not by_value[vs[-1]]["diverged"]:
-          side, v = "hi", grid_neighbour(vs[-1], vs[-2], +1)
-        else:
-          break
-        added[side] += 1
-        log(f"  {m}: best at the grid's {'low' if side == 'lo' else 'high'} end: adding {v:g}")
-        by_value[v] = one(m, v, seed_list[0])
-      grids[m] = tuple(sorted(by_value))
+    by_value = {}
+
+    def try_value(v, m=m, by_value=by_value):
+      by_value[v] = one(m, v, seed_list[0])
+      return -_score(by_value[v], st.higher), by_value[v]["diverged"]
+    # widen at an edge until the best is inside (not in a quick run)
+    tune_grid(try_value, grids[m], 0 if quick else WIDEN, log=lambda s: log("  " + s),
+              name=m)
+    grids[m] = tuple(sorted(by_value))
     recs = [by_value[v] for v in grids[m]]
     grid_runs[m] = [dict(grid_value=r["grid_value"], lr=r["lr"], final=r["final_metric"],
                          diverged=r["diverged"]) for r in recs]

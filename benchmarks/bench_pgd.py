@@ -32,6 +32,7 @@ import optax
 import mskjax
 from mskjax import data, kernels, tangents, nets, function_space
 from mskjax import train as T
+from mskjax.experiments._grid import tune_grid
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -125,7 +126,6 @@ def time_to_target(task, j, width, k, tol, max_steps, chunk, grids, empirical=Tr
   """Per method: the best grid value on seed 0 (grid widened until it is inside), then that
   value on the other seeds; PGD's one-off (the empirical NTK at init + its eigh) is the
   cold first call on seed 0, charged to every seed."""
-  from benchmarks.bench_optimizer_table import grid_neighbour
   per_seed = {}
   for seed in range(seeds):
     net, x, y_of, variables, apply_fn = _setup(task, width, seed=seed)
@@ -170,22 +170,14 @@ def time_to_target(task, j, width, k, tol, max_steps, chunk, grids, empirical=Tr
 
   rows = []
   for method in methods(0):
-    by = {v: run(method, v, 0) for v in grids[method]}
-    added = {"lo": 0, "hi": 0}
-    while widen:
-      vs = sorted(by)
-      top = min(vs, key=lambda v: _score(by[v]))
-      if top == vs[0] and added["lo"] < WIDEN:
-        side, v = "lo", grid_neighbour(vs[0], vs[1], -1)
-      elif (top == vs[-1] and added["hi"] < WIDEN and by[vs[-1]]["final"] < 1e30
-            and np.isfinite(by[vs[-1]]["final"])):
-        side, v = "hi", grid_neighbour(vs[-1], vs[-2], +1)
-      else:
-        break
-      added[side] += 1
+    by = {}
+
+    def try_value(v, method=method, by=by):
       by[v] = run(method, v, 0)
+      return _score(by[v]), not (by[v]["final"] < 1e30 and np.isfinite(by[v]["final"]))
+    top = tune_grid(try_value, grids[method], WIDEN if widen else 0,
+                    log=lambda s: log("  " + s), name=f"{task} j={j} {method}")
     vs = sorted(by)
-    top = min(vs, key=lambda v: _score(by[v]))
     rs = [by[top]] + [run(method, top, sd) for sd in range(1, seeds)]
     hit = [r for r in rs if r["time_s"] is not None]
     rows.append(dict(task=task, j=j, method=method, grid=vs, best=top, lr=by[top]["lr"],

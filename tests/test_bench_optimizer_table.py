@@ -2,7 +2,7 @@
 by ``make bench-quick``)."""
 import pytest
 
-from benchmarks.bench_optimizer_table import grid_neighbour
+from mskjax.experiments._grid import grid_neighbour
 
 
 @pytest.mark.parametrize("edge,inner,direction,expect", [

@@ -56,18 +56,21 @@ def test_train_helper_matches_closed_form_gd(tmp_path):
     ((0.01, 0.03, 0.1), 0.9, 1, 0.3, (0.01, 0.03, 0.1, 0.3)),        # stops after `widen`
 ])
 def test_tune_grid_grows_past_the_end_holding_the_best(grid, target, widen, best, tried):
-  from mskjax.experiments.digits import tune_grid
+  from mskjax.experiments._grid import tune_grid
+  from mskjax.experiments.digits import _times3
   seen = []
 
   def try_lr(lr):                      # a unimodal score with its minimum at `target`
     seen.append(lr)
     return abs(np.log(lr / target)), False
-  assert tune_grid(try_lr, grid, widen, log=lambda s: None) == pytest.approx(best, rel=1e-5)
+  assert tune_grid(try_lr, grid, widen, _times3, log=lambda s: None) == pytest.approx(
+      best, rel=1e-5)
   np.testing.assert_allclose(sorted(seen), tried, rtol=1e-5)
 
 
 def test_tune_grid_never_grows_past_a_diverged_value():
-  from mskjax.experiments.digits import tune_grid
+  from mskjax.experiments._grid import tune_grid
+  from mskjax.experiments.digits import _times3
   # all but the smallest diverge: the best is that smallest value; widening goes down only
   scores = {0.01: ((1, 5.0), False), 0.03: ((2, np.inf), True), 0.1: ((2, np.inf), True)}
   seen = []
@@ -75,5 +78,5 @@ def test_tune_grid_never_grows_past_a_diverged_value():
   def try_lr(lr):
     seen.append(lr)
     return scores.get(round(lr, 8), ((1, lr), False))      # smaller: better
-  assert tune_grid(try_lr, (0.01, 0.03, 0.1), 2, log=lambda s: None) < 0.01
+  assert tune_grid(try_lr, (0.01, 0.03, 0.1), 2, _times3, log=lambda s: None) < 0.01
   assert max(seen) == 0.1 and len(seen) == 5

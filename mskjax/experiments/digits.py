@@ -53,6 +53,8 @@ import time
 
 import numpy as np
 
+from mskjax.experiments._grid import tune_grid
+
 
 def class_metrics(f, y):
   f, y = np.asarray(f), np.asarray(y)
@@ -138,41 +140,10 @@ def train_with_tols(apply_fn, params, x, y, x_test, y_test, loss_fn, tx, steps, 
   return rec
 
 
-def tune_grid(try_lr, grid, widen, ratio=3.0, log=print, name=""):
-  """The best value of a learning-rate grid, the grid grown past an end that holds the best.
-
-  Every value of ``grid`` is tried; while the best (lowest score) is the smallest or the
-  largest value tried, the next value past it (×``ratio`` or ÷``ratio``) is tried, at most
-  ``widen`` per end, and never above a value that diverged.
-
-  Args:
-    try_lr: ``lr -> (score, diverged)``; scores compare with ``<`` (lower is better).
-    grid: the starting values.
-    widen: most values added past each end (0: the grid as given).
-    ratio: spacing of the added values.
-    log: progress printer.
-    name: the method, for the log.
-
-  Returns:
-    The best value tried.
-
-  >>> tune_grid(lambda lr: (abs(lr - 0.9), False), (0.01, 0.03), 3, log=lambda s: None)
-  0.81
-  """
-  recs = {float(lr): try_lr(float(lr)) for lr in grid}
-  added = {-1: 0, 1: 0}
-  while True:
-    lo, hi = min(recs), max(recs)
-    top = min(recs, key=lambda v: recs[v][0])
-    side = -1 if top == lo else (1 if top == hi else 0)
-    if (len(recs) < 2 or side == 0 or added[side] >= widen
-        or (side == 1 and recs[hi][1])):
-      return top
-    added[side] += 1
-    nxt = float(f"{top * ratio ** side:.6g}")
-    log(f"{name}: best lr {top:.3g} at the grid's {'low' if side < 0 else 'high'} end: "
-        f"trying {nxt:.3g}")
-    recs[nxt] = try_lr(nxt)
+def _times3(edge, inner, direction):
+  """The tuned baselines' grids grow ×3 past an end (0.03 → 0.09): the spacing the
+  committed ``lr_grid`` files were run with."""
+  return float(f"{edge * 3.0 ** direction:.6g}")
 
 
 def run(config, ctx):
@@ -272,8 +243,8 @@ def run(config, ctx):
                         **{f"steps@{t}": rec.get(f"steps@{t}") for t in tols},
                         "res@grid_end": rec["final_res"], "diverged": rec["diverged"]})
       return score(rec), rec["diverged"]
-    best[name] = tune_grid(try_lr, lrs, s.widen if name in tuned else 0, log=ctx.print,
-                           name=name)
+    best[name] = tune_grid(try_lr, lrs, s.widen if name in tuned else 0, _times3,
+                           log=ctx.print, name=name)
   if grid_rows:
     ctx.write_table(grid_rows, name="lr_grid")
   if s.msk_sgd_jvp:
